@@ -1,0 +1,314 @@
+//! The reactor ABI: the one definition both sides of the Wasm boundary compile.
+//!
+//! The host (`host/src/hostcalls.rs`, `host/src/engine.rs`) and the guest side
+//! of this SDK both use the names, numbers and layouts below, so they cannot
+//! disagree silently. Everything here is `no_std` and dependency-free.
+//!
+//! # Shape of the contract (ABI version 1)
+//!
+//! A reactor is a core Wasm module built for `wasm32-wasip1`.
+//!
+//! **The module carries** a custom section named [`ABI_SECTION`] holding
+//! [`ABI_VERSION`] as 4 little-endian bytes. The host reads it before
+//! instantiating anything and refuses a module without it or with another
+//! version.
+//!
+//! **The module exports** (all `i32` are unsigned 32-bit in meaning):
+//! - `memory` — its linear memory (the reactor's whole private heap);
+//! - [`EXPORT_INIT`]`(len: i32) -> i32` — called once, right after
+//!   instantiation, with the byte length of the init argument. The guest reads
+//!   it with [`IMPORT_INBOX_READ`]. Returns [`STATUS_OK`] or a guest-chosen
+//!   non-zero code (the reactor then fails);
+//! - [`EXPORT_RECEIVE`]`(len: i32, count: i32) -> i32` — delivers a *batch* of
+//!   `count` envelopes, `len` bytes in all, which the guest reads with
+//!   [`IMPORT_INBOX_READ`]. Returns [`STATUS_OK`] or non-zero (the reactor
+//!   then fails);
+//! - `_initialize` — optional (WASI reactor model); called before
+//!   [`EXPORT_INIT`] if present.
+//!
+//! **The module may import** from module [`IMPORT_MODULE`] (all pointers are
+//! offsets into the guest's own memory; a pointer/length pair that does not
+//! lie inside that memory is a guest fault: the reactor fails, the host does
+//! not):
+//! - [`IMPORT_INBOX_READ`]`(ptr: i32, len: i32) -> i32` — copy the pending
+//!   init argument or batch into `[ptr, ptr+len)`; returns the bytes copied
+//!   (`min(len, remaining)`); successive calls continue where the last ended.
+//! - [`IMPORT_SEND`]`(to: i64, ptr: i32, len: i32, flags: i32) -> i32` — send a
+//!   one-way message; returns a `STATUS_*`.
+//! - [`IMPORT_REQUEST`]`(to: i64, ptr: i32, len: i32, flags: i32) -> i64` — send
+//!   a request; returns its correlation id (> 0) or a negative `STATUS_*`. The
+//!   reply comes back later as an envelope of kind [`KIND_REPLY`] carrying that
+//!   id.
+//! - [`IMPORT_REPLY`]`(to: i64, corr: i64, ptr: i32, len: i32, flags: i32) -> i32`
+//!   — answer the request `corr` that came from `to`.
+//! - [`IMPORT_SPAWN`]`(mod_ptr: i32, mod_len: i32, init_ptr: i32, init_len: i32) -> i64`
+//!   — start a new reactor; `[mod_ptr, mod_len)` is a module reference (see
+//!   [`MODULE_REF_SELF`]); returns the new reactor's address (> 0) or a
+//!   negative `STATUS_*`.
+//! - [`IMPORT_SELF_ADDRESS`]`() -> i64` — this reactor's address.
+//! - [`IMPORT_LOG`]`(level: i32, ptr: i32, len: i32)` — a UTF-8 log line.
+//! - [`IMPORT_FAIL`]`(ptr: i32, len: i32)` — record a UTF-8 failure cause (the
+//!   SDK's panic hook calls it before trapping); the host shows it as the
+//!   reason the reactor failed.
+//!
+//! Time and randomness reach the guest through WASI preview 1
+//! (`clock_time_get`, `random_get`), which the host supplies.
+//!
+//! # Batch layout
+//!
+//! A batch is `count` envelopes back to back. Each envelope is an
+//! [`ENVELOPE_HEADER_LEN`]-byte header followed by `len` payload bytes:
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0  | 1 | kind: [`KIND_MESSAGE`], [`KIND_REQUEST`] or [`KIND_REPLY`] |
+//! | 1  | 1 | flags: [`FLAG_TEXT`] |
+//! | 2  | 2 | reserved, zero |
+//! | 4  | 4 | payload length `len`, u32 LE |
+//! | 8  | 8 | sender address, u64 LE ([`HOST_ADDRESS`] for the outside world) |
+//! | 16 | 8 | correlation id, u64 LE (0 for [`KIND_MESSAGE`]) |
+//!
+//! Payloads are serde values in `postcard`'s compact encoding, or JSON text
+//! when [`FLAG_TEXT`] is set (used by the command line, which does not know a
+//! reactor's types). Replies to a text request are text.
+
+/// Version of this contract. Bump on any change to names, signatures or layouts.
+pub const ABI_VERSION: u32 = 1;
+
+/// Custom section that carries [`ABI_VERSION`] (4 bytes, little-endian).
+pub const ABI_SECTION: &str = "reactor.abi";
+
+/// Import module name for every host function below.
+pub const IMPORT_MODULE: &str = "reactor";
+
+/// Export: `(len: i32) -> i32`, once after instantiation.
+pub const EXPORT_INIT: &str = "reactor_init";
+/// Export: `(len: i32, count: i32) -> i32`, per batch.
+pub const EXPORT_RECEIVE: &str = "reactor_receive";
+/// Export: the linear memory.
+pub const EXPORT_MEMORY: &str = "memory";
+/// Export (optional): WASI reactor initializer.
+pub const EXPORT_WASI_INITIALIZE: &str = "_initialize";
+
+/// Import: `(ptr: i32, len: i32) -> i32`.
+pub const IMPORT_INBOX_READ: &str = "inbox_read";
+/// Import: `(to: i64, ptr: i32, len: i32, flags: i32) -> i32`.
+pub const IMPORT_SEND: &str = "send";
+/// Import: `(to: i64, ptr: i32, len: i32, flags: i32) -> i64`.
+pub const IMPORT_REQUEST: &str = "request";
+/// Import: `(to: i64, corr: i64, ptr: i32, len: i32, flags: i32) -> i32`.
+pub const IMPORT_REPLY: &str = "reply";
+/// Import: `(mod_ptr: i32, mod_len: i32, init_ptr: i32, init_len: i32) -> i64`.
+pub const IMPORT_SPAWN: &str = "spawn";
+/// Import: `() -> i64`.
+pub const IMPORT_SELF_ADDRESS: &str = "self_address";
+/// Import: `(level: i32, ptr: i32, len: i32)`.
+pub const IMPORT_LOG: &str = "log";
+/// Import: `(ptr: i32, len: i32)`.
+pub const IMPORT_FAIL: &str = "fail";
+
+/// Envelope kind: a one-way message.
+pub const KIND_MESSAGE: u8 = 1;
+/// Envelope kind: a request; answer it with [`IMPORT_REPLY`].
+pub const KIND_REQUEST: u8 = 2;
+/// Envelope kind: the answer to a request this reactor made.
+pub const KIND_REPLY: u8 = 3;
+
+/// Envelope flag: the payload is JSON text, not postcard.
+pub const FLAG_TEXT: u8 = 1;
+
+/// Bytes in an envelope header.
+pub const ENVELOPE_HEADER_LEN: usize = 24;
+
+/// The address of "the outside world": messages from the host's API and the
+/// command line come from here, and replies sent here go back to the caller.
+pub const HOST_ADDRESS: u64 = 0;
+
+/// Largest payload a single envelope may carry (16 MiB). Larger sends get
+/// [`STATUS_TOO_LARGE`].
+pub const MAX_PAYLOAD_LEN: u32 = 16 << 20;
+
+/// Module reference: first byte of a spawn module reference. The reference is
+/// just this byte: spawn another instance of the caller's own module.
+pub const MODULE_REF_SELF: u8 = 0;
+/// Module reference: this byte followed by the 32-byte SHA-256 of the module.
+pub const MODULE_REF_HASH: u8 = 1;
+/// Module reference: this byte followed by a UTF-8 name the host knows.
+pub const MODULE_REF_NAME: u8 = 2;
+
+/// Log levels for [`IMPORT_LOG`].
+pub const LOG_ERROR: i32 = 1;
+/// Log level.
+pub const LOG_WARN: i32 = 2;
+/// Log level.
+pub const LOG_INFO: i32 = 3;
+/// Log level.
+pub const LOG_DEBUG: i32 = 4;
+/// Log level.
+pub const LOG_TRACE: i32 = 5;
+
+/// Status: success.
+pub const STATUS_OK: i32 = 0;
+/// Status: no reactor has that address (or it has failed).
+pub const STATUS_NO_SUCH_REACTOR: i32 = -1;
+/// Status: the destination's inbox is full; try again later (backpressure).
+pub const STATUS_INBOX_FULL: i32 = -2;
+/// Status: payload larger than [`MAX_PAYLOAD_LEN`].
+pub const STATUS_TOO_LARGE: i32 = -3;
+/// Status: the module reference names no module the host has loaded.
+pub const STATUS_NO_SUCH_MODULE: i32 = -4;
+/// Status: an argument is malformed (bad flags, bad module reference, ...).
+pub const STATUS_BAD_ARGUMENT: i32 = -5;
+/// Status: the host refused to spawn (e.g. the reactor limit is reached).
+pub const STATUS_SPAWN_REFUSED: i32 = -6;
+
+/// A decoded envelope header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnvelopeHeader {
+    /// [`KIND_MESSAGE`], [`KIND_REQUEST`] or [`KIND_REPLY`].
+    pub kind: u8,
+    /// Bit set of `FLAG_*`.
+    pub flags: u8,
+    /// Payload length in bytes.
+    pub len: u32,
+    /// Sender's address.
+    pub from: u64,
+    /// Correlation id (requests and replies), else 0.
+    pub corr: u64,
+}
+
+/// Why bytes could not be decoded as an envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer bytes than a header, or than the header's payload length.
+    Truncated,
+    /// Unknown kind byte.
+    BadKind(u8),
+    /// Flag bits this version does not define.
+    BadFlags(u8),
+    /// Reserved bytes not zero.
+    Reserved,
+}
+
+impl EnvelopeHeader {
+    /// Writes the header into the first [`ENVELOPE_HEADER_LEN`] bytes of `out`.
+    ///
+    /// # Panics
+    /// If `out` is shorter than a header.
+    pub fn encode(&self, out: &mut [u8]) {
+        let out = &mut out[..ENVELOPE_HEADER_LEN];
+        out[0] = self.kind;
+        out[1] = self.flags;
+        out[2] = 0;
+        out[3] = 0;
+        out[4..8].copy_from_slice(&self.len.to_le_bytes());
+        out[8..16].copy_from_slice(&self.from.to_le_bytes());
+        out[16..24].copy_from_slice(&self.corr.to_le_bytes());
+    }
+
+    /// Reads a header from the front of `bytes`, checking every field.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() < ENVELOPE_HEADER_LEN {
+            return Err(DecodeError::Truncated);
+        }
+        let kind = bytes[0];
+        if !matches!(kind, KIND_MESSAGE | KIND_REQUEST | KIND_REPLY) {
+            return Err(DecodeError::BadKind(kind));
+        }
+        let flags = bytes[1];
+        if flags & !FLAG_TEXT != 0 {
+            return Err(DecodeError::BadFlags(flags));
+        }
+        if bytes[2] != 0 || bytes[3] != 0 {
+            return Err(DecodeError::Reserved);
+        }
+        let le32 = |r: core::ops::Range<usize>| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&bytes[r]);
+            u32::from_le_bytes(b)
+        };
+        let le64 = |r: core::ops::Range<usize>| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[r]);
+            u64::from_le_bytes(b)
+        };
+        Ok(Self { kind, flags, len: le32(4..8), from: le64(8..16), corr: le64(16..24) })
+    }
+}
+
+/// Iterates the envelopes of a batch: yields `(header, payload)` pairs, or one
+/// error and then stops.
+#[derive(Debug, Clone)]
+pub struct BatchReader<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> BatchReader<'a> {
+    /// Reads envelopes from `batch`.
+    pub fn new(batch: &'a [u8]) -> Self {
+        Self { rest: batch, failed: false }
+    }
+}
+
+impl<'a> Iterator for BatchReader<'a> {
+    type Item = Result<(EnvelopeHeader, &'a [u8]), DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        let item = EnvelopeHeader::decode(self.rest).and_then(|h| {
+            let end = ENVELOPE_HEADER_LEN
+                .checked_add(h.len as usize)
+                .filter(|&e| e <= self.rest.len())
+                .ok_or(DecodeError::Truncated)?;
+            let payload = &self.rest[ENVELOPE_HEADER_LEN..end];
+            self.rest = &self.rest[end..];
+            Ok((h, payload))
+        });
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_roundtrip() {
+        let h = EnvelopeHeader { kind: KIND_REQUEST, flags: FLAG_TEXT, len: 7, from: 42, corr: 9 };
+        let mut buf = [0u8; ENVELOPE_HEADER_LEN];
+        h.encode(&mut buf);
+        assert_eq!(EnvelopeHeader::decode(&buf), Ok(h));
+    }
+
+    #[test]
+    fn decode_rejects_bad_fields() {
+        let mut buf = [0u8; ENVELOPE_HEADER_LEN];
+        EnvelopeHeader { kind: KIND_MESSAGE, flags: 0, len: 0, from: 1, corr: 0 }.encode(&mut buf);
+        let mut b = buf;
+        b[0] = 9;
+        assert_eq!(EnvelopeHeader::decode(&b), Err(DecodeError::BadKind(9)));
+        let mut b = buf;
+        b[1] = 0x80;
+        assert_eq!(EnvelopeHeader::decode(&b), Err(DecodeError::BadFlags(0x80)));
+        let mut b = buf;
+        b[3] = 1;
+        assert_eq!(EnvelopeHeader::decode(&b), Err(DecodeError::Reserved));
+        assert_eq!(EnvelopeHeader::decode(&buf[..10]), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn batch_reader_stops_on_truncated_payload() {
+        let mut batch = [0u8; 2 * ENVELOPE_HEADER_LEN + 3];
+        EnvelopeHeader { kind: KIND_MESSAGE, flags: 0, len: 3, from: 1, corr: 0 }.encode(&mut batch);
+        EnvelopeHeader { kind: KIND_MESSAGE, flags: 0, len: 100, from: 1, corr: 0 }
+            .encode(&mut batch[ENVELOPE_HEADER_LEN + 3..]);
+        let mut r = BatchReader::new(&batch);
+        assert!(matches!(r.next(), Some(Ok((_, p))) if p.len() == 3));
+        assert_eq!(r.next(), Some(Err(DecodeError::Truncated)));
+        assert_eq!(r.next(), None);
+    }
+}

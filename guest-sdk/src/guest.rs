@@ -1,0 +1,466 @@
+//! The reactor runtime inside the guest: typed messages over the raw ABI.
+//!
+//! Unsafe code here is confined to the `sys` block of host imports; each call
+//! passes pointers into this module's own memory with the lengths of the
+//! slices they come from.
+
+use crate::abi;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Everything a reactor author usually needs.
+pub mod prelude {
+    pub use crate::{Address, Context, ModuleRef, Payload, PendingReply, Reactor, RequestId, SendError};
+    pub use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+    pub use alloc::string::{String, ToString};
+    pub use alloc::vec::Vec;
+    pub use serde::{Deserialize, Serialize};
+}
+
+pub use serde;
+
+/// Raw host imports. The names must equal the `abi::IMPORT_*` constants; the
+/// host's integration tests instantiate every guest against a linker built
+/// from those constants, so a mismatch fails the build of confidence at once.
+mod sys {
+    #[link(wasm_import_module = "reactor")]
+    unsafe extern "C" {
+        pub(crate) fn inbox_read(ptr: *mut u8, len: usize) -> usize;
+        pub(crate) fn send(to: u64, ptr: *const u8, len: usize, flags: u32) -> i32;
+        pub(crate) fn request(to: u64, ptr: *const u8, len: usize, flags: u32) -> i64;
+        pub(crate) fn reply(to: u64, corr: u64, ptr: *const u8, len: usize, flags: u32) -> i32;
+        pub(crate) fn spawn(mptr: *const u8, mlen: usize, iptr: *const u8, ilen: usize) -> i64;
+        pub(crate) fn self_address() -> u64;
+        pub(crate) fn log(level: i32, ptr: *const u8, len: usize);
+        pub(crate) fn fail(ptr: *const u8, len: usize);
+    }
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    unsafe extern "C" {
+        pub(crate) fn random_get(buf: *mut u8, len: usize) -> u16;
+    }
+}
+
+/// A reactor's address: where messages to it are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+pub struct Address(pub u64);
+
+impl Address {
+    /// The outside world (the host API, the command line).
+    pub const HOST: Address = Address(abi::HOST_ADDRESS);
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Identifies a request this reactor made; its reply carries the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+pub struct RequestId(pub u64);
+
+/// Why a send, request, reply or spawn did not happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// No live reactor has that address.
+    NoSuchReactor,
+    /// The destination's inbox is full: back off and retry later.
+    InboxFull,
+    /// The encoded message exceeds [`abi::MAX_PAYLOAD_LEN`].
+    TooLarge,
+    /// The module to spawn is unknown to the host.
+    NoSuchModule,
+    /// The host refused to spawn.
+    SpawnRefused,
+    /// `reply` was called while handling something that is not a request.
+    NotARequest,
+    /// The value could not be encoded.
+    Encode(String),
+    /// The host rejected an argument.
+    BadArgument,
+    /// A status this SDK version does not know.
+    Unknown(i64),
+}
+
+impl SendError {
+    fn from_status(s: i64) -> Self {
+        match s as i32 {
+            abi::STATUS_NO_SUCH_REACTOR => Self::NoSuchReactor,
+            abi::STATUS_INBOX_FULL => Self::InboxFull,
+            abi::STATUS_TOO_LARGE => Self::TooLarge,
+            abi::STATUS_NO_SUCH_MODULE => Self::NoSuchModule,
+            abi::STATUS_SPAWN_REFUSED => Self::SpawnRefused,
+            abi::STATUS_BAD_ARGUMENT => Self::BadArgument,
+            _ => Self::Unknown(s),
+        }
+    }
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A request whose answer was deferred with [`Context::defer_reply`]. It is
+/// plain data, so it can live in the reactor's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PendingReply {
+    to: Address,
+    corr: u64,
+    text: bool,
+}
+
+/// Which module a [`Context::spawn`] instantiates.
+#[derive(Clone, Copy, Debug)]
+pub enum ModuleRef<'a> {
+    /// The calling reactor's own module.
+    Own,
+    /// A module the host has loaded under this name (e.g. `"kv"`).
+    Name(&'a str),
+    /// A module by the SHA-256 of its bytes.
+    Hash([u8; 32]),
+}
+
+impl ModuleRef<'_> {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            ModuleRef::Own => alloc::vec![abi::MODULE_REF_SELF],
+            ModuleRef::Name(n) => {
+                let mut v = alloc::vec![abi::MODULE_REF_NAME];
+                v.extend_from_slice(n.as_bytes());
+                v
+            }
+            ModuleRef::Hash(h) => {
+                let mut v = alloc::vec![abi::MODULE_REF_HASH];
+                v.extend_from_slice(h);
+                v
+            }
+        }
+    }
+}
+
+/// Bytes of a message, an init argument or a reply, not yet decoded.
+#[derive(Clone, Copy, Debug)]
+pub struct Payload<'a> {
+    bytes: &'a [u8],
+    text: bool,
+}
+
+/// Why a payload did not decode into the requested type.
+#[derive(Clone, Debug)]
+pub struct DecodeError(pub String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'a> Payload<'a> {
+    /// The raw bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// True when the payload is JSON text (it came from the command line).
+    pub fn is_text(&self) -> bool {
+        self.text
+    }
+
+    /// Decodes the payload as `T` (postcard, or JSON for text payloads).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        decode(self.bytes, self.text)
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], text: bool) -> Result<T, DecodeError> {
+    if text {
+        #[cfg(feature = "text")]
+        return serde_json::from_slice(bytes).map_err(|e| DecodeError(alloc::format!("json: {e}")));
+        #[cfg(not(feature = "text"))]
+        return Err(DecodeError("text payloads need the guest-sdk `text` feature".into()));
+    }
+    postcard::from_bytes(bytes).map_err(|e| DecodeError(alloc::format!("postcard: {e}")))
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T, text: bool) -> Result<Vec<u8>, SendError> {
+    if text {
+        #[cfg(feature = "text")]
+        return serde_json::to_vec(value).map_err(|e| SendError::Encode(alloc::format!("{e}")));
+        #[cfg(not(feature = "text"))]
+        return Err(SendError::Encode("text payloads need the `text` feature".into()));
+    }
+    postcard::to_allocvec(value).map_err(|e| SendError::Encode(alloc::format!("{e}")))
+}
+
+fn status(s: i32) -> Result<(), SendError> {
+    if s == abi::STATUS_OK { Ok(()) } else { Err(SendError::from_status(s as i64)) }
+}
+
+/// A reactor: a state machine that changes only in response to messages.
+///
+/// The state starts as `Default::default()`; [`Reactor::start`] sees the init
+/// argument given at spawn time.
+pub trait Reactor: Default + 'static {
+    /// The messages this reactor understands.
+    type Msg: DeserializeOwned;
+
+    /// Called once, before any message, with the spawn-time argument.
+    fn start(&mut self, cx: &mut Context, init: Payload<'_>) {
+        let _ = (cx, init);
+    }
+
+    /// Handles one message (one-way or request; [`Context::reply`] answers a
+    /// request).
+    fn react(&mut self, cx: &mut Context, msg: Self::Msg);
+
+    /// Handles the reply to a request this reactor made with
+    /// [`Context::request`].
+    fn on_reply(&mut self, cx: &mut Context, id: RequestId, reply: Payload<'_>) {
+        let _ = (cx, id, reply);
+    }
+
+    /// Called when a message does not decode as [`Reactor::Msg`]. The default
+    /// logs a warning and drops it.
+    fn on_undecodable(&mut self, cx: &mut Context, err: DecodeError) {
+        cx.log(abi::LOG_WARN, &alloc::format!("dropping undecodable message from {}: {err}", cx.sender()));
+    }
+}
+
+/// What a handler can do: send, request, reply, spawn, log, and learn who it
+/// is and who is talking to it.
+#[derive(Debug)]
+pub struct Context {
+    me: Address,
+    from: Address,
+    kind: u8,
+    corr: u64,
+    text: bool,
+}
+
+impl Context {
+    /// This reactor's own address.
+    pub fn me(&self) -> Address {
+        self.me
+    }
+
+    /// The sender of the message being handled ([`Address::HOST`] for the
+    /// outside world).
+    pub fn sender(&self) -> Address {
+        self.from
+    }
+
+    /// True while handling a request that has not been answered yet.
+    pub fn is_request(&self) -> bool {
+        self.kind == abi::KIND_REQUEST
+    }
+
+    /// Sends a one-way message.
+    pub fn send<T: Serialize + ?Sized>(&mut self, to: Address, msg: &T) -> Result<(), SendError> {
+        let bytes = encode(msg, false)?;
+        // SAFETY: `bytes` is a live slice of our own memory for the call.
+        status(unsafe { sys::send(to.0, bytes.as_ptr(), bytes.len(), 0) })
+    }
+
+    /// Sends a request; the reply arrives later in [`Reactor::on_reply`] with
+    /// the returned id.
+    pub fn request<T: Serialize + ?Sized>(&mut self, to: Address, msg: &T) -> Result<RequestId, SendError> {
+        let bytes = encode(msg, false)?;
+        // SAFETY: `bytes` is a live slice of our own memory for the call.
+        let r = unsafe { sys::request(to.0, bytes.as_ptr(), bytes.len(), 0) };
+        if r > 0 { Ok(RequestId(r as u64)) } else { Err(SendError::from_status(r)) }
+    }
+
+    /// Answers the request being handled. A request is answered at most once:
+    /// after the first reply, [`Context::is_request`] is false.
+    pub fn reply<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SendError> {
+        if self.kind != abi::KIND_REQUEST {
+            return Err(SendError::NotARequest);
+        }
+        let bytes = encode(value, self.text)?;
+        let flags = if self.text { abi::FLAG_TEXT as u32 } else { 0 };
+        // SAFETY: `bytes` is a live slice of our own memory for the call.
+        let s = unsafe { sys::reply(self.from.0, self.corr, bytes.as_ptr(), bytes.len(), flags) };
+        self.kind = abi::KIND_MESSAGE;
+        status(s)
+    }
+
+    /// Takes over the duty to answer the request being handled, to answer it
+    /// later with [`Context::reply_later`] (e.g. after asking another
+    /// reactor). `None` if the current message is not an unanswered request.
+    pub fn defer_reply(&mut self) -> Option<PendingReply> {
+        if self.kind != abi::KIND_REQUEST {
+            return None;
+        }
+        self.kind = abi::KIND_MESSAGE;
+        Some(PendingReply { to: self.from, corr: self.corr, text: self.text })
+    }
+
+    /// Answers a request taken with [`Context::defer_reply`].
+    pub fn reply_later<T: Serialize + ?Sized>(&mut self, pending: PendingReply, value: &T) -> Result<(), SendError> {
+        let bytes = encode(value, pending.text)?;
+        let flags = if pending.text { abi::FLAG_TEXT as u32 } else { 0 };
+        // SAFETY: `bytes` is a live slice of our own memory for the call.
+        status(unsafe { sys::reply(pending.to.0, pending.corr, bytes.as_ptr(), bytes.len(), flags) })
+    }
+
+    /// Starts a new reactor from `module` with the spawn argument `init`.
+    pub fn spawn<T: Serialize + ?Sized>(&mut self, module: ModuleRef<'_>, init: &T) -> Result<Address, SendError> {
+        let m = module.encode();
+        let i = encode(init, false)?;
+        // SAFETY: both slices are live for the call.
+        let r = unsafe { sys::spawn(m.as_ptr(), m.len(), i.as_ptr(), i.len()) };
+        if r > 0 { Ok(Address(r as u64)) } else { Err(SendError::from_status(r)) }
+    }
+
+    /// Writes a log line (levels: `abi::LOG_*`).
+    pub fn log(&self, level: i32, msg: &str) {
+        log(level, msg)
+    }
+
+    /// Host-supplied wall-clock time (recordable for replay).
+    pub fn now(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now()
+    }
+
+    /// Host-supplied random bytes (recordable for replay).
+    pub fn random_bytes(&self, buf: &mut [u8]) {
+        // SAFETY: `buf` is a live, writable slice of our own memory.
+        let errno = unsafe { sys::random_get(buf.as_mut_ptr(), buf.len()) };
+        assert_eq!(errno, 0, "host random_get failed");
+    }
+
+    /// A host-supplied random `u64`.
+    pub fn random_u64(&self) -> u64 {
+        let mut b = [0u8; 8];
+        self.random_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+}
+
+/// Writes a log line through the host (levels: `abi::LOG_*`).
+pub fn log(level: i32, msg: &str) {
+    // SAFETY: `msg` is a live slice of our own memory for the call.
+    unsafe { sys::log(level, msg.as_ptr(), msg.len()) }
+}
+
+/// Implementation details used by [`export!`]; not a stable API.
+#[doc(hidden)]
+pub mod __rt {
+    use super::*;
+    use core::cell::RefCell;
+
+    std::thread_local! {
+        static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn with_inbox<R>(len: u32, f: impl FnOnce(&[u8]) -> R) -> R {
+        BUF.with(|b| {
+            let mut buf = b.take();
+            buf.clear();
+            buf.reserve(len as usize);
+            // SAFETY: the spare capacity holds at least `len` bytes; the host
+            // writes at most `len` and returns how many it wrote.
+            let n = unsafe { sys::inbox_read(buf.as_mut_ptr(), len as usize) };
+            assert!(n <= len as usize, "host wrote more than asked");
+            // SAFETY: the host initialised the first `n` bytes.
+            unsafe { buf.set_len(n) };
+            let r = f(&buf);
+            b.replace(buf);
+            r
+        })
+    }
+
+    fn install_panic_hook() {
+        std::panic::set_hook(alloc::boxed::Box::new(|info| {
+            let msg = alloc::format!("{info}");
+            // SAFETY: `msg` is a live slice of our own memory for the call.
+            unsafe { sys::fail(msg.as_ptr(), msg.len()) };
+        }));
+    }
+
+    fn me() -> Address {
+        // SAFETY: no arguments.
+        Address(unsafe { sys::self_address() })
+    }
+
+    /// `reactor_init` body.
+    pub fn init<R: Reactor>(slot: &'static std::thread::LocalKey<RefCell<Option<R>>>, len: u32) -> i32 {
+        install_panic_hook();
+        let me = me();
+        with_inbox(len, |arg| {
+            let mut r = R::default();
+            let mut cx = Context { me, from: Address::HOST, kind: abi::KIND_MESSAGE, corr: 0, text: false };
+            r.start(&mut cx, Payload { bytes: arg, text: false });
+            slot.with(|s| *s.borrow_mut() = Some(r));
+        });
+        abi::STATUS_OK
+    }
+
+    /// `reactor_receive` body.
+    pub fn receive<R: Reactor>(slot: &'static std::thread::LocalKey<RefCell<Option<R>>>, len: u32, count: u32) -> i32 {
+        let me = me();
+        with_inbox(len, |batch| {
+            slot.with(|s| {
+                let mut guard = s.borrow_mut();
+                let Some(r) = guard.as_mut() else { panic!("message before reactor_init") };
+                let mut seen = 0u32;
+                for env in abi::BatchReader::new(batch) {
+                    let (h, payload) = match env {
+                        Ok(x) => x,
+                        Err(e) => panic!("host delivered a malformed batch: {e:?}"),
+                    };
+                    seen += 1;
+                    let text = h.flags & abi::FLAG_TEXT != 0;
+                    let mut cx = Context { me, from: Address(h.from), kind: h.kind, corr: h.corr, text };
+                    if h.kind == abi::KIND_REPLY {
+                        r.on_reply(&mut cx, RequestId(h.corr), Payload { bytes: payload, text });
+                        continue;
+                    }
+                    match decode::<R::Msg>(payload, text) {
+                        Ok(m) => r.react(&mut cx, m),
+                        Err(e) => {
+                            if cx.is_request() {
+                                // The caller waits for an answer: tell it why none will come.
+                                let _ = cx.reply(&alloc::format!("error: undecodable request: {e}"));
+                            }
+                            r.on_undecodable(&mut cx, e)
+                        }
+                    }
+                }
+                assert_eq!(seen, count, "batch envelope count mismatch");
+            })
+        });
+        abi::STATUS_OK
+    }
+}
+
+/// Exports a [`Reactor`] type as this module's reactor: generates the Wasm
+/// entry points and the ABI version section.
+#[macro_export]
+macro_rules! export {
+    ($ty:ty) => {
+        ::std::thread_local! {
+            static __REACTOR_STATE: ::core::cell::RefCell<::core::option::Option<$ty>> =
+                const { ::core::cell::RefCell::new(::core::option::Option::None) };
+        }
+
+        #[used]
+        #[unsafe(link_section = "reactor.abi")]
+        static __REACTOR_ABI_VERSION: [u8; 4] = $crate::abi::ABI_VERSION.to_le_bytes();
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn reactor_init(len: u32) -> i32 {
+            $crate::__rt::init::<$ty>(&__REACTOR_STATE, len)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn reactor_receive(len: u32, count: u32) -> i32 {
+            $crate::__rt::receive::<$ty>(&__REACTOR_STATE, len, count)
+        }
+    };
+}

@@ -1,0 +1,100 @@
+//! A reactor that misbehaves on command, to prove the host survives it:
+//! traps, panics, infinite loops, memory exhaustion, stack overflow, garbage
+//! pointers handed to host calls, and `proc_exit`.
+use guest_sdk::prelude::*;
+use protocols::FaultyCmd;
+
+/// Raw host imports, called with deliberately bad arguments.
+mod raw {
+    #[link(wasm_import_module = "reactor")]
+    unsafe extern "C" {
+        pub(crate) fn send(to: u64, ptr: usize, len: usize, flags: u32) -> i32;
+        pub(crate) fn inbox_read(ptr: usize, len: usize) -> usize;
+        pub(crate) fn log(level: i32, ptr: usize, len: usize);
+        pub(crate) fn spawn(mptr: *const u8, mlen: usize, iptr: *const u8, ilen: usize) -> i64;
+    }
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    unsafe extern "C" {
+        pub(crate) fn proc_exit(code: u32) -> !;
+    }
+}
+
+#[derive(Default)]
+struct Faulty {
+    hoard: Vec<Vec<u8>>,
+    zero: u32,
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64, sink: &mut [u64; 64]) -> u64 {
+    let mut local = [depth; 64];
+    local[(depth % 64) as usize] ^= sink[(depth % 64) as usize];
+    let r = recurse(depth + 1, &mut local);
+    r ^ std::hint::black_box(local[3])
+}
+
+impl Reactor for Faulty {
+    type Msg = FaultyCmd;
+
+    fn react(&mut self, cx: &mut Context, msg: FaultyCmd) {
+        match msg {
+            FaultyCmd::Ok(n) => {
+                let _ = cx.reply(&(n + 1));
+            }
+            FaultyCmd::Trap => std::process::abort(),
+            FaultyCmd::Panic(m) => panic!("{m}"),
+            FaultyCmd::LoopForever => {
+                let mut i: u64 = 0;
+                loop {
+                    i = std::hint::black_box(i.wrapping_add(1));
+                }
+            }
+            FaultyCmd::AllocForever => loop {
+                let mut block = vec![0u8; 1 << 20];
+                block[4096] = 1;
+                self.hoard.push(block);
+            },
+            FaultyCmd::DivideByZero => {
+                let z = std::hint::black_box(self.zero);
+                let _ = cx.reply(&(7 / z));
+            }
+            FaultyCmd::StackOverflow => {
+                let mut sink = [1u64; 64];
+                let _ = cx.reply(&recurse(0, &mut sink));
+            }
+            FaultyCmd::BadSendPointer => {
+                // SAFETY: deliberately invalid: the host must refuse it.
+                let s = unsafe { raw::send(cx.me().0, 0xFFFF_FF00, 4096, 0) };
+                let _ = cx.reply(&s);
+            }
+            FaultyCmd::BadInboxPointer => {
+                // SAFETY: deliberately invalid: the host must refuse it.
+                let n = unsafe { raw::inbox_read(0xFFFF_FFF0, 64) };
+                let _ = cx.reply(&n);
+            }
+            FaultyCmd::BadLogLength => {
+                // SAFETY: deliberately invalid: the host must refuse it.
+                unsafe { raw::log(3, 16, usize::MAX - 8) };
+            }
+            FaultyCmd::BadSpawnRef => {
+                let garbage = [7u8, 1, 2, 3];
+                // SAFETY: valid pointers, garbage content: the host must refuse it.
+                let s = unsafe { raw::spawn(garbage.as_ptr(), garbage.len(), garbage.as_ptr(), 0) };
+                let _ = cx.reply(&s);
+            }
+            FaultyCmd::HugeSend => {
+                let big = vec![1u8; (guest_sdk::abi::MAX_PAYLOAD_LEN as usize) + 1];
+                // SAFETY: a valid slice that is simply too large.
+                let s = unsafe { raw::send(cx.me().0, big.as_ptr() as usize, big.len(), 0) };
+                let _ = cx.reply(&s);
+            }
+            FaultyCmd::Exit(code) => {
+                // SAFETY: ends the instance; the host turns it into a failure.
+                unsafe { raw::proc_exit(code) }
+            }
+        }
+    }
+}
+
+guest_sdk::export!(Faulty);

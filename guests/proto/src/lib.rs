@@ -1,0 +1,127 @@
+//! Message types of the example reactors in `guests/`.
+//!
+//! Shared by the guests (wasm32) and by the host's tests, demo and benchmarks
+//! (native), so both sides of an exchange use one definition. Encoded with
+//! postcard on the wire; the command line may send them as JSON instead.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+/// Messages to `counter`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CounterMsg {
+    /// Add to the count (one-way; as a request, replies the new count).
+    Add(u64),
+    /// Request: replies the current count as `u64`.
+    Get,
+}
+
+/// Requests to `kv`. Every variant works as a one-way message too; as a
+/// request it is answered with a [`KvReply`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvReq {
+    /// Store `value` under `key`; replies the previous value.
+    Put { key: String, value: String },
+    /// Replies the value under `key`.
+    Get { key: String },
+    /// Removes `key`; replies the removed value.
+    Delete { key: String },
+    /// Replies up to `limit` entries with `start <= key < end` (no end: to the
+    /// last key), in key order.
+    Range { start: String, end: Option<String>, limit: u32 },
+    /// Generates `count` entries `"{prefix}{i:010}"` with pseudo-random
+    /// printable values of `value_len` bytes from `seed` (grows state without
+    /// shipping it); replies [`KvReply::Done`].
+    Fill { prefix: String, count: u64, value_len: u32, seed: u64 },
+    /// Replies [`KvReply::Stats`].
+    Stats,
+}
+
+/// Answers from `kv`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvReply {
+    /// A value, or none.
+    Value(Option<String>),
+    /// Entries from a range scan.
+    Entries(Vec<(String, String)>),
+    /// Entry count and total bytes of keys plus values.
+    Stats { keys: u64, bytes: u64 },
+    /// A fill finished; `keys` entries are now stored.
+    Done { keys: u64 },
+}
+
+/// Spawn argument of `pingpong`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingInit {
+    /// Partner to play with, if known at spawn time.
+    pub peer: Option<u64>,
+}
+
+/// Messages to `pingpong`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PingMsg {
+    /// One-way: answered by a `Pong` with the same `n` sent to the sender.
+    Ping { n: u64 },
+    /// One-way: the answer to a `Ping`.
+    Pong { n: u64 },
+    /// Request: replies the same number (request–response through the host).
+    Echo(u64),
+    /// Request: play `rounds` ping–pong exchanges with `peer` (a fresh
+    /// partner spawned from this module if `None`), keeping `window` pings in
+    /// flight; replies [`PingReport`] when the last pong arrives.
+    /// With `requests`, each exchange is a request–response (`Echo`)
+    /// instead of one-way `Ping`/`Pong`.
+    Play { peer: Option<u64>, rounds: u64, window: u32, requests: bool },
+    /// Request: replies [`PingReport`] with the counters so far.
+    Report,
+}
+
+/// What a `pingpong` reactor has seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingReport {
+    /// The partner of the last `Play`.
+    pub peer: u64,
+    /// Pings received.
+    pub pings: u64,
+    /// Pongs received.
+    pub pongs: u64,
+    /// Requests made to the partner and answered.
+    pub echoes: u64,
+}
+
+/// Commands to `faulty`, which misbehaves on purpose.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FaultyCmd {
+    /// Request: behaves; replies the number plus one.
+    Ok(u64),
+    /// Executes `unreachable`.
+    Trap,
+    /// Panics with this message.
+    Panic(String),
+    /// Never returns.
+    LoopForever,
+    /// Allocates 1 MiB blocks until memory runs out.
+    AllocForever,
+    /// Divides by a zero it read from memory (integer trap).
+    DivideByZero,
+    /// Recurses until the Wasm stack overflows.
+    StackOverflow,
+    /// Calls the host's `send` with a pointer past the end of memory.
+    BadSendPointer,
+    /// Calls the host's `inbox_read` with a pointer past the end of memory.
+    BadInboxPointer,
+    /// Calls the host's `log` with a length that wraps around memory.
+    BadLogLength,
+    /// Calls the host's `spawn` with a garbage module reference; replies the
+    /// status it got.
+    BadSpawnRef,
+    /// Sends a message over the payload limit; replies the status it got.
+    HugeSend,
+    /// Calls WASI `proc_exit` with this code.
+    Exit(u32),
+}

@@ -1,0 +1,186 @@
+//! The `reactor` import namespace: every host function a guest may call.
+//!
+//! Names and signatures come from `guest_sdk::abi`. Every argument is
+//! untrusted: pointers and lengths are checked against the caller's own
+//! memory (a bad one fails the *calling* reactor with a [`GuestFault`], never
+//! the host), sizes against the ABI limits, flags and module references
+//! against what the ABI defines (bad ones get a status code back).
+
+use crate::reactor::{Address, ReactorData};
+use crate::runtime::Envelope;
+use guest_sdk::abi;
+use wasmtime::{Caller, Linker};
+
+/// A guest passed the host something it cannot act on: the calling reactor
+/// fails with this as its reason.
+#[derive(Debug, thiserror::Error)]
+#[error("`{call}`: {detail}")]
+pub struct GuestFault {
+    /// The host call.
+    pub call: &'static str,
+    /// What was wrong.
+    pub detail: String,
+}
+
+fn fault(call: &'static str, detail: String) -> wasmtime::Error {
+    wasmtime::Error::new(GuestFault { call, detail })
+}
+
+/// Longest log line or failure note kept (longer ones are cut).
+const MAX_TEXT: usize = 4096;
+
+/// The `[ptr, ptr+len)` range of guest memory, or a fault naming `call`.
+fn range(mem_len: usize, call: &'static str, ptr: u32, len: u32) -> wasmtime::Result<std::ops::Range<usize>> {
+    let start = ptr as usize;
+    match start.checked_add(len as usize) {
+        Some(end) if end <= mem_len => Ok(start..end),
+        _ => Err(fault(
+            call,
+            format!("buffer at {ptr:#x} of {len} bytes lies outside linear memory of {mem_len} bytes"),
+        )),
+    }
+}
+
+/// Copies `[ptr, ptr+len)` out of the caller's memory.
+fn read_guest(caller: &mut Caller<'_, ReactorData>, call: &'static str, ptr: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
+    let memory = caller.data().memory.expect("memory set at instantiation");
+    let data = memory.data(&*caller);
+    let r = range(data.len(), call, ptr, len)?;
+    Ok(data[r].to_vec())
+}
+
+fn check_flags(flags: u32) -> Option<u8> {
+    u8::try_from(flags).ok().filter(|f| f & !abi::FLAG_TEXT == 0)
+}
+
+/// Adds every `reactor::*` function to `linker`.
+pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()> {
+    let m = abi::IMPORT_MODULE;
+
+    linker.func_wrap(m, abi::IMPORT_INBOX_READ, |mut caller: Caller<'_, ReactorData>, ptr: u32, len: u32| {
+        let memory = caller.data().memory.expect("memory set at instantiation");
+        let (mem, data) = memory.data_and_store_mut(&mut caller);
+        let input = data.router().input_remaining();
+        let n = input.len().min(len as usize);
+        let r = range(mem.len(), abi::IMPORT_INBOX_READ, ptr, n as u32)?;
+        mem[r].copy_from_slice(&input[..n]);
+        data.router().consume_input(n);
+        Ok(n as u32)
+    })?;
+
+    linker.func_wrap(
+        m,
+        abi::IMPORT_SEND,
+        |mut caller: Caller<'_, ReactorData>, to: u64, ptr: u32, len: u32, flags: u32| {
+            let Some(flags) = check_flags(flags) else { return Ok(abi::STATUS_BAD_ARGUMENT) };
+            if len > abi::MAX_PAYLOAD_LEN {
+                return Ok(abi::STATUS_TOO_LARGE);
+            }
+            let payload = read_guest(&mut caller, abi::IMPORT_SEND, ptr, len)?;
+            let from = caller.data().address;
+            let env = Envelope { kind: abi::KIND_MESSAGE, flags, from, corr: 0, payload };
+            Ok(caller.data_mut().router().route(Address(to), env))
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        abi::IMPORT_REQUEST,
+        |mut caller: Caller<'_, ReactorData>, to: u64, ptr: u32, len: u32, flags: u32| {
+            let Some(flags) = check_flags(flags) else { return Ok(abi::STATUS_BAD_ARGUMENT as i64) };
+            if len > abi::MAX_PAYLOAD_LEN {
+                return Ok(abi::STATUS_TOO_LARGE as i64);
+            }
+            let payload = read_guest(&mut caller, abi::IMPORT_REQUEST, ptr, len)?;
+            let from = caller.data().address;
+            let router = caller.data_mut().router();
+            let corr = router.next_corr();
+            let env = Envelope { kind: abi::KIND_REQUEST, flags, from, corr, payload };
+            let status = router.route(Address(to), env);
+            Ok(if status == abi::STATUS_OK { corr as i64 } else { status as i64 })
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        abi::IMPORT_REPLY,
+        |mut caller: Caller<'_, ReactorData>, to: u64, corr: u64, ptr: u32, len: u32, flags: u32| {
+            let Some(flags) = check_flags(flags) else { return Ok(abi::STATUS_BAD_ARGUMENT) };
+            if len > abi::MAX_PAYLOAD_LEN {
+                return Ok(abi::STATUS_TOO_LARGE);
+            }
+            let payload = read_guest(&mut caller, abi::IMPORT_REPLY, ptr, len)?;
+            let from = caller.data().address;
+            let env = Envelope { kind: abi::KIND_REPLY, flags, from, corr, payload };
+            Ok(caller.data_mut().router().route(Address(to), env))
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        abi::IMPORT_SPAWN,
+        |mut caller: Caller<'_, ReactorData>, mptr: u32, mlen: u32, iptr: u32, ilen: u32| {
+            if ilen > abi::MAX_PAYLOAD_LEN {
+                return Ok(abi::STATUS_TOO_LARGE as i64);
+            }
+            if mlen > 1 + 4096 {
+                return Ok(abi::STATUS_BAD_ARGUMENT as i64);
+            }
+            let mref = read_guest(&mut caller, abi::IMPORT_SPAWN, mptr, mlen)?;
+            let init = read_guest(&mut caller, abi::IMPORT_SPAWN, iptr, ilen)?;
+            let parent = caller.data().address;
+            Ok(match caller.data_mut().router().spawn(parent, &mref, init) {
+                Ok(addr) => addr.0 as i64,
+                Err(status) => status as i64,
+            })
+        },
+    )?;
+
+    linker.func_wrap(m, abi::IMPORT_SELF_ADDRESS, |caller: Caller<'_, ReactorData>| caller.data().address.0)?;
+
+    linker.func_wrap(m, abi::IMPORT_LOG, |mut caller: Caller<'_, ReactorData>, level: i32, ptr: u32, len: u32| {
+        let text = read_guest(&mut caller, abi::IMPORT_LOG, ptr, len.min(MAX_TEXT as u32))?;
+        // The full range must still be valid even though only a prefix is kept.
+        let memory = caller.data().memory.expect("memory set at instantiation");
+        range(memory.data_size(&caller), abi::IMPORT_LOG, ptr, len)?;
+        let text = String::from_utf8_lossy(&text);
+        let who = caller.data().address;
+        match level {
+            abi::LOG_ERROR => tracing::error!(reactor = %who, "{text}"),
+            abi::LOG_WARN => tracing::warn!(reactor = %who, "{text}"),
+            abi::LOG_INFO => tracing::info!(reactor = %who, "{text}"),
+            abi::LOG_DEBUG => tracing::debug!(reactor = %who, "{text}"),
+            _ => tracing::trace!(reactor = %who, "{text}"),
+        }
+        Ok(())
+    })?;
+
+    linker.func_wrap(m, abi::IMPORT_FAIL, |mut caller: Caller<'_, ReactorData>, ptr: u32, len: u32| {
+        let text = read_guest(&mut caller, abi::IMPORT_FAIL, ptr, len.min(MAX_TEXT as u32))?;
+        caller.data_mut().fail_note = Some(String::from_utf8_lossy(&text).into_owned());
+        Ok(())
+    })?;
+
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_rejects_overflow_and_out_of_bounds() {
+        assert_eq!(range(100, "t", 10, 90).unwrap(), 10..100);
+        assert!(range(100, "t", 10, 91).is_err());
+        assert!(range(100, "t", u32::MAX, u32::MAX).is_err());
+        assert!(range(0, "t", 0, 0).is_ok());
+    }
+
+    #[test]
+    fn flags_outside_the_abi_are_refused() {
+        assert_eq!(check_flags(0), Some(0));
+        assert_eq!(check_flags(abi::FLAG_TEXT as u32), Some(abi::FLAG_TEXT));
+        assert_eq!(check_flags(2), None);
+        assert_eq!(check_flags(0x100), None);
+    }
+}

@@ -1,0 +1,78 @@
+//! A reactor's inbox: bounded, first in first out, with explicit
+//! backpressure (a full inbox refuses and gives the message back; it never
+//! drops one silently and never grows without bound).
+//!
+//! This is the single-threaded inbox the runtime runs on today; the
+//! Disruptor-style rings of the thread-per-core design replace its insides
+//! without changing what callers see.
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+
+/// The inbox was full; here is the message back.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Full<T>(pub(crate) T);
+
+#[derive(Debug)]
+pub(crate) struct Inbox<T> {
+    queue: VecDeque<T>,
+    capacity: usize,
+    /// True while the reactor is on the runtime's ready queue.
+    pub(crate) scheduled: bool,
+}
+
+impl<T> Inbox<T> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self { queue: VecDeque::new(), capacity: capacity.max(1), scheduled: false }
+    }
+
+    /// Adds a message unless the inbox holds `capacity` already.
+    pub(crate) fn try_push(&mut self, item: T) -> Result<(), Full<T>> {
+        if self.queue.len() >= self.capacity {
+            return Err(Full(item));
+        }
+        self.queue.push_back(item);
+        Ok(())
+    }
+
+    /// Adds a message even past the capacity. Only for replies: the
+    /// requester bounded them itself by how many requests it made.
+    pub(crate) fn push_reply(&mut self, item: T) {
+        self.queue.push_back(item);
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        self.queue.pop_front()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.queue.drain(..)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_fifo_with_backpressure() {
+        let mut i = Inbox::new(2);
+        assert!(i.try_push(1).is_ok());
+        assert!(i.try_push(2).is_ok());
+        assert_eq!(i.try_push(3), Err(Full(3)));
+        i.push_reply(4);
+        assert_eq!(i.len(), 3);
+        assert_eq!(i.pop(), Some(1));
+        assert_eq!(i.pop(), Some(2));
+        assert_eq!(i.pop(), Some(4));
+        assert!(i.is_empty());
+    }
+}

@@ -1,0 +1,40 @@
+//! The native host of the reactor sandbox.
+//!
+//! A *reactor* is an actor whose whole state is one WebAssembly linear
+//! memory. This crate loads reactor modules, runs thousands of reactors as
+//! isolated wasmtime instances, and moves messages between them.
+//!
+//! # Layout
+//! - `engine` — wasmtime engine and linker, ABI validation of modules, the
+//!   content-addressed module cache (memory and disk), epoch preemption.
+//! - `reactor` — one live instance: store, memory, entry points, limits, and
+//!   the readable [`Failure`] a misbehaving guest turns into.
+//! - `hostcalls` — the `reactor::*` functions guests import; every argument
+//!   checked.
+//! - `inbox` — bounded per-reactor inboxes with backpressure.
+//! - `runtime` — the [`Runtime`]: spawning, routing, scheduling, requests from
+//!   the outside world.
+//! - `sys` — the only platform code: host-owned linear memories (mmap/mremap).
+//! - `guests` — paths of the example reactors the build compiles.
+//! - `cli` — the `host` command's subcommands, thin over the above.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod engine;
+mod hostcalls;
+mod inbox;
+mod reactor;
+mod runtime;
+mod sys;
+
+pub mod cli;
+pub mod guests;
+
+pub use engine::{CodeSource, Engine, EngineConfig, LoadError, LoadedModule, ModuleHash};
+pub use hostcalls::GuestFault;
+pub use reactor::{Address, Failure, FailureReason, Limits};
+pub use runtime::{
+    CallError, Envelope, Reply, ReactorState, RequestId, Runtime, RuntimeConfig, RuntimeStats, SendError,
+    SpawnError,
+};
+pub use guest_sdk::abi;
+pub use protocols;
