@@ -16,8 +16,9 @@
 //! **The module exports** (all `i32` are unsigned 32-bit in meaning):
 //! - `memory` — its linear memory (the reactor's whole private heap);
 //! - [`EXPORT_INIT`]`(len: i32) -> i32` — called once, right after
-//!   instantiation, with the byte length of the init argument. The guest reads
-//!   it with [`IMPORT_INBOX_READ`]. Returns [`STATUS_OK`] or a guest-chosen
+//!   instantiation, with the byte length of the init argument: one envelope
+//!   (see below) of kind [`KIND_MESSAGE`] from the spawner. The guest reads it
+//!   with [`IMPORT_INBOX_READ`]. Returns [`STATUS_OK`] or a guest-chosen
 //!   non-zero code (the reactor then fails);
 //! - [`EXPORT_RECEIVE`]`(len: i32, count: i32) -> i32` — delivers a *batch* of
 //!   `count` envelopes, `len` bytes in all, which the guest reads with

@@ -392,10 +392,15 @@ pub mod __rt {
     pub fn init<R: Reactor>(slot: &'static std::thread::LocalKey<RefCell<Option<R>>>, len: u32) -> i32 {
         install_panic_hook();
         let me = me();
-        with_inbox(len, |arg| {
+        with_inbox(len, |input| {
+            let (h, arg) = match abi::BatchReader::new(input).next() {
+                Some(Ok(env)) => env,
+                other => panic!("host delivered a malformed init envelope: {other:?}"),
+            };
             let mut r = R::default();
-            let mut cx = Context { me, from: Address::HOST, kind: abi::KIND_MESSAGE, corr: 0, text: false };
-            r.start(&mut cx, Payload { bytes: arg, text: false });
+            let text = h.flags & abi::FLAG_TEXT != 0;
+            let mut cx = Context { me, from: Address(h.from), kind: abi::KIND_MESSAGE, corr: 0, text };
+            r.start(&mut cx, Payload { bytes: arg, text });
             slot.with(|s| *s.borrow_mut() = Some(r));
         });
         abi::STATUS_OK

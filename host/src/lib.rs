@@ -14,7 +14,8 @@
 //! - `inbox` — bounded per-reactor inboxes with backpressure.
 //! - `runtime` — the [`Runtime`]: spawning, routing, scheduling, requests from
 //!   the outside world.
-//! - `sys` — the only platform code: host-owned linear memories (mmap/mremap).
+//! - [`sys`] — the only platform code: host-owned linear memories
+//!   (mmap/mremap), process memory figures.
 //! - `guests` — paths of the example reactors the build compiles.
 //! - `cli` — the `host` command's subcommands, thin over the above.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -24,7 +25,7 @@ mod hostcalls;
 mod inbox;
 mod reactor;
 mod runtime;
-mod sys;
+pub mod sys;
 
 pub mod cli;
 pub mod guests;

@@ -132,7 +132,7 @@ pub enum FailureReason {
 impl fmt::Display for FailureReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Panic(m) => write!(f, "panicked: {m}"),
+            Self::Panic(m) => write!(f, "{m}"),
             Self::Trap(m) => write!(f, "trapped: {m}"),
             Self::MemoryCap { cap, requested } => write!(
                 f,

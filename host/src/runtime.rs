@@ -34,7 +34,7 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    fn encode_into(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.resize(start + abi::ENVELOPE_HEADER_LEN, 0);
         abi::EnvelopeHeader {
@@ -163,7 +163,7 @@ pub struct RuntimeStats {
 struct PendingSpawn {
     address: Address,
     module: Arc<LoadedModule>,
-    init: Vec<u8>,
+    init: Envelope,
 }
 
 /// The outside world's side of the runtime.
@@ -270,6 +270,7 @@ impl Router {
         }
         .ok_or(abi::STATUS_NO_SUCH_MODULE)?;
         let address = self.reserve().ok_or(abi::STATUS_SPAWN_REFUSED)?;
+        let init = Envelope { kind: abi::KIND_MESSAGE, flags: 0, from: parent, corr: 0, payload: init };
         self.spawns.push(PendingSpawn { address, module, init });
         Ok(address)
     }
@@ -343,8 +344,19 @@ impl Runtime {
     /// Starts a reactor running `module`, passing `init` to its start-up.
     /// Reactors it spawns during start-up are started too.
     pub fn spawn(&mut self, module: &Arc<LoadedModule>, init: &[u8]) -> Result<Address, SpawnError> {
+        self.spawn_envelope(module, init.to_vec(), 0)
+    }
+
+    /// Starts a reactor whose init argument is JSON text (as the command
+    /// line gives it).
+    pub fn spawn_text(&mut self, module: &Arc<LoadedModule>, json: &str) -> Result<Address, SpawnError> {
+        self.spawn_envelope(module, json.as_bytes().to_vec(), abi::FLAG_TEXT)
+    }
+
+    fn spawn_envelope(&mut self, module: &Arc<LoadedModule>, init: Vec<u8>, flags: u8) -> Result<Address, SpawnError> {
         let address = self.router().reserve().ok_or(SpawnError::Limit(self.config.max_reactors))?;
-        let result = self.instantiate(address, module, init);
+        let init = Envelope { kind: abi::KIND_MESSAGE, flags, from: Address::HOST, corr: 0, payload: init };
+        let result = self.instantiate(address, module, &init);
         self.process_spawns();
         result.map(|()| address).map_err(|f| SpawnError::Failed(address, f))
     }
@@ -355,10 +367,15 @@ impl Runtime {
         self.spawn(module, &bytes)
     }
 
-    fn instantiate(&mut self, address: Address, module: &Arc<LoadedModule>, init: &[u8]) -> Result<(), Failure> {
+    fn instantiate(&mut self, address: Address, module: &Arc<LoadedModule>, init: &Envelope) -> Result<(), Failure> {
         self.stats.spawned += 1;
         self.router().modules.insert(address, module.hash);
-        match Reactor::instantiate(&self.engine, module, address, self.config.limits, &mut self.router, init) {
+        self.batch.clear();
+        init.encode_into(&mut self.batch);
+        let input = std::mem::take(&mut self.batch);
+        let result = Reactor::instantiate(&self.engine, module, address, self.config.limits, &mut self.router, &input);
+        self.batch = input;
+        match result {
             Ok(r) => {
                 self.reactors.insert(address, r);
                 Ok(())

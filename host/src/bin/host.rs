@@ -1,1 +1,4 @@
-fn main() {}
+//! The `host` command; everything lives in `host::cli`.
+fn main() -> std::process::ExitCode {
+    host::cli::main()
+}

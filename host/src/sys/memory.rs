@@ -74,7 +74,7 @@ unsafe impl Send for MmapMemory {}
 // SAFETY: as above; `&MmapMemory` only reads the fields.
 unsafe impl Sync for MmapMemory {}
 
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(p).unwrap_or(4096)

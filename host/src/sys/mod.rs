@@ -8,3 +8,18 @@
 mod memory;
 
 pub(crate) use memory::MmapMemoryCreator;
+
+/// Resident memory of this process in bytes (from `/proc/self/statm`).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * memory::page_size() as u64)
+}
+
+/// Number of memory mappings of this process (from `/proc/self/maps`), and
+/// the kernel's limit on it (`vm.max_map_count`).
+pub fn mappings() -> Option<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?.trim().parse().ok()?;
+    Some((maps.lines().count(), limit))
+}

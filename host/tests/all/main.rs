@@ -1,4 +1,9 @@
 //! Integration tests of the host against the real guests in `guests/`.
 
 mod util;
-mod smoke;
+
+mod faulty;
+mod bad_modules;
+mod guests;
+mod runtime;
+mod cli;

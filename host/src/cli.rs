@@ -1,1 +1,0 @@
-pub fn main_entry() {}

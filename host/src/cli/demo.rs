@@ -1,0 +1,268 @@
+//! `host demo`: a realistic population under traffic, end to end.
+
+use super::EngineArgs;
+use crate::protocols::{FaultyCmd, KvReply, KvReq, PingMsg, PingReport};
+use crate::{Address, CallError, ReactorState, RequestId, Runtime, RuntimeConfig, guests, sys};
+use anyhow::{Context as _, bail, ensure};
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoArgs {
+    /// Number of kv reactors.
+    #[arg(long, default_value_t = 3000)]
+    kv: usize,
+    /// Number of pingpong pairs (each pair: one spawned from here, one
+    /// spawned by its partner).
+    #[arg(long, default_value_t = 1500)]
+    pairs: usize,
+    /// How long to drive traffic, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// State to grow one kv reactor to, in MiB.
+    #[arg(long, default_value_t = 64)]
+    fill_mib: u64,
+}
+
+/// A tiny deterministic generator for the demo's traffic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+struct Progress {
+    last: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self { last: Instant::now() - Duration::from_secs(1) }
+    }
+
+    fn show(&mut self, force: bool, line: impl FnOnce() -> String) {
+        if force || self.last.elapsed() >= Duration::from_millis(200) {
+            self.last = Instant::now();
+            eprint!("\r\x1b[2K  {}", line());
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    fn done(&mut self, line: impl FnOnce() -> String) {
+        self.show(true, line);
+        eprintln!();
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+pub(crate) fn demo(engine_args: &EngineArgs, args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    ensure!(args.kv >= 1 && args.pairs >= 1, "--kv and --pairs must be at least 1");
+    ensure!(args.seconds > 0.0 && args.seconds.is_finite(), "--seconds must be a positive number");
+    let engine = engine_args.engine()?;
+    let config = RuntimeConfig { ..engine_args.runtime_config()? };
+    println!("== reactor host demo ==");
+    println!("guests built in {}", guests::dir().display());
+
+    // 1. Modules: content-addressed, compiled once, cached on disk.
+    let mut modules = HashMap::new();
+    for name in ["kv", "pingpong", "faulty"] {
+        let t = Instant::now();
+        let (m, source) = engine
+            .load_file(&guests::path(name))
+            .with_context(|| format!("cannot load the {name} guest"))?;
+        engine.register_name(name, &m);
+        println!("module {name:<9} {} ({source:?} in {:.1?})", &m.hash.to_hex()[..16], t.elapsed());
+        modules.insert(name, m);
+    }
+
+    let rss0 = sys::resident_bytes().unwrap_or(0);
+    let mut rt = Runtime::new(engine.clone(), config);
+
+    // 2. A population.
+    let total = args.kv + args.pairs;
+    let mut p = Progress::new();
+    let t = Instant::now();
+    let mut kvs = Vec::with_capacity(args.kv);
+    let mut pings = Vec::with_capacity(args.pairs);
+    for i in 0..total {
+        if i < args.kv {
+            kvs.push(rt.spawn(&modules["kv"], &[]).context("spawning a kv reactor")?);
+        } else {
+            pings.push(rt.spawn(&modules["pingpong"], &[]).context("spawning a pingpong reactor")?);
+        }
+        p.show(false, || format!("spawning reactors: {}/{total}", i + 1));
+    }
+    let spawn_time = t.elapsed();
+    p.done(|| {
+        format!(
+            "spawned {total} reactors in {spawn_time:.2?} ({:.1} µs each)",
+            spawn_time.as_secs_f64() * 1e6 / total as f64
+        )
+    });
+
+    // 3. Traffic: kv puts/gets from outside, pingpong pairs playing with
+    //    partners they spawn themselves, replies checked against a model.
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut model: HashMap<(Address, String), String> = HashMap::new();
+    let mut partners: Vec<Option<u64>> = vec![None; pings.len()];
+    let before = rt.stats();
+    let t = Instant::now();
+    let mut rounds = 0u64;
+    let mut checked = 0u64;
+    let mut exchanges = 0u64;
+    while t.elapsed().as_secs_f64() < args.seconds {
+        rounds += 1;
+        // Each inbox is FIFO and the host sends in order, so a get sees
+        // exactly the puts sent before it: its expected answer is the model
+        // at the time it was sent.
+        let mut gets: Vec<(RequestId, Address, Option<String>)> = Vec::new();
+        for _ in 0..2000 {
+            let kv = kvs[rng.below(kvs.len())];
+            let key = format!("key{}", rng.below(64));
+            if rng.below(2) == 0 {
+                let value = format!("v{}", rng.next());
+                rt.send_typed(kv, &KvReq::Put { key: key.clone(), value: value.clone() })?;
+                model.insert((kv, key), value);
+            } else {
+                let payload = postcard::to_allocvec(&KvReq::Get { key: key.clone() })?;
+                let expected = model.get(&(kv, key.clone())).cloned();
+                gets.push((rt.request(kv, payload, false)?, kv, expected));
+            }
+        }
+        let mut plays = Vec::new();
+        for (i, &a) in pings.iter().enumerate() {
+            if rng.below(4) == 0 {
+                let msg = PingMsg::Play { peer: partners[i], rounds: 20, window: 4, requests: rng.below(2) == 0 };
+                plays.push((i, rt.request(a, postcard::to_allocvec(&msg)?, false)?));
+            }
+        }
+        rt.run_until_idle();
+        for (id, kv, expected) in gets {
+            let reply = rt.take_reply(id).context("a kv reactor did not answer a get")??;
+            let got: KvReply = postcard::from_bytes(&reply.payload)?;
+            ensure!(got == KvReply::Value(expected.clone()), "kv {kv} answered {got:?}, expected {expected:?}");
+            checked += 1;
+        }
+        for (i, id) in plays {
+            let reply = rt.take_reply(id).context("a pingpong reactor did not report")??;
+            let report: PingReport = postcard::from_bytes(&reply.payload)?;
+            partners[i] = Some(report.peer);
+            exchanges += 20;
+        }
+        let s = rt.stats();
+        p.show(false, || {
+            format!(
+                "traffic: {:.1}s, {} messages delivered ({:.2} M/s), {} reactors",
+                t.elapsed().as_secs_f64(),
+                s.delivered - before.delivered,
+                (s.delivered - before.delivered) as f64 / t.elapsed().as_secs_f64() / 1e6,
+                s.live
+            )
+        });
+    }
+    let elapsed = t.elapsed();
+    let after = rt.stats();
+    let delivered = after.delivered - before.delivered;
+    p.done(|| {
+        format!(
+            "traffic: {delivered} messages in {elapsed:.2?} = {:.2} M messages/s ({} batches, {rounds} rounds)",
+            delivered as f64 / elapsed.as_secs_f64() / 1e6,
+            after.batches - before.batches
+        )
+    });
+
+    // Every kv reactor's state must match the model exactly.
+    let t = Instant::now();
+    let mut verified = 0;
+    for ((kv, key), value) in &model {
+        let got: KvReply = rt.call_typed(*kv, &KvReq::Get { key: key.clone() })?;
+        if got != KvReply::Value(Some(value.clone())) {
+            bail!("kv reactor {kv} returned {got:?} for {key}, expected {value:?}");
+        }
+        verified += 1;
+    }
+    println!(
+        "verified {verified} keys across {} kv reactors against a host-side model ({checked} gets answered, {exchanges} pingpong exchanges) in {:.1?}",
+        kvs.len(),
+        t.elapsed()
+    );
+
+    // 4. One big reactor: its state is a plain BTreeMap in linear memory.
+    let big = kvs[0];
+    let value_len = 1000u32;
+    let per_entry = value_len as u64 + 16;
+    let target = args.fill_mib << 20;
+    let chunk = (8u64 << 20) / per_entry;
+    let t = Instant::now();
+    let mut filled = 0u64;
+    let mut i = 0u64;
+    while filled * per_entry < target {
+        let reply: KvReply = rt.call_typed(
+            big,
+            &KvReq::Fill { prefix: format!("big{i:04}-"), count: chunk, value_len, seed: i + 1 },
+        )?;
+        ensure!(matches!(reply, KvReply::Done { .. }), "fill answered {reply:?}");
+        filled += chunk;
+        i += 1;
+        let mem = rt.memory_size(big).unwrap_or(0) as u64;
+        p.show(false, || format!("growing kv {big}: {:.0} MiB of linear memory", mib(mem)));
+    }
+    let mem = rt.memory_size(big).unwrap_or(0) as u64;
+    let KvReply::Stats { keys, bytes } = rt.call_typed(big, &KvReq::Stats)? else { bail!("bad stats reply") };
+    p.done(|| {
+        format!(
+            "kv {big} holds {keys} keys ({:.0} MiB of keys+values) in {:.0} MiB of linear memory, filled in {:.2?}",
+            mib(bytes),
+            mib(mem),
+            t.elapsed()
+        )
+    });
+
+    // 5. A misbehaving reactor fails alone.
+    let faulty = rt.spawn(&modules["faulty"], &[])?;
+    let outcome = rt.call_typed::<_, u64>(faulty, &FaultyCmd::Panic("demo: a bug in a reactor".into()));
+    match (&outcome, rt.state(faulty)) {
+        (Err(CallError::Failed(..)), Some(ReactorState::Failed(f))) => {
+            println!("reactor {faulty} failed as asked: {}", f.reason)
+        }
+        other => bail!("the faulty reactor should have failed, got {other:?}"),
+    }
+    let probe = kvs[kvs.len() - 1];
+    let _: KvReply = rt.call_typed(probe, &KvReq::Stats).context("a kv reactor stopped answering after the failure")?;
+    println!("the other {} reactors keep running", rt.stats().live);
+
+    // 6. Summary.
+    let s = rt.stats();
+    let rss = sys::resident_bytes().unwrap_or(0);
+    let linear: u64 = rt.live().filter_map(|a| rt.memory_size(a)).map(|b| b as u64).sum();
+    println!("== summary ==");
+    println!("reactors alive        {}", s.live);
+    println!("reactors failed       {}", s.failed);
+    println!("reactors spawned      {} ({} by other reactors)", s.spawned, s.spawned - total as u64 - 1);
+    println!("messages delivered    {} in {} batches", s.delivered, s.batches);
+    println!("traffic rate          {:.2} M messages/s (one thread)", delivered as f64 / elapsed.as_secs_f64() / 1e6);
+    println!("linear memory         {:.0} MiB in all (kv {big}: {:.0} MiB)", mib(linear), mib(mem));
+    println!(
+        "resident memory       {:.0} MiB for the population ({:.0} KiB per reactor besides kv {big})",
+        mib(rss.saturating_sub(rss0)),
+        (rss.saturating_sub(rss0).saturating_sub(mem)) as f64 / 1024.0 / (s.live.max(2) - 1) as f64
+    );
+    if let Some((maps, limit)) = sys::mappings() {
+        println!("memory mappings       {maps} (kernel limit vm.max_map_count = {limit})");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,122 @@
+//! The `host` command: thin subcommands over the library.
+//!
+//! Errors at this edge are `anyhow` with context that says what to do.
+#![forbid(unsafe_code)]
+
+mod demo;
+mod run;
+
+use crate::{Engine, EngineConfig, Limits, RuntimeConfig};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Run WebAssembly reactors: isolated actors whose whole state is one linear memory.
+#[derive(Debug, Parser)]
+#[command(name = "host", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Engine and limit settings shared by every subcommand.
+#[derive(Debug, clap::Args)]
+struct EngineArgs {
+    /// Directory for compiled modules, so a restart does not recompile
+    /// [default: $XDG_CACHE_HOME/reactor-host or ~/.cache/reactor-host].
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Keep compiled modules in memory only.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    /// Most linear memory one reactor may use, in MiB.
+    #[arg(long, global = true, default_value_t = 1024, value_name = "MIB")]
+    memory_cap: usize,
+    /// Most CPU time one call into a reactor may take, in milliseconds.
+    #[arg(long, global = true, default_value_t = 5000, value_name = "MS")]
+    cpu_budget: u64,
+    /// Log level for host and reactor logs (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start one reactor and talk to it: each message (JSON, one per argument
+    /// or per line of standard input) is sent as a request, and its reply is
+    /// printed as JSON.
+    Run(run::RunArgs),
+    /// The main demo: spawn thousands of kv and pingpong reactors, drive
+    /// traffic through them, show a misbehaving reactor failing alone, and
+    /// report what happened.
+    Demo(demo::DemoArgs),
+    /// Check that a module is a loadable reactor and print what the host sees.
+    Check {
+        /// The module file.
+        module: PathBuf,
+    },
+}
+
+impl EngineArgs {
+    fn engine(&self) -> anyhow::Result<Arc<Engine>> {
+        let cache_dir = if self.no_cache { None } else { Some(self.cache_dir.clone().unwrap_or_else(default_cache_dir)) };
+        let engine = Engine::new(EngineConfig { cache_dir, ..EngineConfig::default() })
+            .context("cannot start the engine")?;
+        Ok(Arc::new(engine))
+    }
+
+    fn runtime_config(&self) -> anyhow::Result<RuntimeConfig> {
+        anyhow::ensure!(self.memory_cap >= 2, "--memory-cap must be at least 2 MiB (a Rust reactor starts at ~1.1 MiB)");
+        anyhow::ensure!(self.cpu_budget >= 1, "--cpu-budget must be at least 1 ms");
+        let limits = Limits {
+            memory_cap: self.memory_cap.checked_mul(1 << 20).context("--memory-cap is too large")?,
+            cpu_budget: Duration::from_millis(self.cpu_budget),
+        };
+        Ok(RuntimeConfig { limits, ..RuntimeConfig::default() })
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("reactor-host")
+}
+
+/// Entry point of the `host` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.engine.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match &cli.command {
+        Command::Run(args) => run::run(&cli.engine, args),
+        Command::Demo(args) => demo::demo(&cli.engine, args),
+        Command::Check { module } => check(&cli.engine, module),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(args: &EngineArgs, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let engine = args.engine()?;
+    let started = std::time::Instant::now();
+    let (m, source) = engine.load_file(path).with_context(|| format!("{} is not a usable reactor module", path.display()))?;
+    println!("module   {}", path.display());
+    println!("sha256   {}", m.hash);
+    println!("size     {} bytes", m.size);
+    println!("abi      version {}", crate::abi::ABI_VERSION);
+    println!("code     {source:?} in {:.1?}", started.elapsed());
+    Ok(ExitCode::SUCCESS)
+}

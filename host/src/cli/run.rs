@@ -1,0 +1,111 @@
+//! `host run`: one reactor, messages from the command line or stdin.
+
+use super::EngineArgs;
+use crate::{CallError, ReactorState, Reply, Runtime, abi};
+use anyhow::Context as _;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// The reactor module (.wasm), e.g. target/guests/wasm32-wasip1/release/kv.wasm.
+    module: PathBuf,
+    /// Init argument for the reactor's start-up, as JSON.
+    #[arg(long, value_name = "JSON")]
+    init: Option<String>,
+    /// Send messages one-way instead of as requests (no replies printed).
+    #[arg(long)]
+    oneway: bool,
+    /// Messages as JSON, e.g. '{"Put":{"key":"a","value":"1"}}'. With none,
+    /// one message per line is read from standard input.
+    messages: Vec<String>,
+}
+
+fn show(reply: &Reply) -> String {
+    if reply.text {
+        String::from_utf8_lossy(&reply.payload).into_owned()
+    } else {
+        format!("(binary reply, {} bytes: {})", reply.payload.len(), hex::encode(&reply.payload))
+    }
+}
+
+pub(crate) fn run(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let engine = engine_args.engine()?;
+    let (module, _) = engine
+        .load_file(&args.module)
+        .with_context(|| format!("{} is not a usable reactor module", args.module.display()))?;
+    let mut rt = Runtime::new(engine, engine_args.runtime_config()?);
+    let init = args.init.as_deref().unwrap_or("null");
+    serde_json::from_str::<serde_json::Value>(init).context("--init is not valid JSON")?;
+    let reactor = rt.spawn_text(&module, init).context("the reactor did not start")?;
+    eprintln!("reactor {reactor} running {} (module {})", args.module.display(), &module.hash.to_hex()[..16]);
+
+    let mut failed = false;
+    let mut handle = |rt: &mut Runtime, n: usize, line: &str| -> bool {
+        let line = line.trim();
+        if line.is_empty() {
+            return true;
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(line) {
+            eprintln!("message {n}: not valid JSON ({e}); not sent");
+            return true;
+        }
+        let outcome = if args.oneway {
+            rt.send(reactor, line.as_bytes().to_vec(), true).map_err(CallError::from).map(|()| {
+                rt.run_until_idle();
+                None
+            })
+        } else {
+            rt.call(reactor, line.as_bytes().to_vec(), true).map(Some)
+        };
+        for env in rt.drain_host_messages() {
+            println!("message from {}: {}", env.from, printable(&env));
+        }
+        match outcome {
+            Ok(Some(reply)) => println!("{}", show(&reply)),
+            Ok(None) => {}
+            Err(CallError::NoReply(_)) => println!("(no reply)"),
+            Err(e) => {
+                eprintln!("message {n}: {e}");
+                if let Some(ReactorState::Failed(_)) = rt.state(reactor) {
+                    failed = true;
+                    return false;
+                }
+            }
+        }
+        true
+    };
+
+    if args.messages.is_empty() {
+        let stdin = std::io::stdin();
+        for (i, line) in stdin.lock().lines().enumerate() {
+            let line = line.context("cannot read standard input")?;
+            if !handle(&mut rt, i + 1, &line) {
+                break;
+            }
+        }
+    } else {
+        for (i, m) in args.messages.iter().enumerate() {
+            if !handle(&mut rt, i + 1, m) {
+                break;
+            }
+        }
+    }
+    if failed {
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Some(size) = rt.memory_size(reactor) {
+        eprintln!("reactor {reactor}: {} KiB of linear memory", size / 1024);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn printable(env: &crate::Envelope) -> String {
+    if env.flags & abi::FLAG_TEXT != 0 {
+        String::from_utf8_lossy(&env.payload).into_owned()
+    } else {
+        format!("{} bytes: {}", env.payload.len(), hex::encode(&env.payload))
+    }
+}
+

@@ -1,0 +1,91 @@
+//! The `host` command, run as a user would.
+use std::process::{Command, Output};
+
+fn host(args: &[&str]) -> Output {
+    let cache = std::env::temp_dir().join(format!("reactor-host-test-cache-{}", std::process::id()));
+    Command::new(env!("CARGO_BIN_EXE_host"))
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(args)
+        .output()
+        .expect("host binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn run_sends_json_requests_and_prints_replies() {
+    let kv = host::guests::path("kv");
+    let out = host(&[
+        "run",
+        kv.to_str().unwrap(),
+        r#"{"Put":{"key":"a","value":"hello"}}"#,
+        r#"{"Get":{"key":"a"}}"#,
+        "this is not json",
+        r#"{"Stats":null}"#,
+    ]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, [r#"{"Value":null}"#, r#"{"Value":"hello"}"#, r#"{"Stats":{"keys":1,"bytes":6}}"#], "{stdout}");
+    assert!(stderr.contains("message 3: not valid JSON"), "{stderr}");
+}
+
+#[test]
+fn run_reads_stdin_and_reports_a_failing_reactor() {
+    use std::io::Write;
+    let faulty = host::guests::path("faulty");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["--no-cache", "run", faulty.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"{\"Ok\":1}\n\n{\"Panic\":\"boom\"}\n{\"Ok\":2}\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout).trim(), "2");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("failed before replying") && stderr.contains("boom"), "{stderr}");
+}
+
+#[test]
+fn bad_module_and_bad_arguments_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not a module").unwrap();
+    let out = host(&["check", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(e.contains("not a usable reactor module") && e.contains("magic"), "{e}");
+
+    let out = host(&["check", "/no/such/file.wasm"]);
+    assert!(text(&out.stderr).contains("cannot read module file"), "{}", text(&out.stderr));
+
+    let out = host(&["run", host::guests::path("kv").to_str().unwrap(), "--init", "{oops"]);
+    assert!(text(&out.stderr).contains("--init is not valid JSON"), "{}", text(&out.stderr));
+
+    let out = host(&["--memory-cap", "0", "run", host::guests::path("kv").to_str().unwrap()]);
+    assert!(text(&out.stderr).contains("--memory-cap must be at least"), "{}", text(&out.stderr));
+
+    let out = host(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = host(&["check", host::guests::path("counter").to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("sha256"));
+}
+
+#[test]
+fn demo_runs_small() {
+    let out = host(&["demo", "--kv", "50", "--pairs", "20", "--seconds", "0.3", "--fill-mib", "4"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", text(&out.stderr));
+    assert!(stdout.contains("reactors alive        90"), "{stdout}");
+    assert!(stdout.contains("failed as asked"), "{stdout}");
+    assert!(stdout.contains("verified"), "{stdout}");
+}
