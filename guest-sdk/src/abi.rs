@@ -312,4 +312,54 @@ mod tests {
         assert_eq!(r.next(), Some(Err(DecodeError::Truncated)));
         assert_eq!(r.next(), None);
     }
+
+    mod prop {
+        use super::super::*;
+        extern crate std;
+        use proptest::prelude::*;
+        use std::vec::Vec;
+
+        proptest! {
+            /// Arbitrary bytes never panic the decoder; whatever it accepts
+            /// lies inside the input and re-encodes to the same bytes.
+            #[test]
+            fn batch_reader_is_total(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let mut consumed = 0usize;
+                for item in BatchReader::new(&bytes) {
+                    match item {
+                        Ok((h, payload)) => {
+                            prop_assert_eq!(payload.len(), h.len as usize);
+                            let mut re = [0u8; ENVELOPE_HEADER_LEN];
+                            h.encode(&mut re);
+                            prop_assert_eq!(&re[..], &bytes[consumed..consumed + ENVELOPE_HEADER_LEN]);
+                            consumed += ENVELOPE_HEADER_LEN + payload.len();
+                        }
+                        Err(_) => break,
+                    }
+                }
+                prop_assert!(consumed <= bytes.len());
+            }
+
+            /// Encoded batches decode back to what was encoded.
+            #[test]
+            fn batches_roundtrip(envs in proptest::collection::vec(
+                (1u8..=3, 0u8..=1, any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64)), 0..8)
+            ) {
+                let mut batch = Vec::new();
+                for (kind, flags, from, corr, payload) in &envs {
+                    let mut h = [0u8; ENVELOPE_HEADER_LEN];
+                    EnvelopeHeader { kind: *kind, flags: *flags, len: payload.len() as u32, from: *from, corr: *corr }
+                        .encode(&mut h);
+                    batch.extend_from_slice(&h);
+                    batch.extend_from_slice(payload);
+                }
+                let decoded: Vec<_> = BatchReader::new(&batch).map(|r| r.unwrap()).collect();
+                prop_assert_eq!(decoded.len(), envs.len());
+                for ((h, p), (kind, flags, from, corr, payload)) in decoded.iter().zip(&envs) {
+                    prop_assert_eq!((h.kind, h.flags, h.from, h.corr), (*kind, *flags, *from, *corr));
+                    prop_assert_eq!(*p, &payload[..]);
+                }
+            }
+        }
+    }
 }

@@ -159,3 +159,43 @@ fn module_cache_survives_restart_and_corruption() {
     let n: u64 = rt.call_typed(a, &host::protocols::CounterMsg::Get).unwrap();
     assert_eq!(n, 1);
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn counter_bytes() -> &'static [u8] {
+        static B: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        B.get_or_init(|| std::fs::read(host::guests::path("counter")).unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Random bytes are refused, never a panic or a crash.
+        #[test]
+        fn random_bytes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert!(engine().load(&bytes).is_err());
+        }
+
+        /// A real reactor module with a few bytes changed either still loads
+        /// (and then runs or fails cleanly) or is refused with an error.
+        #[test]
+        fn mutated_modules_never_crash_the_host(
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..4)
+        ) {
+            let mut bytes = counter_bytes().to_vec();
+            for (at, v) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = v;
+            }
+            if let Ok((m, _)) = engine().load(&bytes) {
+                let limits = host::Limits { cpu_budget: std::time::Duration::from_millis(100), memory_cap: 64 << 20 };
+                let mut rt = runtime_with(host::RuntimeConfig { limits, ..Default::default() });
+                if let Ok(a) = rt.spawn_with(&m, &1u64) {
+                    let _ = rt.call_typed::<_, u64>(a, &host::protocols::CounterMsg::Get);
+                }
+            }
+        }
+    }
+}
