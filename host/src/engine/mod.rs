@@ -207,10 +207,10 @@ impl Engine {
             Some(m) => (m, CodeSource::Disk),
             None => {
                 let m = Module::new(&self.wasmtime, bytes).map_err(|e| LoadError::Malformed(format!("{e:#}")))?;
-                if let Some(c) = &self.cache {
-                    if let Err(e) = c.put(&hash, &m) {
-                        tracing::warn!("cannot write the module cache: {e}");
-                    }
+                if let Some(c) = &self.cache
+                    && let Err(e) = c.put(&hash, &m)
+                {
+                    tracing::warn!("cannot write the module cache: {e}");
                 }
                 (m, CodeSource::Compiled)
             }

@@ -104,12 +104,12 @@ pub(crate) fn check_bytes(bytes: &[u8]) -> Result<(), LoadError> {
     let mut version = None;
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| LoadError::Malformed(e.to_string()))?;
-        if let wasmparser::Payload::CustomSection(reader) = payload {
-            if reader.name() == abi::ABI_SECTION {
-                let data = reader.data();
-                let arr: [u8; 4] = data.try_into().map_err(|_| LoadError::BadAbiSection(data.len()))?;
-                version = Some(u32::from_le_bytes(arr));
-            }
+        if let wasmparser::Payload::CustomSection(reader) = payload
+            && reader.name() == abi::ABI_SECTION
+        {
+            let data = reader.data();
+            let arr: [u8; 4] = data.try_into().map_err(|_| LoadError::BadAbiSection(data.len()))?;
+            version = Some(u32::from_le_bytes(arr));
         }
     }
     match version {
