@@ -57,6 +57,13 @@ impl Figure {
         self
     }
 
+    /// Shows the baseline but no ratio (for counts where the baseline is
+    /// near zero and a ratio would say nothing).
+    pub(crate) fn no_ratio(mut self) -> Self {
+        self.ratio = None;
+        self
+    }
+
     /// Checks the figure against an upper bound.
     pub(crate) fn below(mut self, bound: f64) -> Self {
         self.target = Some(Target { goal: format!("< {} {}", num(bound), self.unit), met: self.value < bound });
@@ -300,4 +307,37 @@ pub(crate) fn load_guest(
 /// A fresh engine with the host's default configuration.
 pub(crate) fn engine() -> anyhow::Result<std::sync::Arc<host::Engine>> {
     Ok(std::sync::Arc::new(host::Engine::new(host::EngineConfig::default())?))
+}
+
+/// Minor page faults this process has taken (`/proc/self/stat`, field 10).
+pub(crate) fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may
+            // contain spaces: state is field 3, minflt field 10.
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The machine's cost of a first touch of a fresh anonymous page (fault,
+/// zeroing, mapping), in ns: the floor under anything that must write pages
+/// it has not used before. Median over `reps` touches of 64 MiB.
+pub(crate) fn page_touch_ns(reps: usize) -> f64 {
+    const BYTES: usize = 64 << 20;
+    const PAGE: usize = 4096;
+    let Ok(ns) = median_of(reps, || -> Result<f64, std::convert::Infallible> {
+        // A large zeroed allocation is a fresh mapping: no page is resident.
+        let mut v = vec![0u8; BYTES];
+        let t = Instant::now();
+        for i in (0..BYTES).step_by(PAGE) {
+            v[i] = 1;
+        }
+        let dt = t.elapsed();
+        std::hint::black_box(&v);
+        Ok(dt.as_secs_f64() * 1e9 / (BYTES / PAGE) as f64)
+    });
+    ns
 }
