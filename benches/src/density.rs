@@ -23,7 +23,7 @@ use crate::harness::{
 };
 use anyhow::{Context as _, Result, ensure};
 use host::protocols::CounterMsg;
-use host::{Engine, LoadedModule, Runtime, RuntimeConfig};
+use host::{Engine, LoadedModule, Shard, ShardConfig};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -284,8 +284,8 @@ fn low_memory() -> Option<String> {
 
 /// Spawns `count` counters through the runtime, each touched by Add(1) + Get.
 fn host_phase(engine: &Arc<Engine>, module: &Arc<LoadedModule>, count: usize) -> Result<Phase> {
-    let config = RuntimeConfig { max_reactors: count.max(RuntimeConfig::default().max_reactors), ..Default::default() };
-    let mut rt = Runtime::new(engine.clone(), config);
+    let config = ShardConfig { max_reactors: count.max(ShardConfig::default().max_reactors), ..Default::default() };
+    let mut rt = Shard::new(engine.clone(), config);
     let init = postcard::to_allocvec(&0u64)?;
     let add = postcard::to_allocvec(&CounterMsg::Add(1))?;
     let get = postcard::to_allocvec(&CounterMsg::Get)?;

@@ -16,7 +16,7 @@
 use crate::harness::{Figure, Opts, Report, load_guest, median_of, progress, timed};
 use anyhow::{Result, ensure};
 use host::protocols::{PingInit, PingMsg, PingReport};
-use host::{LoadedModule, Runtime, RuntimeConfig};
+use host::{LoadedModule, Shard, ShardConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -33,7 +33,7 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
 
     let engine = crate::harness::engine()?;
     let (module, _) = load_guest(&engine, "pingpong")?;
-    let mut rt = Runtime::new(engine.clone(), RuntimeConfig::default());
+    let mut rt = Shard::new(engine.clone(), ShardConfig::default());
 
     // Correctness (and warm-up): a short game of each kind, checked.
     for requests in [true, false] {
@@ -102,7 +102,7 @@ fn per_ns(dt: Duration, n: u64) -> f64 {
 
 /// Spawns a fresh player A and its partner B, then times one `Play` of
 /// `rounds` exchanges; checks the report and returns ns per exchange.
-fn play(rt: &mut Runtime, module: &Arc<LoadedModule>, rounds: u64, window: u32, requests: bool) -> Result<f64> {
+fn play(rt: &mut Shard, module: &Arc<LoadedModule>, rounds: u64, window: u32, requests: bool) -> Result<f64> {
     let a = rt.spawn_with(module, &PingInit::default())?;
     // Zero rounds: A spawns B and answers at once, so the timed call
     // includes no spawn.

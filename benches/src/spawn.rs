@@ -1,6 +1,6 @@
 //! Reactor spawn rate and time per spawn.
 //!
-//! Measured: `Runtime::spawn` of N `counter` reactors, kept alive (this
+//! Measured: `Shard::spawn` of N `counter` reactors, kept alive (this
 //! instantiates and runs the guest's init entry point). Baseline: plain
 //! wasmtime instantiation of the same module bytes on a default
 //! `wasmtime::Engine` — a `Linker` whose imports are trap stubs, one fresh
@@ -15,7 +15,7 @@ use crate::harness::{
 };
 use anyhow::{Context as _, Result, ensure};
 use host::protocols::CounterMsg;
-use host::{Runtime, RuntimeConfig};
+use host::{Shard, ShardConfig};
 use wasmtime::{Instance, Linker, Module, Store};
 
 pub(crate) fn run(opts: Opts) -> Result<Report> {
@@ -29,18 +29,18 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
 
     // Correctness: a spawned counter starts from its init argument and counts.
     {
-        let mut rt = Runtime::new(engine.clone(), RuntimeConfig::default());
+        let mut rt = Shard::new(engine.clone(), ShardConfig::default());
         let a = rt.spawn_with(&module, &41u64)?;
         rt.send_typed(a, &CounterMsg::Add(1))?;
         let got: u64 = rt.call_typed(a, &CounterMsg::Get)?;
         ensure!(got == 42, "counter spawned with 41 and sent Add(1) answered Get with {got}, not 42");
     }
 
-    progress(format!("spawn: {reps} x {n} counter reactors through Runtime::spawn"));
+    progress(format!("spawn: {reps} x {n} counter reactors through Shard::spawn"));
     let init = postcard::to_allocvec(&0u64)?;
     let mut faults = Vec::new();
     let host_us = median_of(reps, || -> Result<f64> {
-        let mut rt = Runtime::new(engine.clone(), RuntimeConfig::default());
+        let mut rt = Shard::new(engine.clone(), ShardConfig::default());
         let f0 = minor_faults();
         let (spawned, dt) = timed(|| -> Result<()> {
             for _ in 0..n {
@@ -65,7 +65,7 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
 
     const BASELINE: &str = "wasmtime Instance::new, default Engine";
     report.push(
-        Figure::new("time per spawn (Runtime::spawn, incl. init)", host_us, "µs")
+        Figure::new("time per spawn (Shard::spawn, incl. init)", host_us, "µs")
             .baseline(BASELINE, default.us)
             .below(10.0),
     );

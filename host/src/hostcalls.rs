@@ -7,7 +7,7 @@
 //! against what the ABI defines (bad ones get a status code back).
 
 use crate::reactor::{Address, ReactorData};
-use crate::runtime::Envelope;
+use crate::shard::Envelope;
 use guest_sdk::abi;
 use wasmtime::{Caller, Linker};
 

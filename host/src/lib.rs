@@ -12,8 +12,12 @@
 //! - `hostcalls` — the `reactor::*` functions guests import; every argument
 //!   checked.
 //! - `inbox` — bounded per-reactor inboxes with backpressure.
-//! - `runtime` — the [`Runtime`]: spawning, routing, scheduling, requests from
-//!   the outside world.
+//! - `shard` — a [`Shard`]: one thread's reactors, routing, round-robin
+//!   scheduling of batches; usable alone (single-threaded, deterministic).
+//! - `runtime` — the [`Runtime`]: one shard per core, linked by
+//!   single-producer rings per ordered pair of shards, fed from outside by a
+//!   multi-producer command ring each.
+//! - `port` — the outside world's port: answers to requests, the host mailbox.
 //! - [`sys`] — the only platform code: host-owned linear memories
 //!   (mmap/mremap), process memory figures.
 //! - `guests` — paths of the example reactors the build compiles.
@@ -23,8 +27,10 @@
 mod engine;
 mod hostcalls;
 mod inbox;
+mod port;
 mod reactor;
 mod runtime;
+mod shard;
 pub mod sys;
 
 pub mod cli;
@@ -33,9 +39,9 @@ pub mod guests;
 pub use engine::{CodeSource, Engine, EngineConfig, LoadError, LoadedModule, ModuleHash};
 pub use hostcalls::GuestFault;
 pub use reactor::{Address, Failure, FailureReason, Limits};
-pub use runtime::{
-    CallError, Envelope, Reply, ReactorState, RequestId, Runtime, RuntimeConfig, RuntimeStats, SendError,
-    SpawnError,
+pub use runtime::{PendingCall, Runtime, RuntimeConfig};
+pub use shard::{
+    CallError, Envelope, ReactorState, Reply, RequestId, SendError, Shard, ShardConfig, ShardStats, SpawnError,
 };
 pub use guest_sdk::abi;
 pub use protocols;

@@ -9,7 +9,7 @@
 
 use crate::engine::{Engine, LoadedModule, ModuleHash};
 use crate::hostcalls::GuestFault;
-use crate::runtime::Router;
+use crate::shard::Router;
 use guest_sdk::abi;
 use std::fmt;
 use std::sync::Arc;
@@ -28,8 +28,12 @@ impl Address {
 }
 
 impl fmt::Display for Address {
+    /// `#<shard>:<serial>`, or `#host`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}", self.0)
+        if *self == Self::HOST {
+            return f.write_str("#host");
+        }
+        write!(f, "#{}:{}", self.shard(), self.0 & ((1 << 48) - 1))
     }
 }
 

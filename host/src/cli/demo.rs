@@ -2,7 +2,7 @@
 
 use super::EngineArgs;
 use crate::protocols::{FaultyCmd, KvReply, KvReq, PingMsg, PingReport};
-use crate::{Address, CallError, ReactorState, RequestId, Runtime, RuntimeConfig, guests, sys};
+use crate::{Address, CallError, PendingCall, ReactorState, Runtime, guests, sys};
 use anyhow::{Context as _, bail, ensure};
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,6 +24,9 @@ pub(crate) struct DemoArgs {
     /// State to grow one kv reactor to, in MiB.
     #[arg(long, default_value_t = 64)]
     fill_mib: u64,
+    /// Shard threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
 }
 
 /// A tiny deterministic generator for the demo's traffic.
@@ -73,7 +76,7 @@ pub(crate) fn demo(engine_args: &EngineArgs, args: &DemoArgs) -> anyhow::Result<
     ensure!(args.kv >= 1 && args.pairs >= 1, "--kv and --pairs must be at least 1");
     ensure!(args.seconds > 0.0 && args.seconds.is_finite(), "--seconds must be a positive number");
     let engine = engine_args.engine()?;
-    let config = RuntimeConfig { ..engine_args.runtime_config()? };
+    let config = engine_args.runtime_config(args.shards)?;
     println!("== reactor host demo ==");
     println!("guests built in {}", guests::dir().display());
 
@@ -90,7 +93,8 @@ pub(crate) fn demo(engine_args: &EngineArgs, args: &DemoArgs) -> anyhow::Result<
     }
 
     let rss0 = sys::resident_bytes().unwrap_or(0);
-    let mut rt = Runtime::new(engine.clone(), config);
+    let rt = Runtime::new(engine.clone(), config).context("cannot start the shard threads")?;
+    println!("{} shards (threads), each owning its reactors; shards linked by rings", rt.shards());
 
     // 2. A population.
     let total = args.kv + args.pairs;
@@ -118,7 +122,11 @@ pub(crate) fn demo(engine_args: &EngineArgs, args: &DemoArgs) -> anyhow::Result<
     //    partners they spawn themselves, replies checked against a model.
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut model: HashMap<(Address, String), String> = HashMap::new();
-    let mut partners: Vec<Option<u64>> = vec![None; pings.len()];
+    // Half the players spawn a partner of their own (on their own shard);
+    // the other half play with another player, on another shard when there
+    // are several.
+    let mut partners: Vec<Option<u64>> =
+        (0..pings.len()).map(|i| if i % 2 == 1 { Some(pings[i - 1].0) } else { None }).collect();
     let before = rt.stats();
     let t = Instant::now();
     let mut rounds = 0u64;
@@ -126,10 +134,10 @@ pub(crate) fn demo(engine_args: &EngineArgs, args: &DemoArgs) -> anyhow::Result<
     let mut exchanges = 0u64;
     while t.elapsed().as_secs_f64() < args.seconds {
         rounds += 1;
-        // Each inbox is FIFO and the host sends in order, so a get sees
-        // exactly the puts sent before it: its expected answer is the model
-        // at the time it was sent.
-        let mut gets: Vec<(RequestId, Address, Option<String>)> = Vec::new();
+        // The host sends to each shard through one FIFO ring and each inbox
+        // is FIFO, so a get sees exactly the puts sent before it: its
+        // expected answer is the model at the time it was sent.
+        let mut gets: Vec<(PendingCall, Address, Option<String>)> = Vec::new();
         for _ in 0..2000 {
             let kv = kvs[rng.below(kvs.len())];
             let key = format!("key{}", rng.below(64));
@@ -150,15 +158,14 @@ pub(crate) fn demo(engine_args: &EngineArgs, args: &DemoArgs) -> anyhow::Result<
                 plays.push((i, rt.request(a, postcard::to_allocvec(&msg)?, false)?));
             }
         }
-        rt.run_until_idle();
-        for (id, kv, expected) in gets {
-            let reply = rt.take_reply(id).context("a kv reactor did not answer a get")??;
+        for (call, kv, expected) in gets {
+            let reply = call.wait(Some(Duration::from_secs(60)))?;
             let got: KvReply = postcard::from_bytes(&reply.payload)?;
             ensure!(got == KvReply::Value(expected.clone()), "kv {kv} answered {got:?}, expected {expected:?}");
             checked += 1;
         }
-        for (i, id) in plays {
-            let reply = rt.take_reply(id).context("a pingpong reactor did not report")??;
+        for (i, call) in plays {
+            let reply = call.wait(Some(Duration::from_secs(60)))?;
             let report: PingReport = postcard::from_bytes(&reply.payload)?;
             partners[i] = Some(report.peer);
             exchanges += 20;
@@ -248,13 +255,18 @@ pub(crate) fn demo(engine_args: &EngineArgs, args: &DemoArgs) -> anyhow::Result<
     // 6. Summary.
     let s = rt.stats();
     let rss = sys::resident_bytes().unwrap_or(0);
-    let linear: u64 = rt.live().filter_map(|a| rt.memory_size(a)).map(|b| b as u64).sum();
+    let linear = rt.total_memory();
     println!("== summary ==");
     println!("reactors alive        {}", s.live);
     println!("reactors failed       {}", s.failed);
     println!("reactors spawned      {} ({} by other reactors)", s.spawned, s.spawned - total as u64 - 1);
     println!("messages delivered    {} in {} batches", s.delivered, s.batches);
-    println!("traffic rate          {:.2} M messages/s (one thread)", delivered as f64 / elapsed.as_secs_f64() / 1e6);
+    println!(
+        "traffic rate          {:.2} M messages/s on {} shards ({} crossed shards)",
+        delivered as f64 / elapsed.as_secs_f64() / 1e6,
+        rt.shards(),
+        s.cross_shard
+    );
     println!("linear memory         {:.0} MiB in all (kv {big}: {:.0} MiB)", mib(linear), mib(mem));
     println!(
         "resident memory       {:.0} MiB for the population ({:.0} KiB per reactor besides kv {big})",

@@ -6,7 +6,7 @@
 mod demo;
 mod run;
 
-use crate::{Engine, EngineConfig, Limits, RuntimeConfig};
+use crate::{Engine, EngineConfig, Limits, RuntimeConfig, ShardConfig};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -70,14 +70,18 @@ impl EngineArgs {
         Ok(Arc::new(engine))
     }
 
-    fn runtime_config(&self) -> anyhow::Result<RuntimeConfig> {
+    fn runtime_config(&self, shards: usize) -> anyhow::Result<RuntimeConfig> {
+        Ok(RuntimeConfig { shards, shard: self.shard_config()?, ..RuntimeConfig::default() })
+    }
+
+    fn shard_config(&self) -> anyhow::Result<ShardConfig> {
         anyhow::ensure!(self.memory_cap >= 2, "--memory-cap must be at least 2 MiB (a Rust reactor starts at ~1.1 MiB)");
         anyhow::ensure!(self.cpu_budget >= 1, "--cpu-budget must be at least 1 ms");
         let limits = Limits {
             memory_cap: self.memory_cap.checked_mul(1 << 20).context("--memory-cap is too large")?,
             cpu_budget: Duration::from_millis(self.cpu_budget),
         };
-        Ok(RuntimeConfig { limits, ..RuntimeConfig::default() })
+        Ok(ShardConfig { limits, ..ShardConfig::default() })
     }
 }
 

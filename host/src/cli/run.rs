@@ -1,7 +1,7 @@
 //! `host run`: one reactor, messages from the command line or stdin.
 
 use super::EngineArgs;
-use crate::{CallError, ReactorState, Reply, Runtime, abi};
+use crate::{CallError, ReactorState, Reply, Shard, abi};
 use anyhow::Context as _;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -35,14 +35,14 @@ pub(crate) fn run(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<Ex
     let (module, _) = engine
         .load_file(&args.module)
         .with_context(|| format!("{} is not a usable reactor module", args.module.display()))?;
-    let mut rt = Runtime::new(engine, engine_args.runtime_config()?);
+    let mut rt = Shard::new(engine, engine_args.shard_config()?);
     let init = args.init.as_deref().unwrap_or("null");
     serde_json::from_str::<serde_json::Value>(init).context("--init is not valid JSON")?;
     let reactor = rt.spawn_text(&module, init).context("the reactor did not start")?;
     eprintln!("reactor {reactor} running {} (module {})", args.module.display(), &module.hash.to_hex()[..16]);
 
     let mut failed = false;
-    let mut handle = |rt: &mut Runtime, n: usize, line: &str| -> bool {
+    let mut handle = |rt: &mut Shard, n: usize, line: &str| -> bool {
         let line = line.trim();
         if line.is_empty() {
             return true;

@@ -25,7 +25,7 @@ fn load_err(bytes: &[u8]) -> LoadError {
 fn a_minimal_hand_written_reactor_loads_and_runs() {
     let bytes = wasm(&format!("{ABI_OK} {EXPORTS_OK}"));
     let (m, _) = engine().load(&bytes).unwrap();
-    let mut rt = runtime();
+    let mut rt = shard();
     let a = rt.spawn(&m, &[]).unwrap();
     rt.send(a, vec![1, 2, 3], false).unwrap();
     rt.run_until_idle();
@@ -119,7 +119,7 @@ fn start_failure_is_a_spawn_error_not_a_crash() {
            (func (export "reactor_receive") (param i32 i32) (result i32) i32.const 0)"#
     ));
     let (m, _) = engine().load(&bytes).unwrap();
-    let mut rt = runtime();
+    let mut rt = shard();
     match rt.spawn(&m, &[]) {
         Err(host::SpawnError::Failed(_, f)) => {
             assert_eq!(f.reason, host::FailureReason::Status { entry: "reactor_init", status: 7 })
@@ -154,7 +154,7 @@ fn module_cache_survives_restart_and_corruption() {
     let e = std::sync::Arc::new(host::Engine::new(cfg()).unwrap());
     let (m, source) = e.load(&bytes).unwrap();
     assert_eq!(source, host::CodeSource::Compiled);
-    let mut rt = host::Runtime::new(e, Default::default());
+    let mut rt = host::Shard::new(e, Default::default());
     let a = rt.spawn_with(&m, &1u64).unwrap();
     let n: u64 = rt.call_typed(a, &host::protocols::CounterMsg::Get).unwrap();
     assert_eq!(n, 1);
@@ -191,7 +191,7 @@ mod props {
             }
             if let Ok((m, _)) = engine().load(&bytes) {
                 let limits = host::Limits { cpu_budget: std::time::Duration::from_millis(100), memory_cap: 64 << 20 };
-                let mut rt = runtime_with(host::RuntimeConfig { limits, ..Default::default() });
+                let mut rt = shard_with(host::ShardConfig { limits, ..Default::default() });
                 if let Ok(a) = rt.spawn_with(&m, &1u64) {
                     let _ = rt.call_typed::<_, u64>(a, &host::protocols::CounterMsg::Get);
                 }

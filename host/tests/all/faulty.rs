@@ -2,11 +2,11 @@
 //! every other reactor keep running.
 use crate::util::*;
 use host::protocols::{CounterMsg, FaultyCmd};
-use host::{Address, CallError, FailureReason, Limits, ReactorState, Runtime, RuntimeConfig, abi};
+use host::{Address, CallError, FailureReason, Limits, ReactorState, Shard, ShardConfig, abi};
 use std::time::Duration;
 
-fn setup(limits: Limits) -> (Runtime, Address, Address) {
-    let mut rt = runtime_with(RuntimeConfig { limits, ..RuntimeConfig::default() });
+fn setup(limits: Limits) -> (Shard, Address, Address) {
+    let mut rt = shard_with(ShardConfig { limits, ..ShardConfig::default() });
     let bystander = rt.spawn_with(&module("counter"), &40u64).unwrap();
     let faulty = rt.spawn(&module("faulty"), &[]).unwrap();
     (rt, bystander, faulty)

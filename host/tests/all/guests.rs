@@ -5,26 +5,26 @@ use host::{Address, ReactorState};
 
 #[test]
 fn counter_counts_from_its_init_argument() {
-    let mut rt = runtime();
+    let mut rt = shard();
     let a = rt.spawn_with(&module("counter"), &5u64).unwrap();
     rt.send_typed(a, &CounterMsg::Add(3)).unwrap();
     let n: u64 = rt.call_typed(a, &CounterMsg::Get).unwrap();
     assert_eq!(n, 8);
 }
 
-fn kv_put(rt: &mut host::Runtime, a: Address, k: &str, v: &str) -> KvReply {
+fn kv_put(rt: &mut host::Shard, a: Address, k: &str, v: &str) -> KvReply {
     rt.call_typed(a, &KvReq::Put { key: k.into(), value: v.into() }).unwrap()
 }
 
 #[test]
 fn kv_put_get_delete_range() {
-    let mut rt = runtime();
+    let mut rt = shard();
     let a = rt.spawn(&module("kv"), &[]).unwrap();
     assert_eq!(kv_put(&mut rt, a, "b", "2"), KvReply::Value(None));
     assert_eq!(kv_put(&mut rt, a, "a", "1"), KvReply::Value(None));
     assert_eq!(kv_put(&mut rt, a, "c", "3"), KvReply::Value(None));
     assert_eq!(kv_put(&mut rt, a, "b", "two"), KvReply::Value(Some("2".into())));
-    let get = |rt: &mut host::Runtime, k: &str| -> KvReply { rt.call_typed(a, &KvReq::Get { key: k.into() }).unwrap() };
+    let get = |rt: &mut host::Shard, k: &str| -> KvReply { rt.call_typed(a, &KvReq::Get { key: k.into() }).unwrap() };
     assert_eq!(get(&mut rt, "b"), KvReply::Value(Some("two".into())));
     assert_eq!(get(&mut rt, "zzz"), KvReply::Value(None));
     let r: KvReply = rt.call_typed(a, &KvReq::Range { start: "a".into(), end: Some("c".into()), limit: 10 }).unwrap();
@@ -39,7 +39,7 @@ fn kv_put_get_delete_range() {
 
 #[test]
 fn kv_speaks_json_text_too() {
-    let mut rt = runtime();
+    let mut rt = shard();
     let a = rt.spawn(&module("kv"), &[]).unwrap();
     let put = br#"{"Put":{"key":"k","value":"v"}}"#.to_vec();
     let r = rt.call(a, put, true).unwrap();
@@ -55,7 +55,7 @@ fn kv_speaks_json_text_too() {
 
 #[test]
 fn kv_grows_to_tens_of_megabytes_and_keeps_every_entry() {
-    let mut rt = runtime();
+    let mut rt = shard();
     let a = rt.spawn(&module("kv"), &[]).unwrap();
     let before = rt.memory_size(a).unwrap();
     for i in 0..6u64 {
@@ -79,7 +79,7 @@ fn kv_grows_to_tens_of_megabytes_and_keeps_every_entry() {
 
 #[test]
 fn pingpong_spawns_a_partner_and_plays_one_way_and_by_request() {
-    let mut rt = runtime();
+    let mut rt = shard();
     let a = rt.spawn_with(&module("pingpong"), &PingInit::default()).unwrap();
     let r: PingReport = rt.call_typed(a, &PingMsg::Play { peer: None, rounds: 100, window: 8, requests: false }).unwrap();
     assert_eq!(r.pongs, 100);

@@ -5,5 +5,6 @@ mod util;
 mod faulty;
 mod bad_modules;
 mod guests;
+mod shard;
 mod runtime;
 mod cli;

@@ -1,4 +1,4 @@
-use host::{Engine, EngineConfig, LoadedModule, Runtime, RuntimeConfig};
+use host::{Engine, EngineConfig, LoadedModule, Shard, ShardConfig};
 use std::sync::{Arc, OnceLock};
 
 /// One engine for the whole test binary (compiles each guest once).
@@ -14,11 +14,11 @@ pub(crate) fn module(name: &str) -> Arc<LoadedModule> {
     m
 }
 
-pub(crate) fn runtime() -> Runtime {
-    Runtime::new(engine(), RuntimeConfig::default())
+pub(crate) fn shard() -> Shard {
+    Shard::new(engine(), ShardConfig::default())
 }
 
 #[allow(dead_code)]
-pub(crate) fn runtime_with(config: RuntimeConfig) -> Runtime {
-    Runtime::new(engine(), config)
+pub(crate) fn shard_with(config: ShardConfig) -> Shard {
+    Shard::new(engine(), config)
 }

@@ -1,0 +1,178 @@
+//! The outside world's port into the runtime: answers to requests made from
+//! outside (one [`Completion`] per request, found by correlation id from any
+//! shard) and the mailbox of one-way messages reactors send to
+//! [`Address::HOST`](crate::Address::HOST).
+#![forbid(unsafe_code)]
+
+use crate::reactor::Address;
+use crate::shard::{CallError, Envelope, Reply};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+use std::time::Instant;
+
+/// A value that one thread delivers once and another waits for.
+#[derive(Debug)]
+pub(crate) struct Completion<T> {
+    value: Mutex<Option<T>>,
+    done: AtomicBool,
+    waiter: Mutex<Option<Thread>>,
+}
+
+impl<T> Completion<T> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self { value: Mutex::new(None), done: AtomicBool::new(false), waiter: Mutex::new(None) })
+    }
+
+    /// Delivers `v` unless a value was delivered already; wakes the waiter.
+    pub(crate) fn complete(&self, v: T) -> bool {
+        {
+            let mut slot = self.value.lock().unwrap();
+            if self.done.load(Ordering::Acquire) {
+                return false;
+            }
+            *slot = Some(v);
+            self.done.store(true, Ordering::Release);
+        }
+        if let Some(t) = self.waiter.lock().unwrap().as_ref() {
+            t.unpark();
+        }
+        true
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// The value, if delivered (and not taken before).
+    pub(crate) fn take(&self) -> Option<T> {
+        if !self.is_done() {
+            return None;
+        }
+        self.value.lock().unwrap().take()
+    }
+
+    /// Waits for the value until `deadline`.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<T> {
+        *self.waiter.lock().unwrap() = Some(std::thread::current());
+        let mut spins = 0u32;
+        loop {
+            if self.is_done() {
+                return self.take();
+            }
+            if spins < 64 {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    std::thread::park_timeout(d - now);
+                }
+                None => std::thread::park(),
+            }
+        }
+    }
+}
+
+pub(crate) type ReplySlot = Arc<Completion<Result<Reply, CallError>>>;
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct HostPort {
+    /// Requests from outside not yet answered: correlation id → (target, slot).
+    pending: Mutex<HashMap<u64, (Address, ReplySlot)>>,
+    next_corr: AtomicU64,
+    messages: Mutex<VecDeque<Envelope>>,
+    capacity: usize,
+}
+
+impl HostPort {
+    pub(crate) fn new(mailbox_capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            pending: Mutex::new(HashMap::new()),
+            next_corr: AtomicU64::new(0),
+            messages: Mutex::new(VecDeque::new()),
+            capacity: mailbox_capacity,
+        })
+    }
+
+    /// A fresh correlation id for a request from outside (source tag 0).
+    pub(crate) fn next_corr(&self) -> u64 {
+        self.next_corr.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers a request from outside to `target`.
+    pub(crate) fn register(&self, corr: u64, target: Address) -> ReplySlot {
+        let slot = Completion::new();
+        self.pending.lock().unwrap().insert(corr, (target, slot.clone()));
+        slot
+    }
+
+    /// Forgets a request nobody waits for any more.
+    pub(crate) fn forget(&self, corr: u64) {
+        self.pending.lock().unwrap().remove(&corr);
+    }
+
+    /// Delivers an answer; false if no such request is waiting.
+    pub(crate) fn answer(&self, corr: u64, result: Result<Reply, CallError>) -> bool {
+        let entry = self.pending.lock().unwrap().remove(&corr);
+        match entry {
+            Some((_, slot)) => slot.complete(result),
+            None => false,
+        }
+    }
+
+    /// Answers every request waiting on `target` with `err`.
+    pub(crate) fn fail_target(&self, target: Address, err: impl Fn() -> CallError) {
+        let slots: Vec<ReplySlot> = {
+            let mut pending = self.pending.lock().unwrap();
+            let corrs: Vec<u64> = pending.iter().filter(|(_, (t, _))| *t == target).map(|(c, _)| *c).collect();
+            corrs.into_iter().filter_map(|c| pending.remove(&c)).map(|(_, s)| s).collect()
+        };
+        for s in slots {
+            s.complete(Err(err()));
+        }
+    }
+
+    /// Queues a one-way message to the outside world; false when full.
+    pub(crate) fn post(&self, env: Envelope) -> bool {
+        let mut m = self.messages.lock().unwrap();
+        if m.len() >= self.capacity {
+            return false;
+        }
+        m.push_back(env);
+        true
+    }
+
+    pub(crate) fn drain_messages(&self) -> Vec<Envelope> {
+        self.messages.lock().unwrap().drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_delivers_once_across_threads() {
+        let c: Arc<Completion<u32>> = Completion::new();
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || c2.wait(None));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(c.complete(7));
+        assert!(!c.complete(8));
+        assert_eq!(t.join().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn wait_times_out() {
+        let c: Arc<Completion<u32>> = Completion::new();
+        assert_eq!(c.wait(Some(Instant::now() + std::time::Duration::from_millis(5))), None);
+    }
+}

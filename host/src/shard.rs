@@ -1,0 +1,679 @@
+//! A shard: one thread's population of reactors, owned outright.
+//!
+//! A [`Shard`] runs its reactors from a ready queue, one batch per turn,
+//! round-robin, so no reactor starves the others however deep its inbox. It
+//! is usable on its own (single-threaded, deterministic: tests and embedders
+//! drive it with `run_*`), and it is what each thread of the multi-core
+//! [`Runtime`](crate::Runtime) runs, linked to the other shards by one
+//! single-producer ring per ordered pair of shards (`Links`).
+//!
+//! The [`Router`] is the part host calls need (inboxes, address and
+//! correlation counters, pending spawns, links, the outside world's port); it
+//! is lent to a reactor's store for the duration of each call into it.
+#![forbid(unsafe_code)]
+
+use crate::engine::{Engine, LoadedModule, ModuleHash};
+use crate::inbox::{Full, Inbox};
+use crate::port::{HostPort, ReplySlot};
+use crate::reactor::{Address, Failure, Limits, Reactor};
+use crate::runtime::Links;
+use guest_sdk::abi;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// A message in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// `abi::KIND_*`.
+    pub kind: u8,
+    /// `abi::FLAG_*`.
+    pub flags: u8,
+    /// Sender.
+    pub from: Address,
+    /// Correlation id of a request or reply.
+    pub corr: u64,
+    /// Encoded message.
+    pub payload: Vec<u8>,
+}
+
+impl Envelope {
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + abi::ENVELOPE_HEADER_LEN, 0);
+        abi::EnvelopeHeader {
+            kind: self.kind,
+            flags: self.flags,
+            len: self.payload.len() as u32,
+            from: self.from.0,
+            corr: self.corr,
+        }
+        .encode(&mut out[start..]);
+        out.extend_from_slice(&self.payload);
+    }
+}
+
+/// Shard settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardConfig {
+    /// Limits applied to every reactor.
+    pub limits: Limits,
+    /// Messages an inbox holds before senders get "inbox full".
+    pub inbox_capacity: usize,
+    /// Most messages handed to a reactor in one call.
+    pub max_batch: usize,
+    /// Most reactors alive at once; spawns past it are refused.
+    pub max_reactors: usize,
+    /// Messages to the outside world held before senders get "inbox full".
+    pub host_mailbox_capacity: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            inbox_capacity: 4096,
+            max_batch: 64,
+            max_reactors: 1_000_000,
+            host_mailbox_capacity: 1 << 16,
+        }
+    }
+}
+
+/// Why the runtime did not take a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// No live reactor has that address (it never existed, or it failed).
+    #[error("no live reactor at {0}")]
+    NoSuchReactor(Address),
+    /// The destination's inbox is full; nothing was queued. Retry later.
+    #[error("the inbox of {0} is full")]
+    InboxFull(Address),
+    /// The payload exceeds the ABI's limit; nothing was queued.
+    #[error("payload of {0} bytes exceeds the limit of {max} bytes", max = abi::MAX_PAYLOAD_LEN)]
+    TooLarge(usize),
+}
+
+/// Why a spawn did not produce a running reactor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpawnError {
+    /// The shard is at `max_reactors`.
+    #[error("the shard is at its limit of {0} reactors")]
+    Limit(usize),
+    /// The shard's command ring stayed full; nothing was started.
+    #[error("the shard is too busy to take a spawn; retry")]
+    Busy,
+    /// The reactor failed while instantiating or in its init entry point; it
+    /// does not exist afterwards.
+    #[error("the reactor {0} failed during start-up: {1}")]
+    Failed(Address, Failure),
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The request could not be sent.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The reactor failed before answering.
+    #[error("reactor {0} failed before replying: {1}")]
+    Failed(Address, Failure),
+    /// The reactor went idle without answering.
+    #[error("reactor {0} handled the request without replying")]
+    NoReply(Address),
+    /// No answer came within the time the caller allowed.
+    #[error("no reply from {0} within the timeout")]
+    Timeout(Address),
+    /// The answer did not decode as the expected type.
+    #[error("cannot decode the reply: {0}")]
+    Decode(String),
+}
+
+/// An answer to a request made from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Who answered.
+    pub from: Address,
+    /// Encoded answer (JSON if `text`).
+    pub payload: Vec<u8>,
+    /// Whether the payload is JSON text.
+    pub text: bool,
+}
+
+/// Identifies a request made from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(pub u64);
+
+/// A reactor's lifecycle state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReactorState {
+    /// Alive and taking messages.
+    Running,
+    /// Failed; gone, with this record left behind.
+    Failed(Failure),
+}
+
+/// Counters of a shard since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Reactors alive now.
+    pub live: usize,
+    /// Reactors that failed.
+    pub failed: usize,
+    /// Reactors ever spawned (from outside or by reactors).
+    pub spawned: u64,
+    /// Messages delivered into reactors.
+    pub delivered: u64,
+    /// Calls into reactors that delivered those messages.
+    pub batches: u64,
+    /// Messages dropped because their destination failed with them queued.
+    pub dropped: u64,
+    /// Messages that arrived from another shard for a reactor that does not
+    /// exist (actor semantics: a send to a dead address is not an error for
+    /// the sender, but it is counted).
+    pub dead_letters: u64,
+    /// Messages sent to reactors on other shards.
+    pub cross_shard: u64,
+}
+
+impl std::ops::AddAssign for ShardStats {
+    fn add_assign(&mut self, o: Self) {
+        self.live += o.live;
+        self.failed += o.failed;
+        self.spawned += o.spawned;
+        self.delivered += o.delivered;
+        self.batches += o.batches;
+        self.dropped += o.dropped;
+        self.dead_letters += o.dead_letters;
+        self.cross_shard += o.cross_shard;
+    }
+}
+
+struct PendingSpawn {
+    address: Address,
+    module: Arc<LoadedModule>,
+    init: Envelope,
+}
+
+/// Bits of an address above the per-shard serial number.
+const SHARD_SHIFT: u32 = 48;
+const SERIAL_MASK: u64 = (1 << SHARD_SHIFT) - 1;
+
+impl Address {
+    /// The shard that owns this address.
+    pub fn shard(self) -> usize {
+        ((self.0 >> SHARD_SHIFT) & 0xff) as usize
+    }
+
+    fn on_shard(shard: usize, serial: u64) -> Self {
+        Address(((shard as u64) << SHARD_SHIFT) | (serial & SERIAL_MASK))
+    }
+}
+
+/// What host calls reach during a call into a reactor.
+pub(crate) struct Router {
+    engine: Arc<Engine>,
+    index: usize,
+    inboxes: HashMap<Address, Inbox<Envelope>>,
+    ready: VecDeque<Address>,
+    spawns: Vec<PendingSpawn>,
+    port: Arc<HostPort>,
+    pub(crate) links: Option<Links>,
+    next_serial: u64,
+    next_corr: u64,
+    input: Vec<u8>,
+    input_pos: usize,
+    config: ShardConfig,
+    /// Live reactors plus pending spawns.
+    population: usize,
+    /// Module hash of each live reactor (for `ModuleRef::Own` spawns).
+    modules: HashMap<Address, ModuleHash>,
+    stats: ShardStats,
+}
+
+impl Router {
+    /// Stages bytes for the guest to read with `inbox_read`.
+    pub(crate) fn stage_input(&mut self, bytes: &[u8]) {
+        self.input.clear();
+        self.input.extend_from_slice(bytes);
+        self.input_pos = 0;
+    }
+
+    pub(crate) fn input_remaining(&self) -> &[u8] {
+        &self.input[self.input_pos..]
+    }
+
+    pub(crate) fn consume_input(&mut self, n: usize) {
+        self.input_pos += n;
+    }
+
+    /// A correlation id unique across shards and the outside world: the top
+    /// byte names the source (shard index + 1; 0 is the outside world).
+    pub(crate) fn next_corr(&mut self) -> u64 {
+        self.next_corr += 1;
+        ((self.index as u64 + 1) << 56) | self.next_corr
+    }
+
+    /// Queues `env` for `to`; returns an `abi::STATUS_*`.
+    pub(crate) fn route(&mut self, to: Address, env: Envelope) -> i32 {
+        if to == Address::HOST {
+            return self.route_to_host(env);
+        }
+        if to.shard() != self.index {
+            let Some(links) = self.links.as_mut() else { return abi::STATUS_NO_SUCH_REACTOR };
+            return match links.send(to, env) {
+                Ok(()) => {
+                    self.stats.cross_shard += 1;
+                    abi::STATUS_OK
+                }
+                Err(status) => status,
+            };
+        }
+        match self.deliver_local(to, env) {
+            Ok(()) => abi::STATUS_OK,
+            Err((status, _)) => status,
+        }
+    }
+
+    /// Queues `env` into a local inbox, or gives it back with the status.
+    pub(crate) fn deliver_local(&mut self, to: Address, env: Envelope) -> Result<(), (i32, Envelope)> {
+        let Some(inbox) = self.inboxes.get_mut(&to) else { return Err((abi::STATUS_NO_SUCH_REACTOR, env)) };
+        if env.kind == abi::KIND_REPLY {
+            inbox.push_reply(env);
+        } else if let Err(Full(env)) = inbox.try_push(env) {
+            return Err((abi::STATUS_INBOX_FULL, env));
+        }
+        if !inbox.scheduled {
+            inbox.scheduled = true;
+            self.ready.push_back(to);
+        }
+        Ok(())
+    }
+
+    fn route_to_host(&mut self, env: Envelope) -> i32 {
+        if env.kind == abi::KIND_REPLY {
+            let reply = Reply { from: env.from, text: env.flags & abi::FLAG_TEXT != 0, payload: env.payload };
+            return if self.port.answer(env.corr, Ok(reply)) { abi::STATUS_OK } else { abi::STATUS_BAD_ARGUMENT };
+        }
+        if self.port.post(env) { abi::STATUS_OK } else { abi::STATUS_INBOX_FULL }
+    }
+
+    /// Reserves an address and an inbox for a new reactor; the shard
+    /// instantiates it right after the current call.
+    pub(crate) fn spawn(&mut self, parent: Address, mref: &[u8], init: Vec<u8>) -> Result<Address, i32> {
+        let module = match mref.split_first() {
+            Some((&abi::MODULE_REF_SELF, [])) => {
+                let hash = self.modules.get(&parent).ok_or(abi::STATUS_NO_SUCH_MODULE)?;
+                self.engine.module(hash)
+            }
+            Some((&abi::MODULE_REF_HASH, h)) => {
+                let h: [u8; 32] = h.try_into().map_err(|_| abi::STATUS_BAD_ARGUMENT)?;
+                self.engine.module(&ModuleHash(h))
+            }
+            Some((&abi::MODULE_REF_NAME, n)) => {
+                let n = std::str::from_utf8(n).map_err(|_| abi::STATUS_BAD_ARGUMENT)?;
+                self.engine.module_by_name(n)
+            }
+            _ => return Err(abi::STATUS_BAD_ARGUMENT),
+        }
+        .ok_or(abi::STATUS_NO_SUCH_MODULE)?;
+        let address = self.reserve().ok_or(abi::STATUS_SPAWN_REFUSED)?;
+        let init = Envelope { kind: abi::KIND_MESSAGE, flags: 0, from: parent, corr: 0, payload: init };
+        self.spawns.push(PendingSpawn { address, module, init });
+        Ok(address)
+    }
+
+    pub(crate) fn note_dead_letter(&mut self) {
+        self.stats.dead_letters += 1;
+    }
+
+    fn reserve(&mut self) -> Option<Address> {
+        if self.population >= self.config.max_reactors || self.next_serial >= SERIAL_MASK {
+            return None;
+        }
+        self.population += 1;
+        self.next_serial += 1;
+        let a = Address::on_shard(self.index, self.next_serial);
+        self.inboxes.insert(a, Inbox::new(self.config.inbox_capacity));
+        Some(a)
+    }
+}
+
+/// One thread's population of reactors and the traffic between them.
+pub struct Shard {
+    engine: Arc<Engine>,
+    config: ShardConfig,
+    reactors: HashMap<Address, Reactor>,
+    failed: HashMap<Address, Failure>,
+    router: Option<Box<Router>>,
+    batch: Vec<u8>,
+    /// Requests made through this shard's own API (`request`/`take_reply`).
+    own_requests: HashMap<u64, ReplySlot>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("stats", &self.stats()).finish()
+    }
+}
+
+impl Shard {
+    /// A standalone shard on `engine` (index 0, no links, its own port).
+    pub fn new(engine: Arc<Engine>, config: ShardConfig) -> Self {
+        Self::linked(engine, config, 0, HostPort::new(config.host_mailbox_capacity), None)
+    }
+
+    /// Shard `index` of a runtime, sharing `port`, linked to its peers.
+    pub(crate) fn linked(
+        engine: Arc<Engine>,
+        config: ShardConfig,
+        index: usize,
+        port: Arc<HostPort>,
+        links: Option<Links>,
+    ) -> Self {
+        let router = Router {
+            engine: engine.clone(),
+            index,
+            inboxes: HashMap::new(),
+            ready: VecDeque::new(),
+            spawns: Vec::new(),
+            port,
+            links,
+            next_serial: 0,
+            next_corr: 0,
+            input: Vec::new(),
+            input_pos: 0,
+            config,
+            population: 0,
+            modules: HashMap::new(),
+            stats: ShardStats::default(),
+        };
+        Self {
+            engine,
+            config,
+            reactors: HashMap::new(),
+            failed: HashMap::new(),
+            router: Some(Box::new(router)),
+            batch: Vec::new(),
+            own_requests: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn router(&mut self) -> &mut Router {
+        self.router.as_deref_mut().expect("router is home between calls")
+    }
+
+    pub(crate) fn router_ref(&self) -> Option<&Router> {
+        self.router.as_deref()
+    }
+
+    /// An envelope from outside found no reactor: a request is answered with
+    /// the error, a one-way message counted as a dead letter.
+    pub(crate) fn host_delivery_failed(&mut self, to: Address, env: Envelope) {
+        let router = self.router();
+        if env.kind == abi::KIND_REQUEST {
+            router.port.answer(env.corr, Err(CallError::Send(SendError::NoSuchReactor(to))));
+        } else {
+            router.note_dead_letter();
+        }
+    }
+
+    /// The engine this shard instantiates on.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Starts a reactor running `module`, passing `init` (postcard bytes) to
+    /// its start-up. Reactors it spawns during start-up are started too.
+    pub fn spawn(&mut self, module: &Arc<LoadedModule>, init: &[u8]) -> Result<Address, SpawnError> {
+        self.spawn_envelope(module, init.to_vec(), 0)
+    }
+
+    /// Starts a reactor whose init argument is JSON text (as the command
+    /// line gives it).
+    pub fn spawn_text(&mut self, module: &Arc<LoadedModule>, json: &str) -> Result<Address, SpawnError> {
+        self.spawn_envelope(module, json.as_bytes().to_vec(), abi::FLAG_TEXT)
+    }
+
+    /// Starts a reactor with a typed (postcard) init argument.
+    pub fn spawn_with<T: Serialize>(&mut self, module: &Arc<LoadedModule>, init: &T) -> Result<Address, SpawnError> {
+        let bytes = postcard::to_allocvec(init).expect("serializing to memory cannot fail");
+        self.spawn(module, &bytes)
+    }
+
+    pub(crate) fn spawn_envelope(
+        &mut self,
+        module: &Arc<LoadedModule>,
+        init: Vec<u8>,
+        flags: u8,
+    ) -> Result<Address, SpawnError> {
+        let address = self.router().reserve().ok_or(SpawnError::Limit(self.config.max_reactors))?;
+        let init = Envelope { kind: abi::KIND_MESSAGE, flags, from: Address::HOST, corr: 0, payload: init };
+        let result = self.instantiate(address, module, &init);
+        self.process_spawns();
+        result.map(|()| address).map_err(|f| SpawnError::Failed(address, f))
+    }
+
+    fn instantiate(&mut self, address: Address, module: &Arc<LoadedModule>, init: &Envelope) -> Result<(), Failure> {
+        let router = self.router();
+        router.stats.spawned += 1;
+        router.modules.insert(address, module.hash);
+        self.batch.clear();
+        init.encode_into(&mut self.batch);
+        let input = std::mem::take(&mut self.batch);
+        let result = Reactor::instantiate(&self.engine, module, address, self.config.limits, &mut self.router, &input);
+        self.batch = input;
+        match result {
+            Ok(r) => {
+                self.reactors.insert(address, r);
+                Ok(())
+            }
+            Err(f) => {
+                self.fail(address, f.clone());
+                Err(f)
+            }
+        }
+    }
+
+    fn process_spawns(&mut self) {
+        loop {
+            let spawns = std::mem::take(&mut self.router().spawns);
+            if spawns.is_empty() {
+                return;
+            }
+            for s in spawns {
+                let _ = self.instantiate(s.address, &s.module, &s.init);
+            }
+        }
+    }
+
+    fn fail(&mut self, address: Address, failure: Failure) {
+        tracing::warn!(reactor = %address, "reactor failed: {failure}");
+        self.reactors.remove(&address);
+        let router = self.router.as_deref_mut().expect("router is home between calls");
+        router.modules.remove(&address);
+        if let Some(mut inbox) = router.inboxes.remove(&address) {
+            router.population -= 1;
+            router.stats.dropped += inbox.drain().count() as u64;
+        }
+        router.port.fail_target(address, || CallError::Failed(address, failure.clone()));
+        self.failed.insert(address, failure);
+    }
+
+    /// Sends a one-way message from the outside world.
+    pub fn send(&mut self, to: Address, payload: Vec<u8>, text: bool) -> Result<(), SendError> {
+        self.send_kind(to, abi::KIND_MESSAGE, 0, payload, text)
+    }
+
+    fn send_kind(&mut self, to: Address, kind: u8, corr: u64, payload: Vec<u8>, text: bool) -> Result<(), SendError> {
+        if payload.len() > abi::MAX_PAYLOAD_LEN as usize {
+            return Err(SendError::TooLarge(payload.len()));
+        }
+        let flags = if text { abi::FLAG_TEXT } else { 0 };
+        let env = Envelope { kind, flags, from: Address::HOST, corr, payload };
+        match self.router().route(to, env) {
+            abi::STATUS_OK => Ok(()),
+            abi::STATUS_INBOX_FULL => Err(SendError::InboxFull(to)),
+            _ => Err(SendError::NoSuchReactor(to)),
+        }
+    }
+
+    /// Queues an envelope from the outside world into a local inbox (used by
+    /// the runtime's shard threads); gives it back when the inbox is full.
+    pub(crate) fn accept_from_host(&mut self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
+        match self.router().deliver_local(to, env) {
+            Ok(()) => Ok(()),
+            Err((abi::STATUS_INBOX_FULL, env)) => Err((SendError::InboxFull(to), env)),
+            Err((_, env)) => Err((SendError::NoSuchReactor(to), env)),
+        }
+    }
+
+    /// Sends a typed (postcard) one-way message.
+    pub fn send_typed<T: Serialize>(&mut self, to: Address, msg: &T) -> Result<(), SendError> {
+        self.send(to, postcard::to_allocvec(msg).expect("serializing to memory cannot fail"), false)
+    }
+
+    /// Sends a request from the outside world; collect the answer with
+    /// [`Shard::take_reply`] after running.
+    pub fn request(&mut self, to: Address, payload: Vec<u8>, text: bool) -> Result<RequestId, SendError> {
+        if to == Address::HOST {
+            return Err(SendError::NoSuchReactor(to));
+        }
+        let port = self.router().port.clone();
+        let corr = port.next_corr();
+        let slot = port.register(corr, to);
+        if let Err(e) = self.send_kind(to, abi::KIND_REQUEST, corr, payload, text) {
+            port.forget(corr);
+            return Err(e);
+        }
+        self.own_requests.insert(corr, slot);
+        Ok(RequestId(corr))
+    }
+
+    /// The answer to a request, once there is one (or the reactor failed).
+    pub fn take_reply(&mut self, id: RequestId) -> Option<Result<Reply, CallError>> {
+        let r = self.own_requests.get(&id.0)?.take()?;
+        self.own_requests.remove(&id.0);
+        Some(r)
+    }
+
+    /// Sends a request, runs until the shard is idle, and returns the answer.
+    pub fn call(&mut self, to: Address, payload: Vec<u8>, text: bool) -> Result<Reply, CallError> {
+        let id = self.request(to, payload, text)?;
+        self.run_until_idle();
+        match self.take_reply(id) {
+            Some(r) => r,
+            None => {
+                self.own_requests.remove(&id.0);
+                self.router().port.forget(id.0);
+                Err(CallError::NoReply(to))
+            }
+        }
+    }
+
+    /// [`Shard::call`] with postcard-typed request and answer.
+    pub fn call_typed<Q: Serialize, R: DeserializeOwned>(&mut self, to: Address, req: &Q) -> Result<R, CallError> {
+        let reply = self.call(to, postcard::to_allocvec(req).expect("serializing to memory cannot fail"), false)?;
+        postcard::from_bytes(&reply.payload).map_err(|e| CallError::Decode(e.to_string()))
+    }
+
+    /// One-way messages reactors sent to the outside world, oldest first.
+    pub fn drain_host_messages(&mut self) -> Vec<Envelope> {
+        self.router().port.drain_messages()
+    }
+
+    /// Runs reactors until no inbox holds a message. Returns the number of
+    /// batches delivered.
+    pub fn run_until_idle(&mut self) -> u64 {
+        let mut n = 0;
+        while self.run_one() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Runs at most `batches` turns. Returns whether work remains.
+    pub fn run_for(&mut self, batches: u64) -> bool {
+        for _ in 0..batches {
+            if !self.run_one() {
+                return false;
+            }
+        }
+        !self.router().ready.is_empty()
+    }
+
+    /// Whether a reactor has messages waiting.
+    pub(crate) fn has_ready(&self) -> bool {
+        self.router.as_ref().is_some_and(|r| !r.ready.is_empty())
+    }
+
+    /// Delivers one batch to the next ready reactor. False when idle.
+    pub(crate) fn run_one(&mut self) -> bool {
+        let max_batch = self.config.max_batch;
+        let router = self.router.as_deref_mut().expect("router is home between calls");
+        let Some(address) = router.ready.pop_front() else { return false };
+        let Some(inbox) = router.inboxes.get_mut(&address) else { return true };
+        self.batch.clear();
+        let mut count = 0u32;
+        while (count as usize) < max_batch {
+            let Some(env) = inbox.pop() else { break };
+            env.encode_into(&mut self.batch);
+            count += 1;
+        }
+        if inbox.is_empty() {
+            inbox.scheduled = false;
+        } else {
+            router.ready.push_back(address);
+        }
+        if count == 0 {
+            return true;
+        }
+        let Some(reactor) = self.reactors.get_mut(&address) else { return true };
+        router.stats.delivered += count as u64;
+        router.stats.batches += 1;
+        let batch = std::mem::take(&mut self.batch);
+        let result = reactor.receive(&mut self.router, &batch, count);
+        self.batch = batch;
+        if let Err(f) = result {
+            self.fail(address, f);
+        }
+        self.process_spawns();
+        true
+    }
+
+    /// A reactor's state: running, failed, or `None` if it never existed.
+    pub fn state(&self, address: Address) -> Option<ReactorState> {
+        if self.reactors.contains_key(&address) {
+            Some(ReactorState::Running)
+        } else {
+            self.failed.get(&address).map(|f| ReactorState::Failed(f.clone()))
+        }
+    }
+
+    /// Addresses of the live reactors.
+    pub fn live(&self) -> impl Iterator<Item = Address> + '_ {
+        self.reactors.keys().copied()
+    }
+
+    /// Linear memory size of a live reactor.
+    pub fn memory_size(&self, address: Address) -> Option<usize> {
+        self.reactors.get(&address).map(|r| r.memory_size())
+    }
+
+    /// Module a live reactor runs.
+    pub fn module_of(&self, address: Address) -> Option<ModuleHash> {
+        self.reactors.get(&address).map(|r| r.module_hash())
+    }
+
+    /// Messages waiting in a reactor's inbox.
+    pub fn queued(&self, address: Address) -> Option<usize> {
+        self.router.as_ref()?.inboxes.get(&address).map(|i| i.len())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ShardStats {
+        let base = self.router.as_ref().map(|r| r.stats).unwrap_or_default();
+        ShardStats { live: self.reactors.len(), failed: self.failed.len(), ..base }
+    }
+}
