@@ -1,6 +1,6 @@
 //! Benchmarks of the reactor host against baselines and the physical limit.
 //!
-//! `cargo run --profile bench -p benches -- <scenario> [--json] [--quick]`
+//! `cargo run --profile perf -p benches -- <scenario> [--json] [--quick]`
 //!
 //! Every scenario checks that the thing it times gives the right answer
 //! before timing it, measures its baseline in the same run, repeats each
@@ -19,7 +19,9 @@
 //! - `rtt` — request–response round trip between two reactors vs. two tokio
 //!   tasks over mpsc.
 mod density;
+mod e2e;
 mod harness;
+mod ring;
 mod rtt;
 mod spawn;
 
@@ -48,6 +50,13 @@ enum Scenario {
     Density,
     /// Round trip between two reactors, and from the host into one.
     Rtt,
+    /// SPSC ring alone vs rtrb, crossbeam, tokio mpsc, disruptor.
+    RingSpsc,
+    /// MPSC ring alone, 2/4/8 producers, vs the multi-producer baselines.
+    RingMpsc,
+    /// End to end through Wasm on the multi-core runtime: messages/s on one
+    /// shard and across shards, request-response latency, ring round trip.
+    E2e,
     /// All of the above.
     All,
 }
@@ -56,7 +65,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let opts = Opts { quick: cli.quick };
     let chosen = match cli.scenario {
-        Scenario::All => vec![Scenario::Spawn, Scenario::Density, Scenario::Rtt],
+        Scenario::All => vec![
+            Scenario::Spawn,
+            Scenario::Density,
+            Scenario::Rtt,
+            Scenario::RingSpsc,
+            Scenario::RingMpsc,
+            Scenario::E2e,
+        ],
         s => vec![s],
     };
     let mut reports: Vec<Report> = Vec::new();
@@ -65,6 +81,9 @@ fn main() -> anyhow::Result<()> {
             Scenario::Spawn => spawn::run(opts)?,
             Scenario::Density => density::run(opts)?,
             Scenario::Rtt => rtt::run(opts)?,
+            Scenario::RingSpsc => ring::run_spsc(opts)?,
+            Scenario::RingMpsc => ring::run_mpsc(opts)?,
+            Scenario::E2e => e2e::run(opts)?,
             Scenario::All => unreachable!("expanded above"),
         };
         if !cli.json {

@@ -6,7 +6,8 @@
 
 use crate::reactor::Address;
 use crate::shard::{CallError, Envelope, Reply};
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
@@ -56,14 +57,20 @@ impl<T> Completion<T> {
     /// Waits for the value until `deadline`.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<T> {
         *self.waiter.lock().unwrap() = Some(std::thread::current());
-        let mut spins = 0u32;
+        // Answers often come within microseconds: spin briefly, then yield a
+        // little, then park (the completer unparks us).
+        let start = Instant::now();
         loop {
             if self.is_done() {
                 return self.take();
             }
-            if spins < 64 {
-                spins += 1;
+            let waited = start.elapsed();
+            if waited < std::time::Duration::from_micros(10) {
                 std::hint::spin_loop();
+                continue;
+            }
+            if waited < std::time::Duration::from_micros(50) {
+                std::thread::yield_now();
                 continue;
             }
             match deadline {
@@ -95,7 +102,7 @@ pub(crate) struct HostPort {
 impl HostPort {
     pub(crate) fn new(mailbox_capacity: usize) -> Arc<Self> {
         Arc::new(Self {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::default()),
             next_corr: AtomicU64::new(0),
             messages: Mutex::new(VecDeque::new()),
             capacity: mailbox_capacity,

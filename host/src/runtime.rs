@@ -117,6 +117,8 @@ pub(crate) struct Links {
     out: Vec<Option<Producer<Routed>>>,
     inbound: Vec<Inbound>,
     wakes: Arc<Vec<Arc<Wake>>>,
+    /// Shards pushed to but not yet woken.
+    unnotified: Vec<bool>,
 }
 
 impl Links {
@@ -126,10 +128,24 @@ impl Links {
         let Some(Some(tx)) = self.out.get_mut(shard) else { return Err(abi::STATUS_NO_SUCH_REACTOR) };
         match tx.try_push(Routed { to, env }) {
             Ok(()) => {
-                self.wakes[shard].notify();
+                // Woken in `flush`, once per batch rather than per message.
+                self.unnotified[shard] = true;
                 Ok(())
             }
-            Err(_) => Err(abi::STATUS_INBOX_FULL),
+            Err(_) => {
+                // A full ring: make sure its consumer is awake to drain it.
+                self.wakes[shard].notify();
+                Err(abi::STATUS_INBOX_FULL)
+            }
+        }
+    }
+
+    /// Wakes every shard this one pushed to since the last flush.
+    pub(crate) fn flush(&mut self) {
+        for (shard, pending) in self.unnotified.iter_mut().enumerate() {
+            if std::mem::take(pending) {
+                self.wakes[shard].notify();
+            }
         }
     }
 
@@ -169,6 +185,13 @@ impl Shard {
 
     fn has_inbound(&self) -> bool {
         self.router_ref().and_then(|r| r.links.as_ref()).is_some_and(Links::has_inbound)
+    }
+
+    /// Wakes the shards this one sent to during the last reactor call.
+    fn flush_links(&mut self) {
+        if let Some(links) = self.router().links.as_mut() {
+            links.flush();
+        }
     }
 }
 
@@ -229,7 +252,7 @@ impl Runtime {
         let mut shards = Vec::with_capacity(n);
         for (index, (out, inbound)) in producers.into_iter().zip(consumers).enumerate() {
             let (tx, rx) = reactor_ring::mpsc(config.command_capacity);
-            let links = Links { out, inbound, wakes: wakes.clone() };
+            let links = Links { out, inbound, wakes: wakes.clone(), unnotified: vec![false; n] };
             let stats = Arc::new(Mutex::new(ShardStats::default()));
             let wake = wakes[index].clone();
             let (engine, port, stats2, wake2) = (engine.clone(), port.clone(), stats.clone(), wake.clone());
@@ -457,7 +480,7 @@ impl PendingCall {
 /// The loop of one shard thread.
 fn shard_main(mut shard: Shard, mut commands: MpscConsumer<Command>, wake: &Wake, stats: &Mutex<ShardStats>) {
     let mut held: Option<(Address, Envelope)> = None;
-    let mut idle_passes = 0u32;
+    let mut idle_since: Option<Instant> = None;
     loop {
         let mut work = 0usize;
         // 1. Work from outside. A delivery to a full inbox waits at the head.
@@ -490,29 +513,40 @@ fn shard_main(mut shard: Shard, mut commands: MpscConsumer<Command>, wake: &Wake
                 }
             }
         }
+        shard.flush_links();
         // 2. Messages from other shards.
         work += shard.drain_inbound(4096);
         // 3. Reactors, one batch each, round-robin.
         let mut ran = 0;
         while ran < 256 && shard.run_one() {
+            shard.flush_links();
             ran += 1;
         }
         work += ran;
         if work > 0 {
-            idle_passes = 0;
+            idle_since = None;
             *stats.lock().unwrap() = shard.stats();
             continue;
         }
-        // Idle: spin a little, then yield, then park.
-        idle_passes += 1;
-        if idle_passes < 32 {
-            std::hint::spin_loop();
-        } else if idle_passes < 40 {
+        // Idle: spin for a short while (a message from another shard is
+        // often microseconds away), then yield the core, then park until a
+        // producer wakes us. Every stage is bounded.
+        let idle_for = idle_since.get_or_insert_with(Instant::now).elapsed();
+        if idle_for < IDLE_SPIN {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+        } else if idle_for < IDLE_YIELD {
             std::thread::yield_now();
         } else {
             *stats.lock().unwrap() = shard.stats();
             wake.sleep(|| held.is_some() || !commands.is_empty() || shard.has_inbound() || shard.has_ready());
-            idle_passes = 0;
+            idle_since = None;
         }
     }
 }
+
+/// How long an idle shard spins before yielding its core.
+const IDLE_SPIN: Duration = Duration::from_micros(20);
+/// How long an idle shard keeps yielding before it parks.
+const IDLE_YIELD: Duration = Duration::from_micros(200);

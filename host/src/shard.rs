@@ -20,7 +20,8 @@ use crate::runtime::Links;
 use guest_sdk::abi;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A message in flight.
@@ -375,7 +376,7 @@ impl Shard {
         let router = Router {
             engine: engine.clone(),
             index,
-            inboxes: HashMap::new(),
+            inboxes: HashMap::default(),
             ready: VecDeque::new(),
             spawns: Vec::new(),
             port,
@@ -386,17 +387,17 @@ impl Shard {
             input_pos: 0,
             config,
             population: 0,
-            modules: HashMap::new(),
+            modules: HashMap::default(),
             stats: ShardStats::default(),
         };
         Self {
             engine,
             config,
-            reactors: HashMap::new(),
-            failed: HashMap::new(),
+            reactors: HashMap::default(),
+            failed: HashMap::default(),
             router: Some(Box::new(router)),
             batch: Vec::new(),
-            own_requests: HashMap::new(),
+            own_requests: HashMap::default(),
         }
     }
 

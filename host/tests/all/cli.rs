@@ -85,7 +85,9 @@ fn demo_runs_small() {
     let out = host(&["demo", "--kv", "50", "--pairs", "20", "--seconds", "0.3", "--fill-mib", "4"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", text(&out.stderr));
-    assert!(stdout.contains("reactors alive        90"), "{stdout}");
+    // 50 kv + 20 players + 10 partners the even-numbered players spawned.
+    assert!(stdout.contains("reactors alive        80"), "{stdout}");
+    assert!(stdout.contains("reactors failed       1"), "{stdout}");
     assert!(stdout.contains("failed as asked"), "{stdout}");
     assert!(stdout.contains("verified"), "{stdout}");
 }
