@@ -585,7 +585,7 @@ fn sizes(opts: Opts) -> Sizes {
     if opts.quick {
         Sizes { secs: 0.03, min: 100_000, max: 2_000_000, reps: 3 }
     } else {
-        Sizes { secs: 0.4, min: 2_000_000, max: 100_000_000, reps: 7 }
+        Sizes { secs: 0.3, min: 2_000_000, max: 100_000_000, reps: 9 }
     }
 }
 
@@ -613,10 +613,13 @@ fn measure(imps: &[Imp], producers: usize, mode: Mode, sizes: &Sizes) -> Result<
     }
     let mut rates = vec![Vec::new(); imps.len()];
     for rep in 0..sizes.reps {
-        progress(format!("round {} of {}", rep + 1, sizes.reps));
+        let mut line = format!("round {} of {}:", rep + 1, sizes.reps);
         for (i, &imp) in imps.iter().enumerate() {
-            rates[i].push(run(imp, producers, per_run[i], mode)?);
+            let rate = run(imp, producers, per_run[i], mode)?;
+            line.push_str(&format!(" {} {}", imp.name(), num(rate / M)));
+            rates[i].push(rate);
         }
+        progress(line);
     }
     Ok(imps
         .iter()
