@@ -18,6 +18,10 @@
 //!   100,000 alive.
 //! - `rtt` — request–response round trip between two reactors vs. two tokio
 //!   tasks over mpsc.
+//! - `ring` — the reactor-ring SPSC and MPSC rings alone vs. rtrb,
+//!   crossbeam, tokio mpsc and the disruptor crate.
+//! - `e2e` — end to end through Wasm on the multi-core runtime (one shard,
+//!   across shards, request–response latency, bare ring round trip).
 mod density;
 mod e2e;
 mod harness;
