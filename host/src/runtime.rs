@@ -26,12 +26,12 @@ use crate::port::{Completion, HostPort, ReplySlot};
 use crate::reactor::Address;
 use crate::shard::{CallError, Envelope, ReactorState, Reply, SendError, Shard, ShardConfig, ShardStats, SpawnError};
 use guest_sdk::abi;
-use reactor_ring::{Consumer, MpscConsumer, MpscProducer, Producer};
+use reactor_ring::{Consumer, EventCount, MpscConsumer, MpscProducer, Producer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, Thread};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Runtime settings.
@@ -68,43 +68,6 @@ pub(crate) struct Routed {
     env: Envelope,
 }
 
-/// Sleeping and waking a shard thread without lost wake-ups: the shard sets
-/// `sleeping`, re-checks its rings, and parks; a producer publishes, then
-/// (after a full fence) wakes the shard if `sleeping` is set. One of the two
-/// always sees the other's write.
-#[derive(Debug)]
-pub(crate) struct Wake {
-    sleeping: AtomicBool,
-    thread: Mutex<Option<Thread>>,
-}
-
-impl Wake {
-    fn new() -> Arc<Self> {
-        Arc::new(Self { sleeping: AtomicBool::new(false), thread: Mutex::new(None) })
-    }
-
-    /// Called by a producer after publishing.
-    pub(crate) fn notify(&self) {
-        fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed)
-            && let Some(t) = self.thread.lock().unwrap().as_ref()
-        {
-            t.unpark();
-        }
-    }
-
-    /// Called by the shard thread when a pass found nothing to do.
-    fn sleep(&self, has_work: impl Fn() -> bool) {
-        self.sleeping.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if !has_work() {
-            // The timeout is a safety net only; wake-ups come from `notify`.
-            std::thread::park_timeout(Duration::from_millis(100));
-        }
-        self.sleeping.store(false, Ordering::Relaxed);
-    }
-}
-
 struct Inbound {
     rx: Consumer<Routed>,
     /// A message whose destination inbox was full: retried before the ring.
@@ -116,7 +79,7 @@ pub(crate) struct Links {
     /// Producer ends, indexed by destination shard (`None` for this shard).
     out: Vec<Option<Producer<Routed>>>,
     inbound: Vec<Inbound>,
-    wakes: Arc<Vec<Arc<Wake>>>,
+    wakes: Arc<Vec<Arc<EventCount>>>,
     /// Shards pushed to but not yet woken.
     unnotified: Vec<bool>,
 }
@@ -205,7 +168,7 @@ enum Command {
 
 struct ShardHandle {
     commands: Mutex<MpscProducer<Command>>,
-    wake: Arc<Wake>,
+    wake: Arc<EventCount>,
     stats: Arc<Mutex<ShardStats>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -234,7 +197,7 @@ impl Runtime {
         }
         .min(256);
         let port = HostPort::new(config.shard.host_mailbox_capacity);
-        let wakes: Arc<Vec<Arc<Wake>>> = Arc::new((0..n).map(|_| Wake::new()).collect());
+        let wakes: Arc<Vec<Arc<EventCount>>> = Arc::new((0..n).map(|_| Arc::new(EventCount::new())).collect());
         // rings[from][to]
         let mut producers: Vec<Vec<Option<Producer<Routed>>>> = (0..n).map(|_| Vec::new()).collect();
         let mut consumers: Vec<Vec<Inbound>> = (0..n).map(|_| Vec::new()).collect();
@@ -258,7 +221,6 @@ impl Runtime {
             let (engine, port, stats2, wake2) = (engine.clone(), port.clone(), stats.clone(), wake.clone());
             let shard_config = config.shard;
             let thread = std::thread::Builder::new().name(format!("shard-{index}")).spawn(move || {
-                *wake2.thread.lock().unwrap() = Some(std::thread::current());
                 let shard = Shard::linked(engine, shard_config, index, port, Some(links));
                 shard_main(shard, rx, &wake2, &stats2);
             })?;
@@ -478,7 +440,7 @@ impl PendingCall {
 }
 
 /// The loop of one shard thread.
-fn shard_main(mut shard: Shard, mut commands: MpscConsumer<Command>, wake: &Wake, stats: &Mutex<ShardStats>) {
+fn shard_main(mut shard: Shard, mut commands: MpscConsumer<Command>, wake: &EventCount, stats: &Mutex<ShardStats>) {
     let mut held: Option<(Address, Envelope)> = None;
     let mut idle_since: Option<Instant> = None;
     loop {
@@ -540,7 +502,14 @@ fn shard_main(mut shard: Shard, mut commands: MpscConsumer<Command>, wake: &Wake
             std::thread::yield_now();
         } else {
             *stats.lock().unwrap() = shard.stats();
-            wake.sleep(|| held.is_some() || !commands.is_empty() || shard.has_inbound() || shard.has_ready());
+            // Announce the sleep, re-check, then park until a producer's
+            // `notify` (reactor-ring's EventCount: no lost wake-ups).
+            let waiter = wake.prepare_wait();
+            if held.is_some() || !commands.is_empty() || shard.has_inbound() || shard.has_ready() {
+                waiter.cancel();
+            } else {
+                waiter.wait();
+            }
             idle_since = None;
         }
     }
