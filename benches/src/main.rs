@@ -27,6 +27,7 @@ mod e2e;
 mod harness;
 mod ring;
 mod rtt;
+mod snapshot;
 mod spawn;
 
 use clap::{Parser, ValueEnum};
@@ -61,6 +62,9 @@ enum Scenario {
     /// End to end through Wasm on the multi-core runtime: messages/s on one
     /// shard and across shards, request-response latency, ring round trip.
     E2e,
+    /// Snapshot and restore of a kv reactor at 1 MB to 1 GB: full,
+    /// copy-on-write, incremental, eager and lazy restore.
+    Snapshot,
     /// All of the above.
     All,
 }
@@ -76,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::RingSpsc,
             Scenario::RingMpsc,
             Scenario::E2e,
+            Scenario::Snapshot,
         ],
         s => vec![s],
     };
@@ -88,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::RingSpsc => ring::run_spsc(opts)?,
             Scenario::RingMpsc => ring::run_mpsc(opts)?,
             Scenario::E2e => e2e::run(opts)?,
+            Scenario::Snapshot => snapshot::run(opts)?,
             Scenario::All => unreachable!("expanded above"),
         };
         if !cli.json {

@@ -52,6 +52,30 @@
 //!   SDK's panic hook calls it before trapping); the host shows it as the
 //!   reason the reactor failed.
 //!
+//! Shared immutable blobs (optional imports; a module that does not use them
+//! need not import them). A blob is a byte string in host memory, one copy
+//! however many reactors hold it, named by a *tag* (a positive `i64`, unique
+//! across nodes and restarts, safe to put in messages and state). A reactor
+//! *holds* a set of blobs (at most [`MAX_HELD_BLOBS`]; holding one twice is
+//! holding it once) and reads only those; a blob lives while any reactor or
+//! the host holds it. What a reactor holds survives its snapshots, by tag.
+//! - [`IMPORT_BLOB_CREATE`]`(ptr: i32, len: i32) -> i64` — copy `[ptr, ptr+len)`
+//!   into a new blob the caller holds; returns its tag (> 0), or
+//!   [`STATUS_LIMIT`] (over [`MAX_BLOB_LEN`] bytes, already holding
+//!   [`MAX_HELD_BLOBS`], or the host cannot issue a tag right now).
+//! - [`IMPORT_BLOB_OPEN`]`(tag: i64) -> i32` — start holding an existing blob
+//!   (e.g. one whose tag came in a message); [`STATUS_OK`],
+//!   [`STATUS_NO_SUCH_BLOB`] or [`STATUS_LIMIT`].
+//! - [`IMPORT_BLOB_LEN`]`(tag: i64) -> i64` — length of a held blob, or
+//!   [`STATUS_NO_SUCH_BLOB`].
+//! - [`IMPORT_BLOB_READ`]`(tag: i64, offset: i64, ptr: i32, len: i32) -> i64`
+//!   — copy up to `len` bytes of a held blob from `offset` into
+//!   `[ptr, ptr+len)` (which must lie in memory whatever is copied); returns
+//!   the bytes copied (0 at the end), [`STATUS_NO_SUCH_BLOB`], or
+//!   [`STATUS_BAD_ARGUMENT`] for an offset past the end.
+//! - [`IMPORT_BLOB_CLOSE`]`(tag: i64) -> i32` — stop holding a blob;
+//!   [`STATUS_OK`] or [`STATUS_NO_SUCH_BLOB`] if not held.
+//!
 //! Time and randomness reach the guest through WASI preview 1
 //! (`clock_time_get`, `random_get`), which the host supplies.
 //!
@@ -107,6 +131,21 @@ pub const IMPORT_SELF_ADDRESS: &str = "self_address";
 pub const IMPORT_LOG: &str = "log";
 /// Import: `(ptr: i32, len: i32)`.
 pub const IMPORT_FAIL: &str = "fail";
+/// Import (optional): `(ptr: i32, len: i32) -> i64`.
+pub const IMPORT_BLOB_CREATE: &str = "blob_create";
+/// Import (optional): `(tag: i64) -> i32`.
+pub const IMPORT_BLOB_OPEN: &str = "blob_open";
+/// Import (optional): `(tag: i64) -> i64`.
+pub const IMPORT_BLOB_LEN: &str = "blob_len";
+/// Import (optional): `(tag: i64, offset: i64, ptr: i32, len: i32) -> i64`.
+pub const IMPORT_BLOB_READ: &str = "blob_read";
+/// Import (optional): `(tag: i64) -> i32`.
+pub const IMPORT_BLOB_CLOSE: &str = "blob_close";
+
+/// Largest blob (256 MiB); larger creates get [`STATUS_LIMIT`].
+pub const MAX_BLOB_LEN: u32 = 256 << 20;
+/// Most blobs one reactor holds at once; more get [`STATUS_LIMIT`].
+pub const MAX_HELD_BLOBS: u32 = 4096;
 
 /// Envelope kind: a one-way message.
 pub const KIND_MESSAGE: u8 = 1;
@@ -162,6 +201,11 @@ pub const STATUS_NO_SUCH_MODULE: i32 = -4;
 pub const STATUS_BAD_ARGUMENT: i32 = -5;
 /// Status: the host refused to spawn (e.g. the reactor limit is reached).
 pub const STATUS_SPAWN_REFUSED: i32 = -6;
+/// Status: no live blob has that tag, or the caller does not hold it.
+pub const STATUS_NO_SUCH_BLOB: i32 = -7;
+/// Status: a limit was reached ([`MAX_BLOB_LEN`], [`MAX_HELD_BLOBS`]), or the
+/// host cannot issue a tag or correlation id right now.
+pub const STATUS_LIMIT: i32 = -8;
 
 /// A decoded envelope header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 /// Everything a reactor author usually needs.
 pub mod prelude {
-    pub use crate::{Address, Context, ModuleRef, Payload, PendingReply, Reactor, RequestId, SendError};
+    pub use crate::{Address, Blob, BlobError, Context, ModuleRef, Payload, PendingReply, Reactor, RequestId, SendError};
     pub use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
     pub use alloc::string::{String, ToString};
     pub use alloc::vec::Vec;
@@ -36,6 +36,11 @@ mod sys {
         pub(crate) fn self_address() -> u64;
         pub(crate) fn log(level: i32, ptr: *const u8, len: usize);
         pub(crate) fn fail(ptr: *const u8, len: usize);
+        pub(crate) fn blob_create(ptr: *const u8, len: usize) -> i64;
+        pub(crate) fn blob_open(tag: u64) -> i32;
+        pub(crate) fn blob_len(tag: u64) -> i64;
+        pub(crate) fn blob_read(tag: u64, offset: u64, ptr: *mut u8, len: usize) -> i64;
+        pub(crate) fn blob_close(tag: u64) -> i32;
     }
     #[link(wasm_import_module = "wasi_snapshot_preview1")]
     unsafe extern "C" {
@@ -81,6 +86,8 @@ pub enum SendError {
     Encode(String),
     /// The host rejected an argument.
     BadArgument,
+    /// The host reached a limit (e.g. it cannot issue a correlation id now).
+    Limit,
     /// A status this SDK version does not know.
     Unknown(i64),
 }
@@ -94,6 +101,7 @@ impl SendError {
             abi::STATUS_NO_SUCH_MODULE => Self::NoSuchModule,
             abi::STATUS_SPAWN_REFUSED => Self::SpawnRefused,
             abi::STATUS_BAD_ARGUMENT => Self::BadArgument,
+            abi::STATUS_LIMIT => Self::Limit,
             _ => Self::Unknown(s),
         }
     }
@@ -339,6 +347,182 @@ impl Context {
         let mut b = [0u8; 8];
         self.random_bytes(&mut b);
         u64::from_le_bytes(b)
+    }
+}
+
+/// Why a blob call did not succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobError {
+    /// No live blob has that tag ([`abi::STATUS_NO_SUCH_BLOB`]).
+    NoSuchBlob,
+    /// Over [`abi::MAX_BLOB_LEN`] bytes, already holding
+    /// [`abi::MAX_HELD_BLOBS`] blobs, or the host cannot issue a tag now
+    /// ([`abi::STATUS_LIMIT`]).
+    Limit,
+    /// A read offset past the end ([`abi::STATUS_BAD_ARGUMENT`]).
+    BadArgument,
+    /// A status this SDK version does not know.
+    Unknown(i64),
+}
+
+impl BlobError {
+    fn from_status(s: i64) -> Self {
+        match i32::try_from(s) {
+            Ok(abi::STATUS_NO_SUCH_BLOB) => Self::NoSuchBlob,
+            Ok(abi::STATUS_LIMIT) => Self::Limit,
+            Ok(abi::STATUS_BAD_ARGUMENT) => Self::BadArgument,
+            _ => Self::Unknown(s),
+        }
+    }
+
+    /// The `abi::STATUS_*` code behind this error.
+    pub fn status(&self) -> i64 {
+        match self {
+            Self::NoSuchBlob => abi::STATUS_NO_SUCH_BLOB as i64,
+            Self::Limit => abi::STATUS_LIMIT as i64,
+            Self::BadArgument => abi::STATUS_BAD_ARGUMENT as i64,
+            Self::Unknown(s) => *s,
+        }
+    }
+}
+
+impl fmt::Display for BlobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+std::thread_local! {
+    /// How many [`Blob`] values hold each tag. Lives in linear memory, so it
+    /// survives snapshots together with the values it counts.
+    static HOLDS: core::cell::RefCell<alloc::collections::BTreeMap<u64, u32>> =
+        const { core::cell::RefCell::new(alloc::collections::BTreeMap::new()) };
+}
+
+/// A shared immutable blob this reactor holds: bytes in host memory, one copy
+/// however many reactors hold them (a model, reference data), named by a
+/// [tag](Blob::tag) that can travel in messages.
+///
+/// Any number of `Blob` values (clones, or several [`Blob::open`]s of one
+/// tag) share one hold; the reactor stops holding the blob when the last of
+/// them is dropped or [closed](Blob::close). A `Blob` may live in the
+/// reactor's state: the tag is its identity, and a snapshot restores what
+/// the reactor holds, so the value stays valid after a restore.
+///
+/// ```ignore
+/// let model = Blob::open(tag)?;           // a tag from a message
+/// let mut head = [0u8; 16];
+/// model.read(0, &mut head)?;
+/// let mine = Blob::create(b"shared bytes")?;
+/// cx.send(peer, &mine.tag())?;           // the peer opens it by tag
+/// ```
+#[derive(Debug, PartialEq, Eq)]
+pub struct Blob {
+    tag: u64,
+    len: u64,
+}
+
+impl Blob {
+    fn hold(tag: u64, len: u64) -> Self {
+        HOLDS.with(|h| *h.borrow_mut().entry(tag).or_insert(0) += 1);
+        Blob { tag, len }
+    }
+
+    /// Copies `bytes` into a new blob held by this reactor.
+    pub fn create(bytes: &[u8]) -> Result<Self, BlobError> {
+        // SAFETY: `bytes` is a live slice of our own memory for the call.
+        let r = unsafe { sys::blob_create(bytes.as_ptr(), bytes.len()) };
+        if r > 0 { Ok(Self::hold(r as u64, bytes.len() as u64)) } else { Err(BlobError::from_status(r)) }
+    }
+
+    /// Starts holding the existing blob `tag` (e.g. from a message or the
+    /// init argument).
+    pub fn open(tag: u64) -> Result<Self, BlobError> {
+        let held = HOLDS.with(|h| h.borrow().contains_key(&tag));
+        if !held {
+            // SAFETY: no pointers.
+            let s = unsafe { sys::blob_open(tag) };
+            if s != abi::STATUS_OK {
+                return Err(BlobError::from_status(s as i64));
+            }
+        }
+        // SAFETY: no pointers.
+        let len = unsafe { sys::blob_len(tag) };
+        if len < 0 {
+            return Err(BlobError::from_status(len));
+        }
+        Ok(Self::hold(tag, len as u64))
+    }
+
+    /// Its tag: send this to let another reactor [`Blob::open`] it.
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies bytes from `offset` into `buf`; returns how many (fewer than
+    /// `buf.len()` only at the end, 0 at `offset == len`).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, BlobError> {
+        // SAFETY: `buf` is a live, writable slice of our own memory; the host
+        // writes at most `buf.len()` bytes and returns how many.
+        let r = unsafe { sys::blob_read(self.tag, offset, buf.as_mut_ptr(), buf.len()) };
+        if r >= 0 { Ok(r as usize) } else { Err(BlobError::from_status(r)) }
+    }
+
+    /// The whole contents, copied into this reactor's memory.
+    pub fn read_all(&self) -> Result<Vec<u8>, BlobError> {
+        let mut buf = alloc::vec![0u8; self.len as usize];
+        let n = self.read(0, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Drops this hold now and reports what the host said (dropping does the
+    /// same silently).
+    pub fn close(self) -> Result<(), BlobError> {
+        let s = self.release();
+        core::mem::forget(self);
+        if s == abi::STATUS_OK { Ok(()) } else { Err(BlobError::from_status(s as i64)) }
+    }
+
+    fn release(&self) -> i32 {
+        let last = HOLDS.with(|h| {
+            let mut h = h.borrow_mut();
+            match h.get_mut(&self.tag) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => {
+                    h.remove(&self.tag);
+                    true
+                }
+            }
+        });
+        // SAFETY: no pointers.
+        if last { unsafe { sys::blob_close(self.tag) } } else { abi::STATUS_OK }
+    }
+}
+
+impl Clone for Blob {
+    /// Another value sharing the same hold.
+    fn clone(&self) -> Self {
+        Self::hold(self.tag, self.len)
+    }
+}
+
+impl Drop for Blob {
+    fn drop(&mut self) {
+        let _ = self.release();
     }
 }
 

@@ -5,6 +5,11 @@
 //! memory (a bad one fails the *calling* reactor with a [`GuestFault`], never
 //! the host), sizes against the ABI limits, flags and module references
 //! against what the ABI defines (bad ones get a status code back).
+//!
+//! The `blob_*` calls give reactors shared immutable blobs
+//! ([`refs`](crate::refs)): what a reactor holds is `ReactorData::held`, a
+//! map from tag to the shared blob, dropped with the reactor.
+#![forbid(unsafe_code)]
 
 use crate::reactor::{Address, ReactorData};
 use crate::shard::Envelope;
@@ -94,7 +99,13 @@ pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()>
             let payload = read_guest(&mut caller, abi::IMPORT_REQUEST, ptr, len)?;
             let from = caller.data().address;
             let router = caller.data_mut().router();
-            let corr = router.next_corr();
+            let corr = match router.next_corr() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(reactor = %from, "cannot issue a correlation id: {e}");
+                    return Ok(abi::STATUS_LIMIT as i64);
+                }
+            };
             let env = Envelope { kind: abi::KIND_REQUEST, flags, from, corr, payload };
             let status = router.route(Address(to), env);
             Ok(if status == abi::STATUS_OK { corr as i64 } else { status as i64 })
@@ -155,10 +166,80 @@ pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()>
         Ok(())
     })?;
 
+    register_blobs(linker)?;
+
     linker.func_wrap(m, abi::IMPORT_FAIL, |mut caller: Caller<'_, ReactorData>, ptr: u32, len: u32| {
         let text = read_guest(&mut caller, abi::IMPORT_FAIL, ptr, len.min(MAX_TEXT as u32))?;
         caller.data_mut().fail_note = Some(String::from_utf8_lossy(&text).into_owned());
         Ok(())
+    })?;
+
+    Ok(())
+}
+
+/// The `blob_*` calls (see `abi`).
+fn register_blobs(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()> {
+    let m = abi::IMPORT_MODULE;
+    let max_held = abi::MAX_HELD_BLOBS as usize;
+
+    linker.func_wrap(m, abi::IMPORT_BLOB_CREATE, move |mut caller: Caller<'_, ReactorData>, ptr: u32, len: u32| {
+        if len > abi::MAX_BLOB_LEN || caller.data().held.len() >= max_held {
+            return Ok(abi::STATUS_LIMIT as i64);
+        }
+        let memory = caller.data().memory.expect("memory set at instantiation");
+        let (mem, data) = memory.data_and_store_mut(&mut caller);
+        let r = range(mem.len(), abi::IMPORT_BLOB_CREATE, ptr, len)?;
+        let bytes: Box<[u8]> = mem[r].into();
+        match data.router().refs().create_blob(bytes) {
+            Ok(blob) => {
+                let tag = blob.tag();
+                data.held.insert(tag, blob);
+                Ok(tag as i64)
+            }
+            Err(e) => {
+                tracing::error!(reactor = %data.address, "cannot create a blob: {e}");
+                Ok(abi::STATUS_LIMIT as i64)
+            }
+        }
+    })?;
+
+    linker.func_wrap(m, abi::IMPORT_BLOB_OPEN, move |mut caller: Caller<'_, ReactorData>, tag: u64| {
+        let data = caller.data_mut();
+        if data.held.contains_key(&tag) {
+            return Ok(abi::STATUS_OK);
+        }
+        if data.held.len() >= max_held {
+            return Ok(abi::STATUS_LIMIT);
+        }
+        let Some(blob) = data.router().refs().blob(tag) else { return Ok(abi::STATUS_NO_SUCH_BLOB) };
+        data.held.insert(tag, blob);
+        Ok(abi::STATUS_OK)
+    })?;
+
+    linker.func_wrap(m, abi::IMPORT_BLOB_LEN, |caller: Caller<'_, ReactorData>, tag: u64| {
+        Ok(caller.data().held.get(&tag).map_or(abi::STATUS_NO_SUCH_BLOB as i64, |b| b.len() as i64))
+    })?;
+
+    linker.func_wrap(
+        m,
+        abi::IMPORT_BLOB_READ,
+        |mut caller: Caller<'_, ReactorData>, tag: u64, offset: u64, ptr: u32, len: u32| {
+            let memory = caller.data().memory.expect("memory set at instantiation");
+            let (mem, data) = memory.data_and_store_mut(&mut caller);
+            let r = range(mem.len(), abi::IMPORT_BLOB_READ, ptr, len)?;
+            let Some(blob) = data.held.get(&tag) else { return Ok(abi::STATUS_NO_SUCH_BLOB as i64) };
+            let bytes = blob.bytes();
+            let Some(rest) = usize::try_from(offset).ok().and_then(|o| bytes.get(o..)) else {
+                return Ok(abi::STATUS_BAD_ARGUMENT as i64);
+            };
+            let n = rest.len().min(r.len());
+            mem[r.start..r.start + n].copy_from_slice(&rest[..n]);
+            Ok(n as i64)
+        },
+    )?;
+
+    linker.func_wrap(m, abi::IMPORT_BLOB_CLOSE, |mut caller: Caller<'_, ReactorData>, tag: u64| {
+        Ok(if caller.data_mut().held.remove(&tag).is_some() { abi::STATUS_OK } else { abi::STATUS_NO_SUCH_BLOB })
     })?;
 
     Ok(())

@@ -53,6 +53,11 @@ impl<T> Inbox<T> {
         self.queue.is_empty()
     }
 
+    /// The queued items, oldest first, without removing them.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.queue.iter()
+    }
+
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
         self.queue.drain(..)
     }

@@ -18,6 +18,9 @@
 //!   single-producer rings per ordered pair of shards, fed from outside by a
 //!   multi-producer command ring each.
 //! - `port` — the outside world's port: answers to requests, the host mailbox.
+//! - [`refs`] — restart-stable tags (addresses, blob tags, correlation ids
+//!   from one node-wide, optionally persisted counter) and shared immutable
+//!   blobs reactors hold by tag.
 //! - [`sys`] — the only platform code: host-owned linear memories
 //!   (mmap/mremap), process memory figures.
 //! - `guests` — paths of the example reactors the build compiles.
@@ -29,8 +32,10 @@ mod hostcalls;
 mod inbox;
 mod port;
 mod reactor;
+pub mod refs;
 mod runtime;
 mod shard;
+pub mod snapshot;
 pub mod sys;
 
 pub mod cli;

@@ -5,10 +5,11 @@
 #![forbid(unsafe_code)]
 
 use crate::reactor::Address;
+use crate::refs::{LocalTags, Refs, RefsError};
 use crate::shard::{CallError, Envelope, Reply};
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 use std::time::Instant;
@@ -94,24 +95,29 @@ pub(crate) type ReplySlot = Arc<Completion<Result<Reply, CallError>>>;
 pub(crate) struct HostPort {
     /// Requests from outside not yet answered: correlation id → (target, slot).
     pending: Mutex<HashMap<u64, (Address, ReplySlot)>>,
-    next_corr: AtomicU64,
+    refs: Arc<Refs>,
+    /// The port's own block of serials for correlation ids.
+    corr: Mutex<LocalTags>,
     messages: Mutex<VecDeque<Envelope>>,
     capacity: usize,
 }
 
 impl HostPort {
-    pub(crate) fn new(mailbox_capacity: usize) -> Arc<Self> {
+    pub(crate) fn new(mailbox_capacity: usize, refs: Arc<Refs>) -> Arc<Self> {
         Arc::new(Self {
             pending: Mutex::new(HashMap::default()),
-            next_corr: AtomicU64::new(0),
+            refs,
+            corr: Mutex::default(),
             messages: Mutex::new(VecDeque::new()),
             capacity: mailbox_capacity,
         })
     }
 
-    /// A fresh correlation id for a request from outside (source tag 0).
-    pub(crate) fn next_corr(&self) -> u64 {
-        self.next_corr.fetch_add(1, Ordering::Relaxed) + 1
+    /// A fresh correlation id for a request from outside, from the node's
+    /// tag space like the shards' (unique across restarts).
+    pub(crate) fn next_corr(&self) -> Result<u64, RefsError> {
+        let mut local = self.corr.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.refs.corr(&mut local)
     }
 
     /// Registers a request from outside to `target`.

@@ -7,18 +7,24 @@
 //! those calls reach the rest of the runtime through the [`Router`] lent to
 //! the store for the duration of the call.
 
-use crate::engine::{Engine, LoadedModule, ModuleHash};
+use crate::engine::{Engine, GlobalType, LoadedModule, ModuleHash};
 use crate::hostcalls::GuestFault;
+use crate::refs::Blob;
 use crate::shard::Router;
 use guest_sdk::abi;
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::{Memory, ResourceLimiter, Store, Trap, TypedFunc, WasmBacktrace};
+use crate::snapshot::SnapshotId;
+use crate::snapshot::format::GlobalValue;
+use crate::sys::protect::Tracker;
+use wasmtime::{Global, Instance, Memory, ResourceLimiter, Store, Trap, TypedFunc, Val, WasmBacktrace};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
-/// A reactor's address. Unique within a runtime; [`Address::HOST`] is the
-/// outside world.
+/// A reactor's address: a tag `[node: 16][shard: 8][serial: 40]` (see
+/// [`refs`](crate::refs)), unique across nodes and restarts when the runtime
+/// has a data directory; [`Address::HOST`] is the outside world.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Address(pub u64);
 
@@ -28,12 +34,16 @@ impl Address {
 }
 
 impl fmt::Display for Address {
-    /// `#<shard>:<serial>`, or `#host`.
+    /// `#<shard>:<serial>` on node 0, `#<node>.<shard>:<serial>` otherwise,
+    /// or `#host`. [`Address::from_str`](std::str::FromStr) reads it back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if *self == Self::HOST {
             return f.write_str("#host");
         }
-        write!(f, "#{}:{}", self.shard(), self.0 & ((1 << 48) - 1))
+        match self.node() {
+            0 => write!(f, "#{}:{}", self.shard(), self.serial()),
+            node => write!(f, "#{node}.{}:{}", self.shard(), self.serial()),
+        }
     }
 }
 
@@ -86,9 +96,17 @@ pub(crate) struct ReactorData {
     pub(crate) memory: Option<Memory>,
     /// The runtime, lent to the store during a call into the guest.
     pub(crate) router: Option<Box<Router>>,
+    /// Shared blobs this reactor holds, by tag (at most
+    /// `abi::MAX_HELD_BLOBS`); dropped with the reactor.
+    pub(crate) held: FxHashMap<u64, Arc<Blob>>,
 }
 
 impl ReactorData {
+    /// The shared blobs this reactor holds (what a snapshot records by tag).
+    pub(crate) fn held_blobs(&self) -> impl Iterator<Item = &Arc<Blob>> {
+        self.held.values()
+    }
+
     pub(crate) fn wasi_mut(&mut self) -> &mut WasiP1Ctx {
         &mut self.wasi
     }
@@ -180,6 +198,12 @@ pub(crate) struct Reactor {
     module: Arc<LoadedModule>,
     limits: Limits,
     ticks: u64,
+    /// The module's mutable globals, in `module.globals` order.
+    globals: Vec<Global>,
+    /// Page protection state for snapshots of its memory.
+    pub(crate) tracker: Tracker,
+    /// The snapshot its tracked dirty pages are relative to.
+    pub(crate) snap_base: Option<SnapshotId>,
 }
 
 impl fmt::Debug for Reactor {
@@ -189,16 +213,15 @@ impl fmt::Debug for Reactor {
 }
 
 impl Reactor {
-    /// Instantiates `module` and runs its init entry point with `init`
-    /// (readable by the guest through `inbox_read`).
-    pub(crate) fn instantiate(
+    /// Creates the store and instance of a reactor without running any of
+    /// its code but what instantiation runs (data segments, a start
+    /// function): the common part of spawning and restoring.
+    pub(crate) fn instantiate_bare(
         engine: &Engine,
         module: &Arc<LoadedModule>,
         address: Address,
         limits: Limits,
-        router: &mut Option<Box<Router>>,
-        init: &[u8],
-    ) -> Result<Self, Failure> {
+    ) -> Result<(Self, Instance), Failure> {
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stdout().inherit_stderr().build_p1();
         let data = ReactorData {
             address,
@@ -207,6 +230,7 @@ impl Reactor {
             fail_note: None,
             memory: None,
             router: None,
+            held: FxHashMap::default(),
         };
         let mut store = Store::new(engine.wasmtime(), data);
         store.limiter(|d| &mut d.limiter);
@@ -223,13 +247,41 @@ impl Reactor {
             .get_memory(&mut store, abi::EXPORT_MEMORY)
             .expect("validated at load: memory export");
         store.data_mut().memory = Some(memory);
-        let init_fn = instance
-            .get_typed_func::<u32, i32>(&mut store, abi::EXPORT_INIT)
-            .expect("validated at load: init export");
         let receive = instance
             .get_typed_func::<(u32, u32), i32>(&mut store, abi::EXPORT_RECEIVE)
             .expect("validated at load: receive export");
-        let mut r = Self { store, receive, module: module.clone(), limits, ticks };
+        let globals = module
+            .globals
+            .iter()
+            .map(|g| instance.get_global(&mut store, &g.export).expect("exported by the load-time rewrite"))
+            .collect();
+        let r = Self {
+            store,
+            receive,
+            module: module.clone(),
+            limits,
+            ticks,
+            globals,
+            tracker: Tracker::default(),
+            snap_base: None,
+        };
+        Ok((r, instance))
+    }
+
+    /// Instantiates `module` and runs its init entry point with `init`
+    /// (readable by the guest through `inbox_read`).
+    pub(crate) fn instantiate(
+        engine: &Engine,
+        module: &Arc<LoadedModule>,
+        address: Address,
+        limits: Limits,
+        router: &mut Option<Box<Router>>,
+        init: &[u8],
+    ) -> Result<Self, Failure> {
+        let (mut r, instance) = Self::instantiate_bare(engine, module, address, limits)?;
+        let init_fn = instance
+            .get_typed_func::<u32, i32>(&mut r.store, abi::EXPORT_INIT)
+            .expect("validated at load: init export");
         r.lend(router, init);
         let result = (|| {
             if module.has_initialize {
@@ -279,6 +331,107 @@ impl Reactor {
         self.check(result, abi::EXPORT_RECEIVE)
     }
 
+    /// The shared blobs this reactor holds.
+    pub(crate) fn held_blobs(&self) -> impl Iterator<Item = &Arc<Blob>> {
+        self.store.data().held_blobs()
+    }
+
+    /// Called at message boundaries: lets a finished snapshot copy go.
+    pub(crate) fn settle(&mut self) {
+        self.tracker.settle();
+    }
+
+    /// The module it runs.
+    pub(crate) fn module(&self) -> &Arc<LoadedModule> {
+        &self.module
+    }
+
+    /// A copy of its linear memory.
+    pub(crate) fn memory_copy(&self) -> Vec<u8> {
+        let m = self.store.data().memory.expect("memory set at instantiation");
+        m.data(&self.store).to_vec()
+    }
+
+    /// Its memory cap.
+    pub(crate) fn memory_cap(&self) -> usize {
+        self.limits.memory_cap
+    }
+
+    /// Base address and byte length of its linear memory.
+    pub(crate) fn memory_extent(&self) -> (usize, usize) {
+        let m = self.store.data().memory.expect("memory set at instantiation");
+        (m.data_ptr(&self.store) as usize, m.data_size(&self.store))
+    }
+
+    /// Grows its memory to exactly `bytes` (a multiple of 64 KiB), within
+    /// its cap.
+    pub(crate) fn grow_memory_to(&mut self, bytes: usize) -> Result<(), String> {
+        let m = self.store.data().memory.expect("memory set at instantiation");
+        let now = m.data_size(&self.store);
+        if bytes < now || !bytes.is_multiple_of(65536) {
+            return Err(format!("cannot resize a memory of {now} bytes to {bytes}"));
+        }
+        if bytes > now {
+            m.grow(&mut self.store, ((bytes - now) / 65536) as u64).map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(())
+    }
+
+    /// Values of its mutable globals.
+    pub(crate) fn read_globals(&mut self) -> Vec<GlobalValue> {
+        self.module
+            .globals
+            .iter()
+            .zip(&self.globals)
+            .map(|(slot, g)| {
+                let (ty, bits) = match g.get(&mut self.store) {
+                    Val::I32(v) => (0, v as u32 as u128),
+                    Val::I64(v) => (1, v as u64 as u128),
+                    Val::F32(v) => (2, v as u128),
+                    Val::F64(v) => (3, v as u128),
+                    Val::V128(v) => (4, v.as_u128()),
+                    other => unreachable!("reference-typed mutable globals are refused at load: {other:?}"),
+                };
+                GlobalValue { index: slot.index, ty, bits }
+            })
+            .collect()
+    }
+
+    /// Sets its mutable globals from a snapshot; they must be exactly the
+    /// module's.
+    pub(crate) fn write_globals(&mut self, values: &[GlobalValue]) -> Result<(), String> {
+        if values.len() != self.globals.len() {
+            return Err(format!(
+                "it has {} mutable globals, the module {}",
+                values.len(),
+                self.globals.len()
+            ));
+        }
+        for ((slot, g), v) in self.module.globals.iter().zip(&self.globals).zip(values) {
+            let want = global_code(slot.ty);
+            if v.index != slot.index || v.ty != want {
+                return Err(format!(
+                    "global {} of type {} where the module has global {} of type {want}",
+                    v.index, v.ty, slot.index
+                ));
+            }
+            let val = match v.ty {
+                0 => Val::I32(v.bits as u32 as i32),
+                1 => Val::I64(v.bits as u64 as i64),
+                2 => Val::F32(v.bits as u32),
+                3 => Val::F64(v.bits as u64),
+                _ => Val::V128(v.bits.into()),
+            };
+            g.set(&mut self.store, val).map_err(|e| format!("global {}: {e:#}", v.index))?;
+        }
+        Ok(())
+    }
+
+    /// Makes it hold `blob` (restore).
+    pub(crate) fn hold_blob(&mut self, blob: Arc<Blob>) {
+        self.store.data_mut().held.insert(blob.tag(), blob);
+    }
+
     /// Hash of the module it runs.
     pub(crate) fn module_hash(&self) -> ModuleHash {
         self.module.hash
@@ -287,6 +440,17 @@ impl Reactor {
     /// Current linear memory size in bytes.
     pub(crate) fn memory_size(&self) -> usize {
         self.store.data().memory.map(|m| m.data_size(&self.store)).unwrap_or(0)
+    }
+}
+
+/// A global type's code in the snapshot format.
+fn global_code(t: GlobalType) -> u8 {
+    match t {
+        GlobalType::I32 => 0,
+        GlobalType::I64 => 1,
+        GlobalType::F32 => 2,
+        GlobalType::F64 => 3,
+        GlobalType::V128 => 4,
     }
 }
 

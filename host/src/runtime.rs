@@ -24,18 +24,20 @@
 use crate::engine::{Engine, LoadedModule};
 use crate::port::{Completion, HostPort, ReplySlot};
 use crate::reactor::Address;
+use crate::refs::{Refs, RefsError, TagSource};
 use crate::shard::{CallError, Envelope, ReactorState, Reply, SendError, Shard, ShardConfig, ShardStats, SpawnError};
 use guest_sdk::abi;
 use reactor_ring::{Consumer, EventCount, MpscConsumer, MpscProducer, Producer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Runtime settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     /// Number of shard threads; 0 means one per available core.
     pub shards: usize,
@@ -47,6 +49,12 @@ pub struct RuntimeConfig {
     pub command_capacity: usize,
     /// How long [`Runtime::call`] waits for an answer.
     pub call_timeout: Duration,
+    /// Where the node keeps its state (the tag high-water mark, see
+    /// [`refs`](crate::refs)). `None`: tags are unique within this process
+    /// only.
+    pub data_dir: Option<PathBuf>,
+    /// This node's id, part of every tag (at most [`refs::MAX_NODE`](crate::refs::MAX_NODE)).
+    pub node: u16,
 }
 
 impl Default for RuntimeConfig {
@@ -57,6 +65,8 @@ impl Default for RuntimeConfig {
             ring_capacity: 8192,
             command_capacity: 8192,
             call_timeout: Duration::from_secs(30),
+            data_dir: None,
+            node: 0,
         }
     }
 }
@@ -87,7 +97,8 @@ pub(crate) struct Links {
 impl Links {
     /// Pushes a message for a reactor on another shard.
     pub(crate) fn send(&mut self, to: Address, env: Envelope) -> Result<(), i32> {
-        let shard = to.shard();
+        // Modulo: an address from a runtime with more shards still routes.
+        let shard = to.shard() % self.out.len();
         let Some(Some(tx)) = self.out.get_mut(shard) else { return Err(abi::STATUS_NO_SUCH_REACTOR) };
         match tx.try_push(Routed { to, env }) {
             Ok(()) => {
@@ -101,6 +112,11 @@ impl Links {
                 Err(abi::STATUS_INBOX_FULL)
             }
         }
+    }
+
+    /// Number of shards in the runtime.
+    pub(crate) fn shards(&self) -> usize {
+        self.out.len()
     }
 
     /// Wakes every shard this one pushed to since the last flush.
@@ -179,6 +195,7 @@ pub struct Runtime {
     config: RuntimeConfig,
     shards: Vec<ShardHandle>,
     port: Arc<HostPort>,
+    refs: Arc<Refs>,
     next_spawn: AtomicUsize,
 }
 
@@ -189,26 +206,46 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// Starts the shard threads.
+    /// Starts the shard threads, with tags persisted in `config.data_dir`
+    /// if set. A corrupt tag high-water mark or a node id out of range is an
+    /// error of kind `InvalidData`/`InvalidInput` wrapping the [`RefsError`].
     pub fn new(engine: Arc<Engine>, config: RuntimeConfig) -> std::io::Result<Self> {
+        let tags = match &config.data_dir {
+            Some(dir) => TagSource::open(dir),
+            None => Ok(TagSource::ephemeral()),
+        };
+        let refs = tags.and_then(|t| Refs::new(config.node, t)).map_err(|e| {
+            let kind = match &e {
+                RefsError::Io { source, .. } => source.kind(),
+                RefsError::NodeOutOfRange(_) => std::io::ErrorKind::InvalidInput,
+                _ => std::io::ErrorKind::InvalidData,
+            };
+            std::io::Error::new(kind, e)
+        })?;
+        Self::with_refs(engine, config, Arc::new(refs))
+    }
+
+    /// Starts the shard threads, all drawing tags from `refs` (its node id
+    /// wins over `config.node`; `config.data_dir` is not used).
+    pub fn with_refs(engine: Arc<Engine>, config: RuntimeConfig, refs: Arc<Refs>) -> std::io::Result<Self> {
         let n = match config.shards {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         }
         .min(256);
-        let port = HostPort::new(config.shard.host_mailbox_capacity);
+        let port = HostPort::new(config.shard.host_mailbox_capacity, refs.clone());
         let wakes: Arc<Vec<Arc<EventCount>>> = Arc::new((0..n).map(|_| Arc::new(EventCount::new())).collect());
         // rings[from][to]
         let mut producers: Vec<Vec<Option<Producer<Routed>>>> = (0..n).map(|_| Vec::new()).collect();
         let mut consumers: Vec<Vec<Inbound>> = (0..n).map(|_| Vec::new()).collect();
         for (from, row) in producers.iter_mut().enumerate() {
-            for to in 0..n {
+            for (to, inbound) in consumers.iter_mut().enumerate() {
                 if from == to {
                     row.push(None);
                 } else {
                     let (tx, rx) = reactor_ring::spsc(config.ring_capacity);
                     row.push(Some(tx));
-                    consumers[to].push(Inbound { rx, held: None });
+                    inbound.push(Inbound { rx, held: None });
                 }
             }
         }
@@ -219,14 +256,38 @@ impl Runtime {
             let stats = Arc::new(Mutex::new(ShardStats::default()));
             let wake = wakes[index].clone();
             let (engine, port, stats2, wake2) = (engine.clone(), port.clone(), stats.clone(), wake.clone());
-            let shard_config = config.shard;
+            let (shard_config, refs) = (config.shard, refs.clone());
             let thread = std::thread::Builder::new().name(format!("shard-{index}")).spawn(move || {
-                let shard = Shard::linked(engine, shard_config, index, port, Some(links));
+                let shard = Shard::linked(engine, shard_config, index, port, Some(links), refs);
                 shard_main(shard, rx, &wake2, &stats2);
             })?;
             shards.push(ShardHandle { commands: Mutex::new(tx), wake, stats, thread: Some(thread) });
         }
-        Ok(Self { engine, config, shards, port, next_spawn: AtomicUsize::new(0) })
+        Ok(Self { engine, config, shards, port, refs, next_spawn: AtomicUsize::new(0) })
+    }
+
+    /// The tags and shared blobs of this runtime's node.
+    pub fn refs(&self) -> &Arc<Refs> {
+        &self.refs
+    }
+
+    /// Creates a shared blob held by the host until
+    /// [`Runtime::release_blob`]; returns its tag, which any number of
+    /// reactors can open (one copy in memory).
+    pub fn create_blob(&self, bytes: impl Into<Box<[u8]>>) -> Result<u64, RefsError> {
+        self.refs.create_host_blob(bytes)
+    }
+
+    /// Stops the host holding a blob made by [`Runtime::create_blob`]; it is
+    /// freed once no reactor holds it either. False if the host did not hold it.
+    pub fn release_blob(&self, tag: u64) -> bool {
+        self.refs.release_host_blob(tag)
+    }
+
+    /// The shard that keeps `address` (its shard bits modulo the shard
+    /// count, so addresses from a runtime with more shards still route).
+    fn shard_of(&self, address: Address) -> usize {
+        address.shard() % self.shards.len()
     }
 
     /// The engine reactors are instantiated on.
@@ -304,17 +365,17 @@ impl Runtime {
         if payload.len() > abi::MAX_PAYLOAD_LEN as usize {
             return Err(SendError::TooLarge(payload.len()));
         }
-        if to == Address::HOST || to.shard() >= self.shards.len() {
+        if !to.is_reactor() {
             return Err(SendError::NoSuchReactor(to));
         }
         let flags = if text { abi::FLAG_TEXT } else { 0 };
         let env = Envelope { kind, flags, from: Address::HOST, corr, payload };
-        self.command(to.shard(), Command::Deliver { to, env }).map_err(|_| SendError::InboxFull(to))
+        self.command(self.shard_of(to), Command::Deliver { to, env }).map_err(|_| SendError::InboxFull(to))
     }
 
     /// Sends a request; wait for the answer with [`PendingCall::wait`].
     pub fn request(&self, to: Address, payload: Vec<u8>, text: bool) -> Result<PendingCall, SendError> {
-        let corr = self.port.next_corr();
+        let corr = self.port.next_corr().map_err(|e| SendError::Tags(e.to_string()))?;
         let slot = self.port.register(corr, to);
         if let Err(e) = self.deliver(to, abi::KIND_REQUEST, corr, payload, text) {
             self.port.forget(corr);
@@ -359,18 +420,18 @@ impl Runtime {
 
     /// A reactor's state: running, failed, or `None` if it never existed.
     pub fn state(&self, address: Address) -> Option<ReactorState> {
-        if address.shard() >= self.shards.len() {
+        if !address.is_reactor() {
             return None;
         }
-        self.inspect(address.shard(), move |s| s.state(address))
+        self.inspect(self.shard_of(address), move |s| s.state(address))
     }
 
     /// Linear memory size of a live reactor.
     pub fn memory_size(&self, address: Address) -> Option<usize> {
-        if address.shard() >= self.shards.len() {
+        if !address.is_reactor() {
             return None;
         }
-        self.inspect(address.shard(), move |s| s.memory_size(address))
+        self.inspect(self.shard_of(address), move |s| s.memory_size(address))
     }
 
     /// Total linear memory of all live reactors.

@@ -16,7 +16,12 @@ use crate::engine::{Engine, LoadedModule, ModuleHash};
 use crate::inbox::{Full, Inbox};
 use crate::port::{HostPort, ReplySlot};
 use crate::reactor::{Address, Failure, Limits, Reactor};
+use crate::refs::{LocalTags, Refs, RefsError};
 use crate::runtime::Links;
+use crate::snapshot::{
+    self, Capture, Checkpoint, Error as SnapshotFailure, Kind, RestoreOptions, SnapshotError, SnapshotFile,
+    SnapshotId, SnapshotOptions,
+};
 use guest_sdk::abi;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -94,6 +99,10 @@ pub enum SendError {
     /// The payload exceeds the ABI's limit; nothing was queued.
     #[error("payload of {0} bytes exceeds the limit of {max} bytes", max = abi::MAX_PAYLOAD_LEN)]
     TooLarge(usize),
+    /// No correlation id could be issued (the tag source failed to persist
+    /// its high-water mark, or is exhausted); nothing was sent.
+    #[error("cannot issue a correlation id: {0}")]
+    Tags(String),
 }
 
 /// Why a spawn did not produce a running reactor.
@@ -105,6 +114,10 @@ pub enum SpawnError {
     /// The shard's command ring stayed full; nothing was started.
     #[error("the shard is too busy to take a spawn; retry")]
     Busy,
+    /// No address could be issued (the tag source failed to persist its
+    /// high-water mark, or is exhausted); nothing was started.
+    #[error("cannot issue an address: {0}")]
+    Tags(String),
     /// The reactor failed while instantiating or in its init entry point; it
     /// does not exist afterwards.
     #[error("the reactor {0} failed during start-up: {1}")]
@@ -197,21 +210,6 @@ struct PendingSpawn {
     init: Envelope,
 }
 
-/// Bits of an address above the per-shard serial number.
-const SHARD_SHIFT: u32 = 48;
-const SERIAL_MASK: u64 = (1 << SHARD_SHIFT) - 1;
-
-impl Address {
-    /// The shard that owns this address.
-    pub fn shard(self) -> usize {
-        ((self.0 >> SHARD_SHIFT) & 0xff) as usize
-    }
-
-    fn on_shard(shard: usize, serial: u64) -> Self {
-        Address(((shard as u64) << SHARD_SHIFT) | (serial & SERIAL_MASK))
-    }
-}
-
 /// What host calls reach during a call into a reactor.
 pub(crate) struct Router {
     engine: Arc<Engine>,
@@ -221,8 +219,10 @@ pub(crate) struct Router {
     spawns: Vec<PendingSpawn>,
     port: Arc<HostPort>,
     pub(crate) links: Option<Links>,
-    next_serial: u64,
-    next_corr: u64,
+    /// Tags (addresses, blobs, correlation ids) shared by the node.
+    refs: Arc<Refs>,
+    /// This shard's block of serials from `refs`.
+    tags: LocalTags,
     input: Vec<u8>,
     input_pos: usize,
     config: ShardConfig,
@@ -249,11 +249,15 @@ impl Router {
         self.input_pos += n;
     }
 
-    /// A correlation id unique across shards and the outside world: the top
-    /// byte names the source (shard index + 1; 0 is the outside world).
-    pub(crate) fn next_corr(&mut self) -> u64 {
-        self.next_corr += 1;
-        ((self.index as u64 + 1) << 56) | self.next_corr
+    /// A correlation id unique across shards, the outside world, nodes and
+    /// restarts (see [`Refs::corr`]).
+    pub(crate) fn next_corr(&mut self) -> Result<u64, RefsError> {
+        self.refs.corr(&mut self.tags)
+    }
+
+    /// The node's tags and shared blobs.
+    pub(crate) fn refs(&self) -> &Arc<Refs> {
+        &self.refs
     }
 
     /// Queues `env` for `to`; returns an `abi::STATUS_*`.
@@ -261,7 +265,8 @@ impl Router {
         if to == Address::HOST {
             return self.route_to_host(env);
         }
-        if to.shard() != self.index {
+        // Modulo: an address from a runtime with more shards still routes.
+        if to.shard() % self.links.as_ref().map_or(1, Links::shards) != self.index {
             let Some(links) = self.links.as_mut() else { return abi::STATUS_NO_SUCH_REACTOR };
             return match links.send(to, env) {
                 Ok(()) => {
@@ -319,7 +324,7 @@ impl Router {
             _ => return Err(abi::STATUS_BAD_ARGUMENT),
         }
         .ok_or(abi::STATUS_NO_SUCH_MODULE)?;
-        let address = self.reserve().ok_or(abi::STATUS_SPAWN_REFUSED)?;
+        let address = self.reserve().map_err(|_| abi::STATUS_SPAWN_REFUSED)?;
         let init = Envelope { kind: abi::KIND_MESSAGE, flags: 0, from: parent, corr: 0, payload: init };
         self.spawns.push(PendingSpawn { address, module, init });
         Ok(address)
@@ -329,15 +334,15 @@ impl Router {
         self.stats.dead_letters += 1;
     }
 
-    fn reserve(&mut self) -> Option<Address> {
-        if self.population >= self.config.max_reactors || self.next_serial >= SERIAL_MASK {
-            return None;
+    fn reserve(&mut self) -> Result<Address, SpawnError> {
+        if self.population >= self.config.max_reactors {
+            return Err(SpawnError::Limit(self.config.max_reactors));
         }
+        let serial = self.refs.serial(&mut self.tags).map_err(|e| SpawnError::Tags(e.to_string()))?;
         self.population += 1;
-        self.next_serial += 1;
-        let a = Address::on_shard(self.index, self.next_serial);
+        let a = Address::new(self.refs.node(), self.index as u8, serial);
         self.inboxes.insert(a, Inbox::new(self.config.inbox_capacity));
-        Some(a)
+        Ok(a)
     }
 }
 
@@ -360,18 +365,27 @@ impl std::fmt::Debug for Shard {
 }
 
 impl Shard {
-    /// A standalone shard on `engine` (index 0, no links, its own port).
+    /// A standalone shard on `engine` (index 0, no links, its own port) with
+    /// ephemeral tags on node 0: unique within this process only.
     pub fn new(engine: Arc<Engine>, config: ShardConfig) -> Self {
-        Self::linked(engine, config, 0, HostPort::new(config.host_mailbox_capacity), None)
+        Self::with_refs(engine, config, Arc::new(Refs::ephemeral()))
     }
 
-    /// Shard `index` of a runtime, sharing `port`, linked to its peers.
+    /// A standalone shard drawing its tags from `refs` (e.g. persisted with
+    /// [`Refs::open`], or shared with other shards).
+    pub fn with_refs(engine: Arc<Engine>, config: ShardConfig, refs: Arc<Refs>) -> Self {
+        let port = HostPort::new(config.host_mailbox_capacity, refs.clone());
+        Self::linked(engine, config, 0, port, None, refs)
+    }
+
+    /// Shard `index` of a runtime, sharing `port` and `refs`, linked to its peers.
     pub(crate) fn linked(
         engine: Arc<Engine>,
         config: ShardConfig,
         index: usize,
         port: Arc<HostPort>,
         links: Option<Links>,
+        refs: Arc<Refs>,
     ) -> Self {
         let router = Router {
             engine: engine.clone(),
@@ -381,8 +395,8 @@ impl Shard {
             spawns: Vec::new(),
             port,
             links,
-            next_serial: 0,
-            next_corr: 0,
+            refs,
+            tags: LocalTags::default(),
             input: Vec::new(),
             input_pos: 0,
             config,
@@ -425,6 +439,23 @@ impl Shard {
         &self.engine
     }
 
+    /// The tags and shared blobs this shard uses.
+    pub fn refs(&self) -> &Arc<Refs> {
+        self.router_ref().expect("router is home between calls").refs()
+    }
+
+    /// Creates a shared blob held by the host until [`Shard::release_blob`];
+    /// returns its tag, which reactors open with `blob_open`.
+    pub fn create_blob(&self, bytes: impl Into<Box<[u8]>>) -> Result<u64, RefsError> {
+        self.refs().create_host_blob(bytes)
+    }
+
+    /// Stops the host holding a blob made by [`Shard::create_blob`]; it is
+    /// freed once no reactor holds it either. False if the host did not hold it.
+    pub fn release_blob(&self, tag: u64) -> bool {
+        self.refs().release_host_blob(tag)
+    }
+
     /// Starts a reactor running `module`, passing `init` (postcard bytes) to
     /// its start-up. Reactors it spawns during start-up are started too.
     pub fn spawn(&mut self, module: &Arc<LoadedModule>, init: &[u8]) -> Result<Address, SpawnError> {
@@ -449,7 +480,7 @@ impl Shard {
         init: Vec<u8>,
         flags: u8,
     ) -> Result<Address, SpawnError> {
-        let address = self.router().reserve().ok_or(SpawnError::Limit(self.config.max_reactors))?;
+        let address = self.router().reserve()?;
         let init = Envelope { kind: abi::KIND_MESSAGE, flags, from: Address::HOST, corr: 0, payload: init };
         let result = self.instantiate(address, module, &init);
         self.process_spawns();
@@ -542,7 +573,7 @@ impl Shard {
             return Err(SendError::NoSuchReactor(to));
         }
         let port = self.router().port.clone();
-        let corr = port.next_corr();
+        let corr = port.next_corr().map_err(|e| SendError::Tags(e.to_string()))?;
         let slot = port.register(corr, to);
         if let Err(e) = self.send_kind(to, abi::KIND_REQUEST, corr, payload, text) {
             port.forget(corr);
@@ -636,8 +667,9 @@ impl Shard {
         let batch = std::mem::take(&mut self.batch);
         let result = reactor.receive(&mut self.router, &batch, count);
         self.batch = batch;
-        if let Err(f) = result {
-            self.fail(address, f);
+        match result {
+            Ok(()) => reactor.settle(),
+            Err(f) => self.fail(address, f),
         }
         self.process_spawns();
         true
@@ -662,6 +694,11 @@ impl Shard {
         self.reactors.get(&address).map(|r| r.memory_size())
     }
 
+    /// A copy of a live reactor's linear memory (inspection and tests).
+    pub fn read_memory(&self, address: Address) -> Option<Vec<u8>> {
+        self.reactors.get(&address).map(|r| r.memory_copy())
+    }
+
     /// Module a live reactor runs.
     pub fn module_of(&self, address: Address) -> Option<ModuleHash> {
         self.reactors.get(&address).map(|r| r.module_hash())
@@ -677,4 +714,273 @@ impl Shard {
         let base = self.router.as_ref().map(|r| r.stats).unwrap_or_default();
         ShardStats { live: self.reactors.len(), failed: self.failed.len(), ..base }
     }
+}
+
+/// Snapshots and restore (see [`crate::snapshot`]).
+impl Shard {
+    /// Takes a snapshot of one reactor at this message boundary: its memory,
+    /// globals, queued messages and held blobs. With `Capture::Concurrent`
+    /// or `Incremental` the copy finishes in the background while the shard
+    /// runs on; the returned checkpoint waits for it when read or written.
+    pub fn snapshot(&mut self, address: Address, options: SnapshotOptions) -> Result<Checkpoint, SnapshotFailure> {
+        let reactor = self.reactors.get(&address).ok_or(SnapshotFailure::NoSuchReactor(address))?;
+        let kind = match options.capture {
+            Capture::Incremental => Kind::Delta {
+                base: reactor
+                    .snap_base
+                    .filter(|_| reactor.tracker.tracking())
+                    .ok_or(SnapshotFailure::NoBase(address))?,
+            },
+            _ => Kind::Full,
+        };
+        let mut cp = Checkpoint::new(kind);
+        self.capture_into(address, options, &mut cp)?;
+        Ok(cp)
+    }
+
+    /// Snapshots every live reactor of this shard at this boundary, as one
+    /// consistent checkpoint (no message is in flight between them: every
+    /// queued message is in some reactor's recorded inbox). `Incremental`
+    /// gives a delta on the previous tracked checkpoint; reactors that were
+    /// not in it go in whole.
+    pub fn checkpoint(&mut self, options: SnapshotOptions) -> Result<Checkpoint, SnapshotFailure> {
+        let kind = match options.capture {
+            Capture::Incremental => {
+                let bases = self.reactors.values().map(|r| r.snap_base.filter(|_| r.tracker.tracking()));
+                match snapshot::common_base(bases) {
+                    Some(base) => Kind::Delta { base },
+                    None => {
+                        return Err(SnapshotFailure::Chain(
+                            "no reactor has a tracked previous checkpoint: take a full one with `track: true` first"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+            _ => Kind::Full,
+        };
+        let mut cp = Checkpoint::new(kind);
+        let mut live: Vec<Address> = self.reactors.keys().copied().collect();
+        live.sort_unstable();
+        for a in live {
+            self.capture_into(a, options, &mut cp)?;
+        }
+        Ok(cp)
+    }
+
+    fn capture_into(
+        &mut self,
+        address: Address,
+        options: SnapshotOptions,
+        cp: &mut Checkpoint,
+    ) -> Result<(), SnapshotFailure> {
+        let router = self.router.as_deref().expect("router is home between calls");
+        let inbox = router.inboxes.get(&address).map(|i| i.iter().map(snapshot::record).collect()).unwrap_or_default();
+        let next_corr = router.refs.tags().peek();
+        let reactor = self.reactors.get_mut(&address).ok_or(SnapshotFailure::NoSuchReactor(address))?;
+        snapshot::capture(reactor, address, inbox, options, cp)?;
+        if let Some(part) = cp.parts.last_mut() {
+            part.entry.next_corr = next_corr;
+        }
+        Ok(())
+    }
+
+    /// Restores every reactor of a chain of in-memory checkpoints (a full
+    /// one, then deltas, each on the one before) into this shard, under
+    /// their own addresses. All or nothing: on an error no reactor of the
+    /// chain is left behind.
+    pub fn restore(&mut self, chain: &[&Checkpoint]) -> Result<Vec<Address>, SnapshotFailure> {
+        let links: Vec<(SnapshotId, Kind)> = chain.iter().map(|c| (c.id, c.kind)).collect();
+        check_chain(&links)?;
+        let last = chain.last().expect("checked non-empty");
+        let mut plans = Vec::new();
+        for part in &last.parts {
+            let address = Address(part.entry.address);
+            let mut layers = Vec::new();
+            for (i, cp) in chain.iter().enumerate() {
+                match cp.parts.iter().find(|p| p.entry.address == part.entry.address) {
+                    Some(p) => layers.push(snapshot::restore::Layer::Memory(p)),
+                    None if layers.is_empty() => {}
+                    None => return Err(gone(address, i)),
+                }
+            }
+            plans.push((address, layers));
+        }
+        let blobs = |tag: u64| -> Result<Arc<crate::refs::Blob>, SnapshotFailure> {
+            chain
+                .iter()
+                .rev()
+                .find_map(|c| c.blobs.get(&tag).cloned())
+                .ok_or_else(|| SnapshotFailure::Chain(format!("blob {tag:#x} is held but not stored")))
+        };
+        self.restore_plans(plans, snapshot::Load::Eager, &|tag, refs| {
+            let b = blobs(tag)?;
+            Ok(refs.relink_blob(tag, || b.bytes().to_vec()))
+        })
+    }
+
+    /// Restores every reactor of a chain of snapshot files (a full one, then
+    /// deltas, each on the one before) into this shard. The modules must be
+    /// loaded in the engine. All or nothing, as [`Shard::restore`].
+    pub fn restore_files(
+        &mut self,
+        chain: &[SnapshotFile],
+        options: RestoreOptions,
+    ) -> Result<Vec<Address>, SnapshotFailure> {
+        let links: Vec<(SnapshotId, Kind)> = chain.iter().map(|f| (f.header().id, f.header().kind)).collect();
+        check_chain(&links)?;
+        if options.verify {
+            for f in chain {
+                f.verify_data(&mut |_, _| {})?;
+            }
+        }
+        let last = chain.last().expect("checked non-empty");
+        let mut plans = Vec::new();
+        for entry in &last.meta().reactors {
+            let address = Address(entry.address);
+            let mut layers = Vec::new();
+            for (i, f) in chain.iter().enumerate() {
+                match f.meta().reactors.iter().find(|e| e.address == entry.address) {
+                    Some(e) => layers.push(snapshot::restore::Layer::File(f, e)),
+                    None if layers.is_empty() => {}
+                    None => return Err(gone(address, i)),
+                }
+            }
+            plans.push((address, layers));
+        }
+        self.restore_plans(plans, options.load, &|tag, refs| {
+            if let Some(b) = refs.blob(tag) {
+                return Ok(b);
+            }
+            let (file, entry) = chain
+                .iter()
+                .rev()
+                .find_map(|f| f.meta().blobs.iter().find(|b| b.tag == tag).map(|b| (f, b)))
+                .ok_or_else(|| SnapshotFailure::Chain(format!("blob {tag:#x} is held but not stored")))?;
+            let bytes = file.read_blob(entry)?;
+            Ok(refs.relink_blob(tag, || bytes))
+        })
+    }
+
+    fn restore_plans(
+        &mut self,
+        plans: Vec<(Address, Vec<snapshot::restore::Layer<'_>>)>,
+        load: snapshot::Load,
+        blob: &BlobSource<'_>,
+    ) -> Result<Vec<Address>, SnapshotFailure> {
+        // Check everything that can be checked before touching anything.
+        for (address, layers) in &plans {
+            let entry = layers.last().expect("a reactor has a layer").entry();
+            let module = self.engine.module(&ModuleHash(entry.module)).ok_or_else(|| {
+                SnapshotFailure::ModuleNotLoaded { address: *address, module: hex::encode(entry.module) }
+            })?;
+            if let Some(reason) = &module.snapshot_blocker {
+                return Err(SnapshotFailure::Unsupported { address: *address, reason: reason.clone() });
+            }
+            if self.reactors.contains_key(address) || self.router().inboxes.contains_key(address) {
+                return Err(SnapshotFailure::AddressInUse(*address));
+            }
+        }
+        let mut done = Vec::new();
+        for (address, layers) in &plans {
+            match self.restore_one(*address, layers, load, blob) {
+                Ok(()) => done.push(*address),
+                Err(e) => {
+                    for a in done {
+                        self.discard(a);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    fn restore_one(
+        &mut self,
+        address: Address,
+        layers: &[snapshot::restore::Layer<'_>],
+        load: snapshot::Load,
+        blob: &BlobSource<'_>,
+    ) -> Result<(), SnapshotFailure> {
+        let entry = layers.last().expect("a reactor has a layer").entry();
+        let module = self.engine.module(&ModuleHash(entry.module)).expect("checked before");
+        if self.router().population >= self.config.max_reactors {
+            return Err(SnapshotFailure::Os {
+                address,
+                reason: format!("the shard is at its limit of {} reactors", self.config.max_reactors),
+            });
+        }
+        let (mut reactor, _) = Reactor::instantiate_bare(&self.engine, &module, address, self.config.limits)
+            .map_err(|f| SnapshotFailure::Instantiate(address, f))?;
+        snapshot::restore::fill(&mut reactor, address, layers, load)?;
+        let refs = self.router().refs.clone();
+        for &tag in &entry.blobs {
+            reactor.hold_blob(blob(tag, &refs)?);
+        }
+        refs.observe(address.0);
+        if address.node() == refs.node() {
+            refs.tags().observe(entry.next_corr);
+        }
+        let capacity = self.config.inbox_capacity;
+        let router = self.router();
+        let mut inbox = Inbox::new(capacity);
+        for r in &entry.inbox {
+            // Restored messages were accepted once: never refuse them now.
+            inbox.push_reply(snapshot::envelope(r));
+        }
+        if !inbox.is_empty() {
+            inbox.scheduled = true;
+            router.ready.push_back(address);
+        }
+        router.inboxes.insert(address, inbox);
+        router.population += 1;
+        router.modules.insert(address, module.hash);
+        self.reactors.insert(address, reactor);
+        Ok(())
+    }
+
+    /// Removes a reactor without recording a failure (undoing a restore).
+    fn discard(&mut self, address: Address) {
+        self.reactors.remove(&address);
+        let router = self.router();
+        router.modules.remove(&address);
+        if router.inboxes.remove(&address).is_some() {
+            router.population -= 1;
+        }
+        router.ready.retain(|a| *a != address);
+    }
+}
+
+/// Where a restore finds the shared blobs its reactors hold.
+type BlobSource<'a> = dyn Fn(u64, &Refs) -> Result<Arc<crate::refs::Blob>, SnapshotFailure> + 'a;
+
+fn gone(address: Address, i: usize) -> SnapshotFailure {
+    SnapshotFailure::Chain(format!(
+        "reactor {address} is missing from snapshot {i} of the chain but present after it"
+    ))
+}
+
+/// A chain must be one full snapshot followed by deltas, each on the one
+/// before it.
+fn check_chain(links: &[(SnapshotId, Kind)]) -> Result<(), SnapshotFailure> {
+    let Some((first, rest)) = links.split_first() else {
+        return Err(SnapshotFailure::Chain("no snapshot given".into()));
+    };
+    if let Kind::Delta { base } = first.1 {
+        return Err(SnapshotFailure::Chain(format!(
+            "the first snapshot is a delta on {base}: give its full base snapshot first"
+        )));
+    }
+    let mut prev = first.0;
+    for (id, kind) in rest {
+        match kind {
+            Kind::Full => return Err(SnapshotError::NotADelta.into()),
+            Kind::Delta { base } if *base != prev => {
+                return Err(SnapshotError::DeltaBase { expected: *base, found: prev }.into());
+            }
+            Kind::Delta { .. } => prev = *id,
+        }
+    }
+    Ok(())
 }

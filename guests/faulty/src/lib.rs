@@ -2,7 +2,7 @@
 //! traps, panics, infinite loops, memory exhaustion, stack overflow, garbage
 //! pointers handed to host calls, and `proc_exit`.
 use guest_sdk::prelude::*;
-use protocols::FaultyCmd;
+use protocols::{BlobOp, FaultyCmd};
 
 /// Raw host imports, called with deliberately bad arguments.
 mod raw {
@@ -12,6 +12,11 @@ mod raw {
         pub(crate) fn inbox_read(ptr: usize, len: usize) -> usize;
         pub(crate) fn log(level: i32, ptr: usize, len: usize);
         pub(crate) fn spawn(mptr: *const u8, mlen: usize, iptr: *const u8, ilen: usize) -> i64;
+        pub(crate) fn blob_create(ptr: usize, len: usize) -> i64;
+        pub(crate) fn blob_open(tag: u64) -> i32;
+        pub(crate) fn blob_len(tag: u64) -> i64;
+        pub(crate) fn blob_read(tag: u64, offset: u64, ptr: usize, len: usize) -> i64;
+        pub(crate) fn blob_close(tag: u64) -> i32;
     }
     #[link(wasm_import_module = "wasi_snapshot_preview1")]
     unsafe extern "C" {
@@ -92,6 +97,53 @@ impl Reactor for Faulty {
             FaultyCmd::Exit(code) => {
                 // SAFETY: ends the instance; the host turns it into a failure.
                 unsafe { raw::proc_exit(code) }
+            }
+            FaultyCmd::Blob(op) => {
+                // SAFETY: every pointer passed is a live slice of our own
+                // memory with its length, except `CreateLen`, whose length
+                // the host must refuse before touching memory.
+                let r: i64 = unsafe {
+                    match op {
+                        BlobOp::Create(bytes) => raw::blob_create(bytes.as_ptr() as usize, bytes.len()),
+                        BlobOp::CreateLen(len) => raw::blob_create(16, len as usize),
+                        BlobOp::Open(tag) => raw::blob_open(tag) as i64,
+                        BlobOp::Len(tag) => raw::blob_len(tag),
+                        BlobOp::Read { tag, offset, len } => {
+                            let mut buf = vec![0u8; (len as usize).min(1 << 20)];
+                            raw::blob_read(tag, offset, buf.as_mut_ptr() as usize, buf.len())
+                        }
+                        BlobOp::Close(tag) => raw::blob_close(tag) as i64,
+                    }
+                };
+                let _ = cx.reply(&r);
+            }
+            FaultyCmd::BadBlobCreatePointer => {
+                // SAFETY: deliberately invalid: the host must refuse it.
+                let r = unsafe { raw::blob_create(0xFFFF_FF00, 4096) };
+                let _ = cx.reply(&r);
+            }
+            FaultyCmd::BadBlobReadPointer(tag) => {
+                // SAFETY: no pointers, then a deliberately invalid one.
+                let r = unsafe {
+                    raw::blob_open(tag);
+                    raw::blob_read(tag, 0, 0xFFFF_FFF0, 64)
+                };
+                let _ = cx.reply(&r);
+            }
+            FaultyCmd::HoardBlobs(n) => {
+                let mut created = 0u32;
+                let mut status = 0i64;
+                for i in 0..n {
+                    let byte = [i as u8];
+                    // SAFETY: a live one-byte slice of our own memory.
+                    let r = unsafe { raw::blob_create(byte.as_ptr() as usize, 1) };
+                    if r <= 0 {
+                        status = r;
+                        break;
+                    }
+                    created += 1;
+                }
+                let _ = cx.reply(&(created, status));
             }
         }
     }

@@ -1,6 +1,7 @@
 //! A key–value store on a `BTreeMap`: put, get, delete, range scans, and bulk
 //! fills that grow its state to hundreds of megabytes. Its state is a plain
-//! Rust value; no serialization code for it exists anywhere.
+//! Rust value; no serialization code for it exists anywhere. It can also
+//! hold shared immutable blobs (attach by tag, create, read, detach).
 use guest_sdk::prelude::*;
 use protocols::{KvReply, KvReq};
 
@@ -8,6 +9,8 @@ use protocols::{KvReply, KvReq};
 struct Kv {
     map: BTreeMap<String, String>,
     bytes: u64,
+    /// Shared blobs this reactor holds, by tag.
+    blobs: BTreeMap<u64, Blob>,
 }
 
 impl Kv {
@@ -51,6 +54,20 @@ impl Kv {
     }
 }
 
+impl Kv {
+    /// Keeps a blob just opened or created; replies what it is.
+    fn keep(&mut self, blob: Result<Blob, BlobError>) -> KvReply {
+        match blob {
+            Ok(b) => {
+                let reply = KvReply::Blob { tag: b.tag(), len: b.len() };
+                self.blobs.insert(b.tag(), b);
+                reply
+            }
+            Err(e) => KvReply::Refused { status: e.status() },
+        }
+    }
+}
+
 impl Reactor for Kv {
     type Msg = KvReq;
 
@@ -73,6 +90,32 @@ impl Reactor for Kv {
                 KvReply::Done { keys: self.map.len() as u64 }
             }
             KvReq::Stats => KvReply::Stats { keys: self.map.len() as u64, bytes: self.bytes },
+            KvReq::AttachBlob { tag } => self.keep(Blob::open(tag)),
+            KvReq::PutBlob { bytes } => self.keep(Blob::create(&bytes)),
+            KvReq::ReadBlob { tag, offset, len } => match self.blobs.get(&tag) {
+                Some(blob) => {
+                    let want = blob.len().saturating_sub(offset).min(len as u64) as usize;
+                    let mut buf = vec![0u8; want];
+                    match blob.read(offset, &mut buf) {
+                        Ok(n) => {
+                            buf.truncate(n);
+                            KvReply::Bytes(buf)
+                        }
+                        Err(e) => KvReply::Refused { status: e.status() },
+                    }
+                }
+                None => KvReply::Refused { status: BlobError::NoSuchBlob.status() },
+            },
+            KvReq::DetachBlob { tag } => match self.blobs.remove(&tag) {
+                Some(blob) => {
+                    let len = blob.len();
+                    match blob.close() {
+                        Ok(()) => KvReply::Blob { tag, len },
+                        Err(e) => KvReply::Refused { status: e.status() },
+                    }
+                }
+                None => KvReply::Refused { status: BlobError::NoSuchBlob.status() },
+            },
         };
         if cx.is_request() {
             let _ = cx.reply(&reply);

@@ -40,6 +40,18 @@ pub enum KvReq {
     Fill { prefix: String, count: u64, value_len: u32, seed: u64 },
     /// Replies [`KvReply::Stats`].
     Stats,
+    /// Opens the shared blob `tag` and keeps holding it; replies
+    /// [`KvReply::Blob`] (or [`KvReply::Refused`]).
+    AttachBlob { tag: u64 },
+    /// Replies [`KvReply::Bytes`] with up to `len` bytes from `offset` of a
+    /// blob this reactor holds (or [`KvReply::Refused`]).
+    ReadBlob { tag: u64, offset: u64, len: u32 },
+    /// Creates a shared blob of `bytes` and keeps holding it; replies
+    /// [`KvReply::Blob`] (or [`KvReply::Refused`]).
+    PutBlob { bytes: Vec<u8> },
+    /// Stops holding the blob `tag`; replies [`KvReply::Blob`] with what it
+    /// was (or [`KvReply::Refused`]).
+    DetachBlob { tag: u64 },
 }
 
 /// Answers from `kv`.
@@ -53,6 +65,12 @@ pub enum KvReply {
     Stats { keys: u64, bytes: u64 },
     /// A fill finished; `keys` entries are now stored.
     Done { keys: u64 },
+    /// A shared blob this reactor holds (or held, after `DetachBlob`).
+    Blob { tag: u64, len: u64 },
+    /// Bytes read from a blob.
+    Bytes(Vec<u8>),
+    /// A blob call was refused with this `abi::STATUS_*`.
+    Refused { status: i64 },
 }
 
 /// Spawn argument of `pingpong`.
@@ -124,4 +142,33 @@ pub enum FaultyCmd {
     HugeSend,
     /// Calls WASI `proc_exit` with this code.
     Exit(u32),
+    /// Calls a `blob_*` host function directly; replies its raw `i64` result.
+    Blob(BlobOp),
+    /// Calls `blob_create` with a pointer past the end of memory.
+    BadBlobCreatePointer,
+    /// Opens the blob `tag`, then calls `blob_read` on it with a pointer past
+    /// the end of memory.
+    BadBlobReadPointer(u64),
+    /// Creates up to `n` one-byte blobs (holding them all); replies
+    /// `(created, status)`: the status of the first refusal, or 0.
+    HoardBlobs(u32),
+}
+
+/// A raw `blob_*` call for `faulty` (see `guest_sdk::abi`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobOp {
+    /// `blob_create` of these bytes.
+    Create(Vec<u8>),
+    /// `blob_create` of `len` bytes whatever the memory holds (to probe the
+    /// size limit without the memory to back it).
+    CreateLen(u32),
+    /// `blob_open`.
+    Open(u64),
+    /// `blob_len`.
+    Len(u64),
+    /// `blob_read` into a fresh buffer of `len` bytes (at most 1 MiB); a
+    /// result > 0 is the bytes copied.
+    Read { tag: u64, offset: u64, len: u32 },
+    /// `blob_close`.
+    Close(u64),
 }

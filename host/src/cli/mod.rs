@@ -5,6 +5,7 @@
 
 mod demo;
 mod run;
+mod snapshot;
 
 use crate::{Engine, EngineConfig, Limits, RuntimeConfig, ShardConfig};
 use anyhow::Context as _;
@@ -55,6 +56,14 @@ enum Command {
     /// traffic through them, show a misbehaving reactor failing alone, and
     /// report what happened.
     Demo(demo::DemoArgs),
+    /// Start a reactor, send it messages (as `host run`), then snapshot it
+    /// into `-o FILE`: memory, globals, queued messages, held blobs.
+    Snapshot(run::RunArgs),
+    /// Restore reactors from a snapshot (a full one, then deltas on it),
+    /// optionally send them messages and snapshot them again.
+    Restore(snapshot::RestoreArgs),
+    /// Show what a snapshot file holds and check every checksum.
+    Inspect(snapshot::InspectArgs),
     /// Check that a module is a loadable reactor and print what the host sees.
     Check {
         /// The module file.
@@ -102,6 +111,9 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => run::run(&cli.engine, args),
         Command::Demo(args) => demo::demo(&cli.engine, args),
+        Command::Snapshot(args) => snapshot::snapshot(&cli.engine, args),
+        Command::Restore(args) => snapshot::restore(&cli.engine, args),
+        Command::Inspect(args) => snapshot::inspect(args),
         Command::Check { module } => check(&cli.engine, module),
     };
     match result {

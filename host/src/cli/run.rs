@@ -1,7 +1,7 @@
 //! `host run`: one reactor, messages from the command line or stdin.
 
 use super::EngineArgs;
-use crate::{CallError, ReactorState, Reply, Shard, abi};
+use crate::{Address, CallError, ReactorState, Reply, Shard, abi};
 use anyhow::Context as _;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -17,30 +17,24 @@ pub(crate) struct RunArgs {
     /// Send messages one-way instead of as requests (no replies printed).
     #[arg(long)]
     oneway: bool,
+    /// After the messages, snapshot the reactor into this file.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    snapshot: Option<PathBuf>,
     /// Messages as JSON, e.g. '{"Put":{"key":"a","value":"1"}}'. With none,
     /// one message per line is read from standard input.
     messages: Vec<String>,
 }
 
-fn show(reply: &Reply) -> String {
-    if reply.text {
-        String::from_utf8_lossy(&reply.payload).into_owned()
-    } else {
-        format!("(binary reply, {} bytes: {})", reply.payload.len(), hex::encode(&reply.payload))
+impl RunArgs {
+    pub(crate) fn has_snapshot_path(&self) -> bool {
+        self.snapshot.is_some()
     }
 }
 
-pub(crate) fn run(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let engine = engine_args.engine()?;
-    let (module, _) = engine
-        .load_file(&args.module)
-        .with_context(|| format!("{} is not a usable reactor module", args.module.display()))?;
-    let mut rt = Shard::new(engine, engine_args.shard_config()?);
-    let init = args.init.as_deref().unwrap_or("null");
-    serde_json::from_str::<serde_json::Value>(init).context("--init is not valid JSON")?;
-    let reactor = rt.spawn_text(&module, init).context("the reactor did not start")?;
-    eprintln!("reactor {reactor} running {} (module {})", args.module.display(), &module.hash.to_hex()[..16]);
-
+/// Sends each message (JSON; from `messages`, or one per line of standard
+/// input when there are none) to `reactor`, printing replies and messages
+/// reactors sent to the host. False if the reactor failed.
+pub(crate) fn talk(rt: &mut Shard, reactor: Address, messages: &[String], oneway: bool) -> anyhow::Result<bool> {
     let mut failed = false;
     let mut handle = |rt: &mut Shard, n: usize, line: &str| -> bool {
         let line = line.trim();
@@ -51,7 +45,7 @@ pub(crate) fn run(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<Ex
             eprintln!("message {n}: not valid JSON ({e}); not sent");
             return true;
         }
-        let outcome = if args.oneway {
+        let outcome = if oneway {
             rt.send(reactor, line.as_bytes().to_vec(), true).map_err(CallError::from).map(|()| {
                 rt.run_until_idle();
                 None
@@ -76,24 +70,49 @@ pub(crate) fn run(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<Ex
         }
         true
     };
-
-    if args.messages.is_empty() {
+    if messages.is_empty() {
         let stdin = std::io::stdin();
         for (i, line) in stdin.lock().lines().enumerate() {
             let line = line.context("cannot read standard input")?;
-            if !handle(&mut rt, i + 1, &line) {
+            if !handle(rt, i + 1, &line) {
                 break;
             }
         }
     } else {
-        for (i, m) in args.messages.iter().enumerate() {
-            if !handle(&mut rt, i + 1, m) {
+        for (i, m) in messages.iter().enumerate() {
+            if !handle(rt, i + 1, m) {
                 break;
             }
         }
     }
-    if failed {
+    Ok(!failed)
+}
+
+fn show(reply: &Reply) -> String {
+    if reply.text {
+        String::from_utf8_lossy(&reply.payload).into_owned()
+    } else {
+        format!("(binary reply, {} bytes: {})", reply.payload.len(), hex::encode(&reply.payload))
+    }
+}
+
+pub(crate) fn run(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let engine = engine_args.engine()?;
+    let (module, _) = engine
+        .load_file(&args.module)
+        .with_context(|| format!("{} is not a usable reactor module", args.module.display()))?;
+    let mut rt = Shard::new(engine, engine_args.shard_config()?);
+    let init = args.init.as_deref().unwrap_or("null");
+    serde_json::from_str::<serde_json::Value>(init).context("--init is not valid JSON")?;
+    let reactor = rt.spawn_text(&module, init).context("the reactor did not start")?;
+    eprintln!("reactor {reactor} running {} (module {})", args.module.display(), &module.hash.to_hex()[..16]);
+
+    let ok = talk(&mut rt, reactor, &args.messages, args.oneway)?;
+    if !ok {
         return Ok(ExitCode::FAILURE);
+    }
+    if let Some(path) = &args.snapshot {
+        super::snapshot::save(&mut rt, reactor, path)?;
     }
     if let Some(size) = rt.memory_size(reactor) {
         eprintln!("reactor {reactor}: {} KiB of linear memory", size / 1024);

@@ -1,6 +1,6 @@
 //! Compiled modules on disk, keyed by module SHA-256 and engine settings.
 //!
-//! File `<dir>/<module sha256>-<engine fingerprint>.cwasm` holds wasmtime's
+//! File `<dir>/<module sha256>-<engine fingerprint>-i1.cwasm` holds wasmtime's
 //! serialized code followed by the SHA-256 of that code. The file is written
 //! to a temporary name, fsynced and renamed into place, so a crash never
 //! leaves a torn artifact under the real name; on read the trailing hash is
@@ -31,7 +31,9 @@ impl DiskCache {
     }
 
     fn path(&self, hash: &ModuleHash) -> PathBuf {
-        self.dir.join(format!("{}-{}.cwasm", hash.to_hex(), self.fingerprint))
+        // `i1`: the artifact is of the module as rewritten by
+        // `instrument` version 1; a different rewrite must not reuse it.
+        self.dir.join(format!("{}-{}-i1.cwasm", hash.to_hex(), self.fingerprint))
     }
 
     /// The cached module, if a valid artifact exists.

@@ -21,6 +21,7 @@
 //! process and growth to gigabytes without copying.
 
 mod cache;
+mod instrument;
 mod validate;
 
 use crate::hostcalls;
@@ -36,6 +37,7 @@ use std::time::Duration;
 use wasmtime::{Config, InstancePre, Linker, Module, OptLevel, Strategy};
 
 pub use validate::LoadError;
+pub(crate) use instrument::{GlobalSlot, GlobalType};
 
 /// SHA-256 of a module's bytes: its identity everywhere (cache, spawn
 /// references, snapshots).
@@ -90,6 +92,11 @@ pub struct LoadedModule {
     pub size: usize,
     /// Whether it exports `_initialize` (WASI reactor model).
     pub(crate) has_initialize: bool,
+    /// Its mutable globals, each exported by the load-time rewrite so
+    /// snapshots can read and write them.
+    pub(crate) globals: Vec<GlobalSlot>,
+    /// Why its state is more than memory + globals (snapshots refused).
+    pub(crate) snapshot_blocker: Option<String>,
     pub(crate) pre: InstancePre<ReactorData>,
 }
 
@@ -144,6 +151,9 @@ impl Engine {
             .with_host_memory(Arc::new(MmapMemoryCreator))
             .max_wasm_stack(1 << 20);
         let wasmtime = wasmtime::Engine::new(&c).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        // After wasmtime's own handler, so ours sees snapshot write faults
+        // from JIT code first and chains everything else to it.
+        crate::sys::protect::install_handler();
         let mut linker = Linker::new(&wasmtime);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |d: &mut ReactorData| d.wasi_mut())
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
@@ -203,10 +213,14 @@ impl Engine {
             return Ok((m.clone(), CodeSource::Memory));
         }
         validate::check_bytes(bytes)?;
+        // Snapshots need every mutable global reachable: compile the module
+        // rewritten to export them (identity stays the hash of the original).
+        let inst = instrument::instrument(bytes).map_err(LoadError::Malformed)?;
         let (module, source) = match self.cache.as_ref().and_then(|c| c.get(&self.wasmtime, &hash)) {
             Some(m) => (m, CodeSource::Disk),
             None => {
-                let m = Module::new(&self.wasmtime, bytes).map_err(|e| LoadError::Malformed(format!("{e:#}")))?;
+                let m =
+                    Module::new(&self.wasmtime, &inst.bytes).map_err(|e| LoadError::Malformed(format!("{e:#}")))?;
                 if let Some(c) = &self.cache
                     && let Err(e) = c.put(&hash, &m)
                 {
@@ -217,7 +231,14 @@ impl Engine {
         };
         let has_initialize = validate::check_exports(&module)?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| validate::link_error(&module, e))?;
-        let loaded = Arc::new(LoadedModule { hash, size: bytes.len(), has_initialize, pre });
+        let loaded = Arc::new(LoadedModule {
+            hash,
+            size: bytes.len(),
+            has_initialize,
+            globals: inst.globals,
+            snapshot_blocker: inst.snapshot_blocker,
+            pre,
+        });
         let mut modules = self.modules.lock().unwrap();
         let entry = modules.entry(hash).or_insert(loaded);
         Ok((entry.clone(), source))

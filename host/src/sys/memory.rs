@@ -18,8 +18,10 @@
 //! guard region). Bytes between the length and the capacity are mapped but
 //! unreachable from Wasm, and stay zero because Wasm memories never shrink.
 //!
-//! Later snapshot work (page protection, dirty tracking, lazy restore by
-//! mapping a file) operates on these mappings.
+//! Snapshots operate on these mappings: page protection and dirty tracking
+//! (`protect`), and lazy restore, which maps snapshot file pages over part of
+//! a memory (after which growth past the capacity copies instead of
+//! `mremap`, since the memory is then several kernel mappings).
 
 use std::ptr::NonNull;
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
@@ -107,8 +109,22 @@ impl MmapMemory {
     }
 }
 
+impl MmapMemory {
+    /// Grows the capacity by mapping a new region and copying the memory.
+    fn move_by_copy(&mut self, new_cap: usize) -> std::io::Result<()> {
+        let fresh = Self::new(new_cap, self.size, self.maximum)?;
+        // SAFETY: both are live mappings owned by values here, at least
+        // `size` bytes each, and distinct.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr(), fresh.base.as_ptr(), self.size) };
+        let old = std::mem::replace(self, fresh);
+        drop(old);
+        Ok(())
+    }
+}
+
 impl Drop for MmapMemory {
     fn drop(&mut self) {
+        super::protect::before_move(self.base.as_ptr() as usize);
         // SAFETY: `base`/`capacity` describe a mapping this value owns (field
         // invariant) and nothing refers to it once wasmtime drops the memory.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.capacity) };
@@ -133,6 +149,8 @@ unsafe impl LinearMemory for MmapMemory {
         if new_size > self.capacity {
             let want = new_size.max(self.capacity.saturating_mul(2)).min(self.maximum.max(new_size));
             let new_cap = page_round(want).ok_or_else(|| wasmtime::format_err!("memory size overflows"))?;
+            // A capture in progress must finish before the pages move.
+            super::protect::before_move(self.base.as_ptr() as usize);
             // SAFETY: remaps exactly the mapping this value owns; with
             // MREMAP_MAYMOVE the kernel keeps the contents and may return a
             // new address, which replaces `base` below.
@@ -140,10 +158,13 @@ unsafe impl LinearMemory for MmapMemory {
                 libc::mremap(self.base.as_ptr().cast(), self.capacity, new_cap, libc::MREMAP_MAYMOVE)
             };
             if p == libc::MAP_FAILED {
-                return Err(std::io::Error::last_os_error().into());
+                // mremap moves one kernel mapping only; a memory restored
+                // lazily from a file is several. Copy it instead.
+                self.move_by_copy(new_cap)?;
+            } else {
+                self.base = NonNull::new(p.cast::<u8>()).expect("mremap returned null");
+                self.capacity = new_cap;
             }
-            self.base = NonNull::new(p.cast::<u8>()).expect("mremap returned null");
-            self.capacity = new_cap;
         }
         self.size = new_size;
         Ok(())

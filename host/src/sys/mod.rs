@@ -1,13 +1,19 @@
 //! Platform code: the only module that maps memory or calls the kernel's
 //! memory-management system calls. Everything else in the host is safe Rust.
 //!
-//! What lives here now:
+//! What lives here:
 //! - [`MmapMemoryCreator`], the linear-memory allocator wasmtime uses for every
-//!   reactor (see `memory`).
+//!   reactor (see `memory`);
+//! - `protect`: page protection, the `SIGSEGV` handler, dirty-page tracking
+//!   and concurrent copy-on-write capture for snapshots;
+//! - `image`: writing snapshot pages back into a memory, eagerly or by
+//!   mapping the snapshot file copy-on-write.
 
+pub(crate) mod image;
 mod memory;
+pub(crate) mod protect;
 
-pub(crate) use memory::MmapMemoryCreator;
+pub(crate) use memory::{MmapMemoryCreator, page_size};
 
 /// Resident memory of this process in bytes (from `/proc/self/statm`).
 pub fn resident_bytes() -> Option<u64> {

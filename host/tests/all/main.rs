@@ -8,3 +8,5 @@ mod guests;
 mod shard;
 mod runtime;
 mod cli;
+mod refs;
+mod snapshot;

@@ -1,0 +1,241 @@
+//! `host snapshot`, `host restore`, `host inspect`.
+
+use super::EngineArgs;
+use super::run::{RunArgs, talk};
+use crate::snapshot::{Capture, Kind, Load, RestoreOptions, SnapshotFile, SnapshotOptions};
+use crate::{Address, Engine, ModuleHash, Shard, abi};
+use anyhow::{Context as _, bail};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RestoreArgs {
+    /// Snapshot files: a full snapshot, then the deltas on it in order.
+    #[arg(required = true, value_name = "SNAPSHOT")]
+    snapshots: Vec<PathBuf>,
+    /// Module files the snapshot's reactors run. Without it, modules are
+    /// looked up by hash among the guests this host was built with.
+    #[arg(long, value_name = "FILE")]
+    module: Vec<PathBuf>,
+    /// Map the file's pages copy-on-write instead of copying them now:
+    /// pages are read on first touch. Implies --no-verify.
+    #[arg(long)]
+    lazy: bool,
+    /// Skip the page-data checksum (a damaged page then only corrupts the
+    /// restored reactor, never the host).
+    #[arg(long)]
+    no_verify: bool,
+    /// Which restored reactor to send messages to (e.g. `#0:1`); needed when
+    /// the snapshot holds several.
+    #[arg(long, value_name = "ADDRESS")]
+    to: Option<Address>,
+    /// Send messages one-way instead of as requests.
+    #[arg(long)]
+    oneway: bool,
+    /// After the messages, snapshot the reactor again into this file.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    snapshot: Option<PathBuf>,
+    /// Messages as JSON for the restored reactor (as `host run` takes them).
+    #[arg(long = "send", value_name = "JSON")]
+    messages: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct InspectArgs {
+    /// The snapshot file.
+    file: PathBuf,
+    /// Do not read the page data to check its checksum.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// A progress line on standard error for work over 64 MiB.
+fn progress(label: &'static str) -> impl FnMut(u64, u64) {
+    let mut last = 0;
+    move |done, total| {
+        if total < 64 << 20 {
+            return;
+        }
+        let pct = done * 100 / total.max(1);
+        if pct != last || done == total {
+            last = pct;
+            eprint!("\r  {label} {:.0}/{:.0} MiB ({pct}%)", mib(done), mib(total));
+            if done == total {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
+/// `host snapshot`: `host run` that must end in a snapshot.
+pub(crate) fn snapshot(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if !args.has_snapshot_path() {
+        bail!("`host snapshot` needs `-o FILE`: where to write the snapshot");
+    }
+    super::run::run(engine_args, args)
+}
+
+/// Snapshots `reactor` (copy-on-write) and writes it to `path`, reporting
+/// sizes, times and bandwidth.
+pub(crate) fn save(rt: &mut Shard, reactor: Address, path: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cp = rt
+        .snapshot(reactor, SnapshotOptions::new(Capture::Concurrent))
+        .with_context(|| format!("cannot snapshot {reactor}"))?;
+    let paused = started.elapsed();
+    cp.wait();
+    let captured = started.elapsed();
+    let report = cp
+        .write(path, &mut progress("writing"))
+        .with_context(|| format!("cannot write the snapshot to {}", path.display()))?;
+    let memory = cp.memory_bytes();
+    eprintln!(
+        "snapshot of {reactor}: {:.1} MiB of memory, {:.1} MiB stored (zero pages elided); reactor paused {:.2?}, \
+         copied in {:.2?} ({:.2} GB/s), written and fsynced in {:.2?} ({:.2} GB/s) to {}",
+        mib(memory),
+        mib(report.page_bytes),
+        paused,
+        captured,
+        memory as f64 / captured.as_secs_f64().max(1e-9) / 1e9,
+        report.elapsed,
+        report.file_bytes as f64 / report.elapsed.as_secs_f64().max(1e-9) / 1e9,
+        path.display(),
+    );
+    Ok(())
+}
+
+/// Loads the modules a snapshot chain needs: the given files, then built
+/// guests whose hash matches.
+fn load_modules(engine: &Engine, files: &[SnapshotFile], given: &[PathBuf]) -> anyhow::Result<()> {
+    for path in given {
+        engine.load_file(path).with_context(|| format!("{} is not a usable reactor module", path.display()))?;
+    }
+    let mut missing: Vec<ModuleHash> = files
+        .iter()
+        .flat_map(|f| f.meta().reactors.iter().map(|r| ModuleHash(r.module)))
+        .filter(|h| engine.module(h).is_none())
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for name in crate::guests::ALL {
+        if let Ok(bytes) = std::fs::read(crate::guests::path(name))
+            && missing.contains(&ModuleHash::of(&bytes))
+        {
+            engine.load(&bytes).with_context(|| format!("cannot load the built guest {name}"))?;
+        }
+    }
+    if let Some(h) = missing.iter().find(|h| engine.module(h).is_none()) {
+        bail!("the snapshot needs module {h}, which is not among the built guests: pass it with --module FILE");
+    }
+    Ok(())
+}
+
+/// `host restore`.
+pub(crate) fn restore(engine_args: &EngineArgs, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let engine = engine_args.engine()?;
+    let files = args
+        .snapshots
+        .iter()
+        .map(|p| SnapshotFile::open(p, abi::ABI_VERSION).with_context(|| format!("cannot use {}", p.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    load_modules(&engine, &files, &args.module)?;
+    let mut rt = Shard::new(engine, engine_args.shard_config()?);
+    let options = RestoreOptions {
+        load: if args.lazy { Load::Lazy } else { Load::Eager },
+        verify: !args.lazy && !args.no_verify,
+    };
+    let started = Instant::now();
+    let restored = rt.restore_files(&files, options).context("restore failed")?;
+    let elapsed = started.elapsed();
+    let memory: u64 = restored.iter().filter_map(|&a| rt.memory_size(a)).map(|s| s as u64).sum();
+    eprintln!(
+        "restored {} reactor(s) ({:.1} MiB of memory, {}{}) in {:.2?}: {}",
+        restored.len(),
+        mib(memory),
+        if args.lazy { "lazily mapped" } else { "copied" },
+        if options.verify { ", checksum verified" } else { "" },
+        elapsed,
+        restored.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
+    );
+    let target = match (args.to, restored.as_slice()) {
+        (Some(a), _) if restored.contains(&a) => a,
+        (Some(a), _) => bail!("--to {a}: no such reactor in the snapshot"),
+        (None, [one]) => *one,
+        (None, _) if args.messages.is_empty() && args.snapshot.is_none() => return Ok(ExitCode::SUCCESS),
+        (None, _) => bail!("the snapshot holds {} reactors: say which with --to ADDRESS", restored.len()),
+    };
+    if !args.messages.is_empty() && !talk(&mut rt, target, &args.messages, args.oneway)? {
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Some(path) = &args.snapshot {
+        save(&mut rt, target, path)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `host inspect`.
+pub(crate) fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
+    let path = &args.file;
+    let file = SnapshotFile::open(path, abi::ABI_VERSION)
+        .with_context(|| format!("{} is not a usable snapshot", path.display()))?;
+    let h = file.header();
+    let meta = file.meta();
+    println!("file       {} ({:.1} MiB)", path.display(), mib(h.file_len()));
+    println!("format     version {}, reactor ABI {}, page size {}", h.format_version, h.abi_version, h.page_size);
+    match h.kind {
+        Kind::Full => println!("kind       full"),
+        Kind::Delta { base } => println!("kind       delta on {base}"),
+    }
+    println!("id         {}", h.id);
+    println!("created    {} ms after the Unix epoch", meta.created_unix_ms);
+    println!("sections   data {:.1} MiB, metadata {} bytes", mib(h.data_len), h.meta_len);
+    println!("reactors   {}", meta.reactors.len());
+    let ps = crate::snapshot::format::PAGE_SIZE as u64;
+    for r in &meta.reactors {
+        let stored: u64 = r.runs.iter().filter(|run| run.data.is_some()).map(|run| run.pages * ps).sum();
+        println!(
+            "  {:<10} module {}  memory {:.1} MiB  stored {:.1} MiB in {} runs  globals {}  queued messages {}  blobs {}",
+            Address(r.address).to_string(),
+            &hex::encode(r.module)[..16],
+            mib(r.memory_size),
+            mib(stored),
+            r.runs.len(),
+            r.globals.len(),
+            r.inbox.len(),
+            r.blobs.len(),
+        );
+    }
+    println!("blobs      {}", meta.blobs.len());
+    for b in &meta.blobs {
+        println!("  {:#x}  {:.1} MiB", b.tag, mib(b.len));
+    }
+    if args.no_verify {
+        println!("check      header and metadata ok; page data not checked (--no-verify)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = Instant::now();
+    match file.verify_data(&mut progress("checking")) {
+        Ok(()) => {
+            let t = started.elapsed();
+            println!(
+                "check      ok: header, metadata and page data checksums match ({:.2} GB/s)",
+                h.data_len as f64 / t.as_secs_f64().max(1e-9) / 1e9
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("check      FAILED: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! Snapshots: a reactor's whole state is its linear memory, its mutable
+//! globals and a little host state, so saving it is a memory copy.
+//!
+//! # What a snapshot holds
+//! Taken at a message boundary (between two calls into the reactor, so no
+//! host frame or Wasm stack exists):
+//! - the linear memory, page by page, zero pages elided;
+//! - every mutable global, including ones the module does not export (the
+//!   engine rewrites modules at load so each is reachable: `engine::instrument`);
+//! - the host state: the reactor's address (a restart-stable tag), the
+//!   messages queued in its inbox, and the tags of the shared blobs it holds.
+//!   Its WASI context has no state worth keeping (stdio only, no preopened
+//!   files; clocks and randomness are read from the host when asked), and the
+//!   ABI has no timers. Tables cannot change after instantiation: modules
+//!   whose code could change them (or that drop segments) load fine but their
+//!   snapshots are refused with the reason.
+//!
+//! # How it is taken ([`Capture`])
+//! - `Blocking`: copy the memory now (memcpy speed, zero pages skipped); the
+//!   reactor waits for the copy.
+//! - `Concurrent`: write-protect the memory and let the reactor run on at
+//!   once; a background thread copies, and a write to a page not yet copied
+//!   copies it first (`sys::protect`). The result equals the boundary state
+//!   byte for byte.
+//! - `Incremental`: like `Concurrent`, but only pages written since the
+//!   reactor's previous snapshot, which must have been taken with
+//!   `track: true` (that keeps the memory write-protected between snapshots
+//!   so first writes are recorded). The result is a delta on that snapshot.
+//!
+//! A [`Checkpoint`] is the in-memory result (one reactor, or every reactor of
+//! a shard taken at one boundary); [`Checkpoint::write`] stores it in the
+//! file format of [`format`] (fsync + atomic rename). Shared blobs are stored
+//! once per checkpoint however many reactors hold them, and restore re-links
+//! every holder to one blob.
+//!
+//! # Restore
+//! Into a fresh instance of the same module (the module hash and ABI version
+//! are checked): no init entry point runs; the memory is grown to the
+//! snapshot's size and filled either eagerly (copied / read) or lazily (the
+//! file's pages mapped copy-on-write over the memory, read on first touch);
+//! globals are set; the inbox is re-queued. A chain `full, delta, delta…`
+//! restores to the same bytes as a full snapshot of the last state.
+
+pub mod format;
+pub(crate) mod restore;
+
+use crate::reactor::{Address, Reactor};
+use crate::refs::Blob;
+use crate::shard::Envelope;
+use crate::sys::page_size;
+use crate::sys::protect::{self, ArmError, Cover};
+use format::{BlobEntry, EnvelopeRecord, Meta, ReactorEntry, Run, Writer};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use format::{Kind, SnapshotError, SnapshotFile, SnapshotId};
+pub use restore::{Load, RestoreOptions};
+
+/// How a snapshot is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capture {
+    /// Copy now; the reactor waits for the copy.
+    Blocking,
+    /// Copy-on-write: the reactor runs on while a background thread copies.
+    Concurrent,
+    /// Only the pages written since the reactor's previous tracked snapshot,
+    /// as a delta on it; copy-on-write like `Concurrent`.
+    Incremental,
+}
+
+/// Snapshot settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotOptions {
+    /// How to copy.
+    pub capture: Capture,
+    /// Keep recording written pages afterwards, so the next snapshot can be
+    /// `Incremental`. Costs one page fault per page first written between
+    /// snapshots.
+    pub track: bool,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        Self { capture: Capture::Concurrent, track: false }
+    }
+}
+
+impl SnapshotOptions {
+    /// `capture` without tracking.
+    pub fn new(capture: Capture) -> Self {
+        Self { capture, track: capture == Capture::Incremental }
+    }
+
+    /// The same with tracking on.
+    pub fn tracked(self) -> Self {
+        Self { track: true, ..self }
+    }
+}
+
+/// Why a snapshot could not be taken, written or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A snapshot file problem (unreadable, corrupt, another format…).
+    #[error(transparent)]
+    File(#[from] SnapshotError),
+    /// No live reactor at that address.
+    #[error("no live reactor at {0}")]
+    NoSuchReactor(Address),
+    /// The module keeps state outside memory and globals.
+    #[error("reactor {address} cannot be snapshotted: {reason}")]
+    Unsupported {
+        /// The reactor.
+        address: Address,
+        /// What its module does that snapshots cannot capture.
+        reason: String,
+    },
+    /// An incremental snapshot without a tracked previous snapshot.
+    #[error("reactor {0} has no tracked previous snapshot to take a delta on: take one with `track: true` first")]
+    NoBase(Address),
+    /// Page protection or a mapping failed.
+    #[error("snapshot of {address} failed: {reason}")]
+    Os {
+        /// The reactor.
+        address: Address,
+        /// The system's error.
+        reason: String,
+    },
+    /// The snapshot names a module this host has not loaded.
+    #[error("the snapshot's reactor {address} runs module {module}, which is not loaded: load that module first")]
+    ModuleNotLoaded {
+        /// The reactor.
+        address: Address,
+        /// The module's SHA-256 (hex).
+        module: String,
+    },
+    /// A reactor with that address is alive already.
+    #[error("a reactor with address {0} is alive here already: restore into another runtime, or stop it first")]
+    AddressInUse(Address),
+    /// The snapshot's memory exceeds this host's memory cap.
+    #[error("reactor {address} needs {needed} bytes of memory, over this host's cap of {cap}")]
+    MemoryCap {
+        /// The reactor.
+        address: Address,
+        /// The snapshot's memory size.
+        needed: u64,
+        /// The cap.
+        cap: usize,
+    },
+    /// The snapshot does not fit the module (globals, memory).
+    #[error("snapshot of {address} does not fit its module: {reason}")]
+    Mismatch {
+        /// The reactor.
+        address: Address,
+        /// What differs.
+        reason: String,
+    },
+    /// A chain of snapshots that do not follow each other.
+    #[error("snapshot chain is broken: {0}")]
+    Chain(String),
+    /// The fresh instance could not be created.
+    #[error("cannot instantiate reactor {0} for restore: {1}")]
+    Instantiate(Address, crate::reactor::Failure),
+}
+
+/// One reactor's part of a checkpoint.
+#[derive(Debug)]
+pub(crate) struct Part {
+    /// Everything but the runs (filled in when written).
+    pub(crate) entry: ReactorEntry,
+    pub(crate) pages: Arc<protect::Capture>,
+}
+
+/// Snapshots of one or more reactors taken at one boundary, in memory.
+/// Copies may still be running (`Concurrent`, `Incremental`): every reader
+/// waits for them.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub(crate) id: SnapshotId,
+    pub(crate) kind: Kind,
+    pub(crate) created_unix_ms: u64,
+    pub(crate) parts: Vec<Part>,
+    pub(crate) blobs: BTreeMap<u64, Arc<Blob>>,
+}
+
+/// What [`Checkpoint::write`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteReport {
+    /// File length in bytes.
+    pub file_bytes: u64,
+    /// Bytes of page data stored (non-zero pages).
+    pub page_bytes: u64,
+    /// Time from the call to the file being durable (fsync and rename done).
+    pub elapsed: Duration,
+}
+
+impl Checkpoint {
+    pub(crate) fn new(kind: Kind) -> Self {
+        let created_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Self { id: SnapshotId::random(), kind, created_unix_ms, parts: Vec::new(), blobs: BTreeMap::new() }
+    }
+
+    /// This checkpoint's id (a delta on it names it as its base).
+    pub fn id(&self) -> SnapshotId {
+        self.id
+    }
+
+    /// Full, or a delta on which base.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The reactors in it.
+    pub fn reactors(&self) -> Vec<Address> {
+        self.parts.iter().map(|p| Address(p.entry.address)).collect()
+    }
+
+    /// Whether every background copy has finished.
+    pub fn is_complete(&self) -> bool {
+        self.parts.iter().all(|p| p.pages.is_done())
+    }
+
+    /// Waits for every background copy.
+    pub fn wait(&self) {
+        for p in &self.parts {
+            p.pages.wait();
+        }
+    }
+
+    /// Sum of the reactors' memory sizes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.entry.memory_size).sum()
+    }
+
+    /// Bytes of non-zero page data captured (what a file stores). Waits for
+    /// the copies.
+    pub fn page_bytes(&self) -> u64 {
+        let ps = page_size() as u64;
+        self.parts
+            .iter()
+            .map(|p| {
+                let img = p.pages.image();
+                (0..img.pages).filter(|&q| img.covers(q) && img.is_nonzero(q)).count() as u64 * ps
+            })
+            .sum()
+    }
+
+    /// Pages the reactors wrote while their concurrent copy ran, each
+    /// copied first by the write-fault handler (0 for blocking captures).
+    pub fn pages_copied_on_write(&self) -> usize {
+        self.parts.iter().map(|p| p.pages.faulted()).sum()
+    }
+
+    /// Distinct shared blobs referred to.
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Writes the checkpoint to `path` (fsync, then atomic rename: a crash
+    /// never leaves a partial file in place of an existing one). Waits for
+    /// background copies. `progress(done, total)` is called as page data is
+    /// written.
+    pub fn write(&self, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<WriteReport, Error> {
+        let start = Instant::now();
+        let total = self.page_bytes();
+        let mut w = Writer::create(path, guest_sdk::abi::ABI_VERSION, self.kind, self.id)?;
+        let mut meta = Meta { created_unix_ms: self.created_unix_ms, blobs: Vec::new(), reactors: Vec::new() };
+        for blob in self.blobs.values() {
+            let offset = w.append_blob(blob.bytes())?;
+            meta.blobs.push(BlobEntry {
+                tag: blob.tag(),
+                len: blob.bytes().len() as u64,
+                offset,
+                hash: format::blob_hash(blob.bytes()),
+            });
+        }
+        let ps = page_size();
+        let delta = matches!(self.kind, Kind::Delta { .. });
+        let mut done = 0u64;
+        const CHUNK_PAGES: usize = 16 << 20 >> 12;
+        for part in &self.parts {
+            let img = part.pages.image();
+            let mut entry = part.entry.clone();
+            let mut p = 0;
+            while p < img.pages {
+                if !img.covers(p) {
+                    p += 1;
+                    continue;
+                }
+                let nonzero = img.is_nonzero(p);
+                let start = p;
+                while p < img.pages && img.covers(p) && img.is_nonzero(p) == nonzero && p - start < CHUNK_PAGES {
+                    p += 1;
+                }
+                if nonzero {
+                    let off = w.append_pages(&img.bytes[start * ps..p * ps])?;
+                    // Consecutive chunks of one run land back to back: merge.
+                    match entry.runs.last_mut() {
+                        Some(r)
+                            if r.first_page + r.pages == start as u64
+                                && r.data.is_some_and(|d| d + r.pages * ps as u64 == off) =>
+                        {
+                            r.pages += (p - start) as u64
+                        }
+                        _ => entry.runs.push(Run {
+                            first_page: start as u64,
+                            pages: (p - start) as u64,
+                            data: Some(off),
+                        }),
+                    }
+                    done += ((p - start) * ps) as u64;
+                    progress(done, total);
+                } else if delta {
+                    match entry.runs.last_mut() {
+                        Some(r) if r.data.is_none() && r.first_page + r.pages == start as u64 => {
+                            r.pages += (p - start) as u64
+                        }
+                        _ => entry.runs.push(Run { first_page: start as u64, pages: (p - start) as u64, data: None }),
+                    }
+                }
+            }
+            meta.reactors.push(entry);
+        }
+        let file_bytes = w.finish(&meta)?;
+        Ok(WriteReport { file_bytes, page_bytes: done, elapsed: start.elapsed() })
+    }
+}
+
+/// Takes one reactor's part at a boundary. `inbox` is its queued messages.
+pub(crate) fn capture(
+    reactor: &mut Reactor,
+    address: Address,
+    inbox: Vec<EnvelopeRecord>,
+    options: SnapshotOptions,
+    checkpoint: &mut Checkpoint,
+) -> Result<(), Error> {
+    if let Some(reason) = &reactor.module().snapshot_blocker {
+        return Err(Error::Unsupported { address, reason: reason.clone() });
+    }
+    let globals = reactor.read_globals();
+    let (base, len) = reactor.memory_extent();
+    let os = |e: std::io::Error| Error::Os { address, reason: e.to_string() };
+    let tracked_base = reactor.snap_base.filter(|_| reactor.tracker.tracking());
+    let cover = match (options.capture, checkpoint.kind) {
+        (Capture::Incremental, Kind::Delta { base: want }) if tracked_base == Some(want) => Cover::Dirty,
+        // A reactor new since the base (or whose tracking lapsed) goes into
+        // a delta whole.
+        (Capture::Incremental, _) => Cover::All,
+        _ => Cover::All,
+    };
+    let pages = if options.capture == Capture::Blocking && !options.track && !reactor.tracker.tracking() {
+        reactor.tracker.release();
+        // SAFETY: `base..base+len` is the reactor's memory (a live host
+        // mapping); we hold the reactor mutably between calls, so neither
+        // Wasm nor host calls write it during the copy.
+        unsafe { protect::Capture::blocking(base as *const u8, len) }.map_err(os)?
+    } else {
+        // SAFETY: as above for the arming itself; afterwards the memory
+        // stays mapped at `base` until it moves or is freed, both of which
+        // notify `sys::protect` first, and only this reactor's thread
+        // writes it.
+        let c = unsafe { reactor.tracker.arm(base as *mut u8, len, cover, options.track) };
+        let c = c.map_err(|e| match e {
+            ArmError::NoBase => Error::NoBase(address),
+            other => Error::Os { address, reason: other.to_string() },
+        })?;
+        if options.capture == Capture::Blocking {
+            c.wait();
+        }
+        c
+    };
+    reactor.snap_base = options.track.then_some(checkpoint.id);
+    let mut blobs = Vec::new();
+    for b in reactor.held_blobs() {
+        blobs.push(b.tag());
+        checkpoint.blobs.entry(b.tag()).or_insert_with(|| b.clone());
+    }
+    blobs.sort_unstable();
+    checkpoint.parts.push(Part {
+        entry: ReactorEntry {
+            address: address.0,
+            module: reactor.module().hash.0,
+            memory_size: len as u64,
+            globals,
+            inbox,
+            blobs,
+            next_corr: 0,
+            runs: Vec::new(),
+        },
+        pages,
+    });
+    Ok(())
+}
+
+/// The base a delta checkpoint of these reactors applies on: the base they
+/// all share, or the one most of them share (the others go in whole).
+pub(crate) fn common_base<'a>(bases: impl Iterator<Item = Option<SnapshotId>> + 'a) -> Option<SnapshotId> {
+    let mut counts: BTreeMap<[u8; 16], usize> = BTreeMap::new();
+    for b in bases.flatten() {
+        *counts.entry(b.0).or_default() += 1;
+    }
+    counts.into_iter().max_by_key(|&(_, n)| n).map(|(id, _)| SnapshotId(id))
+}
+
+pub(crate) fn record(env: &Envelope) -> EnvelopeRecord {
+    EnvelopeRecord { kind: env.kind, flags: env.flags, from: env.from.0, corr: env.corr, payload: env.payload.clone() }
+}
+
+pub(crate) fn envelope(r: &EnvelopeRecord) -> Envelope {
+    Envelope { kind: r.kind, flags: r.flags, from: Address(r.from), corr: r.corr, payload: r.payload.clone() }
+}
