@@ -25,6 +25,9 @@ use crate::engine::{Engine, LoadedModule};
 use crate::port::{Completion, HostPort, ReplySlot};
 use crate::reactor::Address;
 use crate::refs::{Refs, RefsError, TagSource};
+use crate::snapshot::{
+    Capture, Checkpoint, Error as SnapshotFailure, Kind, RestoreOptions, SnapshotFile, SnapshotId, SnapshotOptions,
+};
 use crate::shard::{CallError, Envelope, ReactorState, Reply, SendError, Shard, ShardConfig, ShardStats, SpawnError};
 use guest_sdk::abi;
 use reactor_ring::{Consumer, EventCount, MpscConsumer, MpscProducer, Producer};
@@ -32,7 +35,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -160,6 +163,22 @@ impl Shard {
         }
         router.links = Some(links);
         moved
+    }
+
+    /// Moves every message in the inbound rings into local inboxes, past
+    /// their capacity if need be (for a checkpoint: each message in flight
+    /// must be recorded with its destination).
+    fn drain_inbound_forced(&mut self) {
+        let router = self.router();
+        let Some(mut links) = router.links.take() else { return };
+        for ring in &mut links.inbound {
+            while let Some(msg) = ring.held.take().or_else(|| ring.rx.try_pop()) {
+                if router.deliver_local_forced(msg.to, msg.env).is_err() {
+                    router.note_dead_letter();
+                }
+            }
+        }
+        router.links = Some(links);
     }
 
     fn has_inbound(&self) -> bool {
@@ -416,6 +435,139 @@ impl Runtime {
             }
         }
         done.wait(None).expect("a shard always runs an inspection")
+    }
+
+    /// Runs `f` on the thread of `shard` without waiting for it.
+    fn inspect_later<R: Send + 'static>(
+        &self,
+        shard: usize,
+        f: impl FnOnce(&mut Shard) -> R + Send + 'static,
+    ) -> Arc<Completion<R>> {
+        let done: Arc<Completion<R>> = Completion::new();
+        let d = done.clone();
+        let mut cmd = Command::Inspect(Box::new(move |s| {
+            d.complete(f(s));
+        }));
+        loop {
+            match self.command(shard, cmd) {
+                Ok(()) => return done,
+                Err(back) => cmd = back,
+            }
+        }
+    }
+
+    /// Takes a snapshot of one reactor at its next message boundary, on its
+    /// shard's thread (see [`Shard::snapshot`]).
+    pub fn snapshot(&self, address: Address, options: SnapshotOptions) -> Result<Checkpoint, SnapshotFailure> {
+        if !address.is_reactor() {
+            return Err(SnapshotFailure::NoSuchReactor(address));
+        }
+        self.inspect(self.shard_of(address), move |s| s.snapshot(address, options))
+    }
+
+    /// Snapshots every reactor of every shard as one consistent checkpoint:
+    /// all shards stop at a message boundary (a barrier), then move every
+    /// message in flight between shards into its destination's inbox (so it
+    /// is recorded with that reactor), then capture, then go on. No message
+    /// sent between reactors is lost or counted twice by a restore.
+    /// Messages from outside still queued in a shard's command ring are not
+    /// yet accepted and are not in the checkpoint.
+    pub fn checkpoint(&self, options: SnapshotOptions) -> Result<Checkpoint, SnapshotFailure> {
+        let n = self.shards.len();
+        let kind = match options.capture {
+            Capture::Incremental => {
+                let bases: Vec<_> = (0..n).flat_map(|i| self.inspect(i, |s| s.tracked_bases())).collect();
+                match crate::snapshot::common_base(bases.into_iter()) {
+                    Some(base) => Kind::Delta { base },
+                    None => {
+                        return Err(SnapshotFailure::Chain(
+                            "no reactor has a tracked previous checkpoint: take a full one with `track: true` first"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+            _ => Kind::Full,
+        };
+        let id = SnapshotId::random();
+        let paused = Arc::new(Barrier::new(n));
+        let drained = Arc::new(Barrier::new(n));
+        let parts: Vec<_> = (0..n)
+            .map(|i| {
+                let (paused, drained) = (paused.clone(), drained.clone());
+                self.inspect_later(i, move |s| {
+                    paused.wait();
+                    // Every shard is inside this call: nobody produces.
+                    s.drain_inbound_forced();
+                    drained.wait();
+                    let mut cp = Checkpoint::with_id(id, kind);
+                    s.capture_all(options, &mut cp).map(|()| cp)
+                })
+            })
+            .collect();
+        let mut all = Checkpoint::with_id(id, kind);
+        let mut first_err = None;
+        for p in parts {
+            match p.wait(None).expect("a shard always runs an inspection") {
+                Ok(cp) => all.merge(cp),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(all),
+        }
+    }
+
+    /// Restores every reactor of a chain of snapshot files (a full one, then
+    /// deltas on it) into this runtime, each on the shard its address names
+    /// (modulo the number of shards). The shards restore their parts at one
+    /// barrier and resume together, so no restored reactor sends to one not
+    /// restored yet; if any shard fails, every shard removes what it
+    /// restored and the first error is returned.
+    pub fn restore_files(
+        &self,
+        chain: Vec<SnapshotFile>,
+        options: RestoreOptions,
+    ) -> Result<Vec<Address>, SnapshotFailure> {
+        let n = self.shards.len();
+        let chain = Arc::new(chain);
+        let done = Arc::new(Barrier::new(n));
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let results: Vec<_> = (0..n)
+            .map(|i| {
+                let (chain, done, failed) = (chain.clone(), done.clone(), failed.clone());
+                self.inspect_later(i, move |s| {
+                    let r = s.restore_files_where(&chain, options, &|a: Address| a.shard() % n == i);
+                    if r.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    done.wait();
+                    if failed.load(Ordering::SeqCst)
+                        && let Ok(restored) = &r
+                    {
+                        for &a in restored {
+                            s.discard(a);
+                        }
+                    }
+                    r
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|c| c.wait(None).expect("a shard always runs an inspection"))
+            .collect();
+        let mut restored = Vec::new();
+        for r in results {
+            match r {
+                Ok(a) => restored.extend(a),
+                Err(e) => return Err(e),
+            }
+        }
+        restored.sort_unstable();
+        Ok(restored)
     }
 
     /// A reactor's state: running, failed, or `None` if it never existed.

@@ -297,6 +297,19 @@ impl Router {
         Ok(())
     }
 
+    /// Queues `env` into a local inbox even past its capacity (a message
+    /// already accepted elsewhere); gives it back if there is no such
+    /// reactor.
+    pub(crate) fn deliver_local_forced(&mut self, to: Address, env: Envelope) -> Result<(), Envelope> {
+        let Some(inbox) = self.inboxes.get_mut(&to) else { return Err(env) };
+        inbox.push_reply(env);
+        if !inbox.scheduled {
+            inbox.scheduled = true;
+            self.ready.push_back(to);
+        }
+        Ok(())
+    }
+
     fn route_to_host(&mut self, env: Envelope) -> i32 {
         if env.kind == abi::KIND_REPLY {
             let reply = Reply { from: env.from, text: env.flags & abi::FLAG_TEXT != 0, payload: env.payload };
@@ -745,27 +758,34 @@ impl Shard {
     /// not in it go in whole.
     pub fn checkpoint(&mut self, options: SnapshotOptions) -> Result<Checkpoint, SnapshotFailure> {
         let kind = match options.capture {
-            Capture::Incremental => {
-                let bases = self.reactors.values().map(|r| r.snap_base.filter(|_| r.tracker.tracking()));
-                match snapshot::common_base(bases) {
-                    Some(base) => Kind::Delta { base },
-                    None => {
-                        return Err(SnapshotFailure::Chain(
-                            "no reactor has a tracked previous checkpoint: take a full one with `track: true` first"
-                                .into(),
-                        ));
-                    }
+            Capture::Incremental => match snapshot::common_base(self.tracked_bases().into_iter()) {
+                Some(base) => Kind::Delta { base },
+                None => {
+                    return Err(SnapshotFailure::Chain(
+                        "no reactor has a tracked previous checkpoint: take a full one with `track: true` first".into(),
+                    ));
                 }
-            }
+            },
             _ => Kind::Full,
         };
         let mut cp = Checkpoint::new(kind);
+        self.capture_all(options, &mut cp)?;
+        Ok(cp)
+    }
+
+    /// The snapshot each live reactor's tracked dirty pages are relative to.
+    pub(crate) fn tracked_bases(&self) -> Vec<Option<SnapshotId>> {
+        self.reactors.values().map(|r| r.snap_base.filter(|_| r.tracker.tracking())).collect()
+    }
+
+    /// Adds every live reactor to `cp`, in address order.
+    pub(crate) fn capture_all(&mut self, options: SnapshotOptions, cp: &mut Checkpoint) -> Result<(), SnapshotFailure> {
         let mut live: Vec<Address> = self.reactors.keys().copied().collect();
         live.sort_unstable();
         for a in live {
-            self.capture_into(a, options, &mut cp)?;
+            self.capture_into(a, options, cp)?;
         }
-        Ok(cp)
+        Ok(())
     }
 
     fn capture_into(
@@ -827,6 +847,16 @@ impl Shard {
         chain: &[SnapshotFile],
         options: RestoreOptions,
     ) -> Result<Vec<Address>, SnapshotFailure> {
+        self.restore_files_where(chain, options, &|_| true)
+    }
+
+    /// [`Shard::restore_files`] for the reactors `wanted` accepts.
+    pub(crate) fn restore_files_where(
+        &mut self,
+        chain: &[SnapshotFile],
+        options: RestoreOptions,
+        wanted: &dyn Fn(Address) -> bool,
+    ) -> Result<Vec<Address>, SnapshotFailure> {
         let links: Vec<(SnapshotId, Kind)> = chain.iter().map(|f| (f.header().id, f.header().kind)).collect();
         check_chain(&links)?;
         if options.verify {
@@ -836,7 +866,7 @@ impl Shard {
         }
         let last = chain.last().expect("checked non-empty");
         let mut plans = Vec::new();
-        for entry in &last.meta().reactors {
+        for entry in last.meta().reactors.iter().filter(|e| wanted(Address(e.address))) {
             let address = Address(entry.address);
             let mut layers = Vec::new();
             for (i, f) in chain.iter().enumerate() {
@@ -941,7 +971,7 @@ impl Shard {
     }
 
     /// Removes a reactor without recording a failure (undoing a restore).
-    fn discard(&mut self, address: Address) {
+    pub(crate) fn discard(&mut self, address: Address) {
         self.reactors.remove(&address);
         let router = self.router();
         router.modules.remove(&address);

@@ -2,7 +2,8 @@
 
 use super::EngineArgs;
 use crate::protocols::{FaultyCmd, KvReply, KvReq, PingMsg, PingReport};
-use crate::{Address, CallError, PendingCall, ReactorState, Runtime, guests, sys};
+use crate::snapshot::{Capture, Load, RestoreOptions, SnapshotFile, SnapshotOptions};
+use crate::{Address, CallError, PendingCall, ReactorState, Runtime, RuntimeConfig, Shard, guests, sys};
 use anyhow::{Context as _, bail, ensure};
 use std::collections::HashMap;
 use std::io::Write;
@@ -239,7 +240,20 @@ pub(crate) fn demo(engine_args: &EngineArgs, args: &DemoArgs) -> anyhow::Result<
         )
     });
 
-    // 5. A misbehaving reactor fails alone.
+    // Memory figures for the summary, before snapshots and restores (which
+    // allocate and free hundreds of MiB) disturb them.
+    let rss = sys::resident_bytes().unwrap_or(0);
+    let linear = rt.total_memory();
+    let maps = sys::mappings();
+
+    // 5. Snapshot it while it keeps answering; restore it eagerly and lazily.
+    snapshot_big(&engine, engine_args, &rt, big)?;
+
+    // 6. One consistent checkpoint of every reactor, restored into a second
+    // runtime that answers like the first.
+    checkpoint_all(&engine, args, &rt, &model)?;
+
+    // 7. A misbehaving reactor fails alone.
     let faulty = rt.spawn(&modules["faulty"], &[])?;
     let outcome = rt.call_typed::<_, u64>(faulty, &FaultyCmd::Panic("demo: a bug in a reactor".into()));
     match (&outcome, rt.state(faulty)) {
@@ -252,10 +266,8 @@ pub(crate) fn demo(engine_args: &EngineArgs, args: &DemoArgs) -> anyhow::Result<
     let _: KvReply = rt.call_typed(probe, &KvReq::Stats).context("a kv reactor stopped answering after the failure")?;
     println!("the other {} reactors keep running", rt.stats().live);
 
-    // 6. Summary.
+    // 8. Summary.
     let s = rt.stats();
-    let rss = sys::resident_bytes().unwrap_or(0);
-    let linear = rt.total_memory();
     println!("== summary ==");
     println!("reactors alive        {}", s.live);
     println!("reactors failed       {}", s.failed);
@@ -273,8 +285,119 @@ pub(crate) fn demo(engine_args: &EngineArgs, args: &DemoArgs) -> anyhow::Result<
         mib(rss.saturating_sub(rss0)),
         (rss.saturating_sub(rss0).saturating_sub(mem)) as f64 / 1024.0 / (s.live.max(2) - 1) as f64
     );
-    if let Some((maps, limit)) = sys::mappings() {
+    if let Some((maps, limit)) = maps {
         println!("memory mappings       {maps} (kernel limit vm.max_map_count = {limit})");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn demo_path(what: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("reactor-demo-{}-{what}.snap", std::process::id()))
+}
+
+fn gbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64().max(1e-9) / 1e9
+}
+
+/// Removes a file when dropped (the demo's snapshot files).
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn snapshot_big(
+    engine: &std::sync::Arc<crate::Engine>,
+    engine_args: &EngineArgs,
+    rt: &Runtime,
+    big: Address,
+) -> anyhow::Result<()> {
+    let path = demo_path("kv");
+    let _cleanup = Cleanup(path.clone());
+    let want: KvReply = rt.call_typed(big, &KvReq::Stats)?;
+    let t = Instant::now();
+    let cp = rt.snapshot(big, SnapshotOptions::new(Capture::Concurrent))?;
+    let pause = t.elapsed();
+    // It answers while the background copy runs.
+    let during: KvReply = rt.call_typed(big, &KvReq::Stats)?;
+    let answered = t.elapsed();
+    ensure!(during == want, "kv answered {during:?} during its snapshot, not {want:?}");
+    cp.wait();
+    let copied = t.elapsed();
+    let memory = cp.memory_bytes();
+    let report = cp.write(&path, &mut |_, _| {}).context("cannot write the demo snapshot")?;
+    println!(
+        "snapshot of kv {big}: {:.0} MiB of memory, {:.0} MiB stored; armed in {pause:.2?}, answered a request \
+         {answered:.2?} after the snapshot began, copied in the background in {copied:.2?} ({:.2} GB/s); file \
+         written and fsynced in {:.2?} ({:.2} GB/s)",
+        mib(memory),
+        mib(report.page_bytes),
+        gbps(memory, copied),
+        report.elapsed,
+        gbps(report.file_bytes, report.elapsed),
+    );
+    for options in [RestoreOptions::default(), RestoreOptions::lazy()] {
+        let mut shard = Shard::new(engine.clone(), engine_args.shard_config()?);
+        let t = Instant::now();
+        let file = SnapshotFile::open(&path, crate::abi::ABI_VERSION)?;
+        shard.restore_files(&[file], options)?;
+        let restored = t.elapsed();
+        let got: KvReply = shard.call_typed(big, &KvReq::Stats)?;
+        let first = t.elapsed();
+        ensure!(got == want, "restored kv answered {got:?}, not {want:?}");
+        let how = match options.load {
+            Load::Eager => "eagerly (read + checksum verified)",
+            Load::Lazy => "lazily (file pages mapped copy-on-write)",
+        };
+        let rate = match options.load {
+            Load::Eager => format!(" ({:.2} GB/s)", gbps(memory, restored)),
+            Load::Lazy => " (pages are read when first touched)".into(),
+        };
+        println!("restored kv {big} {how} in {restored:.2?}{rate}; first answer after {first:.2?}, identical");
+    }
+    Ok(())
+}
+
+fn checkpoint_all(
+    engine: &std::sync::Arc<crate::Engine>,
+    args: &DemoArgs,
+    rt: &Runtime,
+    model: &HashMap<(Address, String), String>,
+) -> anyhow::Result<()> {
+    let path = demo_path("all");
+    let _cleanup = Cleanup(path.clone());
+    let t = Instant::now();
+    let cp = rt.checkpoint(SnapshotOptions::new(Capture::Concurrent))?;
+    let paused = t.elapsed();
+    cp.wait();
+    let report = cp.write(&path, &mut |_, _| {}).context("cannot write the demo checkpoint")?;
+    println!(
+        "checkpoint of all {} reactors on {} shards: every shard paused {paused:.2?} at one boundary, {:.0} MiB of \
+         memory, {:.0} MiB stored, written and fsynced in {:.2?}",
+        cp.reactors().len(),
+        rt.shards(),
+        mib(cp.memory_bytes()),
+        mib(report.page_bytes),
+        report.elapsed,
+    );
+    drop(cp);
+    let config = RuntimeConfig { shards: rt.shards(), ..RuntimeConfig::default() };
+    let second = Runtime::new(engine.clone(), config).context("cannot start a second runtime")?;
+    let t = Instant::now();
+    let file = SnapshotFile::open(&path, crate::abi::ABI_VERSION)?;
+    let restored = second.restore_files(vec![file], RestoreOptions::lazy())?;
+    let took = t.elapsed();
+    let mut checked = 0;
+    for ((kv, key), value) in model.iter().take(args.kv.min(2000)) {
+        let got: KvReply = second.call_typed(*kv, &KvReq::Get { key: key.clone() })?;
+        ensure!(got == KvReply::Value(Some(value.clone())), "restored kv {kv} returned {got:?} for {key}");
+        checked += 1;
+    }
+    println!(
+        "restored all {} reactors into a second runtime in {took:.2?}; {checked} keys checked against the model",
+        restored.len()
+    );
+    Ok(())
 }

@@ -197,11 +197,25 @@ pub struct WriteReport {
 
 impl Checkpoint {
     pub(crate) fn new(kind: Kind) -> Self {
+        Self::with_id(SnapshotId::random(), kind)
+    }
+
+    /// An empty checkpoint with a given id (the parts of one checkpoint
+    /// taken on several shards).
+    pub(crate) fn with_id(id: SnapshotId, kind: Kind) -> Self {
         let created_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        Self { id: SnapshotId::random(), kind, created_unix_ms, parts: Vec::new(), blobs: BTreeMap::new() }
+        Self { id, kind, created_unix_ms, parts: Vec::new(), blobs: BTreeMap::new() }
+    }
+
+    /// Adds the reactors and blobs of `other` (a part of the same
+    /// checkpoint taken on another shard).
+    pub(crate) fn merge(&mut self, other: Checkpoint) {
+        self.parts.extend(other.parts);
+        self.parts.sort_by_key(|p| p.entry.address);
+        self.blobs.extend(other.blobs);
     }
 
     /// This checkpoint's id (a delta on it names it as its base).
@@ -364,14 +378,22 @@ pub(crate) fn capture(
         // notify `sys::protect` first, and only this reactor's thread
         // writes it.
         let c = unsafe { reactor.tracker.arm(base as *mut u8, len, cover, options.track) };
-        let c = c.map_err(|e| match e {
-            ArmError::NoBase => Error::NoBase(address),
-            other => Error::Os { address, reason: other.to_string() },
-        })?;
-        if options.capture == Capture::Blocking {
-            c.wait();
+        match c {
+            Ok(c) => {
+                if options.capture == Capture::Blocking {
+                    c.wait();
+                }
+                c
+            }
+            // Too many memories armed at once (a checkpoint of a huge
+            // population): copy this one now instead.
+            Err(ArmError::TooMany) if !options.track && cover == Cover::All => {
+                // SAFETY: as for the blocking capture above.
+                unsafe { protect::Capture::blocking(base as *const u8, len) }.map_err(os)?
+            }
+            Err(ArmError::NoBase) => return Err(Error::NoBase(address)),
+            Err(other) => return Err(Error::Os { address, reason: other.to_string() }),
         }
-        c
     };
     reactor.snap_base = options.track.then_some(checkpoint.id);
     let mut blobs = Vec::new();

@@ -548,9 +548,14 @@ fn mprotect(base: usize, len: usize, prot: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Protects the runs of set bits, or the whole range when there are many.
+/// Gaps between runs shorter than this are protected along with them:
+/// re-protecting a few already-protected pages is cheaper than a system call.
+const MERGE_GAP_PAGES: usize = 32;
+
+/// Protects the runs of set bits (nearby runs merged), or the whole range
+/// when there are many.
 fn protect_runs(base: usize, bits: &[u64], pages: usize, ps: usize) -> io::Result<()> {
-    let mut runs = Vec::new();
+    let mut runs: Vec<(usize, usize)> = Vec::new();
     let mut p = 0;
     while p < pages {
         if !bit(bits, p) {
@@ -561,7 +566,10 @@ fn protect_runs(base: usize, bits: &[u64], pages: usize, ps: usize) -> io::Resul
         while p < pages && bit(bits, p) {
             p += 1;
         }
-        runs.push((start, p - start));
+        match runs.last_mut() {
+            Some((s, n)) if start - (*s + *n) < MERGE_GAP_PAGES => *n = p - *s,
+            _ => runs.push((start, p - start)),
+        }
         if runs.len() > 4096 {
             return protect(base, pages * ps);
         }

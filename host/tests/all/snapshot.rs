@@ -387,3 +387,56 @@ fn shared_blob_child() {
     );
     assert!(restored < 2 * BLOB as i64, "blob restored more than once: {restored} bytes");
 }
+
+/// A checkpoint of a whole multi-shard runtime taken while two reactors on
+/// different shards play: the messages in flight between the shards are in
+/// it, so in a new runtime restored from it the game finishes with every
+/// ping and pong counted exactly once.
+#[test]
+fn a_runtime_checkpoint_mid_game_loses_and_duplicates_nothing() {
+    use host::protocols::{PingMsg, PingReport};
+    use host::{Runtime, RuntimeConfig};
+    const ROUNDS: u64 = 200_000;
+    let dir = tmp();
+    let runtime = || Runtime::new(engine(), RuntimeConfig { shards: 2, ..RuntimeConfig::default() }).unwrap();
+    let rt = runtime();
+    let pp = module("pingpong");
+    let a = rt.spawn_on(0, &pp, vec![], 0).unwrap();
+    let b = rt.spawn_on(1, &pp, vec![], 0).unwrap();
+    let play = PingMsg::Play { peer: Some(b.0), rounds: ROUNDS, window: 64, requests: false };
+    let pending = rt.request(a, postcard::to_allocvec(&play).unwrap(), false).unwrap();
+    // Let the game get going, then checkpoint while it runs.
+    let mut cp = None;
+    for _ in 0..200 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let r: PingReport = rt.call_typed(b, &PingMsg::Report).unwrap();
+        if r.pings > 1000 {
+            cp = Some(rt.checkpoint(SnapshotOptions::new(Capture::Concurrent)).unwrap());
+            break;
+        }
+    }
+    let cp = cp.expect("the game started");
+    drop(pending);
+    let path = dir.path().join("runtime.snap");
+    cp.write(&path, &mut |_, _| {}).unwrap();
+    assert_eq!(cp.reactors().len(), 2);
+    drop(rt);
+
+    let restored = runtime();
+    let files = vec![SnapshotFile::open(&path, abi::ABI_VERSION).unwrap()];
+    let got = restored.restore_files(files, RestoreOptions::lazy()).unwrap();
+    assert_eq!(got, { let mut v = vec![a, b]; v.sort(); v });
+    // The game resumes by itself from the queued messages; wait for it.
+    let mut last = PingReport::default();
+    for _ in 0..2000 {
+        last = restored.call_typed(a, &PingMsg::Report).unwrap();
+        if last.pongs >= ROUNDS {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let rb: PingReport = restored.call_typed(b, &PingMsg::Report).unwrap();
+    assert_eq!(restored.stats().dead_letters, 0, "no message reached a reactor not restored yet");
+    assert_eq!(last.pongs, ROUNDS, "every pong arrived once: {last:?}");
+    assert_eq!(rb.pings, ROUNDS, "every ping arrived once: {rb:?}");
+}
