@@ -81,20 +81,103 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// memcpy of `src` into a fresh zeroed allocation (pages faulted in by the
-/// copy, as for a snapshot buffer) and again into the now-faulted buffer.
+/// A fresh anonymous mapping: its pages are faulted in by the first write,
+/// exactly like a snapshot's capture buffer (a `Vec` may reuse memory the
+/// allocator already faulted in).
+struct Fresh {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Fresh {
+    fn new(len: usize) -> Self {
+        // SAFETY: a new private anonymous mapping; nothing else is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert!(p != libc::MAP_FAILED, "mmap failed");
+        Self { ptr: p.cast(), len }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` writable bytes owned by this value.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping this value owns.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// memcpy of `src` into a fresh mapping (pages faulted in by the copy, as
+/// for a snapshot buffer) and again into the now-faulted one.
 fn memcpy_baselines(src: &[u8], reps: usize) -> (Duration, Duration) {
     let mut fresh = Vec::new();
     let mut warm = Vec::new();
     for _ in 0..reps {
-        let mut dst = vec![0u8; src.len()];
-        let (_, d) = timed(|| dst.copy_from_slice(std::hint::black_box(src)));
+        let mut dst = Fresh::new(src.len());
+        let (_, d) = timed(|| dst.as_mut().copy_from_slice(std::hint::black_box(src)));
         fresh.push(d.as_secs_f64());
-        let (_, d) = timed(|| dst.copy_from_slice(std::hint::black_box(src)));
+        let (_, d) = timed(|| dst.as_mut().copy_from_slice(std::hint::black_box(src)));
         warm.push(d.as_secs_f64());
-        std::hint::black_box(&dst);
+        std::hint::black_box(dst.as_mut());
     }
     (Duration::from_secs_f64(median(fresh)), Duration::from_secs_f64(median(warm)))
+}
+
+/// Full snapshot vs postcard for a kv of ~`mb` MiB made of small entries
+/// (16-byte values), where serialization pays per entry.
+fn small_entries(report: &mut Report, engine: &Arc<host::Engine>, module: &Arc<host::LoadedModule>, mb: u64, reps: usize) -> Result<()> {
+    progress(format!("snapshot: kv of ~{mb} MiB in small entries"));
+    let mut rt = Shard::new(engine.clone(), config());
+    let a = rt.spawn(module, &[])?;
+    let entries = mb * 9_000;
+    let mut done = 0;
+    while done < entries {
+        let n = (entries - done).min(100_000);
+        call(&mut rt, a, &KvReq::Fill { prefix: format!("k{done:010}-"), count: n, value_len: 16, seed: done })?;
+        done += n;
+    }
+    let memory = rt.memory_size(a).unwrap() as u64;
+    let mut full = Vec::new();
+    for _ in 0..reps {
+        let (c, d) = timed(|| rt.snapshot(a, SnapshotOptions::new(Capture::Blocking)));
+        c?;
+        full.push(d.as_secs_f64());
+    }
+    let full = Duration::from_secs_f64(median(full));
+    let map: BTreeMap<String, String> = (0..entries)
+        .map(|i| (format!("k{:010}-{i:010}", i / 100_000 * 100_000), format!("{:016}", i * 7919)))
+        .collect();
+    let mut ser = Vec::new();
+    let mut len = 0;
+    for _ in 0..reps.min(3) {
+        let (bytes, d) = timed(|| postcard::to_allocvec(&map));
+        len = bytes?.len();
+        ser.push(d.as_secs_f64());
+    }
+    let ser = Duration::from_secs_f64(median(ser));
+    let mut f = Figure::new(
+        format!("full snapshot of {entries} small entries ({:.0} MiB memory): time vs serde", memory as f64 / (1 << 20) as f64),
+        ms(full),
+        "ms",
+    )
+    .baseline(format!("postcard of the native BTreeMap ({} MiB out)", len >> 20), ms(ser));
+    if mb == 100 {
+        f = f.below(ms(ser) / 10.0);
+    }
+    report.push(f);
+    Ok(())
 }
 
 /// Puts to existing keys spread over the whole map: each writes a few pages.
@@ -130,6 +213,7 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
     let engine = crate::harness::engine()?;
     let (module, _) = load_guest(&engine, "kv")?;
 
+    small_entries(&mut report, &engine, &module, if opts.quick { 10 } else { 100 }, reps)?;
     for &mb in sizes {
         progress(format!("snapshot: kv of ~{mb} MiB"));
         let mut rt = Shard::new(engine.clone(), config());

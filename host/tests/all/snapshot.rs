@@ -440,3 +440,72 @@ fn a_runtime_checkpoint_mid_game_loses_and_duplicates_nothing() {
     assert_eq!(last.pongs, ROUNDS, "every pong arrived once: {last:?}");
     assert_eq!(rb.pings, ROUNDS, "every ping arrived once: {rb:?}");
 }
+
+/// A hand-written reactor whose code can change its table loads and runs,
+/// but a snapshot of it is refused with the reason (its state is more than
+/// memory and globals); a hand-written one with several mutable globals, none
+/// exported, restores them all.
+#[test]
+fn modules_are_rewritten_so_every_global_is_captured_or_the_snapshot_refused() {
+    const ABI: &str = r#"(@custom "reactor.abi" "\01\00\00\00")"#;
+    let table = format!(
+        r#"(module {ABI}
+            (memory (export "memory") 1)
+            (table 2 funcref)
+            (func $f)
+            (func (export "reactor_init") (param i32) (result i32) i32.const 0)
+            (func (export "reactor_receive") (param i32 i32) (result i32)
+                (table.set (i32.const 0) (ref.func $f)) i32.const 0)
+            (elem declare func $f))"#
+    );
+    let (m, _) = engine().load(&wat::parse_str(table).unwrap()).unwrap();
+    let mut rt = shard();
+    let a = rt.spawn(&m, &[]).unwrap();
+    rt.send(a, vec![1], false).unwrap();
+    rt.run_until_idle();
+    match rt.snapshot(a, SnapshotOptions::default()) {
+        Err(Error::Unsupported { address, reason }) => {
+            assert_eq!(address, a);
+            assert!(reason.contains("table.set"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // Hidden globals: each message adds to three of them; memory untouched.
+    let globals = format!(
+        r#"(module {ABI}
+            (memory (export "memory") 1)
+            (global $a (mut i32) (i32.const 1))
+            (global $b (mut i64) (i64.const 2))
+            (global $c (mut f64) (f64.const 0.5))
+            (func (export "reactor_init") (param i32) (result i32) i32.const 0)
+            (func (export "reactor_receive") (param i32 i32) (result i32)
+                (global.set $a (i32.add (global.get $a) (i32.const 10)))
+                (global.set $b (i64.mul (global.get $b) (i64.const 3)))
+                (global.set $c (f64.add (global.get $c) (f64.const 0.25)))
+                ;; store them where the test can see them
+                (i32.store (i32.const 0) (global.get $a))
+                (i64.store (i32.const 8) (global.get $b))
+                (f64.store (i32.const 16) (global.get $c))
+                i32.const 0))"#
+    );
+    let (m, _) = engine().load(&wat::parse_str(globals).unwrap()).unwrap();
+    let a = rt.spawn(&m, &[]).unwrap();
+    for _ in 0..3 {
+        rt.send(a, vec![0], false).unwrap();
+        rt.run_until_idle();
+    }
+    let cp = rt.snapshot(a, SnapshotOptions::new(Capture::Blocking)).unwrap();
+    let mut fresh = shard();
+    fresh.restore(&[&cp]).unwrap();
+    // One more message on both: the globals must have continued, not reset.
+    for s in [&mut rt, &mut fresh] {
+        s.send(a, vec![0], false).unwrap();
+        s.run_until_idle();
+    }
+    let (x, y) = (rt.read_memory(a).unwrap(), fresh.read_memory(a).unwrap());
+    assert_eq!(&x[..24], &y[..24]);
+    assert_eq!(i32::from_le_bytes(y[0..4].try_into().unwrap()), 41);
+    assert_eq!(i64::from_le_bytes(y[8..16].try_into().unwrap()), 162);
+    assert_eq!(f64::from_le_bytes(y[16..24].try_into().unwrap()), 1.5);
+}
