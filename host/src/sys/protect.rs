@@ -371,8 +371,8 @@ impl Tracker {
     /// # Safety
     /// `[base, base + len)` must be a linear memory mapping (read-write,
     /// page-aligned, `len` a page multiple) that stays mapped at `base` until
-    /// this tracker is settled or the memory calls [`before_move`] /
-    /// [`forget`], and that no other thread writes. No Wasm or host code may
+    /// this tracker is released or the memory calls [`before_move`]
+    /// (which every move and free does), and that no other thread writes. No Wasm or host code may
     /// be writing it during this call.
     pub(crate) unsafe fn arm(
         &mut self,
@@ -386,8 +386,15 @@ impl Tracker {
         let ps = page_size();
         let pages = len / ps;
         let base = base as usize;
+        // Fallible allocation first, before any tracking state changes.
+        let dest = Mapping::new(pages * ps)?;
+        // Dirty pages are only a valid delta base if the previous capture
+        // asked to keep tracking.
+        let kept = std::mem::take(&mut self.keep);
         let old = self.region.take().filter(|r| !r.detached.load(Acquire) && r.base == base);
-        if cover == Cover::Dirty && old.is_none() {
+        if cover == Cover::Dirty && (old.is_none() || !kept) {
+            // Unprotect and unregister the old region (if any) as a whole.
+            self.region = old;
             self.release();
             return Err(ArmError::NoBase);
         }
@@ -413,7 +420,7 @@ impl Tracker {
             }
         }
         let capture = Arc::new(Capture {
-            dest: Mapping::new(pages * ps)?,
+            dest,
             pages,
             included,
             full: cover == Cover::All,
@@ -968,6 +975,92 @@ mod tests {
         t.release();
         // Writable again without faults.
         mem.as_mut_slice().fill(3);
+    }
+
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Write `value` at byte `offset` of page `page`.
+        Write { page: usize, offset: usize, value: u8 },
+        /// Arm a capture (then the next writes race its copier).
+        Arm { dirty: bool, keep: bool },
+        /// A message boundary.
+        Settle,
+    }
+
+    fn op(pages: usize) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0..pages, 0..4096usize, any::<u8>()).prop_map(|(page, offset, value)| Op::Write { page, offset, value }),
+            1 => (any::<bool>(), any::<bool>()).prop_map(|(dirty, keep)| Op::Arm { dirty, keep }),
+            1 => Just(Op::Settle),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the order of writes, arms and boundaries, every capture
+        /// holds exactly the memory as it was when it was armed (for a
+        /// delta: every page written since the previous capture, and the
+        /// pages it does not cover are unchanged since then).
+        #[test]
+        fn every_capture_equals_memory_at_its_arm(ops in proptest::collection::vec(op(64), 1..200)) {
+            let ps = page_size();
+            let pages = 64;
+            let mut mem = Mapping::new(pages * ps).unwrap();
+            let mut t = Tracker::default();
+            // (capture, memory at arm, memory at the previous capture)
+            let mut taken = Vec::new();
+            let mut last: Option<Vec<u8>> = None;
+            for op in ops {
+                match op {
+                    Op::Write { page, offset, value } => {
+                        // SAFETY: inside the mapping; the handler makes
+                        // protected pages writable first.
+                        unsafe { mem.ptr.add(page * ps + offset).write_volatile(value) };
+                    }
+                    Op::Arm { dirty, keep } => {
+                        let cover = if dirty { Cover::Dirty } else { Cover::All };
+                        // SAFETY: `mem` outlives the tracker (released
+                        // below) and only this thread writes it.
+                        match unsafe { t.arm(mem.ptr, mem.len(), cover, keep) } {
+                            Ok(c) => {
+                                let now = mem.as_slice().to_vec();
+                                taken.push((c, now.clone(), if dirty { last.clone() } else { None }));
+                                last = keep.then_some(now);
+                            }
+                            Err(ArmError::NoBase) => {
+                                prop_assert!(dirty);
+                                last = None;
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    Op::Settle => t.settle(),
+                }
+            }
+            for (c, at_arm, before) in &taken {
+                let img = c.image();
+                for p in 0..pages {
+                    let want = &at_arm[p * ps..(p + 1) * ps];
+                    if img.covers(p) {
+                        if img.is_nonzero(p) {
+                            prop_assert_eq!(&img.bytes[p * ps..(p + 1) * ps], want, "page {}", p);
+                        } else {
+                            prop_assert!(page_is_zero(want), "page {} captured as zero", p);
+                        }
+                    } else {
+                        let before = before.as_ref().expect("only deltas leave pages out");
+                        prop_assert_eq!(&before[p * ps..(p + 1) * ps], want, "uncovered page {} changed", p);
+                    }
+                }
+            }
+            drop(taken);
+            t.release();
+            // Writable again everywhere.
+            mem.as_mut_slice().fill(1);
+        }
     }
 
     #[test]
