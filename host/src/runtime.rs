@@ -423,18 +423,7 @@ impl Runtime {
     /// Runs `f` on the thread of `shard`, with that shard, and returns its
     /// result.
     pub fn inspect<R: Send + 'static>(&self, shard: usize, f: impl FnOnce(&mut Shard) -> R + Send + 'static) -> R {
-        let done: Arc<Completion<R>> = Completion::new();
-        let d = done.clone();
-        let mut cmd = Command::Inspect(Box::new(move |s| {
-            d.complete(f(s));
-        }));
-        loop {
-            match self.command(shard, cmd) {
-                Ok(()) => break,
-                Err(back) => cmd = back,
-            }
-        }
-        done.wait(None).expect("a shard always runs an inspection")
+        self.inspect_later(shard, f).wait(None).expect("a shard always runs an inspection")
     }
 
     /// Runs `f` on the thread of `shard` without waiting for it.

@@ -217,6 +217,9 @@ pub(crate) struct Region {
     capture: AtomicPtr<Capture>,
     /// Set when the memory moved or went away: tracking information is void.
     detached: AtomicBool,
+    /// Set when the copier lifted the protection of the whole region after
+    /// a capture that does not keep tracking.
+    open: AtomicBool,
 }
 
 /// One capture: pages copied into `dest` at their own offsets.
@@ -231,6 +234,8 @@ pub(crate) struct Capture {
     nonzero: Box<[AtomicU64]>,
     /// Covered pages not copied yet.
     pending: AtomicUsize,
+    /// Lift the region's protection once copied (no tracking kept).
+    open_after: bool,
     /// Pages copied by the fault handler (written before the copier got
     /// to them).
     faulted: AtomicUsize,
@@ -261,6 +266,7 @@ impl Capture {
             full: true,
             nonzero: nonzero.into_iter().map(AtomicU64::new).collect(),
             pending: AtomicUsize::new(0),
+            open_after: false,
             faulted: AtomicUsize::new(0),
             done: Mutex::new(true),
             done_cv: Condvar::new(),
@@ -414,7 +420,7 @@ impl Tracker {
                 included[p / 64] |= 1 << (p % 64);
                 count += 1;
             }
-            let was = old.as_ref().filter(|r| p < r.pages).map(|r| r.states[p].load(Acquire));
+            let was = old.as_ref().filter(|r| p < r.pages && !r.open.load(Acquire)).map(|r| r.states[p].load(Acquire));
             if was.is_none_or(|w| w == DIRTY) {
                 writable[p / 64] |= 1 << (p % 64);
             }
@@ -426,6 +432,7 @@ impl Tracker {
             full: cover == Cover::All,
             nonzero: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             pending: AtomicUsize::new(count),
+            open_after: !keep_tracking && count > 0,
             faulted: AtomicUsize::new(0),
             done: Mutex::new(count == 0),
             done_cv: Condvar::new(),
@@ -436,6 +443,7 @@ impl Tracker {
             states,
             capture: AtomicPtr::new(Arc::into_raw(capture.clone()).cast_mut()),
             detached: AtomicBool::new(false),
+            open: AtomicBool::new(false),
         });
         // Swap the registration before protecting, so no fault in the range
         // ever finds no region.
@@ -509,6 +517,7 @@ impl Tracker {
         }
         if let Some(r) = self.region.take()
             && !r.detached.swap(true, AcqRel)
+            && !r.open.load(Acquire)
         {
             let _ = unprotect(r.base, r.pages * page_size());
         }
@@ -728,6 +737,13 @@ fn run_copy(region: &Region, capture: &Capture) {
     while capture.pending.load(Acquire) != 0 {
         std::thread::yield_now();
     }
+    // Lift the protection here, off the reactor's thread, unless tracking
+    // goes on. Before `mark_done`: a memory that moves or is freed waits for
+    // that first (`before_move`), so this never touches a reused range.
+    if capture.open_after && !region.detached.load(Acquire) {
+        let _ = unprotect(region.base, region.pages * ps);
+        region.open.store(true, Release);
+    }
     capture.mark_done();
 }
 
@@ -757,15 +773,18 @@ pub(crate) fn before_move(base: usize) {
                 }
             }
             let c = r.capture.load(Acquire);
-            // SAFETY: the tracker releases the capture only after it is done
-            // and we hold `users`; a non-null pointer is live.
+            // SAFETY: the tracker releases the capture only on this thread
+            // (the memory's owner) and we hold `users`; a non-null pointer
+            // is live.
             if let Some(c) = unsafe { c.as_ref() } {
-                while c.pending.load(Acquire) != 0 {
-                    std::thread::yield_now();
-                }
+                // Until the copier is completely done with the range.
+                c.wait();
             }
+            let was_open = r.open.load(Acquire);
             r.detached.store(true, Release);
-            let _ = unprotect(r.base, r.pages * page_size());
+            if !was_open {
+                let _ = unprotect(r.base, r.pages * page_size());
+            }
         }
         s.users.fetch_sub(1, SeqCst);
     }
