@@ -404,27 +404,51 @@ impl Tracker {
             self.release();
             return Err(ArmError::NoBase);
         }
-        let states: Box<[AtomicU8]> = (0..pages)
-            .map(|p| {
-                let was = old.as_ref().filter(|r| p < r.pages).map(|r| r.states[p].load(Acquire)).unwrap_or(DIRTY);
-                AtomicU8::new(if cover == Cover::All || was == DIRTY { PENDING } else { CLEAN })
-            })
-            .collect();
         let mut included = vec![0u64; pages.div_ceil(64)];
         // Pages writable now: all of them, unless an earlier capture left
         // them protected (then only those written since, and new ones).
         let mut writable = vec![0u64; pages.div_ceil(64)];
         let mut count = 0;
-        for (p, s) in states.iter().enumerate() {
-            if s.load(Relaxed) == PENDING {
-                included[p / 64] |= 1 << (p % 64);
-                count += 1;
-            }
-            let was = old.as_ref().filter(|r| p < r.pages && !r.open.load(Acquire)).map(|r| r.states[p].load(Acquire));
+        let mut mark = |p: usize, was: Option<u8>| -> u8 {
             if was.is_none_or(|w| w == DIRTY) {
                 writable[p / 64] |= 1 << (p % 64);
             }
-        }
+            if cover == Cover::All || was.is_none_or(|w| w == DIRTY) {
+                included[p / 64] |= 1 << (p % 64);
+                count += 1;
+                PENDING
+            } else {
+                CLEAN
+            }
+        };
+        // The same memory, tracked since the last capture and still the same
+        // size: turn its page states over in place and keep its registration
+        // (no allocation proportional to the memory, no table update).
+        let reusable = old.as_ref().is_some_and(|r| kept && r.pages == pages && !r.open.load(Acquire));
+        let (region, fresh) = match old {
+            Some(r) if reusable => {
+                for (p, st) in r.states.iter().enumerate() {
+                    st.store(mark(p, Some(st.load(Acquire))), Release);
+                }
+                (r, false)
+            }
+            old => {
+                let states: Box<[AtomicU8]> = {
+                    let prior = region_states(&old);
+                    (0..pages).map(|p| AtomicU8::new(mark(p, prior(p)))).collect()
+                };
+                let region = Arc::new(Region {
+                    base,
+                    pages,
+                    states,
+                    capture: AtomicPtr::new(ptr::null_mut()),
+                    detached: AtomicBool::new(false),
+                    open: AtomicBool::new(false),
+                });
+                drop(old);
+                (region, true)
+            }
+        };
         let capture = Arc::new(Capture {
             dest,
             pages,
@@ -437,31 +461,25 @@ impl Tracker {
             done: Mutex::new(count == 0),
             done_cv: Condvar::new(),
         });
-        let region = Arc::new(Region {
-            base,
-            pages,
-            states,
-            capture: AtomicPtr::new(Arc::into_raw(capture.clone()).cast_mut()),
-            detached: AtomicBool::new(false),
-            open: AtomicBool::new(false),
-        });
-        // Swap the registration before protecting, so no fault in the range
-        // ever finds no region.
-        if let Some(slot) = self.slot.take() {
-            unregister(slot);
-        }
-        drop(old);
-        let slot = match register(&region) {
-            Some(s) => s,
-            None => {
-                // SAFETY: the pointer came from Arc::into_raw above and the
-                // region was never published.
-                drop(unsafe { Arc::from_raw(region.capture.load(Acquire)) });
-                unprotect(base, pages * ps)?;
-                return Err(ArmError::TooMany);
+        region.capture.store(Arc::into_raw(capture.clone()).cast_mut(), Release);
+        if fresh {
+            // Swap the registration before protecting, so no fault in the
+            // range ever finds no region.
+            if let Some(slot) = self.slot.take() {
+                unregister(slot);
             }
-        };
-        self.slot = Some(slot);
+            let slot = match register(&region) {
+                Some(s) => s,
+                None => {
+                    // SAFETY: the pointer came from Arc::into_raw above and
+                    // the region was never published.
+                    drop(unsafe { Arc::from_raw(region.capture.load(Acquire)) });
+                    unprotect(base, pages * ps)?;
+                    return Err(ArmError::TooMany);
+                }
+            };
+            self.slot = Some(slot);
+        }
         // Arming costs a page-table walk per protected page; pages an
         // earlier capture left protected need none.
         let protected = protect_runs(base, &writable, pages, ps);
@@ -542,6 +560,13 @@ impl Drop for Tracker {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// The state each page had in `old` (None: unknown, i.e. writable),
+/// ignoring a region whose protection was lifted as a whole.
+fn region_states(old: &Option<Arc<Region>>) -> impl Fn(usize) -> Option<u8> + '_ {
+    let live = old.as_ref().filter(|r| !r.open.load(Acquire));
+    move |p| live.filter(|r| p < r.pages).map(|r| r.states[p].load(Acquire))
 }
 
 fn protect(base: usize, len: usize) -> io::Result<()> {
