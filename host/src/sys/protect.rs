@@ -28,9 +28,11 @@
 //!
 //! A write to a `CLEAN` page (outside any capture) just unprotects it and
 //! marks it `DIRTY`: that is the dirty tracking incremental captures use.
-//! A region that is not kept for tracking is unprotected as a whole (one
-//! `mprotect`, so the kernel merges its mappings again) at the first boundary
-//! after its capture completes.
+//! A region that is not kept for tracking is unprotected as a whole by the
+//! copier once its copy is complete (one `mprotect`, off the reactor's
+//! thread, so the kernel merges its mappings again); the reactor only drops
+//! the registration at its next boundary. Re-arming a tracked region of the
+//! same size turns its states over in place.
 //!
 //! Zero pages are detected while copying and not stored.
 //!
