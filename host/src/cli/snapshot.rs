@@ -114,18 +114,25 @@ pub(crate) fn save(rt: &mut Shard, reactor: Address, path: &Path) -> anyhow::Res
 /// Loads the modules a snapshot chain needs: the given files, then built
 /// guests whose hash matches.
 fn load_modules(engine: &Engine, files: &[SnapshotFile], given: &[PathBuf]) -> anyhow::Result<()> {
+    let mut given_hashes = Vec::new();
     for path in given {
-        engine.load_file(path).with_context(|| format!("{} is not a usable reactor module", path.display()))?;
+        let (m, _) =
+            engine.load_file(path).with_context(|| format!("{} is not a usable reactor module", path.display()))?;
+        given_hashes.push(m.hash);
     }
-    let mut missing: Vec<ModuleHash> = files
-        .iter()
-        .flat_map(|f| f.meta().reactors.iter().map(|r| ModuleHash(r.module)))
-        .filter(|h| engine.module(h).is_none())
-        .collect();
+    let needed: Vec<ModuleHash> =
+        files.iter().flat_map(|f| f.meta().reactors.iter().map(|r| ModuleHash(r.module))).collect();
+    let mut missing: Vec<ModuleHash> = needed.iter().copied().filter(|h| engine.module(h).is_none()).collect();
     missing.sort();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
+    }
+    // A module was given and it is not one the snapshot was taken of.
+    if let (Some(want), [got]) = (missing.first(), given_hashes.as_slice())
+        && !needed.contains(got)
+    {
+        return Err(crate::snapshot::SnapshotError::WrongModule { snapshot: want.to_hex(), module: got.to_hex() }.into());
     }
     for name in crate::guests::ALL {
         if let Ok(bytes) = std::fs::read(crate::guests::path(name))

@@ -91,3 +91,59 @@ fn demo_runs_small() {
     assert!(stdout.contains("failed as asked"), "{stdout}");
     assert!(stdout.contains("verified"), "{stdout}");
 }
+
+#[test]
+fn snapshot_inspect_and_restore_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("kv.snap");
+    let again = dir.path().join("kv2.snap");
+    let kv = host::guests::path("kv");
+    let out = host(&[
+        "snapshot",
+        kv.to_str().unwrap(),
+        "-o",
+        snap.to_str().unwrap(),
+        r#"{"Put":{"key":"a","value":"hello"}}"#,
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("snapshot of #0:1"), "{}", text(&out.stderr));
+
+    let out = host(&["inspect", snap.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("kind       full") && stdout.contains("check      ok"), "{stdout}");
+
+    for lazy in [false, true] {
+        let mut args = vec!["restore", snap.to_str().unwrap(), "--send", r#"{"Get":{"key":"a"}}"#];
+        if lazy {
+            args.push("--lazy");
+        } else {
+            args.extend(["-o", again.to_str().unwrap()]);
+        }
+        let out = host(&args);
+        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), r#"{"Value":"hello"}"#);
+    }
+    let out = host(&["inspect", again.to_str().unwrap(), "--no-verify"]);
+    assert!(out.status.success() && text(&out.stdout).contains("queued messages 0"), "{}", text(&out.stdout));
+
+    // A damaged page: inspect says so and fails; restore refuses it.
+    let mut bytes = std::fs::read(&snap).unwrap();
+    bytes[4096 + 7] ^= 0x55;
+    let bad = dir.path().join("bad.snap");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = host(&["inspect", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stdout).contains("page data is corrupt"), "{}", text(&out.stdout));
+    let out = host(&["restore", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("page data is corrupt"), "{}", text(&out.stderr));
+
+    // Not a snapshot at all, and a module that is not the snapshot's.
+    let out = host(&["inspect", kv.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out.stderr).contains("not a reactor snapshot file"));
+    let counter = host::guests::path("counter");
+    let out = host(&["restore", snap.to_str().unwrap(), "--module", counter.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("snapshot was taken of module"), "{}", text(&out.stderr));
+}
