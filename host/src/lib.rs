@@ -21,6 +21,7 @@
 //! - [`refs`] — restart-stable tags (addresses, blob tags, correlation ids
 //!   from one node-wide, optionally persisted counter) and shared immutable
 //!   blobs reactors hold by tag.
+//! - [`net`] — node-to-node wire frames and mutual authentication.
 //! - [`sys`] — the only platform code: host-owned linear memories
 //!   (mmap/mremap), process memory figures.
 //! - `guests` — paths of the example reactors the build compiles.
@@ -30,6 +31,7 @@
 mod engine;
 mod hostcalls;
 mod inbox;
+pub mod net;
 mod port;
 mod reactor;
 pub mod refs;
