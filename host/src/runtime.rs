@@ -26,7 +26,7 @@ use crate::port::{Completion, HostPort, ReplySlot};
 use crate::reactor::Address;
 use crate::refs::{Refs, RefsError, TagSource};
 use crate::snapshot::{
-    Capture, Checkpoint, Error as SnapshotFailure, Kind, RestoreOptions, SnapshotFile, SnapshotId, SnapshotOptions,
+    Capture, Checkpoint, Error as SnapshotFailure, RestoreOptions, SnapshotFile, SnapshotId, SnapshotOptions,
 };
 use crate::shard::{CallError, Envelope, ReactorState, Reply, SendError, Shard, ShardConfig, ShardStats, SpawnError};
 use guest_sdk::abi;
@@ -463,21 +463,11 @@ impl Runtime {
     /// yet accepted and are not in the checkpoint.
     pub fn checkpoint(&self, options: SnapshotOptions) -> Result<Checkpoint, SnapshotFailure> {
         let n = self.shards.len();
-        let kind = match options.capture {
-            Capture::Incremental => {
-                let bases: Vec<_> = (0..n).flat_map(|i| self.inspect(i, |s| s.tracked_bases())).collect();
-                match crate::snapshot::common_base(bases.into_iter()) {
-                    Some(base) => Kind::Delta { base },
-                    None => {
-                        return Err(SnapshotFailure::Chain(
-                            "no reactor has a tracked previous checkpoint: take a full one with `track: true` first"
-                                .into(),
-                        ));
-                    }
-                }
-            }
-            _ => Kind::Full,
+        let bases: Vec<_> = match options.capture {
+            Capture::Incremental => (0..n).flat_map(|i| self.inspect(i, |s| s.tracked_bases())).collect(),
+            _ => Vec::new(),
         };
+        let kind = crate::snapshot::checkpoint_kind(options.capture, bases.into_iter())?;
         let id = SnapshotId::random();
         let paused = Arc::new(Barrier::new(n));
         let drained = Arc::new(Barrier::new(n));

@@ -757,17 +757,7 @@ impl Shard {
     /// gives a delta on the previous tracked checkpoint; reactors that were
     /// not in it go in whole.
     pub fn checkpoint(&mut self, options: SnapshotOptions) -> Result<Checkpoint, SnapshotFailure> {
-        let kind = match options.capture {
-            Capture::Incremental => match snapshot::common_base(self.tracked_bases().into_iter()) {
-                Some(base) => Kind::Delta { base },
-                None => {
-                    return Err(SnapshotFailure::Chain(
-                        "no reactor has a tracked previous checkpoint: take a full one with `track: true` first".into(),
-                    ));
-                }
-            },
-            _ => Kind::Full,
-        };
+        let kind = snapshot::checkpoint_kind(options.capture, self.tracked_bases().into_iter())?;
         let mut cp = Checkpoint::new(kind);
         self.capture_all(options, &mut cp)?;
         Ok(cp)
@@ -813,19 +803,9 @@ impl Shard {
         let links: Vec<(SnapshotId, Kind)> = chain.iter().map(|c| (c.id, c.kind)).collect();
         check_chain(&links)?;
         let last = chain.last().expect("checked non-empty");
-        let mut plans = Vec::new();
-        for part in &last.parts {
-            let address = Address(part.entry.address);
-            let mut layers = Vec::new();
-            for (i, cp) in chain.iter().enumerate() {
-                match cp.parts.iter().find(|p| p.entry.address == part.entry.address) {
-                    Some(p) => layers.push(snapshot::restore::Layer::Memory(p)),
-                    None if layers.is_empty() => {}
-                    None => return Err(gone(address, i)),
-                }
-            }
-            plans.push((address, layers));
-        }
+        let plans = plan(last.parts.iter().map(|p| p.entry.address), chain.len(), |i, a| {
+            chain[i].parts.iter().find(|p| p.entry.address == a).map(snapshot::restore::Layer::Memory)
+        })?;
         let blobs = |tag: u64| -> Result<Arc<crate::refs::Blob>, SnapshotFailure> {
             chain
                 .iter()
@@ -865,19 +845,11 @@ impl Shard {
             }
         }
         let last = chain.last().expect("checked non-empty");
-        let mut plans = Vec::new();
-        for entry in last.meta().reactors.iter().filter(|e| wanted(Address(e.address))) {
-            let address = Address(entry.address);
-            let mut layers = Vec::new();
-            for (i, f) in chain.iter().enumerate() {
-                match f.meta().reactors.iter().find(|e| e.address == entry.address) {
-                    Some(e) => layers.push(snapshot::restore::Layer::File(f, e)),
-                    None if layers.is_empty() => {}
-                    None => return Err(gone(address, i)),
-                }
-            }
-            plans.push((address, layers));
-        }
+        let wanted_here = last.meta().reactors.iter().map(|e| e.address).filter(|&a| wanted(Address(a)));
+        let plans = plan(wanted_here, chain.len(), |i, a| {
+            let f = &chain[i];
+            f.meta().reactors.iter().find(|e| e.address == a).map(|e| snapshot::restore::Layer::File(f, e))
+        })?;
         self.restore_plans(plans, options.load, &|tag, refs| {
             if let Some(b) = refs.blob(tag) {
                 return Ok(b);
@@ -985,10 +957,33 @@ impl Shard {
 /// Where a restore finds the shared blobs its reactors hold.
 type BlobSource<'a> = dyn Fn(u64, &Refs) -> Result<Arc<crate::refs::Blob>, SnapshotFailure> + 'a;
 
-fn gone(address: Address, i: usize) -> SnapshotFailure {
-    SnapshotFailure::Chain(format!(
-        "reactor {address} is missing from snapshot {i} of the chain but present after it"
-    ))
+/// For each reactor of the chain's last checkpoint, its layers in chain
+/// order (`find(i, address)`: its entry in checkpoint `i`). A reactor may
+/// first appear late in the chain (spawned after the base), but once there
+/// it must be in every later checkpoint.
+fn plan<'a>(
+    addresses: impl Iterator<Item = u64>,
+    chain_len: usize,
+    find: impl Fn(usize, u64) -> Option<snapshot::restore::Layer<'a>>,
+) -> Result<Vec<(Address, Vec<snapshot::restore::Layer<'a>>)>, SnapshotFailure> {
+    addresses
+        .map(|a| {
+            let address = Address(a);
+            let mut layers = Vec::new();
+            for i in 0..chain_len {
+                match find(i, a) {
+                    Some(l) => layers.push(l),
+                    None if layers.is_empty() => {}
+                    None => {
+                        return Err(SnapshotFailure::Chain(format!(
+                            "reactor {address} is missing from snapshot {i} of the chain but present after it"
+                        )));
+                    }
+                }
+            }
+            Ok((address, layers))
+        })
+        .collect()
 }
 
 /// A chain must be one full snapshot followed by deltas, each on the one

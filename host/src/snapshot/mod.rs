@@ -258,7 +258,7 @@ impl Checkpoint {
             .iter()
             .map(|p| {
                 let img = p.pages.image();
-                (0..img.pages).filter(|&q| img.covers(q) && img.is_nonzero(q)).count() as u64 * ps
+                img.runs(usize::MAX).filter(|r| r.2).map(|(a, b, _)| (b - a) as u64 * ps).sum::<u64>()
             })
             .sum()
     }
@@ -299,17 +299,7 @@ impl Checkpoint {
         for part in &self.parts {
             let img = part.pages.image();
             let mut entry = part.entry.clone();
-            let mut p = 0;
-            while p < img.pages {
-                if !img.covers(p) {
-                    p += 1;
-                    continue;
-                }
-                let nonzero = img.is_nonzero(p);
-                let start = p;
-                while p < img.pages && img.covers(p) && img.is_nonzero(p) == nonzero && p - start < CHUNK_PAGES {
-                    p += 1;
-                }
+            for (start, p, nonzero) in img.runs(CHUNK_PAGES) {
                 if nonzero {
                     let off = w.append_pages(&img.bytes[start * ps..p * ps])?;
                     // Consecutive chunks of one run land back to back: merge.
@@ -418,14 +408,26 @@ pub(crate) fn capture(
     Ok(())
 }
 
-/// The base a delta checkpoint of these reactors applies on: the base they
-/// all share, or the one most of them share (the others go in whole).
-pub(crate) fn common_base<'a>(bases: impl Iterator<Item = Option<SnapshotId>> + 'a) -> Option<SnapshotId> {
+/// The kind of a checkpoint of reactors whose tracked bases are `bases`:
+/// full unless `capture` is incremental, then a delta on the base they all
+/// share, or the one most of them share (the others go in whole).
+pub(crate) fn checkpoint_kind(
+    capture: Capture,
+    bases: impl Iterator<Item = Option<SnapshotId>>,
+) -> Result<Kind, Error> {
+    if capture != Capture::Incremental {
+        return Ok(Kind::Full);
+    }
     let mut counts: BTreeMap<[u8; 16], usize> = BTreeMap::new();
     for b in bases.flatten() {
         *counts.entry(b.0).or_default() += 1;
     }
-    counts.into_iter().max_by_key(|&(_, n)| n).map(|(id, _)| SnapshotId(id))
+    match counts.into_iter().max_by_key(|&(_, n)| n) {
+        Some((id, _)) => Ok(Kind::Delta { base: SnapshotId(id) }),
+        None => Err(Error::Chain(
+            "no reactor has a tracked previous checkpoint: take a full one with `track: true` first".into(),
+        )),
+    }
 }
 
 pub(crate) fn record(env: &Envelope) -> EnvelopeRecord {

@@ -121,17 +121,7 @@ pub(crate) fn fill(reactor: &mut Reactor, address: Address, layers: &[Layer<'_>]
                 // The first layer went onto zeroed memory: its zero pages
                 // need nothing.
                 let zero_needed = i > 0;
-                let mut p = 0;
-                while p < img.pages {
-                    if !img.covers(p) {
-                        p += 1;
-                        continue;
-                    }
-                    let nonzero = img.is_nonzero(p);
-                    let start = p;
-                    while p < img.pages && img.covers(p) && img.is_nonzero(p) == nonzero {
-                        p += 1;
-                    }
+                for (start, p, nonzero) in img.runs(usize::MAX) {
                     if nonzero {
                         target.write(start * ps, &img.bytes[start * ps..p * ps]).map_err(os)?;
                     } else if zero_needed {

@@ -335,6 +335,25 @@ impl CapturedPages<'_> {
     pub(crate) fn is_nonzero(&self, p: usize) -> bool {
         bit(&self.nonzero, p)
     }
+
+    /// Runs of covered pages, each all non-zero or all zero and at most
+    /// `max` pages long: `(first page, end page, non-zero)`.
+    pub(crate) fn runs(&self, max: usize) -> impl Iterator<Item = (usize, usize, bool)> + '_ {
+        let mut p = 0;
+        std::iter::from_fn(move || {
+            while p < self.pages && !self.covers(p) {
+                p += 1;
+            }
+            if p == self.pages {
+                return None;
+            }
+            let (start, nonzero) = (p, self.is_nonzero(p));
+            while p < self.pages && self.covers(p) && self.is_nonzero(p) == nonzero && p - start < max {
+                p += 1;
+            }
+            Some((start, p, nonzero))
+        })
+    }
 }
 
 /// Which pages a capture covers.
