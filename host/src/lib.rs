@@ -32,6 +32,7 @@ mod engine;
 mod hostcalls;
 mod inbox;
 pub mod net;
+pub mod node;
 mod port;
 mod reactor;
 pub mod refs;
@@ -46,6 +47,7 @@ pub mod guests;
 pub use engine::{CodeSource, Engine, EngineConfig, LoadError, LoadedModule, ModuleHash};
 pub use hostcalls::GuestFault;
 pub use reactor::{Address, Failure, FailureReason, Limits};
+pub use port::Outbound;
 pub use runtime::{PendingCall, Runtime, RuntimeConfig};
 pub use shard::{
     CallError, Envelope, ReactorState, Reply, RequestId, SendError, Shard, ShardConfig, ShardStats, SpawnError,

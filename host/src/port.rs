@@ -10,7 +10,7 @@ use crate::shard::{CallError, Envelope, Reply};
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::Instant;
 
@@ -100,6 +100,18 @@ pub(crate) struct HostPort {
     corr: Mutex<LocalTags>,
     messages: Mutex<VecDeque<Envelope>>,
     capacity: usize,
+    /// Where messages for reactors on other nodes go (set once by the node).
+    remote: OnceLock<Arc<dyn Outbound>>,
+}
+
+/// The way out to other nodes: the node's transport implements it. Called
+/// on shard threads, so it must not block.
+pub trait Outbound: Send + Sync + std::fmt::Debug {
+    /// Queues `env` for `to`, a reactor or host on another node. Returns an
+    /// `abi::STATUS_*`: `STATUS_OK` once queued, `STATUS_INBOX_FULL` when
+    /// the way to that node is backed up (the sender may retry),
+    /// `STATUS_NO_SUCH_REACTOR` when no live node has that id.
+    fn send(&self, to: Address, env: Envelope) -> i32;
 }
 
 impl HostPort {
@@ -110,8 +122,20 @@ impl HostPort {
             corr: Mutex::default(),
             messages: Mutex::new(VecDeque::new()),
             capacity: mailbox_capacity,
+            remote: OnceLock::new(),
         })
     }
+
+    /// Sets the way to other nodes; false if one was set already.
+    pub(crate) fn set_remote(&self, out: Arc<dyn Outbound>) -> bool {
+        self.remote.set(out).is_ok()
+    }
+
+    /// The way to other nodes, if this runtime is part of a cluster.
+    pub(crate) fn remote(&self) -> Option<&Arc<dyn Outbound>> {
+        self.remote.get()
+    }
+
 
     /// A fresh correlation id for a request from outside, from the node's
     /// tag space like the shards' (unique across restarts).
@@ -143,13 +167,18 @@ impl HostPort {
 
     /// Answers every request waiting on `target` with `err`.
     pub(crate) fn fail_target(&self, target: Address, err: impl Fn() -> CallError) {
-        let slots: Vec<ReplySlot> = {
+        self.fail_where(|t| t == target, |_| err());
+    }
+
+    /// Answers every request waiting on a target that `which` picks.
+    pub(crate) fn fail_where(&self, which: impl Fn(Address) -> bool, err: impl Fn(Address) -> CallError) {
+        let slots: Vec<(Address, ReplySlot)> = {
             let mut pending = self.pending.lock().unwrap();
-            let corrs: Vec<u64> = pending.iter().filter(|(_, (t, _))| *t == target).map(|(c, _)| *c).collect();
-            corrs.into_iter().filter_map(|c| pending.remove(&c)).map(|(_, s)| s).collect()
+            let corrs: Vec<u64> = pending.iter().filter(|(_, (t, _))| which(*t)).map(|(c, _)| *c).collect();
+            corrs.into_iter().filter_map(|c| pending.remove(&c)).collect()
         };
-        for s in slots {
-            s.complete(Err(err()));
+        for (t, s) in slots {
+            s.complete(Err(err(t)));
         }
     }
 

@@ -29,8 +29,19 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 pub struct Address(pub u64);
 
 impl Address {
-    /// The outside world.
+    /// The outside world of a process that is not in a cluster (node 0).
     pub const HOST: Address = Address(abi::HOST_ADDRESS);
+
+    /// The outside world of node `node`: its host (serial 0 is never a
+    /// reactor). A reply to it from any node reaches that node's host.
+    pub const fn host_of(node: u16) -> Address {
+        Address::new(node, 0, 0)
+    }
+
+    /// Whether this is some node's host rather than a reactor.
+    pub const fn is_host(self) -> bool {
+        self.serial() == 0
+    }
 }
 
 impl fmt::Display for Address {
@@ -39,6 +50,9 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if *self == Self::HOST {
             return f.write_str("#host");
+        }
+        if self.is_host() && self.0 & ((1u64 << 48) - 1) == 0 {
+            return write!(f, "#{}.host", self.node());
         }
         match self.node() {
             0 => write!(f, "#{}:{}", self.shard(), self.serial()),

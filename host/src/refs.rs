@@ -171,7 +171,7 @@ impl Address {
 
 /// Why a string is not an address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not an address (expected #host, #<shard>:<serial> or #<node>.<shard>:<serial>): {reason}")]
+#[error("`{input}` is not an address (expected #host, #<node>.host, #<shard>:<serial> or #<node>.<shard>:<serial>): {reason}")]
 pub struct ParseAddressError {
     input: String,
     reason: &'static str,
@@ -187,6 +187,10 @@ impl FromStr for Address {
         let body = s.strip_prefix('#').unwrap_or(s);
         if body == "host" {
             return Ok(Address::HOST);
+        }
+        if let Some(node) = body.strip_suffix(".host") {
+            let node = node.parse::<u16>().map_err(|_| err("the node is not a number up to 65535"))?;
+            return Ok(Address::host_of(node));
         }
         let (front, serial) = body.split_once(':').ok_or_else(|| err("no `:` before the serial"))?;
         let (node, shard) = match front.split_once('.') {

@@ -22,7 +22,7 @@
 #![forbid(unsafe_code)]
 
 use crate::engine::{Engine, LoadedModule};
-use crate::port::{Completion, HostPort, ReplySlot};
+use crate::port::{Completion, HostPort, Outbound, ReplySlot};
 use crate::reactor::Address;
 use crate::refs::{Refs, RefsError, TagSource};
 use crate::snapshot::{
@@ -388,8 +388,51 @@ impl Runtime {
             return Err(SendError::NoSuchReactor(to));
         }
         let flags = if text { abi::FLAG_TEXT } else { 0 };
-        let env = Envelope { kind, flags, from: Address::HOST, corr, payload };
+        let env = Envelope { kind, flags, from: Address::host_of(self.refs.node()), corr, payload };
+        if to.node() != self.refs.node() {
+            // A reactor on another node: straight to the transport.
+            let Some(out) = self.port.remote() else { return Err(SendError::NoSuchReactor(to)) };
+            return match out.send(to, env) {
+                abi::STATUS_OK => Ok(()),
+                abi::STATUS_INBOX_FULL => Err(SendError::InboxFull(to)),
+                _ => Err(SendError::NoSuchReactor(to)),
+            };
+        }
         self.command(self.shard_of(to), Command::Deliver { to, env }).map_err(|_| SendError::InboxFull(to))
+    }
+
+    /// Connects this runtime to other nodes: messages for addresses whose
+    /// node bits are not this node's go to `out`. Set once; false if a way
+    /// out was set already.
+    pub fn set_remote(&self, out: Arc<dyn Outbound>) -> bool {
+        self.port.set_remote(out)
+    }
+
+    /// Hands over a message that arrived from another node for `to` on this
+    /// node: a reactor (through its shard's command ring; a full inbox holds
+    /// it there, so backpressure reaches the transport as `InboxFull`) or
+    /// this node's host (the answer to one of its requests, or a message
+    /// for its mailbox).
+    pub fn deliver_from_network(&self, to: Address, env: Envelope) -> Result<(), SendError> {
+        if to.node() != self.refs.node() {
+            return Err(SendError::NoSuchReactor(to));
+        }
+        if to.is_host() {
+            if env.kind == abi::KIND_REPLY {
+                let reply = Reply { from: env.from, text: env.flags & abi::FLAG_TEXT != 0, payload: env.payload };
+                // No one waiting (timed out): nothing to do.
+                self.port.answer(env.corr, Ok(reply));
+                return Ok(());
+            }
+            return if self.port.post(env) { Ok(()) } else { Err(SendError::InboxFull(to)) };
+        }
+        self.command(self.shard_of(to), Command::Deliver { to, env }).map_err(|_| SendError::InboxFull(to))
+    }
+
+    /// Answers every request from this node's host still waiting on a
+    /// reactor of `node` with `err` (that node is gone).
+    pub fn fail_calls_to_node(&self, node: u16, err: impl Fn(Address) -> CallError) {
+        self.port.fail_where(|target| target.node() == node, err);
     }
 
     /// Sends a request; wait for the answer with [`PendingCall::wait`].

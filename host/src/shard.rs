@@ -189,6 +189,8 @@ pub struct ShardStats {
     pub dead_letters: u64,
     /// Messages sent to reactors on other shards.
     pub cross_shard: u64,
+    /// Messages handed to the transport for reactors on other nodes.
+    pub remote: u64,
 }
 
 impl std::ops::AddAssign for ShardStats {
@@ -201,6 +203,7 @@ impl std::ops::AddAssign for ShardStats {
         self.dropped += o.dropped;
         self.dead_letters += o.dead_letters;
         self.cross_shard += o.cross_shard;
+        self.remote += o.remote;
     }
 }
 
@@ -262,7 +265,17 @@ impl Router {
 
     /// Queues `env` for `to`; returns an `abi::STATUS_*`.
     pub(crate) fn route(&mut self, to: Address, env: Envelope) -> i32 {
-        if to == Address::HOST {
+        let node = self.refs.node();
+        if to.node() != node && to != Address::HOST {
+            // Another node's reactor or host: the node's transport.
+            let Some(out) = self.port.remote() else { return abi::STATUS_NO_SUCH_REACTOR };
+            let status = out.send(to, env);
+            if status == abi::STATUS_OK {
+                self.stats.remote += 1;
+            }
+            return status;
+        }
+        if to.is_host() {
             return self.route_to_host(env);
         }
         // Modulo: an address from a runtime with more shards still routes.
@@ -556,7 +569,8 @@ impl Shard {
             return Err(SendError::TooLarge(payload.len()));
         }
         let flags = if text { abi::FLAG_TEXT } else { 0 };
-        let env = Envelope { kind, flags, from: Address::HOST, corr, payload };
+        let from = Address::host_of(self.router().refs.node());
+        let env = Envelope { kind, flags, from, corr, payload };
         match self.router().route(to, env) {
             abi::STATUS_OK => Ok(()),
             abi::STATUS_INBOX_FULL => Err(SendError::InboxFull(to)),

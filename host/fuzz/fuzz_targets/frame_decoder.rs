@@ -11,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let hello = Hello {
         cluster: "fuzz".into(),
         node: 1,
+        incarnation: 1,
         name: "n1".into(),
         channel: "control".into(),
         lane: 0,

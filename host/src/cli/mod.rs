@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod node;
 mod run;
 mod snapshot;
 
@@ -69,6 +70,20 @@ enum Command {
         /// The module file.
         module: PathBuf,
     },
+    /// Run a node of a cluster: it hosts reactors, joins the cluster through
+    /// its seeds, and routes messages to reactors on any node.
+    Node(node::NodeArgs),
+    /// Show a running node's view of the cluster (members, lanes, counters).
+    Status(node::AdminArgs),
+    /// Start a reactor on a running node; prints its address.
+    Spawn(node::SpawnArgs),
+    /// Send a one-way message (JSON) through a running node to a reactor on
+    /// any node.
+    Send(node::SendArgs),
+    /// Send a request (JSON) through a running node and print the answer.
+    Call(node::SendArgs),
+    /// Stop a running node.
+    Stop(node::AdminArgs),
 }
 
 impl EngineArgs {
@@ -115,6 +130,12 @@ pub fn main() -> ExitCode {
         Command::Restore(args) => snapshot::restore(&cli.engine, args),
         Command::Inspect(args) => snapshot::inspect(args),
         Command::Check { module } => check(&cli.engine, module),
+        Command::Node(args) => node::node(&cli.engine, args),
+        Command::Status(args) => node::status(args),
+        Command::Spawn(args) => node::spawn(args),
+        Command::Send(args) => node::send(args, false),
+        Command::Call(args) => node::send(args, true),
+        Command::Stop(args) => node::stop(args),
     };
     match result {
         Ok(code) => code,

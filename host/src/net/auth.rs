@@ -118,6 +118,8 @@ pub enum AuthError {
 pub struct Peer {
     /// Its node id.
     pub node: u16,
+    /// Which run of that node (greater after each restart).
+    pub incarnation: u64,
     /// Its node name.
     pub name: String,
     /// The connection's channel.
@@ -202,7 +204,7 @@ impl Handshake {
                 }
                 let peer_hello = encoded(&Frame::Hello(h.clone()));
                 let mac = self.mac(self.role, &peer_hello).finalize().into_bytes().into();
-                let peer = Peer { node: h.node, name: h.name, channel: h.channel, lane: h.lane };
+                let peer = Peer { node: h.node, incarnation: h.incarnation, name: h.name, channel: h.channel, lane: h.lane };
                 self.state = State::WaitAuth { peer_hello, peer };
                 Ok(Step::Send(Frame::Auth { mac }))
             }
@@ -235,6 +237,7 @@ mod tests {
         Hello {
             cluster: "prod".into(),
             node,
+            incarnation: 1,
             name: format!("n{node}"),
             channel: "control".into(),
             lane: 0,

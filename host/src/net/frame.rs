@@ -18,10 +18,10 @@
 //!
 //! | kind | body |
 //! |---|---|
-//! | `Hello` (1) | `cluster: str`, `node: u16`, `name: str`, `channel: str`, `lane: u16`, `nonce: [u8; 32]` |
+//! | `Hello` (1) | `cluster: str`, `node: u16`, `incarnation: u64`, `name: str`, `channel: str`, `lane: u16`, `nonce: [u8; 32]` |
 //! | `Auth` (2) | `mac: [u8; 32]` |
-//! | `Data` (3) | `seq: u64`, `ack: u64`, `to: u64`, `from: u64`, `corr: u64`, `msg_kind: u8`, `flags: u8`, `payload: bytes` |
-//! | `Ack` (4) | `seq: u64` |
+//! | `Data` (3) | `seq: u64`, `ack: u64`, `to: u64`, `from: u64`, `corr: u64`, `channel: u16`, `hops: u8`, `msg_kind: u8`, `flags: u8`, `meta: bytes` (at most [`MAX_META_LEN`]), `payload: bytes` |
+//! | `Ack` (4) | `channel: u16`, `seq: u64` |
 //! | `Control` (5) | `payload: bytes` (overlay and membership messages; at most [`MAX_CONTROL_LEN`]) |
 //! | `Ping` (6) / `Pong` (7) | `nonce: u64` |
 //! | `Close` (8) | `reason: str` |
@@ -39,14 +39,16 @@ pub const FRAME_VERSION: u8 = 1;
 pub const MAX_PAYLOAD_LEN: usize = guest_sdk::abi::MAX_PAYLOAD_LEN as usize;
 /// Most bytes of a control payload.
 pub const MAX_CONTROL_LEN: usize = 1 << 20;
+/// Most bytes of a data frame's channel metadata (causal order).
+pub const MAX_META_LEN: usize = 64 << 10;
 /// Most bytes of a name (cluster, node, channel).
 pub const MAX_NAME_LEN: usize = 64;
 /// Most bytes of a close reason.
 pub const MAX_REASON_LEN: usize = 255;
 /// Most bytes after the length prefix: the largest `Data` frame.
-pub const MAX_FRAME_LEN: usize = 2 + DATA_FIXED + 4 + MAX_PAYLOAD_LEN;
+pub const MAX_FRAME_LEN: usize = 2 + DATA_FIXED + 4 + MAX_META_LEN + 4 + MAX_PAYLOAD_LEN;
 
-const DATA_FIXED: usize = 5 * 8 + 2;
+const DATA_FIXED: usize = 5 * 8 + 2 + 1 + 2;
 
 const KIND_HELLO: u8 = 1;
 const KIND_AUTH: u8 = 2;
@@ -64,6 +66,9 @@ pub struct Hello {
     pub cluster: String,
     /// The sender's node id.
     pub node: u16,
+    /// Which run of the sender's node this is (greater after a restart), so
+    /// a peer resets what it kept of the previous run's streams.
+    pub incarnation: u64,
     /// The sender's node name.
     pub name: String,
     /// The channel this connection carries.
@@ -87,10 +92,17 @@ pub struct Data {
     pub from: u64,
     /// Correlation id of a request or reply.
     pub corr: u64,
+    /// Index of the channel in the cluster's channel table (connections
+    /// that carry one channel repeat it; a multiplexed one needs it).
+    pub channel: u16,
+    /// Nodes this message passed through so far (overlays that forward).
+    pub hops: u8,
     /// Message kind (`abi::KIND_*`).
     pub msg_kind: u8,
     /// Message flags (`abi::FLAG_*`).
     pub flags: u8,
+    /// Channel metadata (a causal channel's clock); empty otherwise.
+    pub meta: Vec<u8>,
     /// The encoded message.
     pub payload: Vec<u8>,
 }
@@ -107,8 +119,10 @@ pub enum Frame {
     },
     /// A reactor message.
     Data(Data),
-    /// Everything up to `seq` arrived.
+    /// Everything up to `seq` on `channel` arrived.
     Ack {
+        /// The channel's index.
+        channel: u16,
         /// Highest sequence number received.
         seq: u64,
     },
@@ -235,6 +249,7 @@ impl Frame {
                 w.u8(KIND_HELLO);
                 w.str(&h.cluster, MAX_NAME_LEN);
                 w.u16(h.node);
+                w.u64(h.incarnation);
                 w.str(&h.name, MAX_NAME_LEN);
                 w.str(&h.channel, MAX_NAME_LEN);
                 w.u16(h.lane);
@@ -249,12 +264,16 @@ impl Frame {
                 for v in [d.seq, d.ack, d.to, d.from, d.corr] {
                     w.u64(v);
                 }
+                w.u16(d.channel);
+                w.u8(d.hops);
                 w.u8(d.msg_kind);
                 w.u8(d.flags);
+                w.bytes(&d.meta, MAX_META_LEN);
                 w.bytes(&d.payload, MAX_PAYLOAD_LEN);
             }
-            Frame::Ack { seq } => {
+            Frame::Ack { channel, seq } => {
                 w.u8(KIND_ACK);
+                w.u16(*channel);
                 w.u64(*seq);
             }
             Frame::Control { payload } => {
@@ -303,6 +322,7 @@ impl Frame {
             KIND_HELLO => Frame::Hello(Hello {
                 cluster: r.str("cluster", MAX_NAME_LEN)?,
                 node: r.u16("node")?,
+                incarnation: r.u64("incarnation")?,
                 name: r.str("name", MAX_NAME_LEN)?,
                 channel: r.str("channel", MAX_NAME_LEN)?,
                 lane: r.u16("lane")?,
@@ -315,11 +335,14 @@ impl Frame {
                 to: r.u64("to")?,
                 from: r.u64("from")?,
                 corr: r.u64("corr")?,
+                channel: r.u16("channel")?,
+                hops: r.u8("hops")?,
                 msg_kind: r.u8("msg_kind")?,
                 flags: r.u8("flags")?,
+                meta: r.bytes("meta", MAX_META_LEN)?,
                 payload: r.bytes("payload", MAX_PAYLOAD_LEN)?,
             }),
-            KIND_ACK => Frame::Ack { seq: r.u64("seq")? },
+            KIND_ACK => Frame::Ack { channel: r.u16("channel")?, seq: r.u64("seq")? },
             KIND_CONTROL => Frame::Control { payload: r.bytes("payload", MAX_CONTROL_LEN)? },
             KIND_PING => Frame::Ping { nonce: r.u64("nonce")? },
             KIND_PONG => Frame::Pong { nonce: r.u64("nonce")? },
@@ -416,23 +439,38 @@ mod tests {
 
     fn frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (name(), any::<u16>(), name(), name(), any::<u16>(), any::<[u8; 32]>()).prop_map(
-                |(cluster, node, name, channel, lane, nonce)| Frame::Hello(Hello { cluster, node, name, channel, lane, nonce })
+            (name(), any::<u16>(), any::<u64>(), name(), name(), any::<u16>(), any::<[u8; 32]>()).prop_map(
+                |(cluster, node, incarnation, name, channel, lane, nonce)| Frame::Hello(Hello {
+                    cluster,
+                    node,
+                    incarnation,
+                    name,
+                    channel,
+                    lane,
+                    nonce
+                })
             ),
             any::<[u8; 32]>().prop_map(|mac| Frame::Auth { mac }),
-            (any::<[u64; 5]>(), any::<u8>(), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(
-                |(v, msg_kind, flags, payload)| Frame::Data(Data {
+            (
+                any::<[u64; 5]>(),
+                any::<(u16, u8, u8, u8)>(),
+                proptest::collection::vec(any::<u8>(), 0..40),
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(v, (channel, hops, msg_kind, flags), meta, payload)| Frame::Data(Data {
                     seq: v[0],
                     ack: v[1],
                     to: v[2],
                     from: v[3],
                     corr: v[4],
+                    channel,
+                    hops,
                     msg_kind,
                     flags,
+                    meta,
                     payload
-                })
-            ),
-            any::<u64>().prop_map(|seq| Frame::Ack { seq }),
+                })),
+            any::<(u16, u64)>().prop_map(|(channel, seq)| Frame::Ack { channel, seq }),
             proptest::collection::vec(any::<u8>(), 0..300).prop_map(|payload| Frame::Control { payload }),
             any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
             any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
@@ -485,9 +523,9 @@ mod tests {
         assert_eq!(Frame::decode(&[1, 0, 0, 0, 1]), Err(FrameError::TooShort(1)));
         assert_eq!(Frame::decode(&[9, 0, 0, 0, 2]), Err(FrameError::Version { found: 2 }));
         assert_eq!(Frame::decode(&[9, 0, 0, 0, 1, 77]), Err(FrameError::UnknownKind(77)));
-        // An ack with 3 bytes of its 8.
+        // An ack with 3 bytes of its 8-byte sequence number.
         assert!(matches!(
-            Frame::decode(&[5, 0, 0, 0, 1, KIND_ACK, 1, 2, 3]),
+            Frame::decode(&[7, 0, 0, 0, 1, KIND_ACK, 0, 0, 1, 2, 3]),
             Err(FrameError::Truncated { kind: "ack", field: "seq" })
         ));
         // A ping with one byte too many.

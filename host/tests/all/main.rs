@@ -10,3 +10,4 @@ mod runtime;
 mod cli;
 mod refs;
 mod snapshot;
+mod cluster;

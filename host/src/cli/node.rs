@@ -1,0 +1,186 @@
+//! `host node` (run a node of a cluster) and the commands that talk to a
+//! running node through its admin socket: `status`, `spawn`, `send`,
+//! `call`, `stop`.
+#![forbid(unsafe_code)]
+
+use super::EngineArgs;
+use crate::net::auth::Secret;
+use crate::net::transport::ChannelSpec;
+use crate::net::{NodeRole, OverlayKind};
+use crate::node::admin::Client;
+use crate::node::{Node, NodeConfig};
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// `host node`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NodeArgs {
+    /// This node's id in the cluster, 1 to 32767 (the node bits of its
+    /// reactors' addresses; unique in the cluster).
+    #[arg(long)]
+    id: u16,
+    /// This node's name [default: node<ID>].
+    #[arg(long)]
+    name: Option<String>,
+    /// Address to listen on and to be reached at, `ip:port` (port 0: any).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// A node to join through, `ip:port` (repeatable).
+    #[arg(long = "seed", value_name = "ADDR")]
+    seeds: Vec<String>,
+    /// The cluster's overlay: mesh, client-server or hyparview.
+    #[arg(long, default_value = "mesh")]
+    overlay: OverlayKind,
+    /// This node's role: peer, server or client (client–server overlays).
+    #[arg(long, default_value = "peer", value_parser = parse_role)]
+    role: NodeRole,
+    /// The cluster's name.
+    #[arg(long, default_value = "reactors")]
+    cluster: String,
+    /// File holding the cluster secret (at least 16 bytes; every node of
+    /// the cluster needs the same one).
+    #[arg(long, value_name = "FILE")]
+    secret_file: PathBuf,
+    /// Where the node keeps its state (tags, incarnation) and its admin
+    /// socket.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Shard threads [default: one per core].
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+    /// Parallel connections of the default application channel.
+    #[arg(long, default_value_t = 4)]
+    lanes: u16,
+    /// An application channel: `name[:lanes=N][:reliable][:min-bytes=N]`
+    /// (repeatable; messages of at least min-bytes go on it, the others on
+    /// the first channel without a rule).
+    #[arg(long = "channel", value_name = "SPEC")]
+    channels: Vec<ChannelSpec>,
+    /// Baseline: one connection per pair of nodes carries every channel
+    /// (the distributed-Erlang design).
+    #[arg(long)]
+    multiplex: bool,
+}
+
+fn parse_role(s: &str) -> Result<NodeRole, String> {
+    match s {
+        "peer" => Ok(NodeRole::Peer),
+        "server" => Ok(NodeRole::Server),
+        "client" => Ok(NodeRole::Client),
+        _ => Err(format!("unknown role `{s}` (peer, server, client)")),
+    }
+}
+
+/// Options of the commands that talk to a running node.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AdminArgs {
+    /// The data directory of the node to talk to.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+}
+
+/// `host spawn`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SpawnArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// A built guest's name (counter, kv, pingpong) or a module file.
+    module: String,
+    /// The init argument, as JSON.
+    init: Option<String>,
+}
+
+/// `host send` and `host call`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SendArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The reactor, `#<node>.<shard>:<serial>`, on any node of the cluster.
+    to: String,
+    /// The message, as JSON.
+    msg: String,
+    /// How long `call` waits for the answer.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+}
+
+pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<ExitCode> {
+    let secret = std::fs::read(&args.secret_file)
+        .with_context(|| format!("cannot read the cluster secret {}", args.secret_file.display()))?;
+    let secret = Secret::new(secret).map_err(|e| anyhow::anyhow!("{}: {e}", args.secret_file.display()))?;
+    let mut channels = vec![ChannelSpec::new("default", args.lanes)];
+    channels.extend(args.channels.iter().cloned());
+    let config = NodeConfig {
+        id: args.id,
+        name: args.name.clone().unwrap_or_else(|| format!("node{}", args.id)),
+        listen: args.listen.clone(),
+        seeds: args.seeds.clone(),
+        overlay: args.overlay,
+        role: args.role,
+        cluster: args.cluster.clone(),
+        secret,
+        data_dir: args.data_dir.clone(),
+        runtime: engine_args.runtime_config(args.shards)?,
+        channels,
+        multiplex: args.multiplex,
+    };
+    let node = Arc::new(Node::start(engine_args.engine()?, config)?);
+    let info = node.info();
+    println!(
+        "node {} ({}) listening on {} (incarnation {}, overlay {}); admin socket {}",
+        info.id,
+        info.name,
+        info.addr,
+        info.incarnation,
+        args.overlay,
+        args.data_dir.join("admin.sock").display()
+    );
+    node.serve(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })?;
+    println!("node {} stopped", node.info().id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+pub(crate) fn status(args: &AdminArgs) -> anyhow::Result<ExitCode> {
+    print(&Client::connect(&args.data_dir)?.request(json!({"op": "status"}))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn stop(args: &AdminArgs) -> anyhow::Result<ExitCode> {
+    Client::connect(&args.data_dir)?.request(json!({"op": "stop"}))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn spawn(args: &SpawnArgs) -> anyhow::Result<ExitCode> {
+    let init: Value = match &args.init {
+        Some(s) => serde_json::from_str(s).with_context(|| format!("the init argument is not JSON: {s}"))?,
+        None => Value::Null,
+    };
+    let v = Client::connect(&args.admin.data_dir)?.request(json!({"op": "spawn", "module": args.module, "init": init}))?;
+    println!("{}", v.get("address").and_then(Value::as_str).unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn send(args: &SendArgs, call: bool) -> anyhow::Result<ExitCode> {
+    let msg: Value = serde_json::from_str(&args.msg).with_context(|| format!("the message is not JSON: {}", args.msg))?;
+    let op = if call { "call" } else { "send" };
+    let v = Client::connect(&args.admin.data_dir)?.request(
+        json!({"op": op, "to": args.to, "msg": msg, "timeout_ms": args.timeout_ms}),
+    )?;
+    if call {
+        println!("{v}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

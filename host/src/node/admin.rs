@@ -1,0 +1,187 @@
+//! The node's admin socket (see the protocol in the parent module's docs):
+//! the server, and a small blocking client the CLI uses.
+#![forbid(unsafe_code)]
+
+use super::Node;
+use crate::reactor::Address;
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch};
+
+/// Longest request line accepted (a message is at most the payload limit,
+/// written as JSON).
+const MAX_LINE: usize = 64 << 20;
+
+/// Serves admin requests on `path` until `shutdown` or a `stop` request.
+pub(super) async fn serve(node: Arc<Node>, path: &Path, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    // A socket left by a previous run of this node is stale by now (the data
+    // directory is this node's).
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = stop_rx.changed() => break,
+            conn = listener.accept() => {
+                let (stream, _) = match conn {
+                    Ok(c) => c,
+                    Err(e) => { tracing::warn!("admin accept: {e}"); continue; }
+                };
+                tokio::spawn(connection(node.clone(), stream, stop_tx.clone()));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+async fn connection(node: Arc<Node>, stream: tokio::net::UnixStream, stop: watch::Sender<bool>) {
+    let (rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        while let Some(mut line) = rx.recv().await {
+            line.push('\n');
+            if wr.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut rd = tokio::io::BufReader::new(rd);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut rd).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.len() > MAX_LINE => {
+                let _ = tx.send(json!({"id": null, "err": format!("request over {MAX_LINE} bytes")}).to_string());
+                break;
+            }
+            Ok(_) => {}
+        }
+        let req: Value = match serde_json::from_slice(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = tx.send(json!({"id": null, "err": format!("not a JSON request: {e}")}).to_string());
+                continue;
+            }
+        };
+        let id = req.get("id").cloned().unwrap_or(Value::Null);
+        if req.get("op").and_then(Value::as_str) == Some("stop") {
+            let _ = tx.send(json!({"id": id, "ok": null}).to_string());
+            let _ = stop.send(true);
+            break;
+        }
+        let (node, tx) = (node.clone(), tx.clone());
+        // Calls block on their answer: off the network threads.
+        tokio::task::spawn_blocking(move || {
+            let answer = match handle(&node, &req) {
+                Ok(v) => json!({"id": id, "ok": v}),
+                Err(e) => json!({"id": id, "err": format!("{e:#}")}),
+            };
+            let _ = tx.send(answer.to_string());
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// Reads an address: `"#n.s:serial"` or a number.
+pub fn parse_address(v: &Value) -> anyhow::Result<Address> {
+    match v {
+        Value::Number(n) => n.as_u64().map(Address).context("an address number must be a u64"),
+        Value::String(s) => s.parse::<Address>().map_err(Into::into),
+        _ => anyhow::bail!("an address is a string like \"#1.0:5\" or a number"),
+    }
+}
+
+fn handle(node: &Node, req: &Value) -> anyhow::Result<Value> {
+    let op = req.get("op").and_then(Value::as_str).context("the request has no \"op\"")?;
+    match op {
+        "status" => Ok(node.status()),
+        "spawn" => {
+            let name = req.get("module").and_then(Value::as_str).context("spawn needs \"module\"")?;
+            let module = node.module(name)?;
+            let init = match req.get("init") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(v) => serde_json::to_vec(v)?,
+            };
+            let shard = node.runtime.shards();
+            let pick = (node.runtime.stats().spawned as usize) % shard.max(1);
+            let flags = if init.is_empty() { 0 } else { crate::abi::FLAG_TEXT };
+            let a = node.runtime.spawn_on(pick, &module, init, flags).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(json!({"address": a.to_string(), "tag": a.0}))
+        }
+        "send" | "call" => {
+            let to = parse_address(req.get("to").context("needs \"to\"")?)?;
+            let msg = serde_json::to_vec(req.get("msg").context("needs \"msg\"")?)?;
+            if op == "send" {
+                node.runtime.send(to, msg, true).map_err(|e| anyhow::anyhow!("{e}"))?;
+                return Ok(Value::Null);
+            }
+            let timeout = req
+                .get("timeout_ms")
+                .and_then(Value::as_u64)
+                .map_or(node.default_call_timeout(), Duration::from_millis);
+            let pending = node.runtime.request(to, msg, true).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let reply = pending.wait(Some(timeout)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if reply.text {
+                serde_json::from_slice(&reply.payload).context("the reply is not JSON")
+            } else {
+                Ok(json!({"binary": hex::encode(&reply.payload)}))
+            }
+        }
+        _ => anyhow::bail!("unknown op `{op}` (status, spawn, send, call, stop)"),
+    }
+}
+
+/// A blocking admin client (what the CLI uses).
+#[derive(Debug)]
+pub struct Client {
+    rd: BufReader<std::os::unix::net::UnixStream>,
+    wr: std::os::unix::net::UnixStream,
+    next: u64,
+}
+
+impl Client {
+    /// Connects to the node whose data directory is `dir`.
+    pub fn connect(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("admin.sock");
+        let s = std::os::unix::net::UnixStream::connect(&path)
+            .with_context(|| format!("no node is running with data directory {} ({})", dir.display(), path.display()))?;
+        Ok(Self { rd: BufReader::new(s.try_clone()?), wr: s, next: 1 })
+    }
+
+    /// Sends one request (an object with `"op"`) and waits for its answer.
+    pub fn request(&mut self, mut req: Value) -> anyhow::Result<Value> {
+        let id = self.next;
+        self.next += 1;
+        req["id"] = json!(id);
+        let mut line = req.to_string();
+        line.push('\n');
+        self.wr.write_all(line.as_bytes()).context("the node closed the admin connection")?;
+        loop {
+            let mut answer = String::new();
+            if self.rd.read_line(&mut answer)? == 0 {
+                anyhow::bail!("the node closed the admin connection");
+            }
+            let v: Value = serde_json::from_str(&answer).context("the node's answer is not JSON")?;
+            if v.get("id") != Some(&json!(id)) {
+                continue;
+            }
+            if let Some(err) = v.get("err") {
+                anyhow::bail!("{}", err.as_str().unwrap_or("error"));
+            }
+            return Ok(v.get("ok").cloned().unwrap_or(Value::Null));
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Real clusters: `host node` processes on loopback, real sockets, talked
+//! to through their admin sockets as a user would.
+use host::node::admin::Client;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "the cluster secret of the tests";
+
+struct NodeProc {
+    id: u16,
+    child: Child,
+    dir: PathBuf,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("reactor-cluster-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Starts a node with its data directory under `root` and waits for its
+/// listening line.
+fn start(root: &Path, id: u16, secret: &str, args: &[&str]) -> NodeProc {
+    let dir = root.join(format!("n{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = root.join(format!("secret-{id}"));
+    std::fs::write(&secret_file, secret).unwrap();
+    let log = root.join(format!("n{id}.log"));
+    let cache = std::env::temp_dir().join(format!("reactor-host-test-cache-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["--cache-dir", cache.to_str().unwrap(), "--log", "info", "node", "--id", &id.to_string(), "--shards", "1"])
+        .args(["--secret-file", secret_file.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("host binary runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line
+        .split(" listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("node {id} did not start: {line:?}; log: {}", std::fs::read_to_string(&log).unwrap_or_default()))
+        .to_owned();
+    NodeProc { id, child, dir, addr, log }
+}
+
+impl NodeProc {
+    fn admin(&self) -> Client {
+        Client::connect(&self.dir).unwrap()
+    }
+
+    fn status(&self) -> Value {
+        self.admin().request(json!({"op": "status"})).unwrap()
+    }
+
+    /// Members this node believes up.
+    fn up(&self) -> Vec<u16> {
+        let s = self.status();
+        let mut v: Vec<u16> = s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["up"] == json!(true))
+            .map(|m| m["id"].as_u64().unwrap() as u16)
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn spawn(&self, module: &str, init: Value) -> u64 {
+        let v = self.admin().request(json!({"op": "spawn", "module": module, "init": init})).unwrap();
+        v["tag"].as_u64().unwrap()
+    }
+
+    fn call(&self, to: u64, msg: Value) -> anyhow::Result<Value> {
+        self.admin().request(json!({"op": "call", "to": to, "msg": msg, "timeout_ms": 20_000}))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// Three node processes in a full mesh: reactors on every node reach
+/// reactors on every other by address; reactor-to-reactor ping-pong crosses
+/// nodes; a node killed with SIGKILL is reported down by the others, and
+/// when it restarts it rejoins with a new incarnation.
+#[test]
+fn mesh_of_three_processes_routes_detects_a_crash_and_takes_back_a_restart() {
+    let root = scratch("mesh");
+    let n1 = start(&root, 1, SECRET, &[]);
+    let n2 = start(&root, 2, SECRET, &["--seed", &n1.addr]);
+    let mut n3 = start(&root, 3, SECRET, &["--seed", &n1.addr]);
+    for n in [&n1, &n2, &n3] {
+        wait_until(&format!("node {} sees all three up", n.id), CONVERGE, || n.up() == [1, 2, 3]);
+    }
+    // A counter on each node, added to from every node.
+    let counters: Vec<u64> = [&n1, &n2, &n3].iter().map(|n| n.spawn("counter", Value::Null)).collect();
+    for (i, c) in counters.iter().enumerate() {
+        assert_eq!(c >> 48, i as u64 + 1, "the address names the node it lives on");
+    }
+    for n in [&n1, &n2, &n3] {
+        for &c in &counters {
+            n.call(c, json!({"Add": n.id as u64})).unwrap();
+        }
+    }
+    for &c in &counters {
+        assert_eq!(n2.call(c, json!("Get")).unwrap(), json!(6), "1 + 2 + 3 from the three nodes");
+    }
+    // Reactor to reactor across nodes: a pinger on node 1 plays 2,000
+    // one-way ping/pong rounds with a partner on node 3.
+    let partner = n3.spawn("pingpong", Value::Null);
+    let pinger = n1.spawn("pingpong", Value::Null);
+    let report = n1
+        .call(pinger, json!({"Play": {"peer": partner, "rounds": 2000, "window": 32, "requests": false}}))
+        .unwrap();
+    assert_eq!(report["pongs"], json!(2000), "{report}");
+    assert_eq!(n3.call(partner, json!("Report")).unwrap()["pings"], json!(2000));
+    // And request–response between reactors across nodes.
+    let report = n1
+        .call(pinger, json!({"Play": {"peer": partner, "rounds": 500, "window": 8, "requests": true}}))
+        .unwrap();
+    assert_eq!(report["echoes"], json!(500), "{report}");
+    let s = n1.status();
+    assert!(s["remote_sends"].as_u64().unwrap() >= 2500, "{s}");
+
+    // Crash node 3.
+    n3.child.kill().unwrap();
+    n3.child.wait().unwrap();
+    for n in [&n1, &n2] {
+        wait_until(&format!("node {} reports node 3 down", n.id), CONVERGE, || n.up() == [1, 2]);
+        let events = n.status()["events"].clone();
+        assert!(events.as_array().unwrap().iter().any(|e| e["down"] == json!(3)), "{events}");
+    }
+    // A call to a reactor of the dead node fails instead of hanging.
+    assert!(n1.call(partner, json!("Report")).is_err());
+    // Node 3 restarts on the same data directory and rejoins.
+    drop(n3);
+    let n3 = start(&root, 3, SECRET, &["--seed", &n2.addr]);
+    for n in [&n1, &n2, &n3] {
+        wait_until(&format!("node {} sees node 3 again", n.id), CONVERGE, || n.up() == [1, 2, 3]);
+    }
+    let s = n1.status();
+    let m3 = s["members"].as_array().unwrap().iter().find(|m| m["id"] == json!(3)).unwrap().clone();
+    assert_eq!(m3["incarnation"], json!(2), "{m3}");
+    // New reactors on the restarted node never reuse an address.
+    let fresh = n3.spawn("counter", Value::Null);
+    assert!(fresh != partner && fresh != counters[2]);
+    assert_eq!(n1.call(fresh, json!({"Add": 5})).unwrap(), json!(5));
+}
+
+/// A node with the wrong secret never joins, and is logged; garbage, an
+/// oversized frame and a hello from another cluster each close only their
+/// own connection; the node goes on serving.
+#[test]
+fn nodes_without_credentials_and_hostile_bytes_are_refused() {
+    let root = scratch("refuse");
+    let n1 = start(&root, 1, SECRET, &[]);
+    let intruder = start(&root, 2, "not the cluster secret at all", &["--seed", &n1.addr]);
+    wait_until("the intruder is refused", CONVERGE, || n1.status()["refused_connections"].as_u64().unwrap() >= 1);
+    assert_eq!(n1.up(), [1]);
+    assert_eq!(intruder.up(), [2]);
+    assert!(n1.log().contains("authentication failed"), "{}", n1.log());
+
+    let hostile: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        u32::MAX.to_le_bytes().to_vec(),
+        {
+            // A frame of another version.
+            vec![4, 0, 0, 0, 9, 1, 0, 0]
+        },
+        (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+    ];
+    for bytes in &hostile {
+        let mut s = std::net::TcpStream::connect(&n1.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut sink = Vec::new();
+        // The node closes the connection (end of stream or reset), it does
+        // not hang or crash.
+        let _ = s.read_to_end(&mut sink);
+    }
+    let refused = n1.status()["refused_connections"].as_u64().unwrap();
+    assert!(refused >= 1 + hostile.len() as u64, "each hostile connection is counted: {refused}");
+    // Still serving.
+    let c = n1.spawn("counter", Value::Null);
+    assert_eq!(n1.call(c, json!({"Add": 2})).unwrap(), json!(2));
+    assert_eq!(n1.up(), [1]);
+}
