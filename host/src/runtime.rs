@@ -413,9 +413,9 @@ impl Runtime {
     /// it there, so backpressure reaches the transport as `InboxFull`) or
     /// this node's host (the answer to one of its requests, or a message
     /// for its mailbox).
-    pub fn deliver_from_network(&self, to: Address, env: Envelope) -> Result<(), SendError> {
+    pub fn deliver_from_network(&self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
         if to.node() != self.refs.node() {
-            return Err(SendError::NoSuchReactor(to));
+            return Err((SendError::NoSuchReactor(to), env));
         }
         if to.is_host() {
             if env.kind == abi::KIND_REPLY {
@@ -424,9 +424,13 @@ impl Runtime {
                 self.port.answer(env.corr, Ok(reply));
                 return Ok(());
             }
-            return if self.port.post(env) { Ok(()) } else { Err(SendError::InboxFull(to)) };
+            return if self.port.post(env.clone()) { Ok(()) } else { Err((SendError::InboxFull(to), env)) };
         }
-        self.command(self.shard_of(to), Command::Deliver { to, env }).map_err(|_| SendError::InboxFull(to))
+        match self.command(self.shard_of(to), Command::Deliver { to, env }) {
+            Ok(()) => Ok(()),
+            Err(Command::Deliver { env, .. }) => Err((SendError::InboxFull(to), env)),
+            Err(_) => unreachable!("the command given back is the one sent"),
+        }
     }
 
     /// Answers every request from this node's host still waiting on a

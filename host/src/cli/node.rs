@@ -5,6 +5,7 @@
 
 use super::EngineArgs;
 use crate::net::auth::Secret;
+use crate::net::fault::Schedule;
 use crate::net::transport::ChannelSpec;
 use crate::net::{NodeRole, OverlayKind};
 use crate::node::admin::Client;
@@ -63,6 +64,17 @@ pub(crate) struct NodeArgs {
     /// (the distributed-Erlang design).
     #[arg(long)]
     multiplex: bool,
+    /// Make the default channel reliable (sequence numbers, acks,
+    /// retransmission, de-duplication).
+    #[arg(long)]
+    reliable: bool,
+    /// Make the default channel causally ordered (implies --reliable).
+    #[arg(long)]
+    causal: bool,
+    /// Fault injection: a schedule file (JSON: a seed and timed rules,
+    /// partitions, crashes) applied to every connection of this node.
+    #[arg(long, value_name = "FILE")]
+    faults: Option<PathBuf>,
 }
 
 fn parse_role(s: &str) -> Result<NodeRole, String> {
@@ -111,7 +123,10 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
     let secret = std::fs::read(&args.secret_file)
         .with_context(|| format!("cannot read the cluster secret {}", args.secret_file.display()))?;
     let secret = Secret::new(secret).map_err(|e| anyhow::anyhow!("{}: {e}", args.secret_file.display()))?;
-    let mut channels = vec![ChannelSpec::new("default", args.lanes)];
+    let mut default = ChannelSpec::new("default", args.lanes);
+    default.reliable = args.reliable || args.causal;
+    default.causal = args.causal;
+    let mut channels = vec![default];
     channels.extend(args.channels.iter().cloned());
     let config = NodeConfig {
         id: args.id,
@@ -126,6 +141,13 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
         runtime: engine_args.runtime_config(args.shards)?,
         channels,
         multiplex: args.multiplex,
+        faults: match &args.faults {
+            Some(f) => {
+                let text = std::fs::read_to_string(f).with_context(|| format!("cannot read the fault schedule {}", f.display()))?;
+                Some(Schedule::from_json(&text).with_context(|| format!("{} is not a fault schedule", f.display()))?)
+            }
+            None => None,
+        },
     };
     let node = Arc::new(Node::start(engine_args.engine()?, config)?);
     let info = node.info();

@@ -28,7 +28,10 @@
 #![forbid(unsafe_code)]
 
 use super::auth::{Handshake, Role, Secret, Step};
+use super::causal::{Causal, CausalConfig};
+use super::fault::{FaultEvent, FaultInjector, Pipeline, Schedule};
 use super::frame::{Data, Frame, FrameError, Hello};
+use super::reliable;
 use super::overlay::{Action, Overlay};
 use super::{NodeId, NodeInfo};
 use crate::port::Outbound;
@@ -61,6 +64,8 @@ pub struct ChannelSpec {
     pub lanes: u16,
     /// Sequence numbers, acks, retransmission, de-duplication.
     pub reliable: bool,
+    /// Causal order across the nodes of the channel (implies `reliable`).
+    pub causal: bool,
     /// Messages of at least this many bytes go on this channel (the first
     /// channel whose rule matches wins; `None`: only by name).
     pub min_bytes: Option<usize>,
@@ -69,14 +74,14 @@ pub struct ChannelSpec {
 impl ChannelSpec {
     /// A channel with `lanes` connections, unreliable, no rule.
     pub fn new(name: &str, lanes: u16) -> Self {
-        Self { name: name.to_owned(), lanes: lanes.max(1), reliable: false, min_bytes: None }
+        Self { name: name.to_owned(), lanes: lanes.max(1), reliable: false, causal: false, min_bytes: None }
     }
 }
 
 impl std::str::FromStr for ChannelSpec {
     type Err = String;
 
-    /// `name[:lanes=N][:reliable][:min-bytes=N]`.
+    /// `name[:lanes=N][:reliable][:causal][:min-bytes=N]`.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut parts = s.split(':');
         let name = parts.next().unwrap_or_default();
@@ -91,7 +96,11 @@ impl std::str::FromStr for ChannelSpec {
                 }
                 Some(("min-bytes", n)) => spec.min_bytes = Some(n.parse().map_err(|_| format!("`{s}`: min-bytes must be a number"))?),
                 None if p == "reliable" => spec.reliable = true,
-                _ => return Err(format!("`{s}`: unknown channel option `{p}` (lanes=N, reliable, min-bytes=N)")),
+                None if p == "causal" => {
+                    spec.causal = true;
+                    spec.reliable = true;
+                }
+                _ => return Err(format!("`{s}`: unknown channel option `{p}` (lanes=N, reliable, causal, min-bytes=N)")),
             }
         }
         Ok(spec)
@@ -119,6 +128,9 @@ pub struct TransportConfig {
     pub connect_timeout: Duration,
     /// Messages queued per lane before senders see `INBOX_FULL`.
     pub lane_capacity: usize,
+    /// Fault injection: every connection's frames pass a [`FaultInjector`]
+    /// driven by this schedule (times from the transport's start).
+    pub faults: Option<Schedule>,
 }
 
 impl TransportConfig {
@@ -134,6 +146,7 @@ impl TransportConfig {
             idle_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(3),
             lane_capacity: 4096,
+            faults: None,
         }
     }
 }
@@ -158,7 +171,7 @@ pub enum NodeEvent {
 pub trait Inbound: Send + Sync + 'static {
     /// Hands over a message for `to` on this node. `InboxFull` makes the
     /// transport hold it and stop reading that connection until it fits.
-    fn deliver(&self, to: Address, env: Envelope) -> Result<(), SendError>;
+    fn deliver(&self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)>;
     /// A node event.
     fn event(&self, event: NodeEvent);
 }
@@ -250,6 +263,14 @@ struct Inner {
     /// Live control connections this node dialed, per peer.
     control_links: Mutex<HashMap<NodeId, u32>>,
     overlay_tx: mpsc::UnboundedSender<OverlayInput>,
+    /// Receive state of reliable streams between connections:
+    /// (peer, channel, lane).
+    receivers: Mutex<HashMap<(NodeId, u16, u16), reliable::Receiver>>,
+    /// Causal state of each causal channel (by index).
+    causal: Vec<Option<Mutex<Causal>>>,
+    /// Fault schedule and the time it counts from.
+    faults: Option<(Schedule, Instant)>,
+    next_conn: AtomicU64,
     dead_letters: AtomicU64,
     refused: AtomicU64,
     stopping: AtomicBool,
@@ -332,7 +353,16 @@ impl Transport {
         me.addr = local.to_string();
         let mut directory = HashMap::default();
         directory.insert(me.id, Member { info: me, up: true, via: None });
+        let causal = channels
+            .iter()
+            .map(|c| c.causal.then(|| Mutex::new(Causal::new(config.me.id, config.me.incarnation, CausalConfig::default()))))
+            .collect();
+        let faults = config.faults.clone().map(|s| (s, Instant::now()));
         let inner = Arc::new(Inner {
+            receivers: Mutex::new(HashMap::default()),
+            causal,
+            faults,
+            next_conn: AtomicU64::new(1),
             config,
             channels,
             handle: tokio::runtime::Handle::current(),
@@ -476,26 +506,35 @@ impl Inner {
 
     /// Routes a reactor message towards the node of `to`.
     fn route(self: &Arc<Self>, to: Address, env: Envelope, hops: u8) -> i32 {
+        match self.try_route(to, env, hops, Vec::new()) {
+            Ok(()) => abi::STATUS_OK,
+            Err((status, _)) => status,
+        }
+    }
+
+    /// Routes a message towards the node of `to`: delivered here, or queued
+    /// on the lane of the next hop. Gives the message back with the status
+    /// when it cannot go now.
+    fn try_route(self: &Arc<Self>, to: Address, env: Envelope, hops: u8, meta: Vec<u8>) -> Result<(), (i32, Envelope)> {
         let me = self.config.me.id;
         let dest = to.node();
         if dest == me {
             return match self.inbound.deliver(to, env) {
-                Ok(()) => abi::STATUS_OK,
-                Err(SendError::InboxFull(_)) => abi::STATUS_INBOX_FULL,
-                Err(_) => abi::STATUS_NO_SUCH_REACTOR,
+                Ok(()) => Ok(()),
+                Err((SendError::InboxFull(_), env)) => Err((abi::STATUS_INBOX_FULL, env)),
+                Err((_, env)) => Err((abi::STATUS_NO_SUCH_REACTOR, env)),
             };
         }
         if hops >= MAX_HOPS {
-            self.dead_letters.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("dropped a message for {to} after {hops} hops (a routing loop?)");
-            return abi::STATUS_NO_SUCH_REACTOR;
+            return Err((abi::STATUS_NO_SUCH_REACTOR, env));
         }
         let Some(next) = self.directory.read().unwrap().get(&dest).filter(|m| m.up).and_then(|m| m.via) else {
-            return abi::STATUS_NO_SUCH_REACTOR;
+            return Err((abi::STATUS_NO_SUCH_REACTOR, env));
         };
         let channel = self.pick_channel(env.payload.len());
         let key = self.lane_key(next, channel, to.0);
-        let data = Data {
+        let mut data = Data {
             seq: 0,
             ack: 0,
             to: to.0,
@@ -505,13 +544,36 @@ impl Inner {
             hops: hops + 1,
             msg_kind: env.kind,
             flags: env.flags,
-            meta: Vec::new(),
+            meta,
             payload: env.payload,
         };
-        match self.lane(key).tx.try_send(Outgoing::Data(data)) {
-            Ok(()) => abi::STATUS_OK,
-            Err(mpsc::error::TrySendError::Full(_)) => abi::STATUS_INBOX_FULL,
-            Err(mpsc::error::TrySendError::Closed(_)) => abi::STATUS_NO_SUCH_REACTOR,
+        let back = |d: Data| Envelope { kind: d.msg_kind, flags: d.flags, from: Address(d.from), corr: d.corr, payload: d.payload };
+        let tx = self.lane(key).tx;
+        // A causal channel stamps a message when it is queued: stamping and
+        // queuing happen under its lock, so stamps follow queue order.
+        let causal = if hops == 0 { self.causal.get(channel as usize).and_then(Option::as_ref) } else { None };
+        let _guard = match causal {
+            Some(c) => {
+                let mut g = c.lock().unwrap();
+                let permit = match tx.try_reserve() {
+                    Ok(p) => p,
+                    Err(mpsc::error::TrySendError::Full(())) => return Err((abi::STATUS_INBOX_FULL, back(data))),
+                    Err(mpsc::error::TrySendError::Closed(())) => return Err((abi::STATUS_NO_SUCH_REACTOR, back(data))),
+                };
+                if let Err(e) = g.prepare(dest, &mut data) {
+                    tracing::warn!("cannot stamp a causal message for node {dest}: {e}");
+                    return Err((abi::STATUS_NO_SUCH_REACTOR, back(data)));
+                }
+                permit.send(Outgoing::Data(data));
+                return Ok(());
+            }
+            None => (),
+        };
+        match tx.try_send(Outgoing::Data(data)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Outgoing::Data(d))) => Err((abi::STATUS_INBOX_FULL, back(d))),
+            Err(mpsc::error::TrySendError::Closed(Outgoing::Data(d))) => Err((abi::STATUS_NO_SUCH_REACTOR, back(d))),
+            Err(_) => unreachable!("only data was sent"),
         }
     }
 
@@ -550,23 +612,51 @@ impl Inner {
         }
     }
 
-    /// A frame that arrived on an authenticated connection.
-    fn handle_incoming(self: &Arc<Self>, peer: &super::auth::Peer, frame: Frame) -> Result<Option<Frame>, ConnError> {
+    /// A frame that arrived on an authenticated connection; maybe a frame
+    /// to answer with.
+    async fn handle_incoming(
+        self: &Arc<Self>,
+        peer: &super::auth::Peer,
+        frame: Frame,
+        streams: &mut Streams,
+    ) -> Result<Option<Frame>, ConnError> {
         match frame {
             Frame::Data(d) => {
                 let channel = d.channel;
-                if channel == CONTROL || channel as usize >= self.channels.len() {
+                let Some(spec) = self.channels.get(channel as usize).filter(|_| channel != CONTROL) else {
                     return Err(ConnError::Protocol(format!("data on channel {channel}")));
+                };
+                if !self.config.multiplex && spec.name != peer.channel {
+                    return Err(ConnError::Protocol(format!("data of channel {} on a `{}` connection", spec.name, peer.channel)));
                 }
                 let to = Address(d.to);
                 if !to.is_reactor() && !to.is_host() {
                     return Err(ConnError::Protocol(format!("data for {to}, not an address")));
                 }
-                let env = Envelope { kind: d.msg_kind, flags: d.flags, from: Address(d.from), corr: d.corr, payload: d.payload };
-                if !matches!(env.kind, abi::KIND_MESSAGE | abi::KIND_REQUEST | abi::KIND_REPLY) || env.flags & !abi::FLAG_TEXT != 0 {
-                    return Err(ConnError::Protocol(format!("data of kind {} flags {}", env.kind, env.flags)));
+                if !matches!(d.msg_kind, abi::KIND_MESSAGE | abi::KIND_REQUEST | abi::KIND_REPLY) || d.flags & !abi::FLAG_TEXT != 0 {
+                    return Err(ConnError::Protocol(format!("data of kind {} flags {}", d.msg_kind, d.flags)));
                 }
-                self.deliver_or_forward(to, env, d.hops);
+                if !spec.reliable {
+                    if d.seq != 0 {
+                        return Err(ConnError::Protocol("a sequenced frame on an unreliable channel".into()));
+                    }
+                    self.accept_data(d).await;
+                    return Ok(None);
+                }
+                let now = Instant::now();
+                let r = match streams.receivers.entry(channel) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let kept = self.receivers.lock().unwrap().remove(&(peer.node, channel, peer.lane));
+                        let mut r = kept.unwrap_or_else(|| reliable::Receiver::new(reliable::ReceiverConfig::default()));
+                        r.handle_connected(now, peer.incarnation).map_err(|e| ConnError::Protocol(e.to_string()))?;
+                        e.insert(r)
+                    }
+                };
+                r.handle_data(now, d).map_err(|e| ConnError::Protocol(e.to_string()))?;
+                while let Some(d) = r.poll_deliver() {
+                    self.accept_data(d).await;
+                }
                 Ok(None)
             }
             Frame::Control { payload } => {
@@ -583,9 +673,93 @@ impl Inner {
         }
     }
 
-    fn deliver_or_forward(self: &Arc<Self>, to: Address, env: Envelope, hops: u8) {
-        if self.route(to, env, hops) != abi::STATUS_OK {
-            self.dead_letters.fetch_add(1, Ordering::Relaxed);
+    /// A message taken off a stream (in order, once): through causal order
+    /// if its channel has it, then delivered or forwarded.
+    async fn accept_data(self: &Arc<Self>, d: Data) {
+        let Some(causal) = self.causal.get(d.channel as usize).and_then(Option::as_ref) else {
+            return self.deliver_data(d).await;
+        };
+        let origin = Address(d.from).node();
+        let mut pending = Some(d);
+        loop {
+            let mut ready = Vec::new();
+            {
+                let mut c = causal.lock().unwrap();
+                if let Some(d) = pending.take() {
+                    match c.handle_data(origin, d) {
+                        Ok(()) => {}
+                        Err(super::causal::CausalError::Full(d)) => pending = Some(d),
+                        Err(e) => {
+                            self.dead_letters.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!("a causal message from node {origin} was dropped: {e}");
+                        }
+                    }
+                }
+                while let Some((_, d)) = c.poll_deliver() {
+                    ready.push(d);
+                }
+            }
+            for d in ready {
+                self.deliver_data(d).await;
+            }
+            if pending.is_none() {
+                return;
+            }
+            // The causal buffer is full: other streams' deliveries free it.
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+
+    /// Delivers or forwards one message, waiting while the destination is
+    /// backed up (which stops reading this connection: backpressure).
+    async fn deliver_data(self: &Arc<Self>, d: Data) {
+        let to = Address(d.to);
+        let mut env = Envelope { kind: d.msg_kind, flags: d.flags, from: Address(d.from), corr: d.corr, payload: d.payload };
+        let mut wait = Duration::from_micros(50);
+        loop {
+            match self.try_route(to, env, d.hops, Vec::new()) {
+                Ok(()) => return,
+                Err((abi::STATUS_INBOX_FULL, back)) if !self.stopping.load(Ordering::Relaxed) => {
+                    env = back;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(5));
+                }
+                Err(_) => {
+                    self.dead_letters.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A fresh interposition pipeline for connection `conn`, if faults are
+    /// set. Each connection draws from its own stream of the schedule's
+    /// seed (mixed with the connection's number): with one shared stream,
+    /// a stream's n-th frame would meet the same fate on every reconnect,
+    /// and a resend of the same frames would fail the same way forever.
+    fn pipeline(&self, conn: u64) -> Option<Pipeline> {
+        let (schedule, start) = self.faults.as_ref()?;
+        let mut schedule = schedule.clone();
+        schedule.seed ^= partition_hash(conn);
+        let injector = FaultInjector::new(self.config.me.id, &schedule, *start).resumed(Instant::now());
+        Some(Pipeline::new().with(injector))
+    }
+
+    /// Carries out what the fault injector asks of the node itself.
+    fn carry_out_faults(&self, p: &mut Pipeline) {
+        while let Some(event) = p.poll_event() {
+            match event {
+                FaultEvent::Crash => {
+                    tracing::error!("fault injection: crashing node {} now", self.config.me.id);
+                    std::process::abort();
+                }
+                FaultEvent::Cut { peers } => {
+                    for peer in peers {
+                        self.close_peer(peer);
+                    }
+                }
+                FaultEvent::Healed => {}
+            }
         }
     }
 }
@@ -733,6 +907,9 @@ async fn serve(inner: &Arc<Inner>, mut stream: TcpStream) -> Result<(), ConnErro
         return Err(ConnError::Protocol(format!("unknown channel `{}`", peer.channel)));
     }
     tracing::debug!("node {} ({}) connected: channel {} lane {}", peer.node, peer.name, peer.channel, peer.lane);
+    for c in inner.causal.iter().flatten() {
+        c.lock().unwrap().handle_member(peer.node, peer.incarnation);
+    }
     // The overlay hears of links this node dialed (the ones its messages
     // go on); the peer reports its own.
     serve_frames(inner, &peer, &mut stream, &mut buf, &mut out).await
@@ -745,18 +922,129 @@ async fn serve_frames(
     buf: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<(), ConnError> {
+    // Reliable streams this connection carries: their receive state lives
+    // in `inner.receivers` between connections.
+    let mut streams = Streams::default();
+    let result = serve_loop(inner, peer, stream, buf, out, &mut streams).await;
+    let now = Instant::now();
+    let mut receivers = inner.receivers.lock().unwrap();
+    for (channel, mut r) in streams.receivers.drain() {
+        r.handle_disconnected(now);
+        receivers.insert((peer.node, channel, peer.lane), r);
+    }
+    result
+}
+
+/// Receive state of the reliable streams of one accepted connection.
+#[derive(Default)]
+struct Streams {
+    receivers: HashMap<u16, reliable::Receiver>,
+}
+
+async fn serve_loop(
+    inner: &Arc<Inner>,
+    peer: &super::auth::Peer,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    streams: &mut Streams,
+) -> Result<(), ConnError> {
+    let conn = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+    let mut pipeline = inner.pipeline(conn);
+    let (mut rd, mut wr) = stream.split();
+    let mut last_read = Instant::now();
     loop {
-        let f = tokio::time::timeout(inner.config.idle_timeout, read_frame(stream, buf))
-            .await
-            .map_err(|_| ConnError::Timeout("waiting for frames"))??;
-        if let Some(answer) = inner.handle_incoming(peer, f)? {
-            write_frame(stream, &answer, out).await?;
+        let now = Instant::now();
+        // Frames the pipeline lets through now, and acks that are due.
+        let mut to_write: Vec<Frame> = Vec::new();
+        let mut incoming: Vec<Frame> = Vec::new();
+        if let Some(p) = pipeline.as_mut() {
+            p.handle_timeout(now);
+            while let Some(packet) = p.poll_release(now) {
+                match packet.dir {
+                    super::fault::Direction::Receive if packet.corrupt.is_some() => {
+                        return Err(ConnError::Protocol("a damaged frame (injected)".into()));
+                    }
+                    super::fault::Direction::Receive => incoming.push(packet.frame),
+                    super::fault::Direction::Send => write_packet(&mut wr, packet, out).await?,
+                }
+            }
+            inner.carry_out_faults(p);
+        }
+        for f in incoming {
+            match inner.handle_incoming(peer, f, streams).await? {
+                Some(answer) => to_write.push(answer),
+                None => {}
+            }
+        }
+        for (&channel, r) in streams.receivers.iter_mut() {
+            if let Some(seq) = r.poll_ack(now) {
+                to_write.push(Frame::Ack { channel, seq });
+            }
+        }
+        for f in to_write {
+            match pipeline.as_mut() {
+                Some(p) => p.handle_send(now, peer.node, 0, conn, f),
+                None => write_frame(&mut wr, &f, out).await?,
+            }
+        }
+        if pipeline.as_ref().is_some_and(|p| p.poll_timeout().is_some_and(|t| t <= Instant::now())) {
+            continue;
+        }
+        let timer = streams
+            .receivers
+            .values()
+            .filter_map(|r| r.poll_timeout())
+            .chain(pipeline.as_ref().and_then(|p| p.poll_timeout()))
+            .min()
+            .unwrap_or(last_read + inner.config.idle_timeout)
+            .min(last_read + inner.config.idle_timeout);
+        tokio::select! {
+            r = read_frame(&mut rd, buf) => {
+                let f = r?;
+                last_read = Instant::now();
+                match pipeline.as_mut() {
+                    Some(p) => p.handle_receive(last_read, peer.node, frame_channel(&f), conn, f),
+                    None => {
+                        if let Some(answer) = inner.handle_incoming(peer, f, streams).await? {
+                            write_frame(&mut wr, &answer, out).await?;
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(timer)) => {
+                if last_read.elapsed() >= inner.config.idle_timeout {
+                    return Err(ConnError::Timeout("waiting for frames"));
+                }
+            }
         }
     }
 }
 
+fn frame_channel(f: &Frame) -> u16 {
+    match f {
+        Frame::Data(d) => d.channel,
+        Frame::Ack { channel, .. } => *channel,
+        _ => CONTROL,
+    }
+}
+
+async fn write_packet(
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    packet: super::fault::Packet,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    out.clear();
+    packet.frame.encode(out);
+    if let Some(damage) = packet.corrupt {
+        damage.apply(out);
+    }
+    wr.write_all(out).await
+}
+
 /// One outgoing lane: dials, authenticates, writes what is queued, pings,
-/// and dials again after a failure.
+/// and dials again after a failure. Reliable channels keep their send state
+/// here, across connections.
 async fn lane_task(
     inner: Arc<Inner>,
     key: LaneKey,
@@ -766,13 +1054,14 @@ async fn lane_task(
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut head: VecDeque<Outgoing> = VecDeque::new();
+    let mut senders: HashMap<u16, reliable::Sender> = HashMap::default();
     let is_control = key.channel == CONTROL;
     loop {
         if inner.stopping.load(Ordering::Relaxed) {
             break;
         }
         // A data lane dials only when there is something to send.
-        if head.is_empty() && !is_control {
+        if head.is_empty() && !is_control && senders.values().all(|s| s.unacked() == 0) {
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => head.push_back(m),
@@ -801,11 +1090,14 @@ async fn lane_task(
                 }
                 let up = inner.directory.read().unwrap().get(&key.peer).is_some_and(|m| m.up);
                 if !up {
-                    inner.dead_letters.fetch_add(head.len() as u64, Ordering::Relaxed);
+                    // The node is gone: what waits for it is undeliverable.
+                    let mut lost = head.len() as u64 + senders.values().map(|s| s.unacked() as u64).sum::<u64>();
                     head.clear();
-                    while let Ok(_m) = rx.try_recv() {
-                        inner.dead_letters.fetch_add(1, Ordering::Relaxed);
+                    senders.clear();
+                    while rx.try_recv().is_ok() {
+                        lost += 1;
                     }
+                    inner.dead_letters.fetch_add(lost, Ordering::Relaxed);
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -818,6 +1110,27 @@ async fn lane_task(
         backoff = Duration::from_millis(50);
         stats.connects.fetch_add(1, Ordering::Relaxed);
         stats.up.store(true, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut refused = false;
+        for s in senders.values_mut() {
+            match s.handle_connected(now, peer.incarnation) {
+                Ok(abandoned) => {
+                    if !abandoned.is_empty() {
+                        tracing::warn!("node {} restarted: {} unacknowledged messages may be lost", key.peer, abandoned.len());
+                        inner.dead_letters.fetch_add(abandoned.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("lane {:?}: {e}", key);
+                    refused = true;
+                }
+            }
+        }
+        if refused {
+            stats.up.store(false, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
         let info = inner.directory.read().unwrap().get(&key.peer).map(|m| m.info.clone());
         let info = info.unwrap_or(NodeInfo {
             id: peer.node,
@@ -829,8 +1142,13 @@ async fn lane_task(
         if is_control {
             inner.note_control_link(&info, true);
         }
-        let end = run_lane(&inner, key, &mut stream, &mut buf, &mut rx, &mut head, &close, &stats).await;
+        let mut lane = Lane { inner: &inner, key, peer_incarnation: peer.incarnation, senders: &mut senders, stats: &stats };
+        let end = lane.run(&mut stream, &mut buf, &mut rx, &mut head, &close).await;
         stats.up.store(false, Ordering::Relaxed);
+        let now = Instant::now();
+        for s in senders.values_mut() {
+            s.handle_disconnected(now);
+        }
         if is_control {
             inner.note_control_link(&info, false);
         }
@@ -850,66 +1168,170 @@ async fn lane_task(
     }
 }
 
-/// Writes queued messages on one authenticated connection until it fails
-/// (`Err`) or the lane is closed (`Ok`).
-#[allow(clippy::too_many_arguments)]
-async fn run_lane(
-    inner: &Arc<Inner>,
+/// One connection of a lane.
+struct Lane<'a> {
+    inner: &'a Arc<Inner>,
     key: LaneKey,
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    rx: &mut mpsc::Receiver<Outgoing>,
-    head: &mut VecDeque<Outgoing>,
-    close: &Notify,
-    stats: &LaneStats,
-) -> Result<(), ConnError> {
-    let (mut rd, mut wr) = stream.split();
-    let mut out = Vec::with_capacity(64 * 1024);
-    let mut ping = tokio::time::interval(inner.config.ping_interval);
-    let mut last_read = Instant::now();
-    let mut nonce = 0u64;
-    let mut read_buf = std::mem::take(buf);
-    loop {
-        // Write everything queued before waiting.
-        while let Some(m) = head.pop_front().or_else(|| rx.try_recv().ok()) {
-            let frame = m.into_frame();
-            out.clear();
-            frame.encode(&mut out);
-            if let Err(e) = wr.write_all(&out).await {
-                // Unreliable: a frame cut by the failure is lost.
-                return Err(e.into());
-            }
-            stats.frames_out.fetch_add(1, Ordering::Relaxed);
-            stats.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
-        }
-        tokio::select! {
-            m = rx.recv() => match m {
-                Some(m) => head.push_back(m),
-                None => return Ok(()),
-            },
-            _ = close.notified() => {
-                let mut b = Vec::new();
-                let _ = write_frame(&mut wr, &Frame::Close { reason: "closing".into() }, &mut b).await;
-                return Ok(());
-            }
-            _ = ping.tick() => {
-                if last_read.elapsed() > inner.config.idle_timeout {
-                    return Err(ConnError::Timeout("waiting for a pong"));
+    peer_incarnation: u64,
+    senders: &'a mut HashMap<u16, reliable::Sender>,
+    stats: &'a LaneStats,
+}
+
+impl Lane<'_> {
+    /// Writes queued messages on one authenticated connection until it
+    /// fails (`Err`) or the lane is closed (`Ok`).
+    async fn run(
+        &mut self,
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        rx: &mut mpsc::Receiver<Outgoing>,
+        head: &mut VecDeque<Outgoing>,
+        close: &Notify,
+    ) -> Result<(), ConnError> {
+        let inner = self.inner;
+        let conn = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut pipeline = inner.pipeline(conn);
+        let (mut rd, mut wr) = stream.split();
+        let mut out = Vec::with_capacity(64 * 1024);
+        let mut ping = tokio::time::interval(inner.config.ping_interval);
+        let mut last_read = Instant::now();
+        let mut nonce = 0u64;
+        let mut read_buf = std::mem::take(buf);
+        // A reliable channel whose send buffer is full stops taking from the
+        // queue until an ack frees room.
+        let mut blocked = false;
+        loop {
+            let now = Instant::now();
+            let mut frames: Vec<Frame> = Vec::new();
+            // 1. Take what is queued (unless a reliable send buffer is full).
+            while !blocked {
+                let Some(m) = head.pop_front().or_else(|| rx.try_recv().ok()) else { break };
+                match m {
+                    Outgoing::Data(d) if self.reliable(d.channel) => {
+                        let cfg = reliable::SenderConfig::default();
+                        let inc = self.peer_incarnation;
+                        let s = self.senders.entry(d.channel).or_insert_with(|| {
+                            let mut s = reliable::Sender::new(cfg);
+                            let _ = s.handle_connected(now, inc);
+                            s
+                        });
+                        if let Err(reliable::Full(d)) = s.try_send(d) {
+                            head.push_front(Outgoing::Data(d));
+                            blocked = true;
+                        }
+                    }
+                    m => frames.push(m.into_frame()),
                 }
-                nonce += 1;
-                let mut b = Vec::new();
-                write_frame(&mut wr, &Frame::Ping { nonce }, &mut b).await?;
             }
-            r = read_frame(&mut rd, &mut read_buf) => {
-                match r? {
-                    Frame::Pong { .. } => last_read = Instant::now(),
-                    Frame::Ack { .. } => last_read = Instant::now(),
-                    Frame::Close { reason } => return Err(ConnError::Closed(reason)),
-                    f => return Err(ConnError::Protocol(format!("{} frame on a dialed connection", f.name()))),
+            // 2. What reliable streams have to (re)transmit.
+            for s in self.senders.values_mut() {
+                if s.poll_timeout().is_some_and(|t| t <= now) {
+                    s.handle_timeout(now);
+                }
+                while let Some(d) = s.poll_transmit(now) {
+                    frames.push(Frame::Data(d));
+                }
+            }
+            // 3. Through the interposition pipeline, onto the wire.
+            for f in frames {
+                match pipeline.as_mut() {
+                    Some(p) => p.handle_send(now, self.key.peer, frame_channel(&f), conn, f),
+                    None => self.write(&mut wr, &f, &mut out).await?,
+                }
+            }
+            let mut acks = Vec::new();
+            if let Some(p) = pipeline.as_mut() {
+                p.handle_timeout(now);
+                while let Some(packet) = p.poll_release(now) {
+                    match packet.dir {
+                        super::fault::Direction::Send => {
+                            self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                            write_packet(&mut wr, packet, &mut out).await?;
+                            self.stats.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+                        }
+                        super::fault::Direction::Receive if packet.corrupt.is_some() => {
+                            return Err(ConnError::Protocol("a damaged frame (injected)".into()));
+                        }
+                        super::fault::Direction::Receive => acks.push(packet.frame),
+                    }
+                }
+                inner.carry_out_faults(p);
+            }
+            for f in acks {
+                if self.on_frame(f)? {
+                    blocked = false;
+                }
+            }
+            if pipeline.as_ref().is_some_and(|p| p.poll_timeout().is_some_and(|t| t <= Instant::now())) {
+                continue;
+            }
+            let timer = self
+                .senders
+                .values()
+                .filter_map(|s| s.poll_timeout())
+                .chain(pipeline.as_ref().and_then(|p| p.poll_timeout()))
+                .min()
+                .unwrap_or(now + Duration::from_secs(3600));
+            tokio::select! {
+                m = rx.recv(), if !blocked => match m {
+                    Some(m) => head.push_back(m),
+                    None => return Ok(()),
+                },
+                _ = close.notified() => {
+                    let mut b = Vec::new();
+                    let _ = write_frame(&mut wr, &Frame::Close { reason: "closing".into() }, &mut b).await;
+                    return Ok(());
+                }
+                _ = ping.tick() => {
+                    if last_read.elapsed() > inner.config.idle_timeout {
+                        return Err(ConnError::Timeout("waiting for a pong"));
+                    }
+                    nonce += 1;
+                    let mut b = Vec::new();
+                    write_frame(&mut wr, &Frame::Ping { nonce }, &mut b).await?;
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(timer)) => {}
+                r = read_frame(&mut rd, &mut read_buf) => {
+                    let f = r?;
+                    last_read = Instant::now();
+                    match pipeline.as_mut() {
+                        Some(p) => p.handle_receive(last_read, self.key.peer, frame_channel(&f), conn, f),
+                        None => {
+                            if self.on_frame(f)? {
+                                blocked = false;
+                            }
+                        }
+                    }
                 }
             }
         }
-        let _ = key;
+    }
+
+    fn reliable(&self, channel: u16) -> bool {
+        self.inner.channels.get(channel as usize).is_some_and(|c| c.reliable)
+    }
+
+    async fn write(&self, wr: &mut (impl AsyncWriteExt + Unpin), f: &Frame, out: &mut Vec<u8>) -> std::io::Result<()> {
+        write_frame(wr, f, out).await?;
+        self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A frame read on this dialed connection; true if an ack freed room.
+    fn on_frame(&mut self, f: Frame) -> Result<bool, ConnError> {
+        match f {
+            Frame::Pong { .. } => Ok(false),
+            Frame::Ack { channel, seq } => {
+                let Some(s) = self.senders.get_mut(&channel) else {
+                    return Err(ConnError::Protocol(format!("ack on channel {channel}, which has no reliable stream here")));
+                };
+                s.handle_ack(Instant::now(), seq).map_err(|e| ConnError::Protocol(e.to_string()))?;
+                Ok(true)
+            }
+            Frame::Close { reason } => Err(ConnError::Closed(reason)),
+            f => Err(ConnError::Protocol(format!("{} frame on a dialed connection", f.name()))),
+        }
     }
 }
 
@@ -991,6 +1413,9 @@ fn carry_out(inner: &Arc<Inner>, action: Action) {
         }
         Action::Up(info) => {
             inner.learn(&info);
+            for c in inner.causal.iter().flatten() {
+                c.lock().unwrap().handle_member(info.id, info.incarnation);
+            }
             if let Some(m) = inner.directory.write().unwrap().get_mut(&info.id) {
                 m.up = true;
             }

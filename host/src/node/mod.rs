@@ -72,6 +72,8 @@ pub struct NodeConfig {
     pub channels: Vec<ChannelSpec>,
     /// The single-connection baseline.
     pub multiplex: bool,
+    /// A fault-injection schedule applied to every connection.
+    pub faults: Option<crate::net::fault::Schedule>,
 }
 
 /// What a node remembers of cluster events (newest last, bounded).
@@ -99,7 +101,7 @@ struct RuntimeInbound {
 }
 
 impl Inbound for RuntimeInbound {
-    fn deliver(&self, to: Address, env: Envelope) -> Result<(), SendError> {
+    fn deliver(&self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
         self.runtime.deliver_from_network(to, env)
     }
 
@@ -169,6 +171,7 @@ impl Node {
             tc.channels = config.channels.clone();
         }
         tc.multiplex = config.multiplex;
+        tc.faults = config.faults.clone();
         // Bind first: the overlay announces the bound address (port 0
         // picks one).
         let listener = Transport::bind(&tc)?;
