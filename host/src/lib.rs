@@ -21,7 +21,10 @@
 //! - [`refs`] — restart-stable tags (addresses, blob tags, correlation ids
 //!   from one node-wide, optionally persisted counter) and shared immutable
 //!   blobs reactors hold by tag.
-//! - [`net`] — node-to-node wire frames and mutual authentication.
+//! - [`net`] — node-to-node networking: wire frames, authentication,
+//!   overlays, reliable and causal channels, fault injection, the transport.
+//! - [`node`] — a node process: runtime + transport + overlay, its
+//!   directory and admin socket.
 //! - [`sys`] — the only platform code: host-owned linear memories
 //!   (mmap/mremap), process memory figures.
 //! - `guests` — paths of the example reactors the build compiles.
