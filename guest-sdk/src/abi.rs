@@ -47,6 +47,11 @@
 //!   [`MODULE_REF_SELF`]); returns the new reactor's address (> 0) or a
 //!   negative `STATUS_*`.
 //! - [`IMPORT_SELF_ADDRESS`]`() -> i64` — this reactor's address.
+//! - [`IMPORT_SET_AFFINITY`]`(key: i64) -> i32` (optional) — for the rest of
+//!   the current call, messages this reactor sends to other nodes pick their
+//!   connection by `key` (an explicit partition key) instead of by their
+//!   destination; 0 goes back to the destination. Messages with one key keep
+//!   their order; returns [`STATUS_OK`].
 //! - [`IMPORT_LOG`]`(level: i32, ptr: i32, len: i32)` — a UTF-8 log line.
 //! - [`IMPORT_FAIL`]`(ptr: i32, len: i32)` — record a UTF-8 failure cause (the
 //!   SDK's panic hook calls it before trapping); the host shows it as the
@@ -127,6 +132,8 @@ pub const IMPORT_REPLY: &str = "reply";
 pub const IMPORT_SPAWN: &str = "spawn";
 /// Import: `() -> i64`.
 pub const IMPORT_SELF_ADDRESS: &str = "self_address";
+/// Import (optional): `(key: i64) -> i32`.
+pub const IMPORT_SET_AFFINITY: &str = "set_affinity";
 /// Import: `(level: i32, ptr: i32, len: i32)`.
 pub const IMPORT_LOG: &str = "log";
 /// Import: `(ptr: i32, len: i32)`.

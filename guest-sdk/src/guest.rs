@@ -41,6 +41,7 @@ mod sys {
         pub(crate) fn blob_len(tag: u64) -> i64;
         pub(crate) fn blob_read(tag: u64, offset: u64, ptr: *mut u8, len: usize) -> i64;
         pub(crate) fn blob_close(tag: u64) -> i32;
+        pub(crate) fn set_affinity(key: u64) -> i32;
     }
     #[link(wasm_import_module = "wasi_snapshot_preview1")]
     unsafe extern "C" {
@@ -265,6 +266,16 @@ impl Context {
     /// True while handling a request that has not been answered yet.
     pub fn is_request(&self) -> bool {
         self.kind == abi::KIND_REQUEST
+    }
+
+    /// Picks the connection of the messages this reactor sends to other
+    /// nodes for the rest of this call by an explicit partition `key`
+    /// (messages with one key keep their order, unrelated keys flow in
+    /// parallel) instead of by destination, the default; `0` restores the
+    /// default.
+    pub fn set_affinity(&mut self, key: u64) {
+        // SAFETY: no pointers.
+        unsafe { sys::set_affinity(key) };
     }
 
     /// Sends a one-way message.

@@ -149,6 +149,11 @@ pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()>
 
     linker.func_wrap(m, abi::IMPORT_SELF_ADDRESS, |caller: Caller<'_, ReactorData>| caller.data().address.0)?;
 
+    linker.func_wrap(m, abi::IMPORT_SET_AFFINITY, |mut caller: Caller<'_, ReactorData>, key: u64| {
+        caller.data_mut().router().affinity = key;
+        abi::STATUS_OK
+    })?;
+
     linker.func_wrap(m, abi::IMPORT_LOG, |mut caller: Caller<'_, ReactorData>, level: i32, ptr: u32, len: u32| {
         let text = read_guest(&mut caller, abi::IMPORT_LOG, ptr, len.min(MAX_TEXT as u32))?;
         // The full range must still be valid even though only a prefix is kept.

@@ -110,8 +110,9 @@ pub trait Outbound: Send + Sync + std::fmt::Debug {
     /// Queues `env` for `to`, a reactor or host on another node. Returns an
     /// `abi::STATUS_*`: `STATUS_OK` once queued, `STATUS_INBOX_FULL` when
     /// the way to that node is backed up (the sender may retry),
-    /// `STATUS_NO_SUCH_REACTOR` when no live node has that id.
-    fn send(&self, to: Address, env: Envelope) -> i32;
+    /// `STATUS_NO_SUCH_REACTOR` when no live node has that id. `affinity`
+    /// is the sender's partition key (0: the destination).
+    fn send(&self, to: Address, env: Envelope, affinity: u64) -> i32;
 }
 
 impl HostPort {

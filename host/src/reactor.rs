@@ -313,6 +313,7 @@ impl Reactor {
     fn lend(&mut self, router: &mut Option<Box<Router>>, input: &[u8]) {
         let mut rt = router.take().expect("router already lent");
         rt.stage_input(input);
+        rt.affinity = 0;
         let data = self.store.data_mut();
         data.router = Some(rt);
         data.limiter.refused = None;

@@ -392,7 +392,7 @@ impl Runtime {
         if to.node() != self.refs.node() {
             // A reactor on another node: straight to the transport.
             let Some(out) = self.port.remote() else { return Err(SendError::NoSuchReactor(to)) };
-            return match out.send(to, env) {
+            return match out.send(to, env, 0) {
                 abi::STATUS_OK => Ok(()),
                 abi::STATUS_INBOX_FULL => Err(SendError::InboxFull(to)),
                 _ => Err(SendError::NoSuchReactor(to)),

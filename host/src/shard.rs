@@ -228,6 +228,9 @@ pub(crate) struct Router {
     tags: LocalTags,
     input: Vec<u8>,
     input_pos: usize,
+    /// The partition key the current reactor set for messages to other
+    /// nodes (0: by destination); reset before every call.
+    pub(crate) affinity: u64,
     config: ShardConfig,
     /// Live reactors plus pending spawns.
     population: usize,
@@ -269,7 +272,7 @@ impl Router {
         if to.node() != node && to != Address::HOST {
             // Another node's reactor or host: the node's transport.
             let Some(out) = self.port.remote() else { return abi::STATUS_NO_SUCH_REACTOR };
-            let status = out.send(to, env);
+            let status = out.send(to, env, self.affinity);
             if status == abi::STATUS_OK {
                 self.stats.remote += 1;
             }
@@ -425,6 +428,7 @@ impl Shard {
             tags: LocalTags::default(),
             input: Vec::new(),
             input_pos: 0,
+            affinity: 0,
             config,
             population: 0,
             modules: HashMap::default(),

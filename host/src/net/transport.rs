@@ -470,8 +470,11 @@ impl Transport {
 }
 
 impl Outbound for Transport {
-    fn send(&self, to: Address, env: Envelope) -> i32 {
-        self.inner.route(to, env, 0)
+    fn send(&self, to: Address, env: Envelope, affinity: u64) -> i32 {
+        match self.inner.try_route(to, env, 0, affinity) {
+            Ok(()) => abi::STATUS_OK,
+            Err((status, _)) => status,
+        }
     }
 }
 
@@ -504,18 +507,11 @@ impl Inner {
         LaneKey { peer, channel, lane: (partition_hash(key) % lanes) as u16 }
     }
 
-    /// Routes a reactor message towards the node of `to`.
-    fn route(self: &Arc<Self>, to: Address, env: Envelope, hops: u8) -> i32 {
-        match self.try_route(to, env, hops, Vec::new()) {
-            Ok(()) => abi::STATUS_OK,
-            Err((status, _)) => status,
-        }
-    }
-
     /// Routes a message towards the node of `to`: delivered here, or queued
-    /// on the lane of the next hop. Gives the message back with the status
-    /// when it cannot go now.
-    fn try_route(self: &Arc<Self>, to: Address, env: Envelope, hops: u8, meta: Vec<u8>) -> Result<(), (i32, Envelope)> {
+    /// on the lane of the next hop, picked by `affinity` (the partition key;
+    /// 0: the destination). Gives the message back with the status when it
+    /// cannot go now.
+    fn try_route(self: &Arc<Self>, to: Address, env: Envelope, hops: u8, affinity: u64) -> Result<(), (i32, Envelope)> {
         let me = self.config.me.id;
         let dest = to.node();
         if dest == me {
@@ -533,7 +529,7 @@ impl Inner {
             return Err((abi::STATUS_NO_SUCH_REACTOR, env));
         };
         let channel = self.pick_channel(env.payload.len());
-        let key = self.lane_key(next, channel, to.0);
+        let key = self.lane_key(next, channel, if affinity == 0 { to.0 } else { affinity });
         let mut data = Data {
             seq: 0,
             ack: 0,
@@ -544,7 +540,7 @@ impl Inner {
             hops: hops + 1,
             msg_kind: env.kind,
             flags: env.flags,
-            meta,
+            meta: Vec::new(),
             payload: env.payload,
         };
         let back = |d: Data| Envelope { kind: d.msg_kind, flags: d.flags, from: Address(d.from), corr: d.corr, payload: d.payload };
@@ -717,7 +713,7 @@ impl Inner {
         let mut env = Envelope { kind: d.msg_kind, flags: d.flags, from: Address(d.from), corr: d.corr, payload: d.payload };
         let mut wait = Duration::from_micros(50);
         loop {
-            match self.try_route(to, env, d.hops, Vec::new()) {
+            match self.try_route(to, env, d.hops, 0) {
                 Ok(()) => return,
                 Err((abi::STATUS_INBOX_FULL, back)) if !self.stopping.load(Ordering::Relaxed) => {
                     env = back;
