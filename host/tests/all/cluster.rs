@@ -250,3 +250,46 @@ fn reliable_channel_delivers_exactly_once_through_injected_faults() {
     assert!(reconnects > opened, "some lane reconnected after a corrupted frame: {lanes}");
     assert!(n2.log().contains("malformed frame") || n1.log().contains("malformed frame"), "a damaged frame was refused");
 }
+
+/// Channels and lanes are real connections: small messages to different
+/// reactors spread over the default channel's lanes, a large one takes the
+/// channel whose size rule it meets, control traffic has its own
+/// connection; with `--multiplex` one connection per peer carries all.
+#[test]
+fn channels_and_lanes_are_separate_connections_unless_multiplexed() {
+    let root = scratch("lanes");
+    let bulk = ["--lanes", "3", "--channel", "bulk:lanes=2:min-bytes=10000"];
+    let n1 = start(&root, 1, SECRET, &bulk);
+    let n2 = start(&root, 2, SECRET, &[&bulk[..], &["--seed", &n1.addr]].concat());
+    wait_until("both up", CONVERGE, || n1.up() == [1, 2] && n2.up() == [1, 2]);
+    let counters: Vec<u64> = (0..12).map(|_| n2.spawn("counter", Value::Null)).collect();
+    for &c in &counters {
+        assert_eq!(n1.call(c, json!({"Add": 1})).unwrap(), json!(1));
+    }
+    let kv = n2.spawn("kv", Value::Null);
+    let big = "x".repeat(50_000);
+    n1.call(kv, json!({"Put": {"key": "k", "value": big}})).unwrap();
+    assert_eq!(n1.call(kv, json!({"Get": {"key": "k"}})).unwrap(), json!({"Value": big}));
+    let lanes = n1.status()["lanes"].clone();
+    let on = |ch: &str| -> Vec<Value> {
+        lanes.as_array().unwrap().iter().filter(|l| l["channel"] == json!(ch) && l["peer"] == json!(2)).cloned().collect()
+    };
+    assert_eq!(on("control").len(), 1, "{lanes}");
+    assert!(on("default").len() >= 2, "12 destinations spread over the default channel's 3 lanes: {lanes}");
+    let bulk_bytes: u64 = on("bulk").iter().map(|l| l["bytes"].as_u64().unwrap()).sum();
+    assert!(bulk_bytes >= 50_000, "the 50 kB put went on the bulk channel: {lanes}");
+    let default_bytes: u64 = on("default").iter().map(|l| l["bytes"].as_u64().unwrap()).sum();
+    assert!(default_bytes < 50_000, "and not on the default one: {lanes}");
+
+    let m1 = start(&root, 3, SECRET, &["--multiplex", "--lanes", "3"]);
+    let m2 = start(&root, 4, SECRET, &["--multiplex", "--lanes", "3", "--seed", &m1.addr]);
+    wait_until("both up", CONVERGE, || m1.up() == [3, 4] && m2.up() == [3, 4]);
+    let counters: Vec<u64> = (0..12).map(|_| m2.spawn("counter", Value::Null)).collect();
+    for &c in &counters {
+        assert_eq!(m1.call(c, json!({"Add": 2})).unwrap(), json!(2));
+    }
+    let lanes = m1.status()["lanes"].clone();
+    let all: Vec<&Value> = lanes.as_array().unwrap().iter().filter(|l| l["peer"] == json!(4)).collect();
+    assert_eq!(all.len(), 1, "one connection to the peer carries everything: {lanes}");
+    assert_eq!(all[0]["channel"], json!("*"));
+}
