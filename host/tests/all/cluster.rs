@@ -293,3 +293,66 @@ fn channels_and_lanes_are_separate_connections_unless_multiplexed() {
     assert_eq!(all.len(), 1, "one connection to the peer carries everything: {lanes}");
     assert_eq!(all[0]["channel"], json!("*"));
 }
+
+/// Plays `rounds` one-way ping-pong rounds between a reactor on `a` and one
+/// on `b`, through whatever route the overlay gives.
+fn ping_across(a: &NodeProc, b: &NodeProc, rounds: u64) {
+    let partner = b.spawn("pingpong", Value::Null);
+    let pinger = a.spawn("pingpong", Value::Null);
+    let report = a
+        .call(pinger, json!({"Play": {"peer": partner, "rounds": rounds, "window": 16, "requests": false}}))
+        .unwrap();
+    assert_eq!(report["pongs"], json!(rounds), "node {} to node {}: {report}", a.id, b.id);
+    assert_eq!(b.call(partner, json!("Report")).unwrap()["pings"], json!(rounds));
+}
+
+/// Client–server: two servers, two clients. Everyone learns everyone;
+/// clients hold connections to servers only, and their reactors reach each
+/// other through the servers.
+#[test]
+fn client_server_overlay_routes_clients_through_servers() {
+    let root = scratch("cs");
+    let cs = ["--overlay", "client-server"];
+    let s1 = start(&root, 1, SECRET, &[&cs[..], &["--role", "server"]].concat());
+    let s2 = start(&root, 2, SECRET, &[&cs[..], &["--role", "server", "--seed", &s1.addr]].concat());
+    let c3 = start(&root, 3, SECRET, &[&cs[..], &["--role", "client", "--seed", &s1.addr]].concat());
+    let c4 = start(&root, 4, SECRET, &[&cs[..], &["--role", "client", "--seed", &s2.addr]].concat());
+    for n in [&s1, &s2, &c3, &c4] {
+        wait_until(&format!("node {} sees all four", n.id), CONVERGE, || n.up() == [1, 2, 3, 4]);
+    }
+    ping_across(&c3, &c4, 1000);
+    ping_across(&c4, &s1, 500);
+    for c in [&c3, &c4] {
+        let lanes = c.status()["lanes"].clone();
+        for l in lanes.as_array().unwrap() {
+            let peer = l["peer"].as_u64().unwrap();
+            assert!(peer == 1 || peer == 2, "a client connects to servers only: {lanes}");
+        }
+    }
+}
+
+/// HyParView + Plumtree across six processes: membership converges, and
+/// reactors on any two nodes reach each other (forwarded when they are not
+/// neighbours); a killed node is reported down by every survivor.
+#[test]
+fn hyparview_overlay_converges_routes_and_detects_a_crash() {
+    let root = scratch("hpv");
+    let hv = ["--overlay", "hyparview"];
+    let mut nodes = vec![start(&root, 1, SECRET, &hv)];
+    for id in 2..=6u16 {
+        let seed = nodes[(id as usize - 2) / 2].addr.clone();
+        nodes.push(start(&root, id, SECRET, &[&hv[..], &["--seed", &seed]].concat()));
+    }
+    for n in &nodes {
+        wait_until(&format!("node {} sees all six", n.id), CONVERGE, || n.up() == [1, 2, 3, 4, 5, 6]);
+    }
+    ping_across(&nodes[0], &nodes[5], 500);
+    ping_across(&nodes[4], &nodes[1], 500);
+    let mut dead = nodes.remove(2);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    for n in &nodes {
+        wait_until(&format!("node {} reports node 3 down", n.id), Duration::from_secs(60), || n.up() == [1, 2, 4, 5, 6]);
+    }
+    ping_across(&nodes[0], &nodes[4], 300);
+}

@@ -520,3 +520,112 @@ impl Overlay for FullMesh {
         self.members.values().filter(|m| m.connected).map(|m| m.info.id).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::sim::{MembershipEvent, Sim};
+    use crate::net::NodeRole;
+
+    fn converge(sim: &mut Sim) {
+        let ok = sim.run_until(Sim::members_converged, Duration::from_secs(60));
+        assert!(ok, "no convergence: {:?}", &sim.membership_errors()[..sim.membership_errors().len().min(10)]);
+    }
+
+    #[test]
+    fn mesh_of_20_converges_and_broadcasts() {
+        let mut sim = Sim::mesh(20, 1);
+        converge(&mut sim);
+        for id in sim.alive_ids() {
+            assert_eq!(sim.connections(id), 19, "node {id}");
+            assert_eq!(sim.overlay(id).unwrap().neighbours().len(), 19);
+        }
+        sim.broadcast(7, b"hello".to_vec());
+        sim.run_for(Duration::from_millis(100));
+        for id in sim.alive_ids() {
+            let got = sim.take_deliveries(id);
+            if id == 7 {
+                assert!(got.is_empty());
+            } else {
+                assert_eq!(got, vec![(7, b"hello".to_vec())], "node {id}");
+            }
+        }
+        for a in sim.alive_ids() {
+            for b in sim.alive_ids() {
+                assert_eq!(sim.route(a, b).unwrap().len(), if a == b { 1 } else { 2 });
+            }
+        }
+        assert!(sim.alive_ids().iter().all(|&id| sim.stats(id).refused == 0));
+    }
+
+    #[test]
+    fn mesh_detects_a_crash_and_takes_back_a_restart() {
+        let mut sim = Sim::mesh(20, 2);
+        converge(&mut sim);
+        sim.record_events(true);
+        sim.crash(5);
+        // Down everywhere after detection delay + suspicion.
+        sim.run_for(Duration::from_secs(6));
+        assert!(sim.members_converged());
+        for id in sim.alive_ids() {
+            let ev = sim.take_events(id);
+            assert_eq!(ev, vec![MembershipEvent::Down(5)], "node {id}");
+            assert!(!sim.overlay(id).unwrap().members().iter().any(|i| i.id == 5));
+        }
+        let info = sim.restart(5, 1).unwrap();
+        assert_eq!(info.incarnation, 2);
+        converge(&mut sim);
+        for id in sim.alive_ids() {
+            let ev = sim.take_events(id);
+            if id == 5 {
+                assert_eq!(ev.len(), 19);
+            } else {
+                assert_eq!(ev, vec![MembershipEvent::Up(info.clone())], "node {id}");
+            }
+            assert_eq!(sim.connections(id), 19);
+        }
+    }
+
+    #[test]
+    fn mesh_heals_a_partition() {
+        let mut sim = Sim::mesh(10, 3);
+        converge(&mut sim);
+        let (a, b): (Vec<NodeId>, Vec<NodeId>) = sim.alive_ids().into_iter().partition(|&id| id <= 5);
+        sim.partition(&[&a, &b]);
+        sim.run_for(Duration::from_secs(8));
+        for &id in &a {
+            assert_eq!(sim.overlay(id).unwrap().members().len(), 5);
+        }
+        sim.heal();
+        converge(&mut sim);
+    }
+
+    #[test]
+    fn mesh_refuses_hostile_messages() {
+        let me = NodeInfo { id: 1, name: "a".into(), addr: "x:1".into(), role: NodeRole::Peer, incarnation: 1 };
+        let mut m = FullMesh::new(me.clone(), MeshConfig::default(), 0);
+        let now = Instant::now();
+        let other = NodeInfo { id: 2, ..me.clone() };
+        // A join for someone else.
+        let bad = encode_message(&Msg::Join(NodeInfo { id: 3, ..me.clone() }));
+        assert!(matches!(m.handle_message(now, 2, &bad), Err(OverlayError::Refused(_))));
+        // Truncated and trailing bytes.
+        let good = encode_message(&Msg::Announce(other.clone()));
+        assert!(matches!(m.handle_message(now, 2, &good[..good.len() - 1]), Err(OverlayError::Malformed(_))));
+        let mut long = good.clone();
+        long.push(0);
+        assert!(matches!(m.handle_message(now, 2, &long), Err(OverlayError::Malformed(_))));
+        // A huge list length.
+        let huge = [1u8, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(matches!(m.handle_message(now, 2, &huge), Err(OverlayError::Malformed(_))));
+        // Too big.
+        let big = vec![0u8; m.config.max_message_size + 1];
+        assert!(matches!(m.handle_message(now, 2, &big), Err(OverlayError::Malformed(_))));
+        // An overlong name.
+        let bad = encode_message(&Msg::Announce(NodeInfo { name: "x".repeat(1000), ..other.clone() }));
+        assert!(matches!(m.handle_message(now, 2, &bad), Err(OverlayError::Refused(_))));
+        assert!(m.members().len() == 1 && m.poll_action().is_none());
+        m.handle_message(now, 2, &good).unwrap();
+        assert_eq!(m.poll_action(), Some(Action::Connect(other)));
+    }
+}

@@ -102,6 +102,9 @@ pub trait Overlay: Send + std::fmt::Debug {
 pub fn build(kind: super::OverlayKind, me: NodeInfo, seed: u64) -> Result<Box<dyn Overlay>, String> {
     match kind {
         super::OverlayKind::FullMesh => Ok(Box::new(mesh::FullMesh::new(me, mesh::MeshConfig::default(), seed))),
-        other => Err(format!("the {other} overlay is not available in this build yet")),
+        super::OverlayKind::ClientServer => {
+            Ok(Box::new(client_server::ClientServer::new(me, client_server::ClientServerConfig::default(), seed)))
+        }
+        super::OverlayKind::HyParView => Ok(Box::new(hyparview::HyParView::new(me, hyparview::HyParViewConfig::default(), seed))),
     }
 }
