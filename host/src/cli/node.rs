@@ -75,6 +75,9 @@ pub(crate) struct NodeArgs {
     /// partitions, crashes) applied to every connection of this node.
     #[arg(long, value_name = "FILE")]
     faults: Option<PathBuf>,
+    /// Pass every frame through a tracing hook (see it with `--log trace`).
+    #[arg(long)]
+    trace_frames: bool,
 }
 
 fn parse_role(s: &str) -> Result<NodeRole, String> {
@@ -141,6 +144,7 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
         runtime: engine_args.runtime_config(args.shards)?,
         channels,
         multiplex: args.multiplex,
+        trace: args.trace_frames,
         faults: match &args.faults {
             Some(f) => {
                 let text = std::fs::read_to_string(f).with_context(|| format!("cannot read the fault schedule {}", f.display()))?;

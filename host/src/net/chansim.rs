@@ -24,24 +24,24 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// (source, destination, lane).
-pub type StreamKey = (NodeId, NodeId, u16);
+pub(crate) type StreamKey = (NodeId, NodeId, u16);
 
 #[derive(Clone, Debug)]
-pub struct SimConfig {
-    pub nodes: Vec<NodeId>,
-    pub lanes: u16,
-    pub causal: Option<CausalConfig>,
-    pub sender: SenderConfig,
-    pub receiver: ReceiverConfig,
-    pub latency: Duration,
-    pub jitter: Duration,
+pub(crate) struct SimConfig {
+    pub(crate) nodes: Vec<NodeId>,
+    pub(crate) lanes: u16,
+    pub(crate) causal: Option<CausalConfig>,
+    pub(crate) sender: SenderConfig,
+    pub(crate) receiver: ReceiverConfig,
+    pub(crate) latency: Duration,
+    pub(crate) jitter: Duration,
     /// Probability that writing a frame kills its connection.
-    pub conn_drop: f64,
-    pub reconnect_delay: Duration,
+    pub(crate) conn_drop: f64,
+    pub(crate) reconnect_delay: Duration,
     /// How long a crashed node stays down.
-    pub restart_delay: Duration,
-    pub schedule: Schedule,
-    pub seed: u64,
+    pub(crate) restart_delay: Duration,
+    pub(crate) schedule: Schedule,
+    pub(crate) seed: u64,
 }
 
 impl Default for SimConfig {
@@ -65,13 +65,13 @@ impl Default for SimConfig {
 
 /// A message handed to the application.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Delivery {
-    pub at_us: u64,
-    pub node: NodeId,
-    pub incarnation: u64,
-    pub from: NodeId,
-    pub lane: u16,
-    pub corr: u64,
+pub(crate) struct Delivery {
+    pub(crate) at_us: u64,
+    pub(crate) node: NodeId,
+    pub(crate) incarnation: u64,
+    pub(crate) from: NodeId,
+    pub(crate) lane: u16,
+    pub(crate) corr: u64,
 }
 
 #[derive(Debug)]
@@ -100,21 +100,21 @@ struct Conn {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Stats {
-    pub frames_written: u64,
-    pub conn_drops: u64,
-    pub decode_closes: u64,
-    pub corrupt_receives: u64,
-    pub stale_packets: u64,
-    pub abandoned: u64,
-    pub crashes: u64,
-    pub causal_full_retries: u64,
-    pub cuts: u64,
+pub(crate) struct Stats {
+    pub(crate) frames_written: u64,
+    pub(crate) conn_drops: u64,
+    pub(crate) decode_closes: u64,
+    pub(crate) corrupt_receives: u64,
+    pub(crate) stale_packets: u64,
+    pub(crate) abandoned: u64,
+    pub(crate) crashes: u64,
+    pub(crate) causal_full_retries: u64,
+    pub(crate) cuts: u64,
 }
 
-pub struct Sim {
+pub(crate) struct Sim {
     pub t0: Instant,
-    pub now: Instant,
+    pub(crate) now: Instant,
     config: SimConfig,
     rng: ChaCha8Rng,
     nodes: BTreeMap<NodeId, SimNode>,
@@ -123,13 +123,13 @@ pub struct Sim {
     next_conn: u64,
     /// Crashed nodes and when they come back.
     restarts: Vec<(Instant, NodeId)>,
-    pub deliveries: Vec<Delivery>,
-    pub stats: Stats,
-    pub errors: Vec<String>,
+    pub(crate) deliveries: Vec<Delivery>,
+    pub(crate) stats: Stats,
+    pub(crate) errors: Vec<String>,
 }
 
 impl Sim {
-    pub fn new(config: SimConfig) -> Sim {
+    pub(crate) fn new(config: SimConfig) -> Sim {
         let t0 = Instant::now();
         let mut sim = Sim {
             t0,
@@ -199,23 +199,23 @@ impl Sim {
         (self.now - self.t0).as_micros() as u64
     }
 
-    pub fn ms(&self, ms: u64) -> Instant {
+    pub(crate) fn ms(&self, ms: u64) -> Instant {
         self.t0 + Duration::from_millis(ms)
     }
 
     #[allow(dead_code)]
-    pub fn incarnation(&self, node: NodeId) -> u64 {
+    pub(crate) fn incarnation(&self, node: NodeId) -> u64 {
         self.nodes[&node].incarnation
     }
 
     #[allow(dead_code)]
-    pub fn is_up(&self, node: NodeId) -> bool {
+    pub(crate) fn is_up(&self, node: NodeId) -> bool {
         self.nodes[&node].up
     }
 
     /// The application at `from` sends message `corr` to `to` on `lane`.
     /// Returns false if `from` is down (the message is not sent).
-    pub fn send(&mut self, from: NodeId, to: NodeId, lane: u16, corr: u64) -> bool {
+    pub(crate) fn send(&mut self, from: NodeId, to: NodeId, lane: u16, corr: u64) -> bool {
         let node = self.nodes.get_mut(&from).expect("node");
         if !node.up {
             return false;
@@ -241,7 +241,7 @@ impl Sim {
     }
 
     /// Nothing left to do: no message waiting anywhere, nothing in flight.
-    pub fn idle(&self) -> bool {
+    pub(crate) fn idle(&self) -> bool {
         self.nodes.values().all(|n| {
             n.outbox.values().all(|q| q.is_empty())
                 && n.senders.values().all(|s| s.unacked() == 0)
@@ -251,11 +251,11 @@ impl Sim {
         }) && self.conns.values().all(|c| c.fwd.is_empty() && c.back.is_empty())
     }
 
-    pub fn trace(&self, node: NodeId) -> Vec<TraceEvent> {
+    pub(crate) fn trace(&self, node: NodeId) -> Vec<TraceEvent> {
         self.nodes[&node].pipeline.hook::<Trace>().unwrap().events().cloned().collect()
     }
 
-    pub fn decisions(&self, node: NodeId) -> Vec<Decision> {
+    pub(crate) fn decisions(&self, node: NodeId) -> Vec<Decision> {
         self.nodes[&node].pipeline.hook::<FaultInjector>().unwrap().log().cloned().collect()
     }
 
@@ -285,7 +285,7 @@ impl Sim {
     }
 
     /// Runs every event up to and including `limit`, then sets the clock to it.
-    pub fn run_until(&mut self, limit: Instant) {
+    pub(crate) fn run_until(&mut self, limit: Instant) {
         loop {
             match self.next_event() {
                 Some(t) if t <= limit => {

@@ -29,7 +29,7 @@
 
 use super::auth::{Handshake, Role, Secret, Step};
 use super::causal::{Causal, CausalConfig};
-use super::fault::{FaultEvent, FaultInjector, Pipeline, Schedule};
+use super::fault::{FaultEvent, FaultInjector, Pipeline, Schedule, Trace};
 use super::frame::{Data, Frame, FrameError, Hello};
 use super::reliable;
 use super::overlay::{Action, Overlay};
@@ -131,6 +131,9 @@ pub struct TransportConfig {
     /// Fault injection: every connection's frames pass a [`FaultInjector`]
     /// driven by this schedule (times from the transport's start).
     pub faults: Option<Schedule>,
+    /// Every connection's frames pass a [`Trace`] hook (logged at `trace`
+    /// level, the last 1,024 kept per connection).
+    pub trace: bool,
 }
 
 impl TransportConfig {
@@ -147,6 +150,7 @@ impl TransportConfig {
             connect_timeout: Duration::from_secs(3),
             lane_capacity: 4096,
             faults: None,
+            trace: false,
         }
     }
 }
@@ -318,6 +322,8 @@ enum ConnError {
     Closed(String),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    #[error("node {0} is on the other side of an injected partition")]
+    Partitioned(NodeId),
 }
 
 fn partition_hash(key: u64) -> u64 {
@@ -734,11 +740,28 @@ impl Inner {
     /// a stream's n-th frame would meet the same fate on every reconnect,
     /// and a resend of the same frames would fail the same way forever.
     fn pipeline(&self, conn: u64) -> Option<Pipeline> {
-        let (schedule, start) = self.faults.as_ref()?;
-        let mut schedule = schedule.clone();
-        schedule.seed ^= partition_hash(conn);
-        let injector = FaultInjector::new(self.config.me.id, &schedule, *start).resumed(Instant::now());
-        Some(Pipeline::new().with(injector))
+        if self.faults.is_none() && !self.config.trace {
+            return None;
+        }
+        let mut p = Pipeline::new();
+        if self.config.trace {
+            p = p.with(Trace::new(Instant::now(), 1024));
+        }
+        if let Some((schedule, start)) = self.faults.as_ref() {
+            let mut schedule = schedule.clone();
+            schedule.seed ^= partition_hash(conn);
+            p = p.with(FaultInjector::new(self.config.me.id, &schedule, *start).resumed(Instant::now()));
+        }
+        Some(p)
+    }
+
+    /// Whether the fault schedule has `peer` on the other side of a
+    /// partition now (connections to it are refused after the handshake).
+    fn cut_off(&self, peer: NodeId) -> bool {
+        let Some((schedule, start)) = self.faults.as_ref() else { return false };
+        let mut p = Pipeline::new().with(FaultInjector::new(self.config.me.id, schedule, *start).resumed(Instant::now()));
+        p.handle_timeout(Instant::now());
+        p.hook::<FaultInjector>().is_some_and(|f| f.is_cut(peer))
     }
 
     /// Carries out what the fault injector asks of the node itself.
@@ -789,6 +812,9 @@ async fn dial(inner: &Arc<Inner>, addr: &str, key: LaneKey) -> Result<(TcpStream
     }
     if peer.node == inner.config.me.id {
         return Err(ConnError::Protocol(format!("{addr} is this node (id {})", peer.node)));
+    }
+    if inner.cut_off(peer.node) {
+        return Err(ConnError::Partitioned(peer.node));
     }
     Ok((stream, buf, peer))
 }
@@ -853,7 +879,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         tokio::spawn(async move {
             if let Err(e) = serve(&inner, stream).await {
                 match e {
-                    ConnError::Closed(_) => tracing::debug!("connection from {from} ended: {e}"),
+                    ConnError::Closed(_) | ConnError::Partitioned(_) => tracing::debug!("connection from {from} ended: {e}"),
                     ConnError::Io(_) => tracing::info!("connection from {from} ended: {e}"),
                     _ => {
                         inner.refused.fetch_add(1, Ordering::Relaxed);
@@ -897,6 +923,9 @@ async fn serve(inner: &Arc<Inner>, mut stream: TcpStream) -> Result<(), ConnErro
         .map_err(|_| ConnError::Timeout("authenticating"))??;
     if peer.node == inner.config.me.id || peer.node == 0 {
         return Err(ConnError::Protocol(format!("the peer claims node id {}", peer.node)));
+    }
+    if inner.cut_off(peer.node) {
+        return Err(ConnError::Partitioned(peer.node));
     }
     let is_control = peer.channel == "control" || peer.channel == "*";
     if !is_control && !inner.channels.iter().skip(1).any(|c| c.name == peer.channel) {
@@ -1443,7 +1472,10 @@ fn refresh_routes(inner: &Inner, overlay: &dyn Overlay) {
     let me = inner.config.me.id;
     for (id, m) in dir.iter_mut() {
         if *id != me {
-            m.via = if m.up { overlay.next_hop(*id) } else { None };
+            // A live node the overlay has no route to this instant (a
+            // connection being replaced) keeps its last route: a lane to a
+            // gone relay fails over on its own, and `Down` clears it.
+            m.via = if m.up { overlay.next_hop(*id).or(m.via) } else { None };
         }
     }
 }

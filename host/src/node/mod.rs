@@ -74,6 +74,8 @@ pub struct NodeConfig {
     pub multiplex: bool,
     /// A fault-injection schedule applied to every connection.
     pub faults: Option<crate::net::fault::Schedule>,
+    /// A tracing hook on every connection.
+    pub trace: bool,
 }
 
 /// What a node remembers of cluster events (newest last, bounded).
@@ -172,6 +174,7 @@ impl Node {
         }
         tc.multiplex = config.multiplex;
         tc.faults = config.faults.clone();
+        tc.trace = config.trace;
         // Bind first: the overlay announces the bound address (port 0
         // picks one).
         let listener = Transport::bind(&tc)?;

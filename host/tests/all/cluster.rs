@@ -356,3 +356,43 @@ fn hyparview_overlay_converges_routes_and_detects_a_crash() {
     }
     ping_across(&nodes[0], &nodes[4], 300);
 }
+
+/// A saved fault schedule run by real nodes: at 4 s node 3 is partitioned
+/// from nodes 1 and 2 (both sides report the other down), at 10 s the
+/// partition heals (all up again, messages flow), at 14 s node 2 crashes
+/// itself (the others report it down).
+#[test]
+fn a_fault_schedule_partitions_heals_and_crashes_real_nodes() {
+    let root = scratch("schedule");
+    let schedule = json!({"seed": 3, "events": [
+        {"at_ms": 4000, "event": {"partition": {"sides": [[1, 2], [3]]}}},
+        {"at_ms": 10000, "event": "heal"},
+        {"at_ms": 14000, "event": {"crash": {"node": 2}}},
+    ]});
+    let file = root.join("schedule.json");
+    std::fs::write(&file, schedule.to_string()).unwrap();
+    let f = file.to_str().unwrap();
+    let n1 = start(&root, 1, SECRET, &["--faults", f]);
+    let mut n2 = start(&root, 2, SECRET, &["--faults", f, "--seed", &n1.addr]);
+    let n3 = start(&root, 3, SECRET, &["--faults", f, "--seed", &n1.addr]);
+    let t0 = Instant::now();
+    for n in [&n1, &n2, &n3] {
+        wait_until(&format!("node {} sees all three", n.id), CONVERGE, || n.up() == [1, 2, 3]);
+    }
+    assert!(t0.elapsed() < Duration::from_millis(3500), "the cluster formed before the partition");
+    wait_until("node 1 and node 3 see the partition", CONVERGE, || n1.up() == [1, 2] && n3.up() == [3]);
+    wait_until("the partition heals", CONVERGE, || n1.up() == [1, 2, 3] && n3.up() == [1, 2, 3]);
+    assert!(t0.elapsed() >= Duration::from_secs(10), "healed only after the schedule's heal");
+    let routed = |n: &NodeProc, to: u64| {
+        n.status()["members"].as_array().unwrap().iter().any(|m| m["id"] == json!(to) && !m["via"].is_null())
+    };
+    wait_until("node 1 has a route to node 3 again", CONVERGE, || routed(&n1, 3));
+    let c = n3.spawn("counter", Value::Null);
+    assert_eq!(n1.call(c, json!({"Add": 4})).unwrap(), json!(4));
+    let status = n2.child.wait().unwrap();
+    assert!(!status.success(), "node 2 crashed itself on schedule: {status}");
+    assert!(n2.log().contains("crashing node 2"), "{}", n2.log());
+    for n in [&n1, &n3] {
+        wait_until(&format!("node {} reports node 2 down", n.id), CONVERGE, || n.up() == [1, 3]);
+    }
+}
