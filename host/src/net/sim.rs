@@ -311,8 +311,8 @@ impl Sim {
         sim
     }
 
-    /// Adds `peers` nodes of role Peer-or-Server then `clients` clients;
-    /// `peers` of them (role Server when there are clients).
+    /// Adds `peers` nodes (role Peer, or Server when there are clients)
+    /// joining through node 1, then `clients` clients spread over them.
     fn build(&mut self, peers: usize, clients: usize) {
         let spacing = nanos(self.config.join_spacing);
         let peer_role = if clients > 0 { NodeRole::Server } else { NodeRole::Peer };
@@ -562,11 +562,10 @@ impl Sim {
                     if let Some(o) = self.node_mut(to).and_then(|n| n.overlay.as_mut()) {
                         o.handle_connected(now, from_info);
                     }
-                    if seed {
-                        if let Some(o) = self.node_mut(from).and_then(|n| n.overlay.as_mut()) {
+                    if seed
+                        && let Some(o) = self.node_mut(from).and_then(|n| n.overlay.as_mut()) {
                             o.handle_seed(now, to_info);
                         }
-                    }
                 } else if seed {
                     let to_info = self.node(to).map(|n| n.info.clone());
                     if let (Some(to_info), Some(o)) = (to_info, self.node_mut(from).and_then(|n| n.overlay.as_mut())) {
@@ -613,8 +612,7 @@ impl Sim {
 
     /// Carries out what `id`'s overlay asked for, then arms its timer.
     fn after(&mut self, id: NodeId) {
-        loop {
-            let Some(action) = self.node_mut(id).and_then(|n| n.overlay.as_mut()).and_then(|o| o.poll_action()) else { break };
+        while let Some(action) = self.node_mut(id).and_then(|n| n.overlay.as_mut()).and_then(|o| o.poll_action()) {
             self.act(id, action);
         }
         let base = self.base;
@@ -644,12 +642,11 @@ impl Sim {
                     n.stats.messages_sent += 1;
                     n.stats.bytes_sent += payload.len() as u64;
                 }
-                if let Some(marker) = &self.marker {
-                    if payload.windows(marker.len()).any(|w| w == marker.as_slice()) {
+                if let Some(marker) = &self.marker
+                    && payload.windows(marker.len()).any(|w| w == marker.as_slice()) {
                         self.marked.0 += 1;
                         self.marked.1 += payload.len() as u64;
                     }
-                }
                 if to == id || self.node(to).is_none() {
                     return;
                 }
@@ -664,19 +661,17 @@ impl Sim {
             }
             Action::Up(info) => {
                 self.trace(13, id, info.id, info.incarnation);
-                if self.record_events {
-                    if let Some(n) = self.node_mut(id) {
+                if self.record_events
+                    && let Some(n) = self.node_mut(id) {
                         n.events.push(MembershipEvent::Up(info));
                     }
-                }
             }
             Action::Down(peer) => {
                 self.trace(14, id, peer, 0);
-                if self.record_events {
-                    if let Some(n) = self.node_mut(id) {
+                if self.record_events
+                    && let Some(n) = self.node_mut(id) {
                         n.events.push(MembershipEvent::Down(peer));
                     }
-                }
             }
             Action::Deliver { origin, payload } => {
                 self.trace(15, id, origin, payload.len() as u64);
@@ -957,10 +952,10 @@ impl fmt::Display for OverheadReport {
 
 /// Measures `kind` with `n` nodes: build the cluster (client–server with
 /// [`default_servers`]), run until memberships converge (at most 300 s
-/// simulated), let it settle 10 s, then measure 30 s of steady state
+/// simulated), let it settle 5 s, then measure 20 s of steady state
 /// (connections, messages and bytes per node per second), then broadcast
 /// one 64-byte payload from the last node and count the messages that
-/// carried it.
+/// carried it (until every node has it plus 0.5 s, at most 5 s).
 pub fn overhead_report(kind: OverlayKind, n: usize, seed: u64) -> OverheadReport {
     let mut sim = Sim::cluster(kind, n, seed);
     let servers = if kind == OverlayKind::ClientServer { default_servers(n) } else { 0 };
@@ -973,10 +968,10 @@ pub fn overhead_report(kind: OverlayKind, n: usize, seed: u64) -> OverheadReport
         sim.run_for(Duration::from_secs(1));
     }
     let converged_after = sim.elapsed();
-    sim.run_for(Duration::from_secs(10));
+    sim.run_for(Duration::from_secs(5));
     let ids = sim.alive_ids();
     let before: Vec<NodeStats> = ids.iter().map(|&id| sim.stats(id)).collect();
-    let window = Duration::from_secs(30);
+    let window = Duration::from_secs(20);
     sim.run_for(window);
     let (mut msgs, mut bytes) = (0u64, 0u64);
     for (i, &id) in ids.iter().enumerate() {
@@ -997,14 +992,23 @@ pub fn overhead_report(kind: OverlayKind, n: usize, seed: u64) -> OverheadReport
     sim.set_marker(Some(payload.clone()));
     let origin = *ids.last().unwrap_or(&1);
     sim.broadcast(origin, payload.clone());
-    sim.run_for(Duration::from_secs(5));
+    let mut reached: FxHashSet<NodeId> = FxHashSet::default();
+    for _ in 0..50 {
+        sim.run_for(Duration::from_millis(100));
+        for &id in &ids {
+            if sim.take_deliveries(id).iter().any(|(o, p)| *o == origin && *p == payload) {
+                reached.insert(id);
+            }
+        }
+        if reached.len() + 1 >= ids.len() {
+            // Let lazy repairs and prunes in flight finish.
+            sim.run_for(Duration::from_millis(500));
+            break;
+        }
+    }
     let (broadcast_msgs, broadcast_bytes) = sim.marked();
     sim.set_marker(None);
-    let broadcast_reached = ids
-        .iter()
-        .filter(|&&id| id != origin)
-        .filter(|&&id| sim.take_deliveries(id).iter().any(|(o, p)| *o == origin && *p == payload))
-        .count();
+    let broadcast_reached = reached.len();
     OverheadReport {
         kind,
         nodes: n,
@@ -1097,7 +1101,10 @@ mod tests {
                 let mut huge = head.clone();
                 huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
                 huge.extend_from_slice(&bytes);
-                prop_assert!(o.handle_message(now, from, &huge).is_err() || huge.len() < 8);
+                // (A mesh `Digest` (tag 3) starts with a u32 count, not a
+                // length: 0xffff_ffff is a valid count there.)
+                let integer_first = kind == OverlayKind::FullMesh && head.first() == Some(&3);
+                prop_assert!(o.handle_message(now, from, &huge).is_err() || huge.len() < 8 || integer_first);
                 o.handle_timeout(now + Duration::from_secs(1));
                 while o.poll_action().is_some() {}
                 let _ = (o.members(), o.neighbours(), o.next_hop(from));
@@ -1135,25 +1142,6 @@ mod tests {
             assert_eq!(r.broadcast_reached, 31, "{r}");
             assert!(r.conns_max >= 1);
         }
-    }
-
-    #[test]
-    #[ignore]
-    fn hyparview_reports() {
-        for n in [128, 1024] {
-            let t = std::time::Instant::now();
-            let r = overhead_report(OverlayKind::HyParView, n, 1);
-            eprintln!("{r}  ({:.1}s wall)", t.elapsed().as_secs_f64());
-        }
-    }
-
-    #[test]
-    #[ignore]
-    fn profile_hyparview_512() {
-        let t = std::time::Instant::now();
-        let mut sim = Sim::hyparview(512, 1);
-        sim.run_for(Duration::from_secs(30));
-        eprintln!("{:.1}s wall", t.elapsed().as_secs_f64());
     }
 
     /// `cargo test --release -- --ignored overhead_report_all --nocapture`

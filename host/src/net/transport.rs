@@ -982,20 +982,10 @@ async fn serve_loop(
         let now = Instant::now();
         // Frames the pipeline lets through now, and acks that are due.
         let mut to_write: Vec<Frame> = Vec::new();
-        let mut incoming: Vec<Frame> = Vec::new();
-        if let Some(p) = pipeline.as_mut() {
-            p.handle_timeout(now);
-            while let Some(packet) = p.poll_release(now) {
-                match packet.dir {
-                    super::fault::Direction::Receive if packet.corrupt.is_some() => {
-                        return Err(ConnError::Protocol("a damaged frame (injected)".into()));
-                    }
-                    super::fault::Direction::Receive => incoming.push(packet.frame),
-                    super::fault::Direction::Send => write_packet(&mut wr, packet, out).await?,
-                }
-            }
-            inner.carry_out_faults(p);
-        }
+        let incoming = match pipeline.as_mut() {
+            Some(p) => release_due(inner, p, now, &mut wr, out, None).await?,
+            None => Vec::new(),
+        };
         for f in incoming {
             match inner.handle_incoming(peer, f, streams).await? {
                 Some(answer) => to_write.push(answer),
@@ -1054,17 +1044,42 @@ fn frame_channel(f: &Frame) -> u16 {
     }
 }
 
-async fn write_packet(
+/// Lets a connection's pipeline release what is due: writes the frames
+/// going out (damaged if marked so), returns the frames coming in (a
+/// damaged one ends the connection, as a real decode error would), and
+/// carries out fault events.
+async fn release_due(
+    inner: &Inner,
+    p: &mut Pipeline,
+    now: Instant,
     wr: &mut (impl AsyncWriteExt + Unpin),
-    packet: super::fault::Packet,
     out: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    out.clear();
-    packet.frame.encode(out);
-    if let Some(damage) = packet.corrupt {
-        damage.apply(out);
+    stats: Option<&LaneStats>,
+) -> Result<Vec<Frame>, ConnError> {
+    p.handle_timeout(now);
+    let mut incoming = Vec::new();
+    while let Some(packet) = p.poll_release(now) {
+        match packet.dir {
+            super::fault::Direction::Send => {
+                out.clear();
+                packet.frame.encode(out);
+                if let Some(damage) = packet.corrupt {
+                    damage.apply(out);
+                }
+                wr.write_all(out).await?;
+                if let Some(s) = stats {
+                    s.frames_out.fetch_add(1, Ordering::Relaxed);
+                    s.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+                }
+            }
+            super::fault::Direction::Receive if packet.corrupt.is_some() => {
+                return Err(ConnError::Protocol("a damaged frame (injected)".into()));
+            }
+            super::fault::Direction::Receive => incoming.push(packet.frame),
+        }
     }
-    wr.write_all(out).await
+    inner.carry_out_faults(p);
+    Ok(incoming)
 }
 
 /// One outgoing lane: dials, authenticates, writes what is queued, pings,
@@ -1264,24 +1279,10 @@ impl Lane<'_> {
                     None => self.write(&mut wr, &f, &mut out).await?,
                 }
             }
-            let mut acks = Vec::new();
-            if let Some(p) = pipeline.as_mut() {
-                p.handle_timeout(now);
-                while let Some(packet) = p.poll_release(now) {
-                    match packet.dir {
-                        super::fault::Direction::Send => {
-                            self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-                            write_packet(&mut wr, packet, &mut out).await?;
-                            self.stats.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
-                        }
-                        super::fault::Direction::Receive if packet.corrupt.is_some() => {
-                            return Err(ConnError::Protocol("a damaged frame (injected)".into()));
-                        }
-                        super::fault::Direction::Receive => acks.push(packet.frame),
-                    }
-                }
-                inner.carry_out_faults(p);
-            }
+            let acks = match pipeline.as_mut() {
+                Some(p) => release_due(inner, p, now, &mut wr, &mut out, Some(self.stats)).await?,
+                None => Vec::new(),
+            };
             for f in acks {
                 if self.on_frame(f)? {
                     blocked = false;

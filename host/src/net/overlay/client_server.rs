@@ -259,12 +259,11 @@ impl ClientServer {
         if self.next_tick.is_none() {
             self.next_tick = Some(now + self.config.tick);
         }
-        if let Role::Server(s) = &mut self.role {
-            if s.next_sync.is_none() {
+        if let Role::Server(s) = &mut self.role
+            && s.next_sync.is_none() {
                 let j = self.rng.random_range(0..=self.config.sync_interval.as_millis().max(1) as u64);
                 s.next_sync = Some(now + self.config.sync_interval / 2 + Duration::from_millis(j));
             }
-        }
     }
 
     // ---- server side ------------------------------------------------------
@@ -801,12 +800,11 @@ impl ClientServer {
     fn client_tick(&mut self, now: Instant) {
         let want = self.config.servers_per_client.max(1);
         let Some(c) = self.client() else { return };
-        if c.primary.is_none() {
-            if let Some(&standby) = c.connected.iter().next() {
+        if c.primary.is_none()
+            && let Some(&standby) = c.connected.iter().next() {
                 self.attach(standby);
                 return;
             }
-        }
         let Some(c) = self.client() else { return };
         if c.connected.len() < want && c.retry_at.is_none_or(|t| t <= now) {
             self.client_dial_next(now);
@@ -904,14 +902,13 @@ impl Overlay for ClientServer {
                         r.retry_at = Some(now + r.backoff);
                         r.backoff = (r.backoff * 2).min(max);
                     }
-                } else if let Some(c) = s.clients.get_mut(&peer) {
-                    if c.connected {
+                } else if let Some(c) = s.clients.get_mut(&peer)
+                    && c.connected {
                         c.connected = false;
                         if c.up && c.since.is_none() {
                             c.since = Some(now);
                         }
                     }
-                }
             }
             Role::Client(c) => {
                 c.connected.remove(&peer);
@@ -1105,7 +1102,7 @@ mod tests {
             assert!(ev.contains(&MembershipEvent::Down(2)), "node {id}: {ev:?}");
             // No client was declared Down: they all re-attached in time.
             assert!(!ev.iter().any(|e| matches!(e, MembershipEvent::Down(x) if *x != 2)), "node {id}: {ev:?}");
-            assert_eq!(sim.connections(id) > 0, true);
+            assert!(sim.connections(id) > 0);
         }
         all_routes(&sim);
         // Server 2 comes back, then a client restarts.

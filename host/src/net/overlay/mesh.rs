@@ -22,7 +22,7 @@
 //!   is direct: `next_hop(to) == Some(to)` when connected.
 //!
 //! Also home of the small wire helpers the other overlays share
-//! ([`decode_message`], [`check_info`]).
+//! (`decode_message`, `check_info`).
 #![forbid(unsafe_code)]
 
 use super::{Action, Overlay, OverlayError};
