@@ -384,7 +384,8 @@ impl Runtime {
         if payload.len() > abi::MAX_PAYLOAD_LEN as usize {
             return Err(SendError::TooLarge(payload.len()));
         }
-        if !to.is_reactor() {
+        // A reactor anywhere, or another node's host (its mailbox).
+        if !to.is_reactor() && !(to.is_host() && to.node() != self.refs.node()) {
             return Err(SendError::NoSuchReactor(to));
         }
         let flags = if text { abi::FLAG_TEXT } else { 0 };

@@ -140,7 +140,25 @@ fn handle(node: &Node, req: &Value) -> anyhow::Result<Value> {
                 Ok(json!({"binary": hex::encode(&reply.payload)}))
             }
         }
-        _ => anyhow::bail!("unknown op `{op}` (status, spawn, send, call, stop)"),
+        "mailbox" => {
+            // One-way messages sent to this node's host (`#<node>.host`),
+            // oldest first.
+            let msgs: Vec<Value> = node
+                .runtime
+                .drain_host_messages()
+                .into_iter()
+                .map(|env| {
+                    let body = if env.flags & crate::abi::FLAG_TEXT != 0 {
+                        serde_json::from_slice(&env.payload).unwrap_or_else(|_| json!({"text": String::from_utf8_lossy(&env.payload)}))
+                    } else {
+                        json!({"binary": hex::encode(&env.payload)})
+                    };
+                    json!({"from": env.from.to_string(), "msg": body})
+                })
+                .collect();
+            Ok(Value::Array(msgs))
+        }
+        _ => anyhow::bail!("unknown op `{op}` (status, spawn, send, call, mailbox, stop)"),
     }
 }
 

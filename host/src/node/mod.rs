@@ -22,6 +22,8 @@
 //! - `{"op":"spawn","module":NAME|PATH,"init":JSON}` → `{"address","tag"}`;
 //! - `{"op":"send","to":ADDR,"msg":JSON}` → `null`;
 //! - `{"op":"call","to":ADDR,"msg":JSON,"timeout_ms":N}` → the reply;
+//! - `{"op":"mailbox"}` → the messages sent to this node's host
+//!   (`#<node>.host`), oldest first, each `{"from","msg"}`;
 //! - `{"op":"stop"}` → `null`, then the node exits.
 //!
 //! `ADDR` is `"#<node>.<shard>:<serial>"` or the tag as a number. Messages

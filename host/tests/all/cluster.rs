@@ -396,3 +396,46 @@ fn a_fault_schedule_partitions_heals_and_crashes_real_nodes() {
         wait_until(&format!("node {} reports node 2 down", n.id), CONVERGE, || n.up() == [1, 3]);
     }
 }
+
+/// Causal order between real processes. Node 1 sends m1 (put x=1) to a kv
+/// reactor on node 3, delayed 1.5 s by its fault schedule, then m2 to node
+/// 2's host; once node 2 has delivered m2 it sends m3 (put x=2) to the same
+/// kv. m1 happened before m3, so with `--causal` node 3 applies m1 first
+/// and x ends as 2; without, m3 arrives first and the late m1 leaves x = 1
+/// (the control run shows the delay really reorders).
+#[test]
+fn causal_channel_orders_messages_across_three_processes() {
+    for causal in [true, false] {
+        let root = scratch(if causal { "causal" } else { "causal-off" });
+        let schedule = json!({"seed": 1, "events": [{"at_ms": 0, "event": {"set_rule": {"name": "slow 1 to 3",
+            "rule": {"node": 1, "peer": 3, "channel": 1, "direction": "send", "delay_ms": [1500, 1500]}}}}]});
+        let file = root.join("slow.json");
+        std::fs::write(&file, schedule.to_string()).unwrap();
+        let mut args = vec!["--faults", file.to_str().unwrap()];
+        if causal {
+            args.push("--causal");
+        }
+        let n1 = start(&root, 1, SECRET, &args);
+        let seeded: Vec<&str> = args.iter().copied().chain(["--seed", n1.addr.as_str()]).collect();
+        let n2 = start(&root, 2, SECRET, &seeded);
+        let n3 = start(&root, 3, SECRET, &seeded);
+        for n in [&n1, &n2, &n3] {
+            wait_until(&format!("node {} sees all three", n.id), CONVERGE, || n.up() == [1, 2, 3]);
+        }
+        let kv = n3.spawn("kv", Value::Null);
+        let send = |n: &NodeProc, to: Value, msg: Value| n.admin().request(json!({"op": "send", "to": to, "msg": msg})).unwrap();
+        send(&n1, json!(kv), json!({"Put": {"key": "x", "value": "1"}}));
+        send(&n1, json!("#2.host"), json!("m2"));
+        let mut got = Vec::new();
+        wait_until("node 2 delivers m2", CONVERGE, || {
+            got.extend(n2.admin().request(json!({"op": "mailbox"})).unwrap().as_array().unwrap().clone());
+            !got.is_empty()
+        });
+        assert_eq!(got[0]["msg"], json!("m2"), "{got:?}");
+        send(&n2, json!(kv), json!({"Put": {"key": "x", "value": "2"}}));
+        std::thread::sleep(Duration::from_millis(2500));
+        let x = n3.call(kv, json!({"Get": {"key": "x"}})).unwrap();
+        let want = if causal { "2" } else { "1" };
+        assert_eq!(x, json!({"Value": want}), "causal = {causal}");
+    }
+}
