@@ -22,9 +22,19 @@
 //!   crossbeam, tokio mpsc and the disruptor crate.
 //! - `e2e` — end to end through Wasm on the multi-core runtime (one shard,
 //!   across shards, request–response latency, bare ring round trip).
+//! - `overlay` — what each overlay costs per node as the cluster grows
+//!   (simulated: 32, 128, 1,024 nodes).
+//! - `netlab` — the network lab: two namespaces joined by TUN devices and a
+//!   user-space delay line (emulated RTT), calibrated; nodes run inside it.
+//! - `partisan` — parallel, affinitized connections (lanes) against one
+//!   connection per node pair, between two `host node` processes over the
+//!   lab (Partisan, USENIX ATC '19). Needs root and the `host` binary.
 mod density;
 mod e2e;
 mod harness;
+mod netlab;
+mod overlay;
+mod partisan;
 mod ring;
 mod rtt;
 mod snapshot;
@@ -65,7 +75,17 @@ enum Scenario {
     /// Snapshot and restore of a kv reactor at 1 MB to 1 GB: full,
     /// copy-on-write, incremental, eager and lazy restore.
     Snapshot,
-    /// All of the above.
+    /// Overlay cost per node (connections, control traffic, broadcast) at
+    /// 32, 128 and 1,024 simulated nodes: full mesh, client-server,
+    /// HyParView.
+    Overlay,
+    /// The network lab alone: the delay line between two namespaces,
+    /// calibrated at 1 ms and 20 ms, and plain TCP's throughput over it.
+    Netlab,
+    /// Parallel, affinitized connections vs one connection per node pair
+    /// (Partisan, ATC '19) between two nodes over the lab (needs root).
+    Partisan,
+    /// All of the above but `netlab` and `partisan` (they need root).
     All,
 }
 
@@ -81,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::RingMpsc,
             Scenario::E2e,
             Scenario::Snapshot,
+            Scenario::Overlay,
         ],
         s => vec![s],
     };
@@ -94,6 +115,9 @@ fn main() -> anyhow::Result<()> {
             Scenario::RingMpsc => ring::run_mpsc(opts)?,
             Scenario::E2e => e2e::run(opts)?,
             Scenario::Snapshot => snapshot::run(opts)?,
+            Scenario::Overlay => overlay::run(opts)?,
+            Scenario::Netlab => netlab::run(opts)?,
+            Scenario::Partisan => partisan::run(opts)?,
             Scenario::All => unreachable!("expanded above"),
         };
         if !cli.json {

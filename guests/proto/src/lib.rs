@@ -97,6 +97,78 @@ pub enum PingMsg {
     Play { peer: Option<u64>, rounds: u64, window: u32, requests: bool },
     /// Request: replies [`PingReport`] with the counters so far.
     Report,
+    /// Request: answered with the same bytes (a [`Bytes`] reply).
+    BulkEcho { n: u64, data: Bytes },
+    /// Request: play `rounds` request–response rounds with the reactor
+    /// `peer`, each a [`PingMsg::BulkEcho`] of `bytes` bytes whose answer
+    /// must be the same bytes, keeping `window` rounds in flight; replies
+    /// [`BulkReport`] when the last answer arrives.
+    PlayBulk { peer: u64, rounds: u64, window: u32, bytes: u32 },
+    /// Request: put `rounds` values of `bytes` bytes into the `kv` reactor
+    /// `kv` under the keys `"{prefix}{round}"`, keeping `window` puts in
+    /// flight; replies [`BulkReport`] when the last put is answered.
+    PlayKv { kv: u64, rounds: u64, window: u32, bytes: u32, prefix: String },
+}
+
+/// A byte string that encodes as one run: with postcard a length and a copy
+/// (a `Vec<u8>` would go element by element), with JSON an array of numbers
+/// (a string is accepted too).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Bytes, E> {
+                Ok(Bytes(v.as_bytes().to_vec()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(Visit)
+    }
+}
+
+/// What a `pingpong` reactor's [`PingMsg::PlayBulk`] or
+/// [`PingMsg::PlayKv`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkReport {
+    /// Rounds answered.
+    pub rounds: u64,
+    /// Answers that were not what they should be (echoed bytes differing
+    /// from those sent, or a reply that did not decode).
+    pub mismatches: u64,
+    /// Payload bytes sent (request bodies).
+    pub bytes_sent: u64,
+    /// Payload bytes received (whole reply payloads).
+    pub bytes_received: u64,
+    /// From the play request to the last answer, in microseconds.
+    pub elapsed_us: u64,
+    /// Each round's time from its request to its answer, in microseconds,
+    /// in the order the answers arrived (at most the first 100,000).
+    pub round_us: Vec<u32>,
 }
 
 /// What a `pingpong` reactor has seen.

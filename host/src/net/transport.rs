@@ -841,6 +841,23 @@ async fn write_frame(stream: &mut (impl AsyncWriteExt + Unpin), frame: &Frame, b
     stream.write_all(buf).await
 }
 
+/// Writes `bytes`, failing if the peer takes nothing for `stall` (a frame
+/// of megabytes on a slow link may take longer than that in all, which is
+/// fine as long as it moves).
+async fn write_live(wr: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8], stall: Duration) -> Result<(), ConnError> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = (at + (256 << 10)).min(bytes.len());
+        match tokio::time::timeout(stall, wr.write(&bytes[at..end])).await {
+            Ok(Ok(0)) => return Err(ConnError::Closed("the peer stopped reading".into())),
+            Ok(Ok(n)) => at += n,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(ConnError::Timeout("writing: the peer took nothing")),
+        }
+    }
+    Ok(())
+}
+
 /// Reads one frame; `buf` keeps bytes read past it. Cancel-safe (it is
 /// used in `select!`): bytes are only ever appended to `buf` by `read_buf`.
 async fn read_frame(stream: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> Result<Frame, ConnError> {
@@ -978,6 +995,8 @@ async fn serve_loop(
     let mut pipeline = inner.pipeline(conn);
     let (mut rd, mut wr) = stream.split();
     let mut last_read = Instant::now();
+    // Bytes buffered at the last check (progress inside a frame).
+    let mut seen = buf.len();
     loop {
         let now = Instant::now();
         // Frames the pipeline lets through now, and acks that are due.
@@ -1018,6 +1037,7 @@ async fn serve_loop(
             r = read_frame(&mut rd, buf) => {
                 let f = r?;
                 last_read = Instant::now();
+                seen = buf.len();
                 match pipeline.as_mut() {
                     Some(p) => p.handle_receive(last_read, peer.node, frame_channel(&f), conn, f),
                     None => {
@@ -1028,7 +1048,12 @@ async fn serve_loop(
                 }
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(timer)) => {
-                if last_read.elapsed() >= inner.config.idle_timeout {
+                // Bytes of a frame still arriving count as life: a large
+                // frame on a slow link takes longer than the timeout.
+                if buf.len() != seen {
+                    seen = buf.len();
+                    last_read = Instant::now();
+                } else if last_read.elapsed() >= inner.config.idle_timeout {
                     return Err(ConnError::Timeout("waiting for frames"));
                 }
             }
@@ -1066,7 +1091,7 @@ async fn release_due(
                 if let Some(damage) = packet.corrupt {
                     damage.apply(out);
                 }
-                wr.write_all(out).await?;
+                write_live(wr, out, inner.config.idle_timeout).await?;
                 if let Some(s) = stats {
                     s.frames_out.fetch_add(1, Ordering::Relaxed);
                     s.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
@@ -1276,7 +1301,12 @@ impl Lane<'_> {
             for f in frames {
                 match pipeline.as_mut() {
                     Some(p) => p.handle_send(now, self.key.peer, frame_channel(&f), conn, f),
-                    None => self.write(&mut wr, &f, &mut out).await?,
+                    None => {
+                        self.write(&mut wr, &f, &mut out).await?;
+                        // The peer took a frame: it is alive even if its
+                        // pongs queue behind our data.
+                        last_read = Instant::now();
+                    }
                 }
             }
             let acks = match pipeline.as_mut() {
@@ -1337,8 +1367,10 @@ impl Lane<'_> {
         self.inner.channels.get(channel as usize).is_some_and(|c| c.reliable)
     }
 
-    async fn write(&self, wr: &mut (impl AsyncWriteExt + Unpin), f: &Frame, out: &mut Vec<u8>) -> std::io::Result<()> {
-        write_frame(wr, f, out).await?;
+    async fn write(&self, wr: &mut (impl AsyncWriteExt + Unpin), f: &Frame, out: &mut Vec<u8>) -> Result<(), ConnError> {
+        out.clear();
+        f.encode(out);
+        write_live(wr, out, self.inner.config.idle_timeout).await?;
         self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(())
