@@ -29,7 +29,7 @@
 //!   every server hands it to its own clients.
 #![forbid(unsafe_code)]
 
-use super::mesh::{check_info, decode_message, encode_message};
+use super::mesh::{check_chunk, check_info, decode_message, encode_message};
 use super::{Action, Overlay, OverlayError};
 use crate::net::frame::MAX_CONTROL_LEN;
 use crate::net::{NodeId, NodeInfo, NodeRole};
@@ -456,12 +456,7 @@ impl ClientServer {
                 }
             }
             Msg::Servers(list) => {
-                if list.len() > CHUNK {
-                    return Err(OverlayError::Refused(format!("{} servers in one message", list.len())));
-                }
-                for info in &list {
-                    check_info(info)?;
-                }
+                check_chunk(&list, CHUNK, "servers")?;
                 for info in list {
                     self.learn_server(now, info);
                 }

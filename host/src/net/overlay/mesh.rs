@@ -74,6 +74,15 @@ pub(crate) fn check_info(info: &NodeInfo) -> Result<(), OverlayError> {
     Ok(())
 }
 
+/// Checks a list of node identities from the network: at most `max` of
+/// them (`what` names them in the error), each valid.
+pub(crate) fn check_chunk(list: &[NodeInfo], max: usize, what: &str) -> Result<(), OverlayError> {
+    if list.len() > max {
+        return Err(OverlayError::Refused(format!("{} {what} in one message", list.len())));
+    }
+    list.iter().try_for_each(check_info)
+}
+
 /// Settings of a [`FullMesh`].
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
@@ -416,12 +425,7 @@ impl Overlay for FullMesh {
                 }
             }
             Msg::Members(infos) => {
-                if infos.len() > MEMBERS_CHUNK {
-                    return Err(OverlayError::Refused(format!("{} members in one message", infos.len())));
-                }
-                for info in &infos {
-                    check_info(info)?;
-                }
+                check_chunk(&infos, MEMBERS_CHUNK, "members")?;
                 for info in infos {
                     self.learn(now, info);
                 }
