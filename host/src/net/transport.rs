@@ -550,12 +550,12 @@ impl Inner {
             payload: env.payload,
         };
         let back = |d: Data| Envelope { kind: d.msg_kind, flags: d.flags, from: Address(d.from), corr: d.corr, payload: d.payload };
-        let tx = self.lane(key).tx;
+        let tx = self.lane(key);
         // A causal channel stamps a message when it is queued: stamping and
         // queuing happen under its lock, so stamps follow queue order.
         let causal = if hops == 0 { self.causal.get(channel as usize).and_then(Option::as_ref) } else { None };
-        let _guard = match causal {
-            Some(c) => {
+        if let Some(c) = causal {
+            {
                 let mut g = c.lock().unwrap();
                 let permit = match tx.try_reserve() {
                     Ok(p) => p,
@@ -569,8 +569,7 @@ impl Inner {
                 permit.send(Outgoing::Data(data));
                 return Ok(());
             }
-            None => (),
-        };
+        }
         match tx.try_send(Outgoing::Data(data)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(Outgoing::Data(d))) => Err((abi::STATUS_INBOX_FULL, back(d))),
@@ -580,17 +579,17 @@ impl Inner {
     }
 
     /// The lane for `key`, started if need be.
-    fn lane(self: &Arc<Self>, key: LaneKey) -> LaneSender {
+    fn lane(self: &Arc<Self>, key: LaneKey) -> mpsc::Sender<Outgoing> {
         let mut lanes = self.lanes.lock().unwrap();
         if let Some(h) = lanes.get(&key).filter(|h| !h.tx.is_closed()) {
-            return LaneSender { tx: h.tx.clone() };
+            return h.tx.clone();
         }
         let (tx, rx) = mpsc::channel(self.config.lane_capacity);
         let close = Arc::new(Notify::new());
         let stats = Arc::new(LaneStats::default());
         lanes.insert(key, LaneHandle { tx: tx.clone(), close: close.clone(), stats: stats.clone() });
         self.handle.spawn(lane_task(self.clone(), key, rx, close, stats));
-        LaneSender { tx }
+        tx
     }
 
     fn addr_of(&self, node: NodeId) -> Option<String> {
@@ -781,10 +780,6 @@ impl Inner {
             }
         }
     }
-}
-
-struct LaneSender {
-    tx: mpsc::Sender<Outgoing>,
 }
 
 /// Dials `addr` for `key` and authenticates. For `key.peer` 0 (a seed) any
@@ -1465,7 +1460,7 @@ fn carry_out(inner: &Arc<Inner>, action: Action) {
         Action::Disconnect(id) => inner.close_peer(id),
         Action::Send { to, payload } => {
             let key = LaneKey { peer: to, channel: CONTROL, lane: 0 };
-            if inner.lane(key).tx.try_send(Outgoing::Control(payload)).is_err() {
+            if inner.lane(key).try_send(Outgoing::Control(payload)).is_err() {
                 tracing::warn!("control lane to node {to} is backed up; an overlay message was dropped");
             }
         }

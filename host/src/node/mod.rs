@@ -191,9 +191,7 @@ impl Node {
         let ov = overlay::build(config.overlay, info.clone(), seed_of(&info)).map_err(anyhow::Error::msg)?;
         let transport = tokio.block_on(Transport::start(tc, listener, ov, inbound))?;
         runtime.set_remote(Arc::new(transport.clone()));
-        let _guard = tokio.enter();
         transport.join(config.seeds.clone());
-        drop(_guard);
         Ok(Self { config, info, runtime, transport, tokio, events })
     }
 
