@@ -210,6 +210,11 @@ impl Reactor for PingPong {
             PingMsg::PlayBulk { peer, rounds, window, bytes } => {
                 self.play_bulk(cx, Address(peer), rounds, window, bytes, None);
             }
+            PingMsg::Scatter { peers, key } => {
+                cx.set_affinity(key);
+                let sent = peers.iter().filter(|&&p| cx.send(Address(p), &PingMsg::Ping { n: 0 }).is_ok()).count() as u64;
+                let _ = cx.reply(&sent);
+            }
             PingMsg::PlayKv { kv, rounds, window, bytes, prefix } => {
                 self.play_bulk(cx, Address(kv), rounds, window, bytes, Some(prefix));
             }

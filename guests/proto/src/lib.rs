@@ -108,6 +108,9 @@ pub enum PingMsg {
     /// `kv` under the keys `"{prefix}{round}"`, keeping `window` puts in
     /// flight; replies [`BulkReport`] when the last put is answered.
     PlayKv { kv: u64, rounds: u64, window: u32, bytes: u32, prefix: String },
+    /// Request: sends one `Ping` to each of `peers`, all under the partition
+    /// key `key` (0: by destination, the default); replies the number sent.
+    Scatter { peers: Vec<u64>, key: u64 },
 }
 
 /// A byte string that encodes as one run: with postcard a length and a copy

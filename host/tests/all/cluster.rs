@@ -439,3 +439,34 @@ fn causal_channel_orders_messages_across_three_processes() {
         assert_eq!(x, json!({"Value": want}), "causal = {causal}");
     }
 }
+
+/// An explicit partition key: a reactor that sets one sends all its
+/// messages to 12 reactors on another node over one lane; without a key
+/// they spread over the lanes by destination.
+#[test]
+fn an_explicit_partition_key_keeps_messages_on_one_lane() {
+    let root = scratch("affinity");
+    let n1 = start(&root, 1, SECRET, &["--lanes", "4"]);
+    let n2 = start(&root, 2, SECRET, &["--lanes", "4", "--seed", &n1.addr]);
+    wait_until("both up", CONVERGE, || n1.up() == [1, 2] && n2.up() == [1, 2]);
+    let peers: Vec<u64> = (0..12).map(|_| n2.spawn("pingpong", Value::Null)).collect();
+    let lanes_used = |n: &NodeProc| -> usize {
+        let lanes = n.status()["lanes"].clone();
+        lanes.as_array().unwrap().iter().filter(|l| l["channel"] == json!("default") && l["frames"].as_u64().unwrap() > 0).count()
+    };
+    let keyed = n1.spawn("pingpong", Value::Null);
+    assert_eq!(n1.call(keyed, json!({"Scatter": {"peers": peers, "key": 42}})).unwrap(), json!(12));
+    wait_until("the partners got their pings", CONVERGE, || {
+        peers.iter().all(|&p| n2.call(p, json!("Report")).unwrap()["pings"] == json!(1))
+    });
+    assert_eq!(lanes_used(&n1), 1, "one key, one lane: {}", n1.status()["lanes"]);
+    // The same from a node that has not sent yet, without a key.
+    let n3 = start(&root, 3, SECRET, &["--lanes", "4", "--seed", &n1.addr]);
+    wait_until("all up", CONVERGE, || n3.up() == [1, 2, 3]);
+    let plain = n3.spawn("pingpong", Value::Null);
+    assert_eq!(n3.call(plain, json!({"Scatter": {"peers": peers, "key": 0}})).unwrap(), json!(12));
+    wait_until("the partners got their second pings", CONVERGE, || {
+        peers.iter().all(|&p| n2.call(p, json!("Report")).unwrap()["pings"] == json!(2))
+    });
+    assert!(lanes_used(&n3) >= 2, "by destination, 12 reactors spread: {}", n3.status()["lanes"]);
+}
