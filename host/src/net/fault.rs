@@ -767,9 +767,14 @@ impl FaultInjector {
     }
 
     fn release_held(&mut self, key: (Direction, NodeId, u16, u64), now: Instant, out: &mut Vec<Packet>) {
+        self.release_where(now, out, |h| h.key == key);
+    }
+
+    /// Releases (in hold order) every held packet `which` picks.
+    fn release_where(&mut self, now: Instant, out: &mut Vec<Packet>, which: impl Fn(&Held) -> bool) {
         let mut i = 0;
         while i < self.held.len() {
-            if self.held[i].key == key {
+            if which(&self.held[i]) {
                 let h = self.held.remove(i);
                 self.note(now, Some(&h.packet), Fate::Released);
                 let mut p = h.packet;
@@ -795,18 +800,7 @@ impl Hook for FaultInjector {
     }
     fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Packet>) {
         self.apply_due(now);
-        let mut i = 0;
-        while i < self.held.len() {
-            if self.held[i].until <= now {
-                let h = self.held.remove(i);
-                self.note(now, Some(&h.packet), Fate::Released);
-                let mut p = h.packet;
-                p.release_at = p.release_at.max(now);
-                out.push(p);
-            } else {
-                i += 1;
-            }
-        }
+        self.release_where(now, out, |h| h.until <= now);
     }
     fn poll_event(&mut self) -> Option<FaultEvent> {
         self.events.pop_front()
