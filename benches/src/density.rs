@@ -22,8 +22,8 @@ use crate::harness::{
     resident_bytes, resident_split, trim_heap,
 };
 use anyhow::{Context as _, Result, ensure};
-use host::protocols::CounterMsg;
-use host::{Engine, LoadedModule, Shard, ShardConfig};
+use protocols::CounterMsg;
+use reactor_runtime::{Engine, LoadedModule, Shard, ShardConfig};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -16,8 +16,8 @@
 
 use crate::harness::{Figure, Opts, Report, load_guest, median, median_of, progress};
 use anyhow::{Result, ensure};
-use host::protocols::{PingMsg, PingReport};
-use host::{Address, LoadedModule, Runtime, RuntimeConfig};
+use protocols::{PingMsg, PingReport};
+use reactor_runtime::{Address, LoadedModule, Runtime, RuntimeConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};

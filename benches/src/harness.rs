@@ -294,19 +294,19 @@ pub(crate) const KIB: f64 = 1024.0;
 
 /// A built example guest: its bytes, loaded into `engine`.
 pub(crate) fn load_guest(
-    engine: &host::Engine,
+    engine: &reactor_runtime::Engine,
     name: &str,
-) -> anyhow::Result<(std::sync::Arc<host::LoadedModule>, Vec<u8>)> {
+) -> anyhow::Result<(std::sync::Arc<reactor_runtime::LoadedModule>, Vec<u8>)> {
     use anyhow::Context as _;
-    let path = host::guests::path(name);
+    let path = example_guests::path(name);
     let bytes = std::fs::read(&path).with_context(|| format!("reading the `{name}` guest at {}", path.display()))?;
     let (module, _) = engine.load_file(&path).with_context(|| format!("loading {}", path.display()))?;
     Ok((module, bytes))
 }
 
 /// A fresh engine with the host's default configuration.
-pub(crate) fn engine() -> anyhow::Result<std::sync::Arc<host::Engine>> {
-    Ok(std::sync::Arc::new(host::Engine::new(host::EngineConfig::default())?))
+pub(crate) fn engine() -> anyhow::Result<std::sync::Arc<reactor_runtime::Engine>> {
+    Ok(std::sync::Arc::new(reactor_runtime::Engine::new(reactor_runtime::EngineConfig::default())?))
 }
 
 /// Minor page faults this process has taken (`/proc/self/stat`, field 10).

@@ -1,5 +1,5 @@
 //! Cost of each overlay as the cluster grows, from the deterministic
-//! simulator (`host::net::sim`): the real protocol state machines, a fake
+//! simulator (`reactor_runtime::net::sim`): the real protocol state machines, a fake
 //! clock and simulated links, so 1,024 nodes fit in one process.
 //!
 //! For full mesh, client–server and HyParView at 32, 128 and 1,024 nodes:
@@ -11,8 +11,8 @@
 
 use crate::harness::{Figure, Opts, Report, progress};
 use anyhow::{Result, ensure};
-use host::net::OverlayKind;
-use host::net::sim::{OverheadReport, overhead_report};
+use reactor_net::OverlayKind;
+use reactor_net::sim::{OverheadReport, overhead_report};
 
 pub(crate) fn run(opts: Opts) -> Result<Report> {
     let sizes: &[usize] = if opts.quick { &[32, 128] } else { &[32, 128, 1024] };

@@ -55,7 +55,7 @@ use crate::harness::{Figure, Opts, Report, num, progress};
 use crate::netlab::node::{Node, NodeSpec, Pending, host_binary};
 use crate::netlab::{ADDR_A, ADDR_B, Lab, LabConfig, NS_A, NS_B, pct};
 use anyhow::{Context as _, Result, bail, ensure};
-use host::protocols::{BulkReport, PingMsg};
+use protocols::{BulkReport, PingMsg};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -324,7 +324,7 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
 /// The path of a guest this bench was built with (passed to `spawn` as a
 /// path, so the node runs exactly these reactors).
 fn guest_path(name: &str) -> Result<String> {
-    let p = host::guests::path(name);
+    let p = example_guests::path(name);
     ensure!(p.is_file(), "the `{name}` guest is missing at {}", p.display());
     Ok(p.display().to_string())
 }
@@ -577,7 +577,7 @@ impl Cluster {
 
 /// The lane of an `n`-lane channel that the transport puts a message to
 /// `dest` on: its affinity hash (FxHash of the destination address)
-/// modulo `n`, as `host::net::transport` computes it.
+/// modulo `n`, as `reactor_runtime::net::transport` computes it.
 fn lane_of(dest: u64, n: u32) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut h = rustc_hash::FxHasher::default();

@@ -15,8 +15,8 @@
 
 use crate::harness::{Figure, Opts, Report, load_guest, median_of, progress, timed};
 use anyhow::{Result, ensure};
-use host::protocols::{PingInit, PingMsg, PingReport};
-use host::{LoadedModule, Shard, ShardConfig};
+use protocols::{PingInit, PingMsg, PingReport};
+use reactor_runtime::{LoadedModule, Shard, ShardConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};

@@ -22,9 +22,9 @@
 
 use crate::harness::{Figure, Opts, Report, load_guest, median, progress, timed};
 use anyhow::{Context as _, Result, ensure};
-use host::protocols::{KvReply, KvReq};
-use host::snapshot::{Capture, RestoreOptions, SnapshotFile, SnapshotOptions};
-use host::{Address, Limits, Shard, ShardConfig, abi};
+use protocols::{KvReply, KvReq};
+use reactor_runtime::snapshot::{Capture, RestoreOptions, SnapshotFile, SnapshotOptions};
+use reactor_runtime::{Address, Limits, Shard, ShardConfig, abi};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +43,7 @@ fn call(rt: &mut Shard, a: Address, req: &KvReq) -> Result<KvReply> {
 }
 
 /// A kv reactor whose linear memory is about `mb` MiB.
-fn kv_of(rt: &mut Shard, module: &Arc<host::LoadedModule>, mb: u64) -> Result<(Address, u64)> {
+fn kv_of(rt: &mut Shard, module: &Arc<reactor_runtime::LoadedModule>, mb: u64) -> Result<(Address, u64)> {
     let a = rt.spawn(module, &[])?;
     let entries = mb * 1000;
     let mut done = 0;
@@ -149,7 +149,7 @@ fn memcpy_baselines(src: &[u8], reps: usize) -> (Duration, Duration) {
 
 /// Full snapshot vs postcard for a kv of ~`mb` MiB made of small entries
 /// (16-byte values), where serialization pays per entry.
-fn small_entries(report: &mut Report, engine: &Arc<host::Engine>, module: &Arc<host::LoadedModule>, mb: u64, reps: usize) -> Result<()> {
+fn small_entries(report: &mut Report, engine: &Arc<reactor_runtime::Engine>, module: &Arc<reactor_runtime::LoadedModule>, mb: u64, reps: usize) -> Result<()> {
     progress(format!("snapshot: kv of ~{mb} MiB in small entries"));
     let mut rt = Shard::new(engine.clone(), config());
     let a = rt.spawn(module, &[])?;

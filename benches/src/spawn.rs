@@ -14,8 +14,8 @@ use crate::harness::{
     Figure, Opts, Report, load_guest, median, median_of, minor_faults, page_touch_ns, progress, timed,
 };
 use anyhow::{Context as _, Result, ensure};
-use host::protocols::CounterMsg;
-use host::{Shard, ShardConfig};
+use protocols::CounterMsg;
+use reactor_runtime::{Shard, ShardConfig};
 use wasmtime::{Instance, Linker, Module, Store};
 
 pub(crate) fn run(opts: Opts) -> Result<Report> {

@@ -1,9 +1,10 @@
 //! `host demo`: a realistic population under traffic, end to end.
 
 use super::EngineArgs;
-use crate::protocols::{FaultyCmd, KvReply, KvReq, PingMsg, PingReport};
-use crate::snapshot::{Capture, Load, RestoreOptions, SnapshotFile, SnapshotOptions};
-use crate::{Address, CallError, PendingCall, ReactorState, Runtime, RuntimeConfig, Shard, guests, sys};
+use protocols::{FaultyCmd, KvReply, KvReq, PingMsg, PingReport};
+use example_guests as guests;
+use reactor_runtime::snapshot::{Capture, Load, RestoreOptions, SnapshotFile, SnapshotOptions};
+use reactor_runtime::{Address, CallError, PendingCall, ReactorState, Runtime, RuntimeConfig, Shard};
 use anyhow::{Context as _, bail, ensure};
 use std::collections::HashMap;
 use std::io::Write;
@@ -93,7 +94,7 @@ pub(crate) fn demo(engine_args: &EngineArgs, args: &DemoArgs) -> anyhow::Result<
         modules.insert(name, m);
     }
 
-    let rss0 = sys::resident_bytes().unwrap_or(0);
+    let rss0 = reactor_runtime::resident_bytes().unwrap_or(0);
     let rt = Runtime::new(engine.clone(), config).context("cannot start the shard threads")?;
     println!("{} shards (threads), each owning its reactors; shards linked by rings", rt.shards());
 
@@ -242,9 +243,9 @@ pub(crate) fn demo(engine_args: &EngineArgs, args: &DemoArgs) -> anyhow::Result<
 
     // Memory figures for the summary, before snapshots and restores (which
     // allocate and free hundreds of MiB) disturb them.
-    let rss = sys::resident_bytes().unwrap_or(0);
+    let rss = reactor_runtime::resident_bytes().unwrap_or(0);
     let linear = rt.total_memory();
-    let maps = sys::mappings();
+    let maps = reactor_runtime::mappings();
 
     // 5. Snapshot it while it keeps answering; restore it eagerly and lazily.
     snapshot_big(&engine, engine_args, &rt, big)?;
@@ -312,7 +313,7 @@ impl Drop for Cleanup {
 }
 
 fn snapshot_big(
-    engine: &std::sync::Arc<crate::Engine>,
+    engine: &std::sync::Arc<reactor_runtime::Engine>,
     engine_args: &EngineArgs,
     rt: &Runtime,
     big: Address,
@@ -344,7 +345,7 @@ fn snapshot_big(
     for options in [RestoreOptions::default(), RestoreOptions::lazy()] {
         let mut shard = Shard::new(engine.clone(), engine_args.shard_config()?);
         let t = Instant::now();
-        let file = SnapshotFile::open(&path, crate::abi::ABI_VERSION)?;
+        let file = SnapshotFile::open(&path, reactor_runtime::abi::ABI_VERSION)?;
         shard.restore_files(&[file], options)?;
         let restored = t.elapsed();
         let got: KvReply = shard.call_typed(big, &KvReq::Stats)?;
@@ -364,7 +365,7 @@ fn snapshot_big(
 }
 
 fn checkpoint_all(
-    engine: &std::sync::Arc<crate::Engine>,
+    engine: &std::sync::Arc<reactor_runtime::Engine>,
     args: &DemoArgs,
     rt: &Runtime,
     model: &HashMap<(Address, String), String>,
@@ -389,7 +390,7 @@ fn checkpoint_all(
     let config = RuntimeConfig { shards: rt.shards(), ..RuntimeConfig::default() };
     let second = Runtime::new(engine.clone(), config).context("cannot start a second runtime")?;
     let t = Instant::now();
-    let file = SnapshotFile::open(&path, crate::abi::ABI_VERSION)?;
+    let file = SnapshotFile::open(&path, reactor_runtime::abi::ABI_VERSION)?;
     let restored = second.restore_files(vec![file], RestoreOptions::lazy())?;
     let took = t.elapsed();
     let mut checked = 0;
@@ -443,7 +444,7 @@ impl DemoNode {
     }
 
     fn admin(&self, req: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        crate::node::admin::Client::connect(&self.dir)?.request(req)
+        Ok(host::node::admin::Client::connect(&self.dir)?.request(req)?)
     }
 
     fn up(&self) -> anyhow::Result<Vec<u64>> {
@@ -503,8 +504,8 @@ fn cluster(engine_args: &EngineArgs) -> anyhow::Result<()> {
     anyhow::ensure!(report["pongs"] == json!(rounds + 200_000), "ping-pong across nodes lost messages: {report}");
     println!(
         "cluster: reactor {} on node 1 and reactor {} on node 3: {rounds} ping-pong round trips one at a time in {:.2?} ({:.1} µs each), then 200000 with 256 in flight at {:.0} k round trips/s",
-        crate::Address(pinger),
-        crate::Address(partner),
+        Address(pinger),
+        Address(partner),
         one,
         one.as_secs_f64() * 1e6 / rounds as f64,
         200_000.0 / many.as_secs_f64() / 1e3
@@ -528,7 +529,7 @@ fn cluster(engine_args: &EngineArgs) -> anyhow::Result<()> {
     println!(
         "cluster: node 3 restarted (incarnation 2) and rejoined in {:.2?}; its new reactor {} answers node 1",
         t.elapsed(),
-        crate::Address(fresh)
+        Address(fresh)
     );
     Ok(())
 }

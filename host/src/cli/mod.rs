@@ -8,7 +8,7 @@ mod node;
 mod run;
 mod snapshot;
 
-use crate::{Engine, EngineConfig, Limits, RuntimeConfig, ShardConfig};
+use reactor_runtime::{Engine, EngineConfig, Limits, RuntimeConfig, ShardConfig};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use std::time::Duration;
 /// Run WebAssembly reactors: isolated actors whose whole state is one linear memory.
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
@@ -118,7 +118,7 @@ fn default_cache_dir() -> PathBuf {
 }
 
 /// Entry point of the `host` binary.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.engine.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -153,7 +153,7 @@ fn check(args: &EngineArgs, path: &std::path::Path) -> anyhow::Result<ExitCode> 
     println!("module   {}", path.display());
     println!("sha256   {}", m.hash);
     println!("size     {} bytes", m.size);
-    println!("abi      version {}", crate::abi::ABI_VERSION);
+    println!("abi      version {}", reactor_runtime::abi::ABI_VERSION);
     println!("code     {source:?} in {:.1?}", started.elapsed());
     Ok(ExitCode::SUCCESS)
 }

@@ -4,12 +4,12 @@
 #![forbid(unsafe_code)]
 
 use super::EngineArgs;
-use crate::net::auth::Secret;
-use crate::net::fault::Schedule;
-use crate::net::transport::ChannelSpec;
-use crate::net::{NodeRole, OverlayKind};
-use crate::node::admin::Client;
-use crate::node::{Node, NodeConfig};
+use host::node::admin::Client;
+use host::node::{Node, NodeConfig};
+use reactor_net::auth::Secret;
+use reactor_net::fault::Schedule;
+use reactor_net::{NodeRole, OverlayKind};
+use reactor_transport::ChannelSpec;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! `host run`: one reactor, messages from the command line or stdin.
 
 use super::EngineArgs;
-use crate::{Address, CallError, ReactorState, Reply, Shard, abi};
+use reactor_runtime::{Address, CallError, ReactorState, Reply, Shard, abi};
 use anyhow::Context as _;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -120,7 +120,7 @@ pub(crate) fn run(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-fn printable(env: &crate::Envelope) -> String {
+fn printable(env: &reactor_runtime::Envelope) -> String {
     if env.flags & abi::FLAG_TEXT != 0 {
         String::from_utf8_lossy(&env.payload).into_owned()
     } else {

@@ -2,8 +2,9 @@
 
 use super::EngineArgs;
 use super::run::{RunArgs, talk};
-use crate::snapshot::{Capture, Kind, Load, RestoreOptions, SnapshotFile, SnapshotOptions};
-use crate::{Address, Engine, ModuleHash, Shard, abi};
+use example_guests as guests;
+use reactor_runtime::snapshot::{Capture, Kind, Load, RestoreOptions, SnapshotFile, SnapshotOptions};
+use reactor_runtime::{Address, Engine, ModuleHash, Shard, abi};
 use anyhow::{Context as _, bail};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -132,10 +133,10 @@ fn load_modules(engine: &Engine, files: &[SnapshotFile], given: &[PathBuf]) -> a
     if let (Some(want), [got]) = (missing.first(), given_hashes.as_slice())
         && !needed.contains(got)
     {
-        return Err(crate::snapshot::SnapshotError::WrongModule { snapshot: want.to_hex(), module: got.to_hex() }.into());
+        return Err(snapshot_format::FormatError::WrongModule { snapshot: want.to_hex(), module: got.to_hex() }.into());
     }
-    for name in crate::guests::ALL {
-        if let Ok(bytes) = std::fs::read(crate::guests::path(name))
+    for name in guests::ALL {
+        if let Ok(bytes) = std::fs::read(guests::path(name))
             && missing.contains(&ModuleHash::of(&bytes))
         {
             engine.load(&bytes).with_context(|| format!("cannot load the built guest {name}"))?;
@@ -207,7 +208,7 @@ pub(crate) fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     println!("created    {} ms after the Unix epoch", meta.created_unix_ms);
     println!("sections   data {:.1} MiB, metadata {} bytes", mib(h.data_len), h.meta_len);
     println!("reactors   {}", meta.reactors.len());
-    let ps = crate::snapshot::format::PAGE_SIZE as u64;
+    let ps = snapshot_format::PAGE_SIZE as u64;
     for r in &meta.reactors {
         let stored: u64 = r.runs.iter().filter(|run| run.data.is_some()).map(|run| run.pages * ps).sum();
         println!(

@@ -2,12 +2,12 @@
 //! the server, and a small blocking client the CLI uses.
 #![forbid(unsafe_code)]
 
-use super::Node;
-use crate::reactor::Address;
-use anyhow::Context as _;
+use super::{Node, NodeError};
+use reactor_runtime::abi;
+use reactor_types::{Address, CallError, ParseAddressError, SendError, SpawnError};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -18,12 +18,92 @@ use tokio::sync::{mpsc, watch};
 /// written as JSON).
 const MAX_LINE: usize = 64 << 20;
 
+/// Why an admin request failed, on either side of the socket. A request
+/// that fails changes nothing on the node unless the variant says so.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The request is not one the protocol knows (missing or mistyped
+    /// field, unknown op).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A field that should be an address is not one.
+    #[error(transparent)]
+    Address(#[from] ParseAddressError),
+    /// A message or init argument could not be turned into JSON bytes.
+    #[error("cannot encode the message as JSON")]
+    Encode(#[source] serde_json::Error),
+    /// The module to spawn could not be loaded.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The spawn was refused or the reactor failed starting (it does not
+    /// exist afterwards).
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The message was not taken.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The request got no answer (it may have been handled).
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The reactor answered, but not with JSON.
+    #[error("the reply is not JSON")]
+    ReplyNotJson(#[source] serde_json::Error),
+    /// The admin socket could not be bound; the node does not serve.
+    #[error("cannot listen on {}", path.display())]
+    Listen {
+        /// The socket's path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// No node answers on the data directory's socket.
+    #[error("no node is running with data directory {} ({})", dir.display(), dir.join("admin.sock").display())]
+    NotRunning {
+        /// The data directory.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The connection to the node broke or was closed by it.
+    #[error("the node closed the admin connection")]
+    Closed(#[source] Option<io::Error>),
+    /// The node's answer is not JSON.
+    #[error("the node's answer is not JSON")]
+    BadAnswer(#[source] serde_json::Error),
+    /// The node answered the request with this error.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// An error and its causes, joined by `: ` (what the node answers with).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+fn bad(what: &str) -> AdminError {
+    AdminError::BadRequest(what.to_owned())
+}
+
 /// Serves admin requests on `path` until `shutdown` or a `stop` request.
-pub(super) async fn serve(node: Arc<Node>, path: &Path, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub(super) async fn serve(
+    node: Arc<Node>,
+    path: &Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AdminError> {
     // A socket left by a previous run of this node is stale by now (the data
     // directory is this node's).
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).map_err(|source| AdminError::Listen { path: path.to_owned(), source })?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -84,7 +164,7 @@ async fn connection(node: Arc<Node>, stream: tokio::net::UnixStream, stop: watch
         tokio::task::spawn_blocking(move || {
             let answer = match handle(&node, &req) {
                 Ok(v) => json!({"id": id, "ok": v}),
-                Err(e) => json!({"id": id, "err": format!("{e:#}")}),
+                Err(e) => json!({"id": id, "err": describe(&e)}),
             };
             let _ = tx.send(answer.to_string());
         });
@@ -96,46 +176,47 @@ async fn connection(node: Arc<Node>, stream: tokio::net::UnixStream, stop: watch
 use tokio::io::AsyncReadExt as _;
 
 /// Reads an address: `"#n.s:serial"` or a number.
-pub fn parse_address(v: &Value) -> anyhow::Result<Address> {
+pub fn parse_address(v: &Value) -> Result<Address, AdminError> {
     match v {
-        Value::Number(n) => n.as_u64().map(Address).context("an address number must be a u64"),
-        Value::String(s) => s.parse::<Address>().map_err(Into::into),
-        _ => anyhow::bail!("an address is a string like \"#1.0:5\" or a number"),
+        Value::Number(n) => n.as_u64().map(Address).ok_or_else(|| bad("an address number must be a u64")),
+        Value::String(s) => Ok(s.parse::<Address>()?),
+        _ => Err(bad("an address is a string like \"#1.0:5\" or a number")),
     }
 }
 
-fn handle(node: &Node, req: &Value) -> anyhow::Result<Value> {
-    let op = req.get("op").and_then(Value::as_str).context("the request has no \"op\"")?;
+fn handle(node: &Node, req: &Value) -> Result<Value, AdminError> {
+    let op = req.get("op").and_then(Value::as_str).ok_or_else(|| bad("the request has no \"op\""))?;
     match op {
         "status" => Ok(node.status()),
         "spawn" => {
-            let name = req.get("module").and_then(Value::as_str).context("spawn needs \"module\"")?;
+            let name = req.get("module").and_then(Value::as_str).ok_or_else(|| bad("spawn needs \"module\""))?;
             let module = node.module(name)?;
             let init = match req.get("init") {
                 None | Some(Value::Null) => Vec::new(),
-                Some(v) => serde_json::to_vec(v)?,
+                Some(v) => serde_json::to_vec(v).map_err(AdminError::Encode)?,
             };
             let shard = node.runtime.shards();
             let pick = (node.runtime.stats().spawned as usize) % shard.max(1);
-            let flags = if init.is_empty() { 0 } else { crate::abi::FLAG_TEXT };
-            let a = node.runtime.spawn_on(pick, &module, init, flags).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let flags = if init.is_empty() { 0 } else { abi::FLAG_TEXT };
+            let a = node.runtime.spawn_on(pick, &module, init, flags)?;
             Ok(json!({"address": a.to_string(), "tag": a.0}))
         }
         "send" | "call" => {
-            let to = parse_address(req.get("to").context("needs \"to\"")?)?;
-            let msg = serde_json::to_vec(req.get("msg").context("needs \"msg\"")?)?;
+            let to = parse_address(req.get("to").ok_or_else(|| bad("needs \"to\""))?)?;
+            let msg = serde_json::to_vec(req.get("msg").ok_or_else(|| bad("needs \"msg\""))?)
+                .map_err(AdminError::Encode)?;
             if op == "send" {
-                node.runtime.send(to, msg, true).map_err(|e| anyhow::anyhow!("{e}"))?;
+                node.runtime.send(to, msg, true)?;
                 return Ok(Value::Null);
             }
             let timeout = req
                 .get("timeout_ms")
                 .and_then(Value::as_u64)
                 .map_or(node.default_call_timeout(), Duration::from_millis);
-            let pending = node.runtime.request(to, msg, true).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let reply = pending.wait(Some(timeout)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let pending = node.runtime.request(to, msg, true)?;
+            let reply = pending.wait(Some(timeout))?;
             if reply.text {
-                serde_json::from_slice(&reply.payload).context("the reply is not JSON")
+                serde_json::from_slice(&reply.payload).map_err(AdminError::ReplyNotJson)
             } else {
                 Ok(json!({"binary": hex::encode(&reply.payload)}))
             }
@@ -148,7 +229,7 @@ fn handle(node: &Node, req: &Value) -> anyhow::Result<Value> {
                 .drain_host_messages()
                 .into_iter()
                 .map(|env| {
-                    let body = if env.flags & crate::abi::FLAG_TEXT != 0 {
+                    let body = if env.is_text() {
                         serde_json::from_slice(&env.payload).unwrap_or_else(|_| json!({"text": String::from_utf8_lossy(&env.payload)}))
                     } else {
                         json!({"binary": hex::encode(&env.payload)})
@@ -158,7 +239,7 @@ fn handle(node: &Node, req: &Value) -> anyhow::Result<Value> {
                 .collect();
             Ok(Value::Array(msgs))
         }
-        _ => anyhow::bail!("unknown op `{op}` (status, spawn, send, call, mailbox, stop)"),
+        _ => Err(AdminError::BadRequest(format!("unknown op `{op}` (status, spawn, send, call, mailbox, stop)"))),
     }
 }
 
@@ -172,32 +253,31 @@ pub struct Client {
 
 impl Client {
     /// Connects to the node whose data directory is `dir`.
-    pub fn connect(dir: &Path) -> anyhow::Result<Self> {
-        let path = dir.join("admin.sock");
-        let s = std::os::unix::net::UnixStream::connect(&path)
-            .with_context(|| format!("no node is running with data directory {} ({})", dir.display(), path.display()))?;
-        Ok(Self { rd: BufReader::new(s.try_clone()?), wr: s, next: 1 })
+    pub fn connect(dir: &Path) -> Result<Self, AdminError> {
+        let not_running = |source| AdminError::NotRunning { dir: dir.to_owned(), source };
+        let s = std::os::unix::net::UnixStream::connect(dir.join("admin.sock")).map_err(not_running)?;
+        Ok(Self { rd: BufReader::new(s.try_clone().map_err(not_running)?), wr: s, next: 1 })
     }
 
     /// Sends one request (an object with `"op"`) and waits for its answer.
-    pub fn request(&mut self, mut req: Value) -> anyhow::Result<Value> {
+    pub fn request(&mut self, mut req: Value) -> Result<Value, AdminError> {
         let id = self.next;
         self.next += 1;
         req["id"] = json!(id);
         let mut line = req.to_string();
         line.push('\n');
-        self.wr.write_all(line.as_bytes()).context("the node closed the admin connection")?;
+        self.wr.write_all(line.as_bytes()).map_err(|e| AdminError::Closed(Some(e)))?;
         loop {
             let mut answer = String::new();
-            if self.rd.read_line(&mut answer)? == 0 {
-                anyhow::bail!("the node closed the admin connection");
+            if self.rd.read_line(&mut answer).map_err(|e| AdminError::Closed(Some(e)))? == 0 {
+                return Err(AdminError::Closed(None));
             }
-            let v: Value = serde_json::from_str(&answer).context("the node's answer is not JSON")?;
+            let v: Value = serde_json::from_str(&answer).map_err(AdminError::BadAnswer)?;
             if v.get("id") != Some(&json!(id)) {
                 continue;
             }
             if let Some(err) = v.get("err") {
-                anyhow::bail!("{}", err.as_str().unwrap_or("error"));
+                return Err(AdminError::Refused(err.as_str().unwrap_or("error").to_owned()));
             }
             return Ok(v.get("ok").cloned().unwrap_or(Value::Null));
         }

@@ -33,19 +33,74 @@
 
 pub mod admin;
 
-use crate::engine::{Engine, LoadedModule};
-use crate::net::auth::Secret;
-use crate::net::overlay;
-use crate::net::transport::{ChannelSpec, Inbound, Member, NodeEvent, Transport, TransportConfig};
-use crate::net::{NodeId, NodeInfo, NodeRole, OverlayKind};
-use crate::reactor::Address;
-use crate::runtime::{Runtime, RuntimeConfig};
-use crate::shard::{CallError, Envelope, SendError};
-use anyhow::Context as _;
+use reactor_net::auth::Secret;
+use reactor_net::fault::Schedule;
+use reactor_net::overlay;
+use reactor_net::{NodeId, NodeInfo, NodeRole, OverlayKind};
+use reactor_runtime::{Address, CallError, Engine, Envelope, LoadError, LoadedModule, Runtime, RuntimeConfig, SendError};
+use reactor_transport::{ChannelSpec, Inbound, Member, NodeEvent, StartError, Transport, TransportConfig};
+use reactor_types::address::MAX_NODE;
 use std::collections::VecDeque;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+/// Why a node could not start, load a module or serve. Nothing is left
+/// running by a failed start: the runtime and transport it had started are
+/// dropped, and the data directory keeps only what was written before
+/// (the incarnation, the tag high-water mark), which the next start reads.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The node id does not fit a tag. Nothing was started.
+    #[error("--id must be 1 to {MAX_NODE}, not {0}")]
+    BadId(NodeId),
+    /// The data directory or a file in it could not be read or written.
+    #[error("cannot {op} {}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The incarnation file holds something other than a number: starting
+    /// anyway could reuse an incarnation the cluster has seen. Nothing was
+    /// started.
+    #[error("{} is damaged: {content:?}", path.display())]
+    DamagedIncarnation {
+        /// The file.
+        path: PathBuf,
+        /// What it holds.
+        content: String,
+    },
+    /// The runtime (shard threads, tag source) could not start.
+    #[error("cannot start the runtime")]
+    Runtime(#[source] io::Error),
+    /// The network threads could not start.
+    #[error("cannot start the network threads")]
+    Threads(#[source] io::Error),
+    /// The listener could not be bound or started.
+    #[error(transparent)]
+    Transport(#[from] StartError),
+    /// The listen address is not one other nodes can reach.
+    #[error("--listen {0}: give the address other nodes reach this one at, not an unspecified one")]
+    UnspecifiedListen(String),
+    /// The overlay could not be built.
+    #[error("cannot build the overlay: {0}")]
+    Overlay(String),
+    /// A module could not be loaded; the node runs on without it.
+    #[error("cannot load module `{name}`")]
+    Module {
+        /// The name or path asked for.
+        name: String,
+        /// Why.
+        #[source]
+        source: LoadError,
+    },
+}
 
 /// Settings of a node.
 #[derive(Clone, Debug)]
@@ -75,7 +130,7 @@ pub struct NodeConfig {
     /// The single-connection baseline.
     pub multiplex: bool,
     /// A fault-injection schedule applied to every connection.
-    pub faults: Option<crate::net::fault::Schedule>,
+    pub faults: Option<Schedule>,
     /// A tracing hook on every connection.
     pub trace: bool,
 }
@@ -123,44 +178,53 @@ impl Inbound for RuntimeInbound {
 }
 
 /// Reads, increments and durably stores the node's incarnation.
-fn next_incarnation(dir: &Path) -> anyhow::Result<u64> {
+fn next_incarnation(dir: &Path) -> Result<u64, NodeError> {
+    fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> NodeError + use<> {
+        let path = path.to_owned();
+        move |source| NodeError::Io { op, path, source }
+    }
     let path = dir.join("incarnation");
     let prev = match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse::<u64>().with_context(|| format!("{} is damaged: {s:?}", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Ok(s) => s.trim().parse::<u64>().map_err(|_| NodeError::DamagedIncarnation { path: path.clone(), content: s })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io_err("read", &path)(e)),
     };
     let next = prev + 1;
     let tmp = dir.join("incarnation.tmp");
     {
         use std::io::Write as _;
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        writeln!(f, "{next}")?;
-        f.sync_all()?;
+        let mut f = std::fs::File::create(&tmp).map_err(io_err("write", &tmp))?;
+        writeln!(f, "{next}").map_err(io_err("write", &tmp))?;
+        f.sync_all().map_err(io_err("fsync", &tmp))?;
     }
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    std::fs::rename(&tmp, &path).map_err(io_err("rename the new incarnation over", &path))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))?;
     Ok(next)
 }
 
 impl Node {
     /// Starts the runtime, the transport and the overlay, and joins the
     /// seeds. Errors say which part could not start.
-    pub fn start(engine: Arc<Engine>, config: NodeConfig) -> anyhow::Result<Self> {
-        anyhow::ensure!(config.id >= 1 && config.id <= crate::refs::MAX_NODE, "--id must be 1 to {}", crate::refs::MAX_NODE);
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    pub fn start(engine: Arc<Engine>, config: NodeConfig) -> Result<Self, NodeError> {
+        if config.id < 1 || config.id > MAX_NODE {
+            return Err(NodeError::BadId(config.id));
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::Io {
+            op: "create the data directory",
+            path: config.data_dir.clone(),
+            source,
+        })?;
         let incarnation = next_incarnation(&config.data_dir)?;
         let mut rc = config.runtime.clone();
         rc.node = config.id;
         rc.data_dir = Some(config.data_dir.clone());
-        let runtime = Arc::new(Runtime::new(engine, rc).context("cannot start the runtime")?);
+        let runtime = Arc::new(Runtime::new(engine, rc).map_err(NodeError::Runtime)?);
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("net")
             .enable_all()
             .build()
-            .context("cannot start the network threads")?;
+            .map_err(NodeError::Threads)?;
         let mut info = NodeInfo {
             id: config.id,
             name: config.name.clone(),
@@ -180,15 +244,15 @@ impl Node {
         // Bind first: the overlay announces the bound address (port 0
         // picks one).
         let listener = Transport::bind(&tc)?;
-        let local = listener.local_addr()?;
-        anyhow::ensure!(
-            !local.ip().is_unspecified(),
-            "--listen {}: give the address other nodes reach this one at, not an unspecified one",
-            config.listen
-        );
+        let local = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr: config.listen.clone(), source })?;
+        if local.ip().is_unspecified() {
+            return Err(NodeError::UnspecifiedListen(config.listen.clone()));
+        }
         info.addr = local.to_string();
         tc.me.addr = info.addr.clone();
-        let ov = overlay::build(config.overlay, info.clone(), seed_of(&info)).map_err(anyhow::Error::msg)?;
+        let ov = overlay::build(config.overlay, info.clone(), seed_of(&info)).map_err(NodeError::Overlay)?;
         let transport = tokio.block_on(Transport::start(tc, listener, ov, inbound))?;
         runtime.set_remote(Arc::new(transport.clone()));
         transport.join(config.seeds.clone());
@@ -216,13 +280,13 @@ impl Node {
     }
 
     /// A module by guest name (`counter`, `kv`, `pingpong`, `faulty`) or path.
-    pub fn module(&self, name: &str) -> anyhow::Result<Arc<LoadedModule>> {
+    pub fn module(&self, name: &str) -> Result<Arc<LoadedModule>, NodeError> {
         let engine = self.runtime.engine();
         if let Some(m) = engine.module_by_name(name) {
             return Ok(m);
         }
-        let path = if crate::guests::ALL.contains(&name) { crate::guests::path(name) } else { PathBuf::from(name) };
-        let (m, _) = engine.load_file(&path).with_context(|| format!("cannot load module `{name}`"))?;
+        let path = if example_guests::ALL.contains(&name) { example_guests::path(name) } else { PathBuf::from(name) };
+        let (m, _) = engine.load_file(&path).map_err(|source| NodeError::Module { name: name.to_owned(), source })?;
         engine.register_name(name, &m);
         Ok(m)
     }
@@ -272,7 +336,7 @@ impl Node {
 
     /// Serves the admin socket until a `stop` request or `shutdown`
     /// resolves; then stops the transport.
-    pub fn serve(self: &Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub fn serve(self: &Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), admin::AdminError> {
         let path = self.config.data_dir.join("admin.sock");
         let node = self.clone();
         self.tokio.block_on(async move {

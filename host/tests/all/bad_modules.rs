@@ -1,7 +1,7 @@
 //! Every kind of bad module is refused with an error that names the problem,
 //! and the engine keeps working afterwards.
 use crate::util::*;
-use host::LoadError;
+use reactor_runtime::LoadError;
 
 const ABI_OK: &str = r#"(@custom "reactor.abi" "\01\00\00\00")"#;
 const EXPORTS_OK: &str = r#"
@@ -29,7 +29,7 @@ fn a_minimal_hand_written_reactor_loads_and_runs() {
     let a = rt.spawn(&m, &[]).unwrap();
     rt.send(a, vec![1, 2, 3], false).unwrap();
     rt.run_until_idle();
-    assert_eq!(rt.state(a), Some(host::ReactorState::Running));
+    assert_eq!(rt.state(a), Some(reactor_runtime::ReactorState::Running));
 }
 
 #[test]
@@ -42,7 +42,7 @@ fn not_wasm() {
 
 #[test]
 fn truncated_or_corrupted() {
-    let good = std::fs::read(host::guests::path("counter")).unwrap();
+    let good = std::fs::read(example_guests::path("counter")).unwrap();
     let e = load_err(&good[..good.len() / 2]);
     assert!(matches!(e, LoadError::Malformed(_)), "{e}");
     let mut bad = good.clone();
@@ -121,8 +121,8 @@ fn start_failure_is_a_spawn_error_not_a_crash() {
     let (m, _) = engine().load(&bytes).unwrap();
     let mut rt = shard();
     match rt.spawn(&m, &[]) {
-        Err(host::SpawnError::Failed(_, f)) => {
-            assert_eq!(f.reason, host::FailureReason::Status { entry: "reactor_init", status: 7 })
+        Err(reactor_runtime::SpawnError::Failed(_, f)) => {
+            assert_eq!(f.reason, reactor_runtime::FailureReason::Status { entry: "reactor_init", status: 7 })
         }
         other => panic!("expected a start-up failure, got {other:?}"),
     }
@@ -132,16 +132,16 @@ fn start_failure_is_a_spawn_error_not_a_crash() {
 #[test]
 fn module_cache_survives_restart_and_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(host::guests::path("counter")).unwrap();
-    let cfg = || host::EngineConfig { cache_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let bytes = std::fs::read(example_guests::path("counter")).unwrap();
+    let cfg = || reactor_runtime::EngineConfig { cache_dir: Some(dir.path().to_path_buf()), ..Default::default() };
     {
-        let e = host::Engine::new(cfg()).unwrap();
-        assert_eq!(e.load(&bytes).unwrap().1, host::CodeSource::Compiled);
-        assert_eq!(e.load(&bytes).unwrap().1, host::CodeSource::Memory);
+        let e = reactor_runtime::Engine::new(cfg()).unwrap();
+        assert_eq!(e.load(&bytes).unwrap().1, reactor_runtime::CodeSource::Compiled);
+        assert_eq!(e.load(&bytes).unwrap().1, reactor_runtime::CodeSource::Memory);
     }
     {
-        let e = host::Engine::new(cfg()).unwrap();
-        assert_eq!(e.load(&bytes).unwrap().1, host::CodeSource::Disk);
+        let e = reactor_runtime::Engine::new(cfg()).unwrap();
+        assert_eq!(e.load(&bytes).unwrap().1, reactor_runtime::CodeSource::Disk);
     }
     // Corrupt every cached artifact: the next engine recompiles, and works.
     for f in std::fs::read_dir(dir.path()).unwrap() {
@@ -151,12 +151,12 @@ fn module_cache_survives_restart_and_corruption() {
         b[n] ^= 0x55;
         std::fs::write(&p, b).unwrap();
     }
-    let e = std::sync::Arc::new(host::Engine::new(cfg()).unwrap());
+    let e = std::sync::Arc::new(reactor_runtime::Engine::new(cfg()).unwrap());
     let (m, source) = e.load(&bytes).unwrap();
-    assert_eq!(source, host::CodeSource::Compiled);
-    let mut rt = host::Shard::new(e, Default::default());
+    assert_eq!(source, reactor_runtime::CodeSource::Compiled);
+    let mut rt = reactor_runtime::Shard::new(e, Default::default());
     let a = rt.spawn_with(&m, &1u64).unwrap();
-    let n: u64 = rt.call_typed(a, &host::protocols::CounterMsg::Get).unwrap();
+    let n: u64 = rt.call_typed(a, &protocols::CounterMsg::Get).unwrap();
     assert_eq!(n, 1);
 }
 
@@ -166,7 +166,7 @@ mod props {
 
     fn counter_bytes() -> &'static [u8] {
         static B: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-        B.get_or_init(|| std::fs::read(host::guests::path("counter")).unwrap())
+        B.get_or_init(|| std::fs::read(example_guests::path("counter")).unwrap())
     }
 
     proptest! {
@@ -190,10 +190,10 @@ mod props {
                 bytes[i] = v;
             }
             if let Ok((m, _)) = engine().load(&bytes) {
-                let limits = host::Limits { cpu_budget: std::time::Duration::from_millis(100), memory_cap: 64 << 20 };
-                let mut rt = shard_with(host::ShardConfig { limits, ..Default::default() });
+                let limits = reactor_runtime::Limits { cpu_budget: std::time::Duration::from_millis(100), memory_cap: 64 << 20 };
+                let mut rt = shard_with(reactor_runtime::ShardConfig { limits, ..Default::default() });
                 if let Ok(a) = rt.spawn_with(&m, &1u64) {
-                    let _ = rt.call_typed::<_, u64>(a, &host::protocols::CounterMsg::Get);
+                    let _ = rt.call_typed::<_, u64>(a, &protocols::CounterMsg::Get);
                 }
             }
         }

@@ -17,7 +17,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn run_sends_json_requests_and_prints_replies() {
-    let kv = host::guests::path("kv");
+    let kv = example_guests::path("kv");
     let out = host(&[
         "run",
         kv.to_str().unwrap(),
@@ -37,7 +37,7 @@ fn run_sends_json_requests_and_prints_replies() {
 #[test]
 fn run_reads_stdin_and_reports_a_failing_reactor() {
     use std::io::Write;
-    let faulty = host::guests::path("faulty");
+    let faulty = example_guests::path("faulty");
     let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
         .args(["--no-cache", "run", faulty.to_str().unwrap()])
         .stdin(std::process::Stdio::piped())
@@ -66,16 +66,16 @@ fn bad_module_and_bad_arguments_get_clear_errors() {
     let out = host(&["check", "/no/such/file.wasm"]);
     assert!(text(&out.stderr).contains("cannot read module file"), "{}", text(&out.stderr));
 
-    let out = host(&["run", host::guests::path("kv").to_str().unwrap(), "--init", "{oops"]);
+    let out = host(&["run", example_guests::path("kv").to_str().unwrap(), "--init", "{oops"]);
     assert!(text(&out.stderr).contains("--init is not valid JSON"), "{}", text(&out.stderr));
 
-    let out = host(&["--memory-cap", "0", "run", host::guests::path("kv").to_str().unwrap()]);
+    let out = host(&["--memory-cap", "0", "run", example_guests::path("kv").to_str().unwrap()]);
     assert!(text(&out.stderr).contains("--memory-cap must be at least"), "{}", text(&out.stderr));
 
     let out = host(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 
-    let out = host(&["check", host::guests::path("counter").to_str().unwrap()]);
+    let out = host(&["check", example_guests::path("counter").to_str().unwrap()]);
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("sha256"));
 }
@@ -97,7 +97,7 @@ fn snapshot_inspect_and_restore_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("kv.snap");
     let again = dir.path().join("kv2.snap");
-    let kv = host::guests::path("kv");
+    let kv = example_guests::path("kv");
     let out = host(&[
         "snapshot",
         kv.to_str().unwrap(),
@@ -142,7 +142,7 @@ fn snapshot_inspect_and_restore_from_the_command_line() {
     // Not a snapshot at all, and a module that is not the snapshot's.
     let out = host(&["inspect", kv.to_str().unwrap()]);
     assert!(!out.status.success() && text(&out.stderr).contains("not a reactor snapshot file"));
-    let counter = host::guests::path("counter");
+    let counter = example_guests::path("counter");
     let out = host(&["restore", snap.to_str().unwrap(), "--module", counter.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("snapshot was taken of module"), "{}", text(&out.stderr));

@@ -88,7 +88,7 @@ impl NodeProc {
     }
 
     fn call(&self, to: u64, msg: Value) -> anyhow::Result<Value> {
-        self.admin().request(json!({"op": "call", "to": to, "msg": msg, "timeout_ms": 20_000}))
+        Ok(self.admin().request(json!({"op": "call", "to": to, "msg": msg, "timeout_ms": 20_000}))?)
     }
 
     fn log(&self) -> String {

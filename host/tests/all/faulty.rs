@@ -1,8 +1,8 @@
 //! A misbehaving guest fails alone, with a readable reason; the host and
 //! every other reactor keep running.
 use crate::util::*;
-use host::protocols::{CounterMsg, FaultyCmd};
-use host::{Address, CallError, FailureReason, Limits, ReactorState, Shard, ShardConfig, abi};
+use protocols::{CounterMsg, FaultyCmd};
+use reactor_runtime::{Address, CallError, FailureReason, Limits, ReactorState, Shard, ShardConfig, abi};
 use std::time::Duration;
 
 fn setup(limits: Limits) -> (Shard, Address, Address) {

@@ -1,7 +1,7 @@
 //! The example reactors do what their protocols say.
 use crate::util::*;
-use host::protocols::{CounterMsg, KvReply, KvReq, PingInit, PingMsg, PingReport};
-use host::{Address, ReactorState};
+use protocols::{CounterMsg, KvReply, KvReq, PingInit, PingMsg, PingReport};
+use reactor_runtime::{Address, ReactorState};
 
 #[test]
 fn counter_counts_from_its_init_argument() {
@@ -12,7 +12,7 @@ fn counter_counts_from_its_init_argument() {
     assert_eq!(n, 8);
 }
 
-fn kv_put(rt: &mut host::Shard, a: Address, k: &str, v: &str) -> KvReply {
+fn kv_put(rt: &mut reactor_runtime::Shard, a: Address, k: &str, v: &str) -> KvReply {
     rt.call_typed(a, &KvReq::Put { key: k.into(), value: v.into() }).unwrap()
 }
 
@@ -24,7 +24,7 @@ fn kv_put_get_delete_range() {
     assert_eq!(kv_put(&mut rt, a, "a", "1"), KvReply::Value(None));
     assert_eq!(kv_put(&mut rt, a, "c", "3"), KvReply::Value(None));
     assert_eq!(kv_put(&mut rt, a, "b", "two"), KvReply::Value(Some("2".into())));
-    let get = |rt: &mut host::Shard, k: &str| -> KvReply { rt.call_typed(a, &KvReq::Get { key: k.into() }).unwrap() };
+    let get = |rt: &mut reactor_runtime::Shard, k: &str| -> KvReply { rt.call_typed(a, &KvReq::Get { key: k.into() }).unwrap() };
     assert_eq!(get(&mut rt, "b"), KvReply::Value(Some("two".into())));
     assert_eq!(get(&mut rt, "zzz"), KvReply::Value(None));
     let r: KvReply = rt.call_typed(a, &KvReq::Range { start: "a".into(), end: Some("c".into()), limit: 10 }).unwrap();

@@ -1,8 +1,8 @@
 //! Restart-stable tags and shared immutable blobs, end to end.
 use crate::util::*;
-use host::protocols::{BlobOp, CounterMsg, FaultyCmd, KvReply, KvReq};
-use host::refs::{Refs, TagSource};
-use host::{
+use protocols::{BlobOp, CounterMsg, FaultyCmd, KvReply, KvReq};
+use reactor_runtime::refs::{Refs, TagSource};
+use reactor_runtime::{
     Address, CallError, FailureReason, ReactorState, Runtime, RuntimeConfig, Shard, ShardConfig, abi,
 };
 use std::sync::Arc;
@@ -60,7 +60,7 @@ fn runtime_with_a_data_dir_resumes_above_its_mark() {
     }
     drop(rt);
 
-    std::fs::write(dir.path().join(host::refs::HWM_FILE), b"garbage").unwrap();
+    std::fs::write(dir.path().join(reactor_runtime::refs::HWM_FILE), b"garbage").unwrap();
     let err = Runtime::new(engine(), config.clone()).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     assert!(err.to_string().contains("corrupt") && err.to_string().contains("refusing to start"), "{err}");
@@ -85,14 +85,14 @@ fn all_shards_of_a_runtime_share_one_tag_source() {
 #[test]
 fn addresses_with_more_shards_than_the_runtime_route_by_modulo() {
     let rt = Runtime::new(engine(), RuntimeConfig { shards: 2, ..RuntimeConfig::default() }).unwrap();
-    let pp = rt.spawn_on(0, &module("pingpong"), postcard::to_allocvec(&host::protocols::PingInit::default()).unwrap(), 0).unwrap();
+    let pp = rt.spawn_on(0, &module("pingpong"), postcard::to_allocvec(&protocols::PingInit::default()).unwrap(), 0).unwrap();
     // An address as a 6-shard runtime would have made it: shard bits 5,
     // kept by shard 5 % 2 = 1 here. No reactor has it, so the message ends
     // as a dead letter on shard 1 — routed, not refused.
     let far = Address::new(0, 5, 123_456);
     rt.send_typed(far, &CounterMsg::Add(1)).unwrap();
     // And from a reactor on shard 0, over the shard-to-shard ring.
-    rt.send_typed(pp, &host::protocols::PingMsg::Play { peer: Some(far.0), rounds: 1, window: 1, requests: false })
+    rt.send_typed(pp, &protocols::PingMsg::Play { peer: Some(far.0), rounds: 1, window: 1, requests: false })
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -194,7 +194,7 @@ fn blob_rss_child() {
         kv(&mut rt, r, KvReq::AttachBlob { tag: warm });
         kv(&mut rt, r, KvReq::ReadBlob { tag: warm, offset: 0, len: 16 });
     }
-    let before = host::sys::resident_bytes().unwrap();
+    let before = reactor_runtime::resident_bytes().unwrap();
     let bytes: Vec<u8> = (0..8 * MIB).map(|i| (i % 251) as u8).collect();
     let tag = rt.create_blob(bytes).unwrap();
     for (i, &r) in readers.iter().enumerate() {
@@ -203,7 +203,7 @@ fn blob_rss_child() {
         let want: Vec<u8> = (offset..offset + 16).map(|i| (i % 251) as u8).collect();
         assert_eq!(kv(&mut rt, r, KvReq::ReadBlob { tag, offset, len: 16 }), KvReply::Bytes(want));
     }
-    let after = host::sys::resident_bytes().unwrap();
+    let after = reactor_runtime::resident_bytes().unwrap();
     let grown = after.saturating_sub(before);
     let allowance = 3 * 8 * MIB + N as u64 * 64 * 1024;
     println!("RSS grew by {} MiB for {N} holders of an 8 MiB blob (limit {} MiB)", grown / MIB, allowance / MIB);
@@ -321,7 +321,7 @@ fn restored_blobs_relink_to_the_live_copy() {
     let k = rt.spawn(&module("kv"), &[]).unwrap();
     assert_eq!(k.node(), 2);
     let KvReply::Blob { tag, .. } = kv(&mut rt, k, KvReq::PutBlob { bytes: vec![8; 8] }) else { panic!() };
-    assert_eq!(host::refs::tag_node(tag), 2);
+    assert_eq!(reactor_types::address::tag_node(tag), 2);
     let live = refs.relink_blob(tag, || panic!("a live blob is never rebuilt"));
     assert_eq!(live.bytes(), &[8; 8]);
     // A tag from a snapshot of another incarnation of this node: rebuilt

@@ -1,7 +1,7 @@
 //! The multi-core runtime: shards on threads, rings between them.
 use crate::util::*;
-use host::protocols::{CounterMsg, FaultyCmd, PingMsg, PingReport};
-use host::{Address, CallError, ReactorState, Runtime, RuntimeConfig, SendError};
+use protocols::{CounterMsg, FaultyCmd, PingMsg, PingReport};
+use reactor_runtime::{Address, CallError, ReactorState, Runtime, RuntimeConfig, SendError};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 

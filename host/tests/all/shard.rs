@@ -1,7 +1,7 @@
 //! Shard behaviour: backpressure, fairness, limits, addressing, density.
 use crate::util::*;
-use host::protocols::{CounterMsg, PingMsg};
-use host::{Address, CallError, ShardConfig, SendError, SpawnError};
+use protocols::{CounterMsg, PingMsg};
+use reactor_runtime::{Address, CallError, ShardConfig, SendError, SpawnError};
 
 #[test]
 fn full_inbox_pushes_back_and_loses_nothing() {
@@ -41,7 +41,7 @@ fn sends_to_unknown_addresses_are_refused() {
     let mut rt = shard();
     assert_eq!(rt.send_typed(Address(12345), &CounterMsg::Get), Err(SendError::NoSuchReactor(Address(12345))));
     assert!(matches!(rt.request(Address::HOST, vec![], false), Err(SendError::NoSuchReactor(_))));
-    let big = vec![0u8; host::abi::MAX_PAYLOAD_LEN as usize + 1];
+    let big = vec![0u8; reactor_runtime::abi::MAX_PAYLOAD_LEN as usize + 1];
     let a = rt.spawn(&module("counter"), &[]).unwrap();
     assert!(matches!(rt.send(a, big, false), Err(SendError::TooLarge(_))));
 }
@@ -82,7 +82,7 @@ fn thirty_thousand_reactors_coexist_in_few_mappings() {
     // host's memories merge into a handful.
     let m = module("counter");
     let mut rt = shard();
-    let (maps_before, _) = host::sys::mappings().unwrap();
+    let (maps_before, _) = reactor_runtime::mappings().unwrap();
     let addrs: Vec<Address> = (0..30_000).map(|i| rt.spawn_with(&m, &(i as u64)).unwrap()).collect();
     for &a in &addrs {
         rt.send_typed(a, &CounterMsg::Add(1)).unwrap();
@@ -92,7 +92,7 @@ fn thirty_thousand_reactors_coexist_in_few_mappings() {
         let n: u64 = rt.call_typed(a, &CounterMsg::Get).unwrap();
         assert_eq!(n, i as u64 + 1);
     }
-    let (maps_after, _) = host::sys::mappings().unwrap();
+    let (maps_after, _) = reactor_runtime::mappings().unwrap();
     assert_eq!(rt.stats().live, 30_000);
     assert!(maps_after < maps_before + 3_000, "mappings grew from {maps_before} to {maps_after} for 30,000 reactors");
 }

@@ -1,9 +1,9 @@
 //! Snapshots of real guests: byte-identical restore, copy-on-write under
 //! concurrent writes, delta chains, files, refusals, blob de-duplication.
 use crate::util::*;
-use host::protocols::{CounterMsg, KvReply, KvReq};
-use host::snapshot::{Capture, Error, Kind, RestoreOptions, SnapshotError, SnapshotFile, SnapshotOptions};
-use host::{Address, Shard, abi};
+use protocols::{CounterMsg, KvReply, KvReq};
+use reactor_runtime::snapshot::{Capture, FormatError, Kind, RestoreOptions, SnapshotError, SnapshotFile, SnapshotOptions};
+use reactor_runtime::{Address, Shard, abi};
 
 fn fill(rt: &mut Shard, a: Address, prefix: &str, count: u64, value_len: u32, seed: u64) {
     let r: KvReply = rt.call_typed(a, &KvReq::Fill { prefix: prefix.into(), count, value_len, seed }).unwrap();
@@ -172,9 +172,9 @@ fn a_delta_chain_restores_to_the_same_bytes_in_memory_and_from_files() {
 
     // Out of order or broken chains are refused.
     let mut fresh = shard();
-    assert!(matches!(fresh.restore(&[&cp1]), Err(Error::Chain(_))));
-    assert!(matches!(fresh.restore(&[&cp0, &cp2]), Err(Error::File(SnapshotError::DeltaBase { .. }))));
-    assert!(matches!(fresh.restore(&[&cp0, &cp0]), Err(Error::File(SnapshotError::NotADelta))));
+    assert!(matches!(fresh.restore(&[&cp1]), Err(SnapshotError::Chain(_))));
+    assert!(matches!(fresh.restore(&[&cp0, &cp2]), Err(SnapshotError::File(FormatError::DeltaBase { .. }))));
+    assert!(matches!(fresh.restore(&[&cp0, &cp0]), Err(SnapshotError::File(FormatError::NotADelta))));
     assert_eq!(fresh.live().count(), 0);
 }
 
@@ -183,11 +183,11 @@ fn incremental_needs_a_tracked_base() {
     let mut rt = shard();
     let a = rt.spawn(&module("kv"), &[]).unwrap();
     let r = rt.snapshot(a, SnapshotOptions::new(Capture::Incremental));
-    assert!(matches!(r, Err(Error::NoBase(x)) if x == a), "{r:?}");
+    assert!(matches!(r, Err(SnapshotError::NoBase(x)) if x == a), "{r:?}");
     rt.snapshot(a, SnapshotOptions::new(Capture::Blocking)).unwrap();
-    assert!(matches!(rt.snapshot(a, SnapshotOptions::new(Capture::Incremental)), Err(Error::NoBase(_))));
+    assert!(matches!(rt.snapshot(a, SnapshotOptions::new(Capture::Incremental)), Err(SnapshotError::NoBase(_))));
     let missing = Address(a.0 + 1000);
-    assert!(matches!(rt.snapshot(missing, SnapshotOptions::default()), Err(Error::NoSuchReactor(_))));
+    assert!(matches!(rt.snapshot(missing, SnapshotOptions::default()), Err(SnapshotError::NoSuchReactor(_))));
 }
 
 fn write_snapshot(rt: &mut Shard, a: Address, path: &std::path::Path) -> Vec<u8> {
@@ -209,43 +209,43 @@ fn bad_snapshot_files_are_refused_with_the_reason_and_nothing_breaks() {
         SnapshotFile::open(&p, abi::ABI_VERSION)
     };
 
-    assert!(matches!(open(b"hello, I am a text file"), Err(SnapshotError::NotASnapshot)));
-    assert!(matches!(open(&bytes[..bytes.len() - 10]), Err(SnapshotError::Truncated { .. })));
-    assert!(matches!(open(&bytes[..6000]), Err(SnapshotError::Truncated { .. })));
+    assert!(matches!(open(b"hello, I am a text file"), Err(FormatError::NotASnapshot)));
+    assert!(matches!(open(&bytes[..bytes.len() - 10]), Err(FormatError::Truncated { .. })));
+    assert!(matches!(open(&bytes[..6000]), Err(FormatError::Truncated { .. })));
     let mut v = bytes.clone();
     v[8] = 9; // format version
-    assert!(matches!(open(&v), Err(SnapshotError::FormatVersion { found: 9, .. })));
+    assert!(matches!(open(&v), Err(FormatError::FormatVersion { found: 9, .. })));
     let mut v = bytes.clone();
     v[30] ^= 1; // inside the id: header checksum
-    assert!(matches!(open(&v), Err(SnapshotError::HeaderCorrupt)));
+    assert!(matches!(open(&v), Err(FormatError::HeaderCorrupt)));
     let mut v = bytes.clone();
     let last = v.len() - 3;
     v[last] ^= 0x40; // meta
-    assert!(matches!(open(&v), Err(SnapshotError::MetaCorrupt)));
-    assert!(matches!(SnapshotFile::open(&good, abi::ABI_VERSION + 1), Err(SnapshotError::AbiVersion { .. })));
+    assert!(matches!(open(&v), Err(FormatError::MetaCorrupt)));
+    assert!(matches!(SnapshotFile::open(&good, abi::ABI_VERSION + 1), Err(FormatError::AbiVersion { .. })));
 
     // Page data damage: refused by a verifying restore, found by verify.
     let mut v = bytes.clone();
     v[4096 + 100] ^= 0xff;
     let f = open(&v).unwrap();
-    assert!(matches!(f.verify_data(&mut |_, _| {}), Err(SnapshotError::DataCorrupt)));
+    assert!(matches!(f.verify_data(&mut |_, _| {}), Err(FormatError::DataCorrupt)));
     let mut fresh = shard();
     let r = fresh.restore_files(&[f], RestoreOptions::default());
-    assert!(matches!(r, Err(Error::File(SnapshotError::DataCorrupt))), "{r:?}");
+    assert!(matches!(r, Err(SnapshotError::File(FormatError::DataCorrupt))), "{r:?}");
     assert_eq!(fresh.live().count(), 0);
 
     // Restoring over a live reactor is refused; the live one is untouched.
     let f = SnapshotFile::open(&good, abi::ABI_VERSION).unwrap();
     let before = stats(&mut rt, a);
-    assert!(matches!(rt.restore_files(&[f], RestoreOptions::default()), Err(Error::AddressInUse(x)) if x == a));
+    assert!(matches!(rt.restore_files(&[f], RestoreOptions::default()), Err(SnapshotError::AddressInUse(x)) if x == a));
     assert_eq!(stats(&mut rt, a), before);
 
     // A module this host has not loaded: a fresh engine without kv.
-    let other = host::Engine::new(host::EngineConfig::default()).unwrap();
+    let other = reactor_runtime::Engine::new(reactor_runtime::EngineConfig::default()).unwrap();
     let mut elsewhere = Shard::new(std::sync::Arc::new(other), Default::default());
     let f = SnapshotFile::open(&good, abi::ABI_VERSION).unwrap();
     let r = elsewhere.restore_files(&[f], RestoreOptions::default());
-    assert!(matches!(r, Err(Error::ModuleNotLoaded { .. })), "{r:?}");
+    assert!(matches!(r, Err(SnapshotError::ModuleNotLoaded { .. })), "{r:?}");
 
     // The good file still restores after all that.
     let f = SnapshotFile::open(&good, abi::ABI_VERSION).unwrap();
@@ -352,7 +352,7 @@ fn shared_blob_child() {
     const HOLDERS: usize = 64;
     const BLOB: usize = 16 << 20;
     let dir = tmp();
-    let resident = || host::sys::resident_bytes().unwrap() as i64;
+    let resident = || reactor_runtime::resident_bytes().unwrap() as i64;
     let mut rt = shard();
     let kv = module("kv");
     let content: Vec<u8> = (0..BLOB).map(|i| (i * 31 % 251) as u8).collect();
@@ -394,8 +394,8 @@ fn shared_blob_child() {
 /// ping and pong counted exactly once.
 #[test]
 fn a_runtime_checkpoint_mid_game_loses_and_duplicates_nothing() {
-    use host::protocols::{PingMsg, PingReport};
-    use host::{Runtime, RuntimeConfig};
+    use protocols::{PingMsg, PingReport};
+    use reactor_runtime::{Runtime, RuntimeConfig};
     const ROUNDS: u64 = 200_000;
     let dir = tmp();
     let runtime = || Runtime::new(engine(), RuntimeConfig { shards: 2, ..RuntimeConfig::default() }).unwrap();
@@ -464,7 +464,7 @@ fn modules_are_rewritten_so_every_global_is_captured_or_the_snapshot_refused() {
     rt.send(a, vec![1], false).unwrap();
     rt.run_until_idle();
     match rt.snapshot(a, SnapshotOptions::default()) {
-        Err(Error::Unsupported { address, reason }) => {
+        Err(SnapshotError::Unsupported { address, reason }) => {
             assert_eq!(address, a);
             assert!(reason.contains("table.set"), "{reason}");
         }

@@ -1,4 +1,4 @@
-use host::{Engine, EngineConfig, LoadedModule, Shard, ShardConfig};
+use reactor_runtime::{Engine, EngineConfig, LoadedModule, Shard, ShardConfig};
 use std::sync::{Arc, OnceLock};
 
 /// One engine for the whole test binary (compiles each guest once).
@@ -9,7 +9,7 @@ pub(crate) fn engine() -> Arc<Engine> {
 
 pub(crate) fn module(name: &str) -> Arc<LoadedModule> {
     let e = engine();
-    let (m, _) = e.load_file(&host::guests::path(name)).expect("guest loads");
+    let (m, _) = e.load_file(&example_guests::path(name)).expect("guest loads");
     e.register_name(name, &m);
     m
 }

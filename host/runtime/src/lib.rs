@@ -1,0 +1,62 @@
+//! The reactor runtime: wasmtime instances whose linear memory is their
+//! whole state, run thread-per-core, messaging each other through rings,
+//! snapshotted and restored as memory copies.
+//!
+//! # Layout
+//! Modules form a stack; each uses only those above it in this list:
+//! - `sys` — the only platform code: host-owned linear memories
+//!   (mmap/mremap), page protection with its `SIGSEGV` handler and copier
+//!   thread, writing snapshot pages back into memory; process memory
+//!   figures.
+//! - [`refs`] — restart-stable tags (addresses, blob tags, correlation ids
+//!   from one node-wide, optionally persisted counter) and shared immutable
+//!   blobs reactors hold by tag.
+//! - `store` — what a reactor's wasmtime store holds (`ReactorData`), and
+//!   the `HostContext` trait through which host calls reach the runtime.
+//! - `hostcalls` — the `reactor::*` functions guests import; every argument
+//!   checked; typed errors become ABI status codes here and only here.
+//! - `engine` — wasmtime engine and linker, ABI validation of modules, the
+//!   load-time rewrite that exports every mutable global, the
+//!   content-addressed module cache (memory and disk), epoch preemption.
+//! - `reactor` — one live instance: store, memory, entry points, limits, and
+//!   the readable [`Failure`] a misbehaving guest turns into.
+//! - `inbox` — bounded per-reactor inboxes with backpressure.
+//! - `port` — the outside world's port: answers to requests, the host
+//!   mailbox, the way out to other nodes.
+//! - [`snapshot`] — capture (blocking, copy-on-write, incremental), the
+//!   in-memory checkpoint and writing it, restore planning and filling.
+//! - `links` — the single-producer rings between shards.
+//! - `shard` — a [`Shard`]: one thread's reactors, routing, round-robin
+//!   scheduling of batches; usable alone (single-threaded, deterministic).
+//! - `runtime` — the [`Runtime`]: one shard per core, linked by the pair
+//!   rings, fed from outside by a multi-producer command ring each.
+//!
+//! The vocabulary (addresses, envelopes, errors, failures) comes from
+//! `reactor-types` and is re-exported here.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod sys;
+pub mod refs;
+mod store;
+mod hostcalls;
+mod engine;
+mod reactor;
+mod inbox;
+mod port;
+pub mod snapshot;
+mod links;
+mod shard;
+mod runtime;
+
+pub use engine::{CodeSource, Engine, EngineConfig, LoadError, LoadedModule};
+pub use hostcalls::GuestFault;
+pub use reactor::Limits;
+pub use runtime::{PendingCall, Runtime, RuntimeConfig};
+pub use shard::{Shard, ShardConfig, ShardStats};
+pub use sys::{mappings, resident_bytes};
+
+pub use guest_sdk::abi;
+pub use reactor_types::{
+    Address, CallError, Envelope, Failure, FailureReason, ModuleHash, NodeId, Outbound, ReactorState, Reply,
+    RequestId, SendError, SpawnError,
+};

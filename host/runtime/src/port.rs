@@ -1,0 +1,209 @@
+//! The outside world's port into the runtime: answers to requests made from
+//! outside (one [`Completion`] per request, found by correlation id from any
+//! shard), the mailbox of one-way messages reactors send to
+//! [`Address::HOST`], and the way out to other nodes.
+#![forbid(unsafe_code)]
+
+use crate::refs::{LocalTags, Refs, RefsError};
+use reactor_types::{Address, CallError, Envelope, Outbound, Reply};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::Instant;
+
+/// A value that one thread delivers once and another waits for.
+#[derive(Debug)]
+pub(crate) struct Completion<T> {
+    value: Mutex<Option<T>>,
+    done: AtomicBool,
+    waiter: Mutex<Option<Thread>>,
+}
+
+impl<T> Completion<T> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self { value: Mutex::new(None), done: AtomicBool::new(false), waiter: Mutex::new(None) })
+    }
+
+    /// Delivers `v` unless a value was delivered already; wakes the waiter.
+    pub(crate) fn complete(&self, v: T) -> bool {
+        {
+            let mut slot = self.value.lock().unwrap();
+            if self.done.load(Ordering::Acquire) {
+                return false;
+            }
+            *slot = Some(v);
+            self.done.store(true, Ordering::Release);
+        }
+        if let Some(t) = self.waiter.lock().unwrap().as_ref() {
+            t.unpark();
+        }
+        true
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// The value, if delivered (and not taken before).
+    pub(crate) fn take(&self) -> Option<T> {
+        if !self.is_done() {
+            return None;
+        }
+        self.value.lock().unwrap().take()
+    }
+
+    /// Waits for the value until `deadline`.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<T> {
+        *self.waiter.lock().unwrap() = Some(std::thread::current());
+        // Answers often come within microseconds: spin briefly, then yield a
+        // little, then park (the completer unparks us).
+        let start = Instant::now();
+        loop {
+            if self.is_done() {
+                return self.take();
+            }
+            let waited = start.elapsed();
+            if waited < std::time::Duration::from_micros(10) {
+                std::hint::spin_loop();
+                continue;
+            }
+            if waited < std::time::Duration::from_micros(50) {
+                std::thread::yield_now();
+                continue;
+            }
+            match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    std::thread::park_timeout(d - now);
+                }
+                None => std::thread::park(),
+            }
+        }
+    }
+}
+
+pub(crate) type ReplySlot = Arc<Completion<Result<Reply, CallError>>>;
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct HostPort {
+    /// Requests from outside not yet answered: correlation id → (target, slot).
+    pending: Mutex<HashMap<u64, (Address, ReplySlot)>>,
+    refs: Arc<Refs>,
+    /// The port's own block of serials for correlation ids.
+    corr: Mutex<LocalTags>,
+    messages: Mutex<VecDeque<Envelope>>,
+    capacity: usize,
+    /// Where messages for reactors on other nodes go (set once by the node).
+    remote: OnceLock<Arc<dyn Outbound>>,
+}
+
+impl HostPort {
+    pub(crate) fn new(mailbox_capacity: usize, refs: Arc<Refs>) -> Arc<Self> {
+        Arc::new(Self {
+            pending: Mutex::new(HashMap::default()),
+            refs,
+            corr: Mutex::default(),
+            messages: Mutex::new(VecDeque::new()),
+            capacity: mailbox_capacity,
+            remote: OnceLock::new(),
+        })
+    }
+
+    /// Sets the way to other nodes; false if one was set already.
+    pub(crate) fn set_remote(&self, out: Arc<dyn Outbound>) -> bool {
+        self.remote.set(out).is_ok()
+    }
+
+    /// The way to other nodes, if this runtime is part of a cluster.
+    pub(crate) fn remote(&self) -> Option<&Arc<dyn Outbound>> {
+        self.remote.get()
+    }
+
+
+    /// A fresh correlation id for a request from outside, from the node's
+    /// tag space like the shards' (unique across restarts).
+    pub(crate) fn next_corr(&self) -> Result<u64, RefsError> {
+        let mut local = self.corr.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.refs.corr(&mut local)
+    }
+
+    /// Registers a request from outside to `target`.
+    pub(crate) fn register(&self, corr: u64, target: Address) -> ReplySlot {
+        let slot = Completion::new();
+        self.pending.lock().unwrap().insert(corr, (target, slot.clone()));
+        slot
+    }
+
+    /// Forgets a request nobody waits for any more.
+    pub(crate) fn forget(&self, corr: u64) {
+        self.pending.lock().unwrap().remove(&corr);
+    }
+
+    /// Delivers an answer; false if no such request is waiting.
+    pub(crate) fn answer(&self, corr: u64, result: Result<Reply, CallError>) -> bool {
+        let entry = self.pending.lock().unwrap().remove(&corr);
+        match entry {
+            Some((_, slot)) => slot.complete(result),
+            None => false,
+        }
+    }
+
+    /// Answers every request waiting on `target` with `err`.
+    pub(crate) fn fail_target(&self, target: Address, err: impl Fn() -> CallError) {
+        self.fail_where(|t| t == target, |_| err());
+    }
+
+    /// Answers every request waiting on a target that `which` picks.
+    pub(crate) fn fail_where(&self, which: impl Fn(Address) -> bool, err: impl Fn(Address) -> CallError) {
+        let slots: Vec<(Address, ReplySlot)> = {
+            let mut pending = self.pending.lock().unwrap();
+            let corrs: Vec<u64> = pending.iter().filter(|(_, (t, _))| which(*t)).map(|(c, _)| *c).collect();
+            corrs.into_iter().filter_map(|c| pending.remove(&c)).collect()
+        };
+        for (t, s) in slots {
+            s.complete(Err(err(t)));
+        }
+    }
+
+    /// Queues a one-way message to the outside world; false when full.
+    pub(crate) fn post(&self, env: Envelope) -> bool {
+        let mut m = self.messages.lock().unwrap();
+        if m.len() >= self.capacity {
+            return false;
+        }
+        m.push_back(env);
+        true
+    }
+
+    pub(crate) fn drain_messages(&self) -> Vec<Envelope> {
+        self.messages.lock().unwrap().drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_delivers_once_across_threads() {
+        let c: Arc<Completion<u32>> = Completion::new();
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || c2.wait(None));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(c.complete(7));
+        assert!(!c.complete(8));
+        assert_eq!(t.join().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn wait_times_out() {
+        let c: Arc<Completion<u32>> = Completion::new();
+        assert_eq!(c.wait(Some(Instant::now() + std::time::Duration::from_millis(5))), None);
+    }
+}

@@ -1,0 +1,300 @@
+//! One live reactor: its wasmtime store (which owns its linear memory), its
+//! entry points, its identity, and how a call into it can fail.
+//!
+//! A reactor is only ever touched by the thread that owns it. Calls into it
+//! happen at message boundaries: [`Reactor::instantiate`] runs the init entry
+//! point, [`Reactor::receive`] hands over one batch. Host calls made during
+//! those calls reach the rest of the runtime through the
+//! [`HostContext`](crate::store::HostContext) lent to the store for the
+//! duration of the call.
+#![forbid(unsafe_code)]
+
+use crate::engine::{Engine, GlobalType, LoadedModule};
+use crate::hostcalls::GuestFault;
+use crate::refs::Blob;
+use crate::store::{HostContext, ReactorData};
+use guest_sdk::abi;
+use reactor_types::{Address, Failure, FailureReason, ModuleHash};
+use snapshot_format::GlobalValue;
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{Global, Instance, Store, Trap, TypedFunc, Val, WasmBacktrace};
+
+/// Per-reactor limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most bytes of linear memory the reactor may have.
+    pub memory_cap: usize,
+    /// Most CPU time one call into the reactor (init or one batch) may take
+    /// before the reactor is failed.
+    pub cpu_budget: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { memory_cap: 1 << 30, cpu_budget: Duration::from_secs(5) }
+    }
+}
+
+/// A live reactor.
+pub(crate) struct Reactor {
+    store: Store<ReactorData>,
+    receive: TypedFunc<(u32, u32), i32>,
+    module: Arc<LoadedModule>,
+    limits: Limits,
+    ticks: u64,
+    /// The module's mutable globals, in `module.globals()` order.
+    globals: Vec<Global>,
+}
+
+impl fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reactor").field("address", &self.store.data().address()).finish()
+    }
+}
+
+impl Reactor {
+    /// Creates the store and instance of a reactor without running any of
+    /// its code but what instantiation runs (data segments, a start
+    /// function): the common part of spawning and restoring.
+    pub(crate) fn instantiate_bare(
+        engine: &Engine,
+        module: &Arc<LoadedModule>,
+        address: Address,
+        limits: Limits,
+    ) -> Result<(Self, Instance), Failure> {
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stdout().inherit_stderr().build_p1();
+        let data = ReactorData::new(address, wasi, limits.memory_cap);
+        let mut store = Store::new(engine.wasmtime(), data);
+        store.limiter(|d| d.limiter_mut());
+        store.epoch_deadline_trap();
+        let tick = engine.epoch_tick().as_nanos().max(1);
+        let ticks = (limits.cpu_budget.as_nanos() / tick).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        let fail = |store: &mut Store<ReactorData>, e: wasmtime::Error| failure_from(store, e, limits);
+        let instance = match module.instance_pre().instantiate(&mut store) {
+            Ok(i) => i,
+            Err(e) => return Err(fail(&mut store, e)),
+        };
+        let memory = instance
+            .get_memory(&mut store, abi::EXPORT_MEMORY)
+            .expect("validated at load: memory export");
+        store.data_mut().set_memory(memory);
+        let receive = instance
+            .get_typed_func::<(u32, u32), i32>(&mut store, abi::EXPORT_RECEIVE)
+            .expect("validated at load: receive export");
+        let globals = module
+            .globals()
+            .iter()
+            .map(|g| instance.get_global(&mut store, &g.export).expect("exported by the load-time rewrite"))
+            .collect();
+        let r = Self { store, receive, module: module.clone(), limits, ticks, globals };
+        Ok((r, instance))
+    }
+
+    /// Instantiates `module` and runs its init entry point with `init`
+    /// (readable by the guest through `inbox_read`), with `host` lent for
+    /// the call.
+    pub(crate) fn instantiate<H: HostContext>(
+        engine: &Engine,
+        module: &Arc<LoadedModule>,
+        address: Address,
+        limits: Limits,
+        host: &mut Option<Box<H>>,
+        init: &[u8],
+    ) -> Result<Self, Failure> {
+        let (mut r, instance) = Self::instantiate_bare(engine, module, address, limits)?;
+        let init_fn = instance
+            .get_typed_func::<u32, i32>(&mut r.store, abi::EXPORT_INIT)
+            .expect("validated at load: init export");
+        r.lend(host, init);
+        let result = (|| {
+            if module.has_initialize() {
+                let f = instance.get_typed_func::<(), ()>(&mut r.store, abi::EXPORT_WASI_INITIALIZE)?;
+                f.call(&mut r.store, ())?;
+            }
+            init_fn.call(&mut r.store, init.len() as u32)
+        })();
+        r.reclaim(host);
+        r.check(result, abi::EXPORT_INIT)?;
+        Ok(r)
+    }
+
+    /// Lends the host context and stages `input` for `inbox_read`.
+    fn lend<H: HostContext>(&mut self, host: &mut Option<Box<H>>, input: &[u8]) {
+        let mut h = host.take().expect("host context already lent");
+        h.begin(input);
+        self.store.data_mut().lend(h);
+        self.store.set_epoch_deadline(self.ticks);
+    }
+
+    /// Takes the host context back: the same one that was lent (host
+    /// calls only ever see it as `&mut dyn HostContext`).
+    fn reclaim<H: HostContext>(&mut self, host: &mut Option<Box<H>>) {
+        let lent: Box<dyn Any> = self.store.data_mut().reclaim().expect("host context lost during a call");
+        *host = Some(lent.downcast::<H>().expect("the host context reclaimed is the one lent"));
+    }
+
+    fn check(&mut self, result: wasmtime::Result<i32>, entry: &'static str) -> Result<(), Failure> {
+        match result {
+            Ok(0) => Ok(()),
+            Ok(status) => Err(Failure { reason: FailureReason::Status { entry, status }, backtrace: None }),
+            Err(e) => Err(failure_from(&mut self.store, e, self.limits)),
+        }
+    }
+
+    /// Delivers one encoded batch of `count` envelopes, with `host` lent
+    /// for the call.
+    pub(crate) fn receive<H: HostContext>(
+        &mut self,
+        host: &mut Option<Box<H>>,
+        batch: &[u8],
+        count: u32,
+    ) -> Result<(), Failure> {
+        self.lend(host, batch);
+        let result = self.receive.call(&mut self.store, (batch.len() as u32, count));
+        self.reclaim(host);
+        self.check(result, abi::EXPORT_RECEIVE)
+    }
+
+    /// The shared blobs this reactor holds (what a snapshot records by
+    /// tag).
+    pub(crate) fn held_blobs(&self) -> impl Iterator<Item = &Arc<Blob>> {
+        self.store.data().held().values()
+    }
+
+    /// The module it runs.
+    pub(crate) fn module(&self) -> &Arc<LoadedModule> {
+        &self.module
+    }
+
+    /// A copy of its linear memory.
+    pub(crate) fn memory_copy(&self) -> Vec<u8> {
+        self.store.data().memory().data(&self.store).to_vec()
+    }
+
+    /// Its memory cap.
+    pub(crate) fn memory_cap(&self) -> usize {
+        self.limits.memory_cap
+    }
+
+    /// Base address and byte length of its linear memory.
+    pub(crate) fn memory_extent(&self) -> (usize, usize) {
+        let m = self.store.data().memory();
+        (m.data_ptr(&self.store) as usize, m.data_size(&self.store))
+    }
+
+    /// Grows its memory to exactly `bytes` (a multiple of 64 KiB), within
+    /// its cap.
+    pub(crate) fn grow_memory_to(&mut self, bytes: usize) -> Result<(), String> {
+        let m = self.store.data().memory();
+        let now = m.data_size(&self.store);
+        if bytes < now || !bytes.is_multiple_of(65536) {
+            return Err(format!("cannot resize a memory of {now} bytes to {bytes}"));
+        }
+        if bytes > now {
+            m.grow(&mut self.store, ((bytes - now) / 65536) as u64).map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(())
+    }
+
+    /// Values of its mutable globals.
+    pub(crate) fn read_globals(&mut self) -> Vec<GlobalValue> {
+        self.module
+            .globals()
+            .iter()
+            .zip(&self.globals)
+            .map(|(slot, g)| {
+                let (ty, bits) = match g.get(&mut self.store) {
+                    Val::I32(v) => (0, v as u32 as u128),
+                    Val::I64(v) => (1, v as u64 as u128),
+                    Val::F32(v) => (2, v as u128),
+                    Val::F64(v) => (3, v as u128),
+                    Val::V128(v) => (4, v.as_u128()),
+                    other => unreachable!("reference-typed mutable globals are refused at load: {other:?}"),
+                };
+                GlobalValue { index: slot.index, ty, bits }
+            })
+            .collect()
+    }
+
+    /// Sets its mutable globals from a snapshot; they must be exactly the
+    /// module's.
+    pub(crate) fn write_globals(&mut self, values: &[GlobalValue]) -> Result<(), String> {
+        if values.len() != self.globals.len() {
+            return Err(format!(
+                "it has {} mutable globals, the module {}",
+                values.len(),
+                self.globals.len()
+            ));
+        }
+        for ((slot, g), v) in self.module.globals().iter().zip(&self.globals).zip(values) {
+            let want = global_code(slot.ty);
+            if v.index != slot.index || v.ty != want {
+                return Err(format!(
+                    "global {} of type {} where the module has global {} of type {want}",
+                    v.index, v.ty, slot.index
+                ));
+            }
+            let val = match v.ty {
+                0 => Val::I32(v.bits as u32 as i32),
+                1 => Val::I64(v.bits as u64 as i64),
+                2 => Val::F32(v.bits as u32),
+                3 => Val::F64(v.bits as u64),
+                _ => Val::V128(v.bits.into()),
+            };
+            g.set(&mut self.store, val).map_err(|e| format!("global {}: {e:#}", v.index))?;
+        }
+        Ok(())
+    }
+
+    /// Makes it hold `blob` (restore).
+    pub(crate) fn hold_blob(&mut self, blob: Arc<Blob>) {
+        self.store.data_mut().held_mut().insert(blob.tag(), blob);
+    }
+
+    /// Hash of the module it runs.
+    pub(crate) fn module_hash(&self) -> ModuleHash {
+        self.module.hash
+    }
+
+    /// Current linear memory size in bytes.
+    pub(crate) fn memory_size(&self) -> usize {
+        self.store.data().try_memory().map(|m| m.data_size(&self.store)).unwrap_or(0)
+    }
+}
+
+/// A global type's code in the snapshot format.
+fn global_code(t: GlobalType) -> u8 {
+    match t {
+        GlobalType::I32 => 0,
+        GlobalType::I64 => 1,
+        GlobalType::F32 => 2,
+        GlobalType::F64 => 3,
+        GlobalType::V128 => 4,
+    }
+}
+
+/// Turns an error out of a call into the guest into a readable failure.
+fn failure_from(store: &mut Store<ReactorData>, err: wasmtime::Error, limits: Limits) -> Failure {
+    let backtrace = err.downcast_ref::<WasmBacktrace>().map(|bt| format!("{bt}")).filter(|s| !s.trim().is_empty());
+    let data = store.data_mut();
+    let reason = if let Some(fault) = err.downcast_ref::<GuestFault>() {
+        FailureReason::GuestFault(fault.to_string())
+    } else if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        FailureReason::Exit(exit.0)
+    } else if let Some(note) = data.take_fail_note() {
+        FailureReason::Panic(note)
+    } else if let Some(trap) = err.downcast_ref::<Trap>() {
+        match (trap, data.limiter().refused_request()) {
+            (Trap::Interrupt, _) => FailureReason::CpuBudget(limits.cpu_budget),
+            (_, Some(requested)) => FailureReason::MemoryCap { cap: data.limiter().cap(), requested },
+            (t, None) => FailureReason::Trap(t.to_string()),
+        }
+    } else {
+        FailureReason::Other(format!("{err:#}"))
+    };
+    Failure { reason, backtrace }
+}

@@ -1,0 +1,626 @@
+//! The multi-core runtime: one [`Shard`] per thread, thread-per-core in the
+//! spirit of Seastar.
+//!
+//! Each shard thread owns its reactors outright: their stores, memories and
+//! inboxes are touched by that thread only. Shards talk over one
+//! single-producer ring per ordered pair (`Links`), so a reactor on shard A
+//! sending to one on shard B pushes onto ring A→B and B drains it into the
+//! destination inbox. The outside world (the API below, and the network
+//! through [`Runtime::deliver_from_network`]) hands work to a shard through
+//! that shard's multi-producer command ring.
+//!
+//! A shard thread loops: drain commands, drain its inbound rings, run a
+//! bounded number of ready reactors (one batch each, round-robin); when a
+//! whole pass finds nothing to do it spins briefly, yields, then parks until a
+//! producer wakes it — it never busy-waits for long, so more shards than
+//! cores degrade gracefully.
+//!
+//! Backpressure: a full pair ring or command ring refuses the send
+//! ([`SendError::InboxFull`]); a message whose
+//! destination inbox is full stays at the head of its ring until there is
+//! room, so backpressure reaches the senders instead of anything being
+//! dropped.
+#![forbid(unsafe_code)]
+
+use crate::engine::{Engine, LoadedModule};
+use crate::links::Links;
+use crate::port::{Completion, HostPort, ReplySlot};
+use crate::refs::{Refs, RefsError, TagSource};
+use crate::shard::{Shard, ShardConfig, ShardStats};
+use crate::snapshot::{self, Capture, Checkpoint, RestoreOptions, SnapshotError, SnapshotFile, SnapshotId, SnapshotOptions};
+use guest_sdk::abi;
+use reactor_ring::{EventCount, MpscConsumer, MpscProducer};
+use reactor_types::{Address, CallError, Envelope, Outbound, ReactorState, Reply, SendError, SpawnError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Runtime settings.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Number of shard threads; 0 means one per available core.
+    pub shards: usize,
+    /// Settings of every shard.
+    pub shard: ShardConfig,
+    /// Capacity of each shard-to-shard ring.
+    pub ring_capacity: usize,
+    /// Capacity of each shard's command ring (work from outside).
+    pub command_capacity: usize,
+    /// How long [`Runtime::call`] waits for an answer.
+    pub call_timeout: Duration,
+    /// Where the node keeps its state (the tag high-water mark, see
+    /// [`refs`](crate::refs)). `None`: tags are unique within this process
+    /// only.
+    pub data_dir: Option<PathBuf>,
+    /// This node's id, part of every tag (at most
+    /// [`MAX_NODE`](reactor_types::address::MAX_NODE)).
+    pub node: u16,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            shards: 0,
+            shard: ShardConfig::default(),
+            ring_capacity: 8192,
+            command_capacity: 8192,
+            call_timeout: Duration::from_secs(30),
+            data_dir: None,
+            node: 0,
+        }
+    }
+}
+
+/// Work handed to a shard from outside.
+enum Command {
+    Spawn { module: Arc<LoadedModule>, init: Vec<u8>, flags: u8, done: Arc<Completion<Result<Address, SpawnError>>> },
+    Deliver { to: Address, env: Envelope },
+    Inspect(Box<dyn FnOnce(&mut Shard) + Send>),
+    Stop,
+}
+
+struct ShardHandle {
+    commands: Mutex<MpscProducer<Command>>,
+    wake: Arc<EventCount>,
+    stats: Arc<Mutex<ShardStats>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Reactors on every core. See the module docs.
+pub struct Runtime {
+    engine: Arc<Engine>,
+    config: RuntimeConfig,
+    shards: Vec<ShardHandle>,
+    port: Arc<HostPort>,
+    refs: Arc<Refs>,
+    next_spawn: AtomicUsize,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("shards", &self.shards.len()).finish()
+    }
+}
+
+impl Runtime {
+    /// Starts the shard threads, with tags persisted in `config.data_dir`
+    /// if set. A corrupt tag high-water mark or a node id out of range is an
+    /// error of kind `InvalidData`/`InvalidInput` wrapping the [`RefsError`].
+    pub fn new(engine: Arc<Engine>, config: RuntimeConfig) -> std::io::Result<Self> {
+        let tags = match &config.data_dir {
+            Some(dir) => TagSource::open(dir),
+            None => Ok(TagSource::ephemeral()),
+        };
+        let refs = tags.and_then(|t| Refs::new(config.node, t)).map_err(|e| {
+            let kind = match &e {
+                RefsError::Io { source, .. } => source.kind(),
+                RefsError::NodeOutOfRange(_) => std::io::ErrorKind::InvalidInput,
+                _ => std::io::ErrorKind::InvalidData,
+            };
+            std::io::Error::new(kind, e)
+        })?;
+        Self::with_refs(engine, config, Arc::new(refs))
+    }
+
+    /// Starts the shard threads, all drawing tags from `refs` (its node id
+    /// wins over `config.node`; `config.data_dir` is not used).
+    pub fn with_refs(engine: Arc<Engine>, config: RuntimeConfig, refs: Arc<Refs>) -> std::io::Result<Self> {
+        let n = match config.shards {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
+        .min(256);
+        let port = HostPort::new(config.shard.host_mailbox_capacity, refs.clone());
+        let (links, wakes) = Links::mesh(n, config.ring_capacity);
+        let mut shards = Vec::with_capacity(n);
+        for (index, links) in links.into_iter().enumerate() {
+            let (tx, rx) = reactor_ring::mpsc(config.command_capacity);
+            let stats = Arc::new(Mutex::new(ShardStats::default()));
+            let wake = wakes[index].clone();
+            let (engine, port, stats2, wake2) = (engine.clone(), port.clone(), stats.clone(), wake.clone());
+            let (shard_config, refs) = (config.shard, refs.clone());
+            let thread = std::thread::Builder::new().name(format!("shard-{index}")).spawn(move || {
+                let shard = Shard::linked(engine, shard_config, index, port, Some(links), refs);
+                shard_main(shard, rx, &wake2, &stats2);
+            })?;
+            shards.push(ShardHandle { commands: Mutex::new(tx), wake, stats, thread: Some(thread) });
+        }
+        Ok(Self { engine, config, shards, port, refs, next_spawn: AtomicUsize::new(0) })
+    }
+
+    /// The tags and shared blobs of this runtime's node.
+    pub fn refs(&self) -> &Arc<Refs> {
+        &self.refs
+    }
+
+    /// Creates a shared blob held by the host until
+    /// [`Runtime::release_blob`]; returns its tag, which any number of
+    /// reactors can open (one copy in memory).
+    pub fn create_blob(&self, bytes: impl Into<Box<[u8]>>) -> Result<u64, RefsError> {
+        self.refs.create_host_blob(bytes)
+    }
+
+    /// Stops the host holding a blob made by [`Runtime::create_blob`]; it is
+    /// freed once no reactor holds it either. False if the host did not hold it.
+    pub fn release_blob(&self, tag: u64) -> bool {
+        self.refs.release_host_blob(tag)
+    }
+
+    /// The shard that keeps `address` (its shard bits modulo the shard
+    /// count, so addresses from a runtime with more shards still route).
+    fn shard_of(&self, address: Address) -> usize {
+        address.shard() % self.shards.len()
+    }
+
+    /// The engine reactors are instantiated on.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Number of shard threads.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn command(&self, shard: usize, mut cmd: Command) -> Result<(), Command> {
+        let h = &self.shards[shard];
+        // A full command ring is backpressure; give the shard a moment.
+        let mut tx = h.commands.lock().unwrap();
+        for i in 0..64 {
+            match tx.try_push(cmd) {
+                Ok(()) => {
+                    h.wake.notify();
+                    return Ok(());
+                }
+                Err(back) => cmd = back.into_inner(),
+            }
+            h.wake.notify();
+            if i < 16 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        Err(cmd)
+    }
+
+    /// Starts a reactor on the next shard (round-robin).
+    pub fn spawn(&self, module: &Arc<LoadedModule>, init: &[u8]) -> Result<Address, SpawnError> {
+        let shard = self.next_spawn.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        self.spawn_on(shard, module, init.to_vec(), 0)
+    }
+
+    /// Starts a reactor with a typed (postcard) init argument.
+    pub fn spawn_with<T: Serialize>(&self, module: &Arc<LoadedModule>, init: &T) -> Result<Address, SpawnError> {
+        self.spawn(module, &postcard::to_allocvec(init).expect("serializing to memory cannot fail"))
+    }
+
+    /// Starts a reactor on a chosen shard; `flags` may be `abi::FLAG_TEXT`.
+    pub fn spawn_on(
+        &self,
+        shard: usize,
+        module: &Arc<LoadedModule>,
+        init: Vec<u8>,
+        flags: u8,
+    ) -> Result<Address, SpawnError> {
+        let done = Completion::new();
+        let cmd = Command::Spawn { module: module.clone(), init, flags, done: done.clone() };
+        if self.command(shard % self.shards.len(), cmd).is_err() {
+            return Err(SpawnError::Busy);
+        }
+        done.wait(None).expect("a shard always answers a spawn")
+    }
+
+    /// Sends a one-way message from the outside world. Like any actor send,
+    /// it succeeds even if no reactor has that address (the shard counts it as
+    /// a dead letter); it fails only on backpressure or bad arguments.
+    pub fn send(&self, to: Address, payload: Vec<u8>, text: bool) -> Result<(), SendError> {
+        self.deliver(to, abi::KIND_MESSAGE, 0, payload, text)
+    }
+
+    /// Sends a typed (postcard) one-way message.
+    pub fn send_typed<T: Serialize>(&self, to: Address, msg: &T) -> Result<(), SendError> {
+        self.send(to, postcard::to_allocvec(msg).expect("serializing to memory cannot fail"), false)
+    }
+
+    fn deliver(&self, to: Address, kind: u8, corr: u64, payload: Vec<u8>, text: bool) -> Result<(), SendError> {
+        if payload.len() > abi::MAX_PAYLOAD_LEN as usize {
+            return Err(SendError::TooLarge(payload.len()));
+        }
+        // A reactor anywhere, or another node's host (its mailbox).
+        if !to.is_reactor() && !(to.is_host() && to.node() != self.refs.node()) {
+            return Err(SendError::NoSuchReactor(to));
+        }
+        let flags = if text { abi::FLAG_TEXT } else { 0 };
+        let env = Envelope { kind, flags, from: Address::host_of(self.refs.node()), corr, payload };
+        if to.node() != self.refs.node() {
+            // A reactor on another node: straight to the transport.
+            let Some(out) = self.port.remote() else { return Err(SendError::NoSuchReactor(to)) };
+            return out.send(to, env, 0).map_err(|e| match e {
+                SendError::InboxFull(_) => SendError::InboxFull(to),
+                _ => SendError::NoSuchReactor(to),
+            });
+        }
+        self.command(self.shard_of(to), Command::Deliver { to, env }).map_err(|_| SendError::InboxFull(to))
+    }
+
+    /// Connects this runtime to other nodes: messages for addresses whose
+    /// node bits are not this node's go to `out`. Set once; false if a way
+    /// out was set already.
+    pub fn set_remote(&self, out: Arc<dyn Outbound>) -> bool {
+        self.port.set_remote(out)
+    }
+
+    /// Hands over a message that arrived from another node for `to` on this
+    /// node: a reactor (through its shard's command ring; a full inbox holds
+    /// it there, so backpressure reaches the transport as `InboxFull`) or
+    /// this node's host (the answer to one of its requests, or a message
+    /// for its mailbox).
+    pub fn deliver_from_network(&self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
+        if to.node() != self.refs.node() {
+            return Err((SendError::NoSuchReactor(to), env));
+        }
+        if to.is_host() {
+            if env.is_reply() {
+                // No one waiting (timed out): nothing to do.
+                self.port.answer(env.corr, Ok(Reply::from_envelope(env)));
+                return Ok(());
+            }
+            return if self.port.post(env.clone()) { Ok(()) } else { Err((SendError::InboxFull(to), env)) };
+        }
+        match self.command(self.shard_of(to), Command::Deliver { to, env }) {
+            Ok(()) => Ok(()),
+            Err(Command::Deliver { env, .. }) => Err((SendError::InboxFull(to), env)),
+            Err(_) => unreachable!("the command given back is the one sent"),
+        }
+    }
+
+    /// Answers every request from this node's host still waiting on a
+    /// reactor of `node` with `err` (that node is gone).
+    pub fn fail_calls_to_node(&self, node: u16, err: impl Fn(Address) -> CallError) {
+        self.port.fail_where(|target| target.node() == node, err);
+    }
+
+    /// Sends a request; wait for the answer with [`PendingCall::wait`].
+    pub fn request(&self, to: Address, payload: Vec<u8>, text: bool) -> Result<PendingCall, SendError> {
+        let corr = self.port.next_corr().map_err(|e| SendError::Tags(e.to_string()))?;
+        let slot = self.port.register(corr, to);
+        if let Err(e) = self.deliver(to, abi::KIND_REQUEST, corr, payload, text) {
+            self.port.forget(corr);
+            return Err(e);
+        }
+        Ok(PendingCall { to, corr, slot, port: self.port.clone() })
+    }
+
+    /// Sends a request and waits (up to the configured call timeout) for the
+    /// answer.
+    pub fn call(&self, to: Address, payload: Vec<u8>, text: bool) -> Result<Reply, CallError> {
+        self.request(to, payload, text)?.wait(Some(self.config.call_timeout))
+    }
+
+    /// [`Runtime::call`] with postcard-typed request and answer.
+    pub fn call_typed<Q: Serialize, R: DeserializeOwned>(&self, to: Address, req: &Q) -> Result<R, CallError> {
+        let reply = self.call(to, postcard::to_allocvec(req).expect("serializing to memory cannot fail"), false)?;
+        postcard::from_bytes(&reply.payload).map_err(|e| CallError::Decode(e.to_string()))
+    }
+
+    /// One-way messages reactors sent to the outside world, oldest first.
+    pub fn drain_host_messages(&self) -> Vec<Envelope> {
+        self.port.drain_messages()
+    }
+
+    /// Runs `f` on the thread of `shard`, with that shard, and returns its
+    /// result.
+    pub fn inspect<R: Send + 'static>(&self, shard: usize, f: impl FnOnce(&mut Shard) -> R + Send + 'static) -> R {
+        self.inspect_later(shard, f).wait(None).expect("a shard always runs an inspection")
+    }
+
+    /// Runs `f` on the thread of `shard` without waiting for it.
+    fn inspect_later<R: Send + 'static>(
+        &self,
+        shard: usize,
+        f: impl FnOnce(&mut Shard) -> R + Send + 'static,
+    ) -> Arc<Completion<R>> {
+        let done: Arc<Completion<R>> = Completion::new();
+        let d = done.clone();
+        let mut cmd = Command::Inspect(Box::new(move |s| {
+            d.complete(f(s));
+        }));
+        loop {
+            match self.command(shard, cmd) {
+                Ok(()) => return done,
+                Err(back) => cmd = back,
+            }
+        }
+    }
+
+    /// Takes a snapshot of one reactor at its next message boundary, on its
+    /// shard's thread (see [`Shard::snapshot`]).
+    pub fn snapshot(&self, address: Address, options: SnapshotOptions) -> Result<Checkpoint, SnapshotError> {
+        if !address.is_reactor() {
+            return Err(SnapshotError::NoSuchReactor(address));
+        }
+        self.inspect(self.shard_of(address), move |s| s.snapshot(address, options))
+    }
+
+    /// Snapshots every reactor of every shard as one consistent checkpoint:
+    /// all shards stop at a message boundary (a barrier), then move every
+    /// message in flight between shards into its destination's inbox (so it
+    /// is recorded with that reactor), then capture, then go on. No message
+    /// sent between reactors is lost or counted twice by a restore.
+    /// Messages from outside still queued in a shard's command ring are not
+    /// yet accepted and are not in the checkpoint.
+    pub fn checkpoint(&self, options: SnapshotOptions) -> Result<Checkpoint, SnapshotError> {
+        let n = self.shards.len();
+        let bases: Vec<_> = match options.capture {
+            Capture::Incremental => (0..n).flat_map(|i| self.inspect(i, |s| s.tracked_bases())).collect(),
+            _ => Vec::new(),
+        };
+        let kind = snapshot::checkpoint_kind(options.capture, bases.into_iter())?;
+        let id = SnapshotId::random();
+        let paused = Arc::new(Barrier::new(n));
+        let drained = Arc::new(Barrier::new(n));
+        let parts: Vec<_> = (0..n)
+            .map(|i| {
+                let (paused, drained) = (paused.clone(), drained.clone());
+                self.inspect_later(i, move |s| {
+                    paused.wait();
+                    // Every shard is inside this call: nobody produces.
+                    s.drain_inbound_forced();
+                    drained.wait();
+                    let mut cp = Checkpoint::with_id(id, kind);
+                    s.capture_all(options, &mut cp).map(|()| cp)
+                })
+            })
+            .collect();
+        let mut all = Checkpoint::with_id(id, kind);
+        let mut first_err = None;
+        for p in parts {
+            match p.wait(None).expect("a shard always runs an inspection") {
+                Ok(cp) => all.merge(cp),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(all),
+        }
+    }
+
+    /// Restores every reactor of a chain of snapshot files (a full one, then
+    /// deltas on it) into this runtime, each on the shard its address names
+    /// (modulo the number of shards). The shards restore their parts at one
+    /// barrier and resume together, so no restored reactor sends to one not
+    /// restored yet; if any shard fails, every shard removes what it
+    /// restored and the first error is returned.
+    pub fn restore_files(
+        &self,
+        chain: Vec<SnapshotFile>,
+        options: RestoreOptions,
+    ) -> Result<Vec<Address>, SnapshotError> {
+        let n = self.shards.len();
+        let chain = Arc::new(chain);
+        let done = Arc::new(Barrier::new(n));
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let results: Vec<_> = (0..n)
+            .map(|i| {
+                let (chain, done, failed) = (chain.clone(), done.clone(), failed.clone());
+                self.inspect_later(i, move |s| {
+                    let r = s.restore_files_where(&chain, options, &|a: Address| a.shard() % n == i);
+                    if r.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    done.wait();
+                    if failed.load(Ordering::SeqCst)
+                        && let Ok(restored) = &r
+                    {
+                        for &a in restored {
+                            s.discard(a);
+                        }
+                    }
+                    r
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|c| c.wait(None).expect("a shard always runs an inspection"))
+            .collect();
+        let mut restored = Vec::new();
+        for r in results {
+            match r {
+                Ok(a) => restored.extend(a),
+                Err(e) => return Err(e),
+            }
+        }
+        restored.sort_unstable();
+        Ok(restored)
+    }
+
+    /// A reactor's state: running, failed, or `None` if it never existed.
+    pub fn state(&self, address: Address) -> Option<ReactorState> {
+        if !address.is_reactor() {
+            return None;
+        }
+        self.inspect(self.shard_of(address), move |s| s.state(address))
+    }
+
+    /// Linear memory size of a live reactor.
+    pub fn memory_size(&self, address: Address) -> Option<usize> {
+        if !address.is_reactor() {
+            return None;
+        }
+        self.inspect(self.shard_of(address), move |s| s.memory_size(address))
+    }
+
+    /// Total linear memory of all live reactors.
+    pub fn total_memory(&self) -> u64 {
+        (0..self.shards.len())
+            .map(|i| self.inspect(i, |s| s.live().filter_map(|a| s.memory_size(a)).map(|b| b as u64).sum::<u64>()))
+            .sum()
+    }
+
+    /// Counters of every shard, as last published by their threads.
+    pub fn shard_stats(&self) -> Vec<ShardStats> {
+        self.shards.iter().map(|h| *h.stats.lock().unwrap()).collect()
+    }
+
+    /// Counters summed over all shards.
+    pub fn stats(&self) -> ShardStats {
+        let mut total = ShardStats::default();
+        for s in self.shard_stats() {
+            total += s;
+        }
+        total
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for i in 0..self.shards.len() {
+            let mut cmd = Command::Stop;
+            while let Err(back) = self.command(i, cmd) {
+                cmd = back;
+            }
+        }
+        for h in &mut self.shards {
+            if let Some(t) = h.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A request in flight from the outside world.
+#[derive(Debug)]
+pub struct PendingCall {
+    to: Address,
+    corr: u64,
+    slot: ReplySlot,
+    port: Arc<HostPort>,
+}
+
+impl PendingCall {
+    /// Waits for the answer (or the reactor's failure) up to `timeout`.
+    pub fn wait(self, timeout: Option<Duration>) -> Result<Reply, CallError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        match self.slot.wait(deadline) {
+            Some(r) => r,
+            None => {
+                self.port.forget(self.corr);
+                Err(CallError::Timeout(self.to))
+            }
+        }
+    }
+
+    /// The answer, if it has arrived.
+    pub fn try_take(&self) -> Option<Result<Reply, CallError>> {
+        self.slot.take()
+    }
+}
+
+/// The loop of one shard thread.
+fn shard_main(mut shard: Shard, mut commands: MpscConsumer<Command>, wake: &EventCount, stats: &Mutex<ShardStats>) {
+    let mut held: Option<(Address, Envelope)> = None;
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        let mut work = 0usize;
+        // 1. Work from outside. A delivery to a full inbox waits at the head.
+        if let Some((to, env)) = held.take() {
+            match shard.accept_from_host(to, env) {
+                Ok(()) => work += 1,
+                Err((SendError::InboxFull(_), env)) => held = Some((to, env)),
+                Err((_, env)) => {
+                    shard.host_delivery_failed(to, env);
+                    work += 1;
+                }
+            }
+        }
+        while held.is_none() && work < 1024 {
+            let Some(cmd) = commands.try_pop() else { break };
+            work += 1;
+            match cmd {
+                Command::Spawn { module, init, flags, done } => {
+                    done.complete(shard.spawn_envelope(&module, init, flags));
+                }
+                Command::Deliver { to, env } => match shard.accept_from_host(to, env) {
+                    Ok(()) => {}
+                    Err((SendError::InboxFull(_), env)) => held = Some((to, env)),
+                    Err((_, env)) => shard.host_delivery_failed(to, env),
+                },
+                Command::Inspect(f) => f(&mut shard),
+                Command::Stop => {
+                    *stats.lock().unwrap() = shard.stats();
+                    return;
+                }
+            }
+        }
+        shard.flush_links();
+        // 2. Messages from other shards.
+        work += shard.drain_inbound(4096);
+        // 3. Reactors, one batch each, round-robin.
+        let mut ran = 0;
+        while ran < 256 && shard.run_one() {
+            shard.flush_links();
+            ran += 1;
+        }
+        work += ran;
+        if work > 0 {
+            idle_since = None;
+            *stats.lock().unwrap() = shard.stats();
+            continue;
+        }
+        // Idle: spin for a short while (a message from another shard is
+        // often microseconds away), then yield the core, then park until a
+        // producer wakes us. Every stage is bounded.
+        let idle_for = idle_since.get_or_insert_with(Instant::now).elapsed();
+        if idle_for < IDLE_SPIN {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+        } else if idle_for < IDLE_YIELD {
+            std::thread::yield_now();
+        } else {
+            *stats.lock().unwrap() = shard.stats();
+            // Announce the sleep, re-check, then park until a producer's
+            // `notify` (reactor-ring's EventCount: no lost wake-ups).
+            let waiter = wake.prepare_wait();
+            if held.is_some() || !commands.is_empty() || shard.has_inbound() || shard.has_ready() {
+                waiter.cancel();
+            } else {
+                waiter.wait();
+            }
+            idle_since = None;
+        }
+    }
+}
+
+/// How long an idle shard spins before yielding its core.
+const IDLE_SPIN: Duration = Duration::from_micros(20);
+/// How long an idle shard keeps yielding before it parks.
+const IDLE_YIELD: Duration = Duration::from_micros(200);

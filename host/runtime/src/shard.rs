@@ -1,0 +1,817 @@
+//! A shard: one thread's population of reactors, owned outright.
+//!
+//! A [`Shard`] runs its reactors from a ready queue, one batch per turn,
+//! round-robin, so no reactor starves the others however deep its inbox. It
+//! is usable on its own (single-threaded, deterministic: tests and embedders
+//! drive it with `run_*`), and it is what each thread of the multi-core
+//! [`Runtime`](crate::Runtime) runs, linked to the other shards by one
+//! single-producer ring per ordered pair of shards (`Links`).
+//!
+//! The `Router` is the part host calls need (inboxes, address and
+//! correlation counters, pending spawns, links, the outside world's port);
+//! it implements `HostContext` and is lent to a reactor's store for the
+//! duration of each call into it.
+#![forbid(unsafe_code)]
+
+use crate::engine::{Engine, LoadedModule};
+use crate::inbox::{Full, Inbox};
+use crate::links::Links;
+use crate::port::{HostPort, ReplySlot};
+use crate::reactor::{Limits, Reactor};
+use crate::refs::{LocalTags, Refs, RefsError};
+use crate::snapshot::{
+    self, Capture, Checkpoint, HostState, Kind, Plan, RestoreOptions, Restored, SnapshotError, SnapshotFile,
+    SnapshotId, SnapshotOptions, Tracking,
+};
+use crate::store::{HostContext, ModuleRef, SpawnRefusal};
+use guest_sdk::abi;
+use reactor_types::{
+    Address, CallError, Envelope, Failure, ModuleHash, ReactorState, Reply, RequestId, SendError, SpawnError,
+};
+use rustc_hash::FxHashMap as HashMap;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Shard settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardConfig {
+    /// Limits applied to every reactor.
+    pub limits: Limits,
+    /// Messages an inbox holds before senders get "inbox full".
+    pub inbox_capacity: usize,
+    /// Most messages handed to a reactor in one call.
+    pub max_batch: usize,
+    /// Most reactors alive at once; spawns past it are refused.
+    pub max_reactors: usize,
+    /// Messages to the outside world held before senders get "inbox full".
+    pub host_mailbox_capacity: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            inbox_capacity: 4096,
+            max_batch: 64,
+            max_reactors: 1_000_000,
+            host_mailbox_capacity: 1 << 16,
+        }
+    }
+}
+
+/// Counters of a shard since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Reactors alive now.
+    pub live: usize,
+    /// Reactors that failed.
+    pub failed: usize,
+    /// Reactors ever spawned (from outside or by reactors).
+    pub spawned: u64,
+    /// Messages delivered into reactors.
+    pub delivered: u64,
+    /// Calls into reactors that delivered those messages.
+    pub batches: u64,
+    /// Messages dropped because their destination failed with them queued.
+    pub dropped: u64,
+    /// Messages that arrived from another shard for a reactor that does not
+    /// exist (actor semantics: a send to a dead address is not an error for
+    /// the sender, but it is counted).
+    pub dead_letters: u64,
+    /// Messages sent to reactors on other shards.
+    pub cross_shard: u64,
+    /// Messages handed to the transport for reactors on other nodes.
+    pub remote: u64,
+}
+
+impl std::ops::AddAssign for ShardStats {
+    fn add_assign(&mut self, o: Self) {
+        self.live += o.live;
+        self.failed += o.failed;
+        self.spawned += o.spawned;
+        self.delivered += o.delivered;
+        self.batches += o.batches;
+        self.dropped += o.dropped;
+        self.dead_letters += o.dead_letters;
+        self.cross_shard += o.cross_shard;
+        self.remote += o.remote;
+    }
+}
+
+struct PendingSpawn {
+    address: Address,
+    module: Arc<LoadedModule>,
+    init: Envelope,
+}
+
+/// What host calls reach during a call into a reactor (see the module
+/// docs); home between calls.
+struct Router {
+    engine: Arc<Engine>,
+    index: usize,
+    inboxes: HashMap<Address, Inbox<Envelope>>,
+    ready: VecDeque<Address>,
+    spawns: Vec<PendingSpawn>,
+    port: Arc<HostPort>,
+    links: Option<Links>,
+    /// Tags (addresses, blobs, correlation ids) shared by the node.
+    refs: Arc<Refs>,
+    /// This shard's block of serials from `refs`.
+    tags: LocalTags,
+    input: Vec<u8>,
+    input_pos: usize,
+    /// The partition key the current reactor set for messages to other
+    /// nodes (0: by destination); reset before every call.
+    affinity: u64,
+    config: ShardConfig,
+    /// Live reactors plus pending spawns.
+    population: usize,
+    /// Module hash of each live reactor (for `ModuleRef::Own` spawns).
+    modules: HashMap<Address, ModuleHash>,
+    stats: ShardStats,
+}
+
+impl Router {
+    /// Queues `env` for `to`: another node (the port's way out), the
+    /// outside world, another shard (its pair ring) or a local inbox.
+    fn route(&mut self, to: Address, env: Envelope) -> Result<(), SendError> {
+        let node = self.refs.node();
+        if to.node() != node && to != Address::HOST {
+            // Another node's reactor or host: the node's transport.
+            let Some(out) = self.port.remote() else { return Err(SendError::NoSuchReactor(to)) };
+            out.send(to, env, self.affinity)?;
+            self.stats.remote += 1;
+            return Ok(());
+        }
+        if to.is_host() {
+            return self.route_to_host(to, env);
+        }
+        // Modulo: an address from a runtime with more shards still routes.
+        if to.shard() % self.links.as_ref().map_or(1, Links::shards) != self.index {
+            let Some(links) = self.links.as_mut() else { return Err(SendError::NoSuchReactor(to)) };
+            links.send(to, env)?;
+            self.stats.cross_shard += 1;
+            return Ok(());
+        }
+        self.deliver_local(to, env).map_err(|(e, _)| e)
+    }
+
+    /// Queues `env` into a local inbox, or gives it back with the reason.
+    fn deliver_local(&mut self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
+        let Some(inbox) = self.inboxes.get_mut(&to) else { return Err((SendError::NoSuchReactor(to), env)) };
+        if env.is_reply() {
+            inbox.push_reply(env);
+        } else if let Err(Full(env)) = inbox.try_push(env) {
+            return Err((SendError::InboxFull(to), env));
+        }
+        if inbox.schedule() {
+            self.ready.push_back(to);
+        }
+        Ok(())
+    }
+
+    /// Queues `env` into a local inbox even past its capacity (a message
+    /// already accepted elsewhere); gives it back if there is no such
+    /// reactor.
+    fn deliver_local_forced(&mut self, to: Address, env: Envelope) -> Result<(), Envelope> {
+        let Some(inbox) = self.inboxes.get_mut(&to) else { return Err(env) };
+        inbox.push_reply(env);
+        if inbox.schedule() {
+            self.ready.push_back(to);
+        }
+        Ok(())
+    }
+
+    /// A reply to a request from outside, or a message for the mailbox of
+    /// `host` (this node's host).
+    fn route_to_host(&mut self, host: Address, env: Envelope) -> Result<(), SendError> {
+        if env.is_reply() {
+            let corr = env.corr;
+            return if self.port.answer(corr, Ok(Reply::from_envelope(env))) {
+                Ok(())
+            } else {
+                Err(SendError::NoSuchRequest(corr))
+            };
+        }
+        if self.port.post(env) { Ok(()) } else { Err(SendError::InboxFull(host)) }
+    }
+
+    /// Reserves an address and an inbox for a new reactor.
+    fn reserve(&mut self) -> Result<Address, SpawnError> {
+        if self.population >= self.config.max_reactors {
+            return Err(SpawnError::Limit(self.config.max_reactors));
+        }
+        let serial = self.refs.serial(&mut self.tags).map_err(|e| SpawnError::Tags(e.to_string()))?;
+        self.population += 1;
+        let a = Address::new(self.refs.node(), self.index as u8, serial);
+        self.inboxes.insert(a, Inbox::new(self.config.inbox_capacity));
+        Ok(a)
+    }
+}
+
+impl HostContext for Router {
+    fn begin(&mut self, input: &[u8]) {
+        self.input.clear();
+        self.input.extend_from_slice(input);
+        self.input_pos = 0;
+        self.affinity = 0;
+    }
+
+    fn input(&self) -> &[u8] {
+        &self.input[self.input_pos..]
+    }
+
+    fn consume_input(&mut self, n: usize) {
+        self.input_pos += n;
+    }
+
+    fn route(&mut self, to: Address, env: Envelope) -> Result<(), SendError> {
+        Router::route(self, to, env)
+    }
+
+    /// A correlation id unique across shards, the outside world, nodes and
+    /// restarts (see [`Refs::corr`]).
+    fn next_corr(&mut self) -> Result<u64, RefsError> {
+        self.refs.corr(&mut self.tags)
+    }
+
+    /// Reserves an address and an inbox for a new reactor; the shard
+    /// instantiates it right after the current call.
+    fn spawn(&mut self, parent: Address, module: ModuleRef<'_>, init: Vec<u8>) -> Result<Address, SpawnRefusal> {
+        let module = match module {
+            ModuleRef::Own => self.modules.get(&parent).and_then(|hash| self.engine.module(hash)),
+            ModuleRef::Hash(hash) => self.engine.module(&hash),
+            ModuleRef::Name(name) => self.engine.module_by_name(name),
+        }
+        .ok_or(SpawnRefusal::NoSuchModule)?;
+        let address = self.reserve().map_err(SpawnRefusal::Refused)?;
+        let init = Envelope { kind: abi::KIND_MESSAGE, flags: 0, from: parent, corr: 0, payload: init };
+        self.spawns.push(PendingSpawn { address, module, init });
+        Ok(address)
+    }
+
+    fn set_affinity(&mut self, key: u64) {
+        self.affinity = key;
+    }
+
+    fn refs(&self) -> &Refs {
+        &self.refs
+    }
+}
+
+/// A live reactor and its snapshot tracking.
+struct Live {
+    reactor: Reactor,
+    tracking: Tracking,
+}
+
+impl Live {
+    fn new(reactor: Reactor) -> Self {
+        Self { reactor, tracking: Tracking::default() }
+    }
+}
+
+/// One thread's population of reactors and the traffic between them.
+pub struct Shard {
+    engine: Arc<Engine>,
+    config: ShardConfig,
+    reactors: HashMap<Address, Live>,
+    failed: HashMap<Address, Failure>,
+    /// Home between calls; lent to the reactor being called.
+    router: Option<Box<Router>>,
+    batch: Vec<u8>,
+    /// Requests made through this shard's own API (`request`/`take_reply`).
+    own_requests: HashMap<u64, ReplySlot>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("stats", &self.stats()).finish()
+    }
+}
+
+impl Shard {
+    /// A standalone shard on `engine` (index 0, no links, its own port) with
+    /// ephemeral tags on node 0: unique within this process only.
+    pub fn new(engine: Arc<Engine>, config: ShardConfig) -> Self {
+        Self::with_refs(engine, config, Arc::new(Refs::ephemeral()))
+    }
+
+    /// A standalone shard drawing its tags from `refs` (e.g. persisted with
+    /// [`Refs::open`], or shared with other shards).
+    pub fn with_refs(engine: Arc<Engine>, config: ShardConfig, refs: Arc<Refs>) -> Self {
+        let port = HostPort::new(config.host_mailbox_capacity, refs.clone());
+        Self::linked(engine, config, 0, port, None, refs)
+    }
+
+    /// Shard `index` of a runtime, sharing `port` and `refs`, linked to its peers.
+    pub(crate) fn linked(
+        engine: Arc<Engine>,
+        config: ShardConfig,
+        index: usize,
+        port: Arc<HostPort>,
+        links: Option<Links>,
+        refs: Arc<Refs>,
+    ) -> Self {
+        let router = Router {
+            engine: engine.clone(),
+            index,
+            inboxes: HashMap::default(),
+            ready: VecDeque::new(),
+            spawns: Vec::new(),
+            port,
+            links,
+            refs,
+            tags: LocalTags::default(),
+            input: Vec::new(),
+            input_pos: 0,
+            affinity: 0,
+            config,
+            population: 0,
+            modules: HashMap::default(),
+            stats: ShardStats::default(),
+        };
+        Self {
+            engine,
+            config,
+            reactors: HashMap::default(),
+            failed: HashMap::default(),
+            router: Some(Box::new(router)),
+            batch: Vec::new(),
+            own_requests: HashMap::default(),
+        }
+    }
+
+    fn router(&mut self) -> &mut Router {
+        self.router.as_deref_mut().expect("router is home between calls")
+    }
+
+    fn router_ref(&self) -> &Router {
+        self.router.as_deref().expect("router is home between calls")
+    }
+
+    /// An envelope from outside found no reactor: a request is answered with
+    /// the error, a one-way message counted as a dead letter.
+    pub(crate) fn host_delivery_failed(&mut self, to: Address, env: Envelope) {
+        let router = self.router();
+        if env.kind == abi::KIND_REQUEST {
+            router.port.answer(env.corr, Err(CallError::Send(SendError::NoSuchReactor(to))));
+        } else {
+            router.stats.dead_letters += 1;
+        }
+    }
+
+    /// The engine this shard instantiates on.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The tags and shared blobs this shard uses.
+    pub fn refs(&self) -> &Arc<Refs> {
+        &self.router_ref().refs
+    }
+
+    /// Creates a shared blob held by the host until [`Shard::release_blob`];
+    /// returns its tag, which reactors open with `blob_open`.
+    pub fn create_blob(&self, bytes: impl Into<Box<[u8]>>) -> Result<u64, RefsError> {
+        self.refs().create_host_blob(bytes)
+    }
+
+    /// Stops the host holding a blob made by [`Shard::create_blob`]; it is
+    /// freed once no reactor holds it either. False if the host did not hold it.
+    pub fn release_blob(&self, tag: u64) -> bool {
+        self.refs().release_host_blob(tag)
+    }
+
+    /// Starts a reactor running `module`, passing `init` (postcard bytes) to
+    /// its start-up. Reactors it spawns during start-up are started too.
+    pub fn spawn(&mut self, module: &Arc<LoadedModule>, init: &[u8]) -> Result<Address, SpawnError> {
+        self.spawn_envelope(module, init.to_vec(), 0)
+    }
+
+    /// Starts a reactor whose init argument is JSON text (as the command
+    /// line gives it).
+    pub fn spawn_text(&mut self, module: &Arc<LoadedModule>, json: &str) -> Result<Address, SpawnError> {
+        self.spawn_envelope(module, json.as_bytes().to_vec(), abi::FLAG_TEXT)
+    }
+
+    /// Starts a reactor with a typed (postcard) init argument.
+    pub fn spawn_with<T: Serialize>(&mut self, module: &Arc<LoadedModule>, init: &T) -> Result<Address, SpawnError> {
+        let bytes = postcard::to_allocvec(init).expect("serializing to memory cannot fail");
+        self.spawn(module, &bytes)
+    }
+
+    pub(crate) fn spawn_envelope(
+        &mut self,
+        module: &Arc<LoadedModule>,
+        init: Vec<u8>,
+        flags: u8,
+    ) -> Result<Address, SpawnError> {
+        let address = self.router().reserve()?;
+        let init = Envelope { kind: abi::KIND_MESSAGE, flags, from: Address::HOST, corr: 0, payload: init };
+        let result = self.instantiate(address, module, &init);
+        self.process_spawns();
+        result.map(|()| address).map_err(|f| SpawnError::Failed(address, f))
+    }
+
+    fn instantiate(&mut self, address: Address, module: &Arc<LoadedModule>, init: &Envelope) -> Result<(), Failure> {
+        let router = self.router();
+        router.stats.spawned += 1;
+        router.modules.insert(address, module.hash);
+        self.batch.clear();
+        init.encode_into(&mut self.batch);
+        let input = std::mem::take(&mut self.batch);
+        let result = Reactor::instantiate(&self.engine, module, address, self.config.limits, &mut self.router, &input);
+        self.batch = input;
+        match result {
+            Ok(r) => {
+                self.reactors.insert(address, Live::new(r));
+                Ok(())
+            }
+            Err(f) => {
+                self.fail(address, f.clone());
+                Err(f)
+            }
+        }
+    }
+
+    fn process_spawns(&mut self) {
+        loop {
+            let spawns = std::mem::take(&mut self.router().spawns);
+            if spawns.is_empty() {
+                return;
+            }
+            for s in spawns {
+                let _ = self.instantiate(s.address, &s.module, &s.init);
+            }
+        }
+    }
+
+    fn fail(&mut self, address: Address, failure: Failure) {
+        tracing::warn!(reactor = %address, "reactor failed: {failure}");
+        self.reactors.remove(&address);
+        let router = self.router.as_deref_mut().expect("router is home between calls");
+        router.modules.remove(&address);
+        if let Some(mut inbox) = router.inboxes.remove(&address) {
+            router.population -= 1;
+            router.stats.dropped += inbox.drain().count() as u64;
+        }
+        router.port.fail_target(address, || CallError::Failed(address, failure.clone()));
+        self.failed.insert(address, failure);
+    }
+
+    /// Sends a one-way message from the outside world.
+    pub fn send(&mut self, to: Address, payload: Vec<u8>, text: bool) -> Result<(), SendError> {
+        self.send_kind(to, abi::KIND_MESSAGE, 0, payload, text)
+    }
+
+    fn send_kind(&mut self, to: Address, kind: u8, corr: u64, payload: Vec<u8>, text: bool) -> Result<(), SendError> {
+        if payload.len() > abi::MAX_PAYLOAD_LEN as usize {
+            return Err(SendError::TooLarge(payload.len()));
+        }
+        let flags = if text { abi::FLAG_TEXT } else { 0 };
+        let from = Address::host_of(self.router().refs.node());
+        let env = Envelope { kind, flags, from, corr, payload };
+        self.router().route(to, env)
+    }
+
+    /// Queues an envelope from the outside world into a local inbox (used by
+    /// the runtime's shard threads); gives it back when the inbox is full
+    /// or there is no such reactor.
+    pub(crate) fn accept_from_host(&mut self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
+        self.router().deliver_local(to, env)
+    }
+
+    /// Sends a typed (postcard) one-way message.
+    pub fn send_typed<T: Serialize>(&mut self, to: Address, msg: &T) -> Result<(), SendError> {
+        self.send(to, postcard::to_allocvec(msg).expect("serializing to memory cannot fail"), false)
+    }
+
+    /// Sends a request from the outside world; collect the answer with
+    /// [`Shard::take_reply`] after running.
+    pub fn request(&mut self, to: Address, payload: Vec<u8>, text: bool) -> Result<RequestId, SendError> {
+        if to == Address::HOST {
+            return Err(SendError::NoSuchReactor(to));
+        }
+        let port = self.router().port.clone();
+        let corr = port.next_corr().map_err(|e| SendError::Tags(e.to_string()))?;
+        let slot = port.register(corr, to);
+        if let Err(e) = self.send_kind(to, abi::KIND_REQUEST, corr, payload, text) {
+            port.forget(corr);
+            return Err(e);
+        }
+        self.own_requests.insert(corr, slot);
+        Ok(RequestId(corr))
+    }
+
+    /// The answer to a request, once there is one (or the reactor failed).
+    pub fn take_reply(&mut self, id: RequestId) -> Option<Result<Reply, CallError>> {
+        let r = self.own_requests.get(&id.0)?.take()?;
+        self.own_requests.remove(&id.0);
+        Some(r)
+    }
+
+    /// Sends a request, runs until the shard is idle, and returns the answer.
+    pub fn call(&mut self, to: Address, payload: Vec<u8>, text: bool) -> Result<Reply, CallError> {
+        let id = self.request(to, payload, text)?;
+        self.run_until_idle();
+        match self.take_reply(id) {
+            Some(r) => r,
+            None => {
+                self.own_requests.remove(&id.0);
+                self.router().port.forget(id.0);
+                Err(CallError::NoReply(to))
+            }
+        }
+    }
+
+    /// [`Shard::call`] with postcard-typed request and answer.
+    pub fn call_typed<Q: Serialize, R: DeserializeOwned>(&mut self, to: Address, req: &Q) -> Result<R, CallError> {
+        let reply = self.call(to, postcard::to_allocvec(req).expect("serializing to memory cannot fail"), false)?;
+        postcard::from_bytes(&reply.payload).map_err(|e| CallError::Decode(e.to_string()))
+    }
+
+    /// One-way messages reactors sent to the outside world, oldest first.
+    pub fn drain_host_messages(&mut self) -> Vec<Envelope> {
+        self.router().port.drain_messages()
+    }
+
+    /// Runs reactors until no inbox holds a message. Returns the number of
+    /// batches delivered.
+    pub fn run_until_idle(&mut self) -> u64 {
+        let mut n = 0;
+        while self.run_one() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Runs at most `batches` turns. Returns whether work remains.
+    pub fn run_for(&mut self, batches: u64) -> bool {
+        for _ in 0..batches {
+            if !self.run_one() {
+                return false;
+            }
+        }
+        !self.router().ready.is_empty()
+    }
+
+    /// Whether a reactor has messages waiting.
+    pub(crate) fn has_ready(&self) -> bool {
+        self.router.as_ref().is_some_and(|r| !r.ready.is_empty())
+    }
+
+    /// Delivers one batch to the next ready reactor. False when idle.
+    pub(crate) fn run_one(&mut self) -> bool {
+        let max_batch = self.config.max_batch;
+        let router = self.router.as_deref_mut().expect("router is home between calls");
+        let Some(address) = router.ready.pop_front() else { return false };
+        let Some(inbox) = router.inboxes.get_mut(&address) else { return true };
+        self.batch.clear();
+        let mut count = 0u32;
+        while (count as usize) < max_batch {
+            let Some(env) = inbox.pop() else { break };
+            env.encode_into(&mut self.batch);
+            count += 1;
+        }
+        if inbox.is_empty() {
+            inbox.unschedule();
+        } else {
+            router.ready.push_back(address);
+        }
+        if count == 0 {
+            return true;
+        }
+        let Some(live) = self.reactors.get_mut(&address) else { return true };
+        router.stats.delivered += count as u64;
+        router.stats.batches += 1;
+        let batch = std::mem::take(&mut self.batch);
+        let result = live.reactor.receive(&mut self.router, &batch, count);
+        self.batch = batch;
+        match result {
+            Ok(()) => live.tracking.settle(),
+            Err(f) => self.fail(address, f),
+        }
+        self.process_spawns();
+        true
+    }
+
+    /// A reactor's state: running, failed, or `None` if it never existed.
+    pub fn state(&self, address: Address) -> Option<ReactorState> {
+        if self.reactors.contains_key(&address) {
+            Some(ReactorState::Running)
+        } else {
+            self.failed.get(&address).map(|f| ReactorState::Failed(f.clone()))
+        }
+    }
+
+    /// Addresses of the live reactors.
+    pub fn live(&self) -> impl Iterator<Item = Address> + '_ {
+        self.reactors.keys().copied()
+    }
+
+    /// Linear memory size of a live reactor.
+    pub fn memory_size(&self, address: Address) -> Option<usize> {
+        self.reactors.get(&address).map(|l| l.reactor.memory_size())
+    }
+
+    /// A copy of a live reactor's linear memory (inspection and tests).
+    pub fn read_memory(&self, address: Address) -> Option<Vec<u8>> {
+        self.reactors.get(&address).map(|l| l.reactor.memory_copy())
+    }
+
+    /// Module a live reactor runs.
+    pub fn module_of(&self, address: Address) -> Option<ModuleHash> {
+        self.reactors.get(&address).map(|l| l.reactor.module_hash())
+    }
+
+    /// Messages waiting in a reactor's inbox.
+    pub fn queued(&self, address: Address) -> Option<usize> {
+        self.router.as_ref()?.inboxes.get(&address).map(|i| i.len())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ShardStats {
+        let base = self.router.as_ref().map(|r| r.stats).unwrap_or_default();
+        ShardStats { live: self.reactors.len(), failed: self.failed.len(), ..base }
+    }
+}
+
+/// The shard-to-shard rings (see [`Links`]), as the runtime's shard thread
+/// drives them.
+impl Shard {
+    /// Moves up to `budget` messages from the inbound rings into local
+    /// inboxes. A message for a full inbox stays at the head of its ring.
+    /// Returns how many moved.
+    pub(crate) fn drain_inbound(&mut self, budget: usize) -> usize {
+        let router = self.router();
+        let Some(mut links) = router.links.take() else { return 0 };
+        let d = links.drain(budget, |to, env| router.deliver_local(to, env));
+        router.links = Some(links);
+        router.stats.dead_letters += d.dead as u64;
+        d.moved
+    }
+
+    /// Moves every message in the inbound rings into local inboxes, past
+    /// their capacity if need be (for a checkpoint: each message in flight
+    /// must be recorded with its destination).
+    pub(crate) fn drain_inbound_forced(&mut self) {
+        let router = self.router();
+        let Some(mut links) = router.links.take() else { return };
+        let dead = links.drain_all(|to, env| router.deliver_local_forced(to, env));
+        router.links = Some(links);
+        router.stats.dead_letters += dead as u64;
+    }
+
+    /// Whether a message waits on an inbound ring.
+    pub(crate) fn has_inbound(&self) -> bool {
+        self.router.as_deref().and_then(|r| r.links.as_ref()).is_some_and(Links::has_inbound)
+    }
+
+    /// Wakes the shards this one sent to during the last reactor call.
+    pub(crate) fn flush_links(&mut self) {
+        if let Some(links) = self.router().links.as_mut() {
+            links.flush();
+        }
+    }
+}
+
+/// Snapshots and restore (see [`crate::snapshot`]).
+impl Shard {
+    /// Takes a snapshot of one reactor at this message boundary: its memory,
+    /// globals, queued messages and held blobs. With `Capture::Concurrent`
+    /// or `Incremental` the copy finishes in the background while the shard
+    /// runs on; the returned checkpoint waits for it when read or written.
+    pub fn snapshot(&mut self, address: Address, options: SnapshotOptions) -> Result<Checkpoint, SnapshotError> {
+        let live = self.reactors.get(&address).ok_or(SnapshotError::NoSuchReactor(address))?;
+        let kind = match options.capture {
+            Capture::Incremental => Kind::Delta { base: live.tracking.base().ok_or(SnapshotError::NoBase(address))? },
+            _ => Kind::Full,
+        };
+        let mut cp = Checkpoint::new(kind);
+        self.capture_into(address, options, &mut cp)?;
+        Ok(cp)
+    }
+
+    /// Snapshots every live reactor of this shard at this boundary, as one
+    /// consistent checkpoint (no message is in flight between them: every
+    /// queued message is in some reactor's recorded inbox). `Incremental`
+    /// gives a delta on the previous tracked checkpoint; reactors that were
+    /// not in it go in whole.
+    pub fn checkpoint(&mut self, options: SnapshotOptions) -> Result<Checkpoint, SnapshotError> {
+        let kind = snapshot::checkpoint_kind(options.capture, self.tracked_bases().into_iter())?;
+        let mut cp = Checkpoint::new(kind);
+        self.capture_all(options, &mut cp)?;
+        Ok(cp)
+    }
+
+    /// The snapshot each live reactor's tracked dirty pages are relative to.
+    pub(crate) fn tracked_bases(&self) -> Vec<Option<SnapshotId>> {
+        self.reactors.values().map(|l| l.tracking.base()).collect()
+    }
+
+    /// Adds every live reactor to `cp`, in address order.
+    pub(crate) fn capture_all(&mut self, options: SnapshotOptions, cp: &mut Checkpoint) -> Result<(), SnapshotError> {
+        let mut live: Vec<Address> = self.reactors.keys().copied().collect();
+        live.sort_unstable();
+        for a in live {
+            self.capture_into(a, options, cp)?;
+        }
+        Ok(())
+    }
+
+    fn capture_into(&mut self, address: Address, options: SnapshotOptions, cp: &mut Checkpoint) -> Result<(), SnapshotError> {
+        let router = self.router.as_deref().expect("router is home between calls");
+        let inbox = router.inboxes.get(&address).map(|i| i.iter().map(snapshot::record).collect()).unwrap_or_default();
+        let host = HostState { inbox, next_corr: router.refs.tags().peek() };
+        let live = self.reactors.get_mut(&address).ok_or(SnapshotError::NoSuchReactor(address))?;
+        snapshot::capture(&mut live.reactor, &mut live.tracking, address, host, options, cp)
+    }
+
+    /// Restores every reactor of a chain of in-memory checkpoints (a full
+    /// one, then deltas, each on the one before) into this shard, under
+    /// their own addresses. All or nothing: on an error no reactor of the
+    /// chain is left behind.
+    pub fn restore(&mut self, chain: &[&Checkpoint]) -> Result<Vec<Address>, SnapshotError> {
+        self.restore_plan(Plan::from_checkpoints(chain)?)
+    }
+
+    /// Restores every reactor of a chain of snapshot files (a full one, then
+    /// deltas, each on the one before) into this shard. The modules must be
+    /// loaded in the engine. All or nothing, as [`Shard::restore`].
+    pub fn restore_files(
+        &mut self,
+        chain: &[SnapshotFile],
+        options: RestoreOptions,
+    ) -> Result<Vec<Address>, SnapshotError> {
+        self.restore_files_where(chain, options, &|_| true)
+    }
+
+    /// [`Shard::restore_files`] for the reactors `wanted` accepts.
+    pub(crate) fn restore_files_where(
+        &mut self,
+        chain: &[SnapshotFile],
+        options: RestoreOptions,
+        wanted: &dyn Fn(Address) -> bool,
+    ) -> Result<Vec<Address>, SnapshotError> {
+        self.restore_plan(Plan::from_files(chain, options, wanted)?)
+    }
+
+    fn restore_plan(&mut self, plan: Plan<'_>) -> Result<Vec<Address>, SnapshotError> {
+        // Check everything that can be checked before touching anything.
+        let router = self.router_ref();
+        plan.check(&self.engine, |a| self.reactors.contains_key(&a) || router.inboxes.contains_key(&a))?;
+        let mut done = Vec::new();
+        for (i, address) in plan.addresses().enumerate() {
+            match self.restore_one(&plan, i, address) {
+                Ok(()) => done.push(address),
+                Err(e) => {
+                    for a in done {
+                        self.discard(a);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    fn restore_one(&mut self, plan: &Plan<'_>, i: usize, address: Address) -> Result<(), SnapshotError> {
+        if self.router_ref().population >= self.config.max_reactors {
+            return Err(SnapshotError::Os {
+                address,
+                reason: format!("the shard is at its limit of {} reactors", self.config.max_reactors),
+            });
+        }
+        let refs = self.router_ref().refs.clone();
+        let Restored { address, reactor, inbox: queued } = plan.rebuild(i, &self.engine, self.config.limits, &refs)?;
+        let capacity = self.config.inbox_capacity;
+        let router = self.router();
+        let mut inbox = Inbox::new(capacity);
+        for env in queued {
+            // Restored messages were accepted once: never refuse them now.
+            inbox.push_reply(env);
+        }
+        if !inbox.is_empty() && inbox.schedule() {
+            router.ready.push_back(address);
+        }
+        router.inboxes.insert(address, inbox);
+        router.population += 1;
+        router.modules.insert(address, reactor.module_hash());
+        self.reactors.insert(address, Live::new(reactor));
+        Ok(())
+    }
+
+    /// Removes a reactor without recording a failure (undoing a restore).
+    pub(crate) fn discard(&mut self, address: Address) {
+        self.reactors.remove(&address);
+        let router = self.router();
+        router.modules.remove(&address);
+        if router.inboxes.remove(&address).is_some() {
+            router.population -= 1;
+        }
+        router.ready.retain(|a| *a != address);
+    }
+}

@@ -1,0 +1,73 @@
+//! Why a snapshot could not be taken, written or restored. Each variant's
+//! doc says what the failure did to state: none leaves a reactor half
+//! captured or half restored.
+#![forbid(unsafe_code)]
+
+use reactor_types::{Address, Failure};
+use snapshot_format::FormatError;
+
+/// Why a snapshot could not be taken, written or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A snapshot file problem (unreadable, corrupt, another format…).
+    #[error(transparent)]
+    File(#[from] FormatError),
+    /// No live reactor at that address.
+    #[error("no live reactor at {0}")]
+    NoSuchReactor(Address),
+    /// The module keeps state outside memory and globals.
+    #[error("reactor {address} cannot be snapshotted: {reason}")]
+    Unsupported {
+        /// The reactor.
+        address: Address,
+        /// What its module does that snapshots cannot capture.
+        reason: String,
+    },
+    /// An incremental snapshot without a tracked previous snapshot.
+    #[error("reactor {0} has no tracked previous snapshot to take a delta on: take one with `track: true` first")]
+    NoBase(Address),
+    /// Page protection or a mapping failed.
+    #[error("snapshot of {address} failed: {reason}")]
+    Os {
+        /// The reactor.
+        address: Address,
+        /// The system's error.
+        reason: String,
+    },
+    /// The snapshot names a module this host has not loaded.
+    #[error("the snapshot's reactor {address} runs module {module}, which is not loaded: load that module first")]
+    ModuleNotLoaded {
+        /// The reactor.
+        address: Address,
+        /// The module's SHA-256 (hex).
+        module: String,
+    },
+    /// A reactor with that address is alive already.
+    #[error("a reactor with address {0} is alive here already: restore into another runtime, or stop it first")]
+    AddressInUse(Address),
+    /// The snapshot's memory exceeds this host's memory cap.
+    #[error("reactor {address} needs {needed} bytes of memory, over this host's cap of {cap}")]
+    MemoryCap {
+        /// The reactor.
+        address: Address,
+        /// The snapshot's memory size.
+        needed: u64,
+        /// The cap.
+        cap: usize,
+    },
+    /// The snapshot does not fit the module (globals, memory).
+    #[error("snapshot of {address} does not fit its module: {reason}")]
+    Mismatch {
+        /// The reactor.
+        address: Address,
+        /// What differs.
+        reason: String,
+    },
+    /// A chain of snapshots that do not follow each other.
+    #[error("snapshot chain is broken: {0}")]
+    Chain(String),
+    /// The fresh instance could not be created.
+    #[error("cannot instantiate reactor {0} for restore: {1}")]
+    Instantiate(Address, Failure),
+}
+

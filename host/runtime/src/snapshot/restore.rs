@@ -1,0 +1,325 @@
+//! Restoring from a chain of snapshots (a full one, then deltas, each on
+//! the one before): planning which layers make up each reactor, checking
+//! everything that can be checked before touching anything, and filling a
+//! fresh instance from its layers.
+
+use super::capture::{Checkpoint, Part, envelope};
+use super::error::SnapshotError;
+use crate::engine::Engine;
+use crate::reactor::{Limits, Reactor};
+use crate::refs::{Blob, Refs};
+use crate::sys::image::Target;
+use crate::sys::page_size;
+use reactor_types::{Address, Envelope, ModuleHash};
+use snapshot_format::{FormatError, Kind, ReactorEntry, SnapshotFile, SnapshotId};
+use std::sync::Arc;
+
+/// How pages reach the restored memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// Copied (or read from the file) now.
+    Eager,
+    /// File pages mapped copy-on-write: read on first touch, private on
+    /// first write. From an in-memory checkpoint this is the same as
+    /// `Eager`.
+    Lazy,
+}
+
+/// Restore settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Eager or lazy.
+    pub load: Load,
+    /// Check the page data's checksum before restoring from a file (reads
+    /// the whole data section once). Without it, a damaged page is restored
+    /// as it is: it can only corrupt the restored reactor, which is
+    /// sandboxed like any other, never the host.
+    pub verify: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        Self { load: Load::Eager, verify: true }
+    }
+}
+
+impl RestoreOptions {
+    /// Lazy, without reading the data first (the fast path).
+    pub fn lazy() -> Self {
+        Self { load: Load::Lazy, verify: false }
+    }
+}
+
+/// Runs shorter than this are read, not mapped (a mapping per tiny run
+/// costs more than the copy and a kernel mapping each).
+const MIN_MAPPED_PAGES: u64 = 4;
+/// Most runs one restore maps; the rest are read.
+const MAX_MAPPED_RUNS: usize = 4096;
+
+/// One reactor's entry in one checkpoint of a chain, oldest first.
+#[derive(Debug)]
+enum Layer<'a> {
+    File(&'a SnapshotFile, &'a ReactorEntry),
+    Memory(&'a Part),
+}
+
+impl Layer<'_> {
+    fn entry(&self) -> &ReactorEntry {
+        match self {
+            Layer::File(_, e) => e,
+            Layer::Memory(p) => &p.entry,
+        }
+    }
+}
+
+/// Writes the layers' pages and the last layer's globals into `reactor`, a
+/// fresh instance that has not run.
+fn fill(reactor: &mut Reactor, address: Address, layers: &[Layer<'_>], load: Load) -> Result<(), SnapshotError> {
+    let last = layers.last().expect("at least one layer").entry();
+    let size = usize::try_from(last.memory_size).map_err(|_| SnapshotError::MemoryCap {
+        address,
+        needed: last.memory_size,
+        cap: reactor.memory_cap(),
+    })?;
+    if size > reactor.memory_cap() {
+        return Err(SnapshotError::MemoryCap { address, needed: last.memory_size, cap: reactor.memory_cap() });
+    }
+    reactor
+        .grow_memory_to(size)
+        .map_err(|reason| SnapshotError::Mismatch { address, reason: format!("cannot size the memory: {reason}") })?;
+    let (base, len) = reactor.memory_extent();
+    if len != size {
+        return Err(SnapshotError::Mismatch {
+            address,
+            reason: format!("the module's memory is {len} bytes at instantiation, more than the snapshot's {size}"),
+        });
+    }
+    let os = |e: std::io::Error| SnapshotError::Os { address, reason: e.to_string() };
+    // SAFETY: the reactor's memory is a live host mapping of `len` bytes at
+    // `base`, page aligned (wasm sizes are 64 KiB multiples), and we hold the
+    // fresh reactor mutably: nothing runs in it or writes it meanwhile.
+    let mut target = unsafe { Target::new(base as *mut u8, len) };
+    // Drop what instantiation wrote (data segments): a full layer says
+    // every page, zero included.
+    target.zero(0, len).map_err(os)?;
+    let ps = page_size();
+    let mut mapped = 0usize;
+    for (i, layer) in layers.iter().enumerate() {
+        match layer {
+            Layer::File(file, entry) => {
+                for run in &entry.runs {
+                    let off = run.first_page as usize * ps;
+                    let n = run.pages as usize * ps;
+                    match run.data {
+                        None => target.zero(off, n).map_err(os)?,
+                        Some(d) => {
+                            let at = file.file_offset(d);
+                            if load == Load::Lazy && run.pages >= MIN_MAPPED_PAGES && mapped < MAX_MAPPED_RUNS {
+                                mapped += 1;
+                                target.map_from(file.file(), at, off, n).map_err(os)?;
+                            } else {
+                                target.read_from(file.file(), at, off, n).map_err(os)?;
+                            }
+                        }
+                    }
+                }
+            }
+            Layer::Memory(part) => {
+                let img = part.pages.image();
+                // The first layer went onto zeroed memory: its zero pages
+                // need nothing.
+                let zero_needed = i > 0;
+                for (start, p, nonzero) in img.runs(usize::MAX) {
+                    if nonzero {
+                        target.write(start * ps, &img.bytes[start * ps..p * ps]).map_err(os)?;
+                    } else if zero_needed {
+                        target.zero(start * ps, (p - start) * ps).map_err(os)?;
+                    }
+                }
+            }
+        }
+    }
+    reactor.write_globals(&last.globals).map_err(|reason| SnapshotError::Mismatch { address, reason })?;
+    Ok(())
+}
+
+/// Where a restore finds the shared blobs its reactors hold.
+type BlobSource<'a> = dyn Fn(u64, &Refs) -> Result<Arc<Blob>, SnapshotError> + 'a;
+
+/// A checked chain and, for each reactor of its last snapshot, the layers
+/// that make it up: what a shard restores.
+pub(crate) struct Plan<'a> {
+    reactors: Vec<(Address, Vec<Layer<'a>>)>,
+    load: Load,
+    blobs: Box<BlobSource<'a>>,
+}
+
+/// One reactor rebuilt from its layers, ready for its shard to adopt.
+#[derive(Debug)]
+pub(crate) struct Restored {
+    /// Its address.
+    pub(crate) address: Address,
+    /// The instance, filled, holding its blobs; it has not run.
+    pub(crate) reactor: Reactor,
+    /// Its queued messages, oldest first (accepted once: never refuse them).
+    pub(crate) inbox: Vec<Envelope>,
+}
+
+impl<'a> Plan<'a> {
+    /// The plan of a chain of in-memory checkpoints (restored eagerly).
+    pub(crate) fn from_checkpoints(chain: &'a [&'a Checkpoint]) -> Result<Self, SnapshotError> {
+        let links: Vec<(SnapshotId, Kind)> = chain.iter().map(|c| (c.id, c.kind)).collect();
+        check_chain(&links)?;
+        let last = chain.last().expect("checked non-empty");
+        let reactors = layers_of(last.parts.iter().map(|p| p.entry.address), chain.len(), |i, a| {
+            chain[i].parts.iter().find(|p| p.entry.address == a).map(Layer::Memory)
+        })?;
+        let blobs = move |tag: u64, refs: &Refs| -> Result<Arc<Blob>, SnapshotError> {
+            let b = chain
+                .iter()
+                .rev()
+                .find_map(|c| c.blobs.get(&tag).cloned())
+                .ok_or_else(|| SnapshotError::Chain(format!("blob {tag:#x} is held but not stored")))?;
+            Ok(refs.relink_blob(tag, || b.bytes().to_vec()))
+        };
+        Ok(Self { reactors, load: Load::Eager, blobs: Box::new(blobs) })
+    }
+
+    /// The plan of a chain of snapshot files, for the reactors `wanted`
+    /// accepts. Verifies the files' page data first if `options` ask.
+    pub(crate) fn from_files(
+        chain: &'a [SnapshotFile],
+        options: RestoreOptions,
+        wanted: &dyn Fn(Address) -> bool,
+    ) -> Result<Self, SnapshotError> {
+        let links: Vec<(SnapshotId, Kind)> = chain.iter().map(|f| (f.header().id, f.header().kind)).collect();
+        check_chain(&links)?;
+        if options.verify {
+            for f in chain {
+                f.verify_data(&mut |_, _| {})?;
+            }
+        }
+        let last = chain.last().expect("checked non-empty");
+        let wanted_here = last.meta().reactors.iter().map(|e| e.address).filter(|&a| wanted(Address(a)));
+        let reactors = layers_of(wanted_here, chain.len(), |i, a| {
+            let f = &chain[i];
+            f.meta().reactors.iter().find(|e| e.address == a).map(|e| Layer::File(f, e))
+        })?;
+        let blobs = move |tag: u64, refs: &Refs| -> Result<Arc<Blob>, SnapshotError> {
+            if let Some(b) = refs.blob(tag) {
+                return Ok(b);
+            }
+            let (file, entry) = chain
+                .iter()
+                .rev()
+                .find_map(|f| f.meta().blobs.iter().find(|b| b.tag == tag).map(|b| (f, b)))
+                .ok_or_else(|| SnapshotError::Chain(format!("blob {tag:#x} is held but not stored")))?;
+            let bytes = file.read_blob(entry)?;
+            Ok(refs.relink_blob(tag, || bytes))
+        };
+        Ok(Self { reactors, load: options.load, blobs: Box::new(blobs) })
+    }
+
+    /// The reactors it restores, in order.
+    pub(crate) fn addresses(&self) -> impl Iterator<Item = Address> + '_ {
+        self.reactors.iter().map(|(a, _)| *a)
+    }
+
+    /// Checks what can be checked before anything is restored: every
+    /// module loaded and snapshottable, no address `in_use`.
+    pub(crate) fn check(&self, engine: &Engine, in_use: impl Fn(Address) -> bool) -> Result<(), SnapshotError> {
+        for (address, layers) in &self.reactors {
+            let entry = layers.last().expect("a reactor has a layer").entry();
+            let module = engine.module(&ModuleHash(entry.module)).ok_or_else(|| SnapshotError::ModuleNotLoaded {
+                address: *address,
+                module: hex::encode(entry.module),
+            })?;
+            if let Some(reason) = module.snapshot_blocker() {
+                return Err(SnapshotError::Unsupported { address: *address, reason: reason.to_owned() });
+            }
+            if in_use(*address) {
+                return Err(SnapshotError::AddressInUse(*address));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the `i`-th reactor: a fresh instance of its module (no
+    /// init runs), its pages and globals, its blobs relinked through
+    /// `refs`, its address and pending correlation ids observed so new tags
+    /// never collide with them.
+    pub(crate) fn rebuild(&self, i: usize, engine: &Engine, limits: Limits, refs: &Refs) -> Result<Restored, SnapshotError> {
+        let (address, layers) = &self.reactors[i];
+        let address = *address;
+        let entry = layers.last().expect("a reactor has a layer").entry();
+        let module = engine.module(&ModuleHash(entry.module)).ok_or_else(|| SnapshotError::ModuleNotLoaded {
+            address,
+            module: hex::encode(entry.module),
+        })?;
+        let (mut reactor, _) = Reactor::instantiate_bare(engine, &module, address, limits)
+            .map_err(|f| SnapshotError::Instantiate(address, f))?;
+        fill(&mut reactor, address, layers, self.load)?;
+        for &tag in &entry.blobs {
+            reactor.hold_blob((self.blobs)(tag, refs)?);
+        }
+        refs.observe(address.0);
+        if address.node() == refs.node() {
+            refs.tags().observe(entry.next_corr);
+        }
+        let inbox = entry.inbox.iter().map(envelope).collect();
+        Ok(Restored { address, reactor, inbox })
+    }
+}
+
+/// For each reactor of the chain's last checkpoint, its layers in chain
+/// order (`find(i, address)`: its entry in checkpoint `i`). A reactor may
+/// first appear late in the chain (spawned after the base), but once there
+/// it must be in every later checkpoint.
+fn layers_of<'a>(
+    addresses: impl Iterator<Item = u64>,
+    chain_len: usize,
+    find: impl Fn(usize, u64) -> Option<Layer<'a>>,
+) -> Result<Vec<(Address, Vec<Layer<'a>>)>, SnapshotError> {
+    addresses
+        .map(|a| {
+            let address = Address(a);
+            let mut layers = Vec::new();
+            for i in 0..chain_len {
+                match find(i, a) {
+                    Some(l) => layers.push(l),
+                    None if layers.is_empty() => {}
+                    None => {
+                        return Err(SnapshotError::Chain(format!(
+                            "reactor {address} is missing from snapshot {i} of the chain but present after it"
+                        )));
+                    }
+                }
+            }
+            Ok((address, layers))
+        })
+        .collect()
+}
+
+/// A chain must be one full snapshot followed by deltas, each on the one
+/// before it.
+fn check_chain(links: &[(SnapshotId, Kind)]) -> Result<(), SnapshotError> {
+    let Some((first, rest)) = links.split_first() else {
+        return Err(SnapshotError::Chain("no snapshot given".into()));
+    };
+    if let Kind::Delta { base } = first.1 {
+        return Err(SnapshotError::Chain(format!(
+            "the first snapshot is a delta on {base}: give its full base snapshot first"
+        )));
+    }
+    let mut prev = first.0;
+    for (id, kind) in rest {
+        match kind {
+            Kind::Full => return Err(FormatError::NotADelta.into()),
+            Kind::Delta { base } if *base != prev => {
+                return Err(FormatError::DeltaBase { expected: *base, found: prev }.into());
+            }
+            Kind::Delta { .. } => prev = *id,
+        }
+    }
+    Ok(())
+}

@@ -1,4 +1,0 @@
-//! The `host` command; everything lives in `host::cli`.
-fn main() -> std::process::ExitCode {
-    host::cli::main()
-}
