@@ -1,0 +1,264 @@
+//! The reader: header and meta checks in the order the crate documentation
+//! gives, [`parse`] for images in memory and [`SnapshotFile`] for files.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
+
+use crate::constants::{
+    FORMAT_VERSION, HEADER_FIELDS_LEN, HEADER_HASHED_LEN, HEADER_LEN, KIND_DELTA, KIND_FULL, MAGIC, MAX_META_LEN,
+    PAGE_SIZE,
+};
+use crate::error::{FormatError, io_err, malformed};
+use crate::id::SnapshotId;
+use crate::model::{BlobEntry, Header, Kind, Meta, blob_hash};
+
+/// Read size when streaming the data section through the hash.
+const VERIFY_CHUNK: usize = 8 << 20;
+/// How often `verify_data` reports progress.
+const PROGRESS_EVERY: u64 = 64 << 20;
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn id_at(b: &[u8], at: usize) -> SnapshotId {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[at..at + 16]);
+    SnapshotId(a)
+}
+
+/// Checks the header given the file's first `min(file_len, HEADER_LEN)`
+/// bytes and its length, in the order the crate documentation gives.
+fn check_header(prefix: &[u8], file_len: u64, expected_abi: u32) -> Result<Header, FormatError> {
+    let n = prefix.len().min(MAGIC.len());
+    if prefix[..n] != MAGIC[..n] {
+        return Err(FormatError::NotASnapshot);
+    }
+    if prefix.len() >= 12 {
+        let found = u32_at(prefix, 8);
+        if found != FORMAT_VERSION {
+            return Err(FormatError::FormatVersion { found, supported: FORMAT_VERSION });
+        }
+    }
+    if prefix.len() < HEADER_FIELDS_LEN {
+        return Err(FormatError::TooShort { len: file_len });
+    }
+    if xxh3_64(&prefix[..HEADER_HASHED_LEN]) != u64_at(prefix, HEADER_HASHED_LEN) {
+        return Err(FormatError::HeaderCorrupt);
+    }
+    let abi_version = u32_at(prefix, 12);
+    if abi_version != expected_abi {
+        return Err(FormatError::AbiVersion { found: abi_version, expected: expected_abi });
+    }
+    let page_size = u32_at(prefix, 16);
+    if page_size as usize != PAGE_SIZE {
+        return Err(FormatError::PageSize { found: page_size, host: PAGE_SIZE as u32 });
+    }
+    let base = id_at(prefix, 40);
+    let kind = match u32_at(prefix, 20) {
+        KIND_FULL if base.is_zero() => Kind::Full,
+        KIND_FULL => return Err(malformed(format!("a full snapshot has a base id ({base}); only deltas have one"))),
+        KIND_DELTA if base.is_zero() => return Err(malformed("a delta snapshot has no base id (it is all zero)")),
+        KIND_DELTA => Kind::Delta { base },
+        k => return Err(malformed(format!("unknown snapshot kind {k} (0 = full, 1 = delta)"))),
+    };
+    let h = Header {
+        format_version: FORMAT_VERSION,
+        abi_version,
+        page_size,
+        kind,
+        id: id_at(prefix, 24),
+        data_offset: u64_at(prefix, 56),
+        data_len: u64_at(prefix, 64),
+        data_hash: u64_at(prefix, 72),
+        meta_offset: u64_at(prefix, 80),
+        meta_len: u64_at(prefix, 88),
+        meta_hash: u64_at(prefix, 96),
+    };
+    if h.data_offset != HEADER_LEN as u64 {
+        return Err(malformed(format!("data section starts at {}, not at {HEADER_LEN}", h.data_offset)));
+    }
+    if !h.data_len.is_multiple_of(PAGE_SIZE as u64) {
+        return Err(malformed(format!("data section length {} is not a multiple of the page size", h.data_len)));
+    }
+    if h.data_offset.checked_add(h.data_len) != Some(h.meta_offset) {
+        return Err(malformed(format!(
+            "meta section starts at {}, not right after the data section ({} + {})",
+            h.meta_offset, h.data_offset, h.data_len
+        )));
+    }
+    if h.meta_len > MAX_META_LEN {
+        return Err(malformed(format!(
+            "meta section of {} bytes is larger than the limit of {MAX_META_LEN}",
+            h.meta_len
+        )));
+    }
+    let Some(expected) = h.meta_offset.checked_add(h.meta_len) else {
+        return Err(malformed("section lengths overflow"));
+    };
+    if file_len < expected {
+        return Err(FormatError::Truncated { expected, found: file_len });
+    }
+    if file_len > expected {
+        return Err(FormatError::TrailingBytes { expected, found: file_len });
+    }
+    // file_len == expected >= HEADER_LEN, so the prefix is the whole header.
+    if prefix.len() < HEADER_LEN || prefix[HEADER_FIELDS_LEN..HEADER_LEN].iter().any(|&b| b != 0) {
+        return Err(FormatError::HeaderCorrupt);
+    }
+    Ok(h)
+}
+
+/// Checks the meta section's hash, decodes it and validates it.
+fn check_meta(header: &Header, bytes: &[u8]) -> Result<Meta, FormatError> {
+    if xxh3_64(bytes) != header.meta_hash {
+        return Err(FormatError::MetaCorrupt);
+    }
+    let (meta, rest) = postcard::take_from_bytes::<Meta>(bytes)
+        .map_err(|e| malformed(format!("the meta section does not decode: {e}")))?;
+    if !rest.is_empty() {
+        return Err(malformed(format!("{} bytes follow the meta in the meta section", rest.len())));
+    }
+    meta.validate(header.data_len)?;
+    Ok(meta)
+}
+
+/// Parses and checks the header and meta of a whole file image, as
+/// [`SnapshotFile::open`] does: everything but the data hash (that is
+/// [`SnapshotFile::verify_data`]'s job), though the data section's length is
+/// checked against the image.
+pub fn parse(bytes: &[u8], expected_abi: u32) -> Result<(Header, Meta), FormatError> {
+    let prefix = &bytes[..bytes.len().min(HEADER_LEN)];
+    let header = check_header(prefix, bytes.len() as u64, expected_abi)?;
+    // check_header made sure that meta_offset + meta_len == bytes.len().
+    let meta = check_meta(&header, &bytes[header.meta_offset as usize..])?;
+    Ok((header, meta))
+}
+
+/// An open snapshot file whose header and meta have been checked.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    path: PathBuf,
+    file: File,
+    header: Header,
+    meta: Meta,
+}
+
+impl SnapshotFile {
+    /// Opens `path` and reads and checks its header and meta (with
+    /// positioned reads), as [`parse`] does; the data hash is not checked
+    /// (see [`SnapshotFile::verify_data`]).
+    pub fn open(path: &Path, expected_abi: u32) -> Result<SnapshotFile, FormatError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        let mut prefix = vec![0u8; len.min(HEADER_LEN as u64) as usize];
+        file.read_exact_at(&mut prefix, 0).map_err(io_err(path))?;
+        let header = check_header(&prefix, len, expected_abi)?;
+        // meta_len <= MAX_META_LEN was checked.
+        let mut meta_bytes = vec![0u8; header.meta_len as usize];
+        file.read_exact_at(&mut meta_bytes, header.meta_offset).map_err(io_err(path))?;
+        let meta = check_meta(&header, &meta_bytes)?;
+        Ok(SnapshotFile { path: path.to_path_buf(), file, header, meta })
+    }
+
+    /// The checked header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The checked meta.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// The path it was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file (to mmap runs: they are page aligned in the file).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The file offset of a data-section offset.
+    pub fn file_offset(&self, data_offset: u64) -> u64 {
+        self.header.data_offset + data_offset
+    }
+
+    /// Reads `buf.len()` bytes at a data-section offset. A range outside the
+    /// data section is [`FormatError::Malformed`].
+    pub fn read_data(&self, data_offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {
+        if data_offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.header.data_len) {
+            return Err(malformed(format!(
+                "read of {} bytes at data offset {data_offset} is outside the data section ({} bytes)",
+                buf.len(),
+                self.header.data_len
+            )));
+        }
+        self.file.read_exact_at(buf, self.file_offset(data_offset)).map_err(io_err(&self.path))
+    }
+
+    /// Reads a blob's content and checks its hash
+    /// ([`FormatError::DataCorrupt`] on a mismatch).
+    pub fn read_blob(&self, blob: &BlobEntry) -> Result<Vec<u8>, FormatError> {
+        let len = usize::try_from(blob.len).map_err(|_| malformed("blob too large for this machine"))?;
+        let mut buf = vec![0u8; len];
+        self.read_data(blob.offset, &mut buf)?;
+        if blob_hash(&buf) != blob.hash {
+            return Err(FormatError::DataCorrupt);
+        }
+        Ok(buf)
+    }
+
+    /// Streams the whole data section through xxh3 and compares with the
+    /// header, then checks each blob's hash; `progress(done, total)` is called
+    /// about every 64 MiB and once at the end.
+    pub fn verify_data(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<(), FormatError> {
+        let total = self.header.data_len;
+        let mut buf = vec![0u8; (VERIFY_CHUNK as u64).min(total) as usize];
+        let mut hasher = Xxh3Default::new();
+        let mut done = 0u64;
+        let mut next_report = PROGRESS_EVERY;
+        while done < total {
+            let n = (buf.len() as u64).min(total - done) as usize;
+            self.file.read_exact_at(&mut buf[..n], self.file_offset(done)).map_err(io_err(&self.path))?;
+            hasher.update(&buf[..n]);
+            done += n as u64;
+            if done >= next_report && done < total {
+                progress(done, total);
+                next_report = done + PROGRESS_EVERY;
+            }
+        }
+        progress(done, total);
+        if hasher.digest() != self.header.data_hash {
+            return Err(FormatError::DataCorrupt);
+        }
+        for b in &self.meta.blobs {
+            let mut hasher = Xxh3Default::new();
+            let mut done = 0u64;
+            while done < b.len {
+                let n = (buf.len() as u64).min(b.len - done) as usize;
+                self.read_data(b.offset + done, &mut buf[..n])?;
+                hasher.update(&buf[..n]);
+                done += n as u64;
+            }
+            if hasher.digest() != b.hash {
+                return Err(FormatError::DataCorrupt);
+            }
+        }
+        Ok(())
+    }
+}

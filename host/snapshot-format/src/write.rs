@@ -1,0 +1,223 @@
+//! The writer: [`Writer`].
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
+
+use crate::constants::{FORMAT_VERSION, HEADER_LEN, MAX_META_LEN, PAGE_SIZE};
+use crate::error::{FormatError, io_err, malformed};
+use crate::id::SnapshotId;
+use crate::model::{Header, Kind, Meta, blob_hash};
+
+/// Buffer of the writer: small writes are gathered, large ones go straight
+/// to the file.
+pub(crate) const WRITE_BUFFER: usize = 4 << 20;
+
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+// The header is written from ZERO_PAGE and keeps the data section page aligned.
+const _: () = assert!(HEADER_LEN == PAGE_SIZE);
+
+/// Writes one snapshot file: page data and blobs first (streamed, hashed as
+/// they go), then [`Writer::finish`] with the meta. The file appears at its
+/// path only when complete; a writer dropped before `finish` removes its
+/// temporary file.
+pub struct Writer {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: Option<BufWriter<File>>,
+    abi_version: u32,
+    kind: Kind,
+    id: SnapshotId,
+    data_len: u64,
+    hasher: Box<Xxh3Default>,
+    /// (offset, len, hash) of each blob appended.
+    blobs: HashSet<(u64, u64, u64)>,
+    failed: bool,
+    finished: bool,
+}
+
+impl fmt::Debug for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Writer")
+            .field("path", &self.path)
+            .field("tmp", &self.tmp)
+            .field("kind", &self.kind)
+            .field("id", &self.id)
+            .field("data_len", &self.data_len)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Starts a snapshot to be renamed over `path` by [`Writer::finish`]: creates
+    /// `<dir>/.<file name>.tmp-<random>` beside it. A delta whose base is
+    /// zero is [`FormatError::Malformed`].
+    pub fn create(path: &Path, abi_version: u32, kind: Kind, id: SnapshotId) -> Result<Writer, FormatError> {
+        if matches!(kind, Kind::Delta { base } if base.is_zero()) {
+            return Err(malformed("a delta snapshot needs a nonzero base id"));
+        }
+        let Some(name) = path.file_name() else {
+            return Err(FormatError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "a snapshot path must end in a file name"),
+            });
+        };
+        let mut tmp_name = OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".tmp-{}", &SnapshotId::random().to_string()[..16]));
+        let tmp = path.with_file_name(tmp_name);
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(&tmp))?;
+        let mut w = Writer {
+            path: path.to_path_buf(),
+            tmp,
+            out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            abi_version,
+            kind,
+            id,
+            data_len: 0,
+            hasher: Box::new(Xxh3Default::new()),
+            blobs: HashSet::new(),
+            failed: false,
+            finished: false,
+        };
+        // The header's place; written for real by finish.
+        w.write_raw(&ZERO_PAGE[..HEADER_LEN])?;
+        Ok(w)
+    }
+
+    fn usable(&mut self) -> Result<&mut BufWriter<File>, FormatError> {
+        match self.out.as_mut() {
+            Some(out) if !self.failed => Ok(out),
+            _ => Err(FormatError::Io {
+                path: self.tmp.clone(),
+                source: io::Error::other("an earlier write to this snapshot failed"),
+            }),
+        }
+    }
+
+    fn write_raw(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
+        let r = self.usable()?.write_all(bytes);
+        r.map_err(|e| {
+            self.failed = true;
+            FormatError::Io { path: self.tmp.clone(), source: e }
+        })
+    }
+
+    fn write_data(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
+        self.write_raw(bytes)?;
+        self.hasher.update(bytes);
+        self.data_len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends page data (a multiple of [`PAGE_SIZE`] bytes, else
+    /// [`FormatError::Malformed`]) and returns its offset in the data
+    /// section.
+    pub fn append_pages(&mut self, bytes: &[u8]) -> Result<u64, FormatError> {
+        if !bytes.len().is_multiple_of(PAGE_SIZE) {
+            return Err(malformed(format!(
+                "append_pages was given {} bytes, not a multiple of the page size {PAGE_SIZE}",
+                bytes.len()
+            )));
+        }
+        self.usable()?;
+        let offset = self.data_len;
+        self.write_data(bytes)?;
+        Ok(offset)
+    }
+
+    /// Appends a blob's content, zero-padded to a page multiple, and returns
+    /// its offset in the data section. Its [`BlobEntry`](crate::BlobEntry) must give this
+    /// offset, `bytes.len()` and [`blob_hash`]`(bytes)`.
+    pub fn append_blob(&mut self, bytes: &[u8]) -> Result<u64, FormatError> {
+        self.usable()?;
+        let offset = self.data_len;
+        self.write_data(bytes)?;
+        let pad = bytes.len().next_multiple_of(PAGE_SIZE) - bytes.len();
+        self.write_data(&ZERO_PAGE[..pad])?;
+        self.blobs.insert((offset, bytes.len() as u64, blob_hash(bytes)));
+        Ok(offset)
+    }
+
+    /// Bytes of data section written so far.
+    pub fn data_len(&self) -> u64 {
+        self.data_len
+    }
+
+    /// Validates `meta` (the reader's rules, against the data written; each
+    /// blob entry must describe a blob appended with [`Writer::append_blob`]),
+    /// writes it and the header, fsyncs the file, renames it over the path
+    /// atomically and fsyncs the directory. Returns the file's length.
+    ///
+    /// On an error the temporary file is removed and a file already at the
+    /// path is untouched, except if only the final directory fsync fails: the
+    /// new file is then in place but may not survive a crash.
+    pub fn finish(mut self, meta: &Meta) -> Result<u64, FormatError> {
+        self.usable()?;
+        meta.validate(self.data_len)?;
+        for b in &meta.blobs {
+            if !self.blobs.contains(&(b.offset, b.len, b.hash)) {
+                return Err(malformed(format!(
+                    "blob {:#x} ({} bytes at data offset {}, hash {:#x}) does not match a blob appended with \
+                     append_blob",
+                    b.tag, b.len, b.offset, b.hash
+                )));
+            }
+        }
+        let meta_bytes = postcard::to_stdvec(meta).map_err(|e| malformed(format!("meta does not encode: {e}")))?;
+        if meta_bytes.len() as u64 > MAX_META_LEN {
+            return Err(malformed(format!(
+                "the meta encodes to {} bytes, more than the limit of {MAX_META_LEN}",
+                meta_bytes.len()
+            )));
+        }
+        let header = Header {
+            format_version: FORMAT_VERSION,
+            abi_version: self.abi_version,
+            page_size: PAGE_SIZE as u32,
+            kind: self.kind,
+            id: self.id,
+            data_offset: HEADER_LEN as u64,
+            data_len: self.data_len,
+            data_hash: self.hasher.digest(),
+            meta_offset: HEADER_LEN as u64 + self.data_len,
+            meta_len: meta_bytes.len() as u64,
+            meta_hash: xxh3_64(&meta_bytes),
+        };
+        self.write_raw(&meta_bytes)?;
+        let tmp = self.tmp.clone();
+        let out = self.out.take().expect("usable checked it");
+        let file = out.into_inner().map_err(|e| FormatError::Io { path: tmp.clone(), source: e.into_error() })?;
+        file.write_all_at(&header.to_bytes(), 0).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        drop(file);
+        fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
+        self.finished = true;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        Ok(header.file_len())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Close without flushing what is buffered: the file goes anyway.
+            if let Some(out) = self.out.take() {
+                drop(out.into_parts());
+            }
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
