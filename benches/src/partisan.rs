@@ -577,7 +577,7 @@ impl Cluster {
 
 /// The lane of an `n`-lane channel that the transport puts a message to
 /// `dest` on: its affinity hash (FxHash of the destination address)
-/// modulo `n`, as `reactor_runtime::net::transport` computes it.
+/// modulo `n`, as `reactor_transport` computes it.
 fn lane_of(dest: u64, n: u32) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut h = rustc_hash::FxHasher::default();

@@ -1,8 +1,8 @@
 //! The reactor ABI: the one definition both sides of the Wasm boundary compile.
 //!
-//! The host (`host/src/hostcalls.rs`, `host/src/engine.rs`) and the guest side
-//! of this SDK both use the names, numbers and layouts below, so they cannot
-//! disagree silently. Everything here is `no_std` and dependency-free.
+//! The host (`host/runtime/src/hostcalls.rs`, `host/runtime/src/engine/`)
+//! and the guest side of this SDK both use the names, numbers and layouts
+//! below, so they cannot disagree silently. Everything here is `no_std` and dependency-free.
 //!
 //! # Shape of the contract (ABI version 1)
 //!

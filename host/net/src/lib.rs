@@ -39,4 +39,4 @@ pub mod reliable;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
-pub use node::{NodeId, NodeInfo, NodeRole, OverlayKind};
+pub use node::{NodeId, NodeInfo, NodeRole, OverlayKind, UnknownOverlay};

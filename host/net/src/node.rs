@@ -55,15 +55,20 @@ impl fmt::Display for OverlayKind {
     }
 }
 
+/// A name that is not an overlay's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown overlay `{0}` (expected mesh, client-server or hyparview)")]
+pub struct UnknownOverlay(pub String);
+
 impl FromStr for OverlayKind {
-    type Err = String;
+    type Err = UnknownOverlay;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "mesh" | "full-mesh" => Ok(OverlayKind::FullMesh),
             "client-server" => Ok(OverlayKind::ClientServer),
             "hyparview" | "p2p" => Ok(OverlayKind::HyParView),
-            _ => Err(format!("unknown overlay `{s}` (expected mesh, client-server or hyparview)")),
+            _ => Err(UnknownOverlay(s.to_owned())),
         }
     }
 }

@@ -38,6 +38,57 @@ impl Default for Limits {
     }
 }
 
+/// Why saved state does not fit a reactor's instance (restore). Nothing
+/// was changed but what the variant says.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum StateMismatch {
+    /// A memory cannot shrink, and grows by whole 64 KiB pages.
+    #[error("cannot resize a memory of {now} bytes to {wanted}")]
+    MemorySize {
+        /// Its size now.
+        now: usize,
+        /// The size asked for.
+        wanted: usize,
+    },
+    /// wasmtime refused the growth; the memory keeps its size.
+    #[error("cannot grow the memory to {wanted} bytes: {reason}")]
+    Grow {
+        /// The size asked for.
+        wanted: usize,
+        /// wasmtime's account.
+        reason: String,
+    },
+    /// Another number of mutable globals than the module has; none was set.
+    #[error("it has {given} mutable globals, the module {module}")]
+    GlobalCount {
+        /// Globals given.
+        given: usize,
+        /// Globals the module has.
+        module: usize,
+    },
+    /// A global that is not the module's at that position; the globals
+    /// before it were set.
+    #[error("global {index} of type {ty} where the module has global {module_index} of type {module_ty}")]
+    Global {
+        /// Its index in the saved state.
+        index: u32,
+        /// Its type code in the saved state.
+        ty: u8,
+        /// The module's global at that position.
+        module_index: u32,
+        /// Its type code.
+        module_ty: u8,
+    },
+    /// wasmtime refused the value.
+    #[error("global {index}: {reason}")]
+    SetGlobal {
+        /// The global.
+        index: u32,
+        /// wasmtime's account.
+        reason: String,
+    },
+}
+
 /// A live reactor.
 pub(crate) struct Reactor {
     store: Store<ReactorData>,
@@ -188,14 +239,15 @@ impl Reactor {
 
     /// Grows its memory to exactly `bytes` (a multiple of 64 KiB), within
     /// its cap.
-    pub(crate) fn grow_memory_to(&mut self, bytes: usize) -> Result<(), String> {
+    pub(crate) fn grow_memory_to(&mut self, bytes: usize) -> Result<(), StateMismatch> {
         let m = self.store.data().memory();
         let now = m.data_size(&self.store);
         if bytes < now || !bytes.is_multiple_of(65536) {
-            return Err(format!("cannot resize a memory of {now} bytes to {bytes}"));
+            return Err(StateMismatch::MemorySize { now, wanted: bytes });
         }
         if bytes > now {
-            m.grow(&mut self.store, ((bytes - now) / 65536) as u64).map_err(|e| format!("{e:#}"))?;
+            m.grow(&mut self.store, ((bytes - now) / 65536) as u64)
+                .map_err(|e| StateMismatch::Grow { wanted: bytes, reason: format!("{e:#}") })?;
         }
         Ok(())
     }
@@ -222,21 +274,19 @@ impl Reactor {
 
     /// Sets its mutable globals from a snapshot; they must be exactly the
     /// module's.
-    pub(crate) fn write_globals(&mut self, values: &[GlobalValue]) -> Result<(), String> {
+    pub(crate) fn write_globals(&mut self, values: &[GlobalValue]) -> Result<(), StateMismatch> {
         if values.len() != self.globals.len() {
-            return Err(format!(
-                "it has {} mutable globals, the module {}",
-                values.len(),
-                self.globals.len()
-            ));
+            return Err(StateMismatch::GlobalCount { given: values.len(), module: self.globals.len() });
         }
         for ((slot, g), v) in self.module.globals().iter().zip(&self.globals).zip(values) {
             let want = global_code(slot.ty);
             if v.index != slot.index || v.ty != want {
-                return Err(format!(
-                    "global {} of type {} where the module has global {} of type {want}",
-                    v.index, v.ty, slot.index
-                ));
+                return Err(StateMismatch::Global {
+                    index: v.index,
+                    ty: v.ty,
+                    module_index: slot.index,
+                    module_ty: want,
+                });
             }
             let val = match v.ty {
                 0 => Val::I32(v.bits as u32 as i32),
@@ -245,7 +295,8 @@ impl Reactor {
                 3 => Val::F64(v.bits as u64),
                 _ => Val::V128(v.bits.into()),
             };
-            g.set(&mut self.store, val).map_err(|e| format!("global {}: {e:#}", v.index))?;
+            g.set(&mut self.store, val)
+                .map_err(|e| StateMismatch::SetGlobal { index: v.index, reason: format!("{e:#}") })?;
         }
         Ok(())
     }

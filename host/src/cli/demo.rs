@@ -1,6 +1,6 @@
 //! `host demo`: a realistic population under traffic, end to end.
 
-use super::EngineArgs;
+use super::engine_args::EngineArgs;
 use protocols::{FaultyCmd, KvReply, KvReq, PingMsg, PingReport};
 use example_guests as guests;
 use reactor_runtime::snapshot::{Capture, Load, RestoreOptions, SnapshotFile, SnapshotOptions};

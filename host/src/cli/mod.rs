@@ -1,20 +1,25 @@
 //! The `host` command: thin subcommands over the library.
 //!
 //! Errors at this edge are `anyhow` with context that says what to do.
+//!
+//! Modules, each using only those before it: `engine_args` (the engine and
+//! limit flags every subcommand shares), `save` (writing a reactor's
+//! snapshot with progress), `run`, `snapshot`, `node`, `demo`; this module
+//! parses the command line and dispatches.
 #![forbid(unsafe_code)]
 
 mod demo;
+mod engine_args;
 mod node;
 mod run;
+mod save;
 mod snapshot;
 
-use reactor_runtime::{Engine, EngineConfig, Limits, RuntimeConfig, ShardConfig};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use engine_args::EngineArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 /// Run WebAssembly reactors: isolated actors whose whole state is one linear memory.
 #[derive(Debug, Parser)]
@@ -24,27 +29,6 @@ pub(crate) struct Cli {
     command: Command,
     #[command(flatten)]
     engine: EngineArgs,
-}
-
-/// Engine and limit settings shared by every subcommand.
-#[derive(Debug, clap::Args)]
-struct EngineArgs {
-    /// Directory for compiled modules, so a restart does not recompile
-    /// [default: $XDG_CACHE_HOME/reactor-host or ~/.cache/reactor-host].
-    #[arg(long, global = true, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Keep compiled modules in memory only.
-    #[arg(long, global = true)]
-    no_cache: bool,
-    /// Most linear memory one reactor may use, in MiB.
-    #[arg(long, global = true, default_value_t = 1024, value_name = "MIB")]
-    memory_cap: usize,
-    /// Most CPU time one call into a reactor may take, in milliseconds.
-    #[arg(long, global = true, default_value_t = 5000, value_name = "MS")]
-    cpu_budget: u64,
-    /// Log level for host and reactor logs (error, warn, info, debug, trace).
-    #[arg(long, global = true, default_value = "warn")]
-    log: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,37 +68,6 @@ enum Command {
     Call(node::SendArgs),
     /// Stop a running node.
     Stop(node::AdminArgs),
-}
-
-impl EngineArgs {
-    fn engine(&self) -> anyhow::Result<Arc<Engine>> {
-        let cache_dir = if self.no_cache { None } else { Some(self.cache_dir.clone().unwrap_or_else(default_cache_dir)) };
-        let engine = Engine::new(EngineConfig { cache_dir, ..EngineConfig::default() })
-            .context("cannot start the engine")?;
-        Ok(Arc::new(engine))
-    }
-
-    fn runtime_config(&self, shards: usize) -> anyhow::Result<RuntimeConfig> {
-        Ok(RuntimeConfig { shards, shard: self.shard_config()?, ..RuntimeConfig::default() })
-    }
-
-    fn shard_config(&self) -> anyhow::Result<ShardConfig> {
-        anyhow::ensure!(self.memory_cap >= 2, "--memory-cap must be at least 2 MiB (a Rust reactor starts at ~1.1 MiB)");
-        anyhow::ensure!(self.cpu_budget >= 1, "--cpu-budget must be at least 1 ms");
-        let limits = Limits {
-            memory_cap: self.memory_cap.checked_mul(1 << 20).context("--memory-cap is too large")?,
-            cpu_budget: Duration::from_millis(self.cpu_budget),
-        };
-        Ok(ShardConfig { limits, ..ShardConfig::default() })
-    }
-}
-
-fn default_cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("reactor-host")
 }
 
 /// Entry point of the `host` binary.

@@ -1,6 +1,7 @@
 //! `host run`: one reactor, messages from the command line or stdin.
 
-use super::EngineArgs;
+use super::engine_args::EngineArgs;
+use super::save::save;
 use reactor_runtime::{Address, CallError, ReactorState, Reply, Shard, abi};
 use anyhow::Context as _;
 use std::io::BufRead;
@@ -112,7 +113,7 @@ pub(crate) fn run(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<Ex
         return Ok(ExitCode::FAILURE);
     }
     if let Some(path) = &args.snapshot {
-        super::snapshot::save(&mut rt, reactor, path)?;
+        save(&mut rt, reactor, path)?;
     }
     if let Some(size) = rt.memory_size(reactor) {
         eprintln!("reactor {reactor}: {} KiB of linear memory", size / 1024);

@@ -1,13 +1,13 @@
 //! `host snapshot`, `host restore`, `host inspect`.
 
-use super::EngineArgs;
+use super::engine_args::EngineArgs;
 use super::run::{RunArgs, talk};
+use super::save::{mib, progress, save};
 use example_guests as guests;
-use reactor_runtime::snapshot::{Capture, Kind, Load, RestoreOptions, SnapshotFile, SnapshotOptions};
+use reactor_runtime::snapshot::{Kind, Load, RestoreOptions, SnapshotFile};
 use reactor_runtime::{Address, Engine, ModuleHash, Shard, abi};
 use anyhow::{Context as _, bail};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -52,64 +52,12 @@ pub(crate) struct InspectArgs {
     no_verify: bool,
 }
 
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
-}
-
-/// A progress line on standard error for work over 64 MiB.
-fn progress(label: &'static str) -> impl FnMut(u64, u64) {
-    let mut last = 0;
-    move |done, total| {
-        if total < 64 << 20 {
-            return;
-        }
-        let pct = done * 100 / total.max(1);
-        if pct != last || done == total {
-            last = pct;
-            eprint!("\r  {label} {:.0}/{:.0} MiB ({pct}%)", mib(done), mib(total));
-            if done == total {
-                eprintln!();
-            }
-            let _ = std::io::stderr().flush();
-        }
-    }
-}
-
 /// `host snapshot`: `host run` that must end in a snapshot.
 pub(crate) fn snapshot(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     if !args.has_snapshot_path() {
         bail!("`host snapshot` needs `-o FILE`: where to write the snapshot");
     }
     super::run::run(engine_args, args)
-}
-
-/// Snapshots `reactor` (copy-on-write) and writes it to `path`, reporting
-/// sizes, times and bandwidth.
-pub(crate) fn save(rt: &mut Shard, reactor: Address, path: &Path) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let cp = rt
-        .snapshot(reactor, SnapshotOptions::new(Capture::Concurrent))
-        .with_context(|| format!("cannot snapshot {reactor}"))?;
-    let paused = started.elapsed();
-    cp.wait();
-    let captured = started.elapsed();
-    let report = cp
-        .write(path, &mut progress("writing"))
-        .with_context(|| format!("cannot write the snapshot to {}", path.display()))?;
-    let memory = cp.memory_bytes();
-    eprintln!(
-        "snapshot of {reactor}: {:.1} MiB of memory, {:.1} MiB stored (zero pages elided); reactor paused {:.2?}, \
-         copied in {:.2?} ({:.2} GB/s), written and fsynced in {:.2?} ({:.2} GB/s) to {}",
-        mib(memory),
-        mib(report.page_bytes),
-        paused,
-        captured,
-        memory as f64 / captured.as_secs_f64().max(1e-9) / 1e9,
-        report.elapsed,
-        report.file_bytes as f64 / report.elapsed.as_secs_f64().max(1e-9) / 1e9,
-        path.display(),
-    );
-    Ok(())
 }
 
 /// Loads the modules a snapshot chain needs: the given files, then built

@@ -77,6 +77,43 @@ pub enum AdminError {
     Refused(String),
 }
 
+/// A node's admin socket, bound but not served yet: clients can connect
+/// (their requests wait until [`Node::serve`]).
+#[derive(Debug)]
+pub struct AdminSocket {
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+}
+
+impl Node {
+    /// Binds the admin socket at `<data-dir>/admin.sock`, replacing a stale
+    /// one a previous run of this node left (the data directory is this
+    /// node's). Once this returns, clients can connect.
+    pub fn bind_admin(&self) -> Result<AdminSocket, AdminError> {
+        let path = self.config.data_dir.join("admin.sock");
+        let _ = std::fs::remove_file(&path);
+        let listen_err = |source| AdminError::Listen { path: path.clone(), source };
+        let listener = std::os::unix::net::UnixListener::bind(&path).map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        Ok(AdminSocket { listener, path })
+    }
+
+    /// Serves admin requests on `socket` until a `stop` request or
+    /// `shutdown` resolves; then removes the socket and stops the transport.
+    pub fn serve(
+        self: &Arc<Self>,
+        socket: AdminSocket,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AdminError> {
+        let node = self.clone();
+        self.tokio.block_on(async move {
+            let r = serve(node.clone(), socket, shutdown).await;
+            node.transport.stop();
+            r
+        })
+    }
+}
+
 /// An error and its causes, joined by `: ` (what the node answers with).
 fn describe(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -93,17 +130,14 @@ fn bad(what: &str) -> AdminError {
     AdminError::BadRequest(what.to_owned())
 }
 
-/// Serves admin requests on `path` until `shutdown` or a `stop` request.
-pub(super) async fn serve(
+/// Serves admin requests on `socket` until `shutdown` or a `stop` request.
+async fn serve(
     node: Arc<Node>,
-    path: &Path,
+    socket: AdminSocket,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AdminError> {
-    // A socket left by a previous run of this node is stale by now (the data
-    // directory is this node's).
-    let _ = std::fs::remove_file(path);
-    let listener =
-        UnixListener::bind(path).map_err(|source| AdminError::Listen { path: path.to_owned(), source })?;
+    let AdminSocket { listener, path } = socket;
+    let listener = UnixListener::from_std(listener).map_err(|source| AdminError::Listen { path: path.clone(), source })?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -119,7 +153,7 @@ pub(super) async fn serve(
             }
         }
     }
-    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(&path);
     Ok(())
 }
 

@@ -88,9 +88,6 @@ pub enum NodeError {
     /// The listen address is not one other nodes can reach.
     #[error("--listen {0}: give the address other nodes reach this one at, not an unspecified one")]
     UnspecifiedListen(String),
-    /// The overlay could not be built.
-    #[error("cannot build the overlay: {0}")]
-    Overlay(String),
     /// A module could not be loaded; the node runs on without it.
     #[error("cannot load module `{name}`")]
     Module {
@@ -252,7 +249,7 @@ impl Node {
         }
         info.addr = local.to_string();
         tc.me.addr = info.addr.clone();
-        let ov = overlay::build(config.overlay, info.clone(), seed_of(&info)).map_err(NodeError::Overlay)?;
+        let ov = overlay::build(config.overlay, info.clone(), seed_of(&info));
         let transport = tokio.block_on(Transport::start(tc, listener, ov, inbound))?;
         runtime.set_remote(Arc::new(transport.clone()));
         transport.join(config.seeds.clone());
@@ -331,18 +328,6 @@ impl Node {
             "dead_letters": stats.dead_letters + self.transport.dead_letters(),
             "refused_connections": self.transport.refused(),
             "events": events,
-        })
-    }
-
-    /// Serves the admin socket until a `stop` request or `shutdown`
-    /// resolves; then stops the transport.
-    pub fn serve(self: &Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), admin::AdminError> {
-        let path = self.config.data_dir.join("admin.sock");
-        let node = self.clone();
-        self.tokio.block_on(async move {
-            let r = admin::serve(node.clone(), &path, shutdown).await;
-            node.transport.stop();
-            r
         })
     }
 

@@ -20,12 +20,12 @@ use crate::node::{NodeInfo, OverlayKind};
 
 /// The overlay of `kind` for node `me`, with default settings and its
 /// randomness seeded from `seed`.
-pub fn build(kind: OverlayKind, me: NodeInfo, seed: u64) -> Result<Box<dyn Overlay>, String> {
+pub fn build(kind: OverlayKind, me: NodeInfo, seed: u64) -> Box<dyn Overlay> {
     match kind {
-        OverlayKind::FullMesh => Ok(Box::new(mesh::FullMesh::new(me, mesh::MeshConfig::default(), seed))),
+        OverlayKind::FullMesh => Box::new(mesh::FullMesh::new(me, mesh::MeshConfig::default(), seed)),
         OverlayKind::ClientServer => {
-            Ok(Box::new(client_server::ClientServer::new(me, client_server::ClientServerConfig::default(), seed)))
+            Box::new(client_server::ClientServer::new(me, client_server::ClientServerConfig::default(), seed))
         }
-        OverlayKind::HyParView => Ok(Box::new(hyparview::HyParView::new(me, hyparview::HyParViewConfig::default(), seed))),
+        OverlayKind::HyParView => Box::new(hyparview::HyParView::new(me, hyparview::HyParViewConfig::default(), seed)),
     }
 }

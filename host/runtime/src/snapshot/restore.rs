@@ -86,7 +86,7 @@ fn fill(reactor: &mut Reactor, address: Address, layers: &[Layer<'_>], load: Loa
     }
     reactor
         .grow_memory_to(size)
-        .map_err(|reason| SnapshotError::Mismatch { address, reason: format!("cannot size the memory: {reason}") })?;
+        .map_err(|e| SnapshotError::Mismatch { address, reason: format!("cannot size the memory: {e}") })?;
     let (base, len) = reactor.memory_extent();
     if len != size {
         return Err(SnapshotError::Mismatch {
@@ -139,7 +139,7 @@ fn fill(reactor: &mut Reactor, address: Address, layers: &[Layer<'_>], load: Loa
             }
         }
     }
-    reactor.write_globals(&last.globals).map_err(|reason| SnapshotError::Mismatch { address, reason })?;
+    reactor.write_globals(&last.globals).map_err(|e| SnapshotError::Mismatch { address, reason: e.to_string() })?;
     Ok(())
 }
 

@@ -1,0 +1,62 @@
+//! Writing a reactor's snapshot to a file, with progress on long writes
+//! (`host snapshot`, `host run -o`, `host restore -o`).
+
+use anyhow::Context as _;
+use reactor_runtime::snapshot::{Capture, SnapshotOptions};
+use reactor_runtime::{Address, Shard};
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+pub(crate) fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// A progress line on standard error for work over 64 MiB.
+pub(crate) fn progress(label: &'static str) -> impl FnMut(u64, u64) {
+    let mut last = 0;
+    move |done, total| {
+        if total < 64 << 20 {
+            return;
+        }
+        let pct = done * 100 / total.max(1);
+        if pct != last || done == total {
+            last = pct;
+            eprint!("\r  {label} {:.0}/{:.0} MiB ({pct}%)", mib(done), mib(total));
+            if done == total {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
+/// Snapshots `reactor` (copy-on-write) and writes it to `path`, reporting
+/// sizes, times and bandwidth.
+pub(crate) fn save(rt: &mut Shard, reactor: Address, path: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cp = rt
+        .snapshot(reactor, SnapshotOptions::new(Capture::Concurrent))
+        .with_context(|| format!("cannot snapshot {reactor}"))?;
+    let paused = started.elapsed();
+    cp.wait();
+    let captured = started.elapsed();
+    let report = cp
+        .write(path, &mut progress("writing"))
+        .with_context(|| format!("cannot write the snapshot to {}", path.display()))?;
+    let memory = cp.memory_bytes();
+    eprintln!(
+        "snapshot of {reactor}: {:.1} MiB of memory, {:.1} MiB stored (zero pages elided); reactor paused {:.2?}, \
+         copied in {:.2?} ({:.2} GB/s), written and fsynced in {:.2?} ({:.2} GB/s) to {}",
+        mib(memory),
+        mib(report.page_bytes),
+        paused,
+        captured,
+        memory as f64 / captured.as_secs_f64().max(1e-9) / 1e9,
+        report.elapsed,
+        report.file_bytes as f64 / report.elapsed.as_secs_f64().max(1e-9) / 1e9,
+        path.display(),
+    );
+    Ok(())
+}
+
