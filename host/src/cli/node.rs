@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use super::engine_args::EngineArgs;
-use host::node::admin::Client;
+use host::node::admin::{AdminSocket, Client};
 use host::node::{Node, NodeConfig};
 use reactor_net::auth::Secret;
 use reactor_net::fault::Schedule;
@@ -156,7 +156,7 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
     let node = Arc::new(Node::start(engine_args.engine()?, config)?);
     // Bound before the line below announces the node: whoever reads it
     // can connect at once.
-    let admin = node.bind_admin()?;
+    let admin = AdminSocket::bind(&node)?;
     let info = node.info();
     println!(
         "node {} ({}) listening on {} (incarnation {}, overlay {}); admin socket {}",
@@ -167,7 +167,7 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
         args.overlay,
         args.data_dir.join("admin.sock").display()
     );
-    node.serve(admin, async {
+    admin.serve(&node, async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

@@ -78,19 +78,19 @@ pub enum AdminError {
 }
 
 /// A node's admin socket, bound but not served yet: clients can connect
-/// (their requests wait until [`Node::serve`]).
+/// (their requests wait until [`AdminSocket::serve`]).
 #[derive(Debug)]
 pub struct AdminSocket {
     listener: std::os::unix::net::UnixListener,
     path: PathBuf,
 }
 
-impl Node {
-    /// Binds the admin socket at `<data-dir>/admin.sock`, replacing a stale
-    /// one a previous run of this node left (the data directory is this
-    /// node's). Once this returns, clients can connect.
-    pub fn bind_admin(&self) -> Result<AdminSocket, AdminError> {
-        let path = self.config.data_dir.join("admin.sock");
+impl AdminSocket {
+    /// Binds the admin socket of `node` at `<data-dir>/admin.sock`,
+    /// replacing a stale one a previous run of the node left (the data
+    /// directory is the node's). Once this returns, clients can connect.
+    pub fn bind(node: &Node) -> Result<AdminSocket, AdminError> {
+        let path = node.config.data_dir.join("admin.sock");
         let _ = std::fs::remove_file(&path);
         let listen_err = |source| AdminError::Listen { path: path.clone(), source };
         let listener = std::os::unix::net::UnixListener::bind(&path).map_err(listen_err)?;
@@ -98,17 +98,13 @@ impl Node {
         Ok(AdminSocket { listener, path })
     }
 
-    /// Serves admin requests on `socket` until a `stop` request or
-    /// `shutdown` resolves; then removes the socket and stops the transport.
-    pub fn serve(
-        self: &Arc<Self>,
-        socket: AdminSocket,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<(), AdminError> {
-        let node = self.clone();
-        self.tokio.block_on(async move {
-            let r = serve(node.clone(), socket, shutdown).await;
-            node.transport.stop();
+    /// Serves `node`'s admin requests until a `stop` request or `shutdown`
+    /// resolves; then removes the socket and stops the node's transport.
+    pub fn serve(self, node: &Arc<Node>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AdminError> {
+        let served = node.clone();
+        node.tokio.block_on(async move {
+            let r = serve(served.clone(), self, shutdown).await;
+            served.transport.stop();
             r
         })
     }

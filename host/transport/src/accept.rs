@@ -63,7 +63,7 @@ async fn serve(inner: &Arc<Inner>, mut stream: TcpStream) -> Result<(), ConnErro
     if peer.node == inner.config.me.id || peer.node == 0 {
         return Err(ConnError::Protocol(format!("the peer claims node id {}", peer.node)));
     }
-    if inner.cut_off(peer.node) {
+    if crate::faults::is_cut_off(inner, peer.node) {
         return Err(ConnError::Partitioned(peer.node));
     }
     let is_control = peer.channel == "control" || peer.channel == "*";
@@ -114,7 +114,7 @@ async fn serve_loop(
     streams: &mut Streams,
 ) -> Result<(), ConnError> {
     let conn = inner.next_conn.fetch_add(1, Ordering::Relaxed);
-    let mut pipeline = inner.pipeline(conn);
+    let mut pipeline = crate::faults::pipeline_for(inner, conn);
     let (mut rd, mut wr) = stream.split();
     let mut last_read = Instant::now();
     // Bytes buffered at the last check (progress inside a frame).
@@ -128,7 +128,7 @@ async fn serve_loop(
             None => Vec::new(),
         };
         for f in incoming {
-            if let Some(answer) = inner.handle_incoming(peer, f, streams).await? {
+            if let Some(answer) = handle_incoming(inner, peer, f, streams).await? {
                 to_write.push(answer);
             }
         }
@@ -162,7 +162,7 @@ async fn serve_loop(
                 match pipeline.as_mut() {
                     Some(p) => p.handle_receive(last_read, peer.node, frame_channel(&f), conn, f),
                     None => {
-                        if let Some(answer) = inner.handle_incoming(peer, f, streams).await? {
+                        if let Some(answer) = handle_incoming(inner, peer, f, streams).await? {
                             write_frame(&mut wr, &answer, out).await?;
                         }
                     }
@@ -182,66 +182,64 @@ async fn serve_loop(
     }
 }
 
-impl Inner {
-    /// A frame that arrived on an authenticated connection; maybe a frame
-    /// to answer with.
-    async fn handle_incoming(
-        self: &Arc<Self>,
-        peer: &Peer,
-        frame: Frame,
-        streams: &mut Streams,
-    ) -> Result<Option<Frame>, ConnError> {
-        match frame {
-            Frame::Data(d) => {
-                let channel = d.channel;
-                let Some(spec) = self.channels.get(channel as usize).filter(|_| channel != CONTROL) else {
-                    return Err(ConnError::Protocol(format!("data on channel {channel}")));
-                };
-                if !self.config.multiplex && spec.name != peer.channel {
-                    return Err(ConnError::Protocol(format!("data of channel {} on a `{}` connection", spec.name, peer.channel)));
-                }
-                let to = Address(d.to);
-                if !to.is_reactor() && !to.is_host() {
-                    return Err(ConnError::Protocol(format!("data for {to}, not an address")));
-                }
-                if !matches!(d.msg_kind, abi::KIND_MESSAGE | abi::KIND_REQUEST | abi::KIND_REPLY) || d.flags & !abi::FLAG_TEXT != 0 {
-                    return Err(ConnError::Protocol(format!("data of kind {} flags {}", d.msg_kind, d.flags)));
-                }
-                if !spec.reliable {
-                    if d.seq != 0 {
-                        return Err(ConnError::Protocol("a sequenced frame on an unreliable channel".into()));
-                    }
-                    self.accept_data(d).await;
-                    return Ok(None);
-                }
-                let now = Instant::now();
-                let r = match streams.receivers.entry(channel) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        let kept = self.receivers.lock().unwrap().remove(&(peer.node, channel, peer.lane));
-                        let mut r = kept.unwrap_or_else(|| reliable::Receiver::new(reliable::ReceiverConfig::default()));
-                        r.handle_connected(now, peer.incarnation).map_err(|e| ConnError::Protocol(e.to_string()))?;
-                        e.insert(r)
-                    }
-                };
-                r.handle_data(now, d).map_err(|e| ConnError::Protocol(e.to_string()))?;
-                while let Some(d) = r.poll_deliver() {
-                    self.accept_data(d).await;
-                }
-                Ok(None)
+/// A frame that arrived on an authenticated connection; maybe a frame
+/// to answer with.
+async fn handle_incoming(
+    inner: &Arc<Inner>,
+    peer: &Peer,
+    frame: Frame,
+    streams: &mut Streams,
+) -> Result<Option<Frame>, ConnError> {
+    match frame {
+        Frame::Data(d) => {
+            let channel = d.channel;
+            let Some(spec) = inner.channels.get(channel as usize).filter(|_| channel != CONTROL) else {
+                return Err(ConnError::Protocol(format!("data on channel {channel}")));
+            };
+            if !inner.config.multiplex && spec.name != peer.channel {
+                return Err(ConnError::Protocol(format!("data of channel {} on a `{}` connection", spec.name, peer.channel)));
             }
-            Frame::Control { payload } => {
-                if self.config.multiplex || peer.channel == "control" {
-                    let _ = self.overlay_tx.send(OverlayInput::Message(peer.node, payload));
-                    Ok(None)
-                } else {
-                    Err(ConnError::Protocol("control frame on a data channel".into()))
-                }
+            let to = Address(d.to);
+            if !to.is_reactor() && !to.is_host() {
+                return Err(ConnError::Protocol(format!("data for {to}, not an address")));
             }
-            Frame::Ping { nonce } => Ok(Some(Frame::Pong { nonce })),
-            Frame::Close { reason } => Err(ConnError::Closed(reason)),
-            f => Err(ConnError::Protocol(format!("{} frame on an accepted connection", f.name()))),
+            if !matches!(d.msg_kind, abi::KIND_MESSAGE | abi::KIND_REQUEST | abi::KIND_REPLY) || d.flags & !abi::FLAG_TEXT != 0 {
+                return Err(ConnError::Protocol(format!("data of kind {} flags {}", d.msg_kind, d.flags)));
+            }
+            if !spec.reliable {
+                if d.seq != 0 {
+                    return Err(ConnError::Protocol("a sequenced frame on an unreliable channel".into()));
+                }
+                crate::route::accept_data(inner, d).await;
+                return Ok(None);
+            }
+            let now = Instant::now();
+            let r = match streams.receivers.entry(channel) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let kept = inner.receivers.lock().unwrap().remove(&(peer.node, channel, peer.lane));
+                    let mut r = kept.unwrap_or_else(|| reliable::Receiver::new(reliable::ReceiverConfig::default()));
+                    r.handle_connected(now, peer.incarnation).map_err(|e| ConnError::Protocol(e.to_string()))?;
+                    e.insert(r)
+                }
+            };
+            r.handle_data(now, d).map_err(|e| ConnError::Protocol(e.to_string()))?;
+            while let Some(d) = r.poll_deliver() {
+                crate::route::accept_data(inner, d).await;
+            }
+            Ok(None)
         }
+        Frame::Control { payload } => {
+            if inner.config.multiplex || peer.channel == "control" {
+                let _ = inner.overlay_tx.send(OverlayInput::Message(peer.node, payload));
+                Ok(None)
+            } else {
+                Err(ConnError::Protocol("control frame on a data channel".into()))
+            }
+        }
+        Frame::Ping { nonce } => Ok(Some(Frame::Pong { nonce })),
+        Frame::Close { reason } => Err(ConnError::Closed(reason)),
+        f => Err(ConnError::Protocol(format!("{} frame on an accepted connection", f.name()))),
     }
 }
 
@@ -288,9 +286,9 @@ mod tests {
         let (inner, recorder, _rx) = node();
         let mut streams = Streams::default();
         let p = peer("default");
-        assert!(inner.handle_incoming(&p, Frame::Data(data(1, 0, 1)), &mut streams).await.unwrap().is_none());
+        assert!(handle_incoming(&inner, &p, Frame::Data(data(1, 0, 1)), &mut streams).await.unwrap().is_none());
         assert_eq!(payloads(&recorder), [1]);
-        let answer = inner.handle_incoming(&p, Frame::Ping { nonce: 8 }, &mut streams).await.unwrap();
+        let answer = handle_incoming(&inner, &p, Frame::Ping { nonce: 8 }, &mut streams).await.unwrap();
         assert_eq!(answer, Some(Frame::Pong { nonce: 8 }));
     }
 
@@ -316,10 +314,10 @@ mod tests {
             ("control", Frame::Pong { nonce: 1 }, "pong frame on an accepted connection"),
         ];
         for (channel, frame, why) in cases {
-            let r = inner.handle_incoming(&peer(channel), frame, &mut Streams::default()).await;
+            let r = handle_incoming(&inner, &peer(channel), frame, &mut Streams::default()).await;
             assert!(matches!(&r, Err(ConnError::Protocol(m)) if m.contains(why)), "{why}: {r:?}");
         }
-        let r = inner.handle_incoming(&peer("default"), Frame::Close { reason: "bye".into() }, &mut Streams::default()).await;
+        let r = handle_incoming(&inner, &peer("default"), Frame::Close { reason: "bye".into() }, &mut Streams::default()).await;
         assert!(matches!(&r, Err(ConnError::Closed(m)) if m == "bye"), "{r:?}");
         assert!(recorder.delivered.lock().unwrap().is_empty());
     }
@@ -327,7 +325,7 @@ mod tests {
     #[tokio::test]
     async fn control_frames_go_to_the_overlay() {
         let (inner, _, mut rx) = node();
-        inner.handle_incoming(&peer("control"), Frame::Control { payload: vec![4, 2] }, &mut Streams::default()).await.unwrap();
+        handle_incoming(&inner, &peer("control"), Frame::Control { payload: vec![4, 2] }, &mut Streams::default()).await.unwrap();
         assert!(matches!(rx.try_recv(), Ok(OverlayInput::Message(2, p)) if p == [4, 2]));
     }
 
@@ -337,12 +335,12 @@ mod tests {
         let mut streams = Streams::default();
         let p = peer("sure");
         for (seq, tag) in [(1, 1), (1, 1), (3, 3), (2, 2), (3, 3)] {
-            inner.handle_incoming(&p, Frame::Data(data(2, seq, tag)), &mut streams).await.unwrap();
+            handle_incoming(&inner, &p, Frame::Data(data(2, seq, tag)), &mut streams).await.unwrap();
         }
         assert_eq!(payloads(&recorder), [1, 2, 3]);
         assert_eq!(streams.receivers.get_mut(&2).unwrap().poll_ack(Instant::now()), Some(3));
         // An unsequenced frame on a reliable channel.
-        let r = inner.handle_incoming(&p, Frame::Data(data(2, 0, 9)), &mut streams).await;
+        let r = handle_incoming(&inner, &p, Frame::Data(data(2, 0, 9)), &mut streams).await;
         assert!(matches!(r, Err(ConnError::Protocol(_))), "{r:?}");
     }
 }

@@ -15,52 +15,50 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 
-impl Inner {
-    /// A fresh interposition pipeline for connection `conn`, if faults are
-    /// set. Each connection draws from its own stream of the schedule's
-    /// seed (mixed with the connection's number): with one shared stream,
-    /// a stream's n-th frame would meet the same fate on every reconnect,
-    /// and a resend of the same frames would fail the same way forever.
-    pub(crate) fn pipeline(&self, conn: u64) -> Option<Pipeline> {
-        if self.faults.is_none() && !self.config.trace {
-            return None;
-        }
-        let mut p = Pipeline::new();
-        if self.config.trace {
-            p = p.with(Trace::new(Instant::now(), 1024));
-        }
-        if let Some((schedule, start)) = self.faults.as_ref() {
-            let mut schedule = schedule.clone();
-            schedule.seed ^= partition_hash(conn);
-            p = p.with(FaultInjector::new(self.config.me.id, &schedule, *start).resumed(Instant::now()));
-        }
-        Some(p)
+/// A fresh interposition pipeline for connection `conn`, if faults are
+/// set. Each connection draws from its own stream of the schedule's
+/// seed (mixed with the connection's number): with one shared stream,
+/// a stream's n-th frame would meet the same fate on every reconnect,
+/// and a resend of the same frames would fail the same way forever.
+pub(crate) fn pipeline_for(inner: &Inner, conn: u64) -> Option<Pipeline> {
+    if inner.faults.is_none() && !inner.config.trace {
+        return None;
     }
-
-    /// Whether the fault schedule has `peer` on the other side of a
-    /// partition now (connections to it are refused after the handshake).
-    pub(crate) fn cut_off(&self, peer: NodeId) -> bool {
-        let Some((schedule, start)) = self.faults.as_ref() else { return false };
-        let mut p = Pipeline::new().with(FaultInjector::new(self.config.me.id, schedule, *start).resumed(Instant::now()));
-        p.handle_timeout(Instant::now());
-        p.hook::<FaultInjector>().is_some_and(|f| f.is_cut(peer))
+    let mut p = Pipeline::new();
+    if inner.config.trace {
+        p = p.with(Trace::new(Instant::now(), 1024));
     }
+    if let Some((schedule, start)) = inner.faults.as_ref() {
+        let mut schedule = schedule.clone();
+        schedule.seed ^= partition_hash(conn);
+        p = p.with(FaultInjector::new(inner.config.me.id, &schedule, *start).resumed(Instant::now()));
+    }
+    Some(p)
+}
 
-    /// Carries out what the fault injector asks of the node itself.
-    fn carry_out_faults(&self, p: &mut Pipeline) {
-        while let Some(event) = p.poll_event() {
-            match event {
-                FaultEvent::Crash => {
-                    tracing::error!("fault injection: crashing node {} now", self.config.me.id);
-                    std::process::abort();
-                }
-                FaultEvent::Cut { peers } => {
-                    for peer in peers {
-                        self.close_peer(peer);
-                    }
-                }
-                FaultEvent::Healed => {}
+/// Whether the fault schedule has `peer` on the other side of a
+/// partition now (connections to it are refused after the handshake).
+pub(crate) fn is_cut_off(inner: &Inner, peer: NodeId) -> bool {
+    let Some((schedule, start)) = inner.faults.as_ref() else { return false };
+    let mut p = Pipeline::new().with(FaultInjector::new(inner.config.me.id, schedule, *start).resumed(Instant::now()));
+    p.handle_timeout(Instant::now());
+    p.hook::<FaultInjector>().is_some_and(|f| f.is_cut(peer))
+}
+
+/// Carries out what the fault injector asks of the node itself.
+fn carry_out_faults(inner: &Inner, p: &mut Pipeline) {
+    while let Some(event) = p.poll_event() {
+        match event {
+            FaultEvent::Crash => {
+                tracing::error!("fault injection: crashing node {} now", inner.config.me.id);
+                std::process::abort();
             }
+            FaultEvent::Cut { peers } => {
+                for peer in peers {
+                    inner.close_peer(peer);
+                }
+            }
+            FaultEvent::Healed => {}
         }
     }
 }
@@ -108,7 +106,7 @@ pub(crate) async fn release_due(
             reactor_net::fault::Direction::Receive => incoming.push(packet.frame),
         }
     }
-    inner.carry_out_faults(p);
+    carry_out_faults(inner, p);
     Ok(incoming)
 }
 
@@ -162,12 +160,12 @@ mod tests {
     #[tokio::test]
     async fn without_faults_or_trace_there_is_no_pipeline_and_nobody_is_cut_off() {
         let (plain, _, _rx) = inner(config(1));
-        assert!(plain.pipeline(1).is_none());
-        assert!(!plain.cut_off(2));
+        assert!(pipeline_for(&plain, 1).is_none());
+        assert!(!is_cut_off(&plain, 2));
         let mut c = config(1);
         c.trace = true;
         let (traced, _, _rx) = inner(c);
-        assert!(traced.pipeline(1).is_some_and(|p| p.hook::<Trace>().is_some() && p.hook::<FaultInjector>().is_none()));
+        assert!(pipeline_for(&traced, 1).is_some_and(|p| p.hook::<Trace>().is_some() && p.hook::<FaultInjector>().is_none()));
     }
 
     #[tokio::test]
@@ -175,9 +173,9 @@ mod tests {
         let mut c = config(1);
         c.faults = Some(at_start(vec![partition(vec![vec![1, 3], vec![2]])]));
         let (inner, _, _rx) = inner(c);
-        assert!(inner.cut_off(2));
-        assert!(!inner.cut_off(3), "same side");
-        assert!(!inner.cut_off(4), "in no side");
+        assert!(is_cut_off(&inner, 2));
+        assert!(!is_cut_off(&inner, 3), "same side");
+        assert!(!is_cut_off(&inner, 4), "in no side");
     }
 
     #[tokio::test]
@@ -185,7 +183,7 @@ mod tests {
         let mut c = config(1);
         c.trace = true;
         let (inner, _, _rx) = inner(c);
-        let mut p = inner.pipeline(1).unwrap();
+        let mut p = pipeline_for(&inner, 1).unwrap();
         let now = Instant::now();
         p.handle_send(now, 2, CONTROL, 1, Frame::Ping { nonce: 5 });
         p.handle_receive(now, 2, CONTROL, 1, Frame::Pong { nonce: 4 });
@@ -205,7 +203,7 @@ mod tests {
         let mut c = config(1);
         c.faults = Some(at_start(vec![ScheduleEvent::SetRule { name: "damage".into(), rule }]));
         let (inner, _, _rx) = inner(c);
-        let mut p = inner.pipeline(1).unwrap();
+        let mut p = pipeline_for(&inner, 1).unwrap();
         let now = Instant::now();
         p.handle_timeout(now);
         p.handle_receive(now, 2, CONTROL, 1, Frame::Ping { nonce: 1 });
@@ -227,7 +225,7 @@ mod tests {
             inner.lanes.lock().unwrap().insert(LaneKey { peer, channel: 1, lane: 0 }, h);
             closes.push(close);
         }
-        let mut p = inner.pipeline(1).unwrap();
+        let mut p = pipeline_for(&inner, 1).unwrap();
         let (mut wr, _rd) = tokio::io::duplex(4096);
         release_due(&inner, &mut p, Instant::now(), &mut wr, &mut Vec::new(), None).await.unwrap();
         assert!(notified(&closes[0]), "the lane to node 2 was not closed");

@@ -12,21 +12,19 @@ use reactor_net::frame::{Frame, Hello};
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
-impl Inner {
-    /// This node's hello for a connection of `key`'s channel and lane,
-    /// with a fresh nonce.
-    pub(crate) fn hello(&self, key: LaneKey) -> Hello {
-        let mut nonce = [0u8; 32];
-        getrandom::fill(&mut nonce).expect("the OS random source works");
-        Hello {
-            cluster: self.config.cluster.clone(),
-            node: self.config.me.id,
-            incarnation: self.config.me.incarnation,
-            name: self.config.me.name.clone(),
-            channel: self.channel_name(key.channel),
-            lane: key.lane,
-            nonce,
-        }
+/// This node's hello for a connection of `key`'s channel and lane,
+/// with a fresh nonce.
+pub(crate) fn hello_for(inner: &Inner, key: LaneKey) -> Hello {
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).expect("the OS random source works");
+    Hello {
+        cluster: inner.config.cluster.clone(),
+        node: inner.config.me.id,
+        incarnation: inner.config.me.incarnation,
+        name: inner.config.me.name.clone(),
+        channel: inner.channel_name(key.channel),
+        lane: key.lane,
+        nonce,
     }
 }
 
@@ -38,7 +36,7 @@ pub(crate) async fn dial(inner: &Arc<Inner>, addr: &str, key: LaneKey) -> Result
     let fut = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let hello = inner.hello(key);
+        let hello = hello_for(inner, key);
         let (mut hs, first) = Handshake::start(Role::Connector, inner.config.secret.clone(), hello);
         write_frame(&mut stream, &first, &mut Vec::new()).await?;
         let mut buf = Vec::new();
@@ -57,7 +55,7 @@ pub(crate) async fn dial(inner: &Arc<Inner>, addr: &str, key: LaneKey) -> Result
     if peer.node == inner.config.me.id {
         return Err(ConnError::Protocol(format!("{addr} is this node (id {})", peer.node)));
     }
-    if inner.cut_off(peer.node) {
+    if crate::faults::is_cut_off(inner, peer.node) {
         return Err(ConnError::Partitioned(peer.node));
     }
     Ok((stream, buf, peer))
@@ -78,7 +76,7 @@ pub(crate) async fn accept_handshake(
         let Frame::Hello(theirs) = &first else {
             return Err(ConnError::Protocol(format!("{} frame before the hello", first.name())));
         };
-        let mut hello = inner.hello(LaneKey { peer: 0, channel: 0, lane: theirs.lane });
+        let mut hello = hello_for(inner, LaneKey { peer: 0, channel: 0, lane: theirs.lane });
         hello.channel = theirs.channel.clone();
         let (mut hs, mine) = Handshake::start(Role::Acceptor, inner.config.secret.clone(), hello);
         write_frame(stream, &mine, out).await?;

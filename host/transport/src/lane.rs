@@ -23,20 +23,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
-impl Inner {
-    /// The lane for `key`, started if need be.
-    pub(crate) fn lane(self: &Arc<Self>, key: LaneKey) -> mpsc::Sender<Outgoing> {
-        let mut lanes = self.lanes.lock().unwrap();
-        if let Some(h) = lanes.get(&key).filter(|h| !h.tx.is_closed()) {
-            return h.tx.clone();
-        }
-        let (tx, rx) = mpsc::channel(self.config.lane_capacity);
-        let close = Arc::new(Notify::new());
-        let stats = Arc::new(LaneStats::default());
-        lanes.insert(key, LaneHandle { tx: tx.clone(), close: close.clone(), stats: stats.clone() });
-        self.handle.spawn(lane_task(self.clone(), key, rx, close, stats));
-        tx
+/// The lane for `key`, started if need be.
+pub(crate) fn lane_sender(inner: &Arc<Inner>, key: LaneKey) -> mpsc::Sender<Outgoing> {
+    let mut lanes = inner.lanes.lock().unwrap();
+    if let Some(h) = lanes.get(&key).filter(|h| !h.tx.is_closed()) {
+        return h.tx.clone();
     }
+    let (tx, rx) = mpsc::channel(inner.config.lane_capacity);
+    let close = Arc::new(Notify::new());
+    let stats = Arc::new(LaneStats::default());
+    lanes.insert(key, LaneHandle { tx: tx.clone(), close: close.clone(), stats: stats.clone() });
+    inner.handle.spawn(lane_task(inner.clone(), key, rx, close, stats));
+    tx
 }
 
 /// One outgoing lane: dials, authenticates, writes what is queued, pings,
@@ -187,7 +185,7 @@ impl Lane<'_> {
     ) -> Result<(), ConnError> {
         let inner = self.inner;
         let conn = inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        let mut pipeline = inner.pipeline(conn);
+        let mut pipeline = crate::faults::pipeline_for(inner, conn);
         let (mut rd, mut wr) = stream.split();
         let mut out = Vec::with_capacity(64 * 1024);
         let mut ping = tokio::time::interval(inner.config.ping_interval);
@@ -365,17 +363,17 @@ mod tests {
     async fn a_lane_is_started_once_per_key() {
         let (inner, _, _rx) = inner(config(1));
         let key = LaneKey { peer: 2, channel: 1, lane: 0 };
-        let a = inner.lane(key);
-        assert!(a.same_channel(&inner.lane(key)));
-        assert!(!a.same_channel(&inner.lane(LaneKey { lane: 1, ..key })));
-        assert!(!a.same_channel(&inner.lane(LaneKey { peer: 3, ..key })));
+        let a = lane_sender(&inner, key);
+        assert!(a.same_channel(&lane_sender(&inner, key)));
+        assert!(!a.same_channel(&lane_sender(&inner, LaneKey { lane: 1, ..key })));
+        assert!(!a.same_channel(&lane_sender(&inner, LaneKey { peer: 3, ..key })));
         assert_eq!(inner.lanes.lock().unwrap().len(), 3);
     }
 
     #[tokio::test]
     async fn messages_for_a_node_without_an_address_are_dead_letters() {
         let (inner, _, _rx) = inner(config(1));
-        let tx = inner.lane(LaneKey { peer: 9, channel: 1, lane: 0 });
+        let tx = lane_sender(&inner, LaneKey { peer: 9, channel: 1, lane: 0 });
         tx.try_send(Outgoing::Data(data(1, b"lost"))).unwrap();
         tx.try_send(Outgoing::Data(data(1, b"lost too"))).unwrap();
         until(|| inner.dead_letters.load(Ordering::Relaxed) == 2).await;
@@ -391,7 +389,7 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         client.directory.write().unwrap().insert(2, Member { info: node(2, &addr), up: true, via: Some(2) });
         let key = LaneKey { peer: 2, channel: 1, lane: 1 };
-        client.lane(key).try_send(Outgoing::Data(data(1, b"first"))).unwrap();
+        lane_sender(&client, key).try_send(Outgoing::Data(data(1, b"first"))).unwrap();
 
         let (mut s, _) = l.accept().await.unwrap();
         let mut buf = Vec::new();

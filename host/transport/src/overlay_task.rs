@@ -37,7 +37,7 @@ pub(crate) async fn overlay_task(inner: Arc<Inner>, mut overlay: Box<dyn Overlay
         let now = Instant::now();
         match input {
             OverlayInput::Seed(info) => {
-                inner.learn(&info);
+                learn(&inner, &info);
                 overlay.handle_seed(now, info);
             }
             OverlayInput::Connected(info) => overlay.handle_connected(now, info),
@@ -54,35 +54,33 @@ pub(crate) async fn overlay_task(inner: Arc<Inner>, mut overlay: Box<dyn Overlay
     }
 }
 
-impl Inner {
-    /// Records a node's identity and address.
-    fn learn(&self, info: &NodeInfo) {
-        if info.id == self.config.me.id || info.addr.is_empty() {
-            return;
-        }
-        let mut dir = self.directory.write().unwrap();
-        let e = dir.entry(info.id).or_insert_with(|| Member { info: info.clone(), up: false, via: None });
-        if info.incarnation >= e.info.incarnation {
-            e.info = info.clone();
-        }
+/// Records a node's identity and address.
+fn learn(inner: &Inner, info: &NodeInfo) {
+    if info.id == inner.config.me.id || info.addr.is_empty() {
+        return;
+    }
+    let mut dir = inner.directory.write().unwrap();
+    let e = dir.entry(info.id).or_insert_with(|| Member { info: info.clone(), up: false, via: None });
+    if info.incarnation >= e.info.incarnation {
+        e.info = info.clone();
     }
 }
 
 fn carry_out(inner: &Arc<Inner>, action: Action) {
     match action {
         Action::Connect(info) => {
-            inner.learn(&info);
-            let _ = inner.lane(LaneKey { peer: info.id, channel: CONTROL, lane: 0 });
+            learn(inner, &info);
+            let _ = crate::lane::lane_sender(inner, LaneKey { peer: info.id, channel: CONTROL, lane: 0 });
         }
         Action::Disconnect(id) => inner.close_peer(id),
         Action::Send { to, payload } => {
             let key = LaneKey { peer: to, channel: CONTROL, lane: 0 };
-            if inner.lane(key).try_send(Outgoing::Control(payload)).is_err() {
+            if crate::lane::lane_sender(inner, key).try_send(Outgoing::Control(payload)).is_err() {
                 tracing::warn!("control lane to node {to} is backed up; an overlay message was dropped");
             }
         }
         Action::Up(info) => {
-            inner.learn(&info);
+            learn(inner, &info);
             for c in inner.causal.iter().flatten() {
                 c.lock().unwrap().handle_member(info.id, info.incarnation);
             }
@@ -179,18 +177,18 @@ mod tests {
         let (inner, _, _rx) = inner(config(1));
         let mut two = node(2, "127.0.0.1:2");
         two.incarnation = 5;
-        inner.learn(&two);
+        learn(&inner, &two);
         let mut old = node(2, "127.0.0.1:9");
         old.incarnation = 4;
-        inner.learn(&old);
+        learn(&inner, &old);
         assert_eq!(member(&inner, 2).unwrap().info, two);
         let mut new = node(2, "127.0.0.1:3");
         new.incarnation = 6;
-        inner.learn(&new);
+        learn(&inner, &new);
         assert_eq!(member(&inner, 2).unwrap().info, new);
         assert!(!member(&inner, 2).unwrap().up, "learning is not believing alive");
-        inner.learn(&node(1, "10.0.0.1:1"));
-        inner.learn(&node(3, ""));
+        learn(&inner, &node(1, "10.0.0.1:1"));
+        learn(&inner, &node(3, ""));
         assert_eq!(member(&inner, 1).unwrap().info.addr, "127.0.0.1:1");
         assert_eq!(member(&inner, 3), None);
     }

@@ -16,148 +16,146 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-impl Inner {
-    /// The channel for a message: the first application channel whose size
-    /// rule matches, else the first application channel.
-    pub(crate) fn pick_channel(&self, len: usize) -> u16 {
-        self.channels
-            .iter()
-            .enumerate()
-            .skip(1)
-            .find(|(_, c)| c.min_bytes.is_some_and(|m| len >= m))
-            .or_else(|| self.channels.iter().enumerate().skip(1).find(|(_, c)| c.min_bytes.is_none()))
-            .map_or(1, |(i, _)| i as u16)
-    }
+/// The channel for a message: the first application channel whose size
+/// rule matches, else the first application channel.
+pub(crate) fn pick_channel(inner: &Inner, len: usize) -> u16 {
+    inner.channels
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, c)| c.min_bytes.is_some_and(|m| len >= m))
+        .or_else(|| inner.channels.iter().enumerate().skip(1).find(|(_, c)| c.min_bytes.is_none()))
+        .map_or(1, |(i, _)| i as u16)
+}
 
-    /// The lane of `peer` a message on `channel` goes on.
-    pub(crate) fn lane_key(&self, peer: NodeId, channel: u16, key: u64) -> LaneKey {
-        if self.config.multiplex {
-            return LaneKey { peer, channel: 0, lane: 0 };
-        }
-        let lanes = self.channels[channel as usize].lanes.max(1) as u64;
-        LaneKey { peer, channel, lane: (partition_hash(key) % lanes) as u16 }
+/// The lane of `peer` a message on `channel` goes on.
+pub(crate) fn lane_key(inner: &Inner, peer: NodeId, channel: u16, key: u64) -> LaneKey {
+    if inner.config.multiplex {
+        return LaneKey { peer, channel: 0, lane: 0 };
     }
+    let lanes = inner.channels[channel as usize].lanes.max(1) as u64;
+    LaneKey { peer, channel, lane: (partition_hash(key) % lanes) as u16 }
+}
 
-    /// Routes a message towards the node of `to`: delivered here, or queued
-    /// on the lane of the next hop, picked by `affinity` (the partition key;
-    /// 0: the destination). Gives the message back with the status when it
-    /// cannot go now.
-    pub(crate) fn try_route(self: &Arc<Self>, to: Address, env: Envelope, hops: u8, affinity: u64) -> Result<(), (SendError, Envelope)> {
-        let me = self.config.me.id;
-        let dest = to.node();
-        if dest == me {
-            return match self.inbound.deliver(to, env) {
-                Ok(()) => Ok(()),
-                Err((SendError::InboxFull(_), env)) => Err((SendError::InboxFull(to), env)),
-                Err((_, env)) => Err((SendError::NoSuchReactor(to), env)),
-            };
-        }
-        if hops >= MAX_HOPS {
-            tracing::warn!("dropped a message for {to} after {hops} hops (a routing loop?)");
-            return Err((SendError::NoSuchReactor(to), env));
-        }
-        let Some(next) = self.directory.read().unwrap().get(&dest).filter(|m| m.up).and_then(|m| m.via) else {
-            return Err((SendError::NoSuchReactor(to), env));
-        };
-        let channel = self.pick_channel(env.payload.len());
-        let key = self.lane_key(next, channel, if affinity == 0 { to.0 } else { affinity });
-        let mut data = Data {
-            seq: 0,
-            ack: 0,
-            to: to.0,
-            from: env.from.0,
-            corr: env.corr,
-            channel,
-            hops: hops + 1,
-            msg_kind: env.kind,
-            flags: env.flags,
-            meta: Vec::new(),
-            payload: env.payload,
-        };
-        let back = |d: Data| Envelope { kind: d.msg_kind, flags: d.flags, from: Address(d.from), corr: d.corr, payload: d.payload };
-        let tx = self.lane(key);
-        // A causal channel stamps a message when it is queued: stamping and
-        // queuing happen under its lock, so stamps follow queue order.
-        let causal = if hops == 0 { self.causal.get(channel as usize).and_then(Option::as_ref) } else { None };
-        if let Some(c) = causal {
-            {
-                let mut g = c.lock().unwrap();
-                let permit = match tx.try_reserve() {
-                    Ok(p) => p,
-                    Err(mpsc::error::TrySendError::Full(())) => return Err((SendError::InboxFull(to), back(data))),
-                    Err(mpsc::error::TrySendError::Closed(())) => return Err((SendError::NoSuchReactor(to), back(data))),
-                };
-                if let Err(e) = g.prepare(dest, &mut data) {
-                    tracing::warn!("cannot stamp a causal message for node {dest}: {e}");
-                    return Err((SendError::NoSuchReactor(to), back(data)));
-                }
-                permit.send(Outgoing::Data(data));
-                return Ok(());
-            }
-        }
-        match tx.try_send(Outgoing::Data(data)) {
+/// Routes a message towards the node of `to`: delivered here, or queued
+/// on the lane of the next hop, picked by `affinity` (the partition key;
+/// 0: the destination). Gives the message back with the status when it
+/// cannot go now.
+pub(crate) fn try_route(inner: &Arc<Inner>, to: Address, env: Envelope, hops: u8, affinity: u64) -> Result<(), (SendError, Envelope)> {
+    let me = inner.config.me.id;
+    let dest = to.node();
+    if dest == me {
+        return match inner.inbound.deliver(to, env) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(Outgoing::Data(d))) => Err((SendError::InboxFull(to), back(d))),
-            Err(mpsc::error::TrySendError::Closed(Outgoing::Data(d))) => Err((SendError::NoSuchReactor(to), back(d))),
-            Err(_) => unreachable!("only data was sent"),
+            Err((SendError::InboxFull(_), env)) => Err((SendError::InboxFull(to), env)),
+            Err((_, env)) => Err((SendError::NoSuchReactor(to), env)),
+        };
+    }
+    if hops >= MAX_HOPS {
+        tracing::warn!("dropped a message for {to} after {hops} hops (a routing loop?)");
+        return Err((SendError::NoSuchReactor(to), env));
+    }
+    let Some(next) = inner.directory.read().unwrap().get(&dest).filter(|m| m.up).and_then(|m| m.via) else {
+        return Err((SendError::NoSuchReactor(to), env));
+    };
+    let channel = pick_channel(inner, env.payload.len());
+    let key = lane_key(inner, next, channel, if affinity == 0 { to.0 } else { affinity });
+    let mut data = Data {
+        seq: 0,
+        ack: 0,
+        to: to.0,
+        from: env.from.0,
+        corr: env.corr,
+        channel,
+        hops: hops + 1,
+        msg_kind: env.kind,
+        flags: env.flags,
+        meta: Vec::new(),
+        payload: env.payload,
+    };
+    let back = |d: Data| Envelope { kind: d.msg_kind, flags: d.flags, from: Address(d.from), corr: d.corr, payload: d.payload };
+    let tx = crate::lane::lane_sender(inner, key);
+    // A causal channel stamps a message when it is queued: stamping and
+    // queuing happen under its lock, so stamps follow queue order.
+    let causal = if hops == 0 { inner.causal.get(channel as usize).and_then(Option::as_ref) } else { None };
+    if let Some(c) = causal {
+        {
+            let mut g = c.lock().unwrap();
+            let permit = match tx.try_reserve() {
+                Ok(p) => p,
+                Err(mpsc::error::TrySendError::Full(())) => return Err((SendError::InboxFull(to), back(data))),
+                Err(mpsc::error::TrySendError::Closed(())) => return Err((SendError::NoSuchReactor(to), back(data))),
+            };
+            if let Err(e) = g.prepare(dest, &mut data) {
+                tracing::warn!("cannot stamp a causal message for node {dest}: {e}");
+                return Err((SendError::NoSuchReactor(to), back(data)));
+            }
+            permit.send(Outgoing::Data(data));
+            return Ok(());
         }
     }
+    match tx.try_send(Outgoing::Data(data)) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(Outgoing::Data(d))) => Err((SendError::InboxFull(to), back(d))),
+        Err(mpsc::error::TrySendError::Closed(Outgoing::Data(d))) => Err((SendError::NoSuchReactor(to), back(d))),
+        Err(_) => unreachable!("only data was sent"),
+    }
+}
 
-    /// A message taken off a stream (in order, once): through causal order
-    /// if its channel has it, then delivered or forwarded.
-    pub(crate) async fn accept_data(self: &Arc<Self>, d: Data) {
-        let Some(causal) = self.causal.get(d.channel as usize).and_then(Option::as_ref) else {
-            return self.deliver_data(d).await;
-        };
-        let origin = Address(d.from).node();
-        let mut pending = Some(d);
-        loop {
-            let mut ready = Vec::new();
-            {
-                let mut c = causal.lock().unwrap();
-                if let Some(d) = pending.take() {
-                    match c.handle_data(origin, d) {
-                        Ok(()) => {}
-                        Err(reactor_net::causal::CausalError::Full(d)) => pending = Some(d),
-                        Err(e) => {
-                            self.dead_letters.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!("a causal message from node {origin} was dropped: {e}");
-                        }
+/// A message taken off a stream (in order, once): through causal order
+/// if its channel has it, then delivered or forwarded.
+pub(crate) async fn accept_data(inner: &Arc<Inner>, d: Data) {
+    let Some(causal) = inner.causal.get(d.channel as usize).and_then(Option::as_ref) else {
+        return deliver_data(inner, d).await;
+    };
+    let origin = Address(d.from).node();
+    let mut pending = Some(d);
+    loop {
+        let mut ready = Vec::new();
+        {
+            let mut c = causal.lock().unwrap();
+            if let Some(d) = pending.take() {
+                match c.handle_data(origin, d) {
+                    Ok(()) => {}
+                    Err(reactor_net::causal::CausalError::Full(d)) => pending = Some(d),
+                    Err(e) => {
+                        inner.dead_letters.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("a causal message from node {origin} was dropped: {e}");
                     }
                 }
-                while let Some((_, d)) = c.poll_deliver() {
-                    ready.push(d);
-                }
             }
-            for d in ready {
-                self.deliver_data(d).await;
+            while let Some((_, d)) = c.poll_deliver() {
+                ready.push(d);
             }
-            if pending.is_none() {
-                return;
-            }
-            // The causal buffer is full: other streams' deliveries free it.
-            tokio::time::sleep(Duration::from_micros(500)).await;
         }
+        for d in ready {
+            deliver_data(inner, d).await;
+        }
+        if pending.is_none() {
+            return;
+        }
+        // The causal buffer is full: other streams' deliveries free it.
+        tokio::time::sleep(Duration::from_micros(500)).await;
     }
+}
 
-    /// Delivers or forwards one message, waiting while the destination is
-    /// backed up (which stops reading this connection: backpressure).
-    async fn deliver_data(self: &Arc<Self>, d: Data) {
-        let to = Address(d.to);
-        let mut env = Envelope { kind: d.msg_kind, flags: d.flags, from: Address(d.from), corr: d.corr, payload: d.payload };
-        let mut wait = Duration::from_micros(50);
-        loop {
-            match self.try_route(to, env, d.hops, 0) {
-                Ok(()) => return,
-                Err((SendError::InboxFull(_), back)) if !self.stopping.load(Ordering::Relaxed) => {
-                    env = back;
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(5));
-                }
-                Err(_) => {
-                    self.dead_letters.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
+/// Delivers or forwards one message, waiting while the destination is
+/// backed up (which stops reading this connection: backpressure).
+async fn deliver_data(inner: &Arc<Inner>, d: Data) {
+    let to = Address(d.to);
+    let mut env = Envelope { kind: d.msg_kind, flags: d.flags, from: Address(d.from), corr: d.corr, payload: d.payload };
+    let mut wait = Duration::from_micros(50);
+    loop {
+        match try_route(inner, to, env, d.hops, 0) {
+            Ok(()) => return,
+            Err((SendError::InboxFull(_), back)) if !inner.stopping.load(Ordering::Relaxed) => {
+                env = back;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(5));
+            }
+            Err(_) => {
+                inner.dead_letters.fetch_add(1, Ordering::Relaxed);
+                return;
             }
         }
     }
@@ -193,20 +191,20 @@ mod tests {
     #[tokio::test]
     async fn the_first_channel_whose_size_rule_matches_wins() {
         let (inner, _, _rx) = with_channels(&["small", "bulk:min-bytes=4096", "huge:min-bytes=1000000"]);
-        assert_eq!(inner.pick_channel(0), 1);
-        assert_eq!(inner.pick_channel(4095), 1);
-        assert_eq!(inner.pick_channel(4096), 2);
+        assert_eq!(pick_channel(&inner, 0), 1);
+        assert_eq!(pick_channel(&inner, 4095), 1);
+        assert_eq!(pick_channel(&inner, 4096), 2);
         // `bulk` comes first and matches too.
-        assert_eq!(inner.pick_channel(2_000_000), 2);
+        assert_eq!(pick_channel(&inner, 2_000_000), 2);
         let (inner, _, _rx) = with_channels(&["huge:min-bytes=1000000", "bulk:min-bytes=4096", "small"]);
-        assert_eq!(inner.pick_channel(2_000_000), 1);
-        assert_eq!(inner.pick_channel(5000), 2);
-        assert_eq!(inner.pick_channel(10), 3, "no rule matches: the first channel without a rule");
+        assert_eq!(pick_channel(&inner, 2_000_000), 1);
+        assert_eq!(pick_channel(&inner, 5000), 2);
+        assert_eq!(pick_channel(&inner, 10), 3, "no rule matches: the first channel without a rule");
         let (inner, _, _rx) = with_channels(&["bulk:min-bytes=4096"]);
-        assert_eq!(inner.pick_channel(10), 1, "no channel without a rule: the first channel");
+        assert_eq!(pick_channel(&inner, 10), 1, "no channel without a rule: the first channel");
         // Never the control channel.
         let (inner, _, _rx) = with_channels(&[]);
-        assert_ne!(inner.pick_channel(10), CONTROL);
+        assert_ne!(pick_channel(&inner, 10), CONTROL);
     }
 
     #[tokio::test]
@@ -224,16 +222,16 @@ mod tests {
         for keys in patterns {
             let mut lanes = BTreeSet::new();
             for &k in &keys {
-                let lk = inner.lane_key(3, 1, k);
+                let lk = lane_key(&inner, 3, 1, k);
                 assert_eq!((lk.peer, lk.channel), (3, 1));
                 assert!(lk.lane < 8);
-                assert_eq!(inner.lane_key(3, 1, k), lk, "same key, same lane");
+                assert_eq!(lane_key(&inner, 3, 1, k), lk, "same key, same lane");
                 lanes.insert(lk.lane);
             }
             assert_eq!(lanes.len(), 8, "keys {:x?}… used lanes {lanes:?}", &keys[..3]);
         }
         // A channel of one lane.
-        assert!((0..100).all(|k| inner.lane_key(3, 2, k).lane == 0));
+        assert!((0..100).all(|k| lane_key(&inner, 3, 2, k).lane == 0));
     }
 
     #[tokio::test]
@@ -243,7 +241,7 @@ mod tests {
         c.channels = vec![ChannelSpec::new("wide", 8)];
         let (inner, _, _rx) = inner(c);
         for k in 0..100 {
-            assert_eq!(inner.lane_key(3, 1, k), LaneKey { peer: 3, channel: 0, lane: 0 });
+            assert_eq!(lane_key(&inner, 3, 1, k), LaneKey { peer: 3, channel: 0, lane: 0 });
         }
     }
 
@@ -251,11 +249,11 @@ mod tests {
     async fn a_message_for_this_node_goes_to_the_inbound() {
         let (inner, recorder, _rx) = inner(config(1));
         let to = Address::new(1, 0, 7);
-        inner.try_route(to, envelope(2, 10), 0, 0).unwrap();
+        try_route(&inner, to, envelope(2, 10), 0, 0).unwrap();
         assert_eq!(*recorder.delivered.lock().unwrap(), [(to, envelope(2, 10))]);
         // A full inbox gives the message back, blaming the destination.
         recorder.full.store(true, Ordering::Relaxed);
-        let (e, back) = inner.try_route(to, envelope(2, 11), 0, 0).unwrap_err();
+        let (e, back) = try_route(&inner, to, envelope(2, 11), 0, 0).unwrap_err();
         assert_eq!((e, back), (SendError::InboxFull(to), envelope(2, 11)));
     }
 
@@ -263,15 +261,15 @@ mod tests {
     async fn a_message_without_a_route_is_given_back() {
         let (inner, _, _rx) = inner(config(1));
         let to = Address::new(5, 0, 7);
-        let (e, back) = inner.try_route(to, envelope(1, 10), 0, 0).unwrap_err();
+        let (e, back) = try_route(&inner, to, envelope(1, 10), 0, 0).unwrap_err();
         assert_eq!((e, back), (SendError::NoSuchReactor(to), envelope(1, 10)));
         // Known but down: no route either.
         known(&inner, 5, 5);
         inner.directory.write().unwrap().get_mut(&5).unwrap().up = false;
-        assert!(matches!(inner.try_route(to, envelope(1, 10), 0, 0), Err((SendError::NoSuchReactor(_), _))));
+        assert!(matches!(try_route(&inner, to, envelope(1, 10), 0, 0), Err((SendError::NoSuchReactor(_), _))));
         // Up, but the message has gone round too often.
         inner.directory.write().unwrap().get_mut(&5).unwrap().up = true;
-        let r = inner.try_route(to, envelope(1, 10), MAX_HOPS, 0);
+        let r = try_route(&inner, to, envelope(1, 10), MAX_HOPS, 0);
         assert!(matches!(r, Err((SendError::NoSuchReactor(_), _))));
         assert!(inner.lanes.lock().unwrap().is_empty(), "nothing was queued");
     }
@@ -283,19 +281,19 @@ mod tests {
         let to = Address::new(5, 0, 7);
         // By the destination, or by the affinity given.
         for (affinity, len, channel) in [(0, 10, 1), (0, 200, 2), (99, 10, 1)] {
-            let key = inner.lane_key(3, channel, if affinity == 0 { to.0 } else { affinity });
+            let key = lane_key(&inner, 3, channel, if affinity == 0 { to.0 } else { affinity });
             let mut rx = tap(&inner, key, 4);
-            inner.try_route(to, envelope(1, len), 2, affinity).unwrap();
+            try_route(&inner, to, envelope(1, len), 2, affinity).unwrap();
             let Ok(Outgoing::Data(d)) = rx.try_recv() else { panic!("nothing on lane {key:?}") };
             assert_eq!((d.to, d.from, d.channel, d.hops, d.seq), (to.0, Address::new(1, 0, 1).0, channel, 3, 0));
             assert_eq!(d.payload.len(), len);
             inner.lanes.lock().unwrap().clear();
         }
         // A full lane gives the message back.
-        let key = inner.lane_key(3, 1, to.0);
+        let key = lane_key(&inner, 3, 1, to.0);
         let _rx = tap(&inner, key, 1);
-        inner.try_route(to, envelope(1, 10), 0, 0).unwrap();
-        let (e, back) = inner.try_route(to, envelope(1, 11), 0, 0).unwrap_err();
+        try_route(&inner, to, envelope(1, 10), 0, 0).unwrap();
+        let (e, back) = try_route(&inner, to, envelope(1, 11), 0, 0).unwrap_err();
         assert_eq!((e, back), (SendError::InboxFull(to), envelope(1, 11)));
     }
 
@@ -323,7 +321,7 @@ mod tests {
         let to = Address::new(1, 0, 7);
         let task = tokio::spawn({
             let inner = inner.clone();
-            async move { inner.accept_data(data_for(to, 1)).await }
+            async move { accept_data(&inner, data_for(to, 1)).await }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!task.is_finished());
@@ -337,9 +335,9 @@ mod tests {
     #[tokio::test]
     async fn an_undeliverable_message_off_the_wire_is_a_dead_letter() {
         let (inner, _, _rx) = inner(config(1));
-        inner.accept_data(data_for(Address::new(5, 0, 7), 1)).await;
+        accept_data(&inner, data_for(Address::new(5, 0, 7), 1)).await;
         known(&inner, 5, 5);
-        inner.accept_data(data_for(Address::new(5, 0, 7), MAX_HOPS)).await;
+        accept_data(&inner, data_for(Address::new(5, 0, 7), MAX_HOPS)).await;
         assert_eq!(inner.dead_letters.load(Ordering::Relaxed), 2);
     }
 }

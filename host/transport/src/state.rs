@@ -241,8 +241,15 @@ impl Inner {
 /// What the tests of several modules build on.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::*;
+    use super::{Inbound, Inner, NodeEvent, OverlayInput};
+    use crate::config::TransportConfig;
     use reactor_net::auth::Secret;
+    use reactor_net::{NodeId, NodeInfo};
+    use reactor_types::{Address, Envelope, SendError};
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::mpsc;
 
     /// Node `id` at `addr`, first incarnation.
     pub(crate) fn node(id: NodeId, addr: &str) -> NodeInfo {

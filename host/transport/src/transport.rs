@@ -151,7 +151,7 @@ impl Transport {
 
 impl Outbound for Transport {
     fn send(&self, to: Address, env: Envelope, affinity: u64) -> Result<(), SendError> {
-        self.inner.try_route(to, env, 0, affinity).map_err(|(e, _)| e)
+        crate::route::try_route(&self.inner, to, env, 0, affinity).map_err(|(e, _)| e)
     }
 }
 
