@@ -27,9 +27,11 @@
 //! sent again on the new connection.
 //!
 //! # Layout
-//! Modules from the bottom up; each uses only modules before it (the
-//! methods of the shared `Inner` are spread over the modules of their
-//! concern, each such module using `state` and never a module after it).
+//! Modules from the bottom up; each uses only modules before it. The shared
+//! state `Inner` keeps its bookkeeping methods in `state`; what a concern
+//! does with it is a function of that concern's module taking `&Inner`
+//! (not an `impl Inner` block elsewhere, which would file the behaviour
+//! under `state` and point it back up the stack).
 //! - `config`: [`ChannelSpec`] (and its command-line syntax),
 //!   [`TransportConfig`], [`MAX_HOPS`], [`CONTROL`].
 //! - `error`: [`StartError`], and why a connection ended.

@@ -1,6 +1,8 @@
 //! Checks that a module is a reactor for this host before and after compiling
 //! it, so a bad module gets an error that says exactly what is wrong.
 
+#![forbid(unsafe_code)]
+
 use guest_sdk::abi;
 use std::path::PathBuf;
 use wasmtime::{ExternType, Module, ValType};
