@@ -23,7 +23,8 @@
 //! - `e2e` — end to end through Wasm on the multi-core runtime (one shard,
 //!   across shards, request–response latency, bare ring round trip).
 //! - `overlay` — what each overlay costs per node as the cluster grows
-//!   (simulated: 32, 128, 1,024 nodes).
+//!   (simulated: 32, 128, 1,024 nodes); our HyParView beside the
+//!   iroh-gossip adapter it replaced (`overlay_iroh`).
 //! - `netlab` — the network lab: two namespaces joined by TUN devices and a
 //!   user-space delay line (emulated RTT), calibrated; nodes run inside it.
 //! - `partisan` — parallel, affinitized connections (lanes) against one
@@ -34,6 +35,7 @@ mod e2e;
 mod harness;
 mod netlab;
 mod overlay;
+mod overlay_iroh;
 mod partisan;
 mod ring;
 mod rtt;

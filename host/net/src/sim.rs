@@ -24,7 +24,9 @@
 //! Point-to-point routing ([`Sim::route`]) follows `next_hop` hop by hop like
 //! the driver (hop limit [`SimConfig::hop_limit`]) and returns the path or
 //! why it failed. Per node it counts open connections, messages and bytes
-//! sent. [`overhead_report`] measures an overlay's cost for the benchmark.
+//! sent. [`overhead_report`] measures an overlay's cost for the benchmark;
+//! [`overhead_report_with`] does the same for overlays made by any factory
+//! (another implementation, as a baseline).
 #![forbid(unsafe_code)]
 
 use crate::overlay::client_server::{ClientServer, ClientServerConfig};
@@ -306,7 +308,14 @@ impl Sim {
     }
 
     fn peers(kind: OverlayKind, n: usize, seed: u64) -> Self {
-        let mut sim = Sim::new(SimConfig::default(), seed, Box::new(move |info, s| new_overlay(kind, info, s)));
+        Self::peers_with(n, seed, Box::new(move |info, s| new_overlay(kind, info, s)))
+    }
+
+    /// `n` peers (ids 1..=n) joining through node 1, one every
+    /// `join_spacing`, each running the overlay `factory` makes (any
+    /// [`Overlay`], e.g. a baseline implementation for a benchmark).
+    pub fn peers_with(n: usize, seed: u64, factory: OverlayFactory) -> Self {
+        let mut sim = Sim::new(SimConfig::default(), seed, factory);
         sim.build(n, 0);
         sim
     }
@@ -957,8 +966,18 @@ impl fmt::Display for OverheadReport {
 /// one 64-byte payload from the last node and count the messages that
 /// carried it (until every node has it plus 0.5 s, at most 5 s).
 pub fn overhead_report(kind: OverlayKind, n: usize, seed: u64) -> OverheadReport {
-    let mut sim = Sim::cluster(kind, n, seed);
     let servers = if kind == OverlayKind::ClientServer { default_servers(n) } else { 0 };
+    measure_overhead(Sim::cluster(kind, n, seed), kind, n, servers, seed)
+}
+
+/// [`overhead_report`] for `n` peers running the overlay `factory` makes
+/// ([`Sim::peers_with`]), reported as `kind`: the same measurement for
+/// another implementation of an overlay (a benchmark's baseline).
+pub fn overhead_report_with(kind: OverlayKind, n: usize, seed: u64, factory: OverlayFactory) -> OverheadReport {
+    measure_overhead(Sim::peers_with(n, seed, factory), kind, n, 0, seed)
+}
+
+fn measure_overhead(mut sim: Sim, kind: OverlayKind, n: usize, servers: usize, seed: u64) -> OverheadReport {
     // Everyone has started; then check convergence once a second.
     sim.run_for(sim.config.join_spacing * n as u32);
     for _ in 0..300 {

@@ -1,3 +1,13 @@
+//! The baseline of the `overlay` benchmark's HyParView figures: the
+//! HyParView + Plumtree overlay as it was before it was written in
+//! `reactor-net` — an adapter around `iroh_gossip::proto` (iroh-gossip
+//! 0.101), the crate we did not use (its `n0-future` dependency pulls tokio
+//! into an I/O-free crate). Copied from `host/net/src/overlay/hyparview.rs`
+//! at the commit before the rewrite, with only what it takes to build
+//! outside `reactor-net`: the codec helpers (private there) are copied
+//! below, items are `pub(crate)`, a warning goes to stderr (no `tracing`
+//! here), and the tests are left behind. The adapter's own notes follow.
+//!
 //! Peer-to-peer overlay: HyParView membership with Plumtree broadcast.
 //!
 //! The protocols themselves are `iroh_gossip::proto` (an I/O-less, actively
@@ -50,17 +60,47 @@
 //!   while the active view is empty.
 #![forbid(unsafe_code)]
 
-use super::codec::{check_info, decode_message};
-use super::protocol::{Action, Overlay, OverlayError};
-use crate::frame::MAX_CONTROL_LEN;
-use crate::node::{NodeId, NodeInfo};
+use reactor_net::frame::{MAX_CONTROL_LEN, MAX_NAME_LEN};
+use reactor_net::node::{NodeId, NodeInfo};
+use reactor_net::overlay::{Action, MAX_ADDR_LEN, Overlay, OverlayError};
 use iroh_gossip::proto::{self as gossip, Command, Event, InEvent, OutEvent, PeerData, Scope, TopicId};
 use rand::rngs::{ChaCha12Rng, Xoshiro256PlusPlus};
 use rand::{RngExt, SeedableRng};
 use rustc_hash::FxHashMap;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
+
+// ---- codec helpers (private in reactor-net; copied) -------------------------
+
+/// Decodes one overlay message, treating `bytes` as hostile: refuses more
+/// than `max_len` bytes before decoding, any postcard error and trailing
+/// bytes.
+fn decode_message<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, OverlayError> {
+    if bytes.len() > max_len {
+        return Err(OverlayError::Malformed(format!("{} bytes, more than the limit {max_len}", bytes.len())));
+    }
+    let (msg, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| OverlayError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(OverlayError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(msg)
+}
+
+/// Checks a [`NodeInfo`] received from the network.
+fn check_info(info: &NodeInfo) -> Result<(), OverlayError> {
+    if info.id == 0 {
+        return Err(OverlayError::Refused("node id 0".into()));
+    }
+    if info.name.len() > MAX_NAME_LEN {
+        return Err(OverlayError::Refused(format!("node name of {} bytes", info.name.len())));
+    }
+    if info.addr.len() > MAX_ADDR_LEN {
+        return Err(OverlayError::Refused(format!("node address of {} bytes", info.addr.len())));
+    }
+    Ok(())
+}
 
 /// The one topic of the cluster.
 const TOPIC: [u8; 32] = *b"reactor-cluster/overlay/v1\0\0\0\0\0\0";
@@ -71,38 +111,38 @@ const MAX_IHAVES: usize = 4096;
 
 /// Settings of a [`HyParView`] node.
 #[derive(Clone, Debug)]
-pub struct HyParViewConfig {
+pub(crate) struct HyParViewConfig {
     /// iroh-gossip's settings (HyParView view sizes, walk lengths, shuffle
     /// period; Plumtree timeouts). Defaults: iroh's (active view 5, passive
     /// 30, walks 6/3, Plumtree graft timeouts 80/40 ms) except the shuffle
     /// period, 10 s (iroh: 60 s), so passive views refresh faster, and the
     /// `IHave` batching delay, 100 ms (iroh: 5 ms).
-    pub proto: gossip::Config,
+    pub(crate) proto: gossip::Config,
     /// Shortest period of a node's announcement of itself. Default 5 s.
-    pub announce_interval: Duration,
+    pub(crate) announce_interval: Duration,
     /// Announcements per second the cluster may make in all: with `n`
     /// nodes each announces every `max(announce_interval, n / budget)`
     /// seconds, so the per-node cost stops growing with the cluster
     /// (every node receives every announcement). Default 50.
-    pub announce_budget: f64,
+    pub(crate) announce_budget: f64,
     /// A node not heard from for this long is Down; scaled up to 3.2 ×
     /// the announcement period in use. Default 16 s.
-    pub down_after: Duration,
+    pub(crate) down_after: Duration,
     /// An active neighbour whose connection dropped is Down if not heard
     /// from within this long. Default 7 s.
-    pub lost_neighbour_after: Duration,
+    pub(crate) lost_neighbour_after: Duration,
     /// Down nodes are forgotten after this long. Default 60 s.
-    pub forget_after: Duration,
+    pub(crate) forget_after: Duration,
     /// A connection to a node outside the active view is closed after
     /// this long without a message. Default 3 s.
-    pub idle_close: Duration,
+    pub(crate) idle_close: Duration,
     /// Period of the membership check and view repair. Default 1 s.
-    pub tick: Duration,
+    pub(crate) tick: Duration,
     /// Largest overlay message accepted, and largest broadcast payload
     /// (less a few bytes). Default 64 KiB.
-    pub max_message_size: usize,
+    pub(crate) max_message_size: usize,
     /// Most nodes remembered. Default 4096.
-    pub max_nodes: usize,
+    pub(crate) max_nodes: usize,
 }
 
 impl Default for HyParViewConfig {
@@ -222,7 +262,7 @@ struct Route {
 
 /// The HyParView + Plumtree overlay. See the module docs.
 #[derive(Debug)]
-pub struct HyParView {
+pub(crate) struct HyParView {
     me: NodeInfo,
     config: HyParViewConfig,
     topic: TopicId,
@@ -275,7 +315,7 @@ fn decode_info(data: &[u8]) -> Option<NodeInfo> {
 
 impl HyParView {
     /// A HyParView node `me`, its randomness seeded by `seed`.
-    pub fn new(me: NodeInfo, config: HyParViewConfig, seed: u64) -> Self {
+    pub(crate) fn new(me: NodeInfo, config: HyParViewConfig, seed: u64) -> Self {
         let data = PeerData::new(postcard::to_allocvec(&me).unwrap_or_default());
         let state = gossip::State::new(me.id, data, config.proto.clone(), ChaCha12Rng::seed_from_u64(seed));
         HyParView {
@@ -304,7 +344,8 @@ impl HyParView {
     }
 
     /// The active view (same as [`Overlay::neighbours`]).
-    pub fn active_view(&self) -> &BTreeSet<NodeId> {
+    #[allow(dead_code)]
+    pub(crate) fn active_view(&self) -> &BTreeSet<NodeId> {
         &self.active
     }
 
@@ -858,7 +899,7 @@ impl Overlay for HyParView {
     fn broadcast(&mut self, now: Instant, payload: Vec<u8>) {
         self.start(now, Vec::new());
         if payload.len() + 64 > self.config.max_message_size {
-            tracing::warn!(len = payload.len(), "broadcast payload too large for the overlay; dropped");
+            eprintln!("broadcast payload of {} bytes too large for the overlay; dropped", payload.len());
             return;
         }
         self.bcast_seq += 1;
@@ -892,170 +933,5 @@ impl Overlay for HyParView {
 
     fn neighbours(&self) -> Vec<NodeId> {
         self.active.iter().copied().collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::node::NodeRole;
-    use crate::sim::{MembershipEvent, Sim};
-
-    fn converge(sim: &mut Sim, limit: Duration) {
-        let ok = sim.run_until(Sim::members_converged, limit);
-        let errors = sim.membership_errors();
-        assert!(ok, "no convergence after {:?}: {} errors, e.g. {:?}", sim.elapsed(), errors.len(), &errors[..errors.len().min(10)]);
-    }
-
-    fn all_routes(sim: &Sim) {
-        let ids = sim.alive_ids();
-        for &a in &ids {
-            for &b in &ids {
-                if let Err(e) = sim.route(a, b) {
-                    panic!("{a} -> {b}: {e}");
-                }
-            }
-        }
-    }
-
-    fn broadcast_reaches_all(sim: &mut Sim, from: NodeId, payload: &[u8]) {
-        for id in sim.alive_ids() {
-            sim.take_deliveries(id);
-        }
-        sim.broadcast(from, payload.to_vec());
-        sim.run_for(Duration::from_secs(2));
-        for id in sim.alive_ids() {
-            let got = sim.take_deliveries(id);
-            if id != from {
-                assert_eq!(got, vec![(from, payload.to_vec())], "node {id}");
-            }
-        }
-    }
-
-    #[test]
-    fn hyparview_100_converges_routes_and_broadcasts() {
-        let mut sim = Sim::hyparview(100, 11);
-        converge(&mut sim, Duration::from_secs(60));
-        // Settle: routes are learned from announcements.
-        sim.run_for(Duration::from_secs(6));
-        assert!(sim.members_converged());
-        assert!(sim.neighbour_graph_connected());
-        let cap = HyParViewConfig::default().proto.membership.active_view_capacity;
-        for id in sim.alive_ids() {
-            let n = sim.overlay(id).unwrap().neighbours().len();
-            assert!((1..=cap).contains(&n), "node {id} has {n} neighbours");
-            assert!(sim.connections(id) <= cap + 2, "node {id}: {} connections", sim.connections(id));
-        }
-        broadcast_reaches_all(&mut sim, 42, b"to everyone");
-        all_routes(&sim);
-        assert!(sim.alive_ids().iter().all(|&id| sim.stats(id).refused == 0));
-    }
-
-    #[test]
-    fn hyparview_repairs_after_a_third_crashes() {
-        let mut sim = Sim::hyparview(100, 12);
-        converge(&mut sim, Duration::from_secs(60));
-        sim.run_for(Duration::from_secs(6));
-        sim.record_events(true);
-        let crashed: Vec<NodeId> = (1..=100).filter(|id| id % 3 == 0).collect();
-        for &id in &crashed {
-            sim.crash(id);
-        }
-        // Within detection + down_after (+ a tick), survivors agree.
-        converge(&mut sim, Duration::from_secs(40));
-        assert!(sim.neighbour_graph_connected());
-        let cap = HyParViewConfig::default().proto.membership.active_view_capacity;
-        let views: Vec<usize> = sim.alive_ids().iter().map(|&id| sim.overlay(id).unwrap().neighbours().len()).collect();
-        let mean = views.iter().sum::<usize>() as f64 / views.len() as f64;
-        assert!(views.iter().all(|&n| n >= 2), "views {views:?}");
-        assert!(mean >= cap as f64 - 1.5, "views not refilled: mean {mean}, {views:?}");
-        for id in sim.alive_ids() {
-            let downs: BTreeSet<NodeId> =
-                sim.take_events(id).into_iter().filter_map(|e| if let MembershipEvent::Down(d) = e { Some(d) } else { None }).collect();
-            assert_eq!(downs, crashed.iter().copied().collect(), "node {id}");
-        }
-        sim.run_for(Duration::from_secs(6));
-        broadcast_reaches_all(&mut sim, 1, b"after the crash");
-        all_routes(&sim);
-        // A crashed node comes back with a new incarnation.
-        let info = sim.restart(3, 1).unwrap();
-        converge(&mut sim, Duration::from_secs(30));
-        assert!(sim.overlay(50).unwrap().members().contains(&info));
-    }
-
-    #[test]
-    fn same_seed_same_run() {
-        let run = |seed| {
-            let mut sim = Sim::hyparview(30, seed);
-            sim.run_for(Duration::from_secs(10));
-            sim.crash(4);
-            sim.broadcast(2, b"x".to_vec());
-            sim.run_for(Duration::from_secs(10));
-            sim.trace_hash()
-        };
-        assert_eq!(run(5), run(5));
-        assert_ne!(run(5), run(6));
-    }
-
-    fn node(id: NodeId) -> NodeInfo {
-        NodeInfo { id, name: format!("n{id}"), addr: format!("x:{id}"), role: NodeRole::Peer, incarnation: 1 }
-    }
-
-    fn wire(msg: &WireMsg) -> Vec<u8> {
-        postcard::to_allocvec(msg).unwrap()
-    }
-
-    fn info_bytes(info: &NodeInfo) -> Option<Vec<u8>> {
-        Some(postcard::to_allocvec(info).unwrap())
-    }
-
-    #[test]
-    fn hyparview_refuses_hostile_messages() {
-        let mut h = HyParView::new(node(1), HyParViewConfig::default(), 0);
-        let now = Instant::now();
-        let refused = |r: Result<(), OverlayError>| matches!(r, Err(OverlayError::Refused(_)));
-        let malformed = |r: Result<(), OverlayError>| matches!(r, Err(OverlayError::Malformed(_)));
-        // A join claiming to be another node.
-        let m = wire(&WireMsg::Swarm(WireSwarm::Join(info_bytes(&node(3)))));
-        assert!(refused(h.handle_message(now, 2, &m)));
-        // A join without info, a message from ourselves.
-        assert!(refused(h.handle_message(now, 2, &wire(&WireMsg::Swarm(WireSwarm::Join(None))))));
-        let ok = wire(&WireMsg::Swarm(WireSwarm::Join(info_bytes(&node(2)))));
-        assert!(refused(h.handle_message(now, 1, &ok)));
-        // Walks longer than configured, shuffles too long.
-        let m = wire(&WireMsg::Swarm(WireSwarm::ForwardJoin { peer: WirePeer { id: 9, data: info_bytes(&node(9)) }, ttl: 60000 }));
-        assert!(refused(h.handle_message(now, 2, &m)));
-        let nodes = (10..100).map(|id| WirePeer { id, data: None }).collect();
-        let m = wire(&WireMsg::Swarm(WireSwarm::Shuffle { origin: 5, nodes, ttl: 1 }));
-        assert!(refused(h.handle_message(now, 2, &m)));
-        // Rounds that would overflow.
-        let m = wire(&WireMsg::Gossip(WireGossip::Graft { id: None, round: u16::MAX }));
-        assert!(refused(h.handle_message(now, 2, &m)));
-        let content = postcard::to_allocvec(&Bcast::Data { origin: 2, incarnation: 1, seq: 1, payload: vec![1] }).unwrap();
-        let id = *blake3_of(&content);
-        let m = wire(&WireMsg::Gossip(WireGossip::Gossip { id, content: content.clone(), scope: WireScope::Swarm(u16::MAX) }));
-        assert!(refused(h.handle_message(now, 2, &m)));
-        // Content that is not ours.
-        let m = wire(&WireMsg::Gossip(WireGossip::Gossip { id, content: vec![9, 9, 9], scope: WireScope::Swarm(1) }));
-        assert!(malformed(h.handle_message(now, 2, &m)));
-        // Truncated, trailing, unknown variant, huge lengths, too big.
-        assert!(malformed(h.handle_message(now, 2, &ok[..ok.len() - 1])));
-        let mut long = ok.clone();
-        long.push(0);
-        assert!(malformed(h.handle_message(now, 2, &long)));
-        assert!(malformed(h.handle_message(now, 2, &[7, 0])));
-        assert!(malformed(h.handle_message(now, 2, &[1, 3, 0xff, 0xff, 0xff, 0xff, 0x0f])));
-        assert!(malformed(h.handle_message(now, 2, &vec![0; 100_000])));
-        assert!(h.poll_action().is_none());
-        // The good join is taken.
-        h.handle_message(now, 2, &ok).unwrap();
-        assert_eq!(h.neighbours(), vec![2]);
-    }
-
-    fn blake3_of(content: &[u8]) -> Box<[u8; 32]> {
-        // Plumtree drops a gossip whose id is not the hash of its content;
-        // these tests are refused before that, any id will do.
-        let _ = content;
-        Box::new([0; 32])
     }
 }
