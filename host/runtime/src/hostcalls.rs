@@ -91,12 +91,12 @@ pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()>
     linker.func_wrap(m, abi::IMPORT_INBOX_READ, |mut caller: Caller<'_, ReactorData>, ptr: u32, len: u32| {
         let memory = caller.data().memory();
         let (mem, data) = memory.data_and_store_mut(&mut caller);
-        let host = data.host();
-        let input = host.input();
-        let n = input.len().min(len as usize);
-        let r = range(mem.len(), abi::IMPORT_INBOX_READ, ptr, n as u32)?;
-        mem[r].copy_from_slice(&input[..n]);
-        host.consume_input(n);
+        // A bad buffer fails the reactor: that the input counts as read
+        // then does not matter.
+        let input = data.host().take_input(len as usize);
+        let r = range(mem.len(), abi::IMPORT_INBOX_READ, ptr, input.len() as u32)?;
+        mem[r].copy_from_slice(input);
+        let n = input.len();
         Ok(n as u32)
     })?;
 

@@ -136,6 +136,7 @@ struct Router {
 impl Router {
     /// Queues `env` for `to`: another node (the port's way out), the
     /// outside world, another shard (its pair ring) or a local inbox.
+    #[inline]
     fn route(&mut self, to: Address, env: Envelope) -> Result<(), SendError> {
         let node = self.refs.node();
         if to.node() != node && to != Address::HOST {
@@ -159,6 +160,7 @@ impl Router {
     }
 
     /// Queues `env` into a local inbox, or gives it back with the reason.
+    #[inline]
     fn deliver_local(&mut self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
         let Some(inbox) = self.inboxes.get_mut(&to) else { return Err((SendError::NoSuchReactor(to), env)) };
         if env.is_reply() {
@@ -219,12 +221,11 @@ impl HostContext for Router {
         self.affinity = 0;
     }
 
-    fn input(&self) -> &[u8] {
-        &self.input[self.input_pos..]
-    }
-
-    fn consume_input(&mut self, n: usize) {
+    fn take_input(&mut self, max: usize) -> &[u8] {
+        let start = self.input_pos;
+        let n = (self.input.len() - start).min(max);
         self.input_pos += n;
+        &self.input[start..start + n]
     }
 
     fn route(&mut self, to: Address, env: Envelope) -> Result<(), SendError> {

@@ -44,11 +44,9 @@ pub(crate) trait HostContext: Any + Send {
     /// `inbox_read` and resets per-call state (the partition key).
     fn begin(&mut self, input: &[u8]);
 
-    /// The staged input not read yet.
-    fn input(&self) -> &[u8];
-
-    /// Marks `n` bytes of the staged input read.
-    fn consume_input(&mut self, n: usize);
+    /// Takes up to `max` bytes of the staged input not read yet (fewer
+    /// when less is left; empty at its end): they count as read.
+    fn take_input(&mut self, max: usize) -> &[u8];
 
     /// Queues `env` for `to` (a local inbox, another shard, another node or
     /// the outside world). Nothing is queued on an error.

@@ -31,17 +31,20 @@ pub const NODE_SHIFT: u32 = 48;
 ///
 /// # Panics
 /// If `serial` exceeds [`MAX_SERIAL`].
+#[inline]
 pub const fn tag(node: NodeId, shard: u8, serial: u64) -> u64 {
     assert!(serial <= MAX_SERIAL, "serial out of range");
     ((node as u64) << NODE_SHIFT) | ((shard as u64) << SHARD_SHIFT) | serial
 }
 
 /// The node bits of a tag.
+#[inline]
 pub const fn tag_node(tag: u64) -> NodeId {
     (tag >> NODE_SHIFT) as NodeId
 }
 
 /// The serial bits of a tag.
+#[inline]
 pub const fn tag_serial(tag: u64) -> u64 {
     tag & MAX_SERIAL
 }
@@ -60,39 +63,46 @@ impl Address {
     ///
     /// # Panics
     /// If `serial` exceeds [`MAX_SERIAL`].
+    #[inline]
     pub const fn new(node: NodeId, shard: u8, serial: u64) -> Self {
         Address(tag(node, shard, serial))
     }
 
     /// The outside world of node `node`: its host (serial 0 is never a
     /// reactor). A reply to it from any node reaches that node's host.
+    #[inline]
     pub const fn host_of(node: NodeId) -> Address {
         Address::new(node, 0, 0)
     }
 
     /// Whether this is some node's host rather than a reactor.
+    #[inline]
     pub const fn is_host(self) -> bool {
         self.serial() == 0
     }
 
     /// The node that issued this address.
+    #[inline]
     pub const fn node(self) -> NodeId {
         tag_node(self.0)
     }
 
     /// The shard bits: the shard it was spawned on. A runtime with `n`
     /// shards keeps it on shard `shard() % n`.
+    #[inline]
     pub const fn shard(self) -> usize {
         ((self.0 >> SHARD_SHIFT) & 0xff) as usize
     }
 
     /// The serial, unique on its node.
+    #[inline]
     pub const fn serial(self) -> u64 {
         tag_serial(self.0)
     }
 
     /// Whether this could be a reactor's address: a serial above 0 and a
     /// node id in range.
+    #[inline]
     pub const fn is_reactor(self) -> bool {
         self.serial() != 0 && self.node() <= MAX_NODE
     }

@@ -21,6 +21,7 @@ pub struct Envelope {
 impl Envelope {
     /// Appends the envelope in the ABI's batch layout (header, then
     /// payload) to `out`: what a guest reads with `inbox_read`.
+    #[inline]
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.resize(start + abi::ENVELOPE_HEADER_LEN, 0);
@@ -36,11 +37,13 @@ impl Envelope {
     }
 
     /// Whether this is a reply to a request.
+    #[inline]
     pub fn is_reply(&self) -> bool {
         self.kind == abi::KIND_REPLY
     }
 
     /// Whether the payload is JSON text rather than postcard.
+    #[inline]
     pub fn is_text(&self) -> bool {
         self.flags & abi::FLAG_TEXT != 0
     }
@@ -59,6 +62,7 @@ pub struct Reply {
 
 impl Reply {
     /// The reply an envelope of kind `KIND_REPLY` carries.
+    #[inline]
     pub fn from_envelope(env: Envelope) -> Self {
         Reply { from: env.from, text: env.is_text(), payload: env.payload }
     }
