@@ -15,7 +15,7 @@
 //! map from tag to the shared blob, dropped with the reactor.
 #![forbid(unsafe_code)]
 
-use crate::store::{ModuleRef, ReactorData, SpawnRefusal};
+use crate::store::{HostContext, ModuleRef, ReactorData, SpawnRefusal};
 use guest_sdk::abi;
 use reactor_types::{Address, Envelope, ModuleHash, SendError};
 use wasmtime::{Caller, Linker};
@@ -51,7 +51,12 @@ fn range(mem_len: usize, call: &'static str, ptr: u32, len: u32) -> wasmtime::Re
 }
 
 /// Copies `[ptr, ptr+len)` out of the caller's memory.
-fn read_guest(caller: &mut Caller<'_, ReactorData>, call: &'static str, ptr: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
+fn read_guest<H: HostContext>(
+    caller: &mut Caller<'_, ReactorData<H>>,
+    call: &'static str,
+    ptr: u32,
+    len: u32,
+) -> wasmtime::Result<Vec<u8>> {
     let memory = caller.data().memory();
     let data = memory.data(&*caller);
     let r = range(data.len(), call, ptr, len)?;
@@ -84,11 +89,12 @@ fn module_ref(bytes: &[u8]) -> Option<ModuleRef<'_>> {
     }
 }
 
-/// Adds every `reactor::*` function to `linker`.
-pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()> {
+/// Adds every `reactor::*` function to `linker`, for stores whose host
+/// calls reach an `H`.
+pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> wasmtime::Result<()> {
     let m = abi::IMPORT_MODULE;
 
-    linker.func_wrap(m, abi::IMPORT_INBOX_READ, |mut caller: Caller<'_, ReactorData>, ptr: u32, len: u32| {
+    linker.func_wrap(m, abi::IMPORT_INBOX_READ, |mut caller: Caller<'_, ReactorData<H>>, ptr: u32, len: u32| {
         let memory = caller.data().memory();
         let (mem, data) = memory.data_and_store_mut(&mut caller);
         // A bad buffer fails the reactor: that the input counts as read
@@ -103,7 +109,7 @@ pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()>
     linker.func_wrap(
         m,
         abi::IMPORT_SEND,
-        |mut caller: Caller<'_, ReactorData>, to: u64, ptr: u32, len: u32, flags: u32| {
+        |mut caller: Caller<'_, ReactorData<H>>, to: u64, ptr: u32, len: u32, flags: u32| {
             let Some(flags) = check_flags(flags) else { return Ok(abi::STATUS_BAD_ARGUMENT) };
             if len > abi::MAX_PAYLOAD_LEN {
                 return Ok(abi::STATUS_TOO_LARGE);
@@ -118,7 +124,7 @@ pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()>
     linker.func_wrap(
         m,
         abi::IMPORT_REQUEST,
-        |mut caller: Caller<'_, ReactorData>, to: u64, ptr: u32, len: u32, flags: u32| {
+        |mut caller: Caller<'_, ReactorData<H>>, to: u64, ptr: u32, len: u32, flags: u32| {
             let Some(flags) = check_flags(flags) else { return Ok(abi::STATUS_BAD_ARGUMENT as i64) };
             if len > abi::MAX_PAYLOAD_LEN {
                 return Ok(abi::STATUS_TOO_LARGE as i64);
@@ -144,7 +150,7 @@ pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()>
     linker.func_wrap(
         m,
         abi::IMPORT_REPLY,
-        |mut caller: Caller<'_, ReactorData>, to: u64, corr: u64, ptr: u32, len: u32, flags: u32| {
+        |mut caller: Caller<'_, ReactorData<H>>, to: u64, corr: u64, ptr: u32, len: u32, flags: u32| {
             let Some(flags) = check_flags(flags) else { return Ok(abi::STATUS_BAD_ARGUMENT) };
             if len > abi::MAX_PAYLOAD_LEN {
                 return Ok(abi::STATUS_TOO_LARGE);
@@ -159,7 +165,7 @@ pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()>
     linker.func_wrap(
         m,
         abi::IMPORT_SPAWN,
-        |mut caller: Caller<'_, ReactorData>, mptr: u32, mlen: u32, iptr: u32, ilen: u32| {
+        |mut caller: Caller<'_, ReactorData<H>>, mptr: u32, mlen: u32, iptr: u32, ilen: u32| {
             if ilen > abi::MAX_PAYLOAD_LEN {
                 return Ok(abi::STATUS_TOO_LARGE as i64);
             }
@@ -178,14 +184,14 @@ pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()>
         },
     )?;
 
-    linker.func_wrap(m, abi::IMPORT_SELF_ADDRESS, |caller: Caller<'_, ReactorData>| caller.data().address().0)?;
+    linker.func_wrap(m, abi::IMPORT_SELF_ADDRESS, |caller: Caller<'_, ReactorData<H>>| caller.data().address().0)?;
 
-    linker.func_wrap(m, abi::IMPORT_SET_AFFINITY, |mut caller: Caller<'_, ReactorData>, key: u64| {
+    linker.func_wrap(m, abi::IMPORT_SET_AFFINITY, |mut caller: Caller<'_, ReactorData<H>>, key: u64| {
         caller.data_mut().host().set_affinity(key);
         abi::STATUS_OK
     })?;
 
-    linker.func_wrap(m, abi::IMPORT_LOG, |mut caller: Caller<'_, ReactorData>, level: i32, ptr: u32, len: u32| {
+    linker.func_wrap(m, abi::IMPORT_LOG, |mut caller: Caller<'_, ReactorData<H>>, level: i32, ptr: u32, len: u32| {
         let text = read_guest(&mut caller, abi::IMPORT_LOG, ptr, len.min(MAX_TEXT as u32))?;
         // The full range must still be valid even though only a prefix is kept.
         let memory = caller.data().memory();
@@ -204,7 +210,7 @@ pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()>
 
     register_blobs(linker)?;
 
-    linker.func_wrap(m, abi::IMPORT_FAIL, |mut caller: Caller<'_, ReactorData>, ptr: u32, len: u32| {
+    linker.func_wrap(m, abi::IMPORT_FAIL, |mut caller: Caller<'_, ReactorData<H>>, ptr: u32, len: u32| {
         let text = read_guest(&mut caller, abi::IMPORT_FAIL, ptr, len.min(MAX_TEXT as u32))?;
         caller.data_mut().set_fail_note(String::from_utf8_lossy(&text).into_owned());
         Ok(())
@@ -214,11 +220,11 @@ pub(crate) fn register(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()>
 }
 
 /// The `blob_*` calls (see `abi`).
-fn register_blobs(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()> {
+fn register_blobs<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> wasmtime::Result<()> {
     let m = abi::IMPORT_MODULE;
     let max_held = abi::MAX_HELD_BLOBS as usize;
 
-    linker.func_wrap(m, abi::IMPORT_BLOB_CREATE, move |mut caller: Caller<'_, ReactorData>, ptr: u32, len: u32| {
+    linker.func_wrap(m, abi::IMPORT_BLOB_CREATE, move |mut caller: Caller<'_, ReactorData<H>>, ptr: u32, len: u32| {
         if len > abi::MAX_BLOB_LEN || caller.data().held().len() >= max_held {
             return Ok(abi::STATUS_LIMIT as i64);
         }
@@ -239,7 +245,7 @@ fn register_blobs(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()> {
         }
     })?;
 
-    linker.func_wrap(m, abi::IMPORT_BLOB_OPEN, move |mut caller: Caller<'_, ReactorData>, tag: u64| {
+    linker.func_wrap(m, abi::IMPORT_BLOB_OPEN, move |mut caller: Caller<'_, ReactorData<H>>, tag: u64| {
         let data = caller.data_mut();
         if data.held().contains_key(&tag) {
             return Ok(abi::STATUS_OK);
@@ -252,14 +258,14 @@ fn register_blobs(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()> {
         Ok(abi::STATUS_OK)
     })?;
 
-    linker.func_wrap(m, abi::IMPORT_BLOB_LEN, |caller: Caller<'_, ReactorData>, tag: u64| {
+    linker.func_wrap(m, abi::IMPORT_BLOB_LEN, |caller: Caller<'_, ReactorData<H>>, tag: u64| {
         Ok(caller.data().held().get(&tag).map_or(abi::STATUS_NO_SUCH_BLOB as i64, |b| b.len() as i64))
     })?;
 
     linker.func_wrap(
         m,
         abi::IMPORT_BLOB_READ,
-        |mut caller: Caller<'_, ReactorData>, tag: u64, offset: u64, ptr: u32, len: u32| {
+        |mut caller: Caller<'_, ReactorData<H>>, tag: u64, offset: u64, ptr: u32, len: u32| {
             let memory = caller.data().memory();
             let (mem, data) = memory.data_and_store_mut(&mut caller);
             let r = range(mem.len(), abi::IMPORT_BLOB_READ, ptr, len)?;
@@ -274,7 +280,7 @@ fn register_blobs(linker: &mut Linker<ReactorData>) -> wasmtime::Result<()> {
         },
     )?;
 
-    linker.func_wrap(m, abi::IMPORT_BLOB_CLOSE, |mut caller: Caller<'_, ReactorData>, tag: u64| {
+    linker.func_wrap(m, abi::IMPORT_BLOB_CLOSE, |mut caller: Caller<'_, ReactorData<H>>, tag: u64| {
         Ok(if caller.data_mut().held_mut().remove(&tag).is_some() { abi::STATUS_OK } else { abi::STATUS_NO_SUCH_BLOB })
     })?;
 

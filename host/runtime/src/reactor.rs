@@ -6,7 +6,9 @@
 //! point, [`Reactor::receive`] hands over one batch. Host calls made during
 //! those calls reach the rest of the runtime through the
 //! [`HostContext`](crate::store::HostContext) lent to the store for the
-//! duration of the call.
+//! duration of the call. A reactor's type names its context (`Reactor<H>`),
+//! so those calls are static; `Prelinked<H>` holds each module pre-linked
+//! with the runtime's linker for `H`.
 #![forbid(unsafe_code)]
 
 use crate::engine::{Engine, GlobalType, LoadedModule};
@@ -15,12 +17,12 @@ use crate::refs::Blob;
 use crate::store::{HostContext, ReactorData};
 use guest_sdk::abi;
 use reactor_types::{Address, Failure, FailureReason, ModuleHash};
+use rustc_hash::FxHashMap;
 use snapshot_format::GlobalValue;
-use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::{Global, Instance, Store, Trap, TypedFunc, Val, WasmBacktrace};
+use wasmtime::{Global, Instance, InstancePre, Linker, Store, Trap, TypedFunc, Val, WasmBacktrace};
 
 /// Per-reactor limits.
 #[derive(Clone, Copy, Debug)]
@@ -89,9 +91,36 @@ pub(crate) enum StateMismatch {
     },
 }
 
-/// A live reactor.
-pub(crate) struct Reactor {
-    store: Store<ReactorData>,
+/// The modules a runtime instantiates, each pre-linked once (on first use)
+/// with the runtime's linker for its host context `H`.
+pub(crate) struct Prelinked<H: HostContext> {
+    linker: Arc<Linker<ReactorData<H>>>,
+    pres: FxHashMap<ModuleHash, InstancePre<ReactorData<H>>>,
+}
+
+impl<H: HostContext> Prelinked<H> {
+    /// Pre-links with `linker` (one per runtime, shared by its shards).
+    pub(crate) fn new(linker: Arc<Linker<ReactorData<H>>>) -> Self {
+        Self { linker, pres: FxHashMap::default() }
+    }
+
+    /// `module` pre-linked. It links: the engine checked its imports against
+    /// the same calls when it loaded it.
+    fn get(&mut self, module: &LoadedModule) -> Result<&InstancePre<ReactorData<H>>, Failure> {
+        if !self.pres.contains_key(&module.hash) {
+            let pre = self.linker.instantiate_pre(module.code()).map_err(|e| Failure {
+                reason: FailureReason::Other(format!("cannot link the module: {e:#}")),
+                backtrace: None,
+            })?;
+            self.pres.insert(module.hash, pre);
+        }
+        Ok(&self.pres[&module.hash])
+    }
+}
+
+/// A live reactor whose host calls reach an `H`.
+pub(crate) struct Reactor<H: HostContext> {
+    store: Store<ReactorData<H>>,
     receive: TypedFunc<(u32, u32), i32>,
     module: Arc<LoadedModule>,
     limits: Limits,
@@ -100,22 +129,24 @@ pub(crate) struct Reactor {
     globals: Vec<Global>,
 }
 
-impl fmt::Debug for Reactor {
+impl<H: HostContext> fmt::Debug for Reactor<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reactor").field("address", &self.store.data().address()).finish()
     }
 }
 
-impl Reactor {
+impl<H: HostContext> Reactor<H> {
     /// Creates the store and instance of a reactor without running any of
     /// its code but what instantiation runs (data segments, a start
     /// function): the common part of spawning and restoring.
     pub(crate) fn instantiate_bare(
         engine: &Engine,
+        prelinked: &mut Prelinked<H>,
         module: &Arc<LoadedModule>,
         address: Address,
         limits: Limits,
     ) -> Result<(Self, Instance), Failure> {
+        let pre = prelinked.get(module)?;
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stdout().inherit_stderr().build_p1();
         let data = ReactorData::new(address, wasi, limits.memory_cap);
         let mut store = Store::new(engine.wasmtime(), data);
@@ -124,8 +155,8 @@ impl Reactor {
         let tick = engine.epoch_tick().as_nanos().max(1);
         let ticks = (limits.cpu_budget.as_nanos() / tick).max(1) as u64;
         store.set_epoch_deadline(ticks);
-        let fail = |store: &mut Store<ReactorData>, e: wasmtime::Error| failure_from(store, e, limits);
-        let instance = match module.instance_pre().instantiate(&mut store) {
+        let fail = |store: &mut Store<ReactorData<H>>, e: wasmtime::Error| failure_from(store, e, limits);
+        let instance = match pre.instantiate(&mut store) {
             Ok(i) => i,
             Err(e) => return Err(fail(&mut store, e)),
         };
@@ -148,15 +179,16 @@ impl Reactor {
     /// Instantiates `module` and runs its init entry point with `init`
     /// (readable by the guest through `inbox_read`), with `host` lent for
     /// the call.
-    pub(crate) fn instantiate<H: HostContext>(
+    pub(crate) fn instantiate(
         engine: &Engine,
+        prelinked: &mut Prelinked<H>,
         module: &Arc<LoadedModule>,
         address: Address,
         limits: Limits,
         host: &mut Option<Box<H>>,
         init: &[u8],
     ) -> Result<Self, Failure> {
-        let (mut r, instance) = Self::instantiate_bare(engine, module, address, limits)?;
+        let (mut r, instance) = Self::instantiate_bare(engine, prelinked, module, address, limits)?;
         let init_fn = instance
             .get_typed_func::<u32, i32>(&mut r.store, abi::EXPORT_INIT)
             .expect("validated at load: init export");
@@ -174,18 +206,16 @@ impl Reactor {
     }
 
     /// Lends the host context and stages `input` for `inbox_read`.
-    fn lend<H: HostContext>(&mut self, host: &mut Option<Box<H>>, input: &[u8]) {
+    fn lend(&mut self, host: &mut Option<Box<H>>, input: &[u8]) {
         let mut h = host.take().expect("host context already lent");
         h.begin(input);
         self.store.data_mut().lend(h);
         self.store.set_epoch_deadline(self.ticks);
     }
 
-    /// Takes the host context back: the same one that was lent (host
-    /// calls only ever see it as `&mut dyn HostContext`).
-    fn reclaim<H: HostContext>(&mut self, host: &mut Option<Box<H>>) {
-        let lent: Box<dyn Any> = self.store.data_mut().reclaim().expect("host context lost during a call");
-        *host = Some(lent.downcast::<H>().expect("the host context reclaimed is the one lent"));
+    /// Takes the host context back after the call.
+    fn reclaim(&mut self, host: &mut Option<Box<H>>) {
+        *host = Some(self.store.data_mut().reclaim().expect("host context lost during a call"));
     }
 
     fn check(&mut self, result: wasmtime::Result<i32>, entry: &'static str) -> Result<(), Failure> {
@@ -198,7 +228,7 @@ impl Reactor {
 
     /// Delivers one encoded batch of `count` envelopes, with `host` lent
     /// for the call.
-    pub(crate) fn receive<H: HostContext>(
+    pub(crate) fn receive(
         &mut self,
         host: &mut Option<Box<H>>,
         batch: &[u8],
@@ -329,7 +359,7 @@ fn global_code(t: GlobalType) -> u8 {
 }
 
 /// Turns an error out of a call into the guest into a readable failure.
-fn failure_from(store: &mut Store<ReactorData>, err: wasmtime::Error, limits: Limits) -> Failure {
+fn failure_from<H: HostContext>(store: &mut Store<ReactorData<H>>, err: wasmtime::Error, limits: Limits) -> Failure {
     let backtrace = err.downcast_ref::<WasmBacktrace>().map(|bt| format!("{bt}")).filter(|s| !s.trim().is_empty());
     let data = store.data_mut();
     let reason = if let Some(fault) = err.downcast_ref::<GuestFault>() {

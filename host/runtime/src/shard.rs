@@ -17,13 +17,13 @@ use crate::engine::{Engine, LoadedModule};
 use crate::inbox::{Full, Inbox};
 use crate::links::Links;
 use crate::port::{HostPort, ReplySlot};
-use crate::reactor::{Limits, Reactor};
+use crate::reactor::{Limits, Prelinked, Reactor};
 use crate::refs::{LocalTags, Refs, RefsError};
 use crate::snapshot::{
     self, Capture, Checkpoint, HostState, Kind, Plan, RestoreOptions, Restored, SnapshotError, SnapshotFile,
     SnapshotId, SnapshotOptions, Tracking,
 };
-use crate::store::{HostContext, ModuleRef, SpawnRefusal};
+use crate::store::{HostContext, ModuleRef, ReactorData, SpawnRefusal};
 use guest_sdk::abi;
 use reactor_types::{
     Address, CallError, Envelope, Failure, ModuleHash, ReactorState, Reply, RequestId, SendError, SpawnError,
@@ -33,6 +33,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use wasmtime::Linker;
 
 /// Shard settings.
 #[derive(Clone, Copy, Debug)]
@@ -108,7 +109,7 @@ struct PendingSpawn {
 
 /// What host calls reach during a call into a reactor (see the module
 /// docs); home between calls.
-struct Router {
+pub(crate) struct Router {
     engine: Arc<Engine>,
     index: usize,
     inboxes: HashMap<Address, Inbox<Envelope>>,
@@ -262,14 +263,18 @@ impl HostContext for Router {
     }
 }
 
+/// The linker a runtime's shards pre-link modules with: WASI and the
+/// reactor calls, reaching a shard's router.
+pub(crate) type ShardLinker = Linker<ReactorData<Router>>;
+
 /// A live reactor and its snapshot tracking.
 struct Live {
-    reactor: Reactor,
+    reactor: Reactor<Router>,
     tracking: Tracking,
 }
 
 impl Live {
-    fn new(reactor: Reactor) -> Self {
+    fn new(reactor: Reactor<Router>) -> Self {
         Self { reactor, tracking: Tracking::default() }
     }
 }
@@ -277,6 +282,8 @@ impl Live {
 /// One thread's population of reactors and the traffic between them.
 pub struct Shard {
     engine: Arc<Engine>,
+    /// Modules pre-linked for this shard's router.
+    prelinked: Prelinked<Router>,
     config: ShardConfig,
     reactors: HashMap<Address, Live>,
     failed: HashMap<Address, Failure>,
@@ -304,12 +311,20 @@ impl Shard {
     /// [`Refs::open`], or shared with other shards).
     pub fn with_refs(engine: Arc<Engine>, config: ShardConfig, refs: Arc<Refs>) -> Self {
         let port = HostPort::new(config.host_mailbox_capacity, refs.clone());
-        Self::linked(engine, config, 0, port, None, refs)
+        let linker = Arc::new(Self::linker(&engine));
+        Self::linked(engine, linker, config, 0, port, None, refs)
     }
 
-    /// Shard `index` of a runtime, sharing `port` and `refs`, linked to its peers.
+    /// The linker shards pre-link modules with (one per runtime).
+    pub(crate) fn linker(engine: &Engine) -> ShardLinker {
+        engine.linker().expect("the linker built for the engine's checks builds again")
+    }
+
+    /// Shard `index` of a runtime, sharing `linker`, `port` and `refs`,
+    /// linked to its peers.
     pub(crate) fn linked(
         engine: Arc<Engine>,
+        linker: Arc<ShardLinker>,
         config: ShardConfig,
         index: usize,
         port: Arc<HostPort>,
@@ -336,6 +351,7 @@ impl Shard {
         };
         Self {
             engine,
+            prelinked: Prelinked::new(linker),
             config,
             reactors: HashMap::default(),
             failed: HashMap::default(),
@@ -424,7 +440,15 @@ impl Shard {
         self.batch.clear();
         init.encode_into(&mut self.batch);
         let input = std::mem::take(&mut self.batch);
-        let result = Reactor::instantiate(&self.engine, module, address, self.config.limits, &mut self.router, &input);
+        let result = Reactor::instantiate(
+            &self.engine,
+            &mut self.prelinked,
+            module,
+            address,
+            self.config.limits,
+            &mut self.router,
+            &input,
+        );
         self.batch = input;
         match result {
             Ok(r) => {
@@ -787,7 +811,8 @@ impl Shard {
             });
         }
         let refs = self.router_ref().refs.clone();
-        let Restored { address, reactor, inbox: queued } = plan.rebuild(i, &self.engine, self.config.limits, &refs)?;
+        let Restored { address, reactor, inbox: queued } =
+            plan.rebuild(i, &self.engine, &mut self.prelinked, self.config.limits, &refs)?;
         let capacity = self.config.inbox_capacity;
         let router = self.router();
         let mut inbox = Inbox::new(capacity);

@@ -7,12 +7,16 @@
 //! shard lends it. Host calls (`hostcalls`) see nothing of the shard but
 //! that trait, as wasmtime-wasi reaches its context through an accessor:
 //! they can be tested, and the shard changed, without the other.
+//!
+//! The store data is generic over the context (`ReactorData<H>`), so host
+//! calls reach it by static dispatch: no virtual call, no downcast when the
+//! shard takes it back. The engine checks modules' imports against a
+//! linker for [`Unlinked`], a context that cannot exist.
 #![forbid(unsafe_code)]
 
 use crate::refs::{Blob, Refs, RefsError};
 use reactor_types::{Address, Envelope, ModuleHash, SendError, SpawnError};
 use rustc_hash::FxHashMap;
-use std::any::Any;
 use std::sync::Arc;
 use wasmtime::{Memory, ResourceLimiter};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -39,7 +43,7 @@ pub(crate) enum SpawnRefusal {
 
 /// What host calls need from the runtime during a call into a reactor. The
 /// shard implements it and lends it to the store for each call.
-pub(crate) trait HostContext: Any + Send {
+pub(crate) trait HostContext: Send + 'static {
     /// Called before each call into the guest: stages `input` for
     /// `inbox_read` and resets per-call state (the partition key).
     fn begin(&mut self, input: &[u8]);
@@ -65,6 +69,41 @@ pub(crate) trait HostContext: Any + Send {
 
     /// The node's tags and shared blobs.
     fn refs(&self) -> &Refs;
+}
+
+/// A host context that cannot exist: the engine links modules against it
+/// only to check their imports, and never instantiates one.
+#[derive(Debug)]
+pub(crate) enum Unlinked {}
+
+impl HostContext for Unlinked {
+    fn begin(&mut self, _: &[u8]) {
+        match *self {}
+    }
+
+    fn take_input(&mut self, _: usize) -> &[u8] {
+        match *self {}
+    }
+
+    fn route(&mut self, _: Address, _: Envelope) -> Result<(), SendError> {
+        match *self {}
+    }
+
+    fn next_corr(&mut self) -> Result<u64, RefsError> {
+        match *self {}
+    }
+
+    fn spawn(&mut self, _: Address, _: ModuleRef<'_>, _: Vec<u8>) -> Result<Address, SpawnRefusal> {
+        match *self {}
+    }
+
+    fn set_affinity(&mut self, _: u64) {
+        match *self {}
+    }
+
+    fn refs(&self) -> &Refs {
+        match *self {}
+    }
 }
 
 /// Enforces the memory cap and remembers that it was hit.
@@ -101,8 +140,9 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// The host state inside a reactor's store.
-pub(crate) struct ReactorData {
+/// The host state inside a reactor's store; `H` is the context host calls
+/// reach.
+pub(crate) struct ReactorData<H> {
     address: Address,
     wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
@@ -111,13 +151,13 @@ pub(crate) struct ReactorData {
     /// Set once instantiated.
     memory: Option<Memory>,
     /// The runtime, lent during a call into the guest.
-    host: Option<Box<dyn HostContext>>,
+    host: Option<Box<H>>,
     /// Shared blobs this reactor holds, by tag (at most
     /// `abi::MAX_HELD_BLOBS`); dropped with the reactor.
     held: FxHashMap<u64, Arc<Blob>>,
 }
 
-impl ReactorData {
+impl<H: HostContext> ReactorData<H> {
     /// The state of a reactor at `address` whose memories may grow to
     /// `memory_cap` bytes.
     pub(crate) fn new(address: Address, wasi: WasiP1Ctx, memory_cap: usize) -> Self {
@@ -166,19 +206,22 @@ impl ReactorData {
 
     /// The lent host context. Host calls only run during a call into the
     /// guest, which the runtime makes with the context lent.
-    pub(crate) fn host(&mut self) -> &mut dyn HostContext {
+    #[inline]
+    pub(crate) fn host(&mut self) -> &mut H {
         self.host.as_deref_mut().expect("host call outside a runtime call")
     }
 
     /// Lends `host` for a call into the guest; forgets a refused growth
     /// of the previous call.
-    pub(crate) fn lend(&mut self, host: Box<dyn HostContext>) {
+    #[inline]
+    pub(crate) fn lend(&mut self, host: Box<H>) {
         self.host = Some(host);
         self.limiter.refused = None;
     }
 
     /// Takes the lent host context back after the call.
-    pub(crate) fn reclaim(&mut self) -> Option<Box<dyn HostContext>> {
+    #[inline]
+    pub(crate) fn reclaim(&mut self) -> Option<Box<H>> {
         self.host.take()
     }
 

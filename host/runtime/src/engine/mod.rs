@@ -1,12 +1,14 @@
 //! The wasmtime engine, the linker, and the content-addressed module cache.
 //!
 //! One [`Engine`] per process: Cranelift, epoch-based preemption driven by a
-//! ticker thread, host-owned linear memories (`crate::sys`), and a linker with
+//! ticker thread, host-owned linear memories (`crate::sys`), and linkers with
 //! WASI preview 1 plus the `reactor` host calls. Modules are keyed by the
 //! SHA-256 of their bytes; each is validated against the ABI, compiled once,
-//! pre-linked into an [`InstancePre`] so instantiating a reactor is cheap, and
-//! (with a cache directory) its compiled artifact is kept on disk so a
-//! restarted host does not compile it again.
+//! its imports checked against the host's calls, and (with a cache
+//! directory) its compiled artifact is kept on disk so a restarted host does
+//! not compile it again. A runtime pre-links each module it instantiates
+//! with its own linker (`reactor::Prelinked`), so instantiating a reactor is
+//! cheap.
 //!
 //! # Memory configuration: density over guard regions
 //!
@@ -25,7 +27,7 @@ mod instrument;
 mod validate;
 
 use crate::hostcalls;
-use crate::store::ReactorData;
+use crate::store::{HostContext, ReactorData, Unlinked};
 use crate::sys::MmapMemoryCreator;
 use reactor_types::ModuleHash;
 use std::collections::HashMap;
@@ -35,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use wasmtime::{Config, InstancePre, Linker, Module, OptLevel, Strategy};
+use wasmtime::{Config, Linker, Module, OptLevel, Strategy};
 
 pub use validate::LoadError;
 pub(crate) use instrument::{GlobalSlot, GlobalType};
@@ -68,7 +70,8 @@ pub struct LoadedModule {
     globals: Vec<GlobalSlot>,
     /// Why its state is more than memory + globals (snapshots refused).
     snapshot_blocker: Option<String>,
-    pre: InstancePre<ReactorData>,
+    /// Its compiled code (imports checked against the host's calls).
+    module: Module,
 }
 
 impl LoadedModule {
@@ -90,9 +93,9 @@ impl LoadedModule {
         self.snapshot_blocker.as_deref()
     }
 
-    /// The pre-linked instance its reactors are instantiated from.
-    pub(crate) fn instance_pre(&self) -> &InstancePre<ReactorData> {
-        &self.pre
+    /// Its compiled code, to pre-link with a runtime's linker.
+    pub(crate) fn code(&self) -> &Module {
+        &self.module
     }
 }
 
@@ -116,7 +119,9 @@ pub enum CodeSource {
 /// The process's engine: shared by every reactor, on every thread.
 pub struct Engine {
     wasmtime: wasmtime::Engine,
-    linker: Linker<ReactorData>,
+    /// WASI preview 1 and the reactor calls, for a context that cannot
+    /// exist: what a module's imports are checked against at load.
+    checker: Linker<ReactorData<Unlinked>>,
     modules: Mutex<HashMap<ModuleHash, Arc<LoadedModule>>>,
     names: Mutex<HashMap<String, ModuleHash>>,
     cache: Option<cache::DiskCache>,
@@ -150,10 +155,7 @@ impl Engine {
         // After wasmtime's own handler, so ours sees snapshot write faults
         // from JIT code first and chains everything else to it.
         crate::sys::protect::install_handler();
-        let mut linker = Linker::new(&wasmtime);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |d: &mut ReactorData| d.wasi_mut())
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        hostcalls::register(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let checker = linker_for(&wasmtime)?;
         let cache = match &config.cache_dir {
             Some(dir) => Some(cache::DiskCache::open(dir, &wasmtime)?),
             None => None,
@@ -175,7 +177,7 @@ impl Engine {
         };
         Ok(Self {
             wasmtime,
-            linker,
+            checker,
             modules: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             cache,
@@ -201,8 +203,9 @@ impl Engine {
         self.load(&bytes)
     }
 
-    /// Validates, compiles (or fetches from the cache) and pre-links a module.
-    /// Refuses anything that is not a reactor module for this ABI, saying why.
+    /// Validates, compiles (or fetches from the cache) and checks a module's
+    /// imports. Refuses anything that is not a reactor module for this ABI,
+    /// saying why.
     pub fn load(&self, bytes: &[u8]) -> Result<(Arc<LoadedModule>, CodeSource), LoadError> {
         let hash = ModuleHash::of(bytes);
         if let Some(m) = self.modules.lock().unwrap().get(&hash) {
@@ -226,18 +229,25 @@ impl Engine {
             }
         };
         let has_initialize = validate::check_exports(&module)?;
-        let pre = self.linker.instantiate_pre(&module).map_err(|e| validate::link_error(&module, e))?;
+        self.checker.instantiate_pre(&module).map_err(|e| validate::link_error(&module, e))?;
         let loaded = Arc::new(LoadedModule {
             hash,
             size: bytes.len(),
             has_initialize,
             globals: inst.globals,
             snapshot_blocker: inst.snapshot_blocker,
-            pre,
+            module,
         });
         let mut modules = self.modules.lock().unwrap();
         let entry = modules.entry(hash).or_insert(loaded);
         Ok((entry.clone(), source))
+    }
+
+    /// A linker of WASI preview 1 and the reactor calls for stores whose
+    /// host calls reach an `H` (a runtime builds one and pre-links each
+    /// module with it).
+    pub(crate) fn linker<H: HostContext>(&self) -> Result<Linker<ReactorData<H>>, LoadError> {
+        linker_for(&self.wasmtime)
     }
 
     /// Gives a loaded module a name reactors can spawn it by.
@@ -255,6 +265,15 @@ impl Engine {
         let hash = *self.names.lock().unwrap().get(name)?;
         self.module(&hash)
     }
+}
+
+/// WASI preview 1 and the reactor calls, for contexts `H`.
+fn linker_for<H: HostContext>(engine: &wasmtime::Engine) -> Result<Linker<ReactorData<H>>, LoadError> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |d: &mut ReactorData<H>| d.wasi_mut())
+        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+    hostcalls::register(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+    Ok(linker)
 }
 
 impl Drop for Engine {

@@ -4,6 +4,7 @@
 use super::error::SnapshotError;
 use crate::reactor::Reactor;
 use crate::refs::Blob;
+use crate::store::HostContext;
 use crate::sys::page_size;
 use crate::sys::protect::{ArmError, Cover, PageCopy, Tracker};
 use reactor_types::{Address, Envelope};
@@ -259,8 +260,8 @@ pub(crate) struct HostState {
 }
 
 /// Takes one reactor's part at a boundary.
-pub(crate) fn capture(
-    reactor: &mut Reactor,
+pub(crate) fn capture<H: HostContext>(
+    reactor: &mut Reactor<H>,
     tracking: &mut Tracking,
     address: Address,
     host: HostState,

@@ -6,8 +6,9 @@
 use super::capture::{Checkpoint, Part, envelope};
 use super::error::SnapshotError;
 use crate::engine::Engine;
-use crate::reactor::{Limits, Reactor};
+use crate::reactor::{Limits, Prelinked, Reactor};
 use crate::refs::{Blob, Refs};
+use crate::store::HostContext;
 use crate::sys::image::Target;
 use crate::sys::page_size;
 use reactor_types::{Address, Envelope, ModuleHash};
@@ -74,7 +75,7 @@ impl Layer<'_> {
 
 /// Writes the layers' pages and the last layer's globals into `reactor`, a
 /// fresh instance that has not run.
-fn fill(reactor: &mut Reactor, address: Address, layers: &[Layer<'_>], load: Load) -> Result<(), SnapshotError> {
+fn fill<H: HostContext>(reactor: &mut Reactor<H>, address: Address, layers: &[Layer<'_>], load: Load) -> Result<(), SnapshotError> {
     let last = layers.last().expect("at least one layer").entry();
     let size = usize::try_from(last.memory_size).map_err(|_| SnapshotError::MemoryCap {
         address,
@@ -156,11 +157,11 @@ pub(crate) struct Plan<'a> {
 
 /// One reactor rebuilt from its layers, ready for its shard to adopt.
 #[derive(Debug)]
-pub(crate) struct Restored {
+pub(crate) struct Restored<H: HostContext> {
     /// Its address.
     pub(crate) address: Address,
     /// The instance, filled, holding its blobs; it has not run.
-    pub(crate) reactor: Reactor,
+    pub(crate) reactor: Reactor<H>,
     /// Its queued messages, oldest first (accepted once: never refuse them).
     pub(crate) inbox: Vec<Envelope>,
 }
@@ -248,7 +249,14 @@ impl<'a> Plan<'a> {
     /// init runs), its pages and globals, its blobs relinked through
     /// `refs`, its address and pending correlation ids observed so new tags
     /// never collide with them.
-    pub(crate) fn rebuild(&self, i: usize, engine: &Engine, limits: Limits, refs: &Refs) -> Result<Restored, SnapshotError> {
+    pub(crate) fn rebuild<H: HostContext>(
+        &self,
+        i: usize,
+        engine: &Engine,
+        prelinked: &mut Prelinked<H>,
+        limits: Limits,
+        refs: &Refs,
+    ) -> Result<Restored<H>, SnapshotError> {
         let (address, layers) = &self.reactors[i];
         let address = *address;
         let entry = layers.last().expect("a reactor has a layer").entry();
@@ -256,7 +264,7 @@ impl<'a> Plan<'a> {
             address,
             module: hex::encode(entry.module),
         })?;
-        let (mut reactor, _) = Reactor::instantiate_bare(engine, &module, address, limits)
+        let (mut reactor, _) = Reactor::instantiate_bare(engine, prelinked, &module, address, limits)
             .map_err(|f| SnapshotError::Instantiate(address, f))?;
         fill(&mut reactor, address, layers, self.load)?;
         for &tag in &entry.blobs {
