@@ -48,11 +48,11 @@ mod links;
 mod shard;
 mod runtime;
 
-pub use engine::{CodeSource, Engine, EngineConfig, LoadError, LoadedModule};
+pub use engine::{CodeSource, EngineConfig, LoadError};
 pub use hostcalls::GuestFault;
 pub use reactor::Limits;
 pub use runtime::{PendingCall, Runtime, RuntimeConfig};
-pub use shard::{Shard, ShardConfig, ShardStats};
+pub use shard::{Engine, LoadedModule, Shard, ShardConfig, ShardStats};
 pub use sys::{mappings, resident_bytes};
 
 pub use guest_sdk::abi;

@@ -7,8 +7,8 @@
 //! those calls reach the rest of the runtime through the
 //! [`HostContext`](crate::store::HostContext) lent to the store for the
 //! duration of the call. A reactor's type names its context (`Reactor<H>`),
-//! so those calls are static; `Prelinked<H>` holds each module pre-linked
-//! with the runtime's linker for `H`.
+//! so those calls are static; it is instantiated from its module's code as
+//! the engine pre-linked it for `H`.
 #![forbid(unsafe_code)]
 
 use crate::engine::{Engine, GlobalType, LoadedModule};
@@ -17,12 +17,11 @@ use crate::refs::Blob;
 use crate::store::{HostContext, ReactorData};
 use guest_sdk::abi;
 use reactor_types::{Address, Failure, FailureReason, ModuleHash};
-use rustc_hash::FxHashMap;
 use snapshot_format::GlobalValue;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::{Global, Instance, InstancePre, Linker, Store, Trap, TypedFunc, Val, WasmBacktrace};
+use wasmtime::{Global, Instance, Store, Trap, TypedFunc, Val, WasmBacktrace};
 
 /// Per-reactor limits.
 #[derive(Clone, Copy, Debug)]
@@ -91,38 +90,11 @@ pub(crate) enum StateMismatch {
     },
 }
 
-/// The modules a runtime instantiates, each pre-linked once (on first use)
-/// with the runtime's linker for its host context `H`.
-pub(crate) struct Prelinked<H: HostContext> {
-    linker: Arc<Linker<ReactorData<H>>>,
-    pres: FxHashMap<ModuleHash, InstancePre<ReactorData<H>>>,
-}
-
-impl<H: HostContext> Prelinked<H> {
-    /// Pre-links with `linker` (one per runtime, shared by its shards).
-    pub(crate) fn new(linker: Arc<Linker<ReactorData<H>>>) -> Self {
-        Self { linker, pres: FxHashMap::default() }
-    }
-
-    /// `module` pre-linked. It links: the engine checked its imports against
-    /// the same calls when it loaded it.
-    fn get(&mut self, module: &LoadedModule) -> Result<&InstancePre<ReactorData<H>>, Failure> {
-        if !self.pres.contains_key(&module.hash) {
-            let pre = self.linker.instantiate_pre(module.code()).map_err(|e| Failure {
-                reason: FailureReason::Other(format!("cannot link the module: {e:#}")),
-                backtrace: None,
-            })?;
-            self.pres.insert(module.hash, pre);
-        }
-        Ok(&self.pres[&module.hash])
-    }
-}
-
 /// A live reactor whose host calls reach an `H`.
 pub(crate) struct Reactor<H: HostContext> {
     store: Store<ReactorData<H>>,
     receive: TypedFunc<(u32, u32), i32>,
-    module: Arc<LoadedModule>,
+    module: Arc<LoadedModule<H>>,
     limits: Limits,
     ticks: u64,
     /// The module's mutable globals, in `module.globals()` order.
@@ -140,13 +112,11 @@ impl<H: HostContext> Reactor<H> {
     /// its code but what instantiation runs (data segments, a start
     /// function): the common part of spawning and restoring.
     pub(crate) fn instantiate_bare(
-        engine: &Engine,
-        prelinked: &mut Prelinked<H>,
-        module: &Arc<LoadedModule>,
+        engine: &Engine<H>,
+        module: &Arc<LoadedModule<H>>,
         address: Address,
         limits: Limits,
     ) -> Result<(Self, Instance), Failure> {
-        let pre = prelinked.get(module)?;
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stdout().inherit_stderr().build_p1();
         let data = ReactorData::new(address, wasi, limits.memory_cap);
         let mut store = Store::new(engine.wasmtime(), data);
@@ -156,7 +126,7 @@ impl<H: HostContext> Reactor<H> {
         let ticks = (limits.cpu_budget.as_nanos() / tick).max(1) as u64;
         store.set_epoch_deadline(ticks);
         let fail = |store: &mut Store<ReactorData<H>>, e: wasmtime::Error| failure_from(store, e, limits);
-        let instance = match pre.instantiate(&mut store) {
+        let instance = match module.pre().instantiate(&mut store) {
             Ok(i) => i,
             Err(e) => return Err(fail(&mut store, e)),
         };
@@ -180,15 +150,14 @@ impl<H: HostContext> Reactor<H> {
     /// (readable by the guest through `inbox_read`), with `host` lent for
     /// the call.
     pub(crate) fn instantiate(
-        engine: &Engine,
-        prelinked: &mut Prelinked<H>,
-        module: &Arc<LoadedModule>,
+        engine: &Engine<H>,
+        module: &Arc<LoadedModule<H>>,
         address: Address,
         limits: Limits,
         host: &mut Option<Box<H>>,
         init: &[u8],
     ) -> Result<Self, Failure> {
-        let (mut r, instance) = Self::instantiate_bare(engine, prelinked, module, address, limits)?;
+        let (mut r, instance) = Self::instantiate_bare(engine, module, address, limits)?;
         let init_fn = instance
             .get_typed_func::<u32, i32>(&mut r.store, abi::EXPORT_INIT)
             .expect("validated at load: init export");
@@ -247,7 +216,7 @@ impl<H: HostContext> Reactor<H> {
     }
 
     /// The module it runs.
-    pub(crate) fn module(&self) -> &Arc<LoadedModule> {
+    pub(crate) fn module(&self) -> &Arc<LoadedModule<H>> {
         &self.module
     }
 

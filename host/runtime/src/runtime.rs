@@ -22,7 +22,7 @@
 //! dropped.
 #![forbid(unsafe_code)]
 
-use crate::engine::{Engine, LoadedModule};
+use crate::shard::{Engine, LoadedModule};
 use crate::links::Links;
 use crate::port::{Completion, HostPort, ReplySlot};
 use crate::refs::{Refs, RefsError, TagSource};
@@ -135,7 +135,6 @@ impl Runtime {
         }
         .min(256);
         let port = HostPort::new(config.shard.host_mailbox_capacity, refs.clone());
-        let linker = Arc::new(Shard::linker(&engine));
         let (links, wakes) = Links::mesh(n, config.ring_capacity);
         let mut shards = Vec::with_capacity(n);
         for (index, links) in links.into_iter().enumerate() {
@@ -143,9 +142,9 @@ impl Runtime {
             let stats = Arc::new(Mutex::new(ShardStats::default()));
             let wake = wakes[index].clone();
             let (engine, port, stats2, wake2) = (engine.clone(), port.clone(), stats.clone(), wake.clone());
-            let (shard_config, refs, linker) = (config.shard, refs.clone(), linker.clone());
+            let (shard_config, refs) = (config.shard, refs.clone());
             let thread = std::thread::Builder::new().name(format!("shard-{index}")).spawn(move || {
-                let shard = Shard::linked(engine, linker, shard_config, index, port, Some(links), refs);
+                let shard = Shard::linked(engine, shard_config, index, port, Some(links), refs);
                 shard_main(shard, rx, &wake2, &stats2);
             })?;
             shards.push(ShardHandle { commands: Mutex::new(tx), wake, stats, thread: Some(thread) });
@@ -253,7 +252,7 @@ impl Runtime {
             return Err(SendError::TooLarge(payload.len()));
         }
         // A reactor anywhere, or another node's host (its mailbox).
-        if !to.is_reactor() && !(to.is_host() && to.node() != self.refs.node()) {
+        if !(to.is_reactor() || to.is_host() && to.node() != self.refs.node()) {
             return Err(SendError::NoSuchReactor(to));
         }
         let flags = if text { abi::FLAG_TEXT } else { 0 };

@@ -13,11 +13,11 @@
 //! duration of each call into it.
 #![forbid(unsafe_code)]
 
-use crate::engine::{Engine, LoadedModule};
+use crate::engine;
 use crate::inbox::{Full, Inbox};
 use crate::links::Links;
 use crate::port::{HostPort, ReplySlot};
-use crate::reactor::{Limits, Prelinked, Reactor};
+use crate::reactor::{Limits, Reactor};
 use crate::refs::{LocalTags, Refs, RefsError};
 use crate::snapshot::{
     self, Capture, Checkpoint, HostState, Kind, Plan, RestoreOptions, Restored, SnapshotError, SnapshotFile,
@@ -109,7 +109,10 @@ struct PendingSpawn {
 
 /// What host calls reach during a call into a reactor (see the module
 /// docs); home between calls.
-pub(crate) struct Router {
+// Public only because the public `Engine` and `LoadedModule` name it; its
+// module is private and it has no public field or method.
+#[allow(unreachable_pub, missing_debug_implementations)]
+pub struct Router {
     engine: Arc<Engine>,
     index: usize,
     inboxes: HashMap<Address, Inbox<Envelope>>,
@@ -261,11 +264,18 @@ impl HostContext for Router {
     fn refs(&self) -> &Refs {
         &self.refs
     }
+
+    fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<ReactorData<Self>>> {
+        engine::linker(engine)
+    }
 }
 
-/// The linker a runtime's shards pre-link modules with: WASI and the
-/// reactor calls, reaching a shard's router.
-pub(crate) type ShardLinker = Linker<ReactorData<Router>>;
+/// The process's engine, its modules linked for the shards' router: see
+/// [`engine::Engine`].
+pub type Engine = engine::Engine<Router>;
+
+/// A module loaded by an [`Engine`]: see [`engine::LoadedModule`].
+pub type LoadedModule = engine::LoadedModule<Router>;
 
 /// A live reactor and its snapshot tracking.
 struct Live {
@@ -282,8 +292,6 @@ impl Live {
 /// One thread's population of reactors and the traffic between them.
 pub struct Shard {
     engine: Arc<Engine>,
-    /// Modules pre-linked for this shard's router.
-    prelinked: Prelinked<Router>,
     config: ShardConfig,
     reactors: HashMap<Address, Live>,
     failed: HashMap<Address, Failure>,
@@ -311,20 +319,13 @@ impl Shard {
     /// [`Refs::open`], or shared with other shards).
     pub fn with_refs(engine: Arc<Engine>, config: ShardConfig, refs: Arc<Refs>) -> Self {
         let port = HostPort::new(config.host_mailbox_capacity, refs.clone());
-        let linker = Arc::new(Self::linker(&engine));
-        Self::linked(engine, linker, config, 0, port, None, refs)
+        Self::linked(engine, config, 0, port, None, refs)
     }
 
-    /// The linker shards pre-link modules with (one per runtime).
-    pub(crate) fn linker(engine: &Engine) -> ShardLinker {
-        engine.linker().expect("the linker built for the engine's checks builds again")
-    }
-
-    /// Shard `index` of a runtime, sharing `linker`, `port` and `refs`,
+    /// Shard `index` of a runtime, sharing `port` and `refs`,
     /// linked to its peers.
     pub(crate) fn linked(
         engine: Arc<Engine>,
-        linker: Arc<ShardLinker>,
         config: ShardConfig,
         index: usize,
         port: Arc<HostPort>,
@@ -351,7 +352,6 @@ impl Shard {
         };
         Self {
             engine,
-            prelinked: Prelinked::new(linker),
             config,
             reactors: HashMap::default(),
             failed: HashMap::default(),
@@ -442,7 +442,6 @@ impl Shard {
         let input = std::mem::take(&mut self.batch);
         let result = Reactor::instantiate(
             &self.engine,
-            &mut self.prelinked,
             module,
             address,
             self.config.limits,
@@ -812,7 +811,7 @@ impl Shard {
         }
         let refs = self.router_ref().refs.clone();
         let Restored { address, reactor, inbox: queued } =
-            plan.rebuild(i, &self.engine, &mut self.prelinked, self.config.limits, &refs)?;
+            plan.rebuild(i, &self.engine, self.config.limits, &refs)?;
         let capacity = self.config.inbox_capacity;
         let router = self.router();
         let mut inbox = Inbox::new(capacity);

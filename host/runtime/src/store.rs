@@ -10,15 +10,17 @@
 //!
 //! The store data is generic over the context (`ReactorData<H>`), so host
 //! calls reach it by static dispatch: no virtual call, no downcast when the
-//! shard takes it back. The engine checks modules' imports against a
-//! linker for [`Unlinked`], a context that cannot exist.
+//! shard takes it back. The context also builds the linker for its stores
+//! ([`HostContext::linker`]), so that linker — WASI and every host call,
+//! the bulk of the runtime's generic code — is compiled once, in the
+//! implementing module, for the one context there is.
 #![forbid(unsafe_code)]
 
 use crate::refs::{Blob, Refs, RefsError};
 use reactor_types::{Address, Envelope, ModuleHash, SendError, SpawnError};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
-use wasmtime::{Memory, ResourceLimiter};
+use wasmtime::{Linker, Memory, ResourceLimiter};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
 /// The module a guest asks to spawn.
@@ -69,41 +71,12 @@ pub(crate) trait HostContext: Send + 'static {
 
     /// The node's tags and shared blobs.
     fn refs(&self) -> &Refs;
-}
 
-/// A host context that cannot exist: the engine links modules against it
-/// only to check their imports, and never instantiates one.
-#[derive(Debug)]
-pub(crate) enum Unlinked {}
-
-impl HostContext for Unlinked {
-    fn begin(&mut self, _: &[u8]) {
-        match *self {}
-    }
-
-    fn take_input(&mut self, _: usize) -> &[u8] {
-        match *self {}
-    }
-
-    fn route(&mut self, _: Address, _: Envelope) -> Result<(), SendError> {
-        match *self {}
-    }
-
-    fn next_corr(&mut self) -> Result<u64, RefsError> {
-        match *self {}
-    }
-
-    fn spawn(&mut self, _: Address, _: ModuleRef<'_>, _: Vec<u8>) -> Result<Address, SpawnRefusal> {
-        match *self {}
-    }
-
-    fn set_affinity(&mut self, _: u64) {
-        match *self {}
-    }
-
-    fn refs(&self) -> &Refs {
-        match *self {}
-    }
+    /// WASI preview 1 and the reactor calls for stores holding this
+    /// context (`engine::linker`): the engine links every module with it.
+    fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<ReactorData<Self>>>
+    where
+        Self: Sized;
 }
 
 /// Enforces the memory cap and remembers that it was hit.

@@ -206,7 +206,7 @@ fn nodes_without_credentials_and_hostile_bytes_are_refused() {
         let _ = s.read_to_end(&mut sink);
     }
     let refused = n1.status()["refused_connections"].as_u64().unwrap();
-    assert!(refused >= 1 + hostile.len() as u64, "each hostile connection is counted: {refused}");
+    assert!(refused > hostile.len() as u64, "each hostile connection is counted: {refused}");
     // Still serving.
     let c = n1.spawn("counter", Value::Null);
     assert_eq!(n1.call(c, json!({"Add": 2})).unwrap(), json!(2));

@@ -6,9 +6,11 @@
 //! SHA-256 of their bytes; each is validated against the ABI, compiled once,
 //! its imports checked against the host's calls, and (with a cache
 //! directory) its compiled artifact is kept on disk so a restarted host does
-//! not compile it again. A runtime pre-links each module it instantiates
-//! with its own linker (`reactor::Prelinked`), so instantiating a reactor is
-//! cheap.
+//! not compile it again. The engine and its modules are typed by the host
+//! context their host calls reach (`Engine<H>`; the runtime's is its shard
+//! router): each module is pre-linked once, at load, with the one linker
+//! the engine holds for `H`, so instantiating a reactor is cheap and the
+//! import check and the instantiation use the same linker.
 //!
 //! # Memory configuration: density over guard regions
 //!
@@ -27,7 +29,7 @@ mod instrument;
 mod validate;
 
 use crate::hostcalls;
-use crate::store::{HostContext, ReactorData, Unlinked};
+use crate::store::{HostContext, ReactorData};
 use crate::sys::MmapMemoryCreator;
 use reactor_types::ModuleHash;
 use std::collections::HashMap;
@@ -37,7 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use wasmtime::{Config, Linker, Module, OptLevel, Strategy};
+use wasmtime::{Config, InstancePre, Linker, Module, OptLevel, Strategy};
 
 pub use validate::LoadError;
 pub(crate) use instrument::{GlobalSlot, GlobalType};
@@ -57,8 +59,9 @@ impl Default for EngineConfig {
     }
 }
 
-/// A module that passed validation, compiled and pre-linked.
-pub struct LoadedModule {
+/// A module that passed validation, compiled and pre-linked for stores
+/// whose host calls reach an `H`.
+pub struct LoadedModule<H> {
     /// SHA-256 of the module bytes.
     pub hash: ModuleHash,
     /// Size of the module bytes.
@@ -70,11 +73,11 @@ pub struct LoadedModule {
     globals: Vec<GlobalSlot>,
     /// Why its state is more than memory + globals (snapshots refused).
     snapshot_blocker: Option<String>,
-    /// Its compiled code (imports checked against the host's calls).
-    module: Module,
+    /// Its compiled code, linked with WASI and the reactor calls.
+    pre: InstancePre<ReactorData<H>>,
 }
 
-impl LoadedModule {
+impl<H> LoadedModule<H> {
     /// Whether it exports `_initialize` (WASI reactor model), which runs
     /// before its init entry point.
     pub(crate) fn has_initialize(&self) -> bool {
@@ -93,13 +96,13 @@ impl LoadedModule {
         self.snapshot_blocker.as_deref()
     }
 
-    /// Its compiled code, to pre-link with a runtime's linker.
-    pub(crate) fn code(&self) -> &Module {
-        &self.module
+    /// Its compiled code, pre-linked: what a reactor is instantiated from.
+    pub(crate) fn pre(&self) -> &InstancePre<ReactorData<H>> {
+        &self.pre
     }
 }
 
-impl fmt::Debug for LoadedModule {
+impl<H> fmt::Debug for LoadedModule<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadedModule").field("hash", &self.hash).field("size", &self.size).finish()
     }
@@ -116,13 +119,14 @@ pub enum CodeSource {
     Compiled,
 }
 
-/// The process's engine: shared by every reactor, on every thread.
-pub struct Engine {
+/// The process's engine: shared by every reactor, on every thread; `H` is
+/// the context its reactors' host calls reach.
+pub struct Engine<H> {
     wasmtime: wasmtime::Engine,
-    /// WASI preview 1 and the reactor calls, for a context that cannot
-    /// exist: what a module's imports are checked against at load.
-    checker: Linker<ReactorData<Unlinked>>,
-    modules: Mutex<HashMap<ModuleHash, Arc<LoadedModule>>>,
+    /// WASI preview 1 and the reactor calls: what every module is linked
+    /// with (and its imports checked against) at load.
+    linker: Linker<ReactorData<H>>,
+    modules: Mutex<HashMap<ModuleHash, Arc<LoadedModule<H>>>>,
     names: Mutex<HashMap<String, ModuleHash>>,
     cache: Option<cache::DiskCache>,
     epoch_tick: Duration,
@@ -130,13 +134,16 @@ pub struct Engine {
     ticker: Option<JoinHandle<()>>,
 }
 
-impl fmt::Debug for Engine {
+impl<H> fmt::Debug for Engine<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine").field("modules", &self.modules.lock().unwrap().len()).finish()
     }
 }
 
-impl Engine {
+// `HostContext` is the crate's own: outside it, `H` is only ever the
+// shards' router (through the public `Engine` alias).
+#[allow(private_bounds)]
+impl<H: HostContext> Engine<H> {
     /// Builds the engine and starts its preemption clock.
     pub fn new(config: EngineConfig) -> Result<Self, LoadError> {
         let mut c = Config::new();
@@ -155,7 +162,7 @@ impl Engine {
         // After wasmtime's own handler, so ours sees snapshot write faults
         // from JIT code first and chains everything else to it.
         crate::sys::protect::install_handler();
-        let checker = linker_for(&wasmtime)?;
+        let linker = H::linker(&wasmtime).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let cache = match &config.cache_dir {
             Some(dir) => Some(cache::DiskCache::open(dir, &wasmtime)?),
             None => None,
@@ -177,7 +184,7 @@ impl Engine {
         };
         Ok(Self {
             wasmtime,
-            checker,
+            linker,
             modules: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             cache,
@@ -198,7 +205,7 @@ impl Engine {
     }
 
     /// Loads a module file; see [`Engine::load`].
-    pub fn load_file(&self, path: &Path) -> Result<(Arc<LoadedModule>, CodeSource), LoadError> {
+    pub fn load_file(&self, path: &Path) -> Result<(Arc<LoadedModule<H>>, CodeSource), LoadError> {
         let bytes = std::fs::read(path).map_err(|e| LoadError::Io { path: path.to_path_buf(), source: e })?;
         self.load(&bytes)
     }
@@ -206,7 +213,7 @@ impl Engine {
     /// Validates, compiles (or fetches from the cache) and checks a module's
     /// imports. Refuses anything that is not a reactor module for this ABI,
     /// saying why.
-    pub fn load(&self, bytes: &[u8]) -> Result<(Arc<LoadedModule>, CodeSource), LoadError> {
+    pub fn load(&self, bytes: &[u8]) -> Result<(Arc<LoadedModule<H>>, CodeSource), LoadError> {
         let hash = ModuleHash::of(bytes);
         if let Some(m) = self.modules.lock().unwrap().get(&hash) {
             return Ok((m.clone(), CodeSource::Memory));
@@ -229,54 +236,48 @@ impl Engine {
             }
         };
         let has_initialize = validate::check_exports(&module)?;
-        self.checker.instantiate_pre(&module).map_err(|e| validate::link_error(&module, e))?;
+        let pre = self.linker.instantiate_pre(&module).map_err(|e| validate::link_error(&module, e))?;
         let loaded = Arc::new(LoadedModule {
             hash,
             size: bytes.len(),
             has_initialize,
             globals: inst.globals,
             snapshot_blocker: inst.snapshot_blocker,
-            module,
+            pre,
         });
         let mut modules = self.modules.lock().unwrap();
         let entry = modules.entry(hash).or_insert(loaded);
         Ok((entry.clone(), source))
     }
 
-    /// A linker of WASI preview 1 and the reactor calls for stores whose
-    /// host calls reach an `H` (a runtime builds one and pre-links each
-    /// module with it).
-    pub(crate) fn linker<H: HostContext>(&self) -> Result<Linker<ReactorData<H>>, LoadError> {
-        linker_for(&self.wasmtime)
-    }
-
     /// Gives a loaded module a name reactors can spawn it by.
-    pub fn register_name(&self, name: &str, module: &LoadedModule) {
+    pub fn register_name(&self, name: &str, module: &LoadedModule<H>) {
         self.names.lock().unwrap().insert(name.to_string(), module.hash);
     }
 
     /// A loaded module by hash.
-    pub fn module(&self, hash: &ModuleHash) -> Option<Arc<LoadedModule>> {
+    pub fn module(&self, hash: &ModuleHash) -> Option<Arc<LoadedModule<H>>> {
         self.modules.lock().unwrap().get(hash).cloned()
     }
 
     /// A loaded module by registered name.
-    pub fn module_by_name(&self, name: &str) -> Option<Arc<LoadedModule>> {
+    pub fn module_by_name(&self, name: &str) -> Option<Arc<LoadedModule<H>>> {
         let hash = *self.names.lock().unwrap().get(name)?;
         self.module(&hash)
     }
 }
 
-/// WASI preview 1 and the reactor calls, for contexts `H`.
-fn linker_for<H: HostContext>(engine: &wasmtime::Engine) -> Result<Linker<ReactorData<H>>, LoadError> {
+/// WASI preview 1 and the reactor calls, for stores holding an `H`: what
+/// [`HostContext::linker`] builds (instantiated once, for the one context
+/// the runtime has, in the crate that implements it).
+pub(crate) fn linker<H: HostContext>(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<ReactorData<H>>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |d: &mut ReactorData<H>| d.wasi_mut())
-        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-    hostcalls::register(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |d: &mut ReactorData<H>| d.wasi_mut())?;
+    hostcalls::register(&mut linker)?;
     Ok(linker)
 }
 
-impl Drop for Engine {
+impl<H> Drop for Engine<H> {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.ticker.take() {

@@ -6,7 +6,7 @@
 use super::capture::{Checkpoint, Part, envelope};
 use super::error::SnapshotError;
 use crate::engine::Engine;
-use crate::reactor::{Limits, Prelinked, Reactor};
+use crate::reactor::{Limits, Reactor};
 use crate::refs::{Blob, Refs};
 use crate::store::HostContext;
 use crate::sys::image::Target;
@@ -228,7 +228,7 @@ impl<'a> Plan<'a> {
 
     /// Checks what can be checked before anything is restored: every
     /// module loaded and snapshottable, no address `in_use`.
-    pub(crate) fn check(&self, engine: &Engine, in_use: impl Fn(Address) -> bool) -> Result<(), SnapshotError> {
+    pub(crate) fn check<H: HostContext>(&self, engine: &Engine<H>, in_use: impl Fn(Address) -> bool) -> Result<(), SnapshotError> {
         for (address, layers) in &self.reactors {
             let entry = layers.last().expect("a reactor has a layer").entry();
             let module = engine.module(&ModuleHash(entry.module)).ok_or_else(|| SnapshotError::ModuleNotLoaded {
@@ -252,8 +252,7 @@ impl<'a> Plan<'a> {
     pub(crate) fn rebuild<H: HostContext>(
         &self,
         i: usize,
-        engine: &Engine,
-        prelinked: &mut Prelinked<H>,
+        engine: &Engine<H>,
         limits: Limits,
         refs: &Refs,
     ) -> Result<Restored<H>, SnapshotError> {
@@ -264,7 +263,7 @@ impl<'a> Plan<'a> {
             address,
             module: hex::encode(entry.module),
         })?;
-        let (mut reactor, _) = Reactor::instantiate_bare(engine, prelinked, &module, address, limits)
+        let (mut reactor, _) = Reactor::instantiate_bare(engine, &module, address, limits)
             .map_err(|f| SnapshotError::Instantiate(address, f))?;
         fill(&mut reactor, address, layers, self.load)?;
         for &tag in &entry.blobs {
