@@ -30,6 +30,7 @@
 //! - `partisan` — parallel, affinitized connections (lanes) against one
 //!   connection per node pair, between two `host node` processes over the
 //!   lab (Partisan, USENIX ATC '19). Needs root and the `host` binary.
+mod crypto;
 mod density;
 mod e2e;
 mod harness;
@@ -87,7 +88,11 @@ enum Scenario {
     /// Parallel, affinitized connections vs one connection per node pair
     /// (Partisan, ATC '19) between two nodes over the lab (needs root).
     Partisan,
-    /// All of the above but `netlab` and `partisan` (they need root).
+    /// Encrypted vs plaintext node-to-node traffic: round trip and
+    /// throughput between two node processes on loopback.
+    Crypto,
+    /// All of the above but `netlab`, `partisan` (they need root) and
+    /// `crypto` (it builds on the `host` binary).
     All,
 }
 
@@ -120,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Overlay => overlay::run(opts)?,
             Scenario::Netlab => netlab::run(opts)?,
             Scenario::Partisan => partisan::run(opts)?,
+            Scenario::Crypto => crypto::run(opts)?,
             Scenario::All => unreachable!("expanded above"),
         };
         if !cli.json {

@@ -73,7 +73,7 @@ const BULK_MIN_BYTES: u32 = 64 * KB;
 /// How long a game may take: a minute, plus a second a round, plus five
 /// times what its bytes need at 100 MB/s each way (messages lost with a dropped connection would
 /// otherwise be waited for forever).
-fn game_timeout(pairs: usize, rounds: u64, bytes: u32) -> Duration {
+pub(crate) fn game_timeout(pairs: usize, rounds: u64, bytes: u32) -> Duration {
     let total = pairs as f64 * rounds as f64 * f64::from(bytes);
     Duration::from_secs(60) + Duration::from_secs_f64(5.0 * total / 100e6 + rounds as f64)
 }
@@ -172,7 +172,7 @@ impl Plan {
 
 /// What a set of concurrent bulk games did.
 #[derive(Clone, Debug, Default)]
-struct Outcome {
+pub(crate) struct Outcome {
     wall: Duration,
     /// Every round's latency, µs, sorted.
     round_us: Vec<u32>,
@@ -185,11 +185,14 @@ impl Outcome {
     fn mean_ms(&self) -> f64 {
         self.round_us.iter().map(|&u| f64::from(u)).sum::<f64>() / self.round_us.len().max(1) as f64 / 1e3
     }
-    fn p_ms(&self, p: usize) -> f64 {
+    pub(crate) fn p_ms(&self, p: usize) -> f64 {
         f64::from(pct(&self.round_us, p)) / 1e3
     }
-    fn mb_per_s(&self) -> f64 {
+    pub(crate) fn mb_per_s(&self) -> f64 {
         self.bytes as f64 / self.wall.as_secs_f64() / 1e6
+    }
+    pub(crate) fn rounds(&self) -> u64 {
+        self.rounds
     }
     fn rounds_per_s(&self) -> f64 {
         self.rounds as f64 / self.wall.as_secs_f64()
@@ -353,6 +356,7 @@ impl Cluster {
             id,
             name: format!("node-{}", if id == 1 { "a" } else { "b" }),
             netns: ns.into(),
+            extra: Vec::new(),
             listen: addr,
             seeds,
             lanes,
@@ -586,7 +590,7 @@ fn lane_of(dest: u64, n: u32) -> u64 {
 }
 
 /// Waits for every call, checks each report and merges them.
-fn collect(calls: Vec<Pending>, start: Instant, rounds: u64, echo: bool, timeout: Duration) -> Result<Outcome> {
+pub(crate) fn collect(calls: Vec<Pending>, start: Instant, rounds: u64, echo: bool, timeout: Duration) -> Result<Outcome> {
     let mut o = Outcome::default();
     let deadline = start + timeout + Duration::from_secs(5);
     for c in calls {

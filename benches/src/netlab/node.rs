@@ -54,8 +54,10 @@ pub(crate) fn host_binary() -> Result<PathBuf> {
 pub(crate) struct NodeSpec {
     pub(crate) id: u16,
     pub(crate) name: String,
-    /// Network namespace to run in.
+    /// Network namespace to run in (empty: the current one, e.g. loopback).
     pub(crate) netns: String,
+    /// More `host node` options.
+    pub(crate) extra: Vec<String>,
     pub(crate) listen: SocketAddr,
     pub(crate) seeds: Vec<SocketAddr>,
     /// `--lanes N`, or `--multiplex` when `None`.
@@ -108,6 +110,7 @@ impl NodeSpec {
             a.push("--channel".into());
             a.push(c.clone());
         }
+        a.extend(self.extra.iter().cloned());
         a
     }
 }
@@ -129,9 +132,14 @@ impl Node {
         std::fs::create_dir_all(&spec.data_dir)?;
         let log = spec.data_dir.join("node.log");
         let out = std::fs::File::create(&log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &spec.netns])
-            .arg(host)
+        let mut command = if spec.netns.is_empty() {
+            Command::new(host)
+        } else {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &spec.netns]).arg(host);
+            c
+        };
+        let child = command
             .args(spec.args())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -50,6 +50,12 @@ impl Secret {
         }
         Ok(Self(bytes))
     }
+
+    /// The secret's bytes (the encrypted handshake derives its pre-shared
+    /// key from them).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// Which end of the connection this side is.

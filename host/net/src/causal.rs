@@ -486,12 +486,12 @@ impl Causal {
         if self.incarnations.len() + new_nodes > self.config.max_members {
             return Err(CausalError::TooManyMembers);
         }
-        // Learn members and restarts.
-        for &(id, inc) in &meta.nodes {
-            if id != self.me {
-                self.handle_member(id, inc);
-            }
-        }
+        // Learn the sender's own restart only: what its table says of other
+        // nodes is its word, not theirs (a member could otherwise announce
+        // another's incarnation as `u64::MAX` and have its messages refused
+        // as stale for good). Entries about runs not known here are dropped
+        // below; the nodes' own hellos and `Up`s bring their incarnations.
+        self.handle_member(from, from_inc);
         if inc_of(self.me) != Some(my_inc) || self.incarnations[&from] != from_inc {
             return Err(CausalError::Stale);
         }
@@ -629,6 +629,25 @@ mod tests {
         n[2].handle_data(1, a).unwrap();
         let order: Vec<u64> = std::iter::from_fn(|| n[2].poll_deliver()).map(|(_, d)| d.corr).collect();
         assert_eq!(order, [1, 3]);
+    }
+
+    #[test]
+    fn a_member_cannot_poison_another_members_incarnation() {
+        // Node 3 learned (its own business) that node 2 is incarnation
+        // u64::MAX, and sends node 1 a message whose table says so.
+        let mut n = nodes(&[1, 2, 3]);
+        n[2].handle_member(2, u64::MAX);
+        let mut lie = data(1);
+        n[2].prepare(2, &mut lie).unwrap();
+        let mut to_one = data(2);
+        n[2].prepare(1, &mut to_one).unwrap();
+        n[0].handle_data(3, to_one).unwrap();
+        assert_eq!(n[0].poll_deliver().map(|(f, d)| (f, d.corr)), Some((3, 2)));
+        // Node 2's own messages are still delivered at node 1.
+        let mut real = data(3);
+        n[1].prepare(1, &mut real).unwrap();
+        n[0].handle_data(2, real).unwrap();
+        assert_eq!(n[0].poll_deliver().map(|(f, d)| (f, d.corr)), Some((2, 3)));
     }
 
     #[test]

@@ -25,10 +25,16 @@
 //! | `Control` (5) | `payload: bytes` (overlay and membership messages; at most [`MAX_CONTROL_LEN`]) |
 //! | `Ping` (6) / `Pong` (7) | `nonce: u64` |
 //! | `Close` (8) | `reason: str` |
+//! | `Noise` (9) | `msg: bytes` (a Noise handshake message, at most [`MAX_NOISE_LEN`]; see `secure`) |
 //!
 //! `str` is a `u8` length then that many bytes of UTF-8 (at most
 //! [`MAX_NAME_LEN`]; [`MAX_REASON_LEN`] for `Close`); `bytes` is a `u32`
 //! length then that many bytes (at most [`MAX_PAYLOAD_LEN`]).
+//!
+//! Until a connection is authenticated its frames are read with
+//! [`Frame::decode_with_limit`] and [`MAX_PREAUTH_FRAME_LEN`]: a peer that has
+//! not said who it is cannot make a node buffer more than a few KiB. After an
+//! encrypted handshake the same frames travel inside `secure` records.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -45,6 +51,11 @@ pub const MAX_META_LEN: usize = 64 << 10;
 pub const MAX_NAME_LEN: usize = 64;
 /// Most bytes of a close reason.
 pub const MAX_REASON_LEN: usize = 255;
+/// Most bytes of a Noise handshake message in a `Noise` frame.
+pub const MAX_NOISE_LEN: usize = 1024;
+/// Most bytes after the length prefix of a frame read before the peer is
+/// authenticated (hellos, auths and Noise messages are far smaller).
+pub const MAX_PREAUTH_FRAME_LEN: usize = 4096;
 /// Most bytes after the length prefix: the largest `Data` frame.
 pub const MAX_FRAME_LEN: usize = 2 + DATA_FIXED + 4 + MAX_META_LEN + 4 + MAX_PAYLOAD_LEN;
 
@@ -58,6 +69,7 @@ const KIND_CONTROL: u8 = 5;
 const KIND_PING: u8 = 6;
 const KIND_PONG: u8 = 7;
 const KIND_CLOSE: u8 = 8;
+const KIND_NOISE: u8 = 9;
 
 /// The first frame each side of a connection sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +158,11 @@ pub enum Frame {
         /// Why.
         reason: String,
     },
+    /// A message of the encrypted handshake (`secure`).
+    Noise {
+        /// The Noise message.
+        msg: Vec<u8>,
+    },
 }
 
 /// Why bytes from a peer are not a frame.
@@ -219,7 +236,8 @@ impl Frame {
             KIND_CONTROL => "control",
             KIND_PING => "ping",
             KIND_PONG => "pong",
-            _ => "close",
+            KIND_CLOSE => "close",
+            _ => "noise",
         }
     }
 
@@ -234,6 +252,7 @@ impl Frame {
             Frame::Ping { .. } => KIND_PING,
             Frame::Pong { .. } => KIND_PONG,
             Frame::Close { .. } => KIND_CLOSE,
+            Frame::Noise { .. } => KIND_NOISE,
         })
     }
 
@@ -292,6 +311,10 @@ impl Frame {
                 w.u8(KIND_CLOSE);
                 w.str(reason, MAX_REASON_LEN);
             }
+            Frame::Noise { msg } => {
+                w.u8(KIND_NOISE);
+                w.bytes(msg, MAX_NOISE_LEN);
+            }
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -301,10 +324,18 @@ impl Frame {
     /// are needed, else the frame and how many bytes it used. A length
     /// prefix over the limit is refused as soon as its 4 bytes are there.
     pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+        Self::decode_with_limit(buf, MAX_FRAME_LEN)
+    }
+
+    /// [`Frame::decode`] with a lower limit on the length prefix (at most
+    /// [`MAX_FRAME_LEN`]): [`MAX_PREAUTH_FRAME_LEN`] before a peer is
+    /// authenticated.
+    pub fn decode_with_limit(buf: &[u8], max: usize) -> Result<Option<(Frame, usize)>, FrameError> {
+        let max = max.min(MAX_FRAME_LEN);
         let Some(prefix) = buf.get(..4) else { return Ok(None) };
         let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
-        if len > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
+        if len > max {
+            return Err(FrameError::TooLarge { len, max });
         }
         if len < 2 {
             return Err(FrameError::TooShort(len));
@@ -312,7 +343,7 @@ impl Frame {
         if buf.len() >= 5 && buf[4] != FRAME_VERSION {
             return Err(FrameError::Version { found: buf[4] });
         }
-        if buf.len() >= 6 && !(KIND_HELLO..=KIND_CLOSE).contains(&buf[5]) {
+        if buf.len() >= 6 && !(KIND_HELLO..=KIND_NOISE).contains(&buf[5]) {
             return Err(FrameError::UnknownKind(buf[5]));
         }
         let Some(frame) = buf.get(4..4 + len) else { return Ok(None) };
@@ -346,7 +377,8 @@ impl Frame {
             KIND_CONTROL => Frame::Control { payload: r.bytes("payload", MAX_CONTROL_LEN)? },
             KIND_PING => Frame::Ping { nonce: r.u64("nonce")? },
             KIND_PONG => Frame::Pong { nonce: r.u64("nonce")? },
-            _ => Frame::Close { reason: r.str("reason", MAX_REASON_LEN)? },
+            KIND_CLOSE => Frame::Close { reason: r.str("reason", MAX_REASON_LEN)? },
+            _ => Frame::Noise { msg: r.bytes("msg", MAX_NOISE_LEN)? },
         };
         if !r.b.is_empty() {
             return Err(FrameError::Trailing { kind: r.kind, extra: r.b.len() });
@@ -475,6 +507,7 @@ mod tests {
             any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
             any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
             "[ -~]{0,255}".prop_map(|reason| Frame::Close { reason }),
+            proptest::collection::vec(any::<u8>(), 0..MAX_NOISE_LEN).prop_map(|msg| Frame::Noise { msg }),
         ]
     }
 
@@ -543,5 +576,20 @@ mod tests {
         // A close reason that is not UTF-8.
         let b = [4, 0, 0, 0, 1, KIND_CLOSE, 1, 0xff];
         assert_eq!(Frame::decode(&b), Err(FrameError::NotUtf8 { kind: "close", field: "reason" }));
+        // Before authentication, a frame over the small limit is refused
+        // from its prefix, whatever its kind.
+        let mut b = Vec::new();
+        Frame::Control { payload: vec![0; MAX_PREAUTH_FRAME_LEN] }.encode(&mut b);
+        assert!(matches!(
+            Frame::decode_with_limit(&b[..4], MAX_PREAUTH_FRAME_LEN),
+            Err(FrameError::TooLarge { max: MAX_PREAUTH_FRAME_LEN, .. })
+        ));
+        assert!(matches!(Frame::decode(&b), Ok(Some((Frame::Control { .. }, _)))));
+        // A Noise message over its limit.
+        let mut b = vec![0, 0, 0, 0, 1, KIND_NOISE];
+        b.extend_from_slice(&((MAX_NOISE_LEN + 1) as u32).to_le_bytes());
+        let len = (b.len() - 4) as u32;
+        b[..4].copy_from_slice(&len.to_le_bytes());
+        assert!(matches!(Frame::decode(&b), Err(FrameError::FieldTooLong { field: "msg", .. })));
     }
 }

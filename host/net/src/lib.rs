@@ -10,7 +10,11 @@
 //!   treats every byte as hostile (fuzz target `frame_decoder` in `fuzz/`).
 //! - [`auth`] — mutual authentication of two nodes over a fresh connection
 //!   (an HMAC-SHA256 challenge over a shared cluster secret; the secret
-//!   never travels).
+//!   never travels); the plaintext mode, kept for `--insecure-plaintext`.
+//! - [`secure`] — the default: every connection encrypted and authenticated
+//!   with Noise `XXpsk3` (the cluster secret as pre-shared key, a static
+//!   X25519 key per node bound to its node id by a [`secure::Keyring`]), and
+//!   the record layer frames travel in after the handshake.
 //! - [`overlay`] — the membership and routing protocols (full mesh,
 //!   client–server, HyParView + Plumtree) behind one [`overlay::Overlay`]
 //!   trait.
@@ -24,7 +28,7 @@
 //!   reliable and causal channels under faults.
 //!
 //! Modules form a stack: `node`, `frame` at the bottom; `auth`, `reliable`,
-//! `causal`, `fault`, `overlay` over them; the simulators on top.
+//! `secure` (over `auth`), `causal`, `fault`, `overlay` over them; the simulators on top.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -36,6 +40,7 @@ pub mod frame;
 pub mod node;
 pub mod overlay;
 pub mod reliable;
+pub mod secure;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 

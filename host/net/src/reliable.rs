@@ -511,11 +511,17 @@ impl Receiver {
         Ok(reset)
     }
 
-    /// The connection dropped. Nothing is forgotten; pending acks wait for
-    /// the next connection.
+    /// The connection dropped. Frames received early (after a gap) are
+    /// dropped: they were never acknowledged, so the sender sends them
+    /// again, and a peer that disconnects cannot leave memory held here.
+    /// What was received in order is kept; pending acks wait for the next
+    /// connection.
     pub fn handle_disconnected(&mut self, _now: Instant) {
         self.ack_now = false;
         self.ack_due = None;
+        for (_, d) in std::mem::take(&mut self.early) {
+            self.held_bytes -= cost(&d);
+        }
     }
 
     fn next_expected(&self) -> u64 {
@@ -647,6 +653,32 @@ mod tests {
             meta: Vec::new(),
             payload: n.to_le_bytes().to_vec(),
         }
+    }
+
+    #[test]
+    fn early_frames_are_dropped_when_the_connection_drops() {
+        let t = Instant::now();
+        let mut r = Receiver::new(ReceiverConfig::default());
+        r.handle_connected(t, 1).unwrap();
+        for seq in [3, 4, 5] {
+            let mut d = msg(seq);
+            d.seq = seq;
+            assert_eq!(r.handle_data(t, d), Ok(Received::Buffered));
+        }
+        assert_eq!(r.held(), 3);
+        r.handle_disconnected(t);
+        assert_eq!(r.held(), 0, "a peer that leaves takes its early frames' memory with it");
+        r.check_invariants();
+        // The sender sends them again after the gap; nothing is lost.
+        r.handle_connected(t, 1).unwrap();
+        for seq in 1..=5 {
+            let mut d = msg(seq);
+            d.seq = seq;
+            r.handle_data(t, d).unwrap();
+        }
+        let got: Vec<u64> = std::iter::from_fn(|| r.poll_deliver()).map(|d| d.seq).collect();
+        assert_eq!(got, [1, 2, 3, 4, 5]);
+        r.check_invariants();
     }
 
     #[test]

@@ -8,6 +8,7 @@ use host::node::admin::{AdminSocket, Client};
 use host::node::{Node, NodeConfig};
 use reactor_net::auth::Secret;
 use reactor_net::fault::Schedule;
+use reactor_net::secure::Keyring;
 use reactor_net::{NodeRole, OverlayKind};
 use reactor_transport::ChannelSpec;
 use anyhow::Context as _;
@@ -78,6 +79,17 @@ pub(crate) struct NodeArgs {
     /// Pass every frame through a tracing hook (see it with `--log trace`).
     #[arg(long)]
     trace_frames: bool,
+    /// Pin the cluster's static keys: a file of `<node id> <public key>`
+    /// lines (each node's key is in `<its data dir>/node.pub`). Only the
+    /// nodes listed may connect, each with its own key; without it, the
+    /// first key a node id is seen with is trusted for that id.
+    #[arg(long, value_name = "FILE")]
+    peer_keys: Option<PathBuf>,
+    /// Do not encrypt: only the handshake is authenticated, and anyone on
+    /// the path can read, inject or alter frames after it. For measuring
+    /// and debugging; every node of the cluster must use it.
+    #[arg(long)]
+    insecure_plaintext: bool,
 }
 
 fn parse_role(s: &str) -> Result<NodeRole, String> {
@@ -145,6 +157,14 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
         channels,
         multiplex: args.multiplex,
         trace: args.trace_frames,
+        insecure_plaintext: args.insecure_plaintext,
+        peer_keys: match &args.peer_keys {
+            Some(f) => {
+                let text = std::fs::read_to_string(f).with_context(|| format!("cannot read the peer keys {}", f.display()))?;
+                Some(Keyring::parse_pins(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?)
+            }
+            None => None,
+        },
         faults: match &args.faults {
             Some(f) => {
                 let text = std::fs::read_to_string(f).with_context(|| format!("cannot read the fault schedule {}", f.display()))?;
@@ -158,14 +178,18 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
     // can connect at once.
     let admin = AdminSocket::bind(&node)?;
     let info = node.info();
+    if args.insecure_plaintext {
+        tracing::warn!("--insecure-plaintext: frames between nodes are neither encrypted nor authenticated");
+    }
     println!(
-        "node {} ({}) listening on {} (incarnation {}, overlay {}); admin socket {}",
+        "node {} ({}) listening on {} (incarnation {}, overlay {}); admin socket {}; public key {}",
         info.id,
         info.name,
         info.addr,
         info.incarnation,
         args.overlay,
-        args.data_dir.join("admin.sock").display()
+        args.data_dir.join("admin.sock").display(),
+        node.public_key()
     );
     admin.serve(&node, async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");

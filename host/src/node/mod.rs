@@ -34,13 +34,14 @@
 pub mod admin;
 
 use reactor_net::auth::Secret;
+use reactor_net::secure::{Keyring, PublicKey, StaticKey};
 use reactor_net::fault::Schedule;
 use reactor_net::overlay;
 use reactor_net::{NodeId, NodeInfo, NodeRole, OverlayKind};
 use reactor_runtime::{Address, CallError, Engine, Envelope, LoadError, LoadedModule, Runtime, RuntimeConfig, SendError};
 use reactor_transport::{ChannelSpec, Inbound, Member, NodeEvent, StartError, Transport, TransportConfig};
 use reactor_types::address::MAX_NODE;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -75,6 +76,24 @@ pub enum NodeError {
         path: PathBuf,
         /// What it holds.
         content: String,
+    },
+    /// The node's static key file is not a key: starting with a new one
+    /// would make it another node to its peers. Nothing was started.
+    #[error("{} is damaged: {len} bytes, a key is 32 (move it away to make a new key, and tell the cluster)", path.display())]
+    DamagedKey {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+    },
+    /// The node's static key file can be read by others than its owner.
+    /// Nothing was started.
+    #[error("{} has mode {mode:o}; a private key must be readable by its owner only (chmod 600)", path.display())]
+    KeyPermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// The runtime (shard threads, tag source) could not start.
     #[error("cannot start the runtime")]
@@ -130,6 +149,12 @@ pub struct NodeConfig {
     pub faults: Option<Schedule>,
     /// A tracing hook on every connection.
     pub trace: bool,
+    /// No encryption between nodes (only the handshake authenticated).
+    pub insecure_plaintext: bool,
+    /// The static public keys of the cluster's nodes, when pinned: then only
+    /// these node ids, each with its key, may connect. `None`: trust on
+    /// first use.
+    pub peer_keys: Option<HashMap<NodeId, PublicKey>>,
 }
 
 /// What a node remembers of cluster events (newest last, bounded).
@@ -143,6 +168,7 @@ pub struct Node {
     transport: Transport,
     tokio: tokio::runtime::Runtime,
     events: Arc<Mutex<VecDeque<(SystemTime, NodeEvent)>>>,
+    public_key: PublicKey,
 }
 
 impl std::fmt::Debug for Node {
@@ -172,6 +198,54 @@ impl Inbound for RuntimeInbound {
         }
         log.push_back((SystemTime::now(), event));
     }
+}
+
+/// The node's static key: `<dir>/node.key` (32 bytes, mode 0600), made on
+/// first start; its public half is written beside it as `node.pub` (hex),
+/// for the cluster's pinned keys.
+fn static_key(dir: &Path) -> Result<StaticKey, NodeError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let io_err = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| NodeError::Io { op, path, source }
+    };
+    let path = dir.join("node.key");
+    let key = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let mode = std::fs::metadata(&path).map_err(io_err("read", &path))?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(NodeError::KeyPermissions { path, mode });
+            }
+            let private: [u8; 32] =
+                bytes.as_slice().try_into().map_err(|_| NodeError::DamagedKey { path: path.clone(), len: bytes.len() })?;
+            StaticKey::from_private(private)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let key = StaticKey::generate().map_err(|e| NodeError::Io {
+                op: "generate a static key for",
+                path: path.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
+            let tmp = dir.join("node.key.tmp");
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_err("create", &tmp))?;
+            f.write_all(key.private()).map_err(io_err("write", &tmp))?;
+            f.sync_all().map_err(io_err("fsync", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_err("rename the new key over", &path))?;
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))?;
+            key
+        }
+        Err(e) => return Err(io_err("read", &path)(e)),
+    };
+    let public = dir.join("node.pub");
+    std::fs::write(&public, format!("{}\n", key.public())).map_err(io_err("write", &public))?;
+    Ok(key)
 }
 
 /// Reads, increments and durably stores the node's incarnation.
@@ -211,6 +285,7 @@ impl Node {
             path: config.data_dir.clone(),
             source,
         })?;
+        let key = static_key(&config.data_dir)?;
         let incarnation = next_incarnation(&config.data_dir)?;
         let mut rc = config.runtime.clone();
         rc.node = config.id;
@@ -238,6 +313,14 @@ impl Node {
         tc.multiplex = config.multiplex;
         tc.faults = config.faults.clone();
         tc.trace = config.trace;
+        let public_key = key.public();
+        tc.static_key = Arc::new(key);
+        tc.insecure_plaintext = config.insecure_plaintext;
+        tc.keyring = Arc::new(match &config.peer_keys {
+            Some(keys) => Keyring::pinned(keys.clone()),
+            None => Keyring::trust_on_first_use(),
+        });
+        tc.validate().map_err(StartError::Config)?;
         // Bind first: the overlay announces the bound address (port 0
         // picks one).
         let listener = Transport::bind(&tc)?;
@@ -253,7 +336,12 @@ impl Node {
         let transport = tokio.block_on(Transport::start(tc, listener, ov, inbound))?;
         runtime.set_remote(Arc::new(transport.clone()));
         transport.join(config.seeds.clone());
-        Ok(Self { config, info, runtime, transport, tokio, events })
+        Ok(Self { config, info, runtime, transport, tokio, events, public_key })
+    }
+
+    /// This node's static public key (its identity on the wire).
+    pub fn public_key(&self) -> PublicKey {
+        self.public_key
     }
 
     /// This node.
@@ -320,6 +408,8 @@ impl Node {
             "cluster": self.config.cluster,
             "overlay": self.config.overlay.to_string(),
             "multiplex": self.config.multiplex,
+            "public_key": self.public_key.to_string(),
+            "encrypted": !self.config.insecure_plaintext,
             "members": members,
             "lanes": self.transport.lanes(),
             "reactors": stats.live,

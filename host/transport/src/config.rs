@@ -5,6 +5,9 @@
 use reactor_net::NodeInfo;
 use reactor_net::auth::Secret;
 use reactor_net::fault::Schedule;
+use reactor_net::frame::{MAX_CONTROL_LEN, MAX_NAME_LEN};
+use reactor_net::secure::{Keyring, StaticKey};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Hops after which a forwarded message is dropped (a routing loop).
@@ -72,8 +75,17 @@ pub struct TransportConfig {
     pub me: NodeInfo,
     /// The cluster's name (hellos of other clusters are refused).
     pub cluster: String,
-    /// The cluster secret.
+    /// The cluster secret (the Noise pre-shared key is derived from it).
     pub secret: Secret,
+    /// This node's static key (its identity on the wire).
+    pub static_key: Arc<StaticKey>,
+    /// Which static key may claim which node id (trust on first use unless
+    /// pinned).
+    pub keyring: Arc<Keyring>,
+    /// No encryption: only the handshake is authenticated (HMAC with the
+    /// secret), every frame after it travels in the clear and can be forged
+    /// by anyone on the path. Off by default; for measuring and debugging.
+    pub insecure_plaintext: bool,
     /// Application channels; the control channel is added in front.
     pub channels: Vec<ChannelSpec>,
     /// One connection per pair of nodes for everything (the baseline).
@@ -84,6 +96,18 @@ pub struct TransportConfig {
     pub idle_timeout: Duration,
     /// Limit on dialing plus authenticating.
     pub connect_timeout: Duration,
+    /// Limit on an accepted connection's handshake.
+    pub handshake_timeout: Duration,
+    /// Accepted connections authenticating at once, from everyone; more
+    /// are closed at once.
+    pub max_handshakes: usize,
+    /// Accepted connections authenticating at once from one IP address.
+    pub max_handshakes_per_addr: usize,
+    /// Accepted connections open at once from one IP address.
+    pub max_conns_per_addr: usize,
+    /// Overlay messages from peers queued for the overlay task; a peer whose
+    /// message does not fit waits (its connection is not read meanwhile).
+    pub overlay_queue: usize,
     /// Messages queued per lane before senders see `INBOX_FULL`.
     pub lane_capacity: usize,
     /// Fault injection: every connection's frames pass a
@@ -96,12 +120,22 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
-    /// Defaults around `me`: one application channel `default` with 4 lanes.
+    /// Defaults around `me`: one application channel `default` with 4 lanes,
+    /// encrypted connections with a fresh static key (a node sets its own,
+    /// kept in its data directory) trusted on first use.
     pub fn new(me: NodeInfo, cluster: &str, secret: Secret) -> Self {
         Self {
             me,
             cluster: cluster.to_owned(),
             secret,
+            static_key: Arc::new(StaticKey::generate().expect("the OS random source works")),
+            keyring: Arc::new(Keyring::trust_on_first_use()),
+            insecure_plaintext: false,
+            handshake_timeout: Duration::from_secs(2),
+            max_handshakes: 128,
+            max_handshakes_per_addr: 32,
+            max_conns_per_addr: 1024,
+            overlay_queue: 1024,
             channels: vec![ChannelSpec::new("default", 4)],
             multiplex: false,
             ping_interval: Duration::from_millis(500),
@@ -112,7 +146,51 @@ impl TransportConfig {
             trace: false,
         }
     }
+
+    /// Refuses settings the wire format cannot carry (names over
+    /// [`MAX_NAME_LEN`] bytes, a channel without lanes or with more than
+    /// 256) and limits of zero, with the rule broken.
+    pub fn validate(&self) -> Result<(), String> {
+        for (what, name) in [("cluster name", &self.cluster), ("node name", &self.me.name)] {
+            if name.len() > MAX_NAME_LEN {
+                return Err(format!("the {what} {name:?} is {} bytes; the wire carries at most {MAX_NAME_LEN}", name.len()));
+            }
+        }
+        if self.me.id == 0 {
+            return Err("node id 0 is reserved".into());
+        }
+        for c in &self.channels {
+            if c.name.is_empty() || c.name.len() > MAX_NAME_LEN || c.name == "*" || c.name == "control" {
+                return Err(format!("channel {:?}: a channel needs a name of 1 to 64 bytes other than `*` and `control`", c.name));
+            }
+            if !(1..=256).contains(&c.lanes) {
+                return Err(format!("channel {}: lanes must be 1 to 256, not {}", c.name, c.lanes));
+            }
+        }
+        if self.channels.is_empty() {
+            return Err("at least one application channel is needed".into());
+        }
+        if self.channels.len() > usize::from(u16::MAX) {
+            return Err(format!("{} channels; the wire numbers at most {}", self.channels.len(), u16::MAX));
+        }
+        for (what, n) in [
+            ("max_handshakes", self.max_handshakes),
+            ("max_handshakes_per_addr", self.max_handshakes_per_addr),
+            ("max_conns_per_addr", self.max_conns_per_addr),
+            ("overlay_queue", self.overlay_queue),
+            ("lane_capacity", self.lane_capacity),
+        ] {
+            if n == 0 {
+                return Err(format!("{what} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Most bytes of a broadcast payload: a control frame's limit less room for
+/// the overlay's own header.
+pub const MAX_BROADCAST_LEN: usize = MAX_CONTROL_LEN - 1024;
 
 #[cfg(test)]
 mod tests {
@@ -155,6 +233,30 @@ mod tests {
                 "{s:?}"
             );
         }
+    }
+
+    #[test]
+    fn settings_the_wire_cannot_carry_are_refused_before_anything_starts() {
+        let me = NodeInfo { id: 1, name: "n1".into(), addr: "127.0.0.1:0".into(), role: reactor_net::NodeRole::Peer, incarnation: 1 };
+        let secret = Secret::new(b"the cluster secret of the tests".to_vec()).unwrap();
+        let ok = TransportConfig::new(me, "test", secret);
+        assert_eq!(ok.validate(), Ok(()));
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        let mut c = ok.clone();
+        c.cluster = long.clone();
+        assert!(c.validate().unwrap_err().contains("cluster name"));
+        let mut c = ok.clone();
+        c.me.name = long.clone();
+        assert!(c.validate().unwrap_err().contains("node name"));
+        let mut c = ok.clone();
+        c.channels = vec![ChannelSpec { name: long, ..ChannelSpec::new("x", 1) }];
+        assert!(c.validate().unwrap_err().contains("1 to 64 bytes"));
+        let mut c = ok.clone();
+        c.channels[0].lanes = 0;
+        assert!(c.validate().unwrap_err().contains("lanes must be 1 to 256"));
+        let mut c = ok;
+        c.max_handshakes = 0;
+        assert!(c.validate().unwrap_err().contains("max_handshakes"));
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+    /// A setting the wire format cannot carry (a name over 64 bytes, …).
+    /// Nothing was started.
+    #[error("bad transport setting: {0}")]
+    Config(String),
 }
 
 /// Why a connection ended (logged). The connection is closed; nothing else
@@ -28,6 +32,8 @@ pub(crate) enum ConnError {
     Frame(#[from] FrameError),
     #[error("authentication failed: {0}")]
     Auth(#[from] reactor_net::auth::AuthError),
+    #[error("authentication failed: {0}")]
+    Secure(#[from] reactor_net::secure::SecureError),
     #[error("timed out {0}")]
     Timeout(&'static str),
     #[error("the peer closed the connection: {0}")]

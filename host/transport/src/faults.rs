@@ -6,7 +6,7 @@
 
 use crate::config::CONTROL;
 use crate::error::ConnError;
-use crate::io::write_live;
+use crate::io::{FrameWriter, write_live};
 use crate::state::{Inner, LaneStats, partition_hash};
 use reactor_net::NodeId;
 use reactor_net::fault::{FaultEvent, FaultInjector, Pipeline, Trace};
@@ -81,7 +81,7 @@ pub(crate) async fn release_due(
     p: &mut Pipeline,
     now: Instant,
     wr: &mut (impl AsyncWriteExt + Unpin),
-    out: &mut Vec<u8>,
+    writer: &mut FrameWriter,
     stats: Option<&LaneStats>,
 ) -> Result<Vec<Frame>, ConnError> {
     p.handle_timeout(now);
@@ -89,15 +89,16 @@ pub(crate) async fn release_due(
     while let Some(packet) = p.poll_release(now) {
         match packet.dir {
             reactor_net::fault::Direction::Send => {
-                out.clear();
-                packet.frame.encode(out);
-                if let Some(damage) = packet.corrupt {
-                    damage.apply(out);
-                }
-                write_live(wr, out, inner.config.idle_timeout).await?;
+                let bytes = writer.encode(&packet.frame, |b| {
+                    if let Some(damage) = packet.corrupt {
+                        damage.apply(b);
+                    }
+                })?;
+                let n = bytes.len();
+                write_live(wr, bytes, inner.config.idle_timeout).await?;
                 if let Some(s) = stats {
                     s.frames_out.fetch_add(1, Ordering::Relaxed);
-                    s.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+                    s.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 }
             }
             reactor_net::fault::Direction::Receive if packet.corrupt.is_some() => {
@@ -189,7 +190,7 @@ mod tests {
         p.handle_receive(now, 2, CONTROL, 1, Frame::Pong { nonce: 4 });
         let (mut wr, mut rd) = tokio::io::duplex(4096);
         let stats = LaneStats::default();
-        let incoming = release_due(&inner, &mut p, now, &mut wr, &mut Vec::new(), Some(&stats)).await.unwrap();
+        let incoming = release_due(&inner, &mut p, now, &mut wr, &mut FrameWriter::new(), Some(&stats)).await.unwrap();
         assert_eq!(incoming, [Frame::Pong { nonce: 4 }]);
         assert_eq!(read_frame(&mut rd, &mut Vec::new()).await.unwrap(), Frame::Ping { nonce: 5 });
         assert_eq!(stats.frames_out.load(Ordering::Relaxed), 1);
@@ -208,7 +209,7 @@ mod tests {
         p.handle_timeout(now);
         p.handle_receive(now, 2, CONTROL, 1, Frame::Ping { nonce: 1 });
         let (mut wr, _rd) = tokio::io::duplex(4096);
-        let r = release_due(&inner, &mut p, Instant::now(), &mut wr, &mut Vec::new(), None).await;
+        let r = release_due(&inner, &mut p, Instant::now(), &mut wr, &mut FrameWriter::new(), None).await;
         assert!(matches!(&r, Err(ConnError::Protocol(m)) if m.contains("damaged")), "{r:?}");
     }
 
@@ -227,7 +228,7 @@ mod tests {
         }
         let mut p = pipeline_for(&inner, 1).unwrap();
         let (mut wr, _rd) = tokio::io::duplex(4096);
-        release_due(&inner, &mut p, Instant::now(), &mut wr, &mut Vec::new(), None).await.unwrap();
+        release_due(&inner, &mut p, Instant::now(), &mut wr, &mut FrameWriter::new(), None).await.unwrap();
         assert!(notified(&closes[0]), "the lane to node 2 was not closed");
         assert!(!notified(&closes[1]), "the lane to node 3 was closed");
     }

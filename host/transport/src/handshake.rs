@@ -1,14 +1,19 @@
 //! Opening authenticated connections: this node's hello, [`dial`] (connect,
 //! authenticate as connector, check who answered) and [`accept_handshake`]
-//! (authenticate an accepted stream as acceptor). Uses `state`, `io`,
-//! `faults` (a peer cut off by an injected partition is refused) and
-//! `error`.
+//! (authenticate an accepted stream as acceptor). By default both run the
+//! encrypted Noise handshake of `reactor_net::secure` and check the peer's
+//! static key against the keyring; with `insecure_plaintext`, the HMAC
+//! handshake of `reactor_net::auth`. Either way the result is a connection
+//! whose reader and writer carry frames (sealed into records when
+//! encrypted). Uses `state`, `io`, `faults` (a peer cut off by an injected
+//! partition is refused) and `error`.
 
 use crate::error::ConnError;
-use crate::io::{read_frame, write_frame};
+use crate::io::{FrameReader, FrameWriter};
 use crate::state::{Inner, LaneKey};
-use reactor_net::auth::{Handshake, Peer, Role, Step};
+use reactor_net::auth::{self, Peer, Role};
 use reactor_net::frame::{Frame, Hello};
+use reactor_net::secure;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
@@ -28,71 +33,131 @@ pub(crate) fn hello_for(inner: &Inner, key: LaneKey) -> Hello {
     }
 }
 
+/// An authenticated connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    /// Holds the bytes read past the handshake.
+    pub(crate) reader: FrameReader,
+    pub(crate) writer: FrameWriter,
+    /// Who the peer proved it is.
+    pub(crate) peer: Peer,
+}
+
+/// Runs this side's handshake on `stream`: `first` is the frame the peer
+/// sent already (the acceptor's), `hello` this side's own.
+async fn handshake(
+    inner: &Inner,
+    role: Role,
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    hello: Hello,
+    mut first: Option<Frame>,
+) -> Result<Peer, ConnError> {
+    let config = &inner.config;
+    if config.insecure_plaintext {
+        let (mut hs, mine) = auth::Handshake::start(role, config.secret.clone(), hello);
+        writer.write(stream, &mine).await?;
+        loop {
+            let f = match first.take() {
+                Some(f) => f,
+                None => reader.read(stream).await?,
+            };
+            match hs.on_frame(f)? {
+                auth::Step::Send(f) => {
+                    writer.write(stream, &f).await?;
+                }
+                auth::Step::Done(peer) => {
+                    reader.authenticate(None);
+                    return Ok(peer);
+                }
+            }
+        }
+    }
+    let (mut hs, mine) = secure::Handshake::start(role, &config.secret, &config.static_key, hello)?;
+    if let Some(f) = mine {
+        writer.write(stream, &f).await?;
+    }
+    loop {
+        let f = match first.take() {
+            Some(f) => f,
+            None => reader.read(stream).await?,
+        };
+        match hs.on_frame(f)? {
+            secure::Step::Send(f) => {
+                writer.write(stream, &f).await?;
+            }
+            secure::Step::Done(done) => {
+                let secure::Established { peer, key, session, send } = *done;
+                // Before anything is confirmed to the peer: may this key
+                // claim this node id?
+                config.keyring.admit(peer.node, key)?;
+                if let Some(f) = send {
+                    writer.write(stream, &f).await?;
+                }
+                reader.authenticate(Some(session.opener));
+                writer.encrypt(session.sealer);
+                return Ok(peer);
+            }
+        }
+    }
+}
+
 /// Dials `addr` for `key` and authenticates. For `key.peer` 0 (a seed) any
-/// node is accepted; otherwise it must be that node. Returns the stream,
-/// the bytes read past the handshake, and who the peer proved it is.
-pub(crate) async fn dial(inner: &Arc<Inner>, addr: &str, key: LaneKey) -> Result<(TcpStream, Vec<u8>, Peer), ConnError> {
+/// node is accepted; otherwise it must be that node.
+pub(crate) async fn dial(inner: &Arc<Inner>, addr: &str, key: LaneKey) -> Result<Conn, ConnError> {
     let timeout = inner.config.connect_timeout;
     let fut = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        let (mut reader, mut writer) = (FrameReader::new(), FrameWriter::new());
         let hello = hello_for(inner, key);
-        let (mut hs, first) = Handshake::start(Role::Connector, inner.config.secret.clone(), hello);
-        write_frame(&mut stream, &first, &mut Vec::new()).await?;
-        let mut buf = Vec::new();
-        loop {
-            let f = read_frame(&mut stream, &mut buf).await?;
-            match hs.on_frame(f)? {
-                Step::Send(f) => write_frame(&mut stream, &f, &mut Vec::new()).await?,
-                Step::Done(peer) => return Ok::<_, ConnError>((stream, buf, peer)),
-            }
-        }
+        let peer = handshake(inner, Role::Connector, &mut stream, &mut reader, &mut writer, hello, None).await?;
+        Ok::<_, ConnError>(Conn { stream, reader, writer, peer })
     };
-    let (stream, buf, peer) = tokio::time::timeout(timeout, fut).await.map_err(|_| ConnError::Timeout("connecting"))??;
+    let conn = tokio::time::timeout(timeout, fut).await.map_err(|_| ConnError::Timeout("connecting"))??;
+    let peer = &conn.peer;
     if key.peer != 0 && peer.node != key.peer {
         return Err(ConnError::Protocol(format!("{addr} is node {}, expected node {}", peer.node, key.peer)));
     }
-    if peer.node == inner.config.me.id {
-        return Err(ConnError::Protocol(format!("{addr} is this node (id {})", peer.node)));
+    if peer.node == inner.config.me.id || peer.node == 0 {
+        return Err(ConnError::Protocol(format!("{addr} claims node id {} (this node is {})", peer.node, inner.config.me.id)));
     }
     if crate::faults::is_cut_off(inner, peer.node) {
         return Err(ConnError::Partitioned(peer.node));
     }
-    Ok((stream, buf, peer))
+    Ok(conn)
 }
 
-/// Authenticates an accepted stream within the connect timeout; `buf`
-/// keeps the bytes read past the handshake, `out` is scratch for writing.
-/// The acceptor's hello echoes the channel and lane asked for. Who the
-/// peer is, is for the caller to check.
+/// Authenticates an accepted stream within the handshake timeout. The
+/// acceptor's hello echoes the channel and lane asked for. Who the peer is,
+/// is for the caller to check.
 pub(crate) async fn accept_handshake(
     inner: &Inner,
     stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    out: &mut Vec<u8>,
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
 ) -> Result<Peer, ConnError> {
-    let handshake = async {
-        let first = read_frame(stream, buf).await?;
-        let Frame::Hello(theirs) = &first else {
-            return Err(ConnError::Protocol(format!("{} frame before the hello", first.name())));
-        };
-        let mut hello = hello_for(inner, LaneKey { peer: 0, channel: 0, lane: theirs.lane });
-        hello.channel = theirs.channel.clone();
-        let (mut hs, mine) = Handshake::start(Role::Acceptor, inner.config.secret.clone(), hello);
-        write_frame(stream, &mine, out).await?;
-        let mut next = Some(first);
-        loop {
-            let f = match next.take() {
-                Some(f) => f,
-                None => read_frame(stream, buf).await?,
-            };
-            match hs.on_frame(f)? {
-                Step::Send(f) => write_frame(stream, &f, out).await?,
-                Step::Done(peer) => return Ok(peer),
+    let fut = async {
+        let first = reader.read(stream).await?;
+        let mut hello = hello_for(inner, LaneKey { peer: 0, channel: 0, lane: 0 });
+        match (&first, inner.config.insecure_plaintext) {
+            (Frame::Hello(theirs), true) => {
+                hello.channel = theirs.channel.clone();
+                hello.lane = theirs.lane;
             }
+            (Frame::Noise { .. }, false) => {}
+            (Frame::Noise { .. }, true) => {
+                return Err(ConnError::Protocol(
+                    "an encrypted handshake, and this node runs with --insecure-plaintext".into(),
+                ));
+            }
+            (f, _) => return Err(ConnError::Protocol(format!("{} frame before the hello", f.name()))),
         }
+        handshake(inner, Role::Acceptor, stream, reader, writer, hello, Some(first)).await
     };
-    tokio::time::timeout(inner.config.connect_timeout, handshake)
+    tokio::time::timeout(inner.config.handshake_timeout, fut)
         .await
         .map_err(|_| ConnError::Timeout("authenticating"))?
 }
@@ -111,7 +176,7 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         let task = tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
-            accept_handshake(&server, &mut s, &mut Vec::new(), &mut Vec::new()).await
+            accept_handshake(&server, &mut s, &mut FrameReader::new(), &mut FrameWriter::new()).await
         });
         (addr, task)
     }
@@ -122,8 +187,9 @@ mod tests {
         let (client, _, _rx2) = inner(config(2));
         let (addr, task) = acceptor(server).await;
         let key = LaneKey { peer: 1, channel: 1, lane: 3 };
-        let (_stream, rest, peer) = dial(&client, &addr, key).await.unwrap();
-        assert!(rest.is_empty());
+        let conn = dial(&client, &addr, key).await.unwrap();
+        assert_eq!(conn.reader.buffered(), 0);
+        let peer = conn.peer;
         assert_eq!((peer.node, peer.channel.as_str(), peer.lane), (1, "default", 3));
         let theirs = task.await.unwrap().unwrap();
         assert_eq!((theirs.node, theirs.channel.as_str(), theirs.lane), (2, "default", 3));
@@ -131,15 +197,57 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_without_the_secret_is_refused_by_both_sides() {
-        let (server, _, _rx1) = inner(config(1));
+        // In plaintext mode: the HMAC fails on both sides.
+        let mut s = config(1);
+        s.insecure_plaintext = true;
+        let (server, _, _rx1) = inner(s);
         let mut c = config(2);
         c.secret = secret("a different secret entirely");
+        c.insecure_plaintext = true;
         let (client, _, _rx2) = inner(c);
         let (addr, task) = acceptor(server).await;
         let r = dial(&client, &addr, LaneKey { peer: 0, channel: 0, lane: 0 }).await;
         assert!(matches!(r, Err(ConnError::Auth(AuthError::BadMac))), "{r:?}");
         let r = task.await.unwrap();
         assert!(matches!(r, Err(ConnError::Auth(AuthError::BadMac))), "{r:?}");
+        // Encrypted: message 3 does not decrypt at the acceptor, and the
+        // connector never gets a confirmation.
+        let (server, _, _rx1) = inner(config(1));
+        let mut c = config(2);
+        c.secret = secret("a different secret entirely");
+        let (client, _, _rx2) = inner(c);
+        let (addr, task) = acceptor(server).await;
+        let r = dial(&client, &addr, LaneKey { peer: 0, channel: 0, lane: 0 }).await;
+        assert!(r.is_err(), "{r:?}");
+        let r = task.await.unwrap();
+        assert!(matches!(r, Err(ConnError::Secure(secure::SecureError::Handshake(_)))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_node_id_claimed_with_another_key_is_refused() {
+        let (server, _, _rx1) = inner(config(1));
+        let (client, _, _rx2) = inner(config(2));
+        let (addr, task) = acceptor(server.clone()).await;
+        dial(&client, &addr, LaneKey { peer: 1, channel: 0, lane: 0 }).await.unwrap();
+        task.await.unwrap().unwrap();
+        // Another process claims node 2 with a key of its own.
+        let (impostor, _, _rx3) = inner(config(2));
+        let (addr, task) = acceptor(server).await;
+        let _ = dial(&impostor, &addr, LaneKey { peer: 1, channel: 0, lane: 0 }).await;
+        let r = task.await.unwrap();
+        assert!(matches!(r, Err(ConnError::Secure(secure::SecureError::KeyMismatch { node: 2, .. }))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn plaintext_and_encrypted_nodes_refuse_each_other_clearly() {
+        let mut s = config(1);
+        s.insecure_plaintext = true;
+        let (server, _, _rx1) = inner(s);
+        let (client, _, _rx2) = inner(config(2));
+        let (addr, task) = acceptor(server).await;
+        let _ = dial(&client, &addr, LaneKey { peer: 0, channel: 0, lane: 0 }).await;
+        let r = task.await.unwrap();
+        assert!(matches!(&r, Err(ConnError::Protocol(m)) if m.contains("--insecure-plaintext")), "{r:?}");
     }
 
     #[tokio::test]
@@ -156,7 +264,7 @@ mod tests {
         let (server, _, _rx1) = inner(config(1));
         let (addr, task) = acceptor(server).await;
         let mut s = TcpStream::connect(&addr).await.unwrap();
-        write_frame(&mut s, &Frame::Ping { nonce: 1 }, &mut Vec::new()).await.unwrap();
+        crate::io::write_frame(&mut s, &Frame::Ping { nonce: 1 }, &mut Vec::new()).await.unwrap();
         let r = task.await.unwrap();
         assert!(matches!(&r, Err(ConnError::Protocol(m)) if m.contains("before the hello")), "{r:?}");
     }

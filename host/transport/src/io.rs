@@ -1,14 +1,22 @@
-//! Frames over async byte streams: [`write_frame`], [`write_live`] (a write
-//! that fails when the peer stops taking bytes) and [`read_frame`] (which
-//! refuses an oversized length prefix before buffering the body). Knows
-//! nothing of nodes or lanes; uses only `error`.
+//! Frames over async byte streams: [`FrameReader`] (frames out of a
+//! stream, refusing an oversized length prefix before buffering the body:
+//! [`MAX_PREAUTH_FRAME_LEN`] until the peer is authenticated, then
+//! [`MAX_FRAME_LEN`]; after an encrypted handshake, out of records),
+//! [`FrameWriter`] (frames into a stream, sealed into records once the
+//! connection is encrypted), [`write_live`] (a write that fails when the
+//! peer stops taking bytes), and the plain [`write_frame`] and
+//! [`read_frame`] of the handshake and the tests. Knows nothing of nodes or
+//! lanes; uses only `error`.
 
 use crate::error::ConnError;
-use reactor_net::frame::Frame;
+use reactor_net::frame::{Frame, MAX_FRAME_LEN, MAX_PREAUTH_FRAME_LEN};
+use reactor_net::secure::{Opener, Sealer};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Encodes `frame` into `buf` and writes it all.
+/// Encodes `frame` into `buf` and writes it all (the tests' writer;
+/// connections use [`FrameWriter`]).
+#[cfg(test)]
 pub(crate) async fn write_frame(stream: &mut (impl AsyncWriteExt + Unpin), frame: &Frame, buf: &mut Vec<u8>) -> std::io::Result<()> {
     buf.clear();
     frame.encode(buf);
@@ -32,24 +40,140 @@ pub(crate) async fn write_live(wr: &mut (impl AsyncWriteExt + Unpin), bytes: &[u
     Ok(())
 }
 
-/// Reads one frame; `buf` keeps bytes read past it. Cancel-safe (it is
-/// used in `select!`): bytes are only ever appended to `buf` by `read_buf`.
+/// Reads one plaintext frame of at most `MAX_FRAME_LEN` bytes; `buf` keeps
+/// bytes read past it (the tests' reader; connections use [`FrameReader`]).
+#[cfg(test)]
 pub(crate) async fn read_frame(stream: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> Result<Frame, ConnError> {
-    loop {
-        if let Some((f, n)) = Frame::decode(buf)? {
-            buf.drain(..n);
-            return Ok(f);
+    let mut r = FrameReader::authenticated();
+    r.plain = std::mem::take(buf);
+    let f = r.read(stream).await;
+    *buf = std::mem::take(&mut r.plain);
+    f
+}
+
+/// The reading half of a connection: frames out of a byte stream, or out
+/// of records once the connection is encrypted. Cancel-safe (it is used in
+/// `select!`): bytes are only ever appended to its buffers by `read_buf`,
+/// and everything else happens between awaits.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    /// Ciphertext not yet opened (encrypted connections).
+    wire: Vec<u8>,
+    /// Plaintext frames not yet decoded.
+    plain: Vec<u8>,
+    opener: Option<Opener>,
+    limit: usize,
+}
+
+impl FrameReader {
+    /// A reader for a connection whose peer is not authenticated yet:
+    /// plaintext frames of at most [`MAX_PREAUTH_FRAME_LEN`] bytes.
+    pub(crate) fn new() -> Self {
+        Self { wire: Vec::new(), plain: Vec::new(), opener: None, limit: MAX_PREAUTH_FRAME_LEN }
+    }
+
+    #[cfg(test)]
+    fn authenticated() -> Self {
+        Self { limit: MAX_FRAME_LEN, ..Self::new() }
+    }
+
+    /// The peer is authenticated: frames up to [`MAX_FRAME_LEN`], out of
+    /// records if `opener` is given. Bytes already read past the handshake
+    /// are the first records.
+    pub(crate) fn authenticate(&mut self, opener: Option<Opener>) {
+        self.limit = MAX_FRAME_LEN;
+        if opener.is_some() {
+            self.wire = std::mem::take(&mut self.plain);
+            self.opener = opener;
         }
-        // Room for the rest of the frame when its length is known (up to
-        // the limit the decoder checked), else for a good read.
-        let want = match buf.get(..4) {
-            Some(p) => (u32::from_le_bytes(p.try_into().expect("4 bytes")) as usize + 4).saturating_sub(buf.len()),
-            None => 0,
-        };
-        buf.reserve(want.clamp(64 * 1024, 16 << 20));
-        if stream.read_buf(buf).await? == 0 {
-            return Err(ConnError::Closed("end of stream".into()));
+    }
+
+    /// Bytes buffered (progress inside a frame shows as growth).
+    pub(crate) fn buffered(&self) -> usize {
+        self.wire.len() + self.plain.len()
+    }
+
+    /// Reads one frame.
+    pub(crate) async fn read(&mut self, stream: &mut (impl AsyncReadExt + Unpin)) -> Result<Frame, ConnError> {
+        loop {
+            if let Some((f, n)) = Frame::decode_with_limit(&self.plain, self.limit)? {
+                self.plain.drain(..n);
+                return Ok(f);
+            }
+            let Some(opener) = self.opener.as_mut() else {
+                // Room for the rest of the frame when its length is known
+                // (up to the limit the decoder checked), else for a good read.
+                let want = match self.plain.get(..4) {
+                    Some(p) => (u32::from_le_bytes(p.try_into().expect("4 bytes")) as usize + 4).saturating_sub(self.plain.len()),
+                    None => 0,
+                };
+                self.plain.reserve(want.clamp(4 * 1024, 16 << 20));
+                if stream.read_buf(&mut self.plain).await? == 0 {
+                    return Err(ConnError::Closed("end of stream".into()));
+                }
+                continue;
+            };
+            let used = opener.open(&self.wire, &mut self.plain)?;
+            if used > 0 {
+                self.wire.drain(..used);
+                continue;
+            }
+            self.wire.reserve(64 * 1024);
+            if stream.read_buf(&mut self.wire).await? == 0 {
+                return Err(ConnError::Closed("end of stream".into()));
+            }
         }
+    }
+}
+
+/// The writing half of a connection: frames encoded, and sealed into
+/// records once the connection is encrypted.
+#[derive(Debug, Default)]
+pub(crate) struct FrameWriter {
+    sealer: Option<Sealer>,
+    plain: Vec<u8>,
+    wire: Vec<u8>,
+}
+
+impl FrameWriter {
+    /// A writer of plaintext frames (the handshake, or a plaintext
+    /// connection).
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// From now on, frames are sealed.
+    pub(crate) fn encrypt(&mut self, sealer: Sealer) {
+        self.sealer = Some(sealer);
+    }
+
+    /// The bytes that carry `frame` on the wire, after `damage` (fault
+    /// injection) has been applied to its encoding.
+    pub(crate) fn encode(&mut self, frame: &Frame, damage: impl FnOnce(&mut Vec<u8>)) -> Result<&[u8], ConnError> {
+        self.plain.clear();
+        frame.encode(&mut self.plain);
+        damage(&mut self.plain);
+        let Some(sealer) = self.sealer.as_mut() else { return Ok(&self.plain) };
+        self.wire.clear();
+        sealer.seal(&self.plain, &mut self.wire)?;
+        Ok(&self.wire)
+    }
+
+    /// Writes `frame` all; returns the bytes written.
+    pub(crate) async fn write(&mut self, wr: &mut (impl AsyncWriteExt + Unpin), frame: &Frame) -> Result<usize, ConnError> {
+        let bytes = self.encode(frame, |_| {})?;
+        let n = bytes.len();
+        wr.write_all(bytes).await?;
+        Ok(n)
+    }
+
+    /// Writes `frame`, failing if the peer takes nothing for `stall`;
+    /// returns the bytes written.
+    pub(crate) async fn write_live(&mut self, wr: &mut (impl AsyncWriteExt + Unpin), frame: &Frame, stall: Duration) -> Result<usize, ConnError> {
+        let bytes = self.encode(frame, |_| {})?;
+        let n = bytes.len();
+        write_live(wr, bytes, stall).await?;
+        Ok(n)
     }
 }
 

@@ -8,8 +8,8 @@
 use crate::config::CONTROL;
 use crate::error::ConnError;
 use crate::faults::{frame_channel, release_due};
-use crate::handshake::dial;
-use crate::io::{read_frame, write_frame, write_live};
+use crate::handshake::{Conn, dial};
+use crate::io::{FrameReader, FrameWriter};
 use crate::state::{Inner, LaneHandle, LaneKey, LaneStats, OverlayInput, Outgoing};
 use reactor_net::NodeInfo;
 use reactor_net::frame::Frame;
@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
 /// The lane for `key`, started if need be.
@@ -75,7 +74,7 @@ async fn lane_task(
             }
             continue;
         };
-        let (mut stream, mut buf, peer) = match dial(&inner, &addr, key).await {
+        let Conn { mut stream, mut reader, mut writer, peer } = match dial(&inner, &addr, key).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::info!("lane {:?} to node {} at {addr}: {e}", key, key.peer);
@@ -126,19 +125,23 @@ async fn lane_task(
             tokio::time::sleep(backoff).await;
             continue;
         }
+        // What the directory holds, but the name and incarnation the peer
+        // itself proved in this handshake: the one source of those facts.
         let info = inner.directory.read().unwrap().get(&key.peer).map(|m| m.info.clone());
-        let info = info.unwrap_or(NodeInfo {
+        let mut info = info.unwrap_or(NodeInfo {
             id: peer.node,
             name: peer.name.clone(),
             addr: addr.clone(),
             role: reactor_net::NodeRole::Peer,
             incarnation: peer.incarnation,
         });
+        info.name = peer.name.clone();
+        info.incarnation = peer.incarnation;
         if is_control {
             inner.note_control_link(&info, true);
         }
         let mut lane = Lane { inner: &inner, key, peer_incarnation: peer.incarnation, senders: &mut senders, stats: &stats };
-        let end = lane.run(&mut stream, &mut buf, &mut rx, &mut head, &close).await;
+        let end = lane.run(&mut stream, &mut reader, &mut writer, &mut rx, &mut head, &close).await;
         stats.up.store(false, Ordering::Relaxed);
         let now = Instant::now();
         for s in senders.values_mut() {
@@ -177,8 +180,9 @@ impl Lane<'_> {
     /// fails (`Err`) or the lane is closed (`Ok`).
     async fn run(
         &mut self,
-        stream: &mut TcpStream,
-        buf: &mut Vec<u8>,
+        stream: &mut tokio::net::TcpStream,
+        reader: &mut FrameReader,
+        writer: &mut FrameWriter,
         rx: &mut mpsc::Receiver<Outgoing>,
         head: &mut VecDeque<Outgoing>,
         close: &Notify,
@@ -187,11 +191,9 @@ impl Lane<'_> {
         let conn = inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut pipeline = crate::faults::pipeline_for(inner, conn);
         let (mut rd, mut wr) = stream.split();
-        let mut out = Vec::with_capacity(64 * 1024);
         let mut ping = tokio::time::interval(inner.config.ping_interval);
         let mut last_read = Instant::now();
         let mut nonce = 0u64;
-        let mut read_buf = std::mem::take(buf);
         // A reliable channel whose send buffer is full stops taking from the
         // queue until an ack frees room.
         let mut blocked = false;
@@ -232,7 +234,7 @@ impl Lane<'_> {
                 match pipeline.as_mut() {
                     Some(p) => p.handle_send(now, self.key.peer, frame_channel(&f), conn, f),
                     None => {
-                        self.write(&mut wr, &f, &mut out).await?;
+                        self.write(&mut wr, writer, &f).await?;
                         // The peer took a frame: it is alive even if its
                         // pongs queue behind our data.
                         last_read = Instant::now();
@@ -240,7 +242,7 @@ impl Lane<'_> {
                 }
             }
             let acks = match pipeline.as_mut() {
-                Some(p) => release_due(inner, p, now, &mut wr, &mut out, Some(self.stats)).await?,
+                Some(p) => release_due(inner, p, now, &mut wr, writer, Some(self.stats)).await?,
                 None => Vec::new(),
             };
             for f in acks {
@@ -264,8 +266,7 @@ impl Lane<'_> {
                     None => return Ok(()),
                 },
                 _ = close.notified() => {
-                    let mut b = Vec::new();
-                    let _ = write_frame(&mut wr, &Frame::Close { reason: "closing".into() }, &mut b).await;
+                    let _ = writer.write(&mut wr, &Frame::Close { reason: "closing".into() }).await;
                     return Ok(());
                 }
                 _ = ping.tick() => {
@@ -273,11 +274,10 @@ impl Lane<'_> {
                         return Err(ConnError::Timeout("waiting for a pong"));
                     }
                     nonce += 1;
-                    let mut b = Vec::new();
-                    write_frame(&mut wr, &Frame::Ping { nonce }, &mut b).await?;
+                    writer.write(&mut wr, &Frame::Ping { nonce }).await?;
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(timer)) => {}
-                r = read_frame(&mut rd, &mut read_buf) => {
+                r = reader.read(&mut rd) => {
                     let f = r?;
                     last_read = Instant::now();
                     match pipeline.as_mut() {
@@ -297,12 +297,10 @@ impl Lane<'_> {
         self.inner.channels.get(channel as usize).is_some_and(|c| c.reliable)
     }
 
-    async fn write(&self, wr: &mut (impl AsyncWriteExt + Unpin), f: &Frame, out: &mut Vec<u8>) -> Result<(), ConnError> {
-        out.clear();
-        f.encode(out);
-        write_live(wr, out, self.inner.config.idle_timeout).await?;
+    async fn write(&self, wr: &mut (impl AsyncWriteExt + Unpin), writer: &mut FrameWriter, f: &Frame) -> Result<(), ConnError> {
+        let n = writer.write_live(wr, f, self.inner.config.idle_timeout).await?;
         self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -392,21 +390,21 @@ mod tests {
         lane_sender(&client, key).try_send(Outgoing::Data(data(1, b"first"))).unwrap();
 
         let (mut s, _) = l.accept().await.unwrap();
-        let mut buf = Vec::new();
-        let peer = accept_handshake(&server, &mut s, &mut buf, &mut Vec::new()).await.unwrap();
+        let (mut reader, mut writer) = (FrameReader::new(), FrameWriter::new());
+        let peer = accept_handshake(&server, &mut s, &mut reader, &mut writer).await.unwrap();
         assert_eq!((peer.node, peer.channel.as_str(), peer.lane), (1, "default", 1));
         // The data, and pings while the lane is quiet.
         let mut seen_data = false;
         let mut pings = 0;
         while !seen_data || pings < 2 {
-            match read_frame(&mut s, &mut buf).await.unwrap() {
+            match reader.read(&mut s).await.unwrap() {
                 Frame::Data(d) => {
                     assert_eq!(d.payload, b"first");
                     seen_data = true;
                 }
                 Frame::Ping { nonce } => {
                     pings += 1;
-                    write_frame(&mut s, &Frame::Pong { nonce }, &mut Vec::new()).await.unwrap();
+                    writer.write(&mut s, &Frame::Pong { nonce }).await.unwrap();
                 }
                 f => panic!("unexpected {f:?}"),
             }
@@ -416,9 +414,9 @@ mod tests {
         assert_eq!(stats.connects.load(Ordering::Relaxed), 1);
         assert!(stats.frames_out.load(Ordering::Relaxed) >= 1);
         // Data is never sent to the dialer: the lane closes the connection.
-        write_frame(&mut s, &Frame::Data(data(1, b"wrong way")), &mut Vec::new()).await.unwrap();
+        writer.write(&mut s, &Frame::Data(data(1, b"wrong way"))).await.unwrap();
         loop {
-            match read_frame(&mut s, &mut buf).await {
+            match reader.read(&mut s).await {
                 Ok(Frame::Ping { .. }) => {}
                 Ok(f) => panic!("unexpected {f:?}"),
                 Err(_) => break,

@@ -1,6 +1,8 @@
 //! The tokio transport: real TCP connections between nodes, carrying the
-//! frames of `frame`, authenticated by `auth`, organised in channels and
-//! lanes, driving an [`Overlay`](reactor_net::overlay::Overlay).
+//! frames of `frame`, encrypted and authenticated by `secure` (Noise, the
+//! peer's static key checked by the keyring; with `insecure_plaintext`,
+//! only the handshake, by `auth`), organised in channels and lanes, driving
+//! an [`Overlay`](reactor_net::overlay::Overlay).
 //!
 //! # Connections
 //! - A connection carries one *channel* (by name) and one *lane* of it,
@@ -20,7 +22,12 @@
 //! # Failure
 //! Every byte read is untrusted: a frame that does not decode, an oversized
 //! one, a frame out of place or a failed handshake closes that connection
-//! with a logged reason; nothing else is affected. Pings detect dead peers
+//! with a logged reason; nothing else is affected. So does a record that
+//! does not decrypt, a message whose sender is not of the peer's node, and
+//! a hello naming a channel or lane this node does not have. Before a peer
+//! is authenticated it may send 4 KiB frames, for 2 s, on one of a bounded
+//! number of connections (per IP and overall); the accept loop refuses the
+//! rest without a task. Pings detect dead peers
 //! on quiet connections. A lane whose connection drops dials again with
 //! backoff; what an unreliable channel had written but the peer not read is
 //! lost (at-most-once), what a reliable channel had not had acknowledged is
@@ -39,17 +46,22 @@
 //!   directory, lanes, reliable receive state, causal state, counters) and
 //!   the types every task passes around: [`Inbound`], [`NodeEvent`],
 //!   [`Member`], [`LaneStatus`], lane keys and handles, overlay inputs.
-//! - `io`: frames over async byte streams: write, write that fails on a
-//!   stalled peer, read (refusing oversized frames before buffering them).
+//! - `io`: frames over async byte streams: the reader and writer of a
+//!   connection (refusing oversized frames before buffering them; sealed
+//!   into and opened from records once encrypted), write that fails on a
+//!   stalled peer.
 //! - `faults`: the per-connection interposition pipeline (fault injection,
 //!   tracing), partitions, releasing held frames, fault events.
 //! - `handshake`: hellos, dialing and authenticating as connector, and
-//!   authenticating an accepted stream as acceptor.
+//!   authenticating an accepted stream as acceptor (Noise and the keyring,
+//!   or the plaintext HMAC exchange).
 //! - `lane`: the task of one outgoing (peer, channel, lane): dialing with
 //!   backoff, reliable send state, writing, pings.
 //! - `route`: channel by size, lane by partition key, next hop; delivering
 //!   or forwarding what arrives (through causal order where configured).
-//! - `accept`: the accept loop and one accepted connection's frames.
+//! - `accept`: the accept loop and its admission limits, the checks of a
+//!   peer's hello and of every frame's sender, one accepted connection's
+//!   frames.
 //! - `overlay_task`: driving the overlay and keeping routes current.
 //! - `transport`: [`Transport`], the public handle.
 //!
@@ -68,7 +80,7 @@ mod route;
 mod state;
 mod transport;
 
-pub use config::{CONTROL, ChannelSpec, MAX_HOPS, TransportConfig};
+pub use config::{CONTROL, ChannelSpec, MAX_BROADCAST_LEN, MAX_HOPS, TransportConfig};
 pub use error::StartError;
 pub use state::{Inbound, LaneStatus, Member, NodeEvent};
-pub use transport::Transport;
+pub use transport::{BroadcastError, Transport};

@@ -15,7 +15,12 @@ use tokio::sync::mpsc;
 
 /// Runs the overlay: feeds it what the transport hears, carries out its
 /// actions, and keeps the directory's routes current.
-pub(crate) async fn overlay_task(inner: Arc<Inner>, mut overlay: Box<dyn Overlay>, mut rx: mpsc::UnboundedReceiver<OverlayInput>) {
+pub(crate) async fn overlay_task(
+    inner: Arc<Inner>,
+    mut overlay: Box<dyn Overlay>,
+    mut rx: mpsc::UnboundedReceiver<OverlayInput>,
+    mut peers: mpsc::Receiver<OverlayInput>,
+) {
     loop {
         let now = Instant::now();
         while let Some(action) = overlay.poll_action() {
@@ -23,15 +28,17 @@ pub(crate) async fn overlay_task(inner: Arc<Inner>, mut overlay: Box<dyn Overlay
         }
         refresh_routes(&inner, overlay.as_ref());
         let deadline = overlay.poll_timeout();
-        let input = match deadline {
-            Some(d) => {
-                let d = tokio::time::Instant::from_std(d.max(now));
-                tokio::select! {
-                    i = rx.recv() => i,
-                    _ = tokio::time::sleep_until(d) => { overlay.handle_timeout(Instant::now()); continue; }
-                }
+        // This node's own events first; a peer's messages wait in their
+        // bounded queue.
+        let d = deadline.map(|d| tokio::time::Instant::from_std(d.max(now)));
+        let input = tokio::select! {
+            biased;
+            i = rx.recv() => i,
+            Some(i) = peers.recv() => Some(i),
+            _ = async { tokio::time::sleep_until(d.expect("guarded")).await }, if d.is_some() => {
+                overlay.handle_timeout(Instant::now());
+                continue;
             }
-            None => rx.recv().await,
         };
         let Some(input) = input else { return };
         let now = Instant::now();
@@ -54,15 +61,18 @@ pub(crate) async fn overlay_task(inner: Arc<Inner>, mut overlay: Box<dyn Overlay
     }
 }
 
-/// Records a node's identity and address.
+/// Records a node's identity and address as heard (from the overlay, maybe
+/// from a third party): a new node is added; a known one that is not up
+/// gets the address, but its incarnation changes only when it comes up
+/// ([`Action::Up`], after a connection it authenticated).
 fn learn(inner: &Inner, info: &NodeInfo) {
     if info.id == inner.config.me.id || info.addr.is_empty() {
         return;
     }
     let mut dir = inner.directory.write().unwrap();
     let e = dir.entry(info.id).or_insert_with(|| Member { info: info.clone(), up: false, via: None });
-    if info.incarnation >= e.info.incarnation {
-        e.info = info.clone();
+    if !e.up && info.incarnation >= e.info.incarnation {
+        e.info.addr = info.addr.clone();
     }
 }
 
@@ -74,13 +84,21 @@ fn carry_out(inner: &Arc<Inner>, action: Action) {
         }
         Action::Disconnect(id) => inner.close_peer(id),
         Action::Send { to, payload } => {
+            if payload.len() > reactor_net::frame::MAX_CONTROL_LEN {
+                tracing::warn!("an overlay message of {} bytes for node {to} exceeds a control frame; dropped", payload.len());
+                return;
+            }
             let key = LaneKey { peer: to, channel: CONTROL, lane: 0 };
             if crate::lane::lane_sender(inner, key).try_send(Outgoing::Control(payload)).is_err() {
                 tracing::warn!("control lane to node {to} is backed up; an overlay message was dropped");
             }
         }
         Action::Up(info) => {
-            learn(inner, &info);
+            if info.id != inner.config.me.id && !info.addr.is_empty() {
+                let mut dir = inner.directory.write().unwrap();
+                let e = dir.entry(info.id).or_insert_with(|| Member { info: info.clone(), up: false, via: None });
+                e.info = info.clone();
+            }
             for c in inner.causal.iter().flatten() {
                 c.lock().unwrap().handle_member(info.id, info.incarnation);
             }
@@ -106,10 +124,7 @@ fn refresh_routes(inner: &Inner, overlay: &dyn Overlay) {
     let mut dir = inner.directory.write().unwrap();
     for m in overlay.members() {
         if m.id != inner.config.me.id && !m.addr.is_empty() {
-            let e = dir.entry(m.id).or_insert_with(|| Member { info: m.clone(), up: true, via: None });
-            if m.incarnation >= e.info.incarnation {
-                e.info = m;
-            }
+            dir.entry(m.id).or_insert_with(|| Member { info: m.clone(), up: true, via: None });
         }
     }
     let me = inner.config.me.id;
@@ -182,11 +197,20 @@ mod tests {
         old.incarnation = 4;
         learn(&inner, &old);
         assert_eq!(member(&inner, 2).unwrap().info, two);
+        // Hearsay of a newer run gives the address to dial, not the
+        // incarnation: that comes with the node's own `Up`.
         let mut new = node(2, "127.0.0.1:3");
         new.incarnation = 6;
         learn(&inner, &new);
-        assert_eq!(member(&inner, 2).unwrap().info, new);
+        assert_eq!(member(&inner, 2).unwrap().info.addr, new.addr);
+        assert_eq!(member(&inner, 2).unwrap().info.incarnation, 5);
         assert!(!member(&inner, 2).unwrap().up, "learning is not believing alive");
+        carry_out(&inner, Action::Up(new.clone()));
+        assert_eq!(member(&inner, 2).unwrap().info, new);
+        let mut poison = node(2, "127.0.0.1:66");
+        poison.incarnation = u64::MAX;
+        learn(&inner, &poison);
+        assert_eq!(member(&inner, 2).unwrap().info, new, "a node that is up keeps what it proved");
         learn(&inner, &node(1, "10.0.0.1:1"));
         learn(&inner, &node(3, ""));
         assert_eq!(member(&inner, 1).unwrap().info.addr, "127.0.0.1:1");
@@ -223,9 +247,10 @@ mod tests {
     async fn the_task_asks_for_a_control_connection_to_a_seed() {
         let (inner, _, _rx) = inner(config(1));
         let (tx, rx) = mpsc::unbounded_channel();
+        let (_peers_tx, peers) = mpsc::channel(8);
         let overlay = mesh(node(1, "127.0.0.1:1"), 1);
         let mut lane = tap(&inner, 2);
-        let task = tokio::spawn(overlay_task(inner.clone(), overlay, rx));
+        let task = tokio::spawn(overlay_task(inner.clone(), overlay, rx, peers));
         tx.send(OverlayInput::Seed(node(2, "127.0.0.1:2"))).unwrap();
         // The mesh joins through the seed: a `Join` on the control lane.
         let first = lane.recv().await;

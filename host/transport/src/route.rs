@@ -170,7 +170,7 @@ mod tests {
     use std::collections::BTreeSet;
     use tokio::sync::Notify;
 
-    fn with_channels(channels: &[&str]) -> (Arc<Inner>, Arc<Recorder>, mpsc::UnboundedReceiver<crate::state::OverlayInput>) {
+    fn with_channels(channels: &[&str]) -> (Arc<Inner>, Arc<Recorder>, crate::state::testing::OverlayRx) {
         let mut c = config(1);
         c.channels = channels.iter().map(|s| s.parse().unwrap()).collect();
         inner(c)

@@ -14,7 +14,7 @@ use reactor_net::{NodeId, NodeInfo};
 use reactor_types::{Address, Envelope, SendError};
 use rustc_hash::FxHashMap as HashMap;
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -114,7 +114,10 @@ pub(crate) struct LaneHandle {
     pub(crate) stats: Arc<LaneStats>,
 }
 
-/// What the overlay task is told.
+/// What the overlay task is told: by this node's own tasks on an unbounded
+/// queue (seeds, links, broadcasts: as many as this node makes), and
+/// `Message`s from peers on a bounded one.
+#[derive(Debug)]
 pub(crate) enum OverlayInput {
     Seed(NodeInfo),
     Connected(NodeInfo),
@@ -135,6 +138,18 @@ pub(crate) struct Inner {
     /// Live control connections this node dialed, per peer.
     pub(crate) control_links: Mutex<HashMap<NodeId, u32>>,
     pub(crate) overlay_tx: mpsc::UnboundedSender<OverlayInput>,
+    /// Overlay messages from peers (bounded: a peer waits for room).
+    pub(crate) overlay_msgs: mpsc::Sender<OverlayInput>,
+    /// Accepted connections per remote IP: (open, authenticating).
+    pub(crate) admission: Mutex<HashMap<IpAddr, (usize, usize)>>,
+    /// Accepted connections authenticating now, from everyone.
+    pub(crate) handshaking: Mutex<usize>,
+    /// Live accepted connections per (peer, channel, lane): at most
+    /// `MAX_CONNS_PER_LANE` (one, and a few being replaced).
+    pub(crate) accepted: Mutex<HashMap<(NodeId, String, u16), usize>>,
+    /// Whether the overlay relays reactor messages (else a message is
+    /// accepted only from its sender's own node).
+    pub(crate) relays: AtomicBool,
     /// Receive state of reliable streams between connections:
     /// (peer, channel, lane).
     pub(crate) receivers: Mutex<HashMap<(NodeId, u16, u16), reliable::Receiver>>,
@@ -164,6 +179,7 @@ impl Inner {
         local: SocketAddr,
         inbound: Arc<dyn Inbound>,
         overlay_tx: mpsc::UnboundedSender<OverlayInput>,
+        overlay_msgs: mpsc::Sender<OverlayInput>,
     ) -> Arc<Self> {
         let mut channels = vec![ChannelSpec::new("control", 1)];
         channels[0].reliable = false;
@@ -190,6 +206,11 @@ impl Inner {
             directory: RwLock::new(directory),
             control_links: Mutex::new(HashMap::default()),
             overlay_tx,
+            overlay_msgs,
+            admission: Mutex::new(HashMap::default()),
+            handshaking: Mutex::new(0),
+            accepted: Mutex::new(HashMap::default()),
+            relays: AtomicBool::new(true),
             dead_letters: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
@@ -288,12 +309,27 @@ pub(crate) mod testing {
         }
     }
 
+    /// Both queues of the overlay task.
+    #[derive(Debug)]
+    pub(crate) struct OverlayRx {
+        pub(crate) internal: mpsc::UnboundedReceiver<OverlayInput>,
+        pub(crate) peers: mpsc::Receiver<OverlayInput>,
+    }
+
+    impl OverlayRx {
+        /// The next input from either queue, this node's own first.
+        pub(crate) fn try_recv(&mut self) -> Result<OverlayInput, ()> {
+            self.internal.try_recv().or_else(|_| self.peers.try_recv()).map_err(|_| ())
+        }
+    }
+
     /// A transport's state with no tasks running, its inbound recorded.
-    pub(crate) fn inner(config: TransportConfig) -> (Arc<Inner>, Arc<Recorder>, mpsc::UnboundedReceiver<OverlayInput>) {
+    pub(crate) fn inner(config: TransportConfig) -> (Arc<Inner>, Arc<Recorder>, OverlayRx) {
         let recorder = Arc::new(Recorder::default());
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, internal) = mpsc::unbounded_channel();
+        let (msgs, peers) = mpsc::channel(config.overlay_queue);
         let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        (Inner::new(config, local, recorder.clone(), tx), recorder, rx)
+        (Inner::new(config, local, recorder.clone(), tx, msgs), recorder, OverlayRx { internal, peers })
     }
 
     /// A message of `len` bytes from node `from`.

@@ -5,9 +5,9 @@
 //! `error` and `config`.
 
 use crate::accept::accept_loop;
-use crate::config::{CONTROL, TransportConfig};
+use crate::config::{CONTROL, MAX_BROADCAST_LEN, TransportConfig};
 use crate::error::StartError;
-use crate::handshake::dial;
+use crate::handshake::{Conn, dial};
 use crate::overlay_task::overlay_task;
 use crate::state::{Inbound, Inner, LaneKey, LaneStatus, Member, OverlayInput};
 use reactor_net::NodeInfo;
@@ -19,6 +19,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+
+/// Why a broadcast was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BroadcastError {
+    /// Larger than a control frame carries.
+    #[error("a broadcast of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
 
 /// A running transport. Dropping it does not stop it; call
 /// [`Transport::stop`].
@@ -51,12 +64,15 @@ impl Transport {
         overlay: Box<dyn Overlay>,
         inbound: Arc<dyn Inbound>,
     ) -> Result<Self, StartError> {
+        config.validate().map_err(StartError::Config)?;
         let listener = TcpListener::from_std(listener).map_err(|source| StartError::Listen { addr: config.me.addr.clone(), source })?;
         let local = listener.local_addr().map_err(|source| StartError::Listen { addr: config.me.addr.clone(), source })?;
         let (overlay_tx, overlay_rx) = mpsc::unbounded_channel();
-        let inner = Inner::new(config, local, inbound, overlay_tx);
+        let (overlay_msgs, peers_rx) = mpsc::channel(config.overlay_queue);
+        let inner = Inner::new(config, local, inbound, overlay_tx, overlay_msgs);
+        inner.relays.store(overlay.relays(), Ordering::Relaxed);
         tokio::spawn(accept_loop(inner.clone(), listener));
-        tokio::spawn(overlay_task(inner.clone(), overlay, overlay_rx));
+        tokio::spawn(overlay_task(inner.clone(), overlay, overlay_rx, peers_rx));
         Ok(Self { inner, local })
     }
 
@@ -76,7 +92,7 @@ impl Transport {
                         return;
                     }
                     match dial(&inner, &addr, LaneKey { peer: 0, channel: CONTROL, lane: 0 }).await {
-                        Ok((_, _, peer)) => {
+                        Ok(Conn { peer, .. }) => {
                             // The seed's identity: what the handshake proved.
                             let info = NodeInfo {
                                 id: peer.node,
@@ -99,9 +115,15 @@ impl Transport {
         }
     }
 
-    /// Broadcasts `payload` to every node through the overlay.
-    pub fn broadcast(&self, payload: Vec<u8>) {
+    /// Broadcasts `payload` to every node through the overlay. A payload
+    /// over [`MAX_BROADCAST_LEN`] bytes (what a control frame carries) is
+    /// refused here.
+    pub fn broadcast(&self, payload: Vec<u8>) -> Result<(), BroadcastError> {
+        if payload.len() > MAX_BROADCAST_LEN {
+            return Err(BroadcastError::TooLarge { len: payload.len(), max: MAX_BROADCAST_LEN });
+        }
         let _ = self.inner.overlay_tx.send(OverlayInput::Broadcast(payload));
+        Ok(())
     }
 
     /// What this node knows of the cluster, itself included.
@@ -213,7 +235,11 @@ mod tests {
         // And back, and a broadcast.
         let back = Address::new(1, 0, 9);
         n2.send(back, envelope(2, 3), 0).unwrap();
-        n1.broadcast(b"news".to_vec());
+        n1.broadcast(b"news".to_vec()).unwrap();
+        assert_eq!(
+            n1.broadcast(vec![0; MAX_BROADCAST_LEN + 1]),
+            Err(BroadcastError::TooLarge { len: MAX_BROADCAST_LEN + 1, max: MAX_BROADCAST_LEN })
+        );
         until("the answer and the broadcast arrive", || {
             !r1.delivered.lock().unwrap().is_empty()
                 && r2.events.lock().unwrap().iter().any(|e| matches!(e, NodeEvent::Broadcast { origin: 1, .. }))

@@ -103,6 +103,10 @@ enum Status {
 #[derive(Debug)]
 struct Member {
     info: NodeInfo,
+    /// `info` came from the node itself (its authenticated connection, or
+    /// a message it sent): only then is its incarnation a fact. What others
+    /// say of a node introduces it, never changes it.
+    verified: bool,
     status: Status,
     connected: bool,
     /// Since when `status` (or, while Up and unconnected, the suspicion).
@@ -214,17 +218,22 @@ impl FullMesh {
         }
     }
 
-    /// Learns of `info` from a message: a new node or a new incarnation is
-    /// dialled; nothing else changes.
-    fn learn(&mut self, now: Instant, info: NodeInfo) {
+    /// Learns of `info` from a message of node `from`: a new node is
+    /// dialled; a new incarnation too, but only when `from` speaks of
+    /// itself. Another member's word about a known node changes nothing
+    /// (a member announcing someone's incarnation as `u64::MAX` would
+    /// otherwise shut the real node out).
+    fn learn(&mut self, now: Instant, from: NodeId, info: NodeInfo) {
         if info.id == self.me.id || check_info(&info).is_err() {
             return;
         }
+        let own_word = info.id == from;
         match self.members.get_mut(&info.id) {
-            Some(m) if info.incarnation > m.info.incarnation => {
+            Some(m) if own_word && info.incarnation > m.info.incarnation => {
                 // Restarted: the old incarnation is gone.
                 let was_up = m.status == Status::Up;
                 m.info = info.clone();
+                m.verified = true;
                 m.status = Status::Pending;
                 m.since = now;
                 if m.connected {
@@ -250,6 +259,7 @@ impl FullMesh {
                     id,
                     Member {
                         info: info.clone(),
+                        verified: own_word,
                         status: Status::Pending,
                         connected: false,
                         since: now,
@@ -295,7 +305,9 @@ impl Overlay for FullMesh {
         let initial = self.config.retry_initial;
         let id = peer.id;
         let up = match self.members.get_mut(&id) {
-            Some(m) if peer.incarnation < m.info.incarnation => return,
+            // An older run than the node itself said it is: a stale
+            // connection. (A claim by another member does not count.)
+            Some(m) if m.verified && peer.incarnation < m.info.incarnation => return,
             Some(m) => {
                 let newer = peer.incarnation > m.info.incarnation;
                 if newer && m.status == Status::Up {
@@ -303,6 +315,7 @@ impl Overlay for FullMesh {
                 }
                 let up = newer || m.status != Status::Up;
                 m.info = peer;
+                m.verified = true;
                 m.connected = true;
                 m.status = Status::Up;
                 m.since = now;
@@ -318,6 +331,7 @@ impl Overlay for FullMesh {
                     id,
                     Member {
                         info: peer,
+                        verified: true,
                         status: Status::Up,
                         connected: true,
                         since: now,
@@ -360,7 +374,7 @@ impl Overlay for FullMesh {
                 if info.id != from {
                     return Err(OverlayError::Refused(format!("join for node {} from node {from}", info.id)));
                 }
-                self.learn(now, info.clone());
+                self.learn(now, from, info.clone());
                 self.send_members(from);
                 let others: Vec<NodeId> = self
                     .members
@@ -376,12 +390,12 @@ impl Overlay for FullMesh {
             Msg::Members(infos) => {
                 check_chunk(&infos, MEMBERS_CHUNK, "members")?;
                 for info in infos {
-                    self.learn(now, info);
+                    self.learn(now, from, info);
                 }
             }
             Msg::Announce(info) => {
                 check_info(&info)?;
-                self.learn(now, info);
+                self.learn(now, from, info);
             }
             Msg::Digest { count, hash } => {
                 if (count, hash) != self.digest() {
@@ -465,6 +479,10 @@ impl Overlay for FullMesh {
         self.members.get(&to).filter(|m| m.connected).map(|_| to)
     }
 
+    fn relays(&self) -> bool {
+        false
+    }
+
     fn members(&self) -> Vec<NodeInfo> {
         self.live_infos()
     }
@@ -483,6 +501,35 @@ mod tests {
     fn converge(sim: &mut Sim) {
         let ok = sim.run_until(Sim::members_converged, Duration::from_secs(60));
         assert!(ok, "no convergence: {:?}", &sim.membership_errors()[..sim.membership_errors().len().min(10)]);
+    }
+
+    fn info(id: NodeId, incarnation: u64) -> NodeInfo {
+        NodeInfo { id, name: format!("n{id}"), addr: format!("127.0.0.1:{}", 9000 + id), role: NodeRole::Peer, incarnation }
+    }
+
+    #[test]
+    fn only_a_node_itself_says_which_incarnation_it_is() {
+        let now = Instant::now();
+        let mut m = FullMesh::new(info(1, 1), MeshConfig::default(), 1);
+        m.handle_connected(now, info(2, 1));
+        m.handle_connected(now, info(3, 1));
+        while m.poll_action().is_some() {}
+        // Node 3 announces node 2 as incarnation u64::MAX, and an unknown
+        // node 4 likewise.
+        m.handle_message(now, 3, &encode_message(&Msg::Announce(info(2, u64::MAX)))).unwrap();
+        m.handle_message(now, 3, &encode_message(&Msg::Members(vec![info(4, u64::MAX)]))).unwrap();
+        let actions: Vec<Action> = std::iter::from_fn(|| m.poll_action()).collect();
+        assert!(!actions.iter().any(|a| matches!(a, Action::Down(2))), "{actions:?}");
+        assert!(actions.iter().any(|a| matches!(a, Action::Connect(i) if i.id == 4)), "{actions:?}");
+        assert_eq!(m.members().iter().find(|i| i.id == 2).map(|i| i.incarnation), Some(1));
+        // The real node 4 connects as incarnation 1 and is up as that.
+        m.handle_connected(now, info(4, 1));
+        let actions: Vec<Action> = std::iter::from_fn(|| m.poll_action()).collect();
+        assert!(actions.iter().any(|a| matches!(a, Action::Up(i) if i.id == 4 && i.incarnation == 1)), "{actions:?}");
+        // Node 2 itself says it restarted: that is believed.
+        m.handle_message(now, 2, &encode_message(&Msg::Announce(info(2, 2)))).unwrap();
+        let actions: Vec<Action> = std::iter::from_fn(|| m.poll_action()).collect();
+        assert!(actions.iter().any(|a| matches!(a, Action::Down(2))), "{actions:?}");
     }
 
     #[test]

@@ -85,5 +85,12 @@ pub trait Overlay: Send + std::fmt::Debug {
 
     /// The nodes this node keeps connections to.
     fn neighbours(&self) -> Vec<NodeId>;
+
+    /// Whether messages between reactors are relayed by other nodes (their
+    /// `next_hop` is not always the destination). When not, the driver
+    /// accepts a message only from the node its sender's address names.
+    fn relays(&self) -> bool {
+        true
+    }
 }
 

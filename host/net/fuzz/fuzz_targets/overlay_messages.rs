@@ -1,0 +1,60 @@
+//! Fuzzes every overlay's wire decoder and the handling behind it: a node
+//! of each overlay (full mesh; client–server as a server and as a client;
+//! HyParView + Plumtree), connected to a few neighbours, is fed the input
+//! as a sequence of control messages from those neighbours, with time
+//! passing between them. No input may panic; every action the overlay asks
+//! for must be one a driver can carry out (a control message within the
+//! frame limit, no connection to itself).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use reactor_net::frame::MAX_CONTROL_LEN;
+use reactor_net::overlay::{self, Action};
+use reactor_net::{NodeInfo, NodeRole, OverlayKind};
+use std::time::{Duration, Instant};
+
+fn info(id: u16, role: NodeRole) -> NodeInfo {
+    NodeInfo { id, name: format!("n{id}"), addr: format!("10.0.0.{id}:7000"), role, incarnation: 1 }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&pick, mut rest)) = data.split_first() else { return };
+    let (kind, role) = match pick % 4 {
+        0 => (OverlayKind::FullMesh, NodeRole::Peer),
+        1 => (OverlayKind::ClientServer, NodeRole::Server),
+        2 => (OverlayKind::ClientServer, NodeRole::Client),
+        _ => (OverlayKind::HyParView, NodeRole::Peer),
+    };
+    let me = info(1, role);
+    let mut o = overlay::build(kind, me, 7);
+    let mut now = Instant::now();
+    for id in 2..=4 {
+        o.handle_connected(now, info(id, if id == 2 { NodeRole::Server } else { role }));
+    }
+    // Each message: a byte for the sender (2..=5, 5 not connected), a
+    // byte for the time that passes, two bytes of length, the payload.
+    while rest.len() >= 4 {
+        let from = 2 + u16::from(rest[0] % 4);
+        now += Duration::from_millis(u64::from(rest[1]) * 10);
+        let len = usize::from(u16::from_le_bytes([rest[2], rest[3]]));
+        rest = &rest[4..];
+        let msg = &rest[..len.min(rest.len())];
+        rest = &rest[msg.len()..];
+        let _ = o.handle_message(now, from, msg);
+        o.handle_timeout(now);
+        while let Some(a) = o.poll_action() {
+            match a {
+                Action::Send { to, payload } => {
+                    assert!(payload.len() <= MAX_CONTROL_LEN, "a control message over the frame limit");
+                    assert_ne!(to, 1, "a message to itself");
+                }
+                Action::Connect(i) => assert_ne!(i.id, 1, "a connection to itself"),
+                _ => {}
+            }
+        }
+        let _ = o.members();
+        for id in 0..6 {
+            let _ = o.next_hop(id);
+        }
+    }
+});
