@@ -13,12 +13,43 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::Instant;
 
-/// A value that one thread delivers once and another waits for.
+/// A value that one thread delivers once and another waits for. It may
+/// also be abandoned (its [`Promise`] dropped unfulfilled, e.g. by a shard
+/// thread that panicked): the waiter then gets `None` at once.
 #[derive(Debug)]
 pub(crate) struct Completion<T> {
     value: Mutex<Option<T>>,
     done: AtomicBool,
     waiter: Mutex<Option<Thread>>,
+}
+
+/// The obligation to complete a [`Completion`]: fulfilled once, or, when
+/// dropped unfulfilled (the code that held it unwound or was discarded),
+/// the completion is abandoned so its waiter does not wait forever.
+#[derive(Debug)]
+pub(crate) struct Promise<T>(Option<Arc<Completion<T>>>);
+
+impl<T> Promise<T> {
+    /// A promise and the completion it fulfils.
+    pub(crate) fn new() -> (Self, Arc<Completion<T>>) {
+        let c = Completion::new();
+        (Self(Some(c.clone())), c)
+    }
+
+    /// Delivers the value.
+    pub(crate) fn fulfil(mut self, v: T) {
+        if let Some(c) = self.0.take() {
+            c.complete(v);
+        }
+    }
+}
+
+impl<T> Drop for Promise<T> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.abandon();
+        }
+    }
 }
 
 impl<T> Completion<T> {
@@ -42,6 +73,21 @@ impl<T> Completion<T> {
         true
     }
 
+    /// Marks it done with no value (nothing will ever complete it); wakes
+    /// the waiter.
+    pub(crate) fn abandon(&self) {
+        {
+            let _slot = self.value.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            self.done.store(true, Ordering::Release);
+        }
+        if let Some(t) = self.waiter.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+            t.unpark();
+        }
+    }
+
     pub(crate) fn is_done(&self) -> bool {
         self.done.load(Ordering::Acquire)
     }
@@ -54,7 +100,8 @@ impl<T> Completion<T> {
         self.value.lock().unwrap().take()
     }
 
-    /// Waits for the value until `deadline`.
+    /// Waits for the value until `deadline`; `None` when the deadline
+    /// passed or the completion was abandoned.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<T> {
         *self.waiter.lock().unwrap() = Some(std::thread::current());
         // Answers often come within microseconds: spin briefly, then yield a
@@ -145,13 +192,28 @@ impl HostPort {
         self.pending.lock().unwrap().remove(&corr);
     }
 
-    /// Delivers an answer; false if no such request is waiting.
+    /// Delivers an answer the host itself found (an error); false if no
+    /// such request is waiting.
     pub(crate) fn answer(&self, corr: u64, result: Result<Reply, CallError>) -> bool {
         let entry = self.pending.lock().unwrap().remove(&corr);
         match entry {
             Some((_, slot)) => slot.complete(result),
             None => false,
         }
+    }
+
+    /// Delivers a reply; false (and nothing changes) unless a request with
+    /// that correlation id is waiting on the reply's sender: a reactor
+    /// cannot answer a request that went to another.
+    pub(crate) fn answer_reply(&self, corr: u64, reply: Reply) -> bool {
+        let slot = {
+            let mut pending = self.pending.lock().unwrap();
+            match pending.get(&corr) {
+                Some((target, _)) if *target == reply.from => pending.remove(&corr).map(|(_, slot)| slot),
+                _ => None,
+            }
+        };
+        slot.is_some_and(|s| s.complete(Ok(reply)))
     }
 
     /// Answers every request waiting on `target` with `err`.
@@ -199,6 +261,31 @@ mod tests {
         assert!(c.complete(7));
         assert!(!c.complete(8));
         assert_eq!(t.join().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn a_dropped_promise_releases_its_waiter() {
+        let (p, c) = Promise::<u32>::new();
+        let t = std::thread::spawn(move || c.wait(None));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        drop(p);
+        assert_eq!(t.join().unwrap(), None);
+        let (p, c) = Promise::<u32>::new();
+        p.fulfil(3);
+        assert_eq!(c.wait(None), Some(3));
+    }
+
+    #[test]
+    fn only_the_reactor_asked_can_answer() {
+        let port = HostPort::new(4, Arc::new(Refs::ephemeral()));
+        let target = Address::new(0, 0, 5);
+        let slot = port.register(9, target);
+        let reply = |from, p: &[u8]| Reply { from, payload: p.to_vec(), text: false };
+        assert!(!port.answer_reply(9, reply(Address::new(0, 0, 6), b"forged")));
+        assert!(!slot.is_done());
+        assert!(port.answer_reply(9, reply(target, b"real")));
+        assert_eq!(slot.take().unwrap().unwrap().payload, b"real");
+        assert!(!port.answer_reply(9, reply(target, b"again")));
     }
 
     #[test]
