@@ -144,20 +144,25 @@ pub(crate) struct HostPort {
     refs: Arc<Refs>,
     /// The port's own block of serials for correlation ids.
     corr: Mutex<LocalTags>,
-    messages: Mutex<VecDeque<Envelope>>,
+    /// The mailbox, and the bytes it holds (charged to the node budget).
+    messages: Mutex<(VecDeque<Envelope>, usize)>,
     capacity: usize,
+    byte_capacity: usize,
     /// Where messages for reactors on other nodes go (set once by the node).
     remote: OnceLock<Arc<dyn Outbound>>,
 }
 
 impl HostPort {
-    pub(crate) fn new(mailbox_capacity: usize, refs: Arc<Refs>) -> Arc<Self> {
+    /// A port whose mailbox holds at most `mailbox_capacity` messages and
+    /// `byte_capacity` bytes of them.
+    pub(crate) fn new(mailbox_capacity: usize, byte_capacity: usize, refs: Arc<Refs>) -> Arc<Self> {
         Arc::new(Self {
             pending: Mutex::new(HashMap::default()),
             refs,
             corr: Mutex::default(),
-            messages: Mutex::new(VecDeque::new()),
+            messages: Mutex::new((VecDeque::new(), 0)),
             capacity: mailbox_capacity,
+            byte_capacity,
             remote: OnceLock::new(),
         })
     }
@@ -233,18 +238,27 @@ impl HostPort {
         }
     }
 
-    /// Queues a one-way message to the outside world; false when full.
+    /// Queues a one-way message to the outside world; false when the
+    /// mailbox holds its capacity in messages or bytes, or the node's byte
+    /// budget has no room.
     pub(crate) fn post(&self, env: Envelope) -> bool {
+        let cost = env.payload.len() + 64;
         let mut m = self.messages.lock().unwrap();
-        if m.len() >= self.capacity {
+        if m.0.len() >= self.capacity
+            || m.1.saturating_add(cost) > self.byte_capacity
+            || !self.refs.budget().try_charge(cost)
+        {
             return false;
         }
-        m.push_back(env);
+        m.0.push_back(env);
+        m.1 += cost;
         true
     }
 
     pub(crate) fn drain_messages(&self) -> Vec<Envelope> {
-        self.messages.lock().unwrap().drain(..).collect()
+        let mut m = self.messages.lock().unwrap();
+        self.refs.budget().release(std::mem::take(&mut m.1));
+        m.0.drain(..).collect()
     }
 }
 
@@ -277,7 +291,7 @@ mod tests {
 
     #[test]
     fn only_the_reactor_asked_can_answer() {
-        let port = HostPort::new(4, Arc::new(Refs::ephemeral()));
+        let port = HostPort::new(4, 1 << 20, Arc::new(Refs::ephemeral()));
         let target = Address::new(0, 0, 5);
         let slot = port.register(9, target);
         let reply = |from, p: &[u8]| Reply { from, payload: p.to_vec(), text: false };
@@ -286,6 +300,21 @@ mod tests {
         assert!(port.answer_reply(9, reply(target, b"real")));
         assert_eq!(slot.take().unwrap().unwrap().payload, b"real");
         assert!(!port.answer_reply(9, reply(target, b"again")));
+    }
+
+    #[test]
+    fn the_mailbox_is_bounded_in_messages_and_bytes() {
+        let refs = Arc::new(Refs::ephemeral());
+        let port = HostPort::new(3, 1000, refs.clone());
+        let env = |n: usize| Envelope { kind: 1, flags: 0, from: Address(1), corr: 0, payload: vec![0; n] };
+        assert!(port.post(env(400)));
+        assert!(!port.post(env(500)), "over 1000 bytes");
+        assert!(port.post(env(10)));
+        assert!(port.post(env(10)));
+        assert!(!port.post(env(0)), "over 3 messages");
+        assert_eq!(refs.budget().used(), 400 + 10 + 10 + 3 * 64);
+        assert_eq!(port.drain_messages().len(), 3);
+        assert_eq!(refs.budget().used(), 0);
     }
 
     #[test]

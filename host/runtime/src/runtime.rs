@@ -193,7 +193,7 @@ impl Runtime {
             n => n,
         }
         .min(256);
-        let port = HostPort::new(config.shard.host_mailbox_capacity, refs.clone());
+        let port = HostPort::new(config.shard.host_mailbox_capacity, config.shard.host_mailbox_bytes, refs.clone());
         let (links, wakes) = Links::mesh(n, config.ring_capacity);
         let mut shards = Vec::with_capacity(n);
         for (index, links) in links.into_iter().enumerate() {
@@ -614,6 +614,10 @@ impl Drop for Runtime {
         for i in 0..self.shards.len() {
             let mut cmd = Command::Stop;
             while let Err(back) = self.command(i, cmd) {
+                // A thread that is gone altogether drains nothing.
+                if self.shards[i].thread.as_ref().is_none_or(JoinHandle::is_finished) {
+                    break;
+                }
                 cmd = back;
             }
         }

@@ -56,6 +56,9 @@ pub struct ShardConfig {
     pub max_reactors: usize,
     /// Messages to the outside world held before senders get "inbox full".
     pub host_mailbox_capacity: usize,
+    /// Bytes of messages to the outside world held before senders get
+    /// "inbox full".
+    pub host_mailbox_bytes: usize,
     /// Most requests one reactor may have waiting for replies; more get
     /// `SendError::TooManyRequests`.
     pub max_waiting_requests: u32,
@@ -72,6 +75,7 @@ impl Default for ShardConfig {
             max_batch: 64,
             max_reactors: 1_000_000,
             host_mailbox_capacity: 1 << 16,
+            host_mailbox_bytes: 256 << 20,
             max_waiting_requests: 65536,
             max_children: 10_000,
         }
@@ -504,7 +508,7 @@ impl Shard {
     /// A standalone shard drawing its tags from `refs` (e.g. persisted with
     /// [`Refs::open`], or shared with other shards).
     pub fn with_refs(engine: Arc<Engine>, config: ShardConfig, refs: Arc<Refs>) -> Self {
-        let port = HostPort::new(config.host_mailbox_capacity, refs.clone());
+        let port = HostPort::new(config.host_mailbox_capacity, config.host_mailbox_bytes, refs.clone());
         Self::linked(engine, config, 0, port, None, refs)
     }
 

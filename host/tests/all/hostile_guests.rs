@@ -345,3 +345,18 @@ fn spawns_are_limited_per_parent() {
     let (spawned, _): (u32, i64) = rt.call_typed(f, &FaultyCmd::SpawnMany(5)).unwrap();
     assert_eq!(spawned, 1);
 }
+
+#[test]
+fn the_host_mailbox_is_bounded_in_bytes() {
+    let mut rt = shard_with(ShardConfig { host_mailbox_bytes: 16 << 20, ..ShardConfig::default() });
+    let f = rt.spawn(&module("faulty"), &[]).unwrap();
+    let (accepted, last): (u32, i32) =
+        rt.call_typed(f, &FaultyCmd::Flood { to: Address::HOST.0, len: 1 << 20, times: 1000 }).unwrap();
+    assert_eq!(last, abi::STATUS_INBOX_FULL);
+    assert!((1..16).contains(&accepted), "the host mailbox took {accepted} MiB of a 16 MiB bound");
+    assert_eq!(rt.drain_host_messages().len(), accepted as usize);
+    // Drained, it takes messages again.
+    let (accepted, _): (u32, i32) =
+        rt.call_typed(f, &FaultyCmd::Flood { to: Address::HOST.0, len: 100, times: 10 }).unwrap();
+    assert_eq!(accepted, 10);
+}
