@@ -11,4 +11,5 @@ mod cli;
 mod refs;
 mod snapshot;
 mod cluster;
+mod hostile_guests;
 mod hostile_peers;
