@@ -11,3 +11,4 @@ mod cli;
 mod refs;
 mod snapshot;
 mod cluster;
+mod hostile_local;
