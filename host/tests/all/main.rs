@@ -12,3 +12,4 @@ mod refs;
 mod snapshot;
 mod cluster;
 mod hostile_local;
+mod hostile_guests;

@@ -323,6 +323,7 @@ fn read_module_file(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
 pub(crate) fn linker<H: HostContext>(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<ReactorData<H>>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |d: &mut ReactorData<H>| d.wasi_mut())?;
+    hostcalls::restrict_wasi(&mut linker)?;
     hostcalls::register(&mut linker)?;
     Ok(linker)
 }
