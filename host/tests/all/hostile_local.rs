@@ -363,6 +363,43 @@ fn admin_connections_are_bounded_and_garbage_gets_errors() {
     node.still_serves(c);
 }
 
+/// A client that pipelines far more requests than the node runs at once on
+/// one connection, without reading, is throttled (the node stops reading
+/// it while `MAX_PENDING` are in flight and its answers wait in a bounded
+/// queue), and loses nothing: every request is answered once.
+#[test]
+fn pipelined_requests_are_throttled_not_lost() {
+    use host::node::admin::MAX_PENDING;
+    let root = scratch("pipeline");
+    let node = start(&root, &root.join("data"), &root.join("cache"));
+    let c = node.spawn("counter");
+    let n = 20 * MAX_PENDING;
+    let s = UnixStream::connect(node.dir.join("admin.sock")).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut all = String::new();
+        for i in 0..n {
+            all.push_str(&json!({"id": i, "op": "call", "to": c, "msg": {"Add": 1}}).to_string());
+            all.push('\n');
+        }
+        w.write_all(all.as_bytes()).unwrap();
+    });
+    let mut rd = BufReader::new(s);
+    let mut seen = vec![false; n];
+    for _ in 0..n {
+        let mut line = String::new();
+        rd.read_line(&mut line).unwrap();
+        let a: Value = serde_json::from_str(&line).unwrap();
+        assert!(a.get("ok").is_some(), "{a}");
+        let i = a["id"].as_u64().unwrap() as usize;
+        assert!(!seen[i], "answered twice: {i}");
+        seen[i] = true;
+    }
+    writer.join().unwrap();
+    assert_eq!(node.call(c, json!("Get")), json!(n), "every request ran once");
+    node.still_serves(c);
+}
+
 /// The path of the one compiled artifact in `cache`.
 fn artifact(cache: &Path) -> PathBuf {
     let found: Vec<PathBuf> = std::fs::read_dir(cache)
