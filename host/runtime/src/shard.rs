@@ -213,35 +213,6 @@ impl Router {
         self.deliver_local(to, env).map_err(|(e, _)| e)
     }
 
-    /// Takes the outstanding request a reply answers: one of `to`'s, sent
-    /// to the reply's sender. `Err` (nothing changes) otherwise.
-    #[inline]
-    fn match_reply(&mut self, to: Address, env: &Envelope) -> Result<(), SendError> {
-        match self.outstanding.get(&env.corr) {
-            Some(&(requester, target)) if requester == to && target == env.from => {
-                self.outstanding.remove(&env.corr);
-                if let Some(mb) = self.inboxes.get_mut(&to) {
-                    mb.waiting = mb.waiting.saturating_sub(1);
-                }
-                Ok(())
-            }
-            _ => {
-                self.stats.unmatched_replies += 1;
-                tracing::debug!(to = %to, from = %env.from, corr = env.corr, "a reply that answers no request of its addressee was refused");
-                Err(SendError::NoSuchRequest(env.corr))
-            }
-        }
-    }
-
-    /// Puts back the outstanding request `env` answered (its reply was not
-    /// queued after all).
-    fn unmatch_reply(&mut self, to: Address, env: &Envelope) {
-        self.outstanding.insert(env.corr, (to, env.from));
-        if let Some(mb) = self.inboxes.get_mut(&to) {
-            mb.waiting += 1;
-        }
-    }
-
     /// Queues `env` into a local inbox, or gives it back with the reason. A
     /// reply is taken only for an outstanding request of the addressee to
     /// its sender; any message only within the addressee's byte budget and
@@ -262,15 +233,25 @@ impl Router {
 
     #[inline]
     fn queue(&mut self, to: Address, env: Envelope, forced: bool) -> Result<(), (SendError, Envelope)> {
-        if !self.inboxes.contains_key(&to) {
-            return Err((SendError::NoSuchReactor(to), env));
-        }
+        let Some(mb) = self.inboxes.get_mut(&to) else { return Err((SendError::NoSuchReactor(to), env)) };
         let reply = env.is_reply();
-        if reply && let Err(e) = self.match_reply(to, &env) {
-            return Err((e, env));
+        if reply {
+            // Only for an outstanding request of `to`'s, to the sender.
+            match self.outstanding.remove(&env.corr) {
+                Some((requester, target)) if requester == to && target == env.from => {
+                    mb.waiting = mb.waiting.saturating_sub(1);
+                }
+                other => {
+                    if let Some(o) = other {
+                        self.outstanding.insert(env.corr, o);
+                    }
+                    self.stats.unmatched_replies += 1;
+                    tracing::debug!(%to, from = %env.from, corr = env.corr, "refused a reply to no request of its addressee");
+                    return Err((SendError::NoSuchRequest(env.corr), env));
+                }
+            }
         }
         let cost = queued_cost(&env);
-        let mb = self.inboxes.get_mut(&to).expect("checked above");
         let refused = if forced {
             mb.account.force_charge(cost);
             self.budget.take_forced(cost);
@@ -283,7 +264,7 @@ impl Router {
         } else {
             None
         };
-        let env = match refused {
+        let result = match refused {
             Some(e) => Err((e, env)),
             None if reply || forced => {
                 mb.inbox.push_reply(env);
@@ -295,7 +276,7 @@ impl Router {
                 (SendError::InboxFull(to), env)
             }),
         };
-        match env {
+        match result {
             Ok(()) => {
                 if mb.inbox.schedule() {
                     self.ready.push_back(to);
@@ -304,7 +285,9 @@ impl Router {
             }
             Err((e, env)) => {
                 if reply {
-                    self.unmatch_reply(to, &env);
+                    // Not queued after all: the request is still waiting.
+                    self.outstanding.insert(env.corr, (to, env.from));
+                    mb.waiting += 1;
                 }
                 Err((e, env))
             }
@@ -399,16 +382,24 @@ impl HostContext for Router {
             return Router::route(self, to, env);
         }
         let (from, corr) = (env.from, env.corr);
-        let max = self.config.max_waiting_requests;
-        if self.inboxes.get(&from).is_some_and(|mb| mb.waiting >= max) {
-            return Err(SendError::TooManyRequests(from));
-        }
-        Router::route(self, to, env)?;
-        self.outstanding.insert(corr, (from, to));
         if let Some(mb) = self.inboxes.get_mut(&from) {
+            if mb.waiting >= self.config.max_waiting_requests {
+                return Err(SendError::TooManyRequests(from));
+            }
             mb.waiting += 1;
         }
-        Ok(())
+        match Router::route(self, to, env) {
+            Ok(()) => {
+                self.outstanding.insert(corr, (from, to));
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(mb) = self.inboxes.get_mut(&from) {
+                    mb.waiting -= 1;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// A correlation id unique across shards, the outside world, nodes and
