@@ -10,7 +10,9 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 pub(crate) struct EngineArgs {
     /// Directory for compiled modules, so a restart does not recompile
-    /// [default: $XDG_CACHE_HOME/reactor-host or ~/.cache/reactor-host].
+    /// [default: $XDG_CACHE_HOME/reactor-host, else $HOME/.cache/reactor-host,
+    /// else none]. Created 0700; refused if another user owns it or others
+    /// can write to it. Artifacts are authenticated with a key kept in it.
     #[arg(long, global = true, value_name = "DIR")]
     pub(crate) cache_dir: Option<PathBuf>,
     /// Keep compiled modules in memory only.
@@ -29,9 +31,20 @@ pub(crate) struct EngineArgs {
 
 impl EngineArgs {
     pub(crate) fn engine(&self) -> anyhow::Result<Arc<Engine>> {
-        let cache_dir = if self.no_cache { None } else { Some(self.cache_dir.clone().unwrap_or_else(default_cache_dir)) };
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            let dir = self.cache_dir.clone().or_else(default_cache_dir);
+            if dir.is_none() {
+                tracing::warn!(
+                    "neither XDG_CACHE_HOME nor HOME is set (to an absolute path): compiled modules are kept in memory \
+                     only (give --cache-dir to keep them on disk)"
+                );
+            }
+            dir
+        };
         let engine = Engine::new(EngineConfig { cache_dir, ..EngineConfig::default() })
-            .context("cannot start the engine")?;
+            .context("cannot start the engine (--no-cache runs without the disk cache)")?;
         Ok(Arc::new(engine))
     }
 
@@ -51,10 +64,13 @@ impl EngineArgs {
     }
 }
 
-fn default_cache_dir() -> PathBuf {
+/// The platform's cache directory for this program: `$XDG_CACHE_HOME/reactor-host`, else
+/// `$HOME/.cache/reactor-host` (relative values are ignored, as the XDG specification says). `None` without
+/// either: there is no shared fallback such as `/tmp`, which other users could write into.
+fn default_cache_dir() -> Option<PathBuf> {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
     let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("reactor-host")
+        .and_then(absolute)
+        .or_else(|| std::env::var_os("HOME").and_then(absolute).map(|h| h.join(".cache")))?;
+    Some(base.join("reactor-host"))
 }

@@ -1,23 +1,53 @@
 //! The node's admin socket (see the protocol in the parent module's docs):
 //! the server, and a small blocking client the CLI uses.
+//!
+//! # Who may connect
+//! The socket is `<data-dir>/admin.sock`, mode `0600`, in the node's
+//! data directory (created `0700`; see [`super::lock`]). It is bound in a
+//! private staging directory and renamed into place, so at no moment can
+//! another user reach it through a wider mode. Each connection's peer is
+//! identified by the kernel (`SO_PEERCRED`): only the node's own (effective)
+//! uid and root are served; anyone else gets one error line
+//! (`{"id":null,"err":"refused: …"}`), the connection is closed and the
+//! attempt is logged.
+//!
+//! # Bounds
+//! At most [`MAX_CONNECTIONS`] connections are served at once (more get an
+//! error line and are closed); a request line is at most
+//! [`protocol::MAX_LINE`] bytes (a longer one gets an error answer and its
+//! connection is closed; the reader never buffers more); at most
+//! [`MAX_PENDING`] requests of one connection run at once (the node stops
+//! reading that connection until one is answered), and answers wait in a
+//! bounded queue (a client that does not read its answers stops being
+//! read). Nothing per connection grows without bound.
 #![forbid(unsafe_code)]
 
+pub mod protocol;
+
 use super::{Node, NodeError};
+use protocol::{ModuleRef, Op, answer_err, answer_ok};
 use reactor_runtime::abi;
-use reactor_types::{Address, CallError, ParseAddressError, SendError, SpawnError};
+use reactor_types::{CallError, ParseAddressError, SendError, SpawnError};
 use serde_json::{Value, json};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
-/// Longest request line accepted (a message is at most the payload limit,
-/// written as JSON).
-const MAX_LINE: usize = 64 << 20;
+pub use protocol::parse_address;
 
+/// The socket's name in the data directory.
+pub const SOCKET: &str = "admin.sock";
+
+/// Most admin connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Most requests of one connection running at once.
+pub const MAX_PENDING: usize = 32;
 /// Why an admin request failed, on either side of the socket. A request
 /// that fails changes nothing on the node unless the variant says so.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +96,15 @@ pub enum AdminError {
         #[source]
         source: io::Error,
     },
+    /// The admin socket exists but this user may not connect to it.
+    #[error("permission denied on {}: the admin socket is only for the node's user", path.display())]
+    Denied {
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// The connection to the node broke or was closed by it.
     #[error("the node closed the admin connection")]
     Closed(#[source] Option<io::Error>),
@@ -86,15 +125,33 @@ pub struct AdminSocket {
 }
 
 impl AdminSocket {
-    /// Binds the admin socket of `node` at `<data-dir>/admin.sock`,
-    /// replacing a stale one a previous run of the node left (the data
-    /// directory is the node's). Once this returns, clients can connect.
+    /// Binds the admin socket of `node` at `<data-dir>/admin.sock` (mode
+    /// `0600`), replacing a stale one a previous run of the node left (the
+    /// node holds the data directory's lock, so no other node is using
+    /// it). Once this returns, clients can connect.
     pub fn bind(node: &Node) -> Result<AdminSocket, AdminError> {
-        let path = node.config.data_dir.join("admin.sock");
-        let _ = std::fs::remove_file(&path);
+        let dir = &node.config.data_dir;
+        let path = dir.join(SOCKET);
         let listen_err = |source| AdminError::Listen { path: path.clone(), source };
-        let listener = std::os::unix::net::UnixListener::bind(&path).map_err(listen_err)?;
-        listener.set_nonblocking(true).map_err(listen_err)?;
+        // Bound in a directory only this user can enter, made owner-only,
+        // then moved into place: never reachable with the umask's mode.
+        let staging = dir.join(format!(".a{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::DirBuilder::new().mode(0o700).create(&staging).map_err(listen_err)?;
+        let bound = (|| {
+            let tmp = staging.join(SOCKET);
+            let listener = std::os::unix::net::UnixListener::bind(&tmp)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+            listener.set_nonblocking(true)?;
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            std::fs::rename(&tmp, &path)?;
+            Ok(listener)
+        })();
+        let _ = std::fs::remove_dir_all(&staging);
+        let listener = bound.map_err(listen_err)?;
         Ok(AdminSocket { listener, path })
     }
 
@@ -122,8 +179,20 @@ fn describe(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn bad(what: &str) -> AdminError {
-    AdminError::BadRequest(what.to_owned())
+/// Answers a connection that is not served with one error line and closes
+/// it, without waiting: the line fits an empty socket buffer, and a peer
+/// that does not read it loses nothing it was owed.
+fn turn_away(stream: tokio::net::UnixStream, why: &str) {
+    if let Ok(mut s) = stream.into_std() {
+        let mut line = answer_err(&Value::Null, why);
+        line.push('\n');
+        let _ = s.write(line.as_bytes());
+    }
+}
+
+/// Whether a peer is served: the node's own uid or root.
+fn allowed(peer: u32, me: u32) -> bool {
+    peer == me || peer == 0
 }
 
 /// Serves admin requests on `socket` until `shutdown` or a `stop` request.
@@ -134,6 +203,8 @@ async fn serve(
 ) -> Result<(), AdminError> {
     let AdminSocket { listener, path } = socket;
     let listener = UnixListener::from_std(listener).map_err(|source| AdminError::Listen { path: path.clone(), source })?;
+    let me = rustix::process::geteuid().as_raw();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -143,9 +214,44 @@ async fn serve(
             conn = listener.accept() => {
                 let (stream, _) = match conn {
                     Ok(c) => c,
-                    Err(e) => { tracing::warn!("admin accept: {e}"); continue; }
+                    Err(e) => {
+                        tracing::warn!("admin accept: {e}");
+                        // Out of descriptors, say: do not spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
                 };
-                tokio::spawn(connection(node.clone(), stream, stop_tx.clone()));
+                match stream.peer_cred() {
+                    Ok(c) if allowed(c.uid(), me) => {}
+                    Ok(c) => {
+                        tracing::warn!(
+                            "admin socket: refused a connection from uid {} (pid {}): only uid {me} (the node's user) \
+                             and root may use it",
+                            c.uid(),
+                            c.pid().map_or("unknown".to_owned(), |p| p.to_string()),
+                        );
+                        turn_away(stream, &format!(
+                            "refused: uid {} may not use this node's admin socket (only uid {me}, the node's user, and root)",
+                            c.uid()
+                        ));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("admin socket: refused a connection whose peer cannot be identified: {e}");
+                        turn_away(stream, "refused: cannot identify the connecting process");
+                        continue;
+                    }
+                }
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!("admin socket: refused a connection: {MAX_CONNECTIONS} connections are open");
+                    turn_away(stream, &format!("refused: the node already serves {MAX_CONNECTIONS} admin connections"));
+                    continue;
+                };
+                let (node, stop) = (node.clone(), stop_tx.clone());
+                tokio::spawn(async move {
+                    connection(node, stream, stop).await;
+                    drop(slot);
+                });
             }
         }
     }
@@ -155,7 +261,7 @@ async fn serve(
 
 async fn connection(node: Arc<Node>, stream: tokio::net::UnixStream, stop: watch::Sender<bool>) {
     let (rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = mpsc::channel::<String>(MAX_PENDING + 1);
     let writer = tokio::spawn(async move {
         while let Some(mut line) = rx.recv().await {
             line.push('\n');
@@ -164,85 +270,78 @@ async fn connection(node: Arc<Node>, stream: tokio::net::UnixStream, stop: watch
             }
         }
     });
+    let pending = Arc::new(Semaphore::new(MAX_PENDING));
     let mut rd = tokio::io::BufReader::new(rd);
     let mut line = Vec::new();
     loop {
         line.clear();
-        match (&mut rd).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
+        match (&mut rd).take(protocol::MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => break,
-            Ok(_) if line.len() > MAX_LINE => {
-                let _ = tx.send(json!({"id": null, "err": format!("request over {MAX_LINE} bytes")}).to_string());
+            Ok(_) if line.len() > protocol::MAX_LINE => {
+                let why = format!("request line over {} bytes; closing the connection", protocol::MAX_LINE);
+                let _ = tx.send(answer_err(&Value::Null, &why)).await;
                 break;
             }
             Ok(_) => {}
         }
-        let req: Value = match serde_json::from_slice(&line) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = tx.send(json!({"id": null, "err": format!("not a JSON request: {e}")}).to_string());
+        let req = match protocol::parse_request(&line) {
+            Ok(r) => r,
+            Err((id, e)) => {
+                if tx.send(answer_err(&id, &e.to_string())).await.is_err() {
+                    break;
+                }
                 continue;
             }
         };
-        let id = req.get("id").cloned().unwrap_or(Value::Null);
-        if req.get("op").and_then(Value::as_str) == Some("stop") {
-            let _ = tx.send(json!({"id": id, "ok": null}).to_string());
+        if req.op == Op::Stop {
+            let _ = tx.send(answer_ok(&req.id, Value::Null)).await;
             let _ = stop.send(true);
             break;
         }
+        let Ok(permit) = pending.clone().acquire_owned().await else { break };
         let (node, tx) = (node.clone(), tx.clone());
         // Calls block on their answer: off the network threads.
         tokio::task::spawn_blocking(move || {
-            let answer = match handle(&node, &req) {
-                Ok(v) => json!({"id": id, "ok": v}),
-                Err(e) => json!({"id": id, "err": describe(&e)}),
+            let answer = match handle(&node, req.op) {
+                Ok(v) => answer_ok(&req.id, v),
+                Err(e) => answer_err(&req.id, &describe(&e)),
             };
-            let _ = tx.send(answer.to_string());
+            let _ = tx.blocking_send(answer);
+            drop(permit);
         });
     }
     drop(tx);
     let _ = writer.await;
 }
 
-use tokio::io::AsyncReadExt as _;
-
-/// Reads an address: `"#n.s:serial"` or a number.
-pub fn parse_address(v: &Value) -> Result<Address, AdminError> {
-    match v {
-        Value::Number(n) => n.as_u64().map(Address).ok_or_else(|| bad("an address number must be a u64")),
-        Value::String(s) => Ok(s.parse::<Address>()?),
-        _ => Err(bad("an address is a string like \"#1.0:5\" or a number")),
-    }
-}
-
-fn handle(node: &Node, req: &Value) -> Result<Value, AdminError> {
-    let op = req.get("op").and_then(Value::as_str).ok_or_else(|| bad("the request has no \"op\""))?;
+fn handle(node: &Node, op: Op) -> Result<Value, AdminError> {
     match op {
-        "status" => Ok(node.status()),
-        "spawn" => {
-            let name = req.get("module").and_then(Value::as_str).ok_or_else(|| bad("spawn needs \"module\""))?;
-            let module = node.module(name)?;
-            let init = match req.get("init") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(v) => serde_json::to_vec(v).map_err(AdminError::Encode)?,
+        Op::Status => Ok(node.status()),
+        Op::Spawn { module, init } => {
+            let module = match module {
+                ModuleRef::Hash(hash) => node.runtime.engine().module(&hash).ok_or_else(|| {
+                    AdminError::BadRequest(format!("no module with hash sha256:{hash} is loaded on this node"))
+                })?,
+                ModuleRef::Name(name) => node.module(&name)?,
+            };
+            let init = match init {
+                None => Vec::new(),
+                Some(v) => serde_json::to_vec(&v).map_err(AdminError::Encode)?,
             };
             let shard = node.runtime.shards();
             let pick = (node.runtime.stats().spawned as usize) % shard.max(1);
             let flags = if init.is_empty() { 0 } else { abi::FLAG_TEXT };
             let a = node.runtime.spawn_on(pick, &module, init, flags)?;
-            Ok(json!({"address": a.to_string(), "tag": a.0}))
+            Ok(json!({"address": a.to_string(), "tag": a.0, "module": format!("sha256:{}", module.hash)}))
         }
-        "send" | "call" => {
-            let to = parse_address(req.get("to").ok_or_else(|| bad("needs \"to\""))?)?;
-            let msg = serde_json::to_vec(req.get("msg").ok_or_else(|| bad("needs \"msg\""))?)
-                .map_err(AdminError::Encode)?;
-            if op == "send" {
-                node.runtime.send(to, msg, true)?;
-                return Ok(Value::Null);
-            }
-            let timeout = req
-                .get("timeout_ms")
-                .and_then(Value::as_u64)
-                .map_or(node.default_call_timeout(), Duration::from_millis);
+        Op::Send { to, msg } => {
+            let msg = serde_json::to_vec(&msg).map_err(AdminError::Encode)?;
+            node.runtime.send(to, msg, true)?;
+            Ok(Value::Null)
+        }
+        Op::Call { to, msg, timeout_ms } => {
+            let msg = serde_json::to_vec(&msg).map_err(AdminError::Encode)?;
+            let timeout = timeout_ms.map_or(node.default_call_timeout(), Duration::from_millis);
             let pending = node.runtime.request(to, msg, true)?;
             let reply = pending.wait(Some(timeout))?;
             if reply.text {
@@ -251,7 +350,7 @@ fn handle(node: &Node, req: &Value) -> Result<Value, AdminError> {
                 Ok(json!({"binary": hex::encode(&reply.payload)}))
             }
         }
-        "mailbox" => {
+        Op::Mailbox => {
             // One-way messages sent to this node's host (`#<node>.host`),
             // oldest first.
             let msgs: Vec<Value> = node
@@ -269,7 +368,7 @@ fn handle(node: &Node, req: &Value) -> Result<Value, AdminError> {
                 .collect();
             Ok(Value::Array(msgs))
         }
-        _ => Err(AdminError::BadRequest(format!("unknown op `{op}` (status, spawn, send, call, mailbox, stop)"))),
+        Op::Stop => Ok(Value::Null),
     }
 }
 
@@ -285,7 +384,11 @@ impl Client {
     /// Connects to the node whose data directory is `dir`.
     pub fn connect(dir: &Path) -> Result<Self, AdminError> {
         let not_running = |source| AdminError::NotRunning { dir: dir.to_owned(), source };
-        let s = std::os::unix::net::UnixStream::connect(dir.join("admin.sock")).map_err(not_running)?;
+        let path = dir.join(SOCKET);
+        let s = std::os::unix::net::UnixStream::connect(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => AdminError::Denied { path: path.clone(), source: e },
+            _ => not_running(e),
+        })?;
         Ok(Self { rd: BufReader::new(s.try_clone().map_err(not_running)?), wr: s, next: 1 })
     }
 
@@ -296,7 +399,19 @@ impl Client {
         req["id"] = json!(id);
         let mut line = req.to_string();
         line.push('\n');
-        self.wr.write_all(line.as_bytes()).map_err(|e| AdminError::Closed(Some(e)))?;
+        if let Err(e) = self.wr.write_all(line.as_bytes()) {
+            // The node may have refused the connection and closed it
+            // before reading: its reason is waiting to be read.
+            let mut answer = String::new();
+            if self.rd.read_line(&mut answer).is_ok()
+                && let Ok(v) = serde_json::from_str::<Value>(&answer)
+                && v.get("id").is_none_or(Value::is_null)
+                && let Some(err) = v.get("err")
+            {
+                return Err(AdminError::Refused(err.as_str().unwrap_or("error").to_owned()));
+            }
+            return Err(AdminError::Closed(Some(e)));
+        }
         loop {
             let mut answer = String::new();
             if self.rd.read_line(&mut answer).map_err(|e| AdminError::Closed(Some(e)))? == 0 {
@@ -304,6 +419,13 @@ impl Client {
             }
             let v: Value = serde_json::from_str(&answer).map_err(AdminError::BadAnswer)?;
             if v.get("id") != Some(&json!(id)) {
+                // An error for no request: the node refused the connection
+                // or could not read a line of it.
+                if v.get("id").is_none_or(Value::is_null)
+                    && let Some(err) = v.get("err")
+                {
+                    return Err(AdminError::Refused(err.as_str().unwrap_or("error").to_owned()));
+                }
                 continue;
             }
             if let Some(err) = v.get("err") {

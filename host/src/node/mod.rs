@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod lock;
 
 use reactor_net::auth::Secret;
 use reactor_net::secure::{Keyring, PublicKey, StaticKey};
@@ -53,6 +54,10 @@ use std::time::{Duration, SystemTime};
 /// (the incarnation, the tag high-water mark), which the next start reads.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The data directory is unusable (another user's, writable by others)
+    /// or another node holds it. Nothing was started or changed.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     /// The node id does not fit a tag. Nothing was started.
     #[error("--id must be 1 to {MAX_NODE}, not {0}")]
     BadId(NodeId),
@@ -169,6 +174,8 @@ pub struct Node {
     tokio: tokio::runtime::Runtime,
     events: Arc<Mutex<VecDeque<(SystemTime, NodeEvent)>>>,
     public_key: PublicKey,
+    /// Held for the node's life: no second node on its data directory.
+    _lock: lock::DataDirLock,
 }
 
 impl std::fmt::Debug for Node {
@@ -280,6 +287,7 @@ impl Node {
         if config.id < 1 || config.id > MAX_NODE {
             return Err(NodeError::BadId(config.id));
         }
+        let lock = lock::DataDirLock::acquire(&config.data_dir)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::Io {
             op: "create the data directory",
             path: config.data_dir.clone(),
@@ -336,7 +344,7 @@ impl Node {
         let transport = tokio.block_on(Transport::start(tc, listener, ov, inbound))?;
         runtime.set_remote(Arc::new(transport.clone()));
         transport.join(config.seeds.clone());
-        Ok(Self { config, info, runtime, transport, tokio, events, public_key })
+        Ok(Self { config, info, runtime, transport, tokio, events, public_key, _lock: lock })
     }
 
     /// This node's static public key (its identity on the wire).

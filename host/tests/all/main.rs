@@ -11,5 +11,6 @@ mod cli;
 mod refs;
 mod snapshot;
 mod cluster;
+mod hostile_local;
 mod hostile_guests;
 mod hostile_peers;

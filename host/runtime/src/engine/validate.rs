@@ -19,6 +19,25 @@ pub enum LoadError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The path names something other than a regular file (a FIFO, a
+    /// device, a directory, a socket); nothing was read from it.
+    #[error("cannot load module {}: it is {kind}, not a regular file", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// The module file is larger than the host loads.
+    #[error("cannot load module {}: {size} bytes, over the limit of {limit} bytes", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size (at least; it may have been growing).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The bytes do not start with the WebAssembly magic number.
     #[error("not a WebAssembly module: {0}")]
     NotWasm(String),
@@ -98,10 +117,9 @@ const MAGIC: &[u8; 4] = b"\0asm";
 /// Checks the header and the ABI section, before compiling anything.
 pub(crate) fn check_bytes(bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
-        let shown: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        // Never quote the bytes: they may be any file the host can read.
         return Err(LoadError::NotWasm(format!(
-            "expected the magic bytes 00 61 73 6d, found [{}] ({} bytes in all)",
-            shown.join(" "),
+            "it does not start with the magic bytes 00 61 73 6d ({} bytes in all)",
             bytes.len()
         )));
     }

@@ -1,0 +1,204 @@
+//! The admin protocol's messages, parsed from hostile bytes: one request
+//! line in, a typed [`Request`] or a specific [`RequestError`] out, and the
+//! answer lines. No I/O, and nothing of the node: it depends on
+//! `serde_json`, `hex`, `thiserror` and `reactor-types` alone, so the fuzz
+//! target `admin_request` (`host/fuzz`) builds it without wasmtime or tokio.
+#![forbid(unsafe_code)]
+
+use reactor_types::{Address, ModuleHash, ParseAddressError};
+use serde_json::{Value, json};
+
+/// Longest request line the node reads, newline included: 4 MiB. A longer
+/// one gets an error answer and the connection is closed. (Messages sent
+/// through the admin socket are therefore at most a little under 4 MiB of
+/// JSON; reactors exchange up to 16 MiB among themselves.)
+pub const MAX_LINE: usize = 4 << 20;
+
+/// How much of a client's text an error quotes back at most.
+const QUOTE: usize = 64;
+
+/// The ops the protocol knows, for error messages.
+const OPS: &str = "status, spawn, send, call, mailbox, stop";
+
+/// Why a request line is not a request. The connection stays open (except
+/// for an over-long line, which the reader handles before parsing).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RequestError {
+    /// The line is not JSON (the parser's position, never the line itself).
+    #[error("not a JSON request: {0}")]
+    NotJson(String),
+    /// The line is JSON but not an object.
+    #[error("a request is a JSON object with an \"op\"")]
+    NotObject,
+    /// The `"id"` is not an integer, a string or null. (A fractional or
+    /// huge number would not survive the trip back in the answer exactly,
+    /// so the client could not match its answer.)
+    #[error("\"id\" must be an integer, a string or null")]
+    BadId,
+    /// No `"op"` string.
+    #[error("the request has no \"op\"")]
+    NoOp,
+    /// An op the protocol does not know (quoted, cut at 64 characters).
+    #[error("unknown op `{0}` ({OPS})")]
+    UnknownOp(String),
+    /// A field is missing or has the wrong type.
+    #[error("{0}")]
+    Field(&'static str),
+    /// A field that should be an address is not one.
+    #[error(transparent)]
+    Address(#[from] ParseAddressError),
+}
+
+/// A module to spawn: by the hash of a module the node already has
+/// (`"sha256:<64 hex digits>"`), or by name or path.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModuleRef {
+    /// A module already loaded on the node.
+    Hash(ModuleHash),
+    /// A built guest's name, a name registered on the node, or a file.
+    Name(String),
+}
+
+/// What a request asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// The node's status report.
+    Status,
+    /// Start a reactor.
+    Spawn {
+        /// Its module.
+        module: ModuleRef,
+        /// The init argument (`None`: empty).
+        init: Option<Value>,
+    },
+    /// A one-way message.
+    Send {
+        /// The reactor.
+        to: Address,
+        /// The message.
+        msg: Value,
+    },
+    /// A request, whose reply is the answer.
+    Call {
+        /// The reactor.
+        to: Address,
+        /// The message.
+        msg: Value,
+        /// How long to wait (`None`: the node's default).
+        timeout_ms: Option<u64>,
+    },
+    /// The messages sent to this node's host.
+    Mailbox,
+    /// Stop the node.
+    Stop,
+}
+
+/// A parsed request: its id (echoed in the answer) and what it asks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// The client's id for it (`null` if it gave none).
+    pub id: Value,
+    /// What it asks for.
+    pub op: Op,
+}
+
+/// Cuts a client's text to [`QUOTE`] characters for an error message.
+fn quote(s: &str) -> String {
+    match s.char_indices().nth(QUOTE) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
+
+/// Reads an address: `"#n.s:serial"` or a number.
+pub fn parse_address(v: &Value) -> Result<Address, RequestError> {
+    match v {
+        Value::Number(n) => n.as_u64().map(Address).ok_or(RequestError::Field("an address number must be a u64")),
+        Value::String(s) => Ok(s.parse::<Address>()?),
+        _ => Err(RequestError::Field("an address is a string like \"#1.0:5\" or a number")),
+    }
+}
+
+/// Reads a module reference: `"sha256:<hex>"` is a hash, anything else a
+/// name or path.
+pub fn parse_module(name: &str) -> Result<ModuleRef, RequestError> {
+    let Some(hex_digits) = name.strip_prefix("sha256:") else {
+        return Ok(ModuleRef::Name(name.to_owned()));
+    };
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(hex_digits, &mut hash)
+        .map_err(|_| RequestError::Field("a module hash is \"sha256:\" and 64 hex digits"))?;
+    Ok(ModuleRef::Hash(ModuleHash(hash)))
+}
+
+/// Parses one request line (without or with its newline). On error, also
+/// gives the request's id if the line had one, for the answer.
+pub fn parse_request(line: &[u8]) -> Result<Request, (Value, RequestError)> {
+    let v: Value = serde_json::from_slice(line).map_err(|e| {
+        // serde_json's message names a position and a class of error, never
+        // the input's text.
+        (Value::Null, RequestError::NotJson(e.to_string()))
+    })?;
+    let Value::Object(mut req) = v else { return Err((Value::Null, RequestError::NotObject)) };
+    let id = req.remove("id").unwrap_or(Value::Null);
+    let exact = match &id {
+        Value::Null | Value::String(_) => true,
+        Value::Number(n) => n.is_u64() || n.is_i64(),
+        _ => false,
+    };
+    if !exact {
+        return Err((Value::Null, RequestError::BadId));
+    }
+    match parse_op(&mut req) {
+        Ok(op) => Ok(Request { id, op }),
+        Err(e) => Err((id, e)),
+    }
+}
+
+fn parse_op(req: &mut serde_json::Map<String, Value>) -> Result<Op, RequestError> {
+    let op = match req.get("op") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(RequestError::NoOp),
+    };
+    Ok(match op.as_str() {
+        "status" => Op::Status,
+        "mailbox" => Op::Mailbox,
+        "stop" => Op::Stop,
+        "spawn" => {
+            let module = match req.get("module") {
+                Some(Value::String(s)) => parse_module(s)?,
+                _ => return Err(RequestError::Field("spawn needs \"module\": a name, a path or \"sha256:<hex>\"")),
+            };
+            let init = match req.remove("init") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v),
+            };
+            Op::Spawn { module, init }
+        }
+        "send" | "call" => {
+            let to = parse_address(req.get("to").ok_or(RequestError::Field("send and call need \"to\""))?)?;
+            let msg = req.remove("msg").ok_or(RequestError::Field("send and call need \"msg\""))?;
+            if op == "send" {
+                Op::Send { to, msg }
+            } else {
+                let timeout_ms = match req.get("timeout_ms") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => Some(v.as_u64().ok_or(RequestError::Field("\"timeout_ms\" is a number of milliseconds"))?),
+                };
+                Op::Call { to, msg, timeout_ms }
+            }
+        }
+        other => return Err(RequestError::UnknownOp(quote(other))),
+    })
+}
+
+/// The answer line (without its newline) to a request that succeeded.
+pub fn answer_ok(id: &Value, ok: Value) -> String {
+    json!({"id": id, "ok": ok}).to_string()
+}
+
+/// The answer line (without its newline) to a request that failed, or to
+/// none (`id` null: a refused connection, an unreadable line).
+pub fn answer_err(id: &Value, err: &str) -> String {
+    json!({"id": id, "err": err}).to_string()
+}
