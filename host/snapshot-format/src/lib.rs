@@ -132,12 +132,14 @@ mod write;
 mod tests;
 
 pub use constants::{
-    FORMAT_VERSION, GLOBAL_F32, GLOBAL_F64, GLOBAL_I32, GLOBAL_I64, GLOBAL_V128, HEADER_LEN, MAGIC,
-    MAX_GLOBALS_PER_REACTOR, MAX_MEMORY, MAX_META_LEN, MAX_PAYLOAD_LEN, MAX_RUNS_PER_REACTOR, PAGE_SIZE,
-    WASM_PAGE_SIZE,
+    FORMAT_VERSION, FORMAT_VERSION_1, GLOBAL_F32, GLOBAL_F64, GLOBAL_I32, GLOBAL_I64, GLOBAL_V128, HEADER_LEN, MAGIC,
+    MAX_BLOB_LEN, MAX_BLOBS, MAX_GLOBALS_PER_REACTOR, MAX_HELD_BLOBS, MAX_INBOX_PER_REACTOR, MAX_MEMORY,
+    MAX_META_LEN, MAX_OUTSTANDING, MAX_PAYLOAD_LEN, MAX_REACTORS, MAX_RUNS_PER_REACTOR, PAGE_SIZE, WASM_PAGE_SIZE,
 };
 pub use error::FormatError;
 pub use id::SnapshotId;
-pub use model::{BlobEntry, EnvelopeRecord, GlobalValue, Header, Kind, Meta, ReactorEntry, Run, blob_hash};
+pub use model::{
+    BlobEntry, EnvelopeRecord, GlobalValue, Header, Kind, Meta, ReactorEntry, Run, blob_hash, encode_meta, page_hash,
+};
 pub use read::{SnapshotFile, parse};
-pub use write::Writer;
+pub use write::{FILE_MODE, Writer};

@@ -327,6 +327,8 @@ pub(crate) fn capture<H: HostContext>(
             inbox: host.inbox,
             blobs,
             next_corr: host.next_corr,
+            // The runtime does not track outstanding requests yet.
+            outstanding: Vec::new(),
             runs: Vec::new(),
         },
         pages,
