@@ -321,6 +321,24 @@ pub fn blob_hash(content: &[u8]) -> u64 {
     xxh3_64(content)
 }
 
+thread_local! {
+    /// Why the last decode on this thread failed, when a bound of ours
+    /// refused it (postcard keeps no message of a custom error).
+    static DECODE_NOTE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A decoding error saying `msg`, noted for [`take_decode_note`].
+fn refuse<E: de::Error>(msg: String) -> E {
+    let e = E::custom(&msg);
+    DECODE_NOTE.with(|n| *n.borrow_mut() = Some(msg));
+    e
+}
+
+/// The message of the last bound that refused a decode on this thread.
+pub(crate) fn take_decode_note() -> Option<String> {
+    DECODE_NOTE.with(|n| n.borrow_mut().take())
+}
+
 /// Decodes a sequence of at most `max` elements, failing as soon as the
 /// length prefix or the elements say more, and preallocating at most
 /// [`PREALLOC_BYTES`] however large the prefix.
@@ -338,7 +356,7 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for BoundedSeq<T> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-        let too_many = || de::Error::custom(format_args!("more than {} {}", self.max, self.what));
+        let too_many = || refuse(format!("more than {} {}", self.max, self.what));
         let hint = seq.size_hint();
         if hint.is_some_and(|n| n > self.max) {
             return Err(too_many());
@@ -399,7 +417,7 @@ mod hash_bytes {
 
     fn check<E: de::Error>(n: usize) -> Result<(), E> {
         if n as u64 > MAX_META_LEN || !n.is_multiple_of(8) {
-            return Err(E::custom(format_args!("page checksums of {n} bytes (not a multiple of 8, or over the limit)")));
+            return Err(refuse(format!("page checksums of {n} bytes (not a multiple of 8, or over the limit)")));
         }
         Ok(())
     }
@@ -439,7 +457,7 @@ mod payload_bytes {
     struct PayloadVisitor;
 
     fn too_long<E: de::Error>(n: usize) -> E {
-        E::custom(format_args!("an inbox payload of {n} bytes is longer than the limit of {MAX_PAYLOAD_LEN}"))
+        refuse(format!("an inbox payload of {n} bytes is longer than the limit of {MAX_PAYLOAD_LEN}"))
     }
 
     impl<'de> Visitor<'de> for PayloadVisitor {

@@ -16,6 +16,9 @@ use crate::error::{FormatError, io_err, malformed};
 use crate::id::SnapshotId;
 use crate::model::{BlobEntry, Header, Kind, Meta, MetaV1, MetaV2In, blob_hash, page_hash};
 
+/// One checksum per data page.
+type PageHashes = Box<[u64]>;
+
 /// Read size when streaming the data section through the hash.
 const VERIFY_CHUNK: usize = 8 << 20;
 /// How often `verify_data` reports progress.
@@ -124,11 +127,15 @@ fn check_header(prefix: &[u8], file_len: u64, expected_abi: u32) -> Result<Heade
 /// Checks the meta section's hash, decodes it (in the header's format
 /// version) and validates it. Returns the page checksums too (version 2;
 /// `None` for version 1).
-fn check_meta(header: &Header, bytes: &[u8]) -> Result<(Meta, Option<Box<[u64]>>), FormatError> {
+fn check_meta(header: &Header, bytes: &[u8]) -> Result<(Meta, Option<PageHashes>), FormatError> {
     if xxh3_64(bytes) != header.meta_hash {
         return Err(FormatError::MetaCorrupt);
     }
-    let undecodable = |e: postcard::Error| malformed(format!("the meta section does not decode: {e}"));
+    crate::model::take_decode_note();
+    let undecodable = |e: postcard::Error| match crate::model::take_decode_note() {
+        Some(note) => malformed(format!("the meta section does not decode: {note}")),
+        None => malformed(format!("the meta section does not decode: {e}")),
+    };
     let (meta, hashes, rest) = if header.format_version == FORMAT_VERSION_1 {
         let (meta, rest) = postcard::take_from_bytes::<MetaV1>(bytes).map_err(undecodable)?;
         (Meta::from(meta), None, rest)
@@ -170,16 +177,31 @@ fn check_pages_against(hashes: &[u64], first: u64, bytes: &[u8]) -> Result<(), F
 }
 
 /// Parses and checks the header and meta of a whole file image, as
-/// [`SnapshotFile::open`] does, and, in format version 2, every data page
-/// against its checksum (the image is in memory already); the version 1
-/// data hash is [`SnapshotFile::verify_data`]'s job.
+/// [`SnapshotFile::open`] does: everything but the page data (that is
+/// [`parse_verified`]'s, [`SnapshotFile::verify_data`]'s and
+/// [`SnapshotFile::check_pages`]' job), though the data section's length
+/// and, in format version 2, the number of page checksums are checked.
 pub fn parse(bytes: &[u8], expected_abi: u32) -> Result<(Header, Meta), FormatError> {
     let prefix = &bytes[..bytes.len().min(HEADER_LEN)];
     let header = check_header(prefix, bytes.len() as u64, expected_abi)?;
     // check_header made sure that meta_offset + meta_len == bytes.len().
+    let (meta, _) = check_meta(&header, &bytes[header.meta_offset as usize..])?;
+    Ok((header, meta))
+}
+
+/// [`parse`], then every data page checked against its checksum (format
+/// version 2; [`FormatError::PageCorrupt`] names the first damaged one),
+/// or, for version 1, the whole data section against the header's hash
+/// ([`FormatError::DataCorrupt`]). Blob hashes are not checked.
+pub fn parse_verified(bytes: &[u8], expected_abi: u32) -> Result<(Header, Meta), FormatError> {
+    let prefix = &bytes[..bytes.len().min(HEADER_LEN)];
+    let header = check_header(prefix, bytes.len() as u64, expected_abi)?;
     let (meta, hashes) = check_meta(&header, &bytes[header.meta_offset as usize..])?;
-    if let Some(h) = hashes {
-        check_pages_against(&h, 0, &bytes[HEADER_LEN..header.meta_offset as usize])?;
+    let data = &bytes[HEADER_LEN..header.meta_offset as usize];
+    match hashes {
+        Some(h) => check_pages_against(&h, 0, data)?,
+        None if xxh3_64(data) != header.data_hash => return Err(FormatError::DataCorrupt),
+        None => {}
     }
     Ok((header, meta))
 }
@@ -192,7 +214,7 @@ pub struct SnapshotFile {
     header: Header,
     meta: Meta,
     /// One checksum per data page (format version 2).
-    page_hashes: Option<Box<[u64]>>,
+    page_hashes: Option<PageHashes>,
 }
 
 impl SnapshotFile {
@@ -299,8 +321,8 @@ impl SnapshotFile {
     }
 
     /// Streams the whole data section through xxh3 and compares with the
-    /// header (and, in format version 2, checks every page against its
-    /// checksum), then checks each blob's hash; `progress(done, total)` is called
+    /// header, then checks each blob's hash (to find which page is damaged
+    /// in a format version 2 file, [`SnapshotFile::verify_pages`]); `progress(done, total)` is called
     /// about every 64 MiB and once at the end.
     pub fn verify_data(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<(), FormatError> {
         let total = self.header.data_len;
@@ -312,9 +334,6 @@ impl SnapshotFile {
             let n = (buf.len() as u64).min(total - done) as usize;
             self.file.read_exact_at(&mut buf[..n], self.file_offset(done)).map_err(io_err(&self.path))?;
             hasher.update(&buf[..n]);
-            if let Some(h) = &self.page_hashes {
-                check_pages_against(h, done / PAGE_SIZE as u64, &buf[..n])?;
-            }
             done += n as u64;
             if done >= next_report && done < total {
                 progress(done, total);

@@ -10,4 +10,5 @@ mod runtime;
 mod cli;
 mod refs;
 mod snapshot;
+mod hostile_files;
 mod cluster;

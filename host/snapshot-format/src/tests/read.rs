@@ -157,11 +157,12 @@ fn data_corruption_is_found_by_verify_data() {
     let mut b = fs::read(&path).unwrap();
     b[HEADER_LEN + 5000] ^= 0x80;
     fs::write(&path, &b).unwrap();
-    // An image in memory has its pages checked (format version 2); a file
-    // opens, and verify_data names the damaged page.
-    assert!(matches!(parse(&b, ABI), Err(FormatError::PageCorrupt { page: 1, .. })));
+    parse(&b, ABI).unwrap();
     let f = SnapshotFile::open(&path, ABI).unwrap();
-    assert!(matches!(f.verify_data(&mut |_, _| {}), Err(FormatError::PageCorrupt { page: 1, .. })));
+    assert!(matches!(f.verify_data(&mut |_, _| {}), Err(FormatError::DataCorrupt)));
+    // Format version 2 also names the damaged page.
+    assert!(matches!(crate::parse_verified(&b, ABI), Err(FormatError::PageCorrupt { page: 1, .. })));
+    assert!(matches!(f.verify_pages(0, 4 * PAGE_SIZE as u64), Err(FormatError::PageCorrupt { page: 1, .. })));
 
     // A damaged blob: found by the data hash, and by read_blob alone.
     let mut b = fs::read(&path).unwrap();
@@ -169,7 +170,8 @@ fn data_corruption_is_found_by_verify_data() {
     b[HEADER_LEN + 3 * PAGE_SIZE + 10] ^= 1;
     fs::write(&path, &b).unwrap();
     let f = SnapshotFile::open(&path, ABI).unwrap();
-    assert!(matches!(f.verify_data(&mut |_, _| {}), Err(FormatError::PageCorrupt { page: 3, .. })));
+    assert!(matches!(f.verify_data(&mut |_, _| {}), Err(FormatError::DataCorrupt)));
+    assert!(matches!(f.verify_pages(0, 4 * PAGE_SIZE as u64), Err(FormatError::PageCorrupt { page: 3, .. })));
     assert!(matches!(f.read_blob(&f.meta().blobs[0]), Err(FormatError::DataCorrupt)));
 }
 
