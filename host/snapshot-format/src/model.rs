@@ -203,7 +203,8 @@ pub(crate) struct MetaV1 {
 
 impl From<MetaV1> for Meta {
     fn from(v: MetaV1) -> Self {
-        Meta { created_unix_ms: v.created_unix_ms, blobs: v.blobs, reactors: v.reactors.into_iter().map(Into::into).collect() }
+        let reactors = v.reactors.into_iter().map(Into::into).collect();
+        Meta { created_unix_ms: v.created_unix_ms, blobs: v.blobs, reactors }
     }
 }
 

@@ -146,7 +146,8 @@ fn a_version_1_snapshot_is_still_restored_and_checked_whole_on_the_lazy_path() {
     let (data, _) = mapped_run_of(&v1, addrs[2]);
     flip(&v1, HEADER_LEN as u64 + data + 5);
     let mut rt = shard();
-    let e = rt.restore_files(&[SnapshotFile::open(&v1, abi::ABI_VERSION).unwrap()], RestoreOptions::lazy()).unwrap_err();
+    let f = SnapshotFile::open(&v1, abi::ABI_VERSION).unwrap();
+    let e = rt.restore_files(&[f], RestoreOptions::lazy()).unwrap_err();
     assert!(matches!(e, SnapshotError::File(FormatError::DataCorrupt)), "{e}");
     assert!(addrs.iter().all(|&a| rt.state(a).is_none()));
 }

@@ -84,8 +84,8 @@ pub enum SnapshotError {
     /// tag space up to it. Nothing was restored and the node's counters are
     /// unchanged.
     #[error(
-        "snapshot of reactor {address} carries {what} {value:#x}, beyond any tag this node could have issued: {source}; \
-         refusing the restore (the file is damaged or forged, or it was taken by another node with this node id)"
+        "snapshot of reactor {address} carries {what} {value:#x}, beyond any tag this node could have issued: \
+         {source}; refusing the restore (the file is damaged or forged, or it was taken by another node with this node id)"
     )]
     Counter {
         /// The reactor.

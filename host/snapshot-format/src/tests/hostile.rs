@@ -22,7 +22,8 @@ fn a_flipped_bit_names_its_page_everywhere_it_is_read() {
     b[HEADER_LEN + 2 * PAGE_SIZE + 77] ^= 0x10;
     fs::write(&path, &b).unwrap();
     let want = |e: &FormatError| {
-        matches!(e, FormatError::PageCorrupt { page: 2, file_offset } if *file_offset == (HEADER_LEN + 2 * PAGE_SIZE) as u64)
+        let at = (HEADER_LEN + 2 * PAGE_SIZE) as u64;
+        matches!(e, FormatError::PageCorrupt { page: 2, file_offset } if *file_offset == at)
     };
     // An image in memory, verified.
     parse(&b, ABI).unwrap();
@@ -54,13 +55,15 @@ fn overlapping_ranges_are_refused_by_name() {
     let b = m.blobs[0].clone();
     m.blobs.push(BlobEntry { tag: 0xb10c, ..b });
     let e = err_of(m.validate(data.len() as u64));
-    assert!(matches!(&e, FormatError::Overlap { first, second } if first.contains("0xb10b") && second.contains("0xb10c")), "{e:?}");
+    let named = |first: &str, second: &str| first.contains("0xb10b") && second.contains("0xb10c");
+    assert!(matches!(&e, FormatError::Overlap { first, second } if named(first, second)), "{e:?}");
     assert!(matches!(parse(&image(&data, &m), ABI), Err(FormatError::Overlap { .. })));
     // A run whose pages are a blob's.
     let mut m = good.clone();
     m.reactors[1].runs[0].data = Some(3 * PAGE_SIZE as u64);
     let e = err_of(parse(&image(&data, &m), ABI));
-    assert!(matches!(&e, FormatError::Overlap { first, second } if first.contains("blob") || second.contains("blob")), "{e:?}");
+    let named = |first: &str, second: &str| first.contains("blob") || second.contains("blob");
+    assert!(matches!(&e, FormatError::Overlap { first, second } if named(first, second)), "{e:?}");
     // Two reactors' runs may share pages (they are only read).
     let mut m = good.clone();
     m.reactors[1].runs[0].data = Some(0);

@@ -6,7 +6,8 @@
 //! of a faulting address is found by bisection in a fixed, double-buffered
 //! sorted index (O(log n) for n tracked regions, n ≤ [`MAX_REGIONS`]). An
 //! `mprotect` that fails in the handler gives the region up (`give_up`):
-//! the capture is finished by copying, the protection lifted as a whole. (`register`, `unregister` and `install_handler` run
+//! the capture is finished by copying, the protection lifted as a whole.
+//! (`register`, `unregister` and `install_handler` run
 //! on ordinary threads; they live here because the table's protocol — the
 //! `users` count that keeps a region alive while a handler looks at it —
 //! must be read in one place.)

@@ -211,7 +211,8 @@ fn writing_every_other_page_past_the_map_limit_finishes_the_capture_by_copying()
 }
 
 #[test]
-#[ignore = "run alone in a child process by writing_every_other_page_past_the_map_limit_finishes_the_capture_by_copying"]
+#[ignore = "run alone in a child process by writing_every_other_page_past_the_map_limit_finishes_the_capture_by_\
+            copying"]
 fn every_other_page_past_the_map_limit_alone() {
     // 512 MiB: unprotecting every other page would split the mapping into
     // 131,072 pieces, past the default vm.max_map_count (65,530).
