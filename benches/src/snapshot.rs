@@ -33,7 +33,7 @@ const VALUE_LEN: u32 = 900;
 
 fn config() -> ShardConfig {
     ShardConfig {
-        limits: Limits { memory_cap: 3 << 30, cpu_budget: Duration::from_secs(120) },
+        limits: Limits { memory_cap: 3 << 30, cpu_budget: Duration::from_secs(120), ..Limits::default() },
         ..ShardConfig::default()
     }
 }

@@ -64,13 +64,22 @@
 //! *holds* a set of blobs (at most [`MAX_HELD_BLOBS`]; holding one twice is
 //! holding it once) and reads only those; a blob lives while any reactor or
 //! the host holds it. What a reactor holds survives its snapshots, by tag.
+//! A blob is a capability: a reactor can open only a blob it created, one
+//! it was given ([`IMPORT_BLOB_GIVE`]) or one the host published; for any
+//! other tag, guessed or overheard, every call answers
+//! [`STATUS_NO_SUCH_BLOB`], exactly as for a tag that does not exist.
 //! - [`IMPORT_BLOB_CREATE`]`(ptr: i32, len: i32) -> i64` — copy `[ptr, ptr+len)`
 //!   into a new blob the caller holds; returns its tag (> 0), or
 //!   [`STATUS_LIMIT`] (over [`MAX_BLOB_LEN`] bytes, already holding
 //!   [`MAX_HELD_BLOBS`], or the host cannot issue a tag right now).
 //! - [`IMPORT_BLOB_OPEN`]`(tag: i64) -> i32` — start holding an existing blob
-//!   (e.g. one whose tag came in a message); [`STATUS_OK`],
-//!   [`STATUS_NO_SUCH_BLOB`] or [`STATUS_LIMIT`].
+//!   the caller may open (given to it, e.g. with its tag in a message);
+//!   [`STATUS_OK`], [`STATUS_NO_SUCH_BLOB`] or [`STATUS_LIMIT`].
+//! - [`IMPORT_BLOB_GIVE`]`(tag: i64, to: i64) -> i32` — let the reactor `to`
+//!   (on this node) open a blob the caller holds; [`STATUS_OK`],
+//!   [`STATUS_NO_SUCH_BLOB`] (not held), or [`STATUS_LIMIT`] (the blob has
+//!   [`MAX_BLOB_GRANTS`] grants already). A grant does not keep the blob
+//!   alive, and lasts while the blob does.
 //! - [`IMPORT_BLOB_LEN`]`(tag: i64) -> i64` — length of a held blob, or
 //!   [`STATUS_NO_SUCH_BLOB`].
 //! - [`IMPORT_BLOB_READ`]`(tag: i64, offset: i64, ptr: i32, len: i32) -> i64`
@@ -148,11 +157,15 @@ pub const IMPORT_BLOB_LEN: &str = "blob_len";
 pub const IMPORT_BLOB_READ: &str = "blob_read";
 /// Import (optional): `(tag: i64) -> i32`.
 pub const IMPORT_BLOB_CLOSE: &str = "blob_close";
+/// Import (optional): `(tag: i64, to: i64) -> i32`.
+pub const IMPORT_BLOB_GIVE: &str = "blob_give";
 
 /// Largest blob (256 MiB); larger creates get [`STATUS_LIMIT`].
 pub const MAX_BLOB_LEN: u32 = 256 << 20;
 /// Most blobs one reactor holds at once; more get [`STATUS_LIMIT`].
 pub const MAX_HELD_BLOBS: u32 = 4096;
+/// Most reactors one blob may be given to; more get [`STATUS_LIMIT`].
+pub const MAX_BLOB_GRANTS: u32 = 65536;
 
 /// Envelope kind: a one-way message.
 pub const KIND_MESSAGE: u8 = 1;

@@ -41,6 +41,7 @@ mod sys {
         pub(crate) fn blob_len(tag: u64) -> i64;
         pub(crate) fn blob_read(tag: u64, offset: u64, ptr: *mut u8, len: usize) -> i64;
         pub(crate) fn blob_close(tag: u64) -> i32;
+        pub(crate) fn blob_give(tag: u64, to: u64) -> i32;
         pub(crate) fn set_affinity(key: u64) -> i32;
     }
     #[link(wasm_import_module = "wasi_snapshot_preview1")]
@@ -425,7 +426,8 @@ std::thread_local! {
 /// let mut head = [0u8; 16];
 /// model.read(0, &mut head)?;
 /// let mine = Blob::create(b"shared bytes")?;
-/// cx.send(peer, &mine.tag())?;           // the peer opens it by tag
+/// mine.give(peer)?;                       // the peer may open it now
+/// cx.send(peer, &mine.tag())?;           // and learns its tag
 /// ```
 #[derive(Debug, PartialEq, Eq)]
 pub struct Blob {
@@ -465,7 +467,16 @@ impl Blob {
         Ok(Self::hold(tag, len as u64))
     }
 
-    /// Its tag: send this to let another reactor [`Blob::open`] it.
+    /// Lets the reactor `to` (on this node) [`Blob::open`] it: blobs are
+    /// capabilities, a tag alone opens nothing. Send it the tag too.
+    pub fn give(&self, to: Address) -> Result<(), BlobError> {
+        // SAFETY: no pointers.
+        let s = unsafe { sys::blob_give(self.tag, to.0) };
+        if s == abi::STATUS_OK { Ok(()) } else { Err(BlobError::from_status(s as i64)) }
+    }
+
+    /// Its tag: [`give`](Blob::give) the blob and send this to let another
+    /// reactor [`Blob::open`] it.
     pub fn tag(&self) -> u64 {
         self.tag
     }

@@ -9,6 +9,8 @@ mod raw {
     #[link(wasm_import_module = "reactor")]
     unsafe extern "C" {
         pub(crate) fn send(to: u64, ptr: usize, len: usize, flags: u32) -> i32;
+        pub(crate) fn reply(to: u64, corr: u64, ptr: usize, len: usize, flags: u32) -> i32;
+        pub(crate) fn blob_give(tag: u64, to: u64) -> i32;
         pub(crate) fn inbox_read(ptr: usize, len: usize) -> usize;
         pub(crate) fn log(level: i32, ptr: usize, len: usize);
         pub(crate) fn spawn(mptr: *const u8, mlen: usize, iptr: *const u8, ilen: usize) -> i64;
@@ -144,6 +146,74 @@ impl Reactor for Faulty {
                     created += 1;
                 }
                 let _ = cx.reply(&(created, status));
+            }
+            FaultyCmd::Sleep(ms) => {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                let _ = cx.reply(&0u32);
+            }
+            FaultyCmd::Print { lines, len } => {
+                let line = "x".repeat(len as usize);
+                for _ in 0..lines {
+                    println!("{line}");
+                }
+                let _ = cx.reply(&0u32);
+            }
+            FaultyCmd::ForgeReply { to, corr, len, times } => {
+                let body = vec![7u8; len as usize];
+                let (mut accepted, mut last) = (0u32, 0i32);
+                for _ in 0..times {
+                    // SAFETY: a live slice of our own memory.
+                    last = unsafe { raw::reply(to, corr, body.as_ptr() as usize, body.len(), 0) };
+                    if last == 0 {
+                        accepted += 1;
+                    }
+                }
+                let _ = cx.reply(&(accepted, last));
+            }
+            FaultyCmd::SpawnMany(n) => {
+                let (mut spawned, mut status) = (0u32, 0i64);
+                let own = [guest_sdk::abi::MODULE_REF_SELF];
+                for _ in 0..n {
+                    // SAFETY: live slices of our own memory (an empty init).
+                    let r = unsafe { raw::spawn(own.as_ptr(), own.len(), own.as_ptr(), 0) };
+                    if r < 0 {
+                        status = r;
+                        break;
+                    }
+                    spawned += 1;
+                }
+                let _ = cx.reply(&(spawned, status));
+            }
+            FaultyCmd::BigBlobs { len, max } => {
+                let bytes = vec![5u8; len as usize];
+                let (mut created, mut status) = (0u32, 0i64);
+                for _ in 0..max {
+                    // SAFETY: a live slice of our own memory.
+                    let r = unsafe { raw::blob_create(bytes.as_ptr() as usize, bytes.len()) };
+                    if r <= 0 {
+                        status = r;
+                        break;
+                    }
+                    created += 1;
+                }
+                let _ = cx.reply(&(created, status));
+            }
+            FaultyCmd::Flood { to, len, times } => {
+                let body = vec![9u8; len as usize];
+                let (mut accepted, mut last) = (0u32, 0i32);
+                for _ in 0..times {
+                    // SAFETY: a live slice of our own memory.
+                    last = unsafe { raw::send(to, body.as_ptr() as usize, body.len(), 0) };
+                    if last == 0 {
+                        accepted += 1;
+                    }
+                }
+                let _ = cx.reply(&(accepted, last));
+            }
+            FaultyCmd::GiveBlob { tag, to } => {
+                // SAFETY: no pointers.
+                let r = unsafe { raw::blob_give(tag, to) };
+                let _ = cx.reply(&r);
             }
         }
     }

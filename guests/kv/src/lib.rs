@@ -116,6 +116,13 @@ impl Reactor for Kv {
                 }
                 None => KvReply::Refused { status: BlobError::NoSuchBlob.status() },
             },
+            KvReq::GiveBlob { tag, to } => match self.blobs.get(&tag) {
+                Some(blob) => match blob.give(Address(to)) {
+                    Ok(()) => KvReply::Blob { tag, len: blob.len() },
+                    Err(e) => KvReply::Refused { status: e.status() },
+                },
+                None => KvReply::Refused { status: BlobError::NoSuchBlob.status() },
+            },
         };
         if cx.is_request() {
             let _ = cx.reply(&reply);

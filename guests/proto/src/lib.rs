@@ -52,6 +52,9 @@ pub enum KvReq {
     /// Stops holding the blob `tag`; replies [`KvReply::Blob`] with what it
     /// was (or [`KvReply::Refused`]).
     DetachBlob { tag: u64 },
+    /// Gives the blob `tag` it holds to the reactor `to`, which may then
+    /// attach it; replies [`KvReply::Blob`] (or [`KvReply::Refused`]).
+    GiveBlob { tag: u64, to: u64 },
 }
 
 /// Answers from `kv`.
@@ -227,6 +230,25 @@ pub enum FaultyCmd {
     /// Creates up to `n` one-byte blobs (holding them all); replies
     /// `(created, status)`: the status of the first refusal, or 0.
     HoardBlobs(u32),
+    /// Calls `std::thread::sleep` for this many milliseconds (WASI
+    /// `poll_oneoff`), then replies 0.
+    Sleep(u64),
+    /// Prints `lines` lines of `len` bytes to stdout, then replies 0.
+    Print { lines: u32, len: u32 },
+    /// Calls the host's `reply` `times` times with `len` bytes to `to` with
+    /// correlation id `corr`; replies `(accepted, last status)`.
+    ForgeReply { to: u64, corr: u64, len: u32, times: u32 },
+    /// Spawns up to `n` copies of itself; replies `(spawned, status)`: the
+    /// status of the first refusal, or 0.
+    SpawnMany(u32),
+    /// Creates blobs of `len` bytes until refused (at most `max`); replies
+    /// `(created, status)`.
+    BigBlobs { len: u32, max: u32 },
+    /// Sends `times` messages of `len` bytes to `to`; replies
+    /// `(accepted, last status)`.
+    Flood { to: u64, len: u32, times: u32 },
+    /// Gives the held blob `tag` to `to`; replies the raw status.
+    GiveBlob { tag: u64, to: u64 },
 }
 
 /// A raw `blob_*` call for `faulty` (see `guest_sdk::abi`).

@@ -10,15 +10,21 @@
 //! lends the store for each call, and answer with ABI status codes: typed
 //! errors from the runtime become statuses here, and only here.
 //!
+//! No host call blocks the shard thread: WASI's one blocking call,
+//! `poll_oneoff` (what `std::thread::sleep` and every wait use), fails the
+//! reactor that makes it ([`restrict_wasi`]); output goes to the log
+//! (`guest_output`).
+//!
 //! The `blob_*` calls give reactors shared immutable blobs
 //! ([`refs`](crate::refs)): what a reactor holds is `ReactorData::held`, a
 //! map from tag to the shared blob, dropped with the reactor.
 #![forbid(unsafe_code)]
 
+use crate::refs::RefsError;
 use crate::store::{HostContext, ModuleRef, ReactorData, SpawnRefusal};
 use guest_sdk::abi;
 use reactor_types::{Address, Envelope, ModuleHash, SendError};
-use wasmtime::{Caller, Linker};
+use wasmtime::{Caller, Linker, Memory};
 
 /// A guest passed the host something it cannot act on: the calling reactor
 /// fails with this as its reason.
@@ -57,7 +63,7 @@ fn read_guest<H: HostContext>(
     ptr: u32,
     len: u32,
 ) -> wasmtime::Result<Vec<u8>> {
-    let memory = caller.data().memory();
+    let memory = memory_of(caller, call)?;
     let data = memory.data(&*caller);
     let r = range(data.len(), call, ptr, len)?;
     Ok(data[r].to_vec())
@@ -75,7 +81,9 @@ fn send_status(result: Result<(), SendError>) -> i32 {
         Err(SendError::NoSuchReactor(_)) => abi::STATUS_NO_SUCH_REACTOR,
         Err(SendError::NoSuchRequest(_)) => abi::STATUS_BAD_ARGUMENT,
         Err(SendError::TooLarge(_)) => abi::STATUS_TOO_LARGE,
-        Err(SendError::Tags(_)) => abi::STATUS_LIMIT,
+        Err(SendError::Tags(_) | SendError::TooManyRequests(_)) => abi::STATUS_LIMIT,
+        Err(SendError::OverBudget(_)) => abi::STATUS_INBOX_FULL,
+        Err(SendError::ShardDown(_)) => abi::STATUS_NO_SUCH_REACTOR,
     }
 }
 
@@ -89,17 +97,48 @@ fn module_ref(bytes: &[u8]) -> Option<ModuleRef<'_>> {
     }
 }
 
+/// Copies `[ptr, ptr+len)` out of the caller's memory.
+fn memory_of<H: HostContext>(caller: &Caller<'_, ReactorData<H>>, call: &'static str) -> wasmtime::Result<Memory> {
+    caller.data().memory().ok_or_else(|| fault(call, "called before the reactor was instantiated".into()))
+}
+
+/// The host context lent for this call.
+fn lent<'a, H: HostContext>(data: &'a mut ReactorData<H>, call: &'static str) -> wasmtime::Result<&'a mut H> {
+    data.host().ok_or_else(|| fault(call, "called outside a call into the reactor".into()))
+}
+
+/// WASI's module name.
+const WASI: &str = "wasi_snapshot_preview1";
+
+/// Replaces the WASI calls that could block the shard thread: waiting
+/// (`poll_oneoff`, what sleeping and every wait of std use) fails the
+/// reactor with a [`GuestFault`] that says why. Must run after WASI is
+/// added to `linker`.
+pub(crate) fn restrict_wasi<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    linker.func_wrap(WASI, "poll_oneoff", |_: Caller<'_, ReactorData<H>>, _: i32, _: i32, _: i32, _: i32| {
+        Err::<i32, _>(fault(
+            "poll_oneoff",
+            "a reactor may not sleep or wait: it would stall every reactor of its shard (send yourself a \
+             message to do something later)"
+                .into(),
+        ))
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 /// Adds every `reactor::*` function to `linker`, for stores whose host
 /// calls reach an `H`.
 pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> wasmtime::Result<()> {
     let m = abi::IMPORT_MODULE;
 
     linker.func_wrap(m, abi::IMPORT_INBOX_READ, |mut caller: Caller<'_, ReactorData<H>>, ptr: u32, len: u32| {
-        let memory = caller.data().memory();
+        let memory = memory_of(&caller, abi::IMPORT_INBOX_READ)?;
         let (mem, data) = memory.data_and_store_mut(&mut caller);
         // A bad buffer fails the reactor: that the input counts as read
         // then does not matter.
-        let input = data.host().take_input(len as usize);
+        let input = lent(data, abi::IMPORT_INBOX_READ)?.take_input(len as usize);
         let r = range(mem.len(), abi::IMPORT_INBOX_READ, ptr, input.len() as u32)?;
         mem[r].copy_from_slice(input);
         let n = input.len();
@@ -117,7 +156,7 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
             let payload = read_guest(&mut caller, abi::IMPORT_SEND, ptr, len)?;
             let from = caller.data().address();
             let env = Envelope { kind: abi::KIND_MESSAGE, flags, from, corr: 0, payload };
-            Ok(send_status(caller.data_mut().host().route(Address(to), env)))
+            Ok(send_status(lent(caller.data_mut(), abi::IMPORT_SEND)?.route(Address(to), env)))
         },
     )?;
 
@@ -131,7 +170,7 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
             }
             let payload = read_guest(&mut caller, abi::IMPORT_REQUEST, ptr, len)?;
             let from = caller.data().address();
-            let host = caller.data_mut().host();
+            let host = lent(caller.data_mut(), abi::IMPORT_REQUEST)?;
             let corr = match host.next_corr() {
                 Ok(c) => c,
                 Err(e) => {
@@ -158,7 +197,7 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
             let payload = read_guest(&mut caller, abi::IMPORT_REPLY, ptr, len)?;
             let from = caller.data().address();
             let env = Envelope { kind: abi::KIND_REPLY, flags, from, corr, payload };
-            Ok(send_status(caller.data_mut().host().route(Address(to), env)))
+            Ok(send_status(lent(caller.data_mut(), abi::IMPORT_REPLY)?.route(Address(to), env)))
         },
     )?;
 
@@ -176,7 +215,7 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
             let init = read_guest(&mut caller, abi::IMPORT_SPAWN, iptr, ilen)?;
             let Some(module) = module_ref(&mref) else { return Ok(abi::STATUS_BAD_ARGUMENT as i64) };
             let parent = caller.data().address();
-            Ok(match caller.data_mut().host().spawn(parent, module, init) {
+            Ok(match lent(caller.data_mut(), abi::IMPORT_SPAWN)?.spawn(parent, module, init) {
                 Ok(addr) => addr.0 as i64,
                 Err(SpawnRefusal::NoSuchModule) => abi::STATUS_NO_SUCH_MODULE as i64,
                 Err(SpawnRefusal::Refused(_)) => abi::STATUS_SPAWN_REFUSED as i64,
@@ -187,14 +226,14 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
     linker.func_wrap(m, abi::IMPORT_SELF_ADDRESS, |caller: Caller<'_, ReactorData<H>>| caller.data().address().0)?;
 
     linker.func_wrap(m, abi::IMPORT_SET_AFFINITY, |mut caller: Caller<'_, ReactorData<H>>, key: u64| {
-        caller.data_mut().host().set_affinity(key);
-        abi::STATUS_OK
+        lent(caller.data_mut(), abi::IMPORT_SET_AFFINITY)?.set_affinity(key);
+        Ok(abi::STATUS_OK)
     })?;
 
     linker.func_wrap(m, abi::IMPORT_LOG, |mut caller: Caller<'_, ReactorData<H>>, level: i32, ptr: u32, len: u32| {
         let text = read_guest(&mut caller, abi::IMPORT_LOG, ptr, len.min(MAX_TEXT as u32))?;
         // The full range must still be valid even though only a prefix is kept.
-        let memory = caller.data().memory();
+        let memory = memory_of(&caller, abi::IMPORT_LOG)?;
         range(memory.data_size(&caller), abi::IMPORT_LOG, ptr, len)?;
         let text = String::from_utf8_lossy(&text);
         let who = caller.data().address();
@@ -228,18 +267,24 @@ fn register_blobs<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> wasmti
         if len > abi::MAX_BLOB_LEN || caller.data().held().len() >= max_held {
             return Ok(abi::STATUS_LIMIT as i64);
         }
-        let memory = caller.data().memory();
+        let memory = memory_of(&caller, abi::IMPORT_BLOB_CREATE)?;
         let (mem, data) = memory.data_and_store_mut(&mut caller);
         let r = range(mem.len(), abi::IMPORT_BLOB_CREATE, ptr, len)?;
         let bytes: Box<[u8]> = mem[r].into();
-        match data.host().refs().create_blob(bytes) {
+        let creator = data.address();
+        let account = data.limiter().account();
+        if account.used().saturating_add(bytes.len()) > account.limit() {
+            return Ok(abi::STATUS_LIMIT as i64);
+        }
+        match lent(data, abi::IMPORT_BLOB_CREATE)?.refs().create_blob(bytes) {
             Ok(blob) => {
+                blob.grant(creator);
                 let tag = blob.tag();
-                data.held_mut().insert(tag, blob);
-                Ok(tag as i64)
+                Ok(if data.hold(blob) { tag as i64 } else { abi::STATUS_LIMIT as i64 })
             }
+            Err(RefsError::OverBudget(_)) => Ok(abi::STATUS_LIMIT as i64),
             Err(e) => {
-                tracing::error!(reactor = %data.address(), "cannot create a blob: {e}");
+                tracing::error!(reactor = %creator, "cannot create a blob: {e}");
                 Ok(abi::STATUS_LIMIT as i64)
             }
         }
@@ -253,9 +298,11 @@ fn register_blobs<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> wasmti
         if data.held().len() >= max_held {
             return Ok(abi::STATUS_LIMIT);
         }
-        let Some(blob) = data.host().refs().blob(tag) else { return Ok(abi::STATUS_NO_SUCH_BLOB) };
-        data.held_mut().insert(tag, blob);
-        Ok(abi::STATUS_OK)
+        let who = data.address();
+        let Some(blob) = lent(data, abi::IMPORT_BLOB_OPEN)?.refs().open_blob(tag, who) else {
+            return Ok(abi::STATUS_NO_SUCH_BLOB);
+        };
+        Ok(if data.hold(blob) { abi::STATUS_OK } else { abi::STATUS_LIMIT })
     })?;
 
     linker.func_wrap(m, abi::IMPORT_BLOB_LEN, |caller: Caller<'_, ReactorData<H>>, tag: u64| {
@@ -266,7 +313,7 @@ fn register_blobs<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> wasmti
         m,
         abi::IMPORT_BLOB_READ,
         |mut caller: Caller<'_, ReactorData<H>>, tag: u64, offset: u64, ptr: u32, len: u32| {
-            let memory = caller.data().memory();
+            let memory = memory_of(&caller, abi::IMPORT_BLOB_READ)?;
             let (mem, data) = memory.data_and_store_mut(&mut caller);
             let r = range(mem.len(), abi::IMPORT_BLOB_READ, ptr, len)?;
             let Some(blob) = data.held().get(&tag) else { return Ok(abi::STATUS_NO_SUCH_BLOB as i64) };
@@ -280,8 +327,13 @@ fn register_blobs<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> wasmti
         },
     )?;
 
+    linker.func_wrap(m, abi::IMPORT_BLOB_GIVE, |caller: Caller<'_, ReactorData<H>>, tag: u64, to: u64| {
+        let Some(blob) = caller.data().held().get(&tag) else { return Ok(abi::STATUS_NO_SUCH_BLOB) };
+        Ok(if blob.grant(Address(to)) { abi::STATUS_OK } else { abi::STATUS_LIMIT })
+    })?;
+
     linker.func_wrap(m, abi::IMPORT_BLOB_CLOSE, |mut caller: Caller<'_, ReactorData<H>>, tag: u64| {
-        Ok(if caller.data_mut().held_mut().remove(&tag).is_some() { abi::STATUS_OK } else { abi::STATUS_NO_SUCH_BLOB })
+        Ok(if caller.data_mut().release(tag) { abi::STATUS_OK } else { abi::STATUS_NO_SUCH_BLOB })
     })?;
 
     Ok(())

@@ -68,10 +68,6 @@ impl<T> Inbox<T> {
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> + '_ {
         self.queue.iter()
     }
-
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
-        self.queue.drain(..)
-    }
 }
 
 #[cfg(test)]

@@ -8,9 +8,14 @@
 //!   (mmap/mremap), page protection with its `SIGSEGV` handler and copier
 //!   thread, writing snapshot pages back into memory; process memory
 //!   figures.
+//! - [`budget`] — byte budgets: each reactor's (memory, held blobs, queued
+//!   bytes) and the node's, which every byte a guest can make the host
+//!   hold is charged to.
 //! - [`refs`] — restart-stable tags (addresses, blob tags, correlation ids
 //!   from one node-wide, optionally persisted counter) and shared immutable
 //!   blobs reactors hold by tag.
+//! - `guest_output` — a reactor's stdout and stderr, captured into the log
+//!   line by line under a rate limit; a write never blocks.
 //! - `store` — what a reactor's wasmtime store holds (`ReactorData`), and
 //!   the `HostContext` trait through which host calls reach the runtime.
 //! - `hostcalls` — the `reactor::*` functions guests import; every argument
@@ -36,7 +41,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod sys;
+pub mod budget;
 pub mod refs;
+mod guest_output;
 mod store;
 mod hostcalls;
 mod engine;
@@ -51,7 +58,7 @@ mod runtime;
 pub use engine::{CodeSource, EngineConfig, LoadError};
 pub use hostcalls::GuestFault;
 pub use reactor::Limits;
-pub use runtime::{PendingCall, Runtime, RuntimeConfig};
+pub use runtime::{PendingCall, Runtime, RuntimeConfig, ShardDown};
 pub use shard::{Engine, LoadedModule, Shard, ShardConfig, ShardStats};
 pub use sys::{mappings, resident_bytes};
 

@@ -13,12 +13,43 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::Instant;
 
-/// A value that one thread delivers once and another waits for.
+/// A value that one thread delivers once and another waits for. It may
+/// also be abandoned (its [`Promise`] dropped unfulfilled, e.g. by a shard
+/// thread that panicked): the waiter then gets `None` at once.
 #[derive(Debug)]
 pub(crate) struct Completion<T> {
     value: Mutex<Option<T>>,
     done: AtomicBool,
     waiter: Mutex<Option<Thread>>,
+}
+
+/// The obligation to complete a [`Completion`]: fulfilled once, or, when
+/// dropped unfulfilled (the code that held it unwound or was discarded),
+/// the completion is abandoned so its waiter does not wait forever.
+#[derive(Debug)]
+pub(crate) struct Promise<T>(Option<Arc<Completion<T>>>);
+
+impl<T> Promise<T> {
+    /// A promise and the completion it fulfils.
+    pub(crate) fn new() -> (Self, Arc<Completion<T>>) {
+        let c = Completion::new();
+        (Self(Some(c.clone())), c)
+    }
+
+    /// Delivers the value.
+    pub(crate) fn fulfil(mut self, v: T) {
+        if let Some(c) = self.0.take() {
+            c.complete(v);
+        }
+    }
+}
+
+impl<T> Drop for Promise<T> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.abandon();
+        }
+    }
 }
 
 impl<T> Completion<T> {
@@ -42,6 +73,21 @@ impl<T> Completion<T> {
         true
     }
 
+    /// Marks it done with no value (nothing will ever complete it); wakes
+    /// the waiter.
+    pub(crate) fn abandon(&self) {
+        {
+            let _slot = self.value.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            self.done.store(true, Ordering::Release);
+        }
+        if let Some(t) = self.waiter.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+            t.unpark();
+        }
+    }
+
     pub(crate) fn is_done(&self) -> bool {
         self.done.load(Ordering::Acquire)
     }
@@ -54,7 +100,8 @@ impl<T> Completion<T> {
         self.value.lock().unwrap().take()
     }
 
-    /// Waits for the value until `deadline`.
+    /// Waits for the value until `deadline`; `None` when the deadline
+    /// passed or the completion was abandoned.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<T> {
         *self.waiter.lock().unwrap() = Some(std::thread::current());
         // Answers often come within microseconds: spin briefly, then yield a
@@ -97,20 +144,25 @@ pub(crate) struct HostPort {
     refs: Arc<Refs>,
     /// The port's own block of serials for correlation ids.
     corr: Mutex<LocalTags>,
-    messages: Mutex<VecDeque<Envelope>>,
+    /// The mailbox, and the bytes it holds (charged to the node budget).
+    messages: Mutex<(VecDeque<Envelope>, usize)>,
     capacity: usize,
+    byte_capacity: usize,
     /// Where messages for reactors on other nodes go (set once by the node).
     remote: OnceLock<Arc<dyn Outbound>>,
 }
 
 impl HostPort {
-    pub(crate) fn new(mailbox_capacity: usize, refs: Arc<Refs>) -> Arc<Self> {
+    /// A port whose mailbox holds at most `mailbox_capacity` messages and
+    /// `byte_capacity` bytes of them.
+    pub(crate) fn new(mailbox_capacity: usize, byte_capacity: usize, refs: Arc<Refs>) -> Arc<Self> {
         Arc::new(Self {
             pending: Mutex::new(HashMap::default()),
             refs,
             corr: Mutex::default(),
-            messages: Mutex::new(VecDeque::new()),
+            messages: Mutex::new((VecDeque::new(), 0)),
             capacity: mailbox_capacity,
+            byte_capacity,
             remote: OnceLock::new(),
         })
     }
@@ -145,13 +197,28 @@ impl HostPort {
         self.pending.lock().unwrap().remove(&corr);
     }
 
-    /// Delivers an answer; false if no such request is waiting.
+    /// Delivers an answer the host itself found (an error); false if no
+    /// such request is waiting.
     pub(crate) fn answer(&self, corr: u64, result: Result<Reply, CallError>) -> bool {
         let entry = self.pending.lock().unwrap().remove(&corr);
         match entry {
             Some((_, slot)) => slot.complete(result),
             None => false,
         }
+    }
+
+    /// Delivers a reply; false (and nothing changes) unless a request with
+    /// that correlation id is waiting on the reply's sender: a reactor
+    /// cannot answer a request that went to another.
+    pub(crate) fn answer_reply(&self, corr: u64, reply: Reply) -> bool {
+        let slot = {
+            let mut pending = self.pending.lock().unwrap();
+            match pending.get(&corr) {
+                Some((target, _)) if *target == reply.from => pending.remove(&corr).map(|(_, slot)| slot),
+                _ => None,
+            }
+        };
+        slot.is_some_and(|s| s.complete(Ok(reply)))
     }
 
     /// Answers every request waiting on `target` with `err`.
@@ -171,18 +238,27 @@ impl HostPort {
         }
     }
 
-    /// Queues a one-way message to the outside world; false when full.
+    /// Queues a one-way message to the outside world; false when the
+    /// mailbox holds its capacity in messages or bytes, or the node's byte
+    /// budget has no room.
     pub(crate) fn post(&self, env: Envelope) -> bool {
+        let cost = env.payload.len() + 64;
         let mut m = self.messages.lock().unwrap();
-        if m.len() >= self.capacity {
+        if m.0.len() >= self.capacity
+            || m.1.saturating_add(cost) > self.byte_capacity
+            || !self.refs.budget().try_charge(cost)
+        {
             return false;
         }
-        m.push_back(env);
+        m.0.push_back(env);
+        m.1 += cost;
         true
     }
 
     pub(crate) fn drain_messages(&self) -> Vec<Envelope> {
-        self.messages.lock().unwrap().drain(..).collect()
+        let mut m = self.messages.lock().unwrap();
+        self.refs.budget().release(std::mem::take(&mut m.1));
+        m.0.drain(..).collect()
     }
 }
 
@@ -199,6 +275,46 @@ mod tests {
         assert!(c.complete(7));
         assert!(!c.complete(8));
         assert_eq!(t.join().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn a_dropped_promise_releases_its_waiter() {
+        let (p, c) = Promise::<u32>::new();
+        let t = std::thread::spawn(move || c.wait(None));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        drop(p);
+        assert_eq!(t.join().unwrap(), None);
+        let (p, c) = Promise::<u32>::new();
+        p.fulfil(3);
+        assert_eq!(c.wait(None), Some(3));
+    }
+
+    #[test]
+    fn only_the_reactor_asked_can_answer() {
+        let port = HostPort::new(4, 1 << 20, Arc::new(Refs::ephemeral()));
+        let target = Address::new(0, 0, 5);
+        let slot = port.register(9, target);
+        let reply = |from, p: &[u8]| Reply { from, payload: p.to_vec(), text: false };
+        assert!(!port.answer_reply(9, reply(Address::new(0, 0, 6), b"forged")));
+        assert!(!slot.is_done());
+        assert!(port.answer_reply(9, reply(target, b"real")));
+        assert_eq!(slot.take().unwrap().unwrap().payload, b"real");
+        assert!(!port.answer_reply(9, reply(target, b"again")));
+    }
+
+    #[test]
+    fn the_mailbox_is_bounded_in_messages_and_bytes() {
+        let refs = Arc::new(Refs::ephemeral());
+        let port = HostPort::new(3, 1000, refs.clone());
+        let env = |n: usize| Envelope { kind: 1, flags: 0, from: Address(1), corr: 0, payload: vec![0; n] };
+        assert!(port.post(env(400)));
+        assert!(!port.post(env(500)), "over 1000 bytes");
+        assert!(port.post(env(10)));
+        assert!(port.post(env(10)));
+        assert!(!port.post(env(0)), "over 3 messages");
+        assert_eq!(refs.budget().used(), 400 + 10 + 10 + 3 * 64);
+        assert_eq!(port.drain_messages().len(), 3);
+        assert_eq!(refs.budget().used(), 0);
     }
 
     #[test]

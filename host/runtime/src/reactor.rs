@@ -12,16 +12,18 @@
 #![forbid(unsafe_code)]
 
 use crate::engine::{Engine, GlobalType, LoadedModule};
+use crate::guest_output::{GuestOutput, Stream};
 use crate::hostcalls::GuestFault;
 use crate::refs::Blob;
-use crate::store::{HostContext, ReactorData};
+use crate::budget::{Account, NodeBudget};
+use crate::store::{HostContext, ReactorData, Refusal};
 use guest_sdk::abi;
 use reactor_types::{Address, Failure, FailureReason, ModuleHash};
 use snapshot_format::GlobalValue;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::{Global, Instance, Store, Trap, TypedFunc, Val, WasmBacktrace};
+use wasmtime::{Global, Instance, Memory, Store, Trap, TypedFunc, Val, WasmBacktrace};
 
 /// Per-reactor limits.
 #[derive(Clone, Copy, Debug)]
@@ -31,11 +33,26 @@ pub struct Limits {
     /// Most CPU time one call into the reactor (init or one batch) may take
     /// before the reactor is failed.
     pub cpu_budget: Duration,
+    /// The reactor's byte budget: its linear memory, the blobs it holds and
+    /// the bytes queued for it together (see [`crate::budget`]). `None`:
+    /// `memory_cap` plus [`Limits::DEFAULT_ALLOWANCE`].
+    pub budget: Option<usize>,
+}
+
+impl Limits {
+    /// What the default budget allows beyond a full memory, for held blobs
+    /// and queued messages.
+    pub const DEFAULT_ALLOWANCE: usize = 256 << 20;
+
+    /// The byte budget in bytes.
+    pub fn budget_bytes(&self) -> usize {
+        self.budget.unwrap_or(self.memory_cap.saturating_add(Self::DEFAULT_ALLOWANCE))
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_cap: 1 << 30, cpu_budget: Duration::from_secs(5) }
+        Self { memory_cap: 1 << 30, cpu_budget: Duration::from_secs(5), budget: None }
     }
 }
 
@@ -94,6 +111,8 @@ pub(crate) enum StateMismatch {
 pub(crate) struct Reactor<H: HostContext> {
     store: Store<ReactorData<H>>,
     receive: TypedFunc<(u32, u32), i32>,
+    /// Its linear memory (also in the store data, for host calls).
+    memory: Memory,
     module: Arc<LoadedModule<H>>,
     limits: Limits,
     ticks: u64,
@@ -111,14 +130,24 @@ impl<H: HostContext> Reactor<H> {
     /// Creates the store and instance of a reactor without running any of
     /// its code but what instantiation runs (data segments, a start
     /// function): the common part of spawning and restoring.
+    /// Its memory, the blobs it holds and the bytes queued for it are
+    /// charged to `account`, its memory and queued bytes to `node` too.
     pub(crate) fn instantiate_bare(
         engine: &Engine<H>,
         module: &Arc<LoadedModule<H>>,
         address: Address,
         limits: Limits,
+        account: Arc<Account>,
+        node: Arc<NodeBudget>,
     ) -> Result<(Self, Instance), Failure> {
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stdout().inherit_stderr().build_p1();
-        let data = ReactorData::new(address, wasi, limits.memory_cap);
+        // Output is captured into the log, never inherited (a full pipe
+        // would block the shard); no stdin, no files, no sockets.
+        let output = GuestOutput::new(address);
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stdout(output.stream(Stream::Stdout))
+            .stderr(output.stream(Stream::Stderr))
+            .build_p1();
+        let data = ReactorData::new(address, wasi, limits.memory_cap, account, node);
         let mut store = Store::new(engine.wasmtime(), data);
         store.limiter(|d| d.limiter_mut());
         store.epoch_deadline_trap();
@@ -142,7 +171,7 @@ impl<H: HostContext> Reactor<H> {
             .iter()
             .map(|g| instance.get_global(&mut store, &g.export).expect("exported by the load-time rewrite"))
             .collect();
-        let r = Self { store, receive, module: module.clone(), limits, ticks, globals };
+        let r = Self { store, receive, memory, module: module.clone(), limits, ticks, globals };
         Ok((r, instance))
     }
 
@@ -154,10 +183,11 @@ impl<H: HostContext> Reactor<H> {
         module: &Arc<LoadedModule<H>>,
         address: Address,
         limits: Limits,
+        (account, node): (Arc<Account>, Arc<NodeBudget>),
         host: &mut Option<Box<H>>,
         init: &[u8],
     ) -> Result<Self, Failure> {
-        let (mut r, instance) = Self::instantiate_bare(engine, module, address, limits)?;
+        let (mut r, instance) = Self::instantiate_bare(engine, module, address, limits, account, node)?;
         let init_fn = instance
             .get_typed_func::<u32, i32>(&mut r.store, abi::EXPORT_INIT)
             .expect("validated at load: init export");
@@ -215,6 +245,11 @@ impl<H: HostContext> Reactor<H> {
         self.store.data().held().values()
     }
 
+    /// Its byte budget.
+    pub(crate) fn account(&self) -> &Arc<Account> {
+        self.store.data().limiter().account()
+    }
+
     /// The module it runs.
     pub(crate) fn module(&self) -> &Arc<LoadedModule<H>> {
         &self.module
@@ -222,7 +257,7 @@ impl<H: HostContext> Reactor<H> {
 
     /// A copy of its linear memory.
     pub(crate) fn memory_copy(&self) -> Vec<u8> {
-        self.store.data().memory().data(&self.store).to_vec()
+        self.memory.data(&self.store).to_vec()
     }
 
     /// Its memory cap.
@@ -232,14 +267,14 @@ impl<H: HostContext> Reactor<H> {
 
     /// Base address and byte length of its linear memory.
     pub(crate) fn memory_extent(&self) -> (usize, usize) {
-        let m = self.store.data().memory();
+        let m = self.memory;
         (m.data_ptr(&self.store) as usize, m.data_size(&self.store))
     }
 
     /// Grows its memory to exactly `bytes` (a multiple of 64 KiB), within
     /// its cap.
     pub(crate) fn grow_memory_to(&mut self, bytes: usize) -> Result<(), StateMismatch> {
-        let m = self.store.data().memory();
+        let m = self.memory;
         let now = m.data_size(&self.store);
         if bytes < now || !bytes.is_multiple_of(65536) {
             return Err(StateMismatch::MemorySize { now, wanted: bytes });
@@ -302,7 +337,7 @@ impl<H: HostContext> Reactor<H> {
 
     /// Makes it hold `blob` (restore).
     pub(crate) fn hold_blob(&mut self, blob: Arc<Blob>) {
-        self.store.data_mut().held_mut().insert(blob.tag(), blob);
+        self.store.data_mut().hold_restored(blob);
     }
 
     /// Hash of the module it runs.
@@ -312,7 +347,7 @@ impl<H: HostContext> Reactor<H> {
 
     /// Current linear memory size in bytes.
     pub(crate) fn memory_size(&self) -> usize {
-        self.store.data().try_memory().map(|m| m.data_size(&self.store)).unwrap_or(0)
+        self.memory.data_size(&self.store)
     }
 }
 
@@ -338,9 +373,17 @@ fn failure_from<H: HostContext>(store: &mut Store<ReactorData<H>>, err: wasmtime
     } else if let Some(note) = data.take_fail_note() {
         FailureReason::Panic(note)
     } else if let Some(trap) = err.downcast_ref::<Trap>() {
-        match (trap, data.limiter().refused_request()) {
+        match (trap, data.limiter().refused()) {
             (Trap::Interrupt, _) => FailureReason::CpuBudget(limits.cpu_budget),
-            (_, Some(requested)) => FailureReason::MemoryCap { cap: data.limiter().cap(), requested },
+            (_, Some((Refusal::Cap, requested))) => FailureReason::MemoryCap { cap: data.limiter().cap(), requested },
+            (_, Some((Refusal::Budget, requested))) => FailureReason::Budget(format!(
+                "its memory may not grow to {requested} bytes: with the blobs it holds and the messages queued \
+                 for it, that passes its budget of {} bytes",
+                data.limiter().account().limit()
+            )),
+            (_, Some((Refusal::Node, requested))) => FailureReason::Budget(format!(
+                "its memory may not grow to {requested} bytes: the node's byte budget is used up"
+            )),
             (t, None) => FailureReason::Trap(t.to_string()),
         }
     } else {

@@ -44,8 +44,18 @@
 //! when its last holder lets go (closes it, fails, or is released).
 //! [`Refs::relink_blob`] gives a restored reactor the live blob of a tag, or
 //! rebuilds it once from a snapshot's bytes.
+//!
+//! A blob is a capability, not a name anyone may use: blob tags come from
+//! the same sequential source as addresses, so knowing one proves nothing.
+//! A reactor opens a blob only if it created it, was given it
+//! ([`Refs::grant_blob`], the `blob_give` host call) or the host published
+//! it ([`Refs::create_host_blob`]); for any other tag it is told there is no
+//! such blob. Grants live with the blob in memory: a blob rebuilt by a
+//! restore in another process knows only the holds the snapshot recorded.
 #![forbid(unsafe_code)]
 
+use crate::budget::{NodeBudget, NodeCharge};
+use reactor_types::Address;
 use reactor_types::address::{MAX_NODE, MAX_SERIAL, NODE_SHIFT, tag, tag_node, tag_serial};
 use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
@@ -124,6 +134,9 @@ pub enum RefsError {
     /// A blob over `abi::MAX_BLOB_LEN`.
     #[error("a blob of {0} bytes exceeds the limit of {max} bytes", max = guest_sdk::abi::MAX_BLOB_LEN)]
     BlobTooLarge(usize),
+    /// The node's byte budget has no room for a blob this large.
+    #[error("the node's byte budget has no room for a blob of {0} bytes")]
+    OverBudget(usize),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -311,7 +324,22 @@ pub(crate) struct LocalTags {
 pub struct Blob {
     tag: u64,
     bytes: Box<[u8]>,
+    access: Mutex<Access>,
+    /// Its bytes, charged to the node's budget while it lives.
+    _charge: NodeCharge,
 }
+
+/// Who may open a blob.
+#[derive(Debug, Default)]
+struct Access {
+    /// Published by the host: every reactor of the node.
+    public: bool,
+    /// Reactors (addresses) that created it or were given it.
+    grants: rustc_hash::FxHashSet<u64>,
+}
+
+/// Most reactors one blob may be given to.
+pub const MAX_BLOB_GRANTS: usize = guest_sdk::abi::MAX_BLOB_GRANTS as usize;
 
 impl Blob {
     /// Its tag: its identity in messages and snapshots.
@@ -332,6 +360,32 @@ impl Blob {
     /// Whether it is empty.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+
+    fn new(tag: u64, bytes: Box<[u8]>, charge: NodeCharge) -> Self {
+        Self { tag, bytes, access: Mutex::default(), _charge: charge }
+    }
+
+    /// Whether the reactor `who` may open it.
+    pub fn may_open(&self, who: Address) -> bool {
+        let a = lock(&self.access);
+        a.public || a.grants.contains(&who.0)
+    }
+
+    /// Lets `who` open it; false if it has [`MAX_BLOB_GRANTS`] grants
+    /// already (and `who` is not among them).
+    pub fn grant(&self, who: Address) -> bool {
+        let mut a = lock(&self.access);
+        if a.grants.len() >= MAX_BLOB_GRANTS && !a.grants.contains(&who.0) {
+            return false;
+        }
+        a.grants.insert(who.0);
+        true
+    }
+
+    /// Lets every reactor of the node open it.
+    fn publish(&self) {
+        lock(&self.access).public = true;
     }
 }
 
@@ -362,11 +416,13 @@ impl BlobTable {
     }
 }
 
-/// A node's tags and shared blobs: one per runtime, shared by its shards.
+/// A node's tags, shared blobs and byte budget: one per runtime, shared
+/// by its shards.
 #[derive(Debug)]
 pub struct Refs {
     node: u16,
     tags: TagSource,
+    budget: Arc<NodeBudget>,
     blobs: Mutex<BlobTable>,
     /// Blobs the host holds (see [`Refs::create_host_blob`]).
     host_held: Mutex<FxHashMap<u64, Arc<Blob>>>,
@@ -389,6 +445,7 @@ impl Refs {
         Ok(Self {
             node,
             tags,
+            budget: NodeBudget::new(crate::budget::default_node_limit()),
             blobs: Mutex::default(),
             host_held: Mutex::default(),
             host_tags: Mutex::default(),
@@ -409,6 +466,12 @@ impl Refs {
     /// The serial source.
     pub fn tags(&self) -> &TagSource {
         &self.tags
+    }
+
+    /// The node's byte budget (see [`crate::budget`]; by default 80 % of
+    /// physical memory).
+    pub fn budget(&self) -> &Arc<NodeBudget> {
+        &self.budget
     }
 
     /// Makes every later tag of this node larger than `tag` (an address or a
@@ -475,7 +538,11 @@ impl Refs {
         if bytes.len() > guest_sdk::abi::MAX_BLOB_LEN as usize {
             return Err(RefsError::BlobTooLarge(bytes.len()));
         }
-        let blob = Arc::new(Blob { tag: tag(self.node, 0, self.serial(local)?), bytes });
+        let mut charge = NodeCharge::empty(self.budget.clone());
+        if !charge.grow(bytes.len()) {
+            return Err(RefsError::OverBudget(bytes.len()));
+        }
+        let blob = Arc::new(Blob::new(tag(self.node, 0, self.serial(local)?), bytes, charge));
         lock(&self.blobs).insert(&blob);
         Ok(blob)
     }
@@ -492,6 +559,19 @@ impl Refs {
         lock(&self.blobs).live(tag)
     }
 
+    /// The live blob with this tag if the reactor `who` may open it (see
+    /// the module docs); `None` alike for a blob that does not exist and
+    /// one it may not open.
+    pub fn open_blob(&self, tag: u64, who: Address) -> Option<Arc<Blob>> {
+        self.blob(tag).filter(|b| b.may_open(who))
+    }
+
+    /// Lets the reactor `to` open the live blob `tag`; false if there is no
+    /// such blob or it has [`MAX_BLOB_GRANTS`] grants already.
+    pub fn grant_blob(&self, tag: u64, to: Address) -> bool {
+        self.blob(tag).is_some_and(|b| b.grant(to))
+    }
+
     /// For restore: the live blob with `tag` if there is one (never a second
     /// copy), otherwise a blob built from `bytes()` and registered under
     /// `tag`. Also [`observe`](Refs::observe)s the tag. `bytes` runs without
@@ -502,7 +582,15 @@ impl Refs {
         if let Some(b) = self.blob(tag) {
             return b;
         }
-        let built = Arc::new(Blob { tag, bytes: bytes().into_boxed_slice() });
+        let bytes = bytes().into_boxed_slice();
+        // A restore is the operator's decision: its blobs are counted, not
+        // refused (the reactors holding them are checked against theirs).
+        let mut charge = NodeCharge::empty(self.budget.clone());
+        if !charge.grow(bytes.len()) {
+            tracing::warn!(tag, "a restored blob of {} bytes takes the node past its byte budget", bytes.len());
+            charge = NodeCharge::forced(self.budget.clone(), bytes.len());
+        }
+        let built = Arc::new(Blob::new(tag, bytes, charge));
         let mut table = lock(&self.blobs);
         if let Some(b) = table.live(tag) {
             return b;
@@ -516,10 +604,12 @@ impl Refs {
         lock(&self.blobs).by_tag.values().filter(|w| w.strong_count() > 0).count()
     }
 
-    /// Creates a blob the host holds until [`Refs::release_host_blob`];
-    /// returns its tag, for reactors to open.
+    /// Creates a blob the host holds until [`Refs::release_host_blob`] and
+    /// publishes it: every reactor of the node may open it by its tag
+    /// (reference data). Returns the tag.
     pub fn create_host_blob(&self, bytes: impl Into<Box<[u8]>>) -> Result<u64, RefsError> {
         let blob = self.create_blob(bytes)?;
+        blob.publish();
         let tag = blob.tag;
         lock(&self.host_held).insert(tag, blob);
         Ok(tag)

@@ -15,6 +15,11 @@
 //! producer wakes it — it never busy-waits for long, so more shards than
 //! cores degrade gracefully.
 //!
+//! A shard thread that panics (a host bug: nothing a guest does may cause
+//! one) is caught: its reactors are gone, every request waiting on them and
+//! every command queued for it is answered with a `ShardDown` error, later
+//! ones at once, and the other shards go on.
+//!
 //! Backpressure: a full pair ring or command ring refuses the send
 //! ([`SendError::InboxFull`]); a message whose
 //! destination inbox is full stays at the head of its ring until there is
@@ -24,18 +29,20 @@
 
 use crate::shard::{Engine, LoadedModule};
 use crate::links::Links;
-use crate::port::{Completion, HostPort, ReplySlot};
+use crate::port::{Completion, HostPort, Promise, ReplySlot};
 use crate::refs::{Refs, RefsError, TagSource};
 use crate::shard::{Shard, ShardConfig, ShardStats};
 use crate::snapshot::{self, Capture, Checkpoint, RestoreOptions, SnapshotError, SnapshotFile, SnapshotId, SnapshotOptions};
 use guest_sdk::abi;
 use reactor_ring::{EventCount, MpscConsumer, MpscProducer};
-use reactor_types::{Address, CallError, Envelope, Outbound, ReactorState, Reply, SendError, SpawnError};
+use reactor_types::{
+    Address, CallError, Envelope, Failure, FailureReason, Outbound, ReactorState, Reply, SendError, SpawnError,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::path::PathBuf;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -77,17 +84,69 @@ impl Default for RuntimeConfig {
 
 /// Work handed to a shard from outside.
 enum Command {
-    Spawn { module: Arc<LoadedModule>, init: Vec<u8>, flags: u8, done: Arc<Completion<Result<Address, SpawnError>>> },
+    Spawn { module: Arc<LoadedModule>, init: Vec<u8>, flags: u8, done: Promise<Result<Address, SpawnError>> },
     Deliver { to: Address, env: Envelope },
+    /// Runs on the shard; a shard that stopped drops it unrun, which
+    /// abandons the promise it holds.
     Inspect(Box<dyn FnOnce(&mut Shard) + Send>),
     Stop,
+}
+
+/// A shard thread has stopped: it panicked. The operation did nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("shard {0} has stopped: its thread panicked, its reactors are gone")]
+pub struct ShardDown(pub usize);
+
+fn snapshot_error(e: ShardDown) -> SnapshotError {
+    SnapshotError::ShardDown(e.0)
 }
 
 struct ShardHandle {
     commands: Mutex<MpscProducer<Command>>,
     wake: Arc<EventCount>,
     stats: Arc<Mutex<ShardStats>>,
+    /// Set when the shard thread panicked.
+    down: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A barrier for the shards of one operation that does not wait forever
+/// for a shard that stopped: `wait` fails once any of them is down.
+struct ShardBarrier {
+    state: Mutex<(usize, usize)>,
+    turned: Condvar,
+    n: usize,
+    downs: Vec<Arc<AtomicBool>>,
+}
+
+impl ShardBarrier {
+    fn new(downs: Vec<Arc<AtomicBool>>) -> Arc<Self> {
+        let n = downs.len();
+        Arc::new(Self { state: Mutex::new((0, 0)), turned: Condvar::new(), n, downs })
+    }
+
+    /// Waits for every shard; `Err` with a shard that stopped instead.
+    fn wait(&self) -> Result<(), ShardDown> {
+        let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let generation = s.1;
+        s.0 += 1;
+        if s.0 == self.n {
+            *s = (0, generation + 1);
+            self.turned.notify_all();
+            return Ok(());
+        }
+        while s.1 == generation {
+            if let Some(i) = self.downs.iter().position(|d| d.load(Ordering::Acquire)) {
+                return Err(ShardDown(i));
+            }
+            s = self
+                .turned
+                .wait_timeout(s, Duration::from_millis(20))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
+    }
 }
 
 /// Reactors on every core. See the module docs.
@@ -134,20 +193,33 @@ impl Runtime {
             n => n,
         }
         .min(256);
-        let port = HostPort::new(config.shard.host_mailbox_capacity, refs.clone());
+        let port = HostPort::new(config.shard.host_mailbox_capacity, config.shard.host_mailbox_bytes, refs.clone());
         let (links, wakes) = Links::mesh(n, config.ring_capacity);
         let mut shards = Vec::with_capacity(n);
         for (index, links) in links.into_iter().enumerate() {
-            let (tx, rx) = reactor_ring::mpsc(config.command_capacity);
+            let (tx, mut rx) = reactor_ring::mpsc(config.command_capacity);
             let stats = Arc::new(Mutex::new(ShardStats::default()));
             let wake = wakes[index].clone();
+            let down = Arc::new(AtomicBool::new(false));
             let (engine, port, stats2, wake2) = (engine.clone(), port.clone(), stats.clone(), wake.clone());
-            let (shard_config, refs) = (config.shard, refs.clone());
+            let (shard_config, refs, down2) = (config.shard, refs.clone(), down.clone());
             let thread = std::thread::Builder::new().name(format!("shard-{index}")).spawn(move || {
-                let shard = Shard::linked(engine, shard_config, index, port, Some(links), refs);
-                shard_main(shard, rx, &wake2, &stats2);
+                let shard = Shard::linked(engine, shard_config, index, port.clone(), Some(links), refs);
+                let run = std::panic::AssertUnwindSafe(|| shard_main(shard, &mut rx, &wake2, &stats2));
+                if let Err(panic) = std::panic::catch_unwind(run) {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".into());
+                    tracing::error!(shard = index, "shard thread panicked: {what}; its reactors are gone");
+                    down2.store(true, Ordering::Release);
+                    let err = move |_| CallError::Send(SendError::ShardDown(index));
+                    port.fail_where(move |t| t.is_reactor() && t.shard() % n == index, err);
+                    stopped_shard_main(index, &mut rx, &wake2, &port);
+                }
             })?;
-            shards.push(ShardHandle { commands: Mutex::new(tx), wake, stats, thread: Some(thread) });
+            shards.push(ShardHandle { commands: Mutex::new(tx), wake, stats, down, thread: Some(thread) });
         }
         Ok(Self { engine, config, shards, port, refs, next_spawn: AtomicUsize::new(0) })
     }
@@ -184,6 +256,11 @@ impl Runtime {
     /// Number of shard threads.
     pub fn shards(&self) -> usize {
         self.shards.len()
+    }
+
+    /// `Err` if `shard` has stopped.
+    fn check_up(&self, shard: usize) -> Result<(), ShardDown> {
+        if self.shards[shard].down.load(Ordering::Acquire) { Err(ShardDown(shard)) } else { Ok(()) }
     }
 
     fn command(&self, shard: usize, mut cmd: Command) -> Result<(), Command> {
@@ -227,12 +304,14 @@ impl Runtime {
         init: Vec<u8>,
         flags: u8,
     ) -> Result<Address, SpawnError> {
-        let done = Completion::new();
-        let cmd = Command::Spawn { module: module.clone(), init, flags, done: done.clone() };
-        if self.command(shard % self.shards.len(), cmd).is_err() {
+        let shard = shard % self.shards.len();
+        self.check_up(shard).map_err(|e| SpawnError::ShardDown(e.0))?;
+        let (promise, done) = Promise::new();
+        let cmd = Command::Spawn { module: module.clone(), init, flags, done: promise };
+        if self.command(shard, cmd).is_err() {
             return Err(SpawnError::Busy);
         }
-        done.wait(None).expect("a shard always answers a spawn")
+        done.wait(None).unwrap_or(Err(SpawnError::ShardDown(shard)))
     }
 
     /// Sends a one-way message from the outside world. Like any actor send,
@@ -265,7 +344,9 @@ impl Runtime {
                 _ => SendError::NoSuchReactor(to),
             });
         }
-        self.command(self.shard_of(to), Command::Deliver { to, env }).map_err(|_| SendError::InboxFull(to))
+        let shard = self.shard_of(to);
+        self.check_up(shard).map_err(|e| SendError::ShardDown(e.0))?;
+        self.command(shard, Command::Deliver { to, env }).map_err(|_| SendError::InboxFull(to))
     }
 
     /// Connects this runtime to other nodes: messages for addresses whose
@@ -286,13 +367,21 @@ impl Runtime {
         }
         if to.is_host() {
             if env.is_reply() {
-                // No one waiting (timed out): nothing to do.
-                self.port.answer(env.corr, Ok(Reply::from_envelope(env)));
+                // No one waiting (timed out), or not from the reactor asked
+                // (dropped: a peer cannot answer for another reactor).
+                let corr = env.corr;
+                if !self.port.answer_reply(corr, Reply::from_envelope(env)) {
+                    tracing::debug!(corr, "a reply from the network matches no request waiting on its sender");
+                }
                 return Ok(());
             }
             return if self.port.post(env.clone()) { Ok(()) } else { Err((SendError::InboxFull(to), env)) };
         }
-        match self.command(self.shard_of(to), Command::Deliver { to, env }) {
+        let shard = self.shard_of(to);
+        if let Err(e) = self.check_up(shard) {
+            return Err((SendError::ShardDown(e.0), env));
+        }
+        match self.command(shard, Command::Deliver { to, env }) {
             Ok(()) => Ok(()),
             Err(Command::Deliver { env, .. }) => Err((SendError::InboxFull(to), env)),
             Err(_) => unreachable!("the command given back is the one sent"),
@@ -334,9 +423,13 @@ impl Runtime {
     }
 
     /// Runs `f` on the thread of `shard`, with that shard, and returns its
-    /// result.
-    pub fn inspect<R: Send + 'static>(&self, shard: usize, f: impl FnOnce(&mut Shard) -> R + Send + 'static) -> R {
-        self.inspect_later(shard, f).wait(None).expect("a shard always runs an inspection")
+    /// result; `Err` if the shard has stopped (or stops before `f` returns).
+    pub fn inspect<R: Send + 'static>(
+        &self,
+        shard: usize,
+        f: impl FnOnce(&mut Shard) -> R + Send + 'static,
+    ) -> Result<R, ShardDown> {
+        self.inspect_later(shard, f)?.wait(None).ok_or(ShardDown(shard))
     }
 
     /// Runs `f` on the thread of `shard` without waiting for it.
@@ -344,15 +437,13 @@ impl Runtime {
         &self,
         shard: usize,
         f: impl FnOnce(&mut Shard) -> R + Send + 'static,
-    ) -> Arc<Completion<R>> {
-        let done: Arc<Completion<R>> = Completion::new();
-        let d = done.clone();
-        let mut cmd = Command::Inspect(Box::new(move |s| {
-            d.complete(f(s));
-        }));
+    ) -> Result<Arc<Completion<R>>, ShardDown> {
+        let (promise, done) = Promise::new();
+        let mut cmd = Command::Inspect(Box::new(move |s| promise.fulfil(f(s))));
         loop {
+            self.check_up(shard)?;
             match self.command(shard, cmd) {
-                Ok(()) => return done,
+                Ok(()) => return Ok(done),
                 Err(back) => cmd = back,
             }
         }
@@ -364,7 +455,7 @@ impl Runtime {
         if !address.is_reactor() {
             return Err(SnapshotError::NoSuchReactor(address));
         }
-        self.inspect(self.shard_of(address), move |s| s.snapshot(address, options))
+        self.inspect(self.shard_of(address), move |s| s.snapshot(address, options)).map_err(snapshot_error)?
     }
 
     /// Snapshots every reactor of every shard as one consistent checkpoint:
@@ -377,21 +468,28 @@ impl Runtime {
     pub fn checkpoint(&self, options: SnapshotOptions) -> Result<Checkpoint, SnapshotError> {
         let n = self.shards.len();
         let bases: Vec<_> = match options.capture {
-            Capture::Incremental => (0..n).flat_map(|i| self.inspect(i, |s| s.tracked_bases())).collect(),
+            Capture::Incremental => {
+                let mut bases = Vec::new();
+                for i in 0..n {
+                    bases.extend(self.inspect(i, |s| s.tracked_bases()).map_err(snapshot_error)?);
+                }
+                bases
+            }
             _ => Vec::new(),
         };
         let kind = snapshot::checkpoint_kind(options.capture, bases.into_iter())?;
         let id = SnapshotId::random();
-        let paused = Arc::new(Barrier::new(n));
-        let drained = Arc::new(Barrier::new(n));
+        let downs: Vec<_> = self.shards.iter().map(|h| h.down.clone()).collect();
+        let paused = ShardBarrier::new(downs.clone());
+        let drained = ShardBarrier::new(downs);
         let parts: Vec<_> = (0..n)
             .map(|i| {
                 let (paused, drained) = (paused.clone(), drained.clone());
                 self.inspect_later(i, move |s| {
-                    paused.wait();
+                    paused.wait().map_err(snapshot_error)?;
                     // Every shard is inside this call: nobody produces.
                     s.drain_inbound_forced();
-                    drained.wait();
+                    drained.wait().map_err(snapshot_error)?;
                     let mut cp = Checkpoint::with_id(id, kind);
                     s.capture_all(options, &mut cp).map(|()| cp)
                 })
@@ -399,11 +497,14 @@ impl Runtime {
             .collect();
         let mut all = Checkpoint::with_id(id, kind);
         let mut first_err = None;
-        for p in parts {
-            match p.wait(None).expect("a shard always runs an inspection") {
-                Ok(cp) => all.merge(cp),
-                Err(e) => {
+        for (i, p) in parts.into_iter().enumerate() {
+            match p.and_then(|p| p.wait(None).ok_or(ShardDown(i))) {
+                Ok(Ok(cp)) => all.merge(cp),
+                Ok(Err(e)) => {
                     first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(snapshot_error(e));
                 }
             }
         }
@@ -426,9 +527,9 @@ impl Runtime {
     ) -> Result<Vec<Address>, SnapshotError> {
         let n = self.shards.len();
         let chain = Arc::new(chain);
-        let done = Arc::new(Barrier::new(n));
-        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let results: Vec<_> = (0..n)
+        let done = ShardBarrier::new(self.shards.iter().map(|h| h.down.clone()).collect());
+        let failed = Arc::new(AtomicBool::new(false));
+        let results: Vec<Result<Vec<Address>, SnapshotError>> = (0..n)
             .map(|i| {
                 let (chain, done, failed) = (chain.clone(), done.clone(), failed.clone());
                 self.inspect_later(i, move |s| {
@@ -436,20 +537,22 @@ impl Runtime {
                     if r.is_err() {
                         failed.store(true, Ordering::SeqCst);
                     }
-                    done.wait();
-                    if failed.load(Ordering::SeqCst)
+                    let all_there = done.wait();
+                    if (all_there.is_err() || failed.load(Ordering::SeqCst))
                         && let Ok(restored) = &r
                     {
                         for &a in restored {
                             s.discard(a);
                         }
                     }
+                    all_there.map_err(snapshot_error)?;
                     r
                 })
             })
             .collect::<Vec<_>>()
             .into_iter()
-            .map(|c| c.wait(None).expect("a shard always runs an inspection"))
+            .enumerate()
+            .map(|(i, c)| c.and_then(|c| c.wait(None).ok_or(ShardDown(i))).map_err(snapshot_error).and_then(|r| r))
             .collect();
         let mut restored = Vec::new();
         for r in results {
@@ -463,25 +566,31 @@ impl Runtime {
     }
 
     /// A reactor's state: running, failed, or `None` if it never existed.
+    /// A reactor of a shard that stopped is failed.
     pub fn state(&self, address: Address) -> Option<ReactorState> {
         if !address.is_reactor() {
             return None;
         }
-        self.inspect(self.shard_of(address), move |s| s.state(address))
+        let shard = self.shard_of(address);
+        self.inspect(shard, move |s| s.state(address)).unwrap_or_else(|e| {
+            Some(ReactorState::Failed(Failure { reason: FailureReason::Other(e.to_string()), backtrace: None }))
+        })
     }
 
-    /// Linear memory size of a live reactor.
+    /// Linear memory size of a live reactor (`None` on a shard that stopped).
     pub fn memory_size(&self, address: Address) -> Option<usize> {
         if !address.is_reactor() {
             return None;
         }
-        self.inspect(self.shard_of(address), move |s| s.memory_size(address))
+        self.inspect(self.shard_of(address), move |s| s.memory_size(address)).ok().flatten()
     }
 
-    /// Total linear memory of all live reactors.
+    /// Total linear memory of all live reactors (of shards still running).
     pub fn total_memory(&self) -> u64 {
         (0..self.shards.len())
-            .map(|i| self.inspect(i, |s| s.live().filter_map(|a| s.memory_size(a)).map(|b| b as u64).sum::<u64>()))
+            .filter_map(|i| {
+                self.inspect(i, |s| s.live().filter_map(|a| s.memory_size(a)).map(|b| b as u64).sum::<u64>()).ok()
+            })
             .sum()
     }
 
@@ -505,6 +614,10 @@ impl Drop for Runtime {
         for i in 0..self.shards.len() {
             let mut cmd = Command::Stop;
             while let Err(back) = self.command(i, cmd) {
+                // A thread that is gone altogether drains nothing.
+                if self.shards[i].thread.as_ref().is_none_or(JoinHandle::is_finished) {
+                    break;
+                }
                 cmd = back;
             }
         }
@@ -544,8 +657,34 @@ impl PendingCall {
     }
 }
 
+/// What a shard thread does after it panicked, until the runtime stops:
+/// answers every command with `ShardDown` (an inspection is dropped unrun,
+/// which abandons its promise), so nobody waits on it.
+fn stopped_shard_main(index: usize, commands: &mut MpscConsumer<Command>, wake: &EventCount, port: &HostPort) {
+    loop {
+        while let Some(cmd) = commands.try_pop() {
+            match cmd {
+                Command::Spawn { done, .. } => done.fulfil(Err(SpawnError::ShardDown(index))),
+                Command::Deliver { env, .. } => {
+                    if env.kind == abi::KIND_REQUEST {
+                        port.answer(env.corr, Err(CallError::Send(SendError::ShardDown(index))));
+                    }
+                }
+                Command::Inspect(f) => drop(f),
+                Command::Stop => return,
+            }
+        }
+        let waiter = wake.prepare_wait();
+        if commands.is_empty() {
+            waiter.wait();
+        } else {
+            waiter.cancel();
+        }
+    }
+}
+
 /// The loop of one shard thread.
-fn shard_main(mut shard: Shard, mut commands: MpscConsumer<Command>, wake: &EventCount, stats: &Mutex<ShardStats>) {
+fn shard_main(mut shard: Shard, commands: &mut MpscConsumer<Command>, wake: &EventCount, stats: &Mutex<ShardStats>) {
     let mut held: Option<(Address, Envelope)> = None;
     let mut idle_since: Option<Instant> = None;
     loop {
@@ -566,7 +705,7 @@ fn shard_main(mut shard: Shard, mut commands: MpscConsumer<Command>, wake: &Even
             work += 1;
             match cmd {
                 Command::Spawn { module, init, flags, done } => {
-                    done.complete(shard.spawn_envelope(&module, init, flags));
+                    done.fulfil(shard.spawn_envelope(&module, init, flags));
                 }
                 Command::Deliver { to, env } => match shard.accept_from_host(to, env) {
                     Ok(()) => {}

@@ -11,8 +11,16 @@
 //! correlation counters, pending spawns, links, the outside world's port);
 //! it implements `HostContext` and is lent to a reactor's store for the
 //! duration of each call into it.
+//!
+//! What a guest may make the shard hold is bounded: each reactor's inbox
+//! by messages and, with its memory and blobs, by bytes (its `Account`,
+//! and the node's budget); the replies it is sent by the requests it has
+//! waiting (a reply is taken only for a request of its own, outstanding,
+//! from the reactor asked: `outstanding`); its children by a quota; the
+//! init payloads of the spawns it asks for by its budget.
 #![forbid(unsafe_code)]
 
+use crate::budget::{Account, LocalBudget};
 use crate::engine;
 use crate::inbox::{Full, Inbox};
 use crate::links::Links;
@@ -49,6 +57,15 @@ pub struct ShardConfig {
     pub max_reactors: usize,
     /// Messages to the outside world held before senders get "inbox full".
     pub host_mailbox_capacity: usize,
+    /// Bytes of messages to the outside world held before senders get
+    /// "inbox full".
+    pub host_mailbox_bytes: usize,
+    /// Most requests one reactor may have waiting for replies; more get
+    /// `SendError::TooManyRequests`.
+    pub max_waiting_requests: u32,
+    /// Most children (alive or starting) one reactor may have; more spawns
+    /// get `SpawnError::Quota`.
+    pub max_children: u32,
 }
 
 impl Default for ShardConfig {
@@ -59,6 +76,9 @@ impl Default for ShardConfig {
             max_batch: 64,
             max_reactors: 1_000_000,
             host_mailbox_capacity: 1 << 16,
+            host_mailbox_bytes: 256 << 20,
+            max_waiting_requests: 65536,
+            max_children: 10_000,
         }
     }
 }
@@ -86,6 +106,9 @@ pub struct ShardStats {
     pub cross_shard: u64,
     /// Messages handed to the transport for reactors on other nodes.
     pub remote: u64,
+    /// Replies refused because no request of the addressee was waiting on
+    /// their sender (forged, duplicated, or for a reactor that failed).
+    pub unmatched_replies: u64,
 }
 
 impl std::ops::AddAssign for ShardStats {
@@ -99,6 +122,7 @@ impl std::ops::AddAssign for ShardStats {
         self.dead_letters += o.dead_letters;
         self.cross_shard += o.cross_shard;
         self.remote += o.remote;
+        self.unmatched_replies += o.unmatched_replies;
     }
 }
 
@@ -106,6 +130,27 @@ struct PendingSpawn {
     address: Address,
     module: Arc<LoadedModule>,
     init: Envelope,
+    /// The parent's budget, charged the init payload until the spawn runs.
+    charged: Option<Arc<Account>>,
+}
+
+/// A reactor's inbox and what it is charged to.
+struct Mailbox {
+    inbox: Inbox<Envelope>,
+    /// The reactor's byte budget (shared with its store).
+    account: Arc<Account>,
+    /// Who spawned it (the host: `Address::HOST`).
+    parent: Address,
+    /// Its children alive or starting.
+    children: u32,
+    /// Its requests waiting for replies.
+    waiting: u32,
+}
+
+/// What a queued envelope costs: its payload and its bookkeeping.
+#[inline]
+fn queued_cost(env: &Envelope) -> usize {
+    env.payload.len() + 64
 }
 
 /// What host calls reach during a call into a reactor (see the module
@@ -116,8 +161,13 @@ struct PendingSpawn {
 pub struct Router {
     engine: Arc<Engine>,
     index: usize,
-    inboxes: HashMap<Address, Inbox<Envelope>>,
+    inboxes: HashMap<Address, Mailbox>,
     ready: VecDeque<Address>,
+    /// Requests from this shard's reactors waiting for replies: correlation
+    /// id → (requester, the reactor asked).
+    outstanding: HashMap<u64, (Address, Address)>,
+    /// This shard's block of the node's byte budget, for queued bytes.
+    budget: LocalBudget,
     spawns: Vec<PendingSpawn>,
     port: Arc<HostPort>,
     links: Option<Links>,
@@ -164,31 +214,102 @@ impl Router {
         self.deliver_local(to, env).map_err(|(e, _)| e)
     }
 
-    /// Queues `env` into a local inbox, or gives it back with the reason.
+    /// Takes the outstanding request a reply answers: one of `to`'s, sent
+    /// to the reply's sender. `Err` (nothing changes) otherwise.
     #[inline]
-    fn deliver_local(&mut self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
-        let Some(inbox) = self.inboxes.get_mut(&to) else { return Err((SendError::NoSuchReactor(to), env)) };
-        if env.is_reply() {
-            inbox.push_reply(env);
-        } else if let Err(Full(env)) = inbox.try_push(env) {
-            return Err((SendError::InboxFull(to), env));
+    fn match_reply(&mut self, to: Address, env: &Envelope) -> Result<(), SendError> {
+        match self.outstanding.get(&env.corr) {
+            Some(&(requester, target)) if requester == to && target == env.from => {
+                self.outstanding.remove(&env.corr);
+                if let Some(mb) = self.inboxes.get_mut(&to) {
+                    mb.waiting = mb.waiting.saturating_sub(1);
+                }
+                Ok(())
+            }
+            _ => {
+                self.stats.unmatched_replies += 1;
+                tracing::debug!(to = %to, from = %env.from, corr = env.corr, "a reply that answers no request of its addressee was refused");
+                Err(SendError::NoSuchRequest(env.corr))
+            }
         }
-        if inbox.schedule() {
-            self.ready.push_back(to);
-        }
-        Ok(())
     }
 
-    /// Queues `env` into a local inbox even past its capacity (a message
-    /// already accepted elsewhere); gives it back if there is no such
-    /// reactor.
-    fn deliver_local_forced(&mut self, to: Address, env: Envelope) -> Result<(), Envelope> {
-        let Some(inbox) = self.inboxes.get_mut(&to) else { return Err(env) };
-        inbox.push_reply(env);
-        if inbox.schedule() {
-            self.ready.push_back(to);
+    /// Puts back the outstanding request `env` answered (its reply was not
+    /// queued after all).
+    fn unmatch_reply(&mut self, to: Address, env: &Envelope) {
+        self.outstanding.insert(env.corr, (to, env.from));
+        if let Some(mb) = self.inboxes.get_mut(&to) {
+            mb.waiting += 1;
         }
-        Ok(())
+    }
+
+    /// Queues `env` into a local inbox, or gives it back with the reason. A
+    /// reply is taken only for an outstanding request of the addressee to
+    /// its sender; any message only within the addressee's byte budget and
+    /// the node's; a message that is not a reply only within its inbox's
+    /// capacity.
+    #[inline]
+    fn deliver_local(&mut self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
+        self.queue(to, env, false)
+    }
+
+    /// Queues `env` into a local inbox even past its capacity and budget (a
+    /// message already accepted elsewhere, moved at a checkpoint); gives it
+    /// back if there is no such reactor or it is a reply to nothing
+    /// outstanding.
+    fn deliver_local_forced(&mut self, to: Address, env: Envelope) -> Result<(), Envelope> {
+        self.queue(to, env, true).map_err(|(_, env)| env)
+    }
+
+    #[inline]
+    fn queue(&mut self, to: Address, env: Envelope, forced: bool) -> Result<(), (SendError, Envelope)> {
+        if !self.inboxes.contains_key(&to) {
+            return Err((SendError::NoSuchReactor(to), env));
+        }
+        let reply = env.is_reply();
+        if reply && let Err(e) = self.match_reply(to, &env) {
+            return Err((e, env));
+        }
+        let cost = queued_cost(&env);
+        let mb = self.inboxes.get_mut(&to).expect("checked above");
+        let refused = if forced {
+            mb.account.force_charge(cost);
+            self.budget.take_forced(cost);
+            None
+        } else if !mb.account.try_charge(cost) {
+            Some(SendError::OverBudget(to))
+        } else if !self.budget.try_take(cost) {
+            mb.account.release(cost);
+            Some(SendError::OverBudget(to))
+        } else {
+            None
+        };
+        let env = match refused {
+            Some(e) => Err((e, env)),
+            None if reply || forced => {
+                mb.inbox.push_reply(env);
+                Ok(())
+            }
+            None => mb.inbox.try_push(env).map_err(|Full(env)| {
+                mb.account.release(cost);
+                self.budget.give(cost);
+                (SendError::InboxFull(to), env)
+            }),
+        };
+        match env {
+            Ok(()) => {
+                if mb.inbox.schedule() {
+                    self.ready.push_back(to);
+                }
+                Ok(())
+            }
+            Err((e, env)) => {
+                if reply {
+                    self.unmatch_reply(to, &env);
+                }
+                Err((e, env))
+            }
+        }
     }
 
     /// A reply to a request from outside, or a message for the mailbox of
@@ -196,7 +317,7 @@ impl Router {
     fn route_to_host(&mut self, host: Address, env: Envelope) -> Result<(), SendError> {
         if env.is_reply() {
             let corr = env.corr;
-            return if self.port.answer(corr, Ok(Reply::from_envelope(env))) {
+            return if self.port.answer_reply(corr, Reply::from_envelope(env)) {
                 Ok(())
             } else {
                 Err(SendError::NoSuchRequest(corr))
@@ -205,15 +326,54 @@ impl Router {
         if self.port.post(env) { Ok(()) } else { Err(SendError::InboxFull(host)) }
     }
 
-    /// Reserves an address and an inbox for a new reactor.
-    fn reserve(&mut self) -> Result<Address, SpawnError> {
+    /// Removes a reactor's mailbox and what it is counted in: its queued
+    /// bytes from the node's budget, its requests from the outstanding
+    /// ones, itself from its parent's children.
+    fn remove_mailbox(&mut self, address: Address) -> Option<Mailbox> {
+        let mb = self.inboxes.remove(&address)?;
+        self.population -= 1;
+        let queued: usize = mb.inbox.iter().map(queued_cost).sum();
+        self.budget.give(queued);
+        // Its own requests, and those waiting on it (no reply will come).
+        let inboxes = &mut self.inboxes;
+        self.outstanding.retain(|_, &mut (requester, target)| {
+            if requester == address {
+                return false;
+            }
+            if target == address {
+                if let Some(r) = inboxes.get_mut(&requester) {
+                    r.waiting = r.waiting.saturating_sub(1);
+                }
+                return false;
+            }
+            true
+        });
+        if let Some(p) = self.inboxes.get_mut(&mb.parent) {
+            p.children = p.children.saturating_sub(1);
+        }
+        Some(mb)
+    }
+
+    /// Reserves an address and an inbox for a new child of `parent` (the
+    /// host, or a reactor of this shard within its quota).
+    fn reserve(&mut self, parent: Address) -> Result<Address, SpawnError> {
         if self.population >= self.config.max_reactors {
             return Err(SpawnError::Limit(self.config.max_reactors));
+        }
+        if let Some(p) = self.inboxes.get(&parent)
+            && p.children >= self.config.max_children
+        {
+            return Err(SpawnError::Quota(parent, self.config.max_children));
         }
         let serial = self.refs.serial(&mut self.tags).map_err(|e| SpawnError::Tags(e.to_string()))?;
         self.population += 1;
         let a = Address::new(self.refs.node(), self.index as u8, serial);
-        self.inboxes.insert(a, Inbox::new(self.config.inbox_capacity));
+        let account = Account::new(self.config.limits.budget_bytes());
+        let mailbox = Mailbox { inbox: Inbox::new(self.config.inbox_capacity), account, parent, children: 0, waiting: 0 };
+        self.inboxes.insert(a, mailbox);
+        if let Some(p) = self.inboxes.get_mut(&parent) {
+            p.children += 1;
+        }
         Ok(a)
     }
 }
@@ -233,8 +393,23 @@ impl HostContext for Router {
         &self.input[start..start + n]
     }
 
+    /// Records a request as outstanding (see the module docs), within the
+    /// requester's quota of waiting requests.
     fn route(&mut self, to: Address, env: Envelope) -> Result<(), SendError> {
-        Router::route(self, to, env)
+        if env.kind != abi::KIND_REQUEST {
+            return Router::route(self, to, env);
+        }
+        let (from, corr) = (env.from, env.corr);
+        let max = self.config.max_waiting_requests;
+        if self.inboxes.get(&from).is_some_and(|mb| mb.waiting >= max) {
+            return Err(SendError::TooManyRequests(from));
+        }
+        Router::route(self, to, env)?;
+        self.outstanding.insert(corr, (from, to));
+        if let Some(mb) = self.inboxes.get_mut(&from) {
+            mb.waiting += 1;
+        }
+        Ok(())
     }
 
     /// A correlation id unique across shards, the outside world, nodes and
@@ -252,9 +427,24 @@ impl HostContext for Router {
             ModuleRef::Name(name) => self.engine.module_by_name(name),
         }
         .ok_or(SpawnRefusal::NoSuchModule)?;
-        let address = self.reserve().map_err(SpawnRefusal::Refused)?;
+        // The init payload waits on the parent's budget until the spawn runs.
+        let charged = self.inboxes.get(&parent).map(|p| p.account.clone());
+        if let Some(a) = &charged
+            && !a.try_charge(init.len())
+        {
+            return Err(SpawnRefusal::Refused(SpawnError::OverBudget));
+        }
+        let address = match self.reserve(parent) {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(a) = &charged {
+                    a.release(init.len());
+                }
+                return Err(SpawnRefusal::Refused(e));
+            }
+        };
         let init = Envelope { kind: abi::KIND_MESSAGE, flags: 0, from: parent, corr: 0, payload: init };
-        self.spawns.push(PendingSpawn { address, module, init });
+        self.spawns.push(PendingSpawn { address, module, init, charged });
         Ok(address)
     }
 
@@ -319,7 +509,7 @@ impl Shard {
     /// A standalone shard drawing its tags from `refs` (e.g. persisted with
     /// [`Refs::open`], or shared with other shards).
     pub fn with_refs(engine: Arc<Engine>, config: ShardConfig, refs: Arc<Refs>) -> Self {
-        let port = HostPort::new(config.host_mailbox_capacity, refs.clone());
+        let port = HostPort::new(config.host_mailbox_capacity, config.host_mailbox_bytes, refs.clone());
         Self::linked(engine, config, 0, port, None, refs)
     }
 
@@ -336,7 +526,9 @@ impl Shard {
         let router = Router {
             engine: engine.clone(),
             index,
+            budget: LocalBudget::new(refs.budget().clone()),
             inboxes: HashMap::default(),
+            outstanding: HashMap::default(),
             ready: VecDeque::new(),
             spawns: Vec::new(),
             port,
@@ -427,7 +619,7 @@ impl Shard {
         init: Vec<u8>,
         flags: u8,
     ) -> Result<Address, SpawnError> {
-        let address = self.router().reserve()?;
+        let address = self.router().reserve(Address::HOST)?;
         let init = Envelope { kind: abi::KIND_MESSAGE, flags, from: Address::HOST, corr: 0, payload: init };
         let result = self.instantiate(address, module, &init);
         self.process_spawns();
@@ -435,9 +627,15 @@ impl Shard {
     }
 
     fn instantiate(&mut self, address: Address, module: &Arc<LoadedModule>, init: &Envelope) -> Result<(), Failure> {
+        let budget = self.config.limits.budget_bytes();
         let router = self.router();
         router.stats.spawned += 1;
         router.modules.insert(address, module.hash);
+        let account = match router.inboxes.get(&address) {
+            Some(mb) => mb.account.clone(),
+            None => Account::new(budget),
+        };
+        let budgets = (account, router.refs.budget().clone());
         self.batch.clear();
         init.encode_into(&mut self.batch);
         let input = std::mem::take(&mut self.batch);
@@ -446,6 +644,7 @@ impl Shard {
             module,
             address,
             self.config.limits,
+            budgets,
             &mut self.router,
             &input,
         );
@@ -469,6 +668,9 @@ impl Shard {
                 return;
             }
             for s in spawns {
+                if let Some(a) = &s.charged {
+                    a.release(s.init.payload.len());
+                }
                 let _ = self.instantiate(s.address, &s.module, &s.init);
             }
         }
@@ -479,9 +681,8 @@ impl Shard {
         self.reactors.remove(&address);
         let router = self.router.as_deref_mut().expect("router is home between calls");
         router.modules.remove(&address);
-        if let Some(mut inbox) = router.inboxes.remove(&address) {
-            router.population -= 1;
-            router.stats.dropped += inbox.drain().count() as u64;
+        if let Some(mb) = router.remove_mailbox(address) {
+            router.stats.dropped += mb.inbox.len() as u64;
         }
         router.port.fail_target(address, || CallError::Failed(address, failure.clone()));
         self.failed.insert(address, failure);
@@ -593,16 +794,20 @@ impl Shard {
         let max_batch = self.config.max_batch;
         let router = self.router.as_deref_mut().expect("router is home between calls");
         let Some(address) = router.ready.pop_front() else { return false };
-        let Some(inbox) = router.inboxes.get_mut(&address) else { return true };
+        let Some(mb) = router.inboxes.get_mut(&address) else { return true };
         self.batch.clear();
         let mut count = 0u32;
+        let mut freed = 0;
         while (count as usize) < max_batch {
-            let Some(env) = inbox.pop() else { break };
+            let Some(env) = mb.inbox.pop() else { break };
+            freed += queued_cost(&env);
             env.encode_into(&mut self.batch);
             count += 1;
         }
-        if inbox.is_empty() {
-            inbox.unschedule();
+        mb.account.release(freed);
+        router.budget.give(freed);
+        if mb.inbox.is_empty() {
+            mb.inbox.unschedule();
         } else {
             router.ready.push_back(address);
         }
@@ -654,7 +859,7 @@ impl Shard {
 
     /// Messages waiting in a reactor's inbox.
     pub fn queued(&self, address: Address) -> Option<usize> {
-        self.router.as_ref()?.inboxes.get(&address).map(|i| i.len())
+        self.router.as_ref()?.inboxes.get(&address).map(|mb| mb.inbox.len())
     }
 
     /// Counters.
@@ -749,7 +954,8 @@ impl Shard {
 
     fn capture_into(&mut self, address: Address, options: SnapshotOptions, cp: &mut Checkpoint) -> Result<(), SnapshotError> {
         let router = self.router.as_deref().expect("router is home between calls");
-        let inbox = router.inboxes.get(&address).map(|i| i.iter().map(snapshot::record).collect()).unwrap_or_default();
+        let inbox =
+            router.inboxes.get(&address).map(|mb| mb.inbox.iter().map(snapshot::record).collect()).unwrap_or_default();
         let host = HostState { inbox, next_corr: router.refs.tags().peek() };
         let live = self.reactors.get_mut(&address).ok_or(SnapshotError::NoSuchReactor(address))?;
         snapshot::capture(&mut live.reactor, &mut live.tracking, address, host, options, cp)
@@ -821,15 +1027,19 @@ impl Shard {
         }
         let capacity = self.config.inbox_capacity;
         let router = self.router();
+        let account = reactor.account().clone();
         let mut inbox = Inbox::new(capacity);
         for env in queued {
             // Restored messages were accepted once: never refuse them now.
+            let cost = queued_cost(&env);
+            account.force_charge(cost);
+            router.budget.take_forced(cost);
             inbox.push_reply(env);
         }
         if !inbox.is_empty() && inbox.schedule() {
             router.ready.push_back(address);
         }
-        router.inboxes.insert(address, inbox);
+        router.inboxes.insert(address, Mailbox { inbox, account, parent: Address::HOST, children: 0, waiting: 0 });
         router.population += 1;
         router.modules.insert(address, reactor.module_hash());
         self.reactors.insert(address, Live::new(reactor));
@@ -841,9 +1051,7 @@ impl Shard {
         self.reactors.remove(&address);
         let router = self.router();
         router.modules.remove(&address);
-        if router.inboxes.remove(&address).is_some() {
-            router.population -= 1;
-        }
+        router.remove_mailbox(address);
         router.ready.retain(|a| *a != address);
     }
 }

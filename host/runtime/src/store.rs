@@ -16,6 +16,7 @@
 //! implementing module, for the one context there is.
 #![forbid(unsafe_code)]
 
+use crate::budget::{Account, NodeBudget, NodeCharge};
 use crate::refs::{Blob, Refs, RefsError};
 use reactor_types::{Address, Envelope, ModuleHash, SendError, SpawnError};
 use rustc_hash::FxHashMap;
@@ -79,30 +80,68 @@ pub(crate) trait HostContext: Send + 'static {
         Self: Sized;
 }
 
-/// Enforces the memory cap and remembers that it was hit.
+/// What refused a memory growth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The memory cap.
+    Cap,
+    /// The reactor's byte budget (memory, held blobs, queued bytes).
+    Budget,
+    /// The node's byte budget.
+    Node,
+}
+
+/// Enforces the memory cap and the byte budgets on memory growth, and
+/// remembers what refused one.
 #[derive(Debug)]
 pub(crate) struct MemoryLimiter {
     cap: usize,
-    /// Set when a growth was refused: (current, requested) bytes.
-    refused: Option<(usize, usize)>,
+    /// The reactor's budget, shared with its inbox and held blobs.
+    account: Arc<Account>,
+    /// Its memory, charged to the node (returned when the store drops).
+    node: NodeCharge,
+    /// Set when a growth was refused: what refused it, and the size asked.
+    refused: Option<(Refusal, usize)>,
 }
 
 impl MemoryLimiter {
-    /// The size the guest asked for when a growth was last refused.
-    pub(crate) fn refused_request(&self) -> Option<usize> {
-        self.refused.map(|(_, requested)| requested)
+    /// What refused the last refused growth, and the size the guest asked.
+    pub(crate) fn refused(&self) -> Option<(Refusal, usize)> {
+        self.refused
     }
 
     /// The cap in bytes.
     pub(crate) fn cap(&self) -> usize {
         self.cap
     }
+
+    /// The reactor's byte budget.
+    pub(crate) fn account(&self) -> &Arc<Account> {
+        &self.account
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.cap {
-            self.refused = Some((current, desired));
+        let refusal = if desired > self.cap {
+            Some(Refusal::Cap)
+        } else {
+            let more = desired.saturating_sub(current);
+            // The node counts growth, not the initial size: that is the
+            // module's, which the operator loaded (and `max_reactors`
+            // bounds); growth is the guest's doing.
+            let node_more = if current == 0 { 0 } else { more };
+            if !self.account.try_charge(more) {
+                Some(Refusal::Budget)
+            } else if !self.node.grow(node_more) {
+                self.account.release(more);
+                Some(Refusal::Node)
+            } else {
+                None
+            }
+        };
+        if let Some(r) = refusal {
+            self.refused = Some((r, desired));
             return Ok(false);
         }
         Ok(true)
@@ -131,13 +170,20 @@ pub(crate) struct ReactorData<H> {
 }
 
 impl<H: HostContext> ReactorData<H> {
-    /// The state of a reactor at `address` whose memories may grow to
-    /// `memory_cap` bytes.
-    pub(crate) fn new(address: Address, wasi: WasiP1Ctx, memory_cap: usize) -> Self {
+    /// The state of a reactor at `address` whose memory may grow to
+    /// `memory_cap` bytes within its byte budget `account` and the node's
+    /// `node`.
+    pub(crate) fn new(
+        address: Address,
+        wasi: WasiP1Ctx,
+        memory_cap: usize,
+        account: Arc<Account>,
+        node: Arc<NodeBudget>,
+    ) -> Self {
         Self {
             address,
             wasi,
-            limiter: MemoryLimiter { cap: memory_cap, refused: None },
+            limiter: MemoryLimiter { cap: memory_cap, account, node: NodeCharge::empty(node), refused: None },
             fail_note: None,
             memory: None,
             host: None,
@@ -162,14 +208,10 @@ impl<H: HostContext> ReactorData<H> {
         &mut self.limiter
     }
 
-    /// The reactor's linear memory. Host calls only run once it is set
-    /// (right after instantiation, before any entry point).
-    pub(crate) fn memory(&self) -> Memory {
-        self.memory.expect("memory set at instantiation")
-    }
-
-    /// Its linear memory, if instantiated.
-    pub(crate) fn try_memory(&self) -> Option<Memory> {
+    /// The reactor's linear memory, once instantiated (host calls run
+    /// after that: modules with a start function are refused at load).
+    #[inline]
+    pub(crate) fn memory(&self) -> Option<Memory> {
         self.memory
     }
 
@@ -177,11 +219,11 @@ impl<H: HostContext> ReactorData<H> {
         self.memory = Some(memory);
     }
 
-    /// The lent host context. Host calls only run during a call into the
-    /// guest, which the runtime makes with the context lent.
+    /// The lent host context: there during every call into the guest,
+    /// which the runtime makes with the context lent.
     #[inline]
-    pub(crate) fn host(&mut self) -> &mut H {
-        self.host.as_deref_mut().expect("host call outside a runtime call")
+    pub(crate) fn host(&mut self) -> Option<&mut H> {
+        self.host.as_deref_mut()
     }
 
     /// Lends `host` for a call into the guest; forgets a refused growth
@@ -212,7 +254,37 @@ impl<H: HostContext> ReactorData<H> {
         &self.held
     }
 
-    pub(crate) fn held_mut(&mut self) -> &mut FxHashMap<u64, Arc<Blob>> {
-        &mut self.held
+    /// Starts holding `blob`, its bytes charged to the reactor's budget;
+    /// false (nothing changes) when the budget has no room. Holding a blob
+    /// held already is a no-op.
+    pub(crate) fn hold(&mut self, blob: Arc<Blob>) -> bool {
+        if self.held.contains_key(&blob.tag()) {
+            return true;
+        }
+        if !self.limiter.account.try_charge(blob.len()) {
+            return false;
+        }
+        self.held.insert(blob.tag(), blob);
+        true
+    }
+
+    /// Holds `blob` whatever the budget (a restore brings back what the
+    /// reactor held).
+    pub(crate) fn hold_restored(&mut self, blob: Arc<Blob>) {
+        if !self.limiter.account.try_charge(blob.len()) {
+            self.limiter.account.force_charge(blob.len());
+        }
+        self.held.insert(blob.tag(), blob);
+    }
+
+    /// Stops holding the blob `tag`; false if it was not held.
+    pub(crate) fn release(&mut self, tag: u64) -> bool {
+        match self.held.remove(&tag) {
+            Some(b) => {
+                self.limiter.account.release(b.len());
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -45,6 +45,7 @@ impl EngineArgs {
         let limits = Limits {
             memory_cap: self.memory_cap.checked_mul(1 << 20).context("--memory-cap is too large")?,
             cpu_budget: Duration::from_millis(self.cpu_budget),
+            ..Limits::default()
         };
         Ok(ShardConfig { limits, ..ShardConfig::default() })
     }

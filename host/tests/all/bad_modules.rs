@@ -190,7 +190,11 @@ mod props {
                 bytes[i] = v;
             }
             if let Ok((m, _)) = engine().load(&bytes) {
-                let limits = reactor_runtime::Limits { cpu_budget: std::time::Duration::from_millis(100), memory_cap: 64 << 20 };
+                let limits = reactor_runtime::Limits {
+                    cpu_budget: std::time::Duration::from_millis(100),
+                    memory_cap: 64 << 20,
+                    ..Default::default()
+                };
                 let mut rt = shard_with(reactor_runtime::ShardConfig { limits, ..Default::default() });
                 if let Ok(a) = rt.spawn_with(&m, &1u64) {
                     let _ = rt.call_typed::<_, u64>(a, &protocols::CounterMsg::Get);

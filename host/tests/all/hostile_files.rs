@@ -326,7 +326,7 @@ fn a_guest_writing_every_other_page_during_a_concurrent_snapshot() {
 #[ignore = "run in its own process by a_guest_writing_every_other_page_during_a_concurrent_snapshot"]
 fn every_other_page_alone() {
     let mut rt = shard_with(ShardConfig {
-        limits: Limits { memory_cap: 1 << 30, cpu_budget: Duration::from_secs(60) },
+        limits: Limits { memory_cap: 1 << 30, cpu_budget: Duration::from_secs(60), budget: None },
         ..ShardConfig::default()
     });
     let counter = rt.spawn_with(&module("counter"), &1u64).unwrap();
@@ -360,7 +360,7 @@ fn every_other_page_alone() {
     rt.snapshot(pager, SnapshotOptions::new(Capture::Concurrent)).unwrap().wait();
     // The capture is the memory at the boundary, exactly.
     let mut fresh = shard_with(ShardConfig {
-        limits: Limits { memory_cap: 1 << 30, cpu_budget: Duration::from_secs(60) },
+        limits: Limits { memory_cap: 1 << 30, cpu_budget: Duration::from_secs(60), budget: None },
         ..ShardConfig::default()
     });
     fresh.restore(&[&cp]).unwrap();

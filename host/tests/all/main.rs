@@ -12,3 +12,4 @@ mod refs;
 mod snapshot;
 mod hostile_files;
 mod cluster;
+mod hostile_guests;

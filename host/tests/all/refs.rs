@@ -122,6 +122,7 @@ fn a_blob_created_by_one_reactor_is_read_by_another() {
     let KvReply::Blob { tag, len } = kv(&mut rt, a, KvReq::PutBlob { bytes: bytes.clone() }) else { panic!() };
     assert_eq!(len, bytes.len() as u64);
     assert!(tag > 0 && (tag as i64) > 0);
+    assert_eq!(kv(&mut rt, a, KvReq::GiveBlob { tag, to: b.0 }), KvReply::Blob { tag, len });
     assert_eq!(kv(&mut rt, b, KvReq::AttachBlob { tag }), KvReply::Blob { tag, len });
     assert_eq!(kv(&mut rt, b, KvReq::ReadBlob { tag, offset: 99_990, len: 100 }), KvReply::Bytes(bytes[99_990..].to_vec()));
     assert_eq!(kv(&mut rt, b, KvReq::ReadBlob { tag, offset: 0, len: 100_000 }), KvReply::Bytes(bytes.clone()));
@@ -157,10 +158,12 @@ fn host_blobs_reach_reactors_on_every_shard() {
         let got: KvReply = rt.call_typed(r, &KvReq::ReadBlob { tag, offset: 10, len: 4 }).unwrap();
         assert_eq!(got, KvReply::Bytes(b"data".to_vec()));
     }
-    // A blob a reactor on one shard creates is opened on another.
+    // A blob a reactor on one shard creates is given to and opened on another.
     let KvReply::Blob { tag: t2, .. } = rt.call_typed(readers[0], &KvReq::PutBlob { bytes: vec![1, 2, 3] }).unwrap() else {
         panic!()
     };
+    let given: KvReply = rt.call_typed(readers[0], &KvReq::GiveBlob { tag: t2, to: readers[1].0 }).unwrap();
+    assert_eq!(given, KvReply::Blob { tag: t2, len: 3 });
     let got: KvReply = rt.call_typed(readers[1], &KvReq::AttachBlob { tag: t2 }).unwrap();
     assert_eq!(got, KvReply::Blob { tag: t2, len: 3 });
     assert!(rt.release_blob(tag));
@@ -329,6 +332,7 @@ fn restored_blobs_relink_to_the_live_copy() {
     let old = Address::new(2, 0, 5_000_000).0;
     let b = refs.relink_blob(old, || vec![1, 2]);
     refs.hold_host_blob(b);
+    assert!(refs.grant_blob(old, k));
     assert_eq!(kv(&mut rt, k, KvReq::AttachBlob { tag: old }), KvReply::Blob { tag: old, len: 2 });
     let KvReply::Blob { tag: newer, .. } = kv(&mut rt, k, KvReq::PutBlob { bytes: vec![] }) else { panic!() };
     assert!(newer > old);

@@ -98,7 +98,7 @@ fn full_command_ring_pushes_back_and_loses_nothing() {
             }
         }
         gate.wait();
-        h.join().unwrap();
+        h.join().unwrap().expect("the shard is up");
         (accepted, refused)
     });
     let (accepted, refused) = inspector;

@@ -28,6 +28,18 @@ pub enum SendError {
     /// its high-water mark, or is exhausted); nothing was sent.
     #[error("cannot issue a correlation id: {0}")]
     Tags(String),
+    /// Queuing it would take the destination (or the node) past its byte
+    /// budget; nothing was queued. Retry later.
+    #[error("{0} has no room: the bytes queued for it would exceed its byte budget")]
+    OverBudget(Address),
+    /// The sender has as many requests waiting for replies as it may;
+    /// nothing was sent.
+    #[error("{0} has too many requests waiting for replies")]
+    TooManyRequests(Address),
+    /// The shard that runs the destination has stopped (its thread
+    /// panicked); nothing was queued.
+    #[error("shard {0} has stopped: its thread panicked, its reactors are gone")]
+    ShardDown(usize),
 }
 
 /// Why a spawn did not produce a running reactor.
@@ -47,6 +59,18 @@ pub enum SpawnError {
     /// does not exist afterwards.
     #[error("the reactor {0} failed during start-up: {1}")]
     Failed(Address, Failure),
+    /// The parent has as many children alive (or starting) as it may;
+    /// nothing was started.
+    #[error("{0} has reached its quota of {1} children")]
+    Quota(Address, u32),
+    /// The node has no room in its byte budget for the new reactor; nothing
+    /// was started.
+    #[error("the node's byte budget has no room for another reactor")]
+    OverBudget,
+    /// The shard that would run it has stopped (its thread panicked);
+    /// nothing was started.
+    #[error("shard {0} has stopped: its thread panicked")]
+    ShardDown(usize),
 }
 
 /// Why a request got no answer.

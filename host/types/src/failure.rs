@@ -32,6 +32,9 @@ pub enum FailureReason {
         /// What it returned.
         status: i32,
     },
+    /// The guest trapped after the host refused to grow its memory because
+    /// its byte budget (or the node's) had no room; says which.
+    Budget(String),
     /// Anything else wasmtime reported.
     Other(String),
 }
@@ -41,6 +44,7 @@ impl fmt::Display for FailureReason {
         match self {
             Self::Panic(m) => write!(f, "{m}"),
             Self::Trap(m) => write!(f, "trapped: {m}"),
+            Self::Budget(m) => write!(f, "ran out of its byte budget: {m}"),
             Self::MemoryCap { cap, requested } => write!(
                 f,
                 "ran out of memory: asked for {} MiB, over its cap of {} MiB",

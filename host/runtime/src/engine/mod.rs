@@ -273,6 +273,7 @@ impl<H: HostContext> Engine<H> {
 pub(crate) fn linker<H: HostContext>(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<ReactorData<H>>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |d: &mut ReactorData<H>| d.wasi_mut())?;
+    hostcalls::restrict_wasi(&mut linker)?;
     hostcalls::register(&mut linker)?;
     Ok(linker)
 }

@@ -68,6 +68,18 @@ pub enum LoadError {
         /// wasmtime's explanation.
         detail: String,
     },
+    /// The module has a start function: it would run inside instantiation,
+    /// before the reactor has an address, a memory or a shard to call.
+    #[error(
+        "the module has a start function (function {0}); reactors do their start-up in `{init}`, \
+         which the host calls once the reactor exists",
+        init = abi::EXPORT_INIT
+    )]
+    StartFunction(u32),
+    /// More than one linear memory: a reactor's state, its budget and its
+    /// snapshots are one memory.
+    #[error("the module has {0} memories (defined and imported); a reactor has exactly one")]
+    Memories(u32),
     /// The on-disk cache directory is unusable.
     #[error("module cache at {path}: {reason}")]
     Cache {
@@ -104,15 +116,30 @@ pub(crate) fn check_bytes(bytes: &[u8]) -> Result<(), LoadError> {
         }
     }
     let mut version = None;
+    let mut memories = 0u32;
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| LoadError::Malformed(e.to_string()))?;
-        if let wasmparser::Payload::CustomSection(reader) = payload
-            && reader.name() == abi::ABI_SECTION
-        {
-            let data = reader.data();
-            let arr: [u8; 4] = data.try_into().map_err(|_| LoadError::BadAbiSection(data.len()))?;
-            version = Some(u32::from_le_bytes(arr));
+        match payload {
+            wasmparser::Payload::CustomSection(reader) if reader.name() == abi::ABI_SECTION => {
+                let data = reader.data();
+                let arr: [u8; 4] = data.try_into().map_err(|_| LoadError::BadAbiSection(data.len()))?;
+                version = Some(u32::from_le_bytes(arr));
+            }
+            wasmparser::Payload::StartSection { func, .. } => return Err(LoadError::StartFunction(func)),
+            wasmparser::Payload::MemorySection(reader) => memories = memories.saturating_add(reader.count()),
+            wasmparser::Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    let import = import.map_err(|e| LoadError::Malformed(e.to_string()))?;
+                    if matches!(import.ty, wasmparser::TypeRef::Memory(_)) {
+                        memories = memories.saturating_add(1);
+                    }
+                }
+            }
+            _ => {}
         }
+    }
+    if memories > 1 {
+        return Err(LoadError::Memories(memories));
     }
     match version {
         None => Err(LoadError::NoAbiSection),

@@ -101,5 +101,10 @@ pub enum SnapshotError {
     /// The fresh instance could not be created.
     #[error("cannot instantiate reactor {0} for restore: {1}")]
     Instantiate(Address, Failure),
+    /// The shard that runs the reactor (or one of the shards of a
+    /// checkpoint or restore) has stopped: its thread panicked. A restore
+    /// removed what it had restored.
+    #[error("shard {0} has stopped: its thread panicked, its reactors are gone")]
+    ShardDown(usize),
 }
 

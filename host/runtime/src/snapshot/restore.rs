@@ -5,6 +5,7 @@
 
 use super::capture::{Checkpoint, Part, envelope};
 use super::error::SnapshotError;
+use crate::budget::Account;
 use crate::engine::Engine;
 use crate::reactor::{Limits, Reactor};
 use crate::refs::{Blob, Refs};
@@ -339,7 +340,8 @@ impl<'a> Plan<'a> {
             address,
             module: hex::encode(entry.module),
         })?;
-        let (mut reactor, _) = Reactor::instantiate_bare(engine, &module, address, limits)
+        let account = Account::new(limits.budget_bytes());
+        let (mut reactor, _) = Reactor::instantiate_bare(engine, &module, address, limits, account, refs.budget().clone())
             .map_err(|f| SnapshotError::Instantiate(address, f))?;
         refs.observe(address.0);
         if address.node() == refs.node() {
