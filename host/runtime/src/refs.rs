@@ -75,6 +75,10 @@ pub const PERSIST_AHEAD: u64 = 1 << 20;
 pub const CORR_PER_SERIAL: u32 = 1 << CORR_BITS;
 /// Name of the high-water mark file in the data directory.
 pub const HWM_FILE: &str = "tags.hwm";
+/// Serials an ephemeral source keeps free above anything a restore brings
+/// back (a source without a data directory cannot know what earlier
+/// processes issued, so it bounds restored serials to leave this many).
+pub const RESTORE_HEADROOM: u64 = 1 << 32;
 
 const CORR_BITS: u32 = 8;
 const HWM_MAGIC: &[u8; 8] = b"RTAGHWM1";
@@ -112,6 +116,21 @@ pub enum RefsError {
     /// The node id does not fit a tag.
     #[error("node id {0} is out of range: at most {MAX_NODE}, so tags stay positive as i64")]
     NodeOutOfRange(u16),
+    /// A restore brought a serial this node never issued (see
+    /// [`TagSource::check_restorable`]).
+    #[error(
+        "serial {serial} is beyond what this node could have issued (at most {limit}{why})",
+        why = if *persisted { ", its persisted high-water mark" } else { ", keeping room for new tags" }
+    )]
+    BeyondIssued {
+        /// The serial found.
+        serial: u64,
+        /// The largest serial accepted.
+        limit: u64,
+        /// Whether the limit is the persisted high-water mark (else it is
+        /// the headroom of an ephemeral source).
+        persisted: bool,
+    },
     /// A blob over `abi::MAX_BLOB_LEN`.
     #[error("a blob of {0} bytes exceeds the limit of {max} bytes", max = guest_sdk::abi::MAX_BLOB_LEN)]
     BlobTooLarge(usize),
@@ -215,6 +234,23 @@ impl TagSource {
         let mut st = lock(&self.state);
         st.next = st.next.max(serial.saturating_add(1));
         self.floor.fetch_max(serial, Ordering::AcqRel);
+    }
+
+    /// Whether a restore may bring back `serial` (and so
+    /// [`observe`](TagSource::observe) it): a persisted source accepts only
+    /// serials up to its high-water mark, since no run of this node issued
+    /// (or recorded as next) any other; an ephemeral one accepts serials that leave
+    /// [`RESTORE_HEADROOM`] free. Changes nothing.
+    pub fn check_restorable(&self, serial: u64) -> Result<(), RefsError> {
+        let (limit, persisted) = match self.file {
+            // `next` never passes `reserved`, and a capture records `next`.
+            Some(_) => (lock(&self.state).reserved, true),
+            None => (MAX_SERIAL - RESTORE_HEADROOM, false),
+        };
+        if serial > limit {
+            return Err(RefsError::BeyondIssued { serial, limit, persisted });
+        }
+        Ok(())
     }
 
     /// The largest serial observed so far (0 if none).
@@ -444,6 +480,24 @@ impl Refs {
         if tag_node(tag) == self.node {
             self.tags.observe(tag_serial(tag));
         }
+    }
+
+    /// Whether a restore may bring back the tag `tag` (an address or a blob
+    /// tag): tags of other nodes always, tags of this node only if
+    /// [`TagSource::check_restorable`] accepts their serial.
+    pub fn check_restorable(&self, tag: u64) -> Result<(), RefsError> {
+        if tag_node(tag) != self.node {
+            return Ok(());
+        }
+        self.tags.check_restorable(tag_serial(tag))
+    }
+
+    /// [`Refs::check_restorable`] for a correlation id.
+    pub fn check_restorable_corr(&self, corr: u64) -> Result<(), RefsError> {
+        if tag_node(corr) != self.node {
+            return Ok(());
+        }
+        self.tags.check_restorable((corr >> CORR_BITS) & MAX_SERIAL)
     }
 
     /// [`Refs::observe`] for a correlation id found in a snapshot.

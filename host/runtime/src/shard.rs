@@ -34,7 +34,8 @@ use crate::snapshot::{
 use crate::store::{HostContext, ModuleRef, ReactorData, SpawnRefusal};
 use guest_sdk::abi;
 use reactor_types::{
-    Address, CallError, Envelope, Failure, ModuleHash, ReactorState, Reply, RequestId, SendError, SpawnError,
+    Address, CallError, Envelope, Failure, FailureReason, ModuleHash, ReactorState, Reply, RequestId, SendError,
+    SpawnError,
 };
 use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
@@ -983,7 +984,7 @@ impl Shard {
     fn restore_plan(&mut self, plan: Plan<'_>) -> Result<Vec<Address>, SnapshotError> {
         // Check everything that can be checked before touching anything.
         let router = self.router_ref();
-        plan.check(&self.engine, |a| self.reactors.contains_key(&a) || router.inboxes.contains_key(&a))?;
+        plan.check(&self.engine, &router.refs, |a| self.reactors.contains_key(&a) || router.inboxes.contains_key(&a))?;
         let mut done = Vec::new();
         for (i, address) in plan.addresses().enumerate() {
             match self.restore_one(&plan, i, address) {
@@ -1007,8 +1008,14 @@ impl Shard {
             });
         }
         let refs = self.router_ref().refs.clone();
-        let Restored { address, reactor, inbox: queued } =
+        let Restored { address, reactor, inbox: queued, damaged } =
             plan.rebuild(i, &self.engine, self.config.limits, &refs)?;
+        if let Some(cause) = damaged {
+            // Damaged pages fail this reactor only; the restore goes on.
+            drop(reactor);
+            self.fail(address, Failure { reason: FailureReason::Other(cause.to_string()), backtrace: None });
+            return Ok(());
+        }
         let capacity = self.config.inbox_capacity;
         let router = self.router();
         let account = reactor.account().clone();

@@ -4,8 +4,13 @@
 
 /// The first 8 bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"RSNAP\r\n\x1a";
-/// The format version this host writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this host writes (it reads this one and
+/// [`FORMAT_VERSION_1`]).
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format version: no page checksums, no outstanding requests.
+/// Still read (files already stored must not be lost), written only on
+/// request ([`Writer::create_version`](crate::Writer::create_version)).
+pub const FORMAT_VERSION_1: u32 = 1;
 /// Length of the header: one page, so the data section is page aligned.
 pub const HEADER_LEN: usize = 4096;
 /// The page size of the data section (and of runs).
@@ -22,6 +27,18 @@ pub const MAX_RUNS_PER_REACTOR: usize = 1 << 20;
 pub const MAX_PAYLOAD_LEN: usize = 16 << 20;
 /// The most globals one reactor may have (wasmparser's limit on a module).
 pub const MAX_GLOBALS_PER_REACTOR: usize = 1_000_000;
+/// The most reactors one checkpoint may hold.
+pub const MAX_REACTORS: usize = 1 << 22;
+/// The most blobs one checkpoint may store.
+pub const MAX_BLOBS: usize = 1 << 22;
+/// The largest blob (256 MiB, the reactor ABI's `MAX_BLOB_LEN`).
+pub const MAX_BLOB_LEN: u64 = 256 << 20;
+/// The most blobs one reactor may hold (the reactor ABI's limit).
+pub const MAX_HELD_BLOBS: usize = 4096;
+/// The most messages one reactor's recorded inbox may hold.
+pub const MAX_INBOX_PER_REACTOR: usize = 1 << 20;
+/// The most outstanding requests one reactor may record.
+pub const MAX_OUTSTANDING: usize = 1 << 16;
 /// [`GlobalValue::ty`](crate::GlobalValue::ty) of an `i32` global (`bits` holds the low 32 bits).
 pub const GLOBAL_I32: u8 = 0;
 /// [`GlobalValue::ty`](crate::GlobalValue::ty) of an `i64` global (`bits` holds the low 64 bits).

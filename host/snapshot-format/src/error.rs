@@ -90,6 +90,30 @@ pub enum FormatError {
     /// The data section's (or a blob's) checksum does not match.
     #[error("snapshot page data is corrupt (checksum mismatch): the file is damaged; use another copy")]
     DataCorrupt,
+    /// A page of the data section does not match its checksum (format
+    /// version 2).
+    #[error(
+        "snapshot page data is corrupt: data page {page} (file offset {file_offset}) does not match its checksum; \
+         the file is damaged: use another copy"
+    )]
+    PageCorrupt {
+        /// The page's number in the data section.
+        page: u64,
+        /// Where it starts in the file.
+        file_offset: u64,
+    },
+    /// Two stored things (blobs, runs) claim the same bytes of the data
+    /// section.
+    #[error(
+        "snapshot is malformed: {first} and {second} overlap in the data section (a correct host never stores \
+         two things in one place)"
+    )]
+    Overlap {
+        /// The one that starts first.
+        first: String,
+        /// The one that overlaps it.
+        second: String,
+    },
     /// The checksums match but the content breaks a rule of the format.
     #[error("snapshot is malformed: {0} (the file was not written by a correct host, or a caller broke a rule)")]
     Malformed(String),
@@ -127,7 +151,7 @@ fn format_version_message(found: u32, supported: u32) -> String {
         )
     } else {
         format!(
-            "snapshot was written by an older host (format version {found}; this host reads only version \
+            "snapshot was written by an older host (format version {found}; this host reads versions 1 to \
              {supported}): restore it with the host that wrote it"
         )
     }

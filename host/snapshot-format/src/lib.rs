@@ -2,7 +2,10 @@
 //! at one consistent moment, plus the shared immutable blobs they refer to
 //! (stored once however many reactors refer to them).
 //!
-//! This comment is the authoritative specification of format version 1.
+//! This comment is the authoritative specification of format version 2,
+//! and of version 1, which this crate still reads (files already stored
+//! must not be lost): version 1 is version 2 without the page checksums and
+//! without [`ReactorEntry::outstanding`] (see "Version 1" below).
 //!
 //! # Layout
 //!
@@ -22,7 +25,7 @@
 //! | offset | field            | type       | value                                                        |
 //! |-------:|------------------|------------|--------------------------------------------------------------|
 //! |      0 | `magic`          | `[u8; 8]`  | [`MAGIC`] = `b"RSNAP\r\n\x1a"` (the `\r\n\x1a` catch text-mode mangling, as PNG's does) |
-//! |      8 | `format_version` | `u32`      | [`FORMAT_VERSION`] (1)                                       |
+//! |      8 | `format_version` | `u32`      | [`FORMAT_VERSION`] (2), or [`FORMAT_VERSION_1`] (1)          |
 //! |     12 | `abi_version`    | `u32`      | the reactor ABI version of the modules inside                |
 //! |     16 | `page_size`      | `u32`      | [`PAGE_SIZE`] (4096); a file whose page size differs from the host's is refused |
 //! |     20 | `kind`           | `u32`      | 0 = full, 1 = delta; anything else is malformed              |
@@ -51,18 +54,54 @@
 //! Every byte of the file is covered by a check: the header by `header_hash`
 //! and the zero padding, the data by `data_hash` (checked by
 //! [`SnapshotFile::verify_data`], which streams the whole section, and not by
-//! [`parse`] / [`SnapshotFile::open`]), the meta by `meta_hash`.
+//! [`parse`] / [`SnapshotFile::open`]) and, in version 2, page by page by the
+//! page checksums (checked by [`SnapshotFile::check_pages`] /
+//! [`SnapshotFile::verify_pages`] on the pages a restore uses, as it uses
+//! them, and by [`parse_verified`]), the meta by `meta_hash`.
+//!
+//! ## Page checksums (version 2)
+//!
+//! Data page `i` (bytes `[i * 4096, (i + 1) * 4096)` of the data section,
+//! blob padding included) has the checksum [`page_hash`]`(i, page)`:
+//! xxh3-64 of its 4096 bytes with seed `i`, so a page copied to another
+//! place does not pass there. A damaged page is
+//! [`FormatError::PageCorrupt`], which names it.
 //!
 //! ## Meta section
 //!
 //! The [postcard](https://docs.rs/postcard) encoding of [`Meta`]
 //! (postcard 1.x wire format: varint integers, length-prefixed sequences;
 //! `EnvelopeRecord::payload` is encoded as postcard bytes, which is the same
-//! wire form as a sequence of `u8`). No byte may follow the encoded `Meta`.
+//! wire form as a sequence of `u8`; [`ReactorEntry::outstanding`] is a
+//! sequence of `(u64, u64)` pairs between `next_corr` and `runs`), followed
+//! by the page checksums as postcard bytes: a varint length (8 × the number
+//! of data pages, exactly) and the checksums, 8 bytes each, little-endian,
+//! in page order ([`encode_meta`]). No byte may follow.
+//!
+//! Every sequence is bounded while it decodes, before anything is
+//! allocated for it (a length prefix over the bound fails at once):
+//!
+//! | what | bound |
+//! |---|---|
+//! | reactors in a checkpoint | [`MAX_REACTORS`] (2^22) |
+//! | blobs in a checkpoint | [`MAX_BLOBS`] (2^22) |
+//! | globals of a reactor | [`MAX_GLOBALS_PER_REACTOR`] (10^6) |
+//! | inbox messages of a reactor | [`MAX_INBOX_PER_REACTOR`] (2^20) |
+//! | blobs held by a reactor | [`MAX_HELD_BLOBS`] (4096, the ABI's) |
+//! | outstanding requests of a reactor | [`MAX_OUTSTANDING`] (65,536) |
+//! | runs of a reactor | [`MAX_RUNS_PER_REACTOR`] (2^20) |
+//! | bytes of an inbox payload | [`MAX_PAYLOAD_LEN`] (16 MiB) |
+//! | bytes of page checksums | [`MAX_META_LEN`] |
 //!
 //! A decoded `Meta` must satisfy ([`Meta::validate`]):
-//! - blob tags are unique; each blob's `offset` is page aligned and
-//!   `[offset, offset + len rounded up to a page)` lies within the data section;
+//! - the bounds of the table above;
+//! - blob tags are unique; each blob is at most [`MAX_BLOB_LEN`] (256 MiB)
+//!   long, its `offset` is page aligned and `[offset, offset + len rounded
+//!   up to a page)` lies within the data section;
+//! - no two blobs' ranges overlap, and no run's data overlaps a blob's range
+//!   ([`FormatError::Overlap`], naming both); runs may share data with other
+//!   runs (it is only ever read);
+//! - in a reactor's `outstanding`, each correlation id appears once;
 //! - reactor addresses are unique;
 //! - `memory_size` is a multiple of 65536 (the wasm page) and at most
 //!   [`MAX_MEMORY`] (4 GiB);
@@ -88,7 +127,7 @@
 //! # Reading order
 //!
 //! Checks run in this order, so that the error reported is the most useful
-//! one: magic ([`FormatError::NotASnapshot`]); format version, when the file
+//! one: magic ([`FormatError::NotASnapshot`]); format version (1 or 2), when the file
 //! is long enough to hold it ([`FormatError::FormatVersion`], before
 //! anything else, since another version may lay out everything else
 //! differently); at least the 112 bytes of header fields
@@ -96,15 +135,25 @@
 //! ABI version; page size; header field consistency (kind and base id,
 //! offsets, alignment: [`FormatError::Malformed`]); file length
 //! ([`FormatError::Truncated`] / [`FormatError::TrailingBytes`]); header
-//! padding; meta hash ([`FormatError::MetaCorrupt`]); meta decoding and
-//! the rules above ([`FormatError::Malformed`]).
+//! padding; meta hash ([`FormatError::MetaCorrupt`]); meta decoding, the
+//! number of page checksums and the rules above ([`FormatError::Malformed`],
+//! [`FormatError::Overlap`]).
+//!
+//! # Version 1
+//!
+//! Header as above with `format_version` 1. Its meta section is the
+//! postcard encoding of [`Meta`] whose reactor entries have no
+//! `outstanding` field, with nothing after it: no page checksums, so its
+//! data can only be checked whole (`data_hash`). Read as version 2 with
+//! `outstanding` empty; [`Writer::create_version`] still writes it.
 //!
 //! # Writing
 //!
-//! [`Writer`] streams page data into a temporary file beside the target,
-//! then writes the meta and the header, fsyncs, renames the file over the
-//! target and fsyncs the directory: readers see the old file or the new one,
-//! never a mix.
+//! [`Writer`] streams page data into a temporary file beside the target
+//! (created with mode [`FILE_MODE`], `0600`: a snapshot holds whole memory
+//! images), computing the page checksums as it goes, then writes the meta
+//! and the header, fsyncs, renames the file over the target and fsyncs the
+//! directory: readers see the old file or the new one, never a mix.
 #![forbid(unsafe_code)]
 
 // Modules, each using only those listed before it.
@@ -132,12 +181,14 @@ mod write;
 mod tests;
 
 pub use constants::{
-    FORMAT_VERSION, GLOBAL_F32, GLOBAL_F64, GLOBAL_I32, GLOBAL_I64, GLOBAL_V128, HEADER_LEN, MAGIC,
-    MAX_GLOBALS_PER_REACTOR, MAX_MEMORY, MAX_META_LEN, MAX_PAYLOAD_LEN, MAX_RUNS_PER_REACTOR, PAGE_SIZE,
-    WASM_PAGE_SIZE,
+    FORMAT_VERSION, FORMAT_VERSION_1, GLOBAL_F32, GLOBAL_F64, GLOBAL_I32, GLOBAL_I64, GLOBAL_V128, HEADER_LEN, MAGIC,
+    MAX_BLOB_LEN, MAX_BLOBS, MAX_GLOBALS_PER_REACTOR, MAX_HELD_BLOBS, MAX_INBOX_PER_REACTOR, MAX_MEMORY,
+    MAX_META_LEN, MAX_OUTSTANDING, MAX_PAYLOAD_LEN, MAX_REACTORS, MAX_RUNS_PER_REACTOR, PAGE_SIZE, WASM_PAGE_SIZE,
 };
 pub use error::FormatError;
 pub use id::SnapshotId;
-pub use model::{BlobEntry, EnvelopeRecord, GlobalValue, Header, Kind, Meta, ReactorEntry, Run, blob_hash};
-pub use read::{SnapshotFile, parse};
-pub use write::Writer;
+pub use model::{
+    BlobEntry, EnvelopeRecord, GlobalValue, Header, Kind, Meta, ReactorEntry, Run, blob_hash, encode_meta, page_hash,
+};
+pub use read::{SnapshotFile, parse, parse_verified};
+pub use write::{FILE_MODE, Writer};

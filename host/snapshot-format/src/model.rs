@@ -8,11 +8,12 @@ use std::marker::PhantomData;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::constants::{
     GLOBAL_F32, GLOBAL_F64, GLOBAL_I32, GLOBAL_I64, GLOBAL_V128, HEADER_HASHED_LEN, HEADER_LEN, KIND_DELTA, KIND_FULL,
-    MAGIC, MAX_GLOBALS_PER_REACTOR, MAX_MEMORY, MAX_PAYLOAD_LEN, MAX_RUNS_PER_REACTOR, PAGE_SIZE, WASM_PAGE_SIZE,
+    MAGIC, MAX_BLOB_LEN, MAX_BLOBS, MAX_GLOBALS_PER_REACTOR, MAX_HELD_BLOBS, MAX_INBOX_PER_REACTOR, MAX_MEMORY,
+    MAX_META_LEN, MAX_OUTSTANDING, MAX_PAYLOAD_LEN, MAX_REACTORS, MAX_RUNS_PER_REACTOR, PAGE_SIZE, WASM_PAGE_SIZE,
 };
 use crate::error::{FormatError, malformed};
 use crate::id::SnapshotId;
@@ -95,14 +96,18 @@ impl Header {
     }
 }
 
-/// Everything about a checkpoint but the page and blob contents.
+/// Everything about a checkpoint but the page and blob contents (and the
+/// page checksums, which the writer computes and the reader keeps: see
+/// [`SnapshotFile::check_pages`](crate::SnapshotFile::check_pages)).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Meta {
     /// When the checkpoint was taken, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
     /// The blobs held by the reactors, each stored once.
+    #[serde(deserialize_with = "de_blob_table")]
     pub blobs: Vec<BlobEntry>,
     /// The reactors.
+    #[serde(deserialize_with = "de_reactors")]
     pub reactors: Vec<ReactorEntry>,
 }
 
@@ -131,16 +136,145 @@ pub struct ReactorEntry {
     /// The module's mutable globals.
     #[serde(deserialize_with = "de_globals")]
     pub globals: Vec<GlobalValue>,
-    /// Messages queued for it at the snapshot, oldest first.
+    /// Messages queued for it at the snapshot, oldest first (at most
+    /// [`MAX_INBOX_PER_REACTOR`]).
+    #[serde(deserialize_with = "de_inbox")]
     pub inbox: Vec<EnvelopeRecord>,
-    /// Tags of the blobs it holds (each in [`Meta::blobs`], each once).
+    /// Tags of the blobs it holds (each in [`Meta::blobs`], each once; at
+    /// most [`MAX_HELD_BLOBS`]).
+    #[serde(deserialize_with = "de_held")]
     pub blobs: Vec<u64>,
     /// Host-side correlation counter state (opaque here).
     pub next_corr: u64,
+    /// Its outstanding requests: `(correlation id, target address)` pairs,
+    /// at most [`MAX_OUTSTANDING`], each correlation id once. Format
+    /// version 2; empty when read from version 1.
+    #[serde(deserialize_with = "de_outstanding")]
+    pub outstanding: Vec<(u64, u64)>,
     /// Its memory's pages: sorted by `first_page`, non-overlapping, within
     /// `memory_size / PAGE_SIZE` pages.
     #[serde(deserialize_with = "de_runs")]
     pub runs: Vec<Run>,
+}
+
+/// A reactor entry as format version 1 encodes it (no outstanding
+/// requests).
+#[derive(Deserialize)]
+pub(crate) struct ReactorEntryV1 {
+    address: u64,
+    module: [u8; 32],
+    memory_size: u64,
+    #[serde(deserialize_with = "de_globals")]
+    globals: Vec<GlobalValue>,
+    #[serde(deserialize_with = "de_inbox")]
+    inbox: Vec<EnvelopeRecord>,
+    #[serde(deserialize_with = "de_held")]
+    blobs: Vec<u64>,
+    next_corr: u64,
+    #[serde(deserialize_with = "de_runs")]
+    runs: Vec<Run>,
+}
+
+impl From<ReactorEntryV1> for ReactorEntry {
+    fn from(v: ReactorEntryV1) -> Self {
+        ReactorEntry {
+            address: v.address,
+            module: v.module,
+            memory_size: v.memory_size,
+            globals: v.globals,
+            inbox: v.inbox,
+            blobs: v.blobs,
+            next_corr: v.next_corr,
+            outstanding: Vec::new(),
+            runs: v.runs,
+        }
+    }
+}
+
+/// The meta section of format version 1.
+#[derive(Deserialize)]
+pub(crate) struct MetaV1 {
+    created_unix_ms: u64,
+    #[serde(deserialize_with = "de_blob_table")]
+    blobs: Vec<BlobEntry>,
+    #[serde(deserialize_with = "de_reactors_v1")]
+    reactors: Vec<ReactorEntryV1>,
+}
+
+impl From<MetaV1> for Meta {
+    fn from(v: MetaV1) -> Self {
+        let reactors = v.reactors.into_iter().map(Into::into).collect();
+        Meta { created_unix_ms: v.created_unix_ms, blobs: v.blobs, reactors }
+    }
+}
+
+/// A reactor entry as format version 1 encodes it, for writing.
+#[derive(Serialize)]
+pub(crate) struct ReactorEntryV1Out<'a> {
+    address: u64,
+    module: [u8; 32],
+    memory_size: u64,
+    globals: &'a [GlobalValue],
+    inbox: &'a [EnvelopeRecord],
+    blobs: &'a [u64],
+    next_corr: u64,
+    runs: &'a [Run],
+}
+
+/// The meta section of format version 1, for writing.
+#[derive(Serialize)]
+pub(crate) struct MetaV1Out<'a> {
+    created_unix_ms: u64,
+    blobs: &'a [BlobEntry],
+    reactors: Vec<ReactorEntryV1Out<'a>>,
+}
+
+impl<'a> From<&'a Meta> for MetaV1Out<'a> {
+    fn from(m: &'a Meta) -> Self {
+        let reactors = m
+            .reactors
+            .iter()
+            .map(|r| ReactorEntryV1Out {
+                address: r.address,
+                module: r.module,
+                memory_size: r.memory_size,
+                globals: &r.globals,
+                inbox: &r.inbox,
+                blobs: &r.blobs,
+                next_corr: r.next_corr,
+                runs: &r.runs,
+            })
+            .collect();
+        MetaV1Out { created_unix_ms: m.created_unix_ms, blobs: &m.blobs, reactors }
+    }
+}
+
+/// The meta section of format version 2 as written: the [`Meta`], then the
+/// page checksums (8 bytes each, little-endian, one per data page).
+#[derive(Serialize)]
+pub(crate) struct MetaV2Out<'a> {
+    pub(crate) meta: &'a Meta,
+    #[serde(serialize_with = "ser_bytes")]
+    pub(crate) page_hashes: &'a [u8],
+}
+
+/// The meta section of format version 2 as read.
+#[derive(Deserialize)]
+pub(crate) struct MetaV2In {
+    pub(crate) meta: Meta,
+    #[serde(with = "hash_bytes")]
+    pub(crate) page_hashes: Vec<u8>,
+}
+
+fn ser_bytes<S: Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(v)
+}
+
+/// The checksum recorded for data page `index` (its number in the data
+/// section): xxh3-64 of its 4096 bytes seeded with the index, so a page
+/// moved to another place does not pass as that place's.
+pub fn page_hash(index: u64, page: &[u8]) -> u64 {
+    xxh3_64_with_seed(page, index)
 }
 
 /// The value of one global.
@@ -188,6 +322,24 @@ pub fn blob_hash(content: &[u8]) -> u64 {
     xxh3_64(content)
 }
 
+thread_local! {
+    /// Why the last decode on this thread failed, when a bound of ours
+    /// refused it (postcard keeps no message of a custom error).
+    static DECODE_NOTE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A decoding error saying `msg`, noted for [`take_decode_note`].
+fn refuse<E: de::Error>(msg: String) -> E {
+    let e = E::custom(&msg);
+    DECODE_NOTE.with(|n| *n.borrow_mut() = Some(msg));
+    e
+}
+
+/// The message of the last bound that refused a decode on this thread.
+pub(crate) fn take_decode_note() -> Option<String> {
+    DECODE_NOTE.with(|n| n.borrow_mut().take())
+}
+
 /// Decodes a sequence of at most `max` elements, failing as soon as the
 /// length prefix or the elements say more, and preallocating at most
 /// [`PREALLOC_BYTES`] however large the prefix.
@@ -205,7 +357,7 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for BoundedSeq<T> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-        let too_many = || de::Error::custom(format_args!("more than {} {}", self.max, self.what));
+        let too_many = || refuse(format!("more than {} {}", self.max, self.what));
         let hint = seq.size_hint();
         if hint.is_some_and(|n| n > self.max) {
             return Err(too_many());
@@ -230,6 +382,66 @@ fn de_runs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Run>, D::Error> {
     d.deserialize_seq(BoundedSeq { max: MAX_RUNS_PER_REACTOR, what: "runs in a reactor", _t: PhantomData })
 }
 
+fn de_blob_table<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<BlobEntry>, D::Error> {
+    d.deserialize_seq(BoundedSeq { max: MAX_BLOBS, what: "blobs in a checkpoint", _t: PhantomData })
+}
+
+fn de_reactors<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ReactorEntry>, D::Error> {
+    d.deserialize_seq(BoundedSeq { max: MAX_REACTORS, what: "reactors in a checkpoint", _t: PhantomData })
+}
+
+fn de_reactors_v1<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ReactorEntryV1>, D::Error> {
+    d.deserialize_seq(BoundedSeq { max: MAX_REACTORS, what: "reactors in a checkpoint", _t: PhantomData })
+}
+
+fn de_inbox<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EnvelopeRecord>, D::Error> {
+    d.deserialize_seq(BoundedSeq { max: MAX_INBOX_PER_REACTOR, what: "inbox messages in a reactor", _t: PhantomData })
+}
+
+fn de_held<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    d.deserialize_seq(BoundedSeq { max: MAX_HELD_BLOBS, what: "blobs held by a reactor", _t: PhantomData })
+}
+
+fn de_outstanding<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, u64)>, D::Error> {
+    d.deserialize_seq(BoundedSeq { max: MAX_OUTSTANDING, what: "outstanding requests of a reactor", _t: PhantomData })
+}
+
+/// The page checksums as bytes (a multiple of 8, at most the meta limit).
+mod hash_bytes {
+    use super::*;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(HashVisitor)
+    }
+
+    struct HashVisitor;
+
+    fn check<E: de::Error>(n: usize) -> Result<(), E> {
+        if n as u64 > MAX_META_LEN || !n.is_multiple_of(8) {
+            return Err(refuse(format!("page checksums of {n} bytes (not a multiple of 8, or over the limit)")));
+        }
+        Ok(())
+    }
+
+    impl<'de> Visitor<'de> for HashVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "page checksums, 8 bytes each")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            check(v.len())?;
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            check(v.len())?;
+            Ok(v)
+        }
+    }
+}
+
 /// Payloads as bytes: in postcard the same wire form as a `Vec<u8>`, but
 /// decoded in one copy, with the length checked before it.
 mod payload_bytes {
@@ -246,7 +458,7 @@ mod payload_bytes {
     struct PayloadVisitor;
 
     fn too_long<E: de::Error>(n: usize) -> E {
-        E::custom(format_args!("an inbox payload of {n} bytes is longer than the limit of {MAX_PAYLOAD_LEN}"))
+        refuse(format!("an inbox payload of {n} bytes is longer than the limit of {MAX_PAYLOAD_LEN}"))
     }
 
     impl<'de> Visitor<'de> for PayloadVisitor {
@@ -290,8 +502,22 @@ impl Meta {
     /// against a data section of `data_len` bytes.
     pub fn validate(&self, data_len: u64) -> Result<(), FormatError> {
         let page = PAGE_SIZE as u64;
+        if self.blobs.len() > MAX_BLOBS {
+            return Err(malformed(format!("more than {MAX_BLOBS} blobs")));
+        }
+        if self.reactors.len() > MAX_REACTORS {
+            return Err(malformed(format!("more than {MAX_REACTORS} reactors")));
+        }
+        // Every stored range of the data section, to refuse overlaps.
+        let mut ranges: Vec<DataRange> = Vec::with_capacity(self.blobs.len());
         let mut tags = HashSet::with_capacity(self.blobs.len());
         for b in &self.blobs {
+            if b.len > MAX_BLOB_LEN {
+                return Err(malformed(format!(
+                    "blob {:#x} is {} bytes long, more than the limit of {MAX_BLOB_LEN}",
+                    b.tag, b.len
+                )));
+            }
             if !tags.insert(b.tag) {
                 return Err(malformed(format!("blob tag {:#x} appears twice in the blob table", b.tag)));
             }
@@ -302,11 +528,14 @@ impl Meta {
                 )));
             }
             let end = b.len.checked_next_multiple_of(page).and_then(|l| b.offset.checked_add(l));
-            if end.is_none_or(|e| e > data_len) {
+            let Some(end) = end.filter(|&e| e <= data_len) else {
                 return Err(malformed(format!(
                     "blob {:#x} ({} bytes at data offset {}) lies outside the data section ({data_len} bytes)",
                     b.tag, b.len, b.offset
                 )));
+            };
+            if end > b.offset {
+                ranges.push(DataRange { start: b.offset, end, owner: Owner::Blob(b.tag) });
             }
         }
         let mut addresses = HashSet::with_capacity(self.reactors.len());
@@ -339,12 +568,27 @@ impl Meta {
                     )));
                 }
             }
+            if r.inbox.len() > MAX_INBOX_PER_REACTOR {
+                return Err(malformed(format!("reactor {a:#x}: more than {MAX_INBOX_PER_REACTOR} inbox messages")));
+            }
             for (i, m) in r.inbox.iter().enumerate() {
                 if m.payload.len() > MAX_PAYLOAD_LEN {
                     return Err(malformed(format!(
                         "reactor {a:#x}: inbox message {i} has a payload of {} bytes, more than {MAX_PAYLOAD_LEN}",
                         m.payload.len()
                     )));
+                }
+            }
+            if r.blobs.len() > MAX_HELD_BLOBS {
+                return Err(malformed(format!("reactor {a:#x} holds more than {MAX_HELD_BLOBS} blobs")));
+            }
+            if r.outstanding.len() > MAX_OUTSTANDING {
+                return Err(malformed(format!("reactor {a:#x}: more than {MAX_OUTSTANDING} outstanding requests")));
+            }
+            let mut corrs = HashSet::with_capacity(r.outstanding.len());
+            for &(corr, _) in &r.outstanding {
+                if !corrs.insert(corr) {
+                    return Err(malformed(format!("reactor {a:#x}: outstanding request {corr:#x} appears twice")));
                 }
             }
             let mut held = HashSet::with_capacity(r.blobs.len());
@@ -386,16 +630,78 @@ impl Meta {
                         )));
                     }
                     // pages <= memory_pages <= 2^20, so the product fits.
-                    if off.checked_add(run.pages * page).is_none_or(|e| e > data_len) {
+                    let Some(end) = off.checked_add(run.pages * page).filter(|&e| e <= data_len) else {
                         return Err(malformed(format!(
                             "reactor {a:#x}: run {i} has its data ({} pages at offset {off}) outside the data \
                              section ({data_len} bytes)",
                             run.pages
                         )));
-                    }
+                    };
+                    ranges.push(DataRange { start: off, end, owner: Owner::Run(a, i) });
                 }
+            }
+        }
+        // A blob's bytes are its own; runs may share page data with other
+        // runs (they are only ever read), never with a blob.
+        ranges.sort_unstable_by_key(|r| (r.start, r.end));
+        let mut furthest: Option<&DataRange> = None;
+        let mut furthest_blob: Option<&DataRange> = None;
+        for r in &ranges {
+            let against = match r.owner {
+                Owner::Blob(_) => furthest,
+                Owner::Run(..) => furthest_blob,
+            };
+            if let Some(o) = against.filter(|o| r.start < o.end) {
+                return Err(FormatError::Overlap { first: o.describe(), second: r.describe() });
+            }
+            if furthest.is_none_or(|f| r.end > f.end) {
+                furthest = Some(r);
+            }
+            if matches!(r.owner, Owner::Blob(_)) && furthest_blob.is_none_or(|f| r.end > f.end) {
+                furthest_blob = Some(r);
             }
         }
         Ok(())
     }
+}
+
+/// What a range of the data section stores.
+#[derive(Clone, Copy)]
+enum Owner {
+    /// A blob's content (its tag).
+    Blob(u64),
+    /// A run's pages (reactor address, run index).
+    Run(u64, usize),
+}
+
+/// One stored range of the data section, `[start, end)`.
+struct DataRange {
+    start: u64,
+    end: u64,
+    owner: Owner,
+}
+
+impl DataRange {
+    fn describe(&self) -> String {
+        let what = match self.owner {
+            Owner::Blob(tag) => format!("blob {tag:#x}"),
+            Owner::Run(a, i) => format!("run {i} of reactor {a:#x}"),
+        };
+        format!("{what} (data bytes {}..{})", self.start, self.end)
+    }
+}
+
+/// The meta section of format `version` ([`FORMAT_VERSION`](crate::FORMAT_VERSION)
+/// or [`FORMAT_VERSION_1`](crate::FORMAT_VERSION_1)) for `meta` and, in
+/// version 2, the checksums of the data pages ([`page_hash`] of each, in
+/// order). Not validated: this is how test and fuzz fixtures build images
+/// around any meta; [`Writer`](crate::Writer) is the checked way to write a file.
+pub fn encode_meta(meta: &Meta, version: u32, page_hashes: &[u64]) -> Result<Vec<u8>, FormatError> {
+    let r = if version == crate::constants::FORMAT_VERSION_1 {
+        postcard::to_stdvec(&MetaV1Out::from(meta))
+    } else {
+        let bytes: Vec<u8> = page_hashes.iter().flat_map(|h| h.to_le_bytes()).collect();
+        postcard::to_stdvec(&MetaV2Out { meta, page_hashes: &bytes })
+    };
+    r.map_err(|e| malformed(format!("meta does not encode: {e}")))
 }

@@ -9,12 +9,15 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use crate::constants::{
-    FORMAT_VERSION, HEADER_FIELDS_LEN, HEADER_HASHED_LEN, HEADER_LEN, KIND_DELTA, KIND_FULL, MAGIC, MAX_META_LEN,
-    PAGE_SIZE,
+    FORMAT_VERSION, FORMAT_VERSION_1, HEADER_FIELDS_LEN, HEADER_HASHED_LEN, HEADER_LEN, KIND_DELTA, KIND_FULL, MAGIC,
+    MAX_META_LEN, PAGE_SIZE,
 };
 use crate::error::{FormatError, io_err, malformed};
 use crate::id::SnapshotId;
-use crate::model::{BlobEntry, Header, Kind, Meta, blob_hash};
+use crate::model::{BlobEntry, Header, Kind, Meta, MetaV1, MetaV2In, blob_hash, page_hash};
+
+/// One checksum per data page.
+type PageHashes = Box<[u64]>;
 
 /// Read size when streaming the data section through the hash.
 const VERIFY_CHUNK: usize = 8 << 20;
@@ -48,7 +51,7 @@ fn check_header(prefix: &[u8], file_len: u64, expected_abi: u32) -> Result<Heade
     }
     if prefix.len() >= 12 {
         let found = u32_at(prefix, 8);
-        if found != FORMAT_VERSION {
+        if found != FORMAT_VERSION && found != FORMAT_VERSION_1 {
             return Err(FormatError::FormatVersion { found, supported: FORMAT_VERSION });
         }
     }
@@ -75,7 +78,7 @@ fn check_header(prefix: &[u8], file_len: u64, expected_abi: u32) -> Result<Heade
         k => return Err(malformed(format!("unknown snapshot kind {k} (0 = full, 1 = delta)"))),
     };
     let h = Header {
-        format_version: FORMAT_VERSION,
+        format_version: u32_at(prefix, 8),
         abi_version,
         page_size,
         kind,
@@ -121,29 +124,85 @@ fn check_header(prefix: &[u8], file_len: u64, expected_abi: u32) -> Result<Heade
     Ok(h)
 }
 
-/// Checks the meta section's hash, decodes it and validates it.
-fn check_meta(header: &Header, bytes: &[u8]) -> Result<Meta, FormatError> {
+/// Checks the meta section's hash, decodes it (in the header's format
+/// version) and validates it. Returns the page checksums too (version 2;
+/// `None` for version 1).
+fn check_meta(header: &Header, bytes: &[u8]) -> Result<(Meta, Option<PageHashes>), FormatError> {
     if xxh3_64(bytes) != header.meta_hash {
         return Err(FormatError::MetaCorrupt);
     }
-    let (meta, rest) = postcard::take_from_bytes::<Meta>(bytes)
-        .map_err(|e| malformed(format!("the meta section does not decode: {e}")))?;
+    crate::model::take_decode_note();
+    let undecodable = |e: postcard::Error| match crate::model::take_decode_note() {
+        Some(note) => malformed(format!("the meta section does not decode: {note}")),
+        None => malformed(format!("the meta section does not decode: {e}")),
+    };
+    let (meta, hashes, rest) = if header.format_version == FORMAT_VERSION_1 {
+        let (meta, rest) = postcard::take_from_bytes::<MetaV1>(bytes).map_err(undecodable)?;
+        (Meta::from(meta), None, rest)
+    } else {
+        let (m, rest) = postcard::take_from_bytes::<MetaV2In>(bytes).map_err(undecodable)?;
+        (m.meta, Some(m.page_hashes), rest)
+    };
     if !rest.is_empty() {
         return Err(malformed(format!("{} bytes follow the meta in the meta section", rest.len())));
     }
+    let hashes = match hashes {
+        None => None,
+        Some(b) => {
+            let pages = header.data_len / PAGE_SIZE as u64;
+            if b.len() as u64 / 8 != pages {
+                return Err(malformed(format!(
+                    "the meta has {} page checksums for a data section of {pages} pages",
+                    b.len() / 8
+                )));
+            }
+            Some(b.chunks_exact(8).map(|c| u64_at(c, 0)).collect())
+        }
+    };
     meta.validate(header.data_len)?;
-    Ok(meta)
+    Ok((meta, hashes))
+}
+
+/// Checks `bytes`, the data section's bytes from page `first` on, against
+/// the page checksums.
+fn check_pages_against(hashes: &[u64], first: u64, bytes: &[u8]) -> Result<(), FormatError> {
+    for (i, page) in bytes.chunks(PAGE_SIZE).enumerate() {
+        let n = first + i as u64;
+        let want = usize::try_from(n).ok().and_then(|n| hashes.get(n));
+        if page.len() != PAGE_SIZE || want.is_none_or(|&h| h != page_hash(n, page)) {
+            return Err(FormatError::PageCorrupt { page: n, file_offset: HEADER_LEN as u64 + n * PAGE_SIZE as u64 });
+        }
+    }
+    Ok(())
 }
 
 /// Parses and checks the header and meta of a whole file image, as
-/// [`SnapshotFile::open`] does: everything but the data hash (that is
-/// [`SnapshotFile::verify_data`]'s job), though the data section's length is
-/// checked against the image.
+/// [`SnapshotFile::open`] does: everything but the page data (that is
+/// [`parse_verified`]'s, [`SnapshotFile::verify_data`]'s and
+/// [`SnapshotFile::check_pages`]' job), though the data section's length
+/// and, in format version 2, the number of page checksums are checked.
 pub fn parse(bytes: &[u8], expected_abi: u32) -> Result<(Header, Meta), FormatError> {
     let prefix = &bytes[..bytes.len().min(HEADER_LEN)];
     let header = check_header(prefix, bytes.len() as u64, expected_abi)?;
     // check_header made sure that meta_offset + meta_len == bytes.len().
-    let meta = check_meta(&header, &bytes[header.meta_offset as usize..])?;
+    let (meta, _) = check_meta(&header, &bytes[header.meta_offset as usize..])?;
+    Ok((header, meta))
+}
+
+/// [`parse`], then every data page checked against its checksum (format
+/// version 2; [`FormatError::PageCorrupt`] names the first damaged one),
+/// or, for version 1, the whole data section against the header's hash
+/// ([`FormatError::DataCorrupt`]). Blob hashes are not checked.
+pub fn parse_verified(bytes: &[u8], expected_abi: u32) -> Result<(Header, Meta), FormatError> {
+    let prefix = &bytes[..bytes.len().min(HEADER_LEN)];
+    let header = check_header(prefix, bytes.len() as u64, expected_abi)?;
+    let (meta, hashes) = check_meta(&header, &bytes[header.meta_offset as usize..])?;
+    let data = &bytes[HEADER_LEN..header.meta_offset as usize];
+    match hashes {
+        Some(h) => check_pages_against(&h, 0, data)?,
+        None if xxh3_64(data) != header.data_hash => return Err(FormatError::DataCorrupt),
+        None => {}
+    }
     Ok((header, meta))
 }
 
@@ -154,6 +213,8 @@ pub struct SnapshotFile {
     file: File,
     header: Header,
     meta: Meta,
+    /// One checksum per data page (format version 2).
+    page_hashes: Option<PageHashes>,
 }
 
 impl SnapshotFile {
@@ -169,8 +230,44 @@ impl SnapshotFile {
         // meta_len <= MAX_META_LEN was checked.
         let mut meta_bytes = vec![0u8; header.meta_len as usize];
         file.read_exact_at(&mut meta_bytes, header.meta_offset).map_err(io_err(path))?;
-        let meta = check_meta(&header, &meta_bytes)?;
-        Ok(SnapshotFile { path: path.to_path_buf(), file, header, meta })
+        let (meta, page_hashes) = check_meta(&header, &meta_bytes)?;
+        Ok(SnapshotFile { path: path.to_path_buf(), file, header, meta, page_hashes })
+    }
+
+    /// Whether the file has page checksums (format version 2): each page
+    /// can be checked as it is restored ([`SnapshotFile::check_pages`]).
+    /// A version 1 file can only be checked whole
+    /// ([`SnapshotFile::verify_data`]).
+    pub fn has_page_hashes(&self) -> bool {
+        self.page_hashes.is_some()
+    }
+
+    /// Checks `bytes`, the data section's bytes at the page-aligned
+    /// `data_offset` (a whole number of pages), against their checksums:
+    /// [`FormatError::PageCorrupt`] names the first damaged page. A file
+    /// without page checksums (version 1) is [`FormatError::Malformed`].
+    pub fn check_pages(&self, data_offset: u64, bytes: &[u8]) -> Result<(), FormatError> {
+        let Some(hashes) = &self.page_hashes else {
+            return Err(malformed("a format version 1 snapshot has no page checksums: verify its data section whole"));
+        };
+        if !data_offset.is_multiple_of(PAGE_SIZE as u64) {
+            return Err(malformed(format!("page check at data offset {data_offset}, not page aligned")));
+        }
+        check_pages_against(hashes, data_offset / PAGE_SIZE as u64, bytes)
+    }
+
+    /// Reads `len` bytes of the data section at the page-aligned
+    /// `data_offset` and checks them as [`SnapshotFile::check_pages`] does.
+    pub fn verify_pages(&self, data_offset: u64, len: u64) -> Result<(), FormatError> {
+        let mut buf = vec![0u8; (VERIFY_CHUNK as u64).min(len) as usize];
+        let mut done = 0u64;
+        while done < len {
+            let n = (buf.len() as u64).min(len - done) as usize;
+            self.read_data(data_offset + done, &mut buf[..n])?;
+            self.check_pages(data_offset + done, &buf[..n])?;
+            done += n as u64;
+        }
+        Ok(())
     }
 
     /// The checked header.
@@ -224,7 +321,8 @@ impl SnapshotFile {
     }
 
     /// Streams the whole data section through xxh3 and compares with the
-    /// header, then checks each blob's hash; `progress(done, total)` is called
+    /// header, then checks each blob's hash (to find which page is damaged
+    /// in a format version 2 file, [`SnapshotFile::verify_pages`]); `progress(done, total)` is called
     /// about every 64 MiB and once at the end.
     pub fn verify_data(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<(), FormatError> {
         let total = self.header.data_len;

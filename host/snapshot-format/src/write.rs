@@ -6,15 +6,19 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
-use crate::constants::{FORMAT_VERSION, HEADER_LEN, MAX_META_LEN, PAGE_SIZE};
+use crate::constants::{FORMAT_VERSION, FORMAT_VERSION_1, HEADER_LEN, MAX_META_LEN, PAGE_SIZE};
 use crate::error::{FormatError, io_err, malformed};
 use crate::id::SnapshotId;
-use crate::model::{Header, Kind, Meta, blob_hash};
+use crate::model::{Header, Kind, Meta, MetaV2Out, blob_hash, page_hash};
+
+/// The mode snapshot files are created with: they hold whole memory
+/// images, so only their owner may read them.
+pub const FILE_MODE: u32 = 0o600;
 
 /// Buffer of the writer: small writes are gathered, large ones go straight
 /// to the file.
@@ -33,10 +37,13 @@ pub struct Writer {
     tmp: PathBuf,
     out: Option<BufWriter<File>>,
     abi_version: u32,
+    version: u32,
     kind: Kind,
     id: SnapshotId,
     data_len: u64,
     hasher: Box<Xxh3Default>,
+    /// The page checksums so far, 8 bytes each (format version 2).
+    page_hashes: Vec<u8>,
     /// (offset, len, hash) of each blob appended.
     blobs: HashSet<(u64, u64, u64)>,
     failed: bool,
@@ -60,7 +67,25 @@ impl Writer {
     /// Starts a snapshot to be renamed over `path` by [`Writer::finish`]: creates
     /// `<dir>/.<file name>.tmp-<random>` beside it. A delta whose base is
     /// zero is [`FormatError::Malformed`].
+    /// The file is created with mode [`FILE_MODE`] (`0600`).
     pub fn create(path: &Path, abi_version: u32, kind: Kind, id: SnapshotId) -> Result<Writer, FormatError> {
+        Self::create_version(path, FORMAT_VERSION, abi_version, kind, id)
+    }
+
+    /// [`Writer::create`] in a given format version: [`FORMAT_VERSION`], or
+    /// [`FORMAT_VERSION_1`] (no page checksums, no outstanding requests:
+    /// for tests of the reader and for hosts that must read the file with
+    /// an older version). Any other version is [`FormatError::FormatVersion`].
+    pub fn create_version(
+        path: &Path,
+        version: u32,
+        abi_version: u32,
+        kind: Kind,
+        id: SnapshotId,
+    ) -> Result<Writer, FormatError> {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
+            return Err(FormatError::FormatVersion { found: version, supported: FORMAT_VERSION });
+        }
         if matches!(kind, Kind::Delta { base } if base.is_zero()) {
             return Err(malformed("a delta snapshot needs a nonzero base id"));
         }
@@ -74,16 +99,19 @@ impl Writer {
         tmp_name.push(name);
         tmp_name.push(format!(".tmp-{}", &SnapshotId::random().to_string()[..16]));
         let tmp = path.with_file_name(tmp_name);
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(&tmp))?;
+        let file =
+            OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&tmp).map_err(io_err(&tmp))?;
         let mut w = Writer {
             path: path.to_path_buf(),
             tmp,
             out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             abi_version,
+            version,
             kind,
             id,
             data_len: 0,
             hasher: Box::new(Xxh3Default::new()),
+            page_hashes: Vec::new(),
             blobs: HashSet::new(),
             failed: false,
             finished: false,
@@ -118,6 +146,23 @@ impl Writer {
         Ok(())
     }
 
+    /// Records the checksums of `bytes`, whole pages about to be written at
+    /// the end of the data section (`bytes` may end short of a page: the
+    /// rest is the zero padding written after it).
+    fn hash_pages(&mut self, bytes: &[u8]) {
+        let first = self.data_len / PAGE_SIZE as u64;
+        for (i, page) in bytes.chunks(PAGE_SIZE).enumerate() {
+            let h = if page.len() == PAGE_SIZE {
+                page_hash(first + i as u64, page)
+            } else {
+                let mut padded = [0u8; PAGE_SIZE];
+                padded[..page.len()].copy_from_slice(page);
+                page_hash(first + i as u64, &padded)
+            };
+            self.page_hashes.extend_from_slice(&h.to_le_bytes());
+        }
+    }
+
     /// Appends page data (a multiple of [`PAGE_SIZE`] bytes, else
     /// [`FormatError::Malformed`]) and returns its offset in the data
     /// section.
@@ -130,6 +175,7 @@ impl Writer {
         }
         self.usable()?;
         let offset = self.data_len;
+        self.hash_pages(bytes);
         self.write_data(bytes)?;
         Ok(offset)
     }
@@ -140,6 +186,7 @@ impl Writer {
     pub fn append_blob(&mut self, bytes: &[u8]) -> Result<u64, FormatError> {
         self.usable()?;
         let offset = self.data_len;
+        self.hash_pages(bytes);
         self.write_data(bytes)?;
         let pad = bytes.len().next_multiple_of(PAGE_SIZE) - bytes.len();
         self.write_data(&ZERO_PAGE[..pad])?;
@@ -172,7 +219,17 @@ impl Writer {
                 )));
             }
         }
-        let meta_bytes = postcard::to_stdvec(meta).map_err(|e| malformed(format!("meta does not encode: {e}")))?;
+        if self.version == FORMAT_VERSION_1 && meta.reactors.iter().any(|r| !r.outstanding.is_empty()) {
+            return Err(malformed("format version 1 cannot record outstanding requests"));
+        }
+        let encoded = if self.version == FORMAT_VERSION_1 {
+            // Version 1's reactor entry has no `outstanding`: encode the
+            // same fields without it.
+            postcard::to_stdvec(&crate::model::MetaV1Out::from(meta))
+        } else {
+            postcard::to_stdvec(&MetaV2Out { meta, page_hashes: &self.page_hashes })
+        };
+        let meta_bytes = encoded.map_err(|e| malformed(format!("meta does not encode: {e}")))?;
         if meta_bytes.len() as u64 > MAX_META_LEN {
             return Err(malformed(format!(
                 "the meta encodes to {} bytes, more than the limit of {MAX_META_LEN}",
@@ -180,7 +237,7 @@ impl Writer {
             )));
         }
         let header = Header {
-            format_version: FORMAT_VERSION,
+            format_version: self.version,
             abi_version: self.abi_version,
             page_size: PAGE_SIZE as u32,
             kind: self.kind,

@@ -10,6 +10,7 @@ mod runtime;
 mod cli;
 mod refs;
 mod snapshot;
+mod hostile_files;
 mod cluster;
 mod hostile_local;
 mod hostile_guests;

@@ -183,6 +183,17 @@ impl Checkpoint {
         self.parts.iter().map(|p| p.pages.faulted()).sum()
     }
 
+    /// Reactors whose copy-on-write capture hit a page-protection failure
+    /// (the kernel would not split their memory's mapping further, e.g.
+    /// at `vm.max_map_count`): the fault handler finished each of those
+    /// captures by copying the rest of the memory at once and stopped
+    /// tracking it (their next incremental snapshot needs a full one
+    /// first). The captures are exact all the same. Waits for the copies.
+    pub fn protection_failures(&self) -> Vec<Address> {
+        self.wait();
+        self.parts.iter().filter(|p| p.pages.degraded()).map(|p| Address(p.entry.address)).collect()
+    }
+
     /// Distinct shared blobs referred to.
     pub fn blob_count(&self) -> usize {
         self.blobs.len()
@@ -327,6 +338,8 @@ pub(crate) fn capture<H: HostContext>(
             inbox: host.inbox,
             blobs,
             next_corr: host.next_corr,
+            // The runtime does not track outstanding requests yet.
+            outstanding: Vec::new(),
             runs: Vec::new(),
         },
         pages,

@@ -3,6 +3,7 @@
 //! captured or half restored.
 #![forbid(unsafe_code)]
 
+use crate::refs::RefsError;
 use reactor_types::{Address, Failure};
 use snapshot_format::FormatError;
 
@@ -66,6 +67,37 @@ pub enum SnapshotError {
     /// A chain of snapshots that do not follow each other.
     #[error("snapshot chain is broken: {0}")]
     Chain(String),
+    /// Page data a reactor restores from does not match its checksum. The
+    /// restore goes on for the other reactors; this one is left failed
+    /// with this as its cause.
+    #[error("snapshot of reactor {address} is damaged: its memory page {memory_page} comes from {source}")]
+    DamagedPage {
+        /// The reactor.
+        address: Address,
+        /// The first damaged page of its memory (its offset / 4096).
+        memory_page: u64,
+        /// The damaged page of the file ([`FormatError::PageCorrupt`]).
+        source: FormatError,
+    },
+    /// The snapshot carries a tag or counter of this node that the node
+    /// never issued: restoring it would make the node skip (and lose) the
+    /// tag space up to it. Nothing was restored and the node's counters are
+    /// unchanged.
+    #[error(
+        "snapshot of reactor {address} carries {what} {value:#x}, beyond any tag this node could have issued: \
+         {source}; refusing the restore (the file is damaged or forged, or it was taken by another node with this node id)"
+    )]
+    Counter {
+        /// The reactor.
+        address: Address,
+        /// What the value is (its address, its correlation counter, a held
+        /// blob's tag).
+        what: &'static str,
+        /// The value.
+        value: u64,
+        /// Why it is refused.
+        source: RefsError,
+    },
     /// The fresh instance could not be created.
     #[error("cannot instantiate reactor {0} for restore: {1}")]
     Instantiate(Address, Failure),

@@ -28,14 +28,23 @@ pub enum Load {
 }
 
 /// Restore settings.
+///
+/// Files of format version 2 have a checksum per page: every page a
+/// reactor restores from is checked as it is restored, eager or lazy
+/// (lazily mapped pages are read once through their mapping, from the page
+/// cache, before the reactor runs), whatever `verify` says. A damaged page
+/// fails only the reactor that restores from it
+/// ([`SnapshotError::DamagedPage`]), the others are restored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RestoreOptions {
     /// Eager or lazy.
     pub load: Load,
-    /// Check the page data's checksum before restoring from a file (reads
-    /// the whole data section once). Without it, a damaged page is restored
-    /// as it is: it can only corrupt the restored reactor, which is
-    /// sandboxed like any other, never the host.
+    /// Check the whole data section's checksum before restoring from a
+    /// file (reads it once more). Needed only for format version 1 files,
+    /// which have no page checksums: without it such a file is restored
+    /// eagerly as it is (a damaged page can only corrupt the restored
+    /// reactor, which is sandboxed like any other, never the host); a
+    /// version 1 file restored lazily is always verified whole first.
     pub verify: bool,
 }
 
@@ -55,8 +64,29 @@ impl RestoreOptions {
 /// Runs shorter than this are read, not mapped (a mapping per tiny run
 /// costs more than the copy and a kernel mapping each).
 const MIN_MAPPED_PAGES: u64 = 4;
-/// Most runs one restore maps; the rest are read.
+/// Most runs one reactor maps; the rest are read. All reactors together
+/// map at most the node-wide budget ([`lazy_map_budget`]).
 const MAX_MAPPED_RUNS: usize = 4096;
+
+/// How many runs lazy restores may keep mapped from snapshot files at once,
+/// process-wide (by default a quarter of `vm.max_map_count`): past it,
+/// lazy restores read their runs instead, as eager restores do.
+pub fn lazy_map_budget() -> usize {
+    crate::sys::image::map_budget()
+}
+
+/// Sets [`lazy_map_budget`] (at least 1); returns the previous budget.
+/// Runs mapped already stay mapped.
+pub fn set_lazy_map_budget(runs: usize) -> usize {
+    crate::sys::image::set_map_budget(runs)
+}
+
+/// Runs currently mapped from snapshot files by live reactors,
+/// process-wide (never more than [`lazy_map_budget`] when it was not
+/// lowered meanwhile).
+pub fn lazy_mapped_runs() -> usize {
+    crate::sys::image::mapped_runs()
+}
 
 /// One reactor's entry in one checkpoint of a chain, oldest first.
 #[derive(Debug)]
@@ -74,8 +104,33 @@ impl Layer<'_> {
     }
 }
 
+/// Checks the pages of `run` now in `target` against the file's page
+/// checksums (if it has them).
+fn check_run(
+    target: &Target,
+    file: &SnapshotFile,
+    address: Address,
+    run: &snapshot_format::Run,
+    data: u64,
+) -> Result<(), SnapshotError> {
+    if !file.has_page_hashes() {
+        return Ok(());
+    }
+    let ps = page_size();
+    let (off, n) = (run.first_page as usize * ps, run.pages as usize * ps);
+    let bytes = target.bytes(off, n).map_err(|e| SnapshotError::Os { address, reason: e.to_string() })?;
+    file.check_pages(data, bytes).map_err(|source| {
+        let memory_page = match source {
+            FormatError::PageCorrupt { page, .. } => run.first_page + (page - data / ps as u64),
+            _ => run.first_page,
+        };
+        SnapshotError::DamagedPage { address, memory_page, source }
+    })
+}
+
 /// Writes the layers' pages and the last layer's globals into `reactor`, a
-/// fresh instance that has not run.
+/// fresh instance that has not run. Pages from files with page checksums
+/// are checked as they land ([`SnapshotError::DamagedPage`]).
 fn fill<H: HostContext>(reactor: &mut Reactor<H>, address: Address, layers: &[Layer<'_>], load: Load) -> Result<(), SnapshotError> {
     let last = layers.last().expect("at least one layer").entry();
     let size = usize::try_from(last.memory_size).map_err(|_| SnapshotError::MemoryCap {
@@ -117,11 +172,13 @@ fn fill<H: HostContext>(reactor: &mut Reactor<H>, address: Address, layers: &[La
                         Some(d) => {
                             let at = file.file_offset(d);
                             if load == Load::Lazy && run.pages >= MIN_MAPPED_PAGES && mapped < MAX_MAPPED_RUNS {
-                                mapped += 1;
-                                target.map_from(file.file(), at, off, n).map_err(os)?;
+                                if target.map_or_read(file.file(), at, off, n).map_err(os)? {
+                                    mapped += 1;
+                                }
                             } else {
                                 target.read_from(file.file(), at, off, n).map_err(os)?;
                             }
+                            check_run(&target, file, address, run, d)?;
                         }
                     }
                 }
@@ -165,6 +222,9 @@ pub(crate) struct Restored<H: HostContext> {
     pub(crate) reactor: Reactor<H>,
     /// Its queued messages, oldest first (accepted once: never refuse them).
     pub(crate) inbox: Vec<Envelope>,
+    /// Set when its pages are damaged: the shard records it as failed
+    /// with this cause instead of running it (the instance is not filled).
+    pub(crate) damaged: Option<SnapshotError>,
 }
 
 impl<'a> Plan<'a> {
@@ -196,8 +256,17 @@ impl<'a> Plan<'a> {
     ) -> Result<Self, SnapshotError> {
         let links: Vec<(SnapshotId, Kind)> = chain.iter().map(|f| (f.header().id, f.header().kind)).collect();
         check_chain(&links)?;
-        if options.verify {
-            for f in chain {
+        for f in chain {
+            if options.verify {
+                f.verify_data(&mut |_, _| {})?;
+            } else if options.load == Load::Lazy && !f.has_page_hashes() {
+                // Format version 1: no page checksums to check on the lazy
+                // path, so the whole data section is checked first.
+                tracing::warn!(
+                    file = %f.path().display(),
+                    "snapshot of format version 1 has no page checksums: verifying its whole data section \
+                     before restoring lazily"
+                );
                 f.verify_data(&mut |_, _| {})?;
             }
         }
@@ -228,10 +297,17 @@ impl<'a> Plan<'a> {
     }
 
     /// Checks what can be checked before anything is restored: every
-    /// module loaded and snapshottable, no address `in_use`.
-    pub(crate) fn check<H: HostContext>(&self, engine: &Engine<H>, in_use: impl Fn(Address) -> bool) -> Result<(), SnapshotError> {
+    /// module loaded and snapshottable, no address `in_use`, no tag or
+    /// counter beyond what the node could have issued (`refs`).
+    pub(crate) fn check<H: HostContext>(
+        &self,
+        engine: &Engine<H>,
+        refs: &Refs,
+        in_use: impl Fn(Address) -> bool,
+    ) -> Result<(), SnapshotError> {
         for (address, layers) in &self.reactors {
             let entry = layers.last().expect("a reactor has a layer").entry();
+            check_counters(*address, entry, refs)?;
             let module = engine.module(&ModuleHash(entry.module)).ok_or_else(|| SnapshotError::ModuleNotLoaded {
                 address: *address,
                 module: hex::encode(entry.module),
@@ -267,17 +343,40 @@ impl<'a> Plan<'a> {
         let account = Account::new(limits.budget_bytes());
         let (mut reactor, _) = Reactor::instantiate_bare(engine, &module, address, limits, account, refs.budget().clone())
             .map_err(|f| SnapshotError::Instantiate(address, f))?;
-        fill(&mut reactor, address, layers, self.load)?;
-        for &tag in &entry.blobs {
-            reactor.hold_blob((self.blobs)(tag, refs)?);
-        }
         refs.observe(address.0);
         if address.node() == refs.node() {
             refs.tags().observe(entry.next_corr);
         }
-        let inbox = entry.inbox.iter().map(envelope).collect();
-        Ok(Restored { address, reactor, inbox })
+        let damaged = match fill(&mut reactor, address, layers, self.load) {
+            Ok(()) => None,
+            Err(e @ SnapshotError::DamagedPage { .. }) => Some(e),
+            Err(e) => return Err(e),
+        };
+        if damaged.is_none() {
+            for &tag in &entry.blobs {
+                reactor.hold_blob((self.blobs)(tag, refs)?);
+            }
+        }
+        let inbox = if damaged.is_none() { entry.inbox.iter().map(envelope).collect() } else { Vec::new() };
+        Ok(Restored { address, reactor, inbox, damaged })
     }
+}
+
+/// Refuses a reactor whose tags or counters this node could not have
+/// issued (see [`TagSource::check_restorable`](crate::refs::TagSource::check_restorable)).
+fn check_counters(address: Address, entry: &ReactorEntry, refs: &Refs) -> Result<(), SnapshotError> {
+    let refuse = |what, value| move |source| SnapshotError::Counter { address, what, value, source };
+    refs.check_restorable(address.0).map_err(refuse("its address", address.0))?;
+    if address.node() == refs.node() {
+        refs.tags().check_restorable(entry.next_corr).map_err(refuse("a correlation counter", entry.next_corr))?;
+    }
+    for &tag in &entry.blobs {
+        refs.check_restorable(tag).map_err(refuse("a held blob tag", tag))?;
+    }
+    for &(corr, _) in &entry.outstanding {
+        refs.check_restorable_corr(corr).map_err(refuse("an outstanding request", corr))?;
+    }
+    Ok(())
 }
 
 /// For each reactor of the chain's last checkpoint, its layers in chain

@@ -115,6 +115,7 @@ impl MmapMemory {
 impl Drop for MmapMemory {
     fn drop(&mut self) {
         super::protect::before_move(self.base.as_ptr() as usize);
+        super::image::forget_mappings(self.base.as_ptr() as usize);
         // SAFETY: `base`/`capacity` describe a mapping this value owns (field
         // invariant) and nothing refers to it once wasmtime drops the memory.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.capacity) };
@@ -152,6 +153,8 @@ unsafe impl LinearMemory for MmapMemory {
                 // lazily from a file is several. Copy it instead.
                 self.move_by_copy(new_cap)?;
             } else {
+                // One kernel mapping moved: none of it came from a file.
+                super::image::forget_mappings(self.base.as_ptr() as usize);
                 self.base = NonNull::new(p.cast::<u8>()).expect("mremap returned null");
                 self.capacity = new_cap;
             }

@@ -2,18 +2,36 @@
 //! copies that skip zero pages, and page protection. The leaf of `sys`:
 //! every other platform module builds on these.
 //!
-//! `page_is_zero`, `copy_page` and `mprotect` are async-signal-safe (plain
-//! loads and stores, `memcpy`, one system call): the `SIGSEGV` handler
-//! (`protect::handler`) calls them.
+//! `cached_page_size`, `page_is_zero`, `copy_page` and `unprotect_raw` are
+//! async-signal-safe (plain loads and stores, `memcpy`, one system call):
+//! the `SIGSEGV` handler (`protect::handler`) calls them.
 
 use std::io;
 use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The system's page size.
+/// The page size, once known (0 before the first [`page_size`]).
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// The system's page size (asked of the system once, then cached).
 pub(crate) fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(p).unwrap_or(4096)
+    match PAGE_SIZE.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: sysconf has no preconditions.
+            let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            let p = usize::try_from(p).unwrap_or(4096);
+            PAGE_SIZE.store(p, Ordering::Relaxed);
+            p
+        }
+        p => p,
+    }
+}
+
+/// The cached page size, for the signal handler: a plain atomic load, no
+/// system call. Valid once [`page_size`] has run (the handler is installed
+/// after it, and a tracked region exists only after it).
+pub(crate) fn cached_page_size() -> usize {
+    PAGE_SIZE.load(Ordering::Relaxed)
 }
 
 pub(crate) fn page_round(n: usize) -> Option<usize> {
@@ -172,6 +190,14 @@ pub(crate) fn protect(base: usize, len: usize) -> io::Result<()> {
 
 pub(crate) fn unprotect(base: usize, len: usize) -> io::Result<()> {
     mprotect(base, len, libc::PROT_READ | libc::PROT_WRITE)
+}
+
+/// Makes `[base, base + len)` writable; false if the kernel refused.
+/// Async-signal-safe (one system call, no `io::Error`): what the `SIGSEGV`
+/// handler uses.
+pub(crate) fn unprotect_raw(base: usize, len: usize) -> bool {
+    // SAFETY: as in `mprotect`.
+    len == 0 || unsafe { libc::mprotect(base as *mut libc::c_void, len, libc::PROT_READ | libc::PROT_WRITE) } == 0
 }
 
 fn mprotect(base: usize, len: usize, prot: i32) -> io::Result<()> {

@@ -3,6 +3,7 @@
 
 mod id;
 mod props;
+mod hostile;
 mod read;
 mod round_trip;
 mod write;
@@ -18,7 +19,7 @@ use crate::read::u64_at;
 use crate::{
     BlobEntry, EnvelopeRecord, FORMAT_VERSION, FormatError, GLOBAL_F64, GLOBAL_I32, GLOBAL_I64, GLOBAL_V128,
     GlobalValue, HEADER_LEN, Header, Kind, MAX_GLOBALS_PER_REACTOR, MAX_MEMORY, MAX_PAYLOAD_LEN, MAX_RUNS_PER_REACTOR,
-    Meta, PAGE_SIZE, ReactorEntry, Run, SnapshotId, WASM_PAGE_SIZE, Writer, blob_hash,
+    Meta, PAGE_SIZE, ReactorEntry, Run, SnapshotId, WASM_PAGE_SIZE, Writer, blob_hash, encode_meta, page_hash,
 };
 
 const ABI: u32 = 7;
@@ -36,6 +37,7 @@ fn reactor(address: u64) -> ReactorEntry {
         inbox: vec![],
         blobs: vec![],
         next_corr: 0,
+        outstanding: vec![],
         runs: vec![],
     }
 }
@@ -99,8 +101,18 @@ fn image_with(kind: Kind, data: &[u8], meta_bytes: &[u8]) -> Vec<u8> {
     b
 }
 
+/// The checksum of every page of a data section.
+fn page_hashes(data: &[u8]) -> Vec<u64> {
+    data.chunks(PAGE_SIZE).enumerate().map(|(i, p)| page_hash(i as u64, p)).collect()
+}
+
+/// The meta section (current version) of `meta` over `data`.
+fn meta_bytes(data: &[u8], meta: &Meta) -> Vec<u8> {
+    encode_meta(meta, FORMAT_VERSION, &page_hashes(data)).unwrap()
+}
+
 fn image(data: &[u8], meta: &Meta) -> Vec<u8> {
-    image_with(Kind::Full, data, &postcard::to_stdvec(meta).unwrap())
+    image_with(Kind::Full, data, &meta_bytes(data, meta))
 }
 
 fn sample_image() -> Vec<u8> {
@@ -176,6 +188,7 @@ fn breakers() -> Vec<(&'static str, Breaker)> {
             m.blobs.push(b)
         }),
         ("duplicate reactor", |m| m.reactors[1].address = m.reactors[0].address),
+        ("outstanding request twice", |m| m.reactors[0].outstanding = vec![(5, 1), (5, 2)]),
         ("global type 5", |m| m.reactors[0].globals[0].ty = 5),
         ("global type 255", |m| m.reactors[0].globals[0].ty = 255),
         ("i32 global too wide", |m| m.reactors[0].globals[0].bits = 1 << 32),

@@ -244,6 +244,7 @@ fn write_plan(path: &Path, p: &Plan) -> (Meta, Vec<(usize, usize, Vec<u8>)>) {
             inbox: rp.inbox.clone(),
             blobs: held,
             next_corr: rp.next_corr,
+            outstanding: (0..rp.next_corr % 4).map(|i| (rp.next_corr.wrapping_add(i), i)).collect(),
             runs,
         });
     }

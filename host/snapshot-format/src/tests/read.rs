@@ -41,7 +41,7 @@ fn refuses_too_short() {
 #[test]
 fn refuses_other_format_versions() {
     let good = sample_image();
-    for v in [0u32, 2, 0xffff_ffff] {
+    for v in [0u32, 3, 0xffff_ffff] {
         // Patched and re-hashed: only the version is wrong.
         let mut b = good.clone();
         b[8..12].copy_from_slice(&v.to_le_bytes());
@@ -59,8 +59,8 @@ fn refuses_other_format_versions() {
         // Even a file cut short right after the version field.
         assert!(matches!(parse(&b[..12], ABI), Err(FormatError::FormatVersion { .. })));
     }
-    let newer = FormatError::FormatVersion { found: 2, supported: 1 }.to_string();
-    let older = FormatError::FormatVersion { found: 0, supported: 1 }.to_string();
+    let newer = FormatError::FormatVersion { found: 3, supported: 2 }.to_string();
+    let older = FormatError::FormatVersion { found: 0, supported: 2 }.to_string();
     assert!(newer.contains("newer host"), "{newer}");
     assert!(older.contains("older host"), "{older}");
 }
@@ -160,6 +160,9 @@ fn data_corruption_is_found_by_verify_data() {
     parse(&b, ABI).unwrap();
     let f = SnapshotFile::open(&path, ABI).unwrap();
     assert!(matches!(f.verify_data(&mut |_, _| {}), Err(FormatError::DataCorrupt)));
+    // Format version 2 also names the damaged page.
+    assert!(matches!(crate::parse_verified(&b, ABI), Err(FormatError::PageCorrupt { page: 1, .. })));
+    assert!(matches!(f.verify_pages(0, 4 * PAGE_SIZE as u64), Err(FormatError::PageCorrupt { page: 1, .. })));
 
     // A damaged blob: found by the data hash, and by read_blob alone.
     let mut b = fs::read(&path).unwrap();
@@ -168,6 +171,7 @@ fn data_corruption_is_found_by_verify_data() {
     fs::write(&path, &b).unwrap();
     let f = SnapshotFile::open(&path, ABI).unwrap();
     assert!(matches!(f.verify_data(&mut |_, _| {}), Err(FormatError::DataCorrupt)));
+    assert!(matches!(f.verify_pages(0, 4 * PAGE_SIZE as u64), Err(FormatError::PageCorrupt { page: 3, .. })));
     assert!(matches!(f.read_blob(&f.meta().blobs[0]), Err(FormatError::DataCorrupt)));
 }
 
@@ -229,7 +233,7 @@ fn refuses_malformed_metas() {
     // Bytes that do not decode, and bytes after the meta.
     assert!(matches!(parse(&image_with(Kind::Full, &data, &[0xff; 40]), ABI), Err(FormatError::Malformed(_))));
     assert!(matches!(parse(&image_with(Kind::Full, &data, &[]), ABI), Err(FormatError::Malformed(_))));
-    let mut mb = postcard::to_stdvec(&good).unwrap();
+    let mut mb = super::meta_bytes(&data, &good);
     mb.push(0);
     let e = err_of(parse(&image_with(Kind::Full, &data, &mb), ABI));
     assert!(matches!(&e, FormatError::Malformed(m) if m.contains("follow")), "{e:?}");
@@ -272,17 +276,22 @@ fn allocation_bombs_fail_fast() {
     varint(huge, &mut held);
     let mut runs = vec![];
     reactor_head(&mut runs);
-    runs.extend_from_slice(&[0, 0, 0, 0]);
+    runs.extend_from_slice(&[0, 0, 0, 0, 0]);
     varint(huge, &mut runs);
     let mut payload = vec![];
     reactor_head(&mut payload);
     payload.extend_from_slice(&[0, 1, 0, 0, 0, 0]);
     varint(huge, &mut payload);
     payload.extend_from_slice(&[1; 64]);
+    // One reactor whose outstanding requests claim 2^60.
+    let mut outstanding = vec![];
+    reactor_head(&mut outstanding);
+    outstanding.extend_from_slice(&[0, 0, 0, 0]);
+    varint(huge, &mut outstanding);
     // A run count just over the limit, with nothing behind it.
     let mut runs_over = vec![];
     reactor_head(&mut runs_over);
-    runs_over.extend_from_slice(&[0, 0, 0, 0]);
+    runs_over.extend_from_slice(&[0, 0, 0, 0, 0]);
     varint(MAX_RUNS_PER_REACTOR as u64 + 1, &mut runs_over);
 
     for (what, meta) in [
@@ -294,6 +303,7 @@ fn allocation_bombs_fail_fast() {
         ("runs", runs),
         ("payload", payload),
         ("runs over the limit", runs_over),
+        ("outstanding", outstanding),
     ] {
         let img = image_with(Kind::Full, &[], &meta);
         let t = Instant::now();

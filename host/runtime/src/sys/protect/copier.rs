@@ -1,6 +1,6 @@
 //! The background copier thread, and what a memory does before it moves.
 
-use super::handler::{claim_and_copy, with_regions_at};
+use super::handler::{claim_and_copy, unindex, with_regions_at};
 use super::region::{CLEAN, COPYING, PENDING, PageCopy, Region};
 use crate::sys::pages::{RUN_PAGES, page_is_zero, page_size, unprotect};
 use std::ptr;
@@ -125,5 +125,6 @@ pub(crate) fn before_move(base: usize) {
         if !was_open {
             let _ = unprotect(r.base, r.pages * page_size());
         }
+        unindex(r);
     });
 }

@@ -1,8 +1,13 @@
 //! The `SIGSEGV` handler and everything it runs: the table of tracked
 //! regions it looks faults up in, and the page-claiming protocol a write
 //! fault follows. Everything reachable from `on_sigsegv` is
-//! async-signal-safe: atomics, a page `memcpy` and `mprotect` — no lock, no
-//! allocation, no I/O. (`register`, `unregister` and `install_handler` run
+//! async-signal-safe: atomics, page `memcpy`s and `mprotect` — no lock, no
+//! allocation, no I/O, no `sysconf` (the page size is cached). The region
+//! of a faulting address is found by bisection in a fixed, double-buffered
+//! sorted index (O(log n) for n tracked regions, n ≤ [`MAX_REGIONS`]). An
+//! `mprotect` that fails in the handler gives the region up (`give_up`):
+//! the capture is finished by copying, the protection lifted as a whole.
+//! (`register`, `unregister` and `install_handler` run
 //! on ordinary threads; they live here because the table's protocol — the
 //! `users` count that keeps a region alive while a handler looks at it —
 //! must be read in one place.)
@@ -13,7 +18,7 @@
 //! before.
 
 use super::region::{CLEAN, COPYING, DIRTY, PENDING, Region};
-use crate::sys::pages::{copy_page, page_size, unprotect};
+use crate::sys::pages::{cached_page_size, copy_page, page_size, unprotect_raw};
 use std::io;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
@@ -27,7 +32,8 @@ pub(crate) const MAX_REGIONS: usize = 16384;
 ///
 /// `then` is the state the page gets after the copy: `CLEAN` (copier:
 /// the page stays protected) or `DIRTY` (handler: the page is about to be
-/// written and gets unprotected).
+/// written and gets unprotected). If it cannot be unprotected, the page is
+/// left `CLEAN` and the whole region given up ([`give_up`]).
 pub(super) fn claim_and_copy(region: &Region, p: usize, then: u8) -> bool {
     if region.states[p].compare_exchange(PENDING, COPYING, AcqRel, Acquire).is_err() {
         return false;
@@ -37,7 +43,7 @@ pub(super) fn claim_and_copy(region: &Region, p: usize, then: u8) -> bool {
     // SAFETY: a page was PENDING, so the capture is live (it is released
     // only once no page is pending, and ours is counted until below).
     let c = unsafe { &*c };
-    let ps = page_size();
+    let ps = cached_page_size();
     // SAFETY: page `p` lies inside the tracked memory (p < pages) and is
     // write-protected, so nobody writes it; the destination page is ours
     // alone because we won the state swap.
@@ -45,19 +51,60 @@ pub(super) fn claim_and_copy(region: &Region, p: usize, then: u8) -> bool {
     if nonzero {
         c.nonzero[p / 64].fetch_or(1 << (p % 64), Release);
     }
+    let mut failed = false;
     if then == DIRTY {
         c.faulted.fetch_add(1, Relaxed);
-        let _ = unprotect(region.base + p * ps, ps);
+        failed = !unprotect_raw(region.base + p * ps, ps);
     }
-    region.states[p].store(then, Release);
+    region.states[p].store(if failed { CLEAN } else { then }, Release);
     c.pending.fetch_sub(1, AcqRel);
+    if failed {
+        give_up(region);
+    }
     true
 }
 
-/// Handles a write fault at page `p`. Async-signal-safe: atomics, a
-/// page copy and `mprotect` only.
+/// Page protection failed on `region` (the kernel would not split its
+/// mapping once more: `vm.max_map_count`): finishes the capture in
+/// progress by copying every page still pending now, waits for pages being
+/// copied elsewhere, then lifts the protection of the whole region with one
+/// `mprotect` (which merges its mappings again), marks every page `DIRTY`
+/// and the region `lost` (its dirty-page record is void). The capture stays
+/// exact: no page is writable before it is copied. Async-signal-safe.
+fn give_up(region: &Region) {
+    region.lost.store(true, Release);
+    for p in 0..region.pages {
+        if region.states[p].load(Acquire) == PENDING {
+            // CLEAN, not DIRTY: no per-page unprotect (it would fail again).
+            claim_and_copy(region, p, CLEAN);
+        }
+    }
+    let c = region.capture.load(Acquire);
+    // SAFETY: the capture is released only at a boundary on the reactor's
+    // thread, once complete; while its pages are counted pending it is live.
+    if let Some(c) = unsafe { c.as_ref() } {
+        c.degraded.store(true, Release);
+        // Pages the copier claimed (COPYING) must be copied before any
+        // of them becomes writable.
+        while c.pending.load(Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+    }
+    let ps = cached_page_size();
+    // Merging cannot need more mappings; should it fail all the same, the
+    // write faults again and this runs again.
+    if unprotect_raw(region.base, region.pages * ps) {
+        region.open.store(true, Release);
+        for st in region.states.iter() {
+            st.store(DIRTY, Release);
+        }
+    }
+}
+
+/// Handles a write fault at page `p`. Async-signal-safe: atomics, page
+/// copies and `mprotect` only.
 fn on_write_fault(region: &Region, p: usize) {
-    let ps = page_size();
+    let ps = cached_page_size();
     loop {
         match region.states[p].load(Acquire) {
             PENDING => {
@@ -67,8 +114,12 @@ fn on_write_fault(region: &Region, p: usize) {
             }
             CLEAN => {
                 if region.states[p].compare_exchange(CLEAN, COPYING, AcqRel, Acquire).is_ok() {
-                    let _ = unprotect(region.base + p * ps, ps);
-                    region.states[p].store(DIRTY, Release);
+                    if unprotect_raw(region.base + p * ps, ps) {
+                        region.states[p].store(DIRTY, Release);
+                    } else {
+                        region.states[p].store(CLEAN, Release);
+                        give_up(region);
+                    }
                     return;
                 }
             }
@@ -81,37 +132,120 @@ fn on_write_fault(region: &Region, p: usize) {
 
 // ---------------------------------------------------------------------------
 // The region table.
+//
+// `SLOTS` holds the registered regions (each with the count of handlers
+// looking at it, so `unregister` frees a region only when none does). The
+// handler finds the slot of an address through `INDEX`: the slots' ranges
+// sorted by start, searched by bisection — O(log n) in a fixed array, no
+// lock, no allocation. The index is double-buffered: a writer (holding
+// `CLAIM`) builds the inactive copy, waits until no reader is left on it,
+// then publishes it; a reader announces itself on the copy it read as
+// active and backs off if that changed meanwhile, so it never reads a copy
+// being written.
 
 struct Slot {
-    /// Range prefilter (authoritative range is the region's own).
-    lo: AtomicUsize,
-    hi: AtomicUsize,
     region: AtomicPtr<Region>,
     /// Handlers and helpers currently looking at `region`.
     users: AtomicUsize,
 }
 
-static SLOTS: [Slot; MAX_REGIONS] = [const {
-    Slot { lo: AtomicUsize::new(0), hi: AtomicUsize::new(0), region: AtomicPtr::new(ptr::null_mut()), users: AtomicUsize::new(0) }
-}; MAX_REGIONS];
-/// Slots in use are all below this.
-static HIGH: AtomicUsize = AtomicUsize::new(0);
+static SLOTS: [Slot; MAX_REGIONS] =
+    [const { Slot { region: AtomicPtr::new(ptr::null_mut()), users: AtomicUsize::new(0) } }; MAX_REGIONS];
+/// Whether a slot is taken (written under `CLAIM` only).
+static TAKEN: [AtomicUsize; MAX_REGIONS] = [const { AtomicUsize::new(0) }; MAX_REGIONS];
 static CLAIM: Mutex<()> = Mutex::new(());
+
+/// One copy of the sorted index: `len` entries `(lo[i], hi[i], slot[i])`,
+/// sorted by `lo`, not overlapping.
+struct Index {
+    lo: [AtomicUsize; MAX_REGIONS],
+    hi: [AtomicUsize; MAX_REGIONS],
+    slot: [AtomicUsize; MAX_REGIONS],
+    len: AtomicUsize,
+    /// Readers (handlers, helpers) on this copy now.
+    readers: AtomicUsize,
+}
+
+static INDEX: [Index; 2] = [const {
+    Index {
+        lo: [const { AtomicUsize::new(0) }; MAX_REGIONS],
+        hi: [const { AtomicUsize::new(0) }; MAX_REGIONS],
+        slot: [const { AtomicUsize::new(0) }; MAX_REGIONS],
+        len: AtomicUsize::new(0),
+        readers: AtomicUsize::new(0),
+    }
+}; 2];
+/// Which copy of `INDEX` readers use.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Rebuilds the index with `edit` applied to its entries and publishes it.
+/// Caller holds `CLAIM`.
+fn republish(edit: impl FnOnce(&mut Vec<(usize, usize, usize)>)) {
+    let cur = ACTIVE.load(SeqCst);
+    let next = 1 - cur;
+    let a = &INDEX[cur];
+    let mut v: Vec<(usize, usize, usize)> = (0..a.len.load(SeqCst))
+        .map(|i| (a.lo[i].load(Relaxed), a.hi[i].load(Relaxed), a.slot[i].load(Relaxed)))
+        .collect();
+    edit(&mut v);
+    v.sort_unstable();
+    let b = &INDEX[next];
+    while b.readers.load(SeqCst) != 0 {
+        std::hint::spin_loop();
+    }
+    for (i, &(lo, hi, slot)) in v.iter().enumerate() {
+        b.lo[i].store(lo, Relaxed);
+        b.hi[i].store(hi, Relaxed);
+        b.slot[i].store(slot, Relaxed);
+    }
+    b.len.store(v.len(), SeqCst);
+    ACTIVE.store(next, SeqCst);
+}
+
+/// The slot whose range holds `addr`, looked up by bisection in the active
+/// index; `f(slot)` runs while the index copy is held. Async-signal-safe.
+fn find_slot<T>(addr: usize, f: impl FnOnce(Option<&'static Slot>) -> T) -> T {
+    let ix = loop {
+        let i = ACTIVE.load(SeqCst);
+        INDEX[i].readers.fetch_add(1, SeqCst);
+        if ACTIVE.load(SeqCst) == i {
+            break &INDEX[i];
+        }
+        INDEX[i].readers.fetch_sub(1, SeqCst);
+    };
+    let len = ix.len.load(SeqCst);
+    // The number of entries starting at or below `addr`.
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if ix.lo[mid].load(Relaxed) <= addr {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let found = (lo > 0 && addr < ix.hi[lo - 1].load(Relaxed)).then(|| &SLOTS[ix.slot[lo - 1].load(Relaxed)]);
+    let r = f(found);
+    ix.readers.fetch_sub(1, SeqCst);
+    r
+}
 
 pub(super) fn register(region: &Arc<Region>) -> Option<usize> {
     let _g = CLAIM.lock().unwrap();
-    let i = SLOTS.iter().position(|s| s.region.load(Acquire).is_null() && s.hi.load(Acquire) == 0)?;
-    let s = &SLOTS[i];
-    s.lo.store(region.base, Release);
-    s.hi.store(region.base + region.pages * page_size(), Release);
-    s.region.store(Arc::into_raw(region.clone()).cast_mut(), SeqCst);
-    if i >= HIGH.load(Acquire) {
-        HIGH.store(i + 1, Release);
-    }
+    let i = TAKEN.iter().position(|t| t.load(Relaxed) == 0)?;
+    TAKEN[i].store(1, Relaxed);
+    region.slot.store(i, SeqCst);
+    SLOTS[i].region.store(Arc::into_raw(region.clone()).cast_mut(), SeqCst);
+    let (lo, hi) = (region.base, region.base + region.pages * page_size());
+    republish(|v| v.push((lo, hi, i)));
     Some(i)
 }
 
 pub(super) fn unregister(i: usize) {
+    {
+        let _g = CLAIM.lock().unwrap();
+        republish(|v| v.retain(|e| e.2 != i));
+    }
     let s = &SLOTS[i];
     let p = s.region.swap(ptr::null_mut(), SeqCst);
     while s.users.load(SeqCst) != 0 {
@@ -123,27 +257,38 @@ pub(super) fn unregister(i: usize) {
         drop(unsafe { Arc::from_raw(p) });
     }
     let _g = CLAIM.lock().unwrap();
-    s.lo.store(0, Release);
-    s.hi.store(0, Release);
+    TAKEN[i].store(0, Relaxed);
 }
 
-/// Runs `f` on every live region registered at `base`, holding it against
-/// `unregister` meanwhile.
-pub(super) fn with_regions_at(base: usize, mut f: impl FnMut(&Region)) {
-    let high = HIGH.load(Acquire);
-    for s in &SLOTS[..high] {
-        if s.lo.load(Acquire) != base {
-            continue;
-        }
-        s.users.fetch_add(1, SeqCst);
-        let r = s.region.load(SeqCst);
-        // SAFETY: `users` is raised, so the region is not freed meanwhile
-        // (see `unregister`).
-        if let Some(r) = unsafe { r.as_ref() } {
-            f(r);
-        }
-        s.users.fetch_sub(1, SeqCst);
+/// Takes a detached region's range out of the index (its slot stays
+/// taken until its tracker unregisters it), so a memory mapped later at
+/// the same addresses is never shadowed by it.
+pub(super) fn unindex(region: &Region) {
+    let i = region.slot.load(SeqCst);
+    if i != usize::MAX {
+        let _g = CLAIM.lock().unwrap();
+        republish(|v| v.retain(|e| e.2 != i));
     }
+}
+
+/// Runs `f` on the live region registered at `base`, if any, holding it
+/// against `unregister` meanwhile.
+pub(super) fn with_regions_at(base: usize, f: impl FnOnce(&Region)) {
+    let held = find_slot(base, |s| {
+        let s = s?;
+        s.users.fetch_add(1, SeqCst);
+        Some(s)
+    });
+    let Some(s) = held else { return };
+    let r = s.region.load(SeqCst);
+    // SAFETY: `users` is raised, so the region is not freed meanwhile
+    // (see `unregister`).
+    if let Some(r) = unsafe { r.as_ref() }
+        && r.base == base
+    {
+        f(r);
+    }
+    s.users.fetch_sub(1, SeqCst);
 }
 
 // ---------------------------------------------------------------------------
@@ -158,6 +303,8 @@ static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(ptr::null_mut());
 pub(crate) fn install_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        // The handler reads the cached page size: make sure it is cached.
+        page_size();
         let prev = Box::into_raw(Box::new(
             // SAFETY: sigaction is plain data; all-zero is a valid value.
             unsafe { std::mem::zeroed::<libc::sigaction>() },
@@ -209,27 +356,23 @@ extern "C" fn on_sigsegv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
 
 /// Handles a fault at `addr` if it is a write to a tracked page.
 fn handle(addr: usize) -> bool {
-    let high = HIGH.load(Acquire);
-    for s in &SLOTS[..high] {
-        if addr < s.lo.load(Acquire) || addr >= s.hi.load(Acquire) {
-            continue;
-        }
+    let held = find_slot(addr, |s| {
+        let s = s?;
         s.users.fetch_add(1, SeqCst);
-        let r = s.region.load(SeqCst);
-        // SAFETY: `users` is raised before the load, so `unregister` waits
-        // for us before freeing the region (it nulls the pointer first).
-        let handled = match unsafe { r.as_ref() } {
-            Some(r) if addr >= r.base && addr < r.base + r.pages * page_size() && !r.detached.load(Acquire) => {
-                on_write_fault(r, (addr - r.base) / page_size());
-                true
-            }
-            _ => false,
-        };
-        s.users.fetch_sub(1, SeqCst);
-        if handled {
-            return true;
+        Some(s)
+    });
+    let Some(s) = held else { return false };
+    let r = s.region.load(SeqCst);
+    let ps = cached_page_size();
+    // SAFETY: `users` is raised before the load, so `unregister` waits
+    // for us before freeing the region (it nulls the pointer first).
+    let handled = match unsafe { r.as_ref() } {
+        Some(r) if addr >= r.base && addr < r.base + r.pages * ps && !r.detached.load(Acquire) => {
+            on_write_fault(r, (addr - r.base) / ps);
+            true
         }
-    }
-    false
+        _ => false,
+    };
+    s.users.fetch_sub(1, SeqCst);
+    handled
 }
-

@@ -31,8 +31,17 @@ pub(crate) struct Region {
     /// Set when the memory moved or went away: tracking information is void.
     pub(super) detached: AtomicBool,
     /// Set when the copier lifted the protection of the whole region after
-    /// a capture that does not keep tracking.
+    /// a capture that does not keep tracking (or the handler did, after an
+    /// `mprotect` failed).
     pub(super) open: AtomicBool,
+    /// Set when page protection failed on it (the handler could not make a
+    /// page writable, e.g. the mapping count hit `vm.max_map_count`): its
+    /// capture was finished by copying the rest at once and its protection
+    /// lifted; its dirty-page record is void (the next incremental capture
+    /// is refused: a full one is needed).
+    pub(super) lost: AtomicBool,
+    /// Its slot in the handler's table (`usize::MAX` until registered).
+    pub(super) slot: AtomicUsize,
 }
 
 /// One copy of a memory's pages into `dest`, at their own offsets.
@@ -52,6 +61,9 @@ pub(crate) struct PageCopy {
     /// Pages copied by the fault handler (written before the copier got
     /// to them).
     pub(super) faulted: AtomicUsize,
+    /// Set when page protection failed during this copy and the handler
+    /// finished it by copying every page still pending at once.
+    pub(super) degraded: AtomicBool,
     pub(super) done: Mutex<bool>,
     pub(super) done_cv: Condvar,
 }
@@ -77,6 +89,7 @@ impl PageCopy {
             pending: AtomicUsize::new(0),
             open_after: false,
             faulted: AtomicUsize::new(0),
+            degraded: AtomicBool::new(false),
             done: Mutex::new(true),
             done_cv: Condvar::new(),
         }))
@@ -94,6 +107,12 @@ impl PageCopy {
     /// first by the fault handler).
     pub(crate) fn faulted(&self) -> usize {
         self.faulted.load(Relaxed)
+    }
+
+    /// Whether page protection failed during this copy (it was finished
+    /// by copying every pending page at once; the copy is still exact).
+    pub(crate) fn degraded(&self) -> bool {
+        self.degraded.load(Acquire)
     }
 
     /// Whether every covered page is copied.

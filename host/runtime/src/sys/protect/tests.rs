@@ -191,3 +191,99 @@ fn faults_outside_tracked_memory_still_reach_the_previous_handler() {
     assert!(libc::WIFSIGNALED(status), "child exited normally: status {status}");
     assert_eq!(libc::WTERMSIG(status), libc::SIGSEGV);
 }
+
+/// Runs the ignored test `name` alone in a child process of this test
+/// binary: hitting the process's map limit on purpose would make other
+/// tests' mappings fail meanwhile.
+fn run_alone(name: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("1 passed"), "the child did not run the test:\n{text}");
+}
+
+#[test]
+fn writing_every_other_page_past_the_map_limit_finishes_the_capture_by_copying() {
+    run_alone("sys::protect::tests::every_other_page_past_the_map_limit_alone");
+}
+
+#[test]
+#[ignore = "run alone in a child process by writing_every_other_page_past_the_map_limit_finishes_the_capture_by_\
+            copying"]
+fn every_other_page_past_the_map_limit_alone() {
+    // 512 MiB: unprotecting every other page would split the mapping into
+    // 131,072 pieces, past the default vm.max_map_count (65,530).
+    let ps = page_size();
+    let pages = (512 << 20) / ps;
+    let mut mem = Mapping::new(pages * ps).unwrap();
+    for p in (0..pages).step_by(1000) {
+        mem.as_mut_slice()[p * ps..(p + 1) * ps].fill(p as u8 | 1);
+    }
+    let before: Vec<(usize, u8)> = (0..pages).step_by(1000).map(|p| (p, p as u8 | 1)).collect();
+    let mut t = Tracker::default();
+    // SAFETY: `mem` outlives the tracker's use (released below) and only
+    // this thread writes it.
+    let cap = unsafe { t.arm(mem.as_mut_ptr(), mem.len(), Cover::All, true) }.unwrap();
+    for p in (0..pages).step_by(2) {
+        // SAFETY: inside the mapping; the handler makes it writable (or
+        // gives the region up and makes all of it writable).
+        unsafe { mem.as_mut_ptr().add(p * ps + 1).write_volatile(0xEE) };
+    }
+    let limit = crate::sys::mappings().map_or(usize::MAX, |(_, l)| l);
+    let img = cap.image();
+    for &(p, v) in &before {
+        assert!(img.is_nonzero(p), "page {p}");
+        assert!(img.bytes[p * ps..(p + 1) * ps].iter().all(|&b| b == v), "page {p} changed in the capture");
+    }
+    for p in (1..pages).step_by(1000) {
+        if p % 1000 != 0 {
+            assert!(!img.is_nonzero(p) || before.iter().any(|&(q, _)| q == p), "page {p}");
+        }
+    }
+    drop(img);
+    if limit < pages / 2 {
+        assert!(cap.degraded(), "the kernel's map limit ({limit}) should have been hit");
+        // Tracking stopped: no dirty-page record to take a delta on.
+        assert!(!t.tracking());
+        t.settle();
+        // SAFETY: as above.
+        let r = unsafe { t.arm(mem.as_mut_ptr(), mem.len(), Cover::Dirty, true) };
+        assert!(matches!(r, Err(ArmError::NoBase)), "{r:?}");
+    }
+    // The mappings merged again, and the memory is writable everywhere.
+    let (now, limit) = crate::sys::mappings().unwrap();
+    assert!(now < limit / 2, "{now} mappings of {limit}");
+    t.release();
+    mem.as_mut_slice()[..ps * 4].fill(9);
+}
+
+#[test]
+fn faults_find_their_region_among_many() {
+    let ps = page_size();
+    let mut mems: Vec<Mapping> = (0..64).map(|_| Mapping::new(8 * ps).unwrap()).collect();
+    let mut trackers: Vec<Tracker> = (0..64).map(|_| Tracker::default()).collect();
+    let mut caps = Vec::new();
+    for (i, (m, t)) in mems.iter_mut().zip(&mut trackers).enumerate() {
+        m.as_mut_slice().fill(i as u8 + 1);
+        // SAFETY: each mapping outlives its tracker's use; only this thread
+        // writes them.
+        caps.push(unsafe { t.arm(m.as_mut_ptr(), m.len(), Cover::All, true) }.unwrap());
+    }
+    // Write every page of every region, in an order unrelated to addresses.
+    for k in 0..64 * 8 {
+        let (i, p) = ((k * 37) % 64, (k * 11) % 8);
+        // SAFETY: inside the mapping; the handler makes it writable.
+        unsafe { mems[i].as_mut_ptr().add(p * ps).write_volatile(0) };
+    }
+    for (i, c) in caps.iter().enumerate() {
+        let img = c.image();
+        assert!(img.bytes.iter().all(|&b| b == i as u8 + 1), "region {i}");
+    }
+    drop(caps);
+    for t in &mut trackers {
+        t.release();
+    }
+}

@@ -72,7 +72,9 @@ impl Tracker {
         // Dirty pages are only a valid delta base if the previous capture
         // asked to keep tracking.
         let kept = std::mem::take(&mut self.keep);
+        // A region whose protection failed has no dirty-page record either.
         let old = self.region.take().filter(|r| !r.detached.load(Acquire) && r.base == base);
+        let kept = kept && old.as_ref().is_some_and(|r| !r.lost.load(Acquire));
         if cover == Cover::Dirty && (old.is_none() || !kept) {
             // Unprotect and unregister the old region (if any) as a whole.
             self.region = old;
@@ -119,6 +121,8 @@ impl Tracker {
                     capture: AtomicPtr::new(ptr::null_mut()),
                     detached: AtomicBool::new(false),
                     open: AtomicBool::new(false),
+                    lost: AtomicBool::new(false),
+                    slot: AtomicUsize::new(usize::MAX),
                 });
                 drop(old);
                 (region, true)
@@ -133,6 +137,7 @@ impl Tracker {
             pending: AtomicUsize::new(count),
             open_after: !keep_tracking && count > 0,
             faulted: AtomicUsize::new(0),
+            degraded: AtomicBool::new(false),
             done: Mutex::new(count == 0),
             done_cv: Condvar::new(),
         });
@@ -177,7 +182,7 @@ impl Tracker {
     /// Whether dirty pages are being recorded (an incremental capture is
     /// possible).
     pub(crate) fn tracking(&self) -> bool {
-        self.keep && self.region.as_ref().is_some_and(|r| !r.detached.load(Acquire))
+        self.keep && self.region.as_ref().is_some_and(|r| !r.detached.load(Acquire) && !r.lost.load(Acquire))
     }
 
     /// Called at message boundaries: once the capture completed, drops it
@@ -185,6 +190,11 @@ impl Tracker {
     pub(crate) fn settle(&mut self) {
         if self.capture.as_ref().is_some_and(|c| c.is_done()) {
             self.detach_capture();
+        }
+        if self.region.as_ref().is_some_and(|r| r.lost.load(Acquire)) {
+            // Protection failed (reported by the capture: `degraded`); the
+            // handler lifted it as a whole. Stop tracking.
+            self.release();
         }
         if self.capture.is_none() && !self.keep && self.region.is_some() {
             self.release();
