@@ -408,7 +408,7 @@ fn de_outstanding<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, u64)>, D:
 
 /// The page checksums as bytes (a multiple of 8, at most the meta limit).
 mod hash_bytes {
-    use super::*;
+    use super::{Deserializer, MAX_META_LEN, Visitor, de, fmt, refuse};
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         d.deserialize_byte_buf(HashVisitor)
