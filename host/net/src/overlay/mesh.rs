@@ -220,9 +220,10 @@ impl FullMesh {
 
     /// Learns of `info` from a message of node `from`: a new node is
     /// dialled; a new incarnation too, but only when `from` speaks of
-    /// itself. Another member's word about a known node changes nothing
-    /// (a member announcing someone's incarnation as `u64::MAX` would
-    /// otherwise shut the real node out).
+    /// itself. Another member's word about a known node never changes its
+    /// incarnation (a member announcing someone's incarnation as `u64::MAX`
+    /// would otherwise shut the real node out); of a newer run of a member
+    /// without a connection, it only gives an address to dial.
     fn learn(&mut self, now: Instant, from: NodeId, info: NodeInfo) {
         if info.id == self.me.id || check_info(&info).is_err() {
             return;
@@ -248,6 +249,16 @@ impl FullMesh {
                 }
                 self.actions.push_back(Action::Connect(info.clone()));
                 self.refresh_deadline(info.id);
+            }
+            Some(m) if !own_word && info.incarnation > m.info.incarnation && !m.connected => {
+                // Hearsay of a newer run of a member this node has no
+                // connection to (it restarted elsewhere): dial the address
+                // given. The incarnation stays; the connection's handshake
+                // (authenticated, the node id bound to its key) says which
+                // run answers there, if any.
+                m.info.addr = info.addr.clone();
+                let dial = m.info.clone();
+                self.actions.push_back(Action::Connect(dial));
             }
             Some(_) => {}
             None => {
