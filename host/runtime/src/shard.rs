@@ -947,7 +947,14 @@ impl Shard {
         let router = self.router.as_deref().expect("router is home between calls");
         let inbox =
             router.inboxes.get(&address).map(|mb| mb.inbox.iter().map(snapshot::record).collect()).unwrap_or_default();
-        let host = HostState { inbox, next_corr: router.refs.tags().peek() };
+        let mut outstanding: Vec<(u64, u64)> = router
+            .outstanding
+            .iter()
+            .filter(|(_, (requester, _))| *requester == address)
+            .map(|(&corr, &(_, target))| (corr, target.0))
+            .collect();
+        outstanding.sort_unstable();
+        let host = HostState { inbox, next_corr: router.refs.tags().peek(), outstanding };
         let live = self.reactors.get_mut(&address).ok_or(SnapshotError::NoSuchReactor(address))?;
         snapshot::capture(&mut live.reactor, &mut live.tracking, address, host, options, cp)
     }
@@ -1008,7 +1015,7 @@ impl Shard {
             });
         }
         let refs = self.router_ref().refs.clone();
-        let Restored { address, reactor, inbox: queued, damaged } =
+        let Restored { address, reactor, inbox: queued, damaged, outstanding } =
             plan.rebuild(i, &self.engine, self.config.limits, &refs)?;
         if let Some(cause) = damaged {
             // Damaged pages fail this reactor only; the restore goes on.
@@ -1030,7 +1037,11 @@ impl Shard {
         if !inbox.is_empty() && inbox.schedule() {
             router.ready.push_back(address);
         }
-        router.inboxes.insert(address, Mailbox { inbox, account, parent: Address::HOST, children: 0, waiting: 0 });
+        let waiting = outstanding.len() as u32;
+        for (corr, target) in outstanding {
+            router.outstanding.insert(corr, (address, target));
+        }
+        router.inboxes.insert(address, Mailbox { inbox, account, parent: Address::HOST, children: 0, waiting });
         router.population += 1;
         router.modules.insert(address, reactor.module_hash());
         self.reactors.insert(address, Live::new(reactor));

@@ -360,3 +360,27 @@ fn the_host_mailbox_is_bounded_in_bytes() {
         rt.call_typed(f, &FaultyCmd::Flood { to: Address::HOST.0, len: 100, times: 10 }).unwrap();
     assert_eq!(accepted, 10);
 }
+
+/// The outstanding-request check must not cost restores their replies: a
+/// snapshot records each reactor's requests waiting for replies, and the
+/// restored reactor takes the replies to them.
+#[test]
+fn requests_waiting_at_a_checkpoint_are_answered_after_the_restore() {
+    use protocols::{PingMsg, PingReport};
+    let pingpong = module("pingpong");
+    let mut first = shard();
+    let (a, b) = (first.spawn(&pingpong, &[]).unwrap(), first.spawn(&pingpong, &[]).unwrap());
+    let play = PingMsg::Play { peer: Some(b.0), rounds: 20, window: 4, requests: true };
+    first.request(a, postcard::to_allocvec(&play).unwrap(), false).unwrap();
+    // Mid-game: requests from `a` wait in `b`'s inbox or as replies.
+    first.run_for(3);
+    let cp = first.checkpoint(Default::default()).unwrap();
+    let mut second = shard();
+    let mut restored = second.restore(&[&cp]).unwrap();
+    restored.sort_unstable();
+    assert_eq!(restored, vec![a, b]);
+    second.run_until_idle();
+    let report: PingReport = second.call_typed(a, &PingMsg::Report).unwrap();
+    assert_eq!(report.echoes, 20, "every request of the game was answered after the restore");
+    assert_eq!(second.stats().unmatched_replies, 0);
+}

@@ -268,6 +268,9 @@ pub(crate) struct HostState {
     /// The next serial its node's tag source would hand out (so a restore
     /// never reissues a correlation id it holds).
     pub(crate) next_corr: u64,
+    /// Its requests waiting for replies: (correlation id, the reactor
+    /// asked), so replies to them are still taken after a restore.
+    pub(crate) outstanding: Vec<(u64, u64)>,
 }
 
 /// Takes one reactor's part at a boundary.
@@ -338,8 +341,7 @@ pub(crate) fn capture<H: HostContext>(
             inbox: host.inbox,
             blobs,
             next_corr: host.next_corr,
-            // The runtime does not track outstanding requests yet.
-            outstanding: Vec::new(),
+            outstanding: host.outstanding,
             runs: Vec::new(),
         },
         pages,

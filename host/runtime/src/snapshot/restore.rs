@@ -225,6 +225,9 @@ pub(crate) struct Restored<H: HostContext> {
     /// Set when its pages are damaged: the shard records it as failed
     /// with this cause instead of running it (the instance is not filled).
     pub(crate) damaged: Option<SnapshotError>,
+    /// Its requests waiting for replies: (correlation id, the reactor
+    /// asked).
+    pub(crate) outstanding: Vec<(u64, Address)>,
 }
 
 impl<'a> Plan<'a> {
@@ -358,7 +361,8 @@ impl<'a> Plan<'a> {
             }
         }
         let inbox = if damaged.is_none() { entry.inbox.iter().map(envelope).collect() } else { Vec::new() };
-        Ok(Restored { address, reactor, inbox, damaged })
+        let outstanding = entry.outstanding.iter().map(|&(corr, to)| (corr, Address(to))).collect();
+        Ok(Restored { address, reactor, inbox, damaged, outstanding })
     }
 }
 
