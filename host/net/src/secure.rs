@@ -299,15 +299,17 @@ impl fmt::Debug for Sealer {
     }
 }
 
-impl Sealer {
-    fn next_nonce(&mut self) -> Result<u64, SecureError> {
-        let n = self.nonce;
-        self.nonce = n.checked_add(1).ok_or(SecureError::Record("the nonces of this connection are used up"))?;
-        Ok(n)
-    }
+/// The nonce to use now; counts `nonce` up (a direction's nonces never
+/// repeat: when they run out, so does the connection).
+fn take_nonce(nonce: &mut u64) -> Result<u64, SecureError> {
+    let n = *nonce;
+    *nonce = n.checked_add(1).ok_or(SecureError::Record("the nonces of this connection are used up"))?;
+    Ok(n)
+}
 
+impl Sealer {
     fn seal_into(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), SecureError> {
-        let nonce = self.next_nonce()?;
+        let nonce = take_nonce(&mut self.nonce)?;
         let at = out.len();
         out.resize(at + plain.len() + TAG_LEN, 0);
         let n = self
@@ -346,8 +348,7 @@ impl Opener {
         if ciphertext.len() < TAG_LEN {
             return Err(SecureError::Record("a record shorter than its tag"));
         }
-        let nonce = self.nonce;
-        self.nonce = nonce.checked_add(1).ok_or(SecureError::Record("the nonces of this connection are used up"))?;
+        let nonce = take_nonce(&mut self.nonce)?;
         let at = plain.len();
         plain.resize(at + ciphertext.len() - TAG_LEN, 0);
         match self.transport.read_message(nonce, ciphertext, &mut plain[at..]) {

@@ -62,6 +62,12 @@ impl NodeBudget {
     pub(crate) fn release(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::AcqRel);
     }
+
+    /// Charges `n` bytes whatever the limit (what a restore brings back,
+    /// messages accepted before).
+    fn charge_forced(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+    }
 }
 
 /// `n` bytes charged to a node budget, returned when dropped (a live blob,
@@ -80,7 +86,7 @@ impl NodeCharge {
 
     /// `n` bytes charged whatever the limit (what a restore brings back).
     pub(crate) fn forced(budget: Arc<NodeBudget>, n: usize) -> Self {
-        budget.used.fetch_add(n, Ordering::AcqRel);
+        budget.charge_forced(n);
         Self { budget, bytes: n }
     }
 
@@ -190,7 +196,7 @@ impl LocalBudget {
             self.free -= n;
         } else {
             let draw = n - self.free;
-            self.node.used.fetch_add(draw, Ordering::AcqRel);
+            self.node.charge_forced(draw);
             self.drawn += draw;
             self.free = 0;
         }

@@ -271,9 +271,7 @@ impl<H: HostContext> ReactorData<H> {
     /// Holds `blob` whatever the budget (a restore brings back what the
     /// reactor held).
     pub(crate) fn hold_restored(&mut self, blob: Arc<Blob>) {
-        if !self.limiter.account.try_charge(blob.len()) {
-            self.limiter.account.force_charge(blob.len());
-        }
+        self.limiter.account.force_charge(blob.len());
         self.held.insert(blob.tag(), blob);
     }
 

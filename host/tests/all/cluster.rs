@@ -1,110 +1,9 @@
 //! Real clusters: `host node` processes on loopback, real sockets, talked
 //! to through their admin sockets as a user would.
-use host::node::admin::Client;
+use crate::nodes::{CONVERGE, NodeProc, SECRET, scratch, start, wait_until};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
-
-const SECRET: &str = "the cluster secret of the tests";
-
-struct NodeProc {
-    id: u16,
-    child: Child,
-    dir: PathBuf,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("reactor-cluster-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Starts a node with its data directory under `root` and waits for its
-/// listening line.
-fn start(root: &Path, id: u16, secret: &str, args: &[&str]) -> NodeProc {
-    let dir = root.join(format!("n{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret_file = root.join(format!("secret-{id}"));
-    std::fs::write(&secret_file, secret).unwrap();
-    let log = root.join(format!("n{id}.log"));
-    let cache = std::env::temp_dir().join(format!("reactor-host-test-cache-{}", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(["--cache-dir", cache.to_str().unwrap(), "--log", "info", "node", "--id", &id.to_string(), "--shards", "1"])
-        .args(["--secret-file", secret_file.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("host binary runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line
-        .split(" listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("node {id} did not start: {line:?}; log: {}", std::fs::read_to_string(&log).unwrap_or_default()))
-        .to_owned();
-    NodeProc { id, child, dir, addr, log }
-}
-
-impl NodeProc {
-    fn admin(&self) -> Client {
-        Client::connect(&self.dir).unwrap()
-    }
-
-    fn status(&self) -> Value {
-        self.admin().request(json!({"op": "status"})).unwrap()
-    }
-
-    /// Members this node believes up.
-    fn up(&self) -> Vec<u16> {
-        let s = self.status();
-        let mut v: Vec<u16> = s["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["up"] == json!(true))
-            .map(|m| m["id"].as_u64().unwrap() as u16)
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn spawn(&self, module: &str, init: Value) -> u64 {
-        let v = self.admin().request(json!({"op": "spawn", "module": module, "init": init})).unwrap();
-        v["tag"].as_u64().unwrap()
-    }
-
-    fn call(&self, to: u64, msg: Value) -> anyhow::Result<Value> {
-        Ok(self.admin().request(json!({"op": "call", "to": to, "msg": msg, "timeout_ms": 20_000}))?)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-const CONVERGE: Duration = Duration::from_secs(30);
 
 /// Three node processes in a full mesh: reactors on every node reach
 /// reactors on every other by address; reactor-to-reactor ping-pong crosses
@@ -112,7 +11,7 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// when it restarts it rejoins with a new incarnation.
 #[test]
 fn mesh_of_three_processes_routes_detects_a_crash_and_takes_back_a_restart() {
-    let root = scratch("mesh");
+    let root = scratch("cluster", "mesh");
     let n1 = start(&root, 1, SECRET, &[]);
     let n2 = start(&root, 2, SECRET, &["--seed", &n1.addr]);
     let mut n3 = start(&root, 3, SECRET, &["--seed", &n1.addr]);
@@ -120,30 +19,30 @@ fn mesh_of_three_processes_routes_detects_a_crash_and_takes_back_a_restart() {
         wait_until(&format!("node {} sees all three up", n.id), CONVERGE, || n.up() == [1, 2, 3]);
     }
     // A counter on each node, added to from every node.
-    let counters: Vec<u64> = [&n1, &n2, &n3].iter().map(|n| n.spawn("counter", Value::Null)).collect();
+    let counters: Vec<u64> = [&n1, &n2, &n3].iter().map(|n| n.spawn("counter")).collect();
     for (i, c) in counters.iter().enumerate() {
         assert_eq!(c >> 48, i as u64 + 1, "the address names the node it lives on");
     }
     for n in [&n1, &n2, &n3] {
         for &c in &counters {
-            n.call(c, json!({"Add": n.id as u64})).unwrap();
+            n.try_call(c, json!({"Add": n.id as u64})).unwrap();
         }
     }
     for &c in &counters {
-        assert_eq!(n2.call(c, json!("Get")).unwrap(), json!(6), "1 + 2 + 3 from the three nodes");
+        assert_eq!(n2.try_call(c, json!("Get")).unwrap(), json!(6), "1 + 2 + 3 from the three nodes");
     }
     // Reactor to reactor across nodes: a pinger on node 1 plays 2,000
     // one-way ping/pong rounds with a partner on node 3.
-    let partner = n3.spawn("pingpong", Value::Null);
-    let pinger = n1.spawn("pingpong", Value::Null);
+    let partner = n3.spawn("pingpong");
+    let pinger = n1.spawn("pingpong");
     let report = n1
-        .call(pinger, json!({"Play": {"peer": partner, "rounds": 2000, "window": 32, "requests": false}}))
+        .try_call(pinger, json!({"Play": {"peer": partner, "rounds": 2000, "window": 32, "requests": false}}))
         .unwrap();
     assert_eq!(report["pongs"], json!(2000), "{report}");
-    assert_eq!(n3.call(partner, json!("Report")).unwrap()["pings"], json!(2000));
+    assert_eq!(n3.try_call(partner, json!("Report")).unwrap()["pings"], json!(2000));
     // And request–response between reactors across nodes.
     let report = n1
-        .call(pinger, json!({"Play": {"peer": partner, "rounds": 500, "window": 8, "requests": true}}))
+        .try_call(pinger, json!({"Play": {"peer": partner, "rounds": 500, "window": 8, "requests": true}}))
         .unwrap();
     assert_eq!(report["echoes"], json!(500), "{report}");
     let s = n1.status();
@@ -158,7 +57,7 @@ fn mesh_of_three_processes_routes_detects_a_crash_and_takes_back_a_restart() {
         assert!(events.as_array().unwrap().iter().any(|e| e["down"] == json!(3)), "{events}");
     }
     // A call to a reactor of the dead node fails instead of hanging.
-    assert!(n1.call(partner, json!("Report")).is_err());
+    assert!(n1.try_call(partner, json!("Report")).is_err());
     // Node 3 restarts on the same data directory and rejoins.
     drop(n3);
     let n3 = start(&root, 3, SECRET, &["--seed", &n2.addr]);
@@ -169,9 +68,9 @@ fn mesh_of_three_processes_routes_detects_a_crash_and_takes_back_a_restart() {
     let m3 = s["members"].as_array().unwrap().iter().find(|m| m["id"] == json!(3)).unwrap().clone();
     assert_eq!(m3["incarnation"], json!(2), "{m3}");
     // New reactors on the restarted node never reuse an address.
-    let fresh = n3.spawn("counter", Value::Null);
+    let fresh = n3.spawn("counter");
     assert!(fresh != partner && fresh != counters[2]);
-    assert_eq!(n1.call(fresh, json!({"Add": 5})).unwrap(), json!(5));
+    assert_eq!(n1.try_call(fresh, json!({"Add": 5})).unwrap(), json!(5));
 }
 
 /// A node with the wrong secret never joins, and is logged; garbage, an
@@ -179,7 +78,7 @@ fn mesh_of_three_processes_routes_detects_a_crash_and_takes_back_a_restart() {
 /// own connection; the node goes on serving.
 #[test]
 fn nodes_without_credentials_and_hostile_bytes_are_refused() {
-    let root = scratch("refuse");
+    let root = scratch("cluster", "refuse");
     let n1 = start(&root, 1, SECRET, &[]);
     let intruder = start(&root, 2, "not the cluster secret at all", &["--seed", &n1.addr]);
     wait_until("the intruder is refused", CONVERGE, || n1.status()["refused_connections"].as_u64().unwrap() >= 1);
@@ -208,8 +107,8 @@ fn nodes_without_credentials_and_hostile_bytes_are_refused() {
     let refused = n1.status()["refused_connections"].as_u64().unwrap();
     assert!(refused > hostile.len() as u64, "each hostile connection is counted: {refused}");
     // Still serving.
-    let c = n1.spawn("counter", Value::Null);
-    assert_eq!(n1.call(c, json!({"Add": 2})).unwrap(), json!(2));
+    let c = n1.spawn("counter");
+    assert_eq!(n1.try_call(c, json!({"Add": 2})).unwrap(), json!(2));
     assert_eq!(n1.up(), [1]);
 }
 
@@ -220,7 +119,7 @@ fn nodes_without_credentials_and_hostile_bytes_are_refused() {
 /// once.
 #[test]
 fn reliable_channel_delivers_exactly_once_through_injected_faults() {
-    let root = scratch("faults");
+    let root = scratch("cluster", "faults");
     let schedule = json!({
         "seed": 7,
         "events": [{"at_ms": 0, "event": {"set_rule": {"name": "chaos", "rule": {
@@ -235,13 +134,13 @@ fn reliable_channel_delivers_exactly_once_through_injected_faults() {
     for n in [&n1, &n2] {
         wait_until(&format!("node {} sees both up", n.id), CONVERGE, || n.up() == [1, 2]);
     }
-    let partner = n2.spawn("pingpong", Value::Null);
-    let pinger = n1.spawn("pingpong", Value::Null);
+    let partner = n2.spawn("pingpong");
+    let pinger = n1.spawn("pingpong");
     let report = n1
-        .call(pinger, json!({"Play": {"peer": partner, "rounds": 3000, "window": 64, "requests": false}}))
+        .try_call(pinger, json!({"Play": {"peer": partner, "rounds": 3000, "window": 64, "requests": false}}))
         .unwrap();
     assert_eq!(report["pongs"], json!(3000), "{report}");
-    assert_eq!(n2.call(partner, json!("Report")).unwrap()["pings"], json!(3000), "every ping exactly once");
+    assert_eq!(n2.try_call(partner, json!("Report")).unwrap()["pings"], json!(3000), "every ping exactly once");
     // The faults really happened: connections were closed by corrupted
     // frames and dialed again.
     let lanes = n1.status()["lanes"].clone();
@@ -257,19 +156,19 @@ fn reliable_channel_delivers_exactly_once_through_injected_faults() {
 /// connection; with `--multiplex` one connection per peer carries all.
 #[test]
 fn channels_and_lanes_are_separate_connections_unless_multiplexed() {
-    let root = scratch("lanes");
+    let root = scratch("cluster", "lanes");
     let bulk = ["--lanes", "3", "--channel", "bulk:lanes=2:min-bytes=10000"];
     let n1 = start(&root, 1, SECRET, &bulk);
     let n2 = start(&root, 2, SECRET, &[&bulk[..], &["--seed", &n1.addr]].concat());
     wait_until("both up", CONVERGE, || n1.up() == [1, 2] && n2.up() == [1, 2]);
-    let counters: Vec<u64> = (0..12).map(|_| n2.spawn("counter", Value::Null)).collect();
+    let counters: Vec<u64> = (0..12).map(|_| n2.spawn("counter")).collect();
     for &c in &counters {
-        assert_eq!(n1.call(c, json!({"Add": 1})).unwrap(), json!(1));
+        assert_eq!(n1.try_call(c, json!({"Add": 1})).unwrap(), json!(1));
     }
-    let kv = n2.spawn("kv", Value::Null);
+    let kv = n2.spawn("kv");
     let big = "x".repeat(50_000);
-    n1.call(kv, json!({"Put": {"key": "k", "value": big}})).unwrap();
-    assert_eq!(n1.call(kv, json!({"Get": {"key": "k"}})).unwrap(), json!({"Value": big}));
+    n1.try_call(kv, json!({"Put": {"key": "k", "value": big}})).unwrap();
+    assert_eq!(n1.try_call(kv, json!({"Get": {"key": "k"}})).unwrap(), json!({"Value": big}));
     let lanes = n1.status()["lanes"].clone();
     let on = |ch: &str| -> Vec<Value> {
         lanes.as_array().unwrap().iter().filter(|l| l["channel"] == json!(ch) && l["peer"] == json!(2)).cloned().collect()
@@ -284,9 +183,9 @@ fn channels_and_lanes_are_separate_connections_unless_multiplexed() {
     let m1 = start(&root, 3, SECRET, &["--multiplex", "--lanes", "3"]);
     let m2 = start(&root, 4, SECRET, &["--multiplex", "--lanes", "3", "--seed", &m1.addr]);
     wait_until("both up", CONVERGE, || m1.up() == [3, 4] && m2.up() == [3, 4]);
-    let counters: Vec<u64> = (0..12).map(|_| m2.spawn("counter", Value::Null)).collect();
+    let counters: Vec<u64> = (0..12).map(|_| m2.spawn("counter")).collect();
     for &c in &counters {
-        assert_eq!(m1.call(c, json!({"Add": 2})).unwrap(), json!(2));
+        assert_eq!(m1.try_call(c, json!({"Add": 2})).unwrap(), json!(2));
     }
     let lanes = m1.status()["lanes"].clone();
     let all: Vec<&Value> = lanes.as_array().unwrap().iter().filter(|l| l["peer"] == json!(4)).collect();
@@ -297,13 +196,13 @@ fn channels_and_lanes_are_separate_connections_unless_multiplexed() {
 /// Plays `rounds` one-way ping-pong rounds between a reactor on `a` and one
 /// on `b`, through whatever route the overlay gives.
 fn ping_across(a: &NodeProc, b: &NodeProc, rounds: u64) {
-    let partner = b.spawn("pingpong", Value::Null);
-    let pinger = a.spawn("pingpong", Value::Null);
+    let partner = b.spawn("pingpong");
+    let pinger = a.spawn("pingpong");
     let report = a
-        .call(pinger, json!({"Play": {"peer": partner, "rounds": rounds, "window": 16, "requests": false}}))
+        .try_call(pinger, json!({"Play": {"peer": partner, "rounds": rounds, "window": 16, "requests": false}}))
         .unwrap();
     assert_eq!(report["pongs"], json!(rounds), "node {} to node {}: {report}", a.id, b.id);
-    assert_eq!(b.call(partner, json!("Report")).unwrap()["pings"], json!(rounds));
+    assert_eq!(b.try_call(partner, json!("Report")).unwrap()["pings"], json!(rounds));
 }
 
 /// Client–server: two servers, two clients. Everyone learns everyone;
@@ -311,7 +210,7 @@ fn ping_across(a: &NodeProc, b: &NodeProc, rounds: u64) {
 /// other through the servers.
 #[test]
 fn client_server_overlay_routes_clients_through_servers() {
-    let root = scratch("cs");
+    let root = scratch("cluster", "cs");
     let cs = ["--overlay", "client-server"];
     let s1 = start(&root, 1, SECRET, &[&cs[..], &["--role", "server"]].concat());
     let s2 = start(&root, 2, SECRET, &[&cs[..], &["--role", "server", "--seed", &s1.addr]].concat());
@@ -336,7 +235,7 @@ fn client_server_overlay_routes_clients_through_servers() {
 /// neighbours); a killed node is reported down by every survivor.
 #[test]
 fn hyparview_overlay_converges_routes_and_detects_a_crash() {
-    let root = scratch("hpv");
+    let root = scratch("cluster", "hpv");
     let hv = ["--overlay", "hyparview"];
     let mut nodes = vec![start(&root, 1, SECRET, &hv)];
     for id in 2..=6u16 {
@@ -363,7 +262,7 @@ fn hyparview_overlay_converges_routes_and_detects_a_crash() {
 /// itself (the others report it down).
 #[test]
 fn a_fault_schedule_partitions_heals_and_crashes_real_nodes() {
-    let root = scratch("schedule");
+    let root = scratch("cluster", "schedule");
     let schedule = json!({"seed": 3, "events": [
         {"at_ms": 4000, "event": {"partition": {"sides": [[1, 2], [3]]}}},
         {"at_ms": 10000, "event": "heal"},
@@ -387,8 +286,8 @@ fn a_fault_schedule_partitions_heals_and_crashes_real_nodes() {
         n.status()["members"].as_array().unwrap().iter().any(|m| m["id"] == json!(to) && !m["via"].is_null())
     };
     wait_until("node 1 has a route to node 3 again", CONVERGE, || routed(&n1, 3));
-    let c = n3.spawn("counter", Value::Null);
-    assert_eq!(n1.call(c, json!({"Add": 4})).unwrap(), json!(4));
+    let c = n3.spawn("counter");
+    assert_eq!(n1.try_call(c, json!({"Add": 4})).unwrap(), json!(4));
     let status = n2.child.wait().unwrap();
     assert!(!status.success(), "node 2 crashed itself on schedule: {status}");
     assert!(n2.log().contains("crashing node 2"), "{}", n2.log());
@@ -406,7 +305,7 @@ fn a_fault_schedule_partitions_heals_and_crashes_real_nodes() {
 #[test]
 fn causal_channel_orders_messages_across_three_processes() {
     for causal in [true, false] {
-        let root = scratch(if causal { "causal" } else { "causal-off" });
+        let root = scratch("cluster", if causal { "causal" } else { "causal-off" });
         let schedule = json!({"seed": 1, "events": [{"at_ms": 0, "event": {"set_rule": {"name": "slow 1 to 3",
             "rule": {"node": 1, "peer": 3, "channel": 1, "direction": "send", "delay_ms": [1500, 1500]}}}}]});
         let file = root.join("slow.json");
@@ -422,7 +321,7 @@ fn causal_channel_orders_messages_across_three_processes() {
         for n in [&n1, &n2, &n3] {
             wait_until(&format!("node {} sees all three", n.id), CONVERGE, || n.up() == [1, 2, 3]);
         }
-        let kv = n3.spawn("kv", Value::Null);
+        let kv = n3.spawn("kv");
         let send = |n: &NodeProc, to: Value, msg: Value| n.admin().request(json!({"op": "send", "to": to, "msg": msg})).unwrap();
         send(&n1, json!(kv), json!({"Put": {"key": "x", "value": "1"}}));
         send(&n1, json!("#2.host"), json!("m2"));
@@ -434,7 +333,7 @@ fn causal_channel_orders_messages_across_three_processes() {
         assert_eq!(got[0]["msg"], json!("m2"), "{got:?}");
         send(&n2, json!(kv), json!({"Put": {"key": "x", "value": "2"}}));
         std::thread::sleep(Duration::from_millis(2500));
-        let x = n3.call(kv, json!({"Get": {"key": "x"}})).unwrap();
+        let x = n3.try_call(kv, json!({"Get": {"key": "x"}})).unwrap();
         let want = if causal { "2" } else { "1" };
         assert_eq!(x, json!({"Value": want}), "causal = {causal}");
     }
@@ -445,28 +344,28 @@ fn causal_channel_orders_messages_across_three_processes() {
 /// they spread over the lanes by destination.
 #[test]
 fn an_explicit_partition_key_keeps_messages_on_one_lane() {
-    let root = scratch("affinity");
+    let root = scratch("cluster", "affinity");
     let n1 = start(&root, 1, SECRET, &["--lanes", "4"]);
     let n2 = start(&root, 2, SECRET, &["--lanes", "4", "--seed", &n1.addr]);
     wait_until("both up", CONVERGE, || n1.up() == [1, 2] && n2.up() == [1, 2]);
-    let peers: Vec<u64> = (0..12).map(|_| n2.spawn("pingpong", Value::Null)).collect();
+    let peers: Vec<u64> = (0..12).map(|_| n2.spawn("pingpong")).collect();
     let lanes_used = |n: &NodeProc| -> usize {
         let lanes = n.status()["lanes"].clone();
         lanes.as_array().unwrap().iter().filter(|l| l["channel"] == json!("default") && l["frames"].as_u64().unwrap() > 0).count()
     };
-    let keyed = n1.spawn("pingpong", Value::Null);
-    assert_eq!(n1.call(keyed, json!({"Scatter": {"peers": peers, "key": 42}})).unwrap(), json!(12));
+    let keyed = n1.spawn("pingpong");
+    assert_eq!(n1.try_call(keyed, json!({"Scatter": {"peers": peers, "key": 42}})).unwrap(), json!(12));
     wait_until("the partners got their pings", CONVERGE, || {
-        peers.iter().all(|&p| n2.call(p, json!("Report")).unwrap()["pings"] == json!(1))
+        peers.iter().all(|&p| n2.try_call(p, json!("Report")).unwrap()["pings"] == json!(1))
     });
     assert_eq!(lanes_used(&n1), 1, "one key, one lane: {}", n1.status()["lanes"]);
     // The same from a node that has not sent yet, without a key.
     let n3 = start(&root, 3, SECRET, &["--lanes", "4", "--seed", &n1.addr]);
     wait_until("all up", CONVERGE, || n3.up() == [1, 2, 3]);
-    let plain = n3.spawn("pingpong", Value::Null);
-    assert_eq!(n3.call(plain, json!({"Scatter": {"peers": peers, "key": 0}})).unwrap(), json!(12));
+    let plain = n3.spawn("pingpong");
+    assert_eq!(n3.try_call(plain, json!({"Scatter": {"peers": peers, "key": 0}})).unwrap(), json!(12));
     wait_until("the partners got their second pings", CONVERGE, || {
-        peers.iter().all(|&p| n2.call(p, json!("Report")).unwrap()["pings"] == json!(2))
+        peers.iter().all(|&p| n2.try_call(p, json!("Report")).unwrap()["pings"] == json!(2))
     });
     assert!(lanes_used(&n3) >= 2, "by destination, 12 reactors spread: {}", n3.status()["lanes"]);
 }

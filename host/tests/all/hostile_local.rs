@@ -5,6 +5,7 @@
 //! and that the node under attack keeps serving: a reactor on it still
 //! answers and what it stored is untouched.
 use host::node::admin::protocol::{self, ModuleRef, Op};
+use crate::nodes::{self, NodeProc, SECRET, host_command};
 use host::node::admin::{Client, MAX_CONNECTIONS};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -13,60 +14,29 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 /// The uid and gid of the other local user (`nobody`).
 const OTHER: u32 = 65534;
 
-struct NodeProc {
-    child: Child,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A fresh scratch directory (mode 0755, like any directory the user makes).
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("reactor-local-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = nodes::scratch("local", name);
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
     d
-}
-
-fn host_cmd(cache: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_host"));
-    c.args(["--cache-dir", cache.to_str().unwrap(), "--log", "info"]);
-    c
 }
 
 /// Starts `host node` on data directory `dir`; `Err` with its output if it
 /// exits instead of announcing itself.
 fn try_start(root: &Path, dir: &Path, cache: &Path) -> Result<NodeProc, String> {
     let secret = root.join("secret");
-    std::fs::write(&secret, "the cluster secret of the tests").unwrap();
+    std::fs::write(&secret, SECRET).unwrap();
     let log = root.join(format!("{}.log", dir.file_name().unwrap().to_str().unwrap()));
-    let mut child = host_cmd(cache)
-        .args(["node", "--id", "1", "--shards", "1", "--secret-file", secret.to_str().unwrap()])
-        .args(["--data-dir", dir.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("host binary runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    if line.contains(" listening on ") {
-        return Ok(NodeProc { child, dir: dir.to_owned(), log });
-    }
-    let status = child.wait().unwrap();
-    Err(format!("{status}: {line}{}", std::fs::read_to_string(&log).unwrap_or_default()))
+    let mut c = host_command(cache);
+    c.args(["node", "--id", "1", "--shards", "1", "--secret-file", secret.to_str().unwrap()])
+        .args(["--data-dir", dir.to_str().unwrap()]);
+    nodes::launch(c, 1, dir, &log)
 }
 
 fn start(root: &Path, dir: &Path, cache: &Path) -> NodeProc {
@@ -74,15 +44,6 @@ fn start(root: &Path, dir: &Path, cache: &Path) -> NodeProc {
 }
 
 impl NodeProc {
-    fn admin(&self) -> Client {
-        Client::connect(&self.dir).unwrap()
-    }
-
-    fn spawn(&self, module: &str) -> u64 {
-        let v = self.admin().request(json!({"op": "spawn", "module": module})).unwrap();
-        v["tag"].as_u64().unwrap()
-    }
-
     fn spawn_err(&self, module: &str) -> String {
         match self.admin().request(json!({"op": "spawn", "module": module})) {
             Ok(v) => panic!("spawning {module} worked: {v}"),
@@ -90,19 +51,11 @@ impl NodeProc {
         }
     }
 
-    fn call(&self, to: u64, msg: Value) -> Value {
-        self.admin().request(json!({"op": "call", "to": to, "msg": msg, "timeout_ms": 20_000})).unwrap()
-    }
-
     /// Asserts the node still serves: the counter `c` still counts.
     fn still_serves(&self, c: u64) {
         let before = self.call(c, json!("Get")).as_u64().unwrap();
         self.call(c, json!({"Add": 1}));
         assert_eq!(self.call(c, json!("Get")), json!(before + 1), "the node's reactor answers");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -262,7 +215,7 @@ fn hostile_module_paths_are_refused_and_never_echoed() {
     assert!(e.contains("is loaded on this node"), "{e}");
 
     // The command line refuses the same.
-    let out = host_cmd(&root.join("cache")).args(["check", "/dev/zero"]).output().unwrap();
+    let out = host_command(&root.join("cache")).args(["check", "/dev/zero"]).output().unwrap();
     assert!(!out.status.success() && text(&out).contains("character device"), "{}", text(&out));
     node.still_serves(c);
 }
@@ -435,14 +388,14 @@ fn a_tampered_cache_artifact_is_never_loaded() {
     bytes[code_len..].copy_from_slice(&sum);
     std::fs::write(&path, &bytes).unwrap();
 
-    let out = host_cmd(&cache).args(["check", example_guests::path("counter").to_str().unwrap()]).output().unwrap();
+    let out = host_command(&cache).args(["check", example_guests::path("counter").to_str().unwrap()]).output().unwrap();
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("code     Compiled"), "the tampered artifact was loaded: {t}");
     assert!(t.contains("failed authentication"), "a warning says why: {t}");
     assert_ne!(std::fs::read(&path).unwrap(), bytes, "the artifact was replaced");
     // The replacement is authentic: the next load uses it.
-    let out = host_cmd(&cache).args(["check", example_guests::path("counter").to_str().unwrap()]).output().unwrap();
+    let out = host_command(&cache).args(["check", example_guests::path("counter").to_str().unwrap()]).output().unwrap();
     assert!(text(&out).contains("code     Disk"), "{}", text(&out));
 
     // A second node on the (repaired) cache serves, and so does the first.
@@ -466,7 +419,7 @@ fn a_cache_directory_others_control_is_refused() {
     let open = root.join("open-cache");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = host_cmd(&open).args(["check", counter]).output().unwrap();
+    let out = host_command(&open).args(["check", counter]).output().unwrap();
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("is writable by group or others (mode 777)"), "{t}");
@@ -478,7 +431,7 @@ fn a_cache_directory_others_control_is_refused() {
     let theirs = root.join("their-cache");
     std::fs::create_dir(&theirs).unwrap();
     std::os::unix::fs::chown(&theirs, Some(OTHER), Some(OTHER)).unwrap();
-    let out = host_cmd(&theirs).args(["check", counter]).output().unwrap();
+    let out = host_command(&theirs).args(["check", counter]).output().unwrap();
     assert!(!out.status.success() && text(&out).contains(&format!("owned by uid {OTHER}")), "{}", text(&out));
 
     // Neither HOME nor XDG_CACHE_HOME: memory only, said in the log.

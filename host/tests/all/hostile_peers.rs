@@ -4,110 +4,32 @@
 //! encrypted handshake with keys of their own, then claim what they are
 //! not. Each test asserts that the attack is refused with a clear reason
 //! in the node's log and that honest nodes go on exchanging messages.
-use host::node::admin::Client;
+use crate::nodes::{self, CONVERGE, NodeProc, SECRET};
 use reactor_net::NodeInfo;
 use reactor_net::auth::{Role, Secret};
 use reactor_net::frame::{Data, Frame, Hello, MAX_PREAUTH_FRAME_LEN};
 use reactor_net::secure::{Handshake, Opener, Sealer, StaticKey, Step};
 use reactor_types::Address;
-use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read, Write};
+use serde_json::json;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const SECRET: &str = "the cluster secret of the tests";
 const CLUSTER: &str = "reactors";
 
-struct NodeProc {
-    child: Child,
-    dir: PathBuf,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("reactor-hostile-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    nodes::scratch("hostile", name)
 }
 
-/// The `host node` command for node `id` under `root`.
-fn command(root: &Path, id: u16, args: &[&str]) -> (Command, PathBuf, PathBuf) {
-    let dir = root.join(format!("n{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret_file = root.join("secret");
-    std::fs::write(&secret_file, SECRET).unwrap();
-    let log = root.join(format!("n{id}.log"));
-    let cache = std::env::temp_dir().join(format!("reactor-host-test-cache-{}", std::process::id()));
-    let mut c = Command::new(env!("CARGO_BIN_EXE_host"));
-    c.args(["--cache-dir", cache.to_str().unwrap(), "--log", "info", "node", "--id", &id.to_string(), "--shards", "1"])
-        .args(["--secret-file", secret_file.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()])
-        .args(args);
-    (c, dir, log)
-}
-
-/// Starts a node and waits for its listening line.
+/// Starts node `id` under `root` with the tests' secret.
 fn start(root: &Path, id: u16, args: &[&str]) -> NodeProc {
-    let (mut c, dir, log) = command(root, id, args);
-    let mut child =
-        c.stdout(Stdio::piped()).stderr(std::fs::File::create(&log).unwrap()).spawn().expect("host binary runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line
-        .split(" listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("node {id} did not start: {line:?}; log: {}", std::fs::read_to_string(&log).unwrap_or_default()))
-        .to_owned();
-    NodeProc { child, dir, addr, log }
+    nodes::start(root, id, SECRET, args)
 }
 
 impl NodeProc {
-    fn admin(&self) -> Client {
-        Client::connect(&self.dir).unwrap()
-    }
-
-    fn status(&self) -> Value {
-        self.admin().request(json!({"op": "status"})).unwrap()
-    }
-
-    fn up(&self) -> Vec<u16> {
-        let s = self.status();
-        let mut v: Vec<u16> = s["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["up"] == json!(true))
-            .map(|m| m["id"].as_u64().unwrap() as u16)
-            .collect();
-        v.sort();
-        v
-    }
-
     fn refused(&self) -> u64 {
         self.status()["refused_connections"].as_u64().unwrap()
-    }
-
-    fn spawn(&self, module: &str) -> u64 {
-        self.admin().request(json!({"op": "spawn", "module": module, "init": null})).unwrap()["tag"].as_u64().unwrap()
-    }
-
-    fn call(&self, to: u64, msg: Value) -> Value {
-        self.admin().request(json!({"op": "call", "to": to, "msg": msg, "timeout_ms": 20_000})).unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn public_key(&self) -> String {
@@ -115,12 +37,8 @@ impl NodeProc {
     }
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    nodes::wait_until(what, CONVERGE, f)
 }
 
 /// Two nodes of a mesh, both up, and a counter on node 2 that node 1 has
@@ -439,7 +357,7 @@ fn settings_the_wire_cannot_carry_are_refused_at_start() {
         (vec!["--name", long.as_str()], "node name"),
         (vec!["--cluster", long.as_str()], "cluster name"),
     ] {
-        let (mut c, _, _) = command(&root, 1, &args);
+        let (mut c, _, _) = nodes::node_command(&root, 1, SECRET, &args);
         let out = c.output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} started");

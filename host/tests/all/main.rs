@@ -1,6 +1,7 @@
 //! Integration tests of the host against the real guests in `guests/`.
 
 mod util;
+mod nodes;
 
 mod faulty;
 mod bad_modules;

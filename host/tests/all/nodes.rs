@@ -1,0 +1,144 @@
+//! `host node` processes for the tests that run real clusters (`cluster`,
+//! `hostile_peers`, `hostile_local`): starting one, talking to it through
+//! its admin socket as a user would, and killing it when the test ends.
+use host::node::admin::Client;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The cluster secret the tests' nodes share.
+pub(crate) const SECRET: &str = "the cluster secret of the tests";
+
+/// How long the tests wait for a cluster to settle.
+pub(crate) const CONVERGE: Duration = Duration::from_secs(30);
+
+/// A running `host node`, killed when dropped.
+pub(crate) struct NodeProc {
+    pub(crate) id: u16,
+    pub(crate) child: Child,
+    pub(crate) dir: PathBuf,
+    pub(crate) addr: String,
+    pub(crate) log: PathBuf,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh scratch directory `<tmp>/reactor-<kind>-<pid>-<name>`.
+pub(crate) fn scratch(kind: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("reactor-{kind}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The compile cache the test binary's nodes share.
+pub(crate) fn test_cache() -> PathBuf {
+    std::env::temp_dir().join(format!("reactor-host-test-cache-{}", std::process::id()))
+}
+
+/// `host --cache-dir <cache> --log info`.
+pub(crate) fn host_command(cache: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_host"));
+    c.args(["--cache-dir", cache.to_str().unwrap(), "--log", "info"]);
+    c
+}
+
+/// The `host node` command for node `id` with its data directory, secret
+/// file and log under `root`: (command, data directory, log).
+pub(crate) fn node_command(root: &Path, id: u16, secret: &str, args: &[&str]) -> (Command, PathBuf, PathBuf) {
+    let dir = root.join(format!("n{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = root.join(format!("secret-{id}"));
+    std::fs::write(&secret_file, secret).unwrap();
+    let log = root.join(format!("n{id}.log"));
+    let mut c = host_command(&test_cache());
+    c.args(["node", "--id", &id.to_string(), "--shards", "1"])
+        .args(["--secret-file", secret_file.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()])
+        .args(args);
+    (c, dir, log)
+}
+
+/// Runs `cmd` (a `host node` of node `id` on `dir`, logging to `log`) and
+/// waits for its listening line; `Err` with its output if it exits
+/// instead of announcing itself.
+pub(crate) fn launch(mut cmd: Command, id: u16, dir: &Path, log: &Path) -> Result<NodeProc, String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("host binary runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    match line.split(" listening on ").nth(1).and_then(|r| r.split_whitespace().next()) {
+        Some(addr) => Ok(NodeProc { id, child, dir: dir.to_owned(), addr: addr.to_owned(), log: log.to_owned() }),
+        None => {
+            let status = child.wait().unwrap();
+            Err(format!("{status}: {line}{}", std::fs::read_to_string(log).unwrap_or_default()))
+        }
+    }
+}
+
+/// Starts node `id` under `root` (see [`node_command`]) and waits for it.
+pub(crate) fn start(root: &Path, id: u16, secret: &str, args: &[&str]) -> NodeProc {
+    let (c, dir, log) = node_command(root, id, secret, args);
+    launch(c, id, &dir, &log).unwrap_or_else(|e| panic!("node {id} did not start: {e}"))
+}
+
+impl NodeProc {
+    pub(crate) fn admin(&self) -> Client {
+        Client::connect(&self.dir).unwrap()
+    }
+
+    pub(crate) fn status(&self) -> Value {
+        self.admin().request(json!({"op": "status"})).unwrap()
+    }
+
+    /// Members this node believes up.
+    pub(crate) fn up(&self) -> Vec<u16> {
+        let s = self.status();
+        let mut v: Vec<u16> = s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["up"] == json!(true))
+            .map(|m| m["id"].as_u64().unwrap() as u16)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Spawns `module` (no init argument); its address.
+    pub(crate) fn spawn(&self, module: &str) -> u64 {
+        self.admin().request(json!({"op": "spawn", "module": module})).unwrap()["tag"].as_u64().unwrap()
+    }
+
+    /// Calls `to` with `msg`; its answer, or the error.
+    pub(crate) fn try_call(&self, to: u64, msg: Value) -> anyhow::Result<Value> {
+        Ok(self.admin().request(json!({"op": "call", "to": to, "msg": msg, "timeout_ms": 20_000}))?)
+    }
+
+    /// Calls `to` with `msg`; its answer.
+    pub(crate) fn call(&self, to: u64, msg: Value) -> Value {
+        self.try_call(to, msg).unwrap()
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Polls `f` until it holds; fails the test after `limit`.
+pub(crate) fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
