@@ -102,9 +102,23 @@ fn memory_of<H: HostContext>(caller: &Caller<'_, ReactorData<H>>, call: &'static
     caller.data().memory().ok_or_else(|| fault(call, "called before the reactor was instantiated".into()))
 }
 
-/// The host context lent for this call.
+/// The host context lent for this call: every call through which a reactor
+/// acts on others goes through it. Refused once a page of its lazily
+/// restored memory was found damaged (the call fails the reactor, whose
+/// failure then names the page).
 fn lent<'a, H: HostContext>(data: &'a mut ReactorData<H>, call: &'static str) -> wasmtime::Result<&'a mut H> {
+    intact(data, call)?;
     data.host().ok_or_else(|| fault(call, "called outside a call into the reactor".into()))
+}
+
+/// Refuses the call once a page of the reactor's lazily restored memory was
+/// found damaged: it may not act on what it read.
+#[inline]
+fn intact<H: HostContext>(data: &ReactorData<H>, call: &'static str) -> wasmtime::Result<()> {
+    match data.damaged() {
+        Some((memory_page, _)) => Err(fault(call, format!("refused: its restored memory page {memory_page} is damaged"))),
+        None => Ok(()),
+    }
 }
 
 /// WASI's module name.
@@ -231,6 +245,7 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
     })?;
 
     linker.func_wrap(m, abi::IMPORT_LOG, |mut caller: Caller<'_, ReactorData<H>>, level: i32, ptr: u32, len: u32| {
+        intact(caller.data(), abi::IMPORT_LOG)?;
         let text = read_guest(&mut caller, abi::IMPORT_LOG, ptr, len.min(MAX_TEXT as u32))?;
         // The full range must still be valid even though only a prefix is kept.
         let memory = memory_of(&caller, abi::IMPORT_LOG)?;
@@ -328,6 +343,7 @@ fn register_blobs<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> wasmti
     )?;
 
     linker.func_wrap(m, abi::IMPORT_BLOB_GIVE, |caller: Caller<'_, ReactorData<H>>, tag: u64, to: u64| {
+        intact(caller.data(), abi::IMPORT_BLOB_GIVE)?;
         let Some(blob) = caller.data().held().get(&tag) else { return Ok(abi::STATUS_NO_SUCH_BLOB) };
         Ok(if blob.grant(Address(to)) { abi::STATUS_OK } else { abi::STATUS_LIMIT })
     })?;

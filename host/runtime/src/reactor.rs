@@ -19,7 +19,8 @@ use crate::budget::{Account, NodeBudget};
 use crate::store::{HostContext, ReactorData, Refusal};
 use guest_sdk::abi;
 use reactor_types::{Address, Failure, FailureReason, ModuleHash};
-use snapshot_format::GlobalValue;
+use crate::sys::protect::lazy::LazyPages;
+use snapshot_format::{FormatError, GlobalValue, HEADER_LEN, PAGE_SIZE};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,6 +119,9 @@ pub(crate) struct Reactor<H: HostContext> {
     ticks: u64,
     /// The module's mutable globals, in `module.globals()` order.
     globals: Vec<Global>,
+    /// Pages restored lazily, checked on first touch (after the store:
+    /// the memory unregisters them when it goes).
+    lazy: LazyPages,
 }
 
 impl<H: HostContext> fmt::Debug for Reactor<H> {
@@ -171,7 +175,7 @@ impl<H: HostContext> Reactor<H> {
             .iter()
             .map(|g| instance.get_global(&mut store, &g.export).expect("exported by the load-time rewrite"))
             .collect();
-        let r = Self { store, receive, memory, module: module.clone(), limits, ticks, globals };
+        let r = Self { store, receive, memory, module: module.clone(), limits, ticks, globals, lazy: LazyPages::default() };
         Ok((r, instance))
     }
 
@@ -218,6 +222,12 @@ impl<H: HostContext> Reactor<H> {
     }
 
     fn check(&mut self, result: wasmtime::Result<i32>, entry: &'static str) -> Result<(), Failure> {
+        if !self.lazy.is_empty() {
+            if let Some(f) = self.damage_failure() {
+                return Err(f);
+            }
+            self.lazy.settle();
+        }
         match result {
             Ok(0) => Ok(()),
             Ok(status) => Err(Failure { reason: FailureReason::Status { entry, status }, backtrace: None }),
@@ -237,6 +247,40 @@ impl<H: HostContext> Reactor<H> {
         let result = self.receive.call(&mut self.store, (batch.len() as u32, count));
         self.reclaim(host);
         self.check(result, abi::EXPORT_RECEIVE)
+    }
+
+    /// Its failure if a page of its lazily restored memory was found
+    /// damaged (whatever its call returned: it may have read the page).
+    fn damage_failure(&self) -> Option<Failure> {
+        let (memory_page, data_page) = self.lazy.damage().found()?;
+        let address = self.store.data().address();
+        let what = if data_page == u64::MAX {
+            "could not be checked (its page protection could not be changed)".to_owned()
+        } else {
+            let source = FormatError::PageCorrupt { page: data_page, file_offset: HEADER_LEN as u64 + data_page * PAGE_SIZE as u64 };
+            format!("comes from {source}")
+        };
+        Some(Failure {
+            reason: FailureReason::Damaged(format!("snapshot of reactor {address} is damaged: its memory page {memory_page} {what}")),
+            backtrace: None,
+        })
+    }
+
+    /// The pages of its memory restored lazily (`snapshot::restore` guards
+    /// them); their damage record is watched by its host calls.
+    pub(crate) fn lazy_pages(&mut self) -> &mut LazyPages {
+        let d = self.lazy.damage().clone();
+        self.store.data_mut().watch_damage(d);
+        &mut self.lazy
+    }
+
+    /// Checks every page of its memory restored lazily and not touched yet
+    /// (before a capture reads the memory): its failure if one is damaged.
+    pub(crate) fn check_lazy_pages(&mut self) -> Result<(), Failure> {
+        if !self.lazy.is_empty() {
+            self.lazy.check_all();
+        }
+        self.damage_failure().map_or(Ok(()), Err)
     }
 
     /// The shared blobs this reactor holds (what a snapshot records by

@@ -944,6 +944,13 @@ impl Shard {
     }
 
     fn capture_into(&mut self, address: Address, options: SnapshotOptions, cp: &mut Checkpoint) -> Result<(), SnapshotError> {
+        // Pages restored lazily and not touched yet are checked before the
+        // capture reads them; a damaged reactor is failed and left out.
+        let live = self.reactors.get_mut(&address).ok_or(SnapshotError::NoSuchReactor(address))?;
+        if let Err(failure) = live.reactor.check_lazy_pages() {
+            self.fail(address, failure);
+            return Ok(());
+        }
         let router = self.router.as_deref().expect("router is home between calls");
         let inbox =
             router.inboxes.get(&address).map(|mb| mb.inbox.iter().map(snapshot::record).collect()).unwrap_or_default();
@@ -1020,7 +1027,7 @@ impl Shard {
         if let Some(cause) = damaged {
             // Damaged pages fail this reactor only; the restore goes on.
             drop(reactor);
-            self.fail(address, Failure { reason: FailureReason::Other(cause.to_string()), backtrace: None });
+            self.fail(address, Failure { reason: FailureReason::Damaged(cause.to_string()), backtrace: None });
             return Ok(());
         }
         let capacity = self.config.inbox_capacity;

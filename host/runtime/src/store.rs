@@ -18,6 +18,7 @@
 
 use crate::budget::{Account, NodeBudget, NodeCharge};
 use crate::refs::{Blob, Refs, RefsError};
+use crate::sys::protect::lazy::Damage;
 use reactor_types::{Address, Envelope, ModuleHash, SendError, SpawnError};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -167,6 +168,9 @@ pub(crate) struct ReactorData<H> {
     /// Shared blobs this reactor holds, by tag (at most
     /// `abi::MAX_HELD_BLOBS`); dropped with the reactor.
     held: FxHashMap<u64, Arc<Blob>>,
+    /// Damage found in pages restored lazily (set while such pages are
+    /// being checked on first touch).
+    damage: Option<Arc<Damage>>,
 }
 
 impl<H: HostContext> ReactorData<H> {
@@ -188,7 +192,20 @@ impl<H: HostContext> ReactorData<H> {
             memory: None,
             host: None,
             held: FxHashMap::default(),
+            damage: None,
         }
+    }
+
+    /// Watches `damage`, the record of pages restored lazily.
+    pub(crate) fn watch_damage(&mut self, damage: Arc<Damage>) {
+        self.damage = Some(damage);
+    }
+
+    /// `(memory page, data page)` of a damaged page found in its lazily
+    /// restored memory, if any: the reactor must not act any more.
+    #[inline]
+    pub(crate) fn damaged(&self) -> Option<(u64, u64)> {
+        self.damage.as_ref().and_then(|d| d.found())
     }
 
     /// The reactor's address.

@@ -256,6 +256,19 @@ impl SnapshotFile {
         check_pages_against(hashes, data_offset / PAGE_SIZE as u64, bytes)
     }
 
+    /// The checksums of the `pages` pages at the page-aligned data-section
+    /// offset `data_offset` (to check them later, page by page); None for a
+    /// format version 1 file or a range outside the data section.
+    pub fn page_hashes(&self, data_offset: u64, pages: u64) -> Option<&[u64]> {
+        let hashes = self.page_hashes.as_deref()?;
+        if !data_offset.is_multiple_of(PAGE_SIZE as u64) {
+            return None;
+        }
+        let first = usize::try_from(data_offset / PAGE_SIZE as u64).ok()?;
+        let end = first.checked_add(usize::try_from(pages).ok()?)?;
+        hashes.get(first..end)
+    }
+
     /// Reads `len` bytes of the data section at the page-aligned
     /// `data_offset` and checks them as [`SnapshotFile::check_pages`] does.
     pub fn verify_pages(&self, data_offset: u64, len: u64) -> Result<(), FormatError> {

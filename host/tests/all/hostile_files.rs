@@ -7,7 +7,7 @@
 use crate::util::*;
 use protocols::{CounterMsg, KvReply, KvReq};
 use reactor_runtime::snapshot::{
-    Capture, FormatError, RestoreOptions, SnapshotError, SnapshotFile, SnapshotOptions, lazy_map_budget,
+    Capture, FormatError, Load, RestoreOptions, SnapshotError, SnapshotFile, SnapshotOptions, lazy_map_budget,
     lazy_mapped_runs, set_lazy_map_budget,
 };
 use reactor_runtime::{Address, Limits, ReactorState, Shard, ShardConfig, abi};
@@ -69,6 +69,36 @@ fn failure_of(rt: &Shard, a: Address) -> String {
 }
 
 #[test]
+fn a_checkpoint_checks_untouched_lazy_pages_and_leaves_a_damaged_reactor_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("three.snap");
+    let (addrs, probes) = three_kvs(&path);
+    let victim = addrs[2];
+    let (data, first_page) = mapped_run_of(&path, victim);
+    let damaged_page = data / PAGE_SIZE as u64 + 1;
+    flip(&path, HEADER_LEN as u64 + damaged_page * PAGE_SIZE as u64 + 7);
+    let mut rt = shard();
+    let f = SnapshotFile::open(&path, abi::ABI_VERSION).unwrap();
+    rt.restore_files(&[f], RestoreOptions::lazy()).unwrap();
+    // Nobody touched the victim's pages: a checkpoint reads them all, so
+    // it checks them first, fails the victim and saves the rest.
+    let cp = rt.checkpoint(SnapshotOptions::new(Capture::Blocking)).unwrap();
+    let cause = failure_of(&rt, victim);
+    assert!(cause.contains(&format!("memory page {}", first_page + 1)), "{cause}");
+    assert!(cause.contains(&format!("data page {damaged_page}")), "{cause}");
+    let saved = cp.reactors();
+    assert_eq!(saved, vec![addrs[0], addrs[1]], "the damaged reactor is left out of the checkpoint");
+    let again = dir.path().join("again.snap");
+    cp.write(&again, &mut |_, _| {}).unwrap();
+    let mut rt2 = shard();
+    let f = SnapshotFile::open(&again, abi::ABI_VERSION).unwrap();
+    rt2.restore_files(&[f], RestoreOptions::lazy()).unwrap();
+    for i in 0..2 {
+        assert_eq!(get(&mut rt2, addrs[i], &probes[i].0), probes[i].1);
+    }
+}
+
+#[test]
 fn a_flipped_bit_fails_only_the_reactor_restored_lazily_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("three.snap");
@@ -88,6 +118,15 @@ fn a_flipped_bit_fails_only_the_reactor_restored_lazily_from_it() {
         let bystander = rt.spawn_with(&module("counter"), &5u64).unwrap();
         restored.sort();
         assert_eq!(restored, addrs, "{options:?}: every reactor is accounted for");
+        if options.load == Load::Lazy {
+            // Lazily mapped pages are checked on first touch: the victim
+            // lives until it reads the damaged page, and its reply to the
+            // request that reads it never leaves.
+            assert!(matches!(rt.state(victim), Some(ReactorState::Running)), "{:?}", rt.state(victim));
+            let all = KvReq::Range { start: String::new(), end: None, limit: u32::MAX };
+            let r = rt.call_typed::<_, KvReply>(victim, &all);
+            assert!(r.is_err(), "a reply built from a damaged page must not leave: {r:?}");
+        }
         let cause = failure_of(&rt, victim);
         assert!(cause.contains(&format!("{victim}")) && cause.contains("damaged"), "{cause}");
         assert!(cause.contains(&format!("memory page {}", first_page + 2)), "{cause}");

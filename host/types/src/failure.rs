@@ -35,6 +35,10 @@ pub enum FailureReason {
     /// The guest trapped after the host refused to grow its memory because
     /// its byte budget (or the node's) had no room; says which.
     Budget(String),
+    /// Its memory, restored lazily from a snapshot, held a page whose
+    /// checksum did not match: it was failed on first touching it, before
+    /// it could act on it. Says which page of its memory and of the file.
+    Damaged(String),
     /// Anything else wasmtime reported.
     Other(String),
 }
@@ -55,6 +59,7 @@ impl fmt::Display for FailureReason {
             Self::Exit(c) => write!(f, "exited with code {c}"),
             Self::GuestFault(m) => write!(f, "made an invalid host call: {m}"),
             Self::Status { entry, status } => write!(f, "`{entry}` returned status {status}"),
+            Self::Damaged(m) => write!(f, "{m}"),
             Self::Other(m) => write!(f, "failed: {m}"),
         }
     }

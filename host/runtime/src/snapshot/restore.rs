@@ -13,7 +13,7 @@ use crate::store::HostContext;
 use crate::sys::image::Target;
 use crate::sys::page_size;
 use reactor_types::{Address, Envelope, ModuleHash};
-use snapshot_format::{FormatError, Kind, ReactorEntry, SnapshotFile, SnapshotId};
+use snapshot_format::{FormatError, Kind, PAGE_SIZE, ReactorEntry, SnapshotFile, SnapshotId};
 use std::sync::Arc;
 
 /// How pages reach the restored memory.
@@ -30,11 +30,15 @@ pub enum Load {
 /// Restore settings.
 ///
 /// Files of format version 2 have a checksum per page: every page a
-/// reactor restores from is checked as it is restored, eager or lazy
-/// (lazily mapped pages are read once through their mapping, from the page
-/// cache, before the reactor runs), whatever `verify` says. A damaged page
+/// reactor restores from is checked, eager or lazy, whatever `verify`
+/// says. Eagerly restored pages are checked as they land: a damaged page
 /// fails only the reactor that restores from it
-/// ([`SnapshotError::DamagedPage`]), the others are restored.
+/// ([`SnapshotError::DamagedPage`]), the others are restored. Pages mapped
+/// lazily are checked on first touch, a chunk at a time
+/// (`sys::protect::lazy`): a damaged one fails its reactor at that touch,
+/// before it can act on what it read (its failure names the page, as
+/// `DamagedPage` does), and any capture of a reactor checks its untouched
+/// pages first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RestoreOptions {
     /// Eager or lazy.
@@ -128,6 +132,62 @@ fn check_run(
     })
 }
 
+/// A run mapped from a file, checked on first touch.
+struct Deferred<'a> {
+    file: &'a SnapshotFile,
+    run: &'a snapshot_format::Run,
+    data: u64,
+    /// Its pages a later layer writes (checked by that layer).
+    skip: Vec<u64>,
+}
+
+impl<'a> Deferred<'a> {
+    fn new(file: &'a SnapshotFile, run: &'a snapshot_format::Run, data: u64) -> Self {
+        Self { file, run, data, skip: vec![0; (run.pages as usize).div_ceil(64)] }
+    }
+
+    /// A later layer writes memory pages `first..first + pages`.
+    fn overwritten(&mut self, first: u64, pages: u64) {
+        let (lo, hi) = (first.max(self.run.first_page), (first + pages).min(self.run.first_page + self.run.pages));
+        for p in lo..hi {
+            let i = (p - self.run.first_page) as usize;
+            self.skip[i / 64] |= 1 << (i % 64);
+        }
+    }
+
+    /// Makes its pages checked on first touch, or checks them now when
+    /// that cannot be arranged.
+    fn guard<H: HostContext>(self, reactor: &mut Reactor<H>, target: &Target, address: Address) -> Result<(), SnapshotError> {
+        let ps = page_size();
+        let pages = self.run.pages as usize;
+        let expected = self.file.page_hashes(self.data, self.run.pages).ok_or_else(|| SnapshotError::Mismatch {
+            address,
+            reason: "a mapped run has no page checksums".into(),
+        })?;
+        let (base, _) = reactor.memory_extent();
+        // SAFETY: the run lies inside the reactor's memory (`fill` checked
+        // it when mapping it), a live host mapping that only the reactor's
+        // thread touches; the memory unregisters its runs before it moves
+        // or is unmapped (`sys::memory`).
+        let guarded = unsafe {
+            reactor.lazy_pages().guard(
+                base,
+                base + self.run.first_page as usize * ps,
+                pages,
+                self.data / PAGE_SIZE as u64,
+                expected.to_vec(),
+                self.skip,
+                snapshot_format::page_hash,
+            )
+        }
+        .map_err(|e| SnapshotError::Os { address, reason: e.to_string() })?;
+        if !guarded {
+            check_run(target, self.file, address, self.run, self.data)?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes the layers' pages and the last layer's globals into `reactor`, a
 /// fresh instance that has not run. Pages from files with page checksums
 /// are checked as they land ([`SnapshotError::DamagedPage`]).
@@ -161,21 +221,32 @@ fn fill<H: HostContext>(reactor: &mut Reactor<H>, address: Address, layers: &[La
     target.zero(0, len).map_err(os)?;
     let ps = page_size();
     let mut mapped = 0usize;
+    // Runs mapped from files, to be checked on first touch once every
+    // layer is in place.
+    let mut deferred: Vec<Deferred<'_>> = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
         match layer {
             Layer::File(file, entry) => {
                 for run in &entry.runs {
                     let off = run.first_page as usize * ps;
                     let n = run.pages as usize * ps;
+                    // Pages this layer writes are checked by it, not by an
+                    // earlier run mapped under them.
+                    for d in &mut deferred {
+                        d.overwritten(run.first_page, run.pages);
+                    }
                     match run.data {
                         None => target.zero(off, n).map_err(os)?,
                         Some(d) => {
                             let at = file.file_offset(d);
-                            if load == Load::Lazy && run.pages >= MIN_MAPPED_PAGES && mapped < MAX_MAPPED_RUNS {
-                                if target.map_or_read(file.file(), at, off, n).map_err(os)? {
-                                    mapped += 1;
+                            let lazy = load == Load::Lazy && run.pages >= MIN_MAPPED_PAGES && mapped < MAX_MAPPED_RUNS;
+                            if lazy && target.map_or_read(file.file(), at, off, n).map_err(os)? {
+                                mapped += 1;
+                                if file.has_page_hashes() && ps == PAGE_SIZE {
+                                    deferred.push(Deferred::new(file, run, d));
+                                    continue;
                                 }
-                            } else {
+                            } else if !lazy {
                                 target.read_from(file.file(), at, off, n).map_err(os)?;
                             }
                             check_run(&target, file, address, run, d)?;
@@ -197,6 +268,9 @@ fn fill<H: HostContext>(reactor: &mut Reactor<H>, address: Address, layers: &[La
                 }
             }
         }
+    }
+    for d in deferred {
+        d.guard(reactor, &target, address)?;
     }
     reactor.write_globals(&last.globals).map_err(|e| SnapshotError::Mismatch { address, reason: e.to_string() })?;
     Ok(())

@@ -115,6 +115,7 @@ impl MmapMemory {
 impl Drop for MmapMemory {
     fn drop(&mut self) {
         super::protect::before_move(self.base.as_ptr() as usize);
+        super::protect::lazy::forget(self.base.as_ptr() as usize, self.capacity);
         super::image::forget_mappings(self.base.as_ptr() as usize);
         // SAFETY: `base`/`capacity` describe a mapping this value owns (field
         // invariant) and nothing refers to it once wasmtime drops the memory.
@@ -140,8 +141,10 @@ unsafe impl LinearMemory for MmapMemory {
         if new_size > self.capacity {
             let want = new_size.max(self.capacity.saturating_mul(2)).min(self.maximum.max(new_size));
             let new_cap = page_round(want).ok_or_else(|| wasmtime::format_err!("memory size overflows"))?;
-            // A capture in progress must finish before the pages move.
+            // A capture in progress must finish before the pages move, and
+            // pages restored lazily be checked while their addresses hold.
             super::protect::before_move(self.base.as_ptr() as usize);
+            super::protect::lazy::before_move(self.base.as_ptr() as usize, self.capacity);
             // SAFETY: remaps exactly the mapping this value owns; with
             // MREMAP_MAYMOVE the kernel keeps the contents and may return a
             // new address, which replaces `base` below.

@@ -1,6 +1,7 @@
-//! The `SIGSEGV` handler and everything it runs: the table of tracked
-//! regions it looks faults up in, and the page-claiming protocol a write
-//! fault follows. Everything reachable from `on_sigsegv` is
+//! The `SIGSEGV` handler and everything it runs: the tables it looks
+//! faults up in (tracked regions; runs restored lazily and checked on first
+//! touch, whose protocol is `lazy`'s), and the page-claiming protocol a
+//! write fault follows. Everything reachable from `on_sigsegv` is
 //! async-signal-safe: atomics, page `memcpy`s and `mprotect` — no lock, no
 //! allocation, no I/O, no `sysconf` (the page size is cached). The region
 //! of a faulting address is found by bisection in a fixed, double-buffered
@@ -17,15 +18,16 @@
 //! which chains to Rust's), so faults that are not ours behave exactly as
 //! before.
 
+use super::lazy::{LazyRun, Touch};
 use super::region::{CLEAN, COPYING, DIRTY, PENDING, Region};
+use super::table::{Entry, Table};
 use crate::sys::pages::{cached_page_size, copy_page, page_size, unprotect_raw};
 use std::io;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Once};
 
-/// Most regions tracked at once in the process.
-pub(crate) const MAX_REGIONS: usize = 16384;
+pub(crate) use super::table::MAX_REGIONS;
 
 /// Copies page `p` into the capture if it is still pending. Returns
 /// false if someone else has it.
@@ -131,164 +133,48 @@ fn on_write_fault(region: &Region, p: usize) {
 }
 
 // ---------------------------------------------------------------------------
-// The region table.
-//
-// `SLOTS` holds the registered regions (each with the count of handlers
-// looking at it, so `unregister` frees a region only when none does). The
-// handler finds the slot of an address through `INDEX`: the slots' ranges
-// sorted by start, searched by bisection — O(log n) in a fixed array, no
-// lock, no allocation. The index is double-buffered: a writer (holding
-// `CLAIM`) builds the inactive copy, waits until no reader is left on it,
-// then publishes it; a reader announces itself on the copy it read as
-// active and backs off if that changed meanwhile, so it never reads a copy
-// being written.
+// The tables the handler looks faults up in.
 
-struct Slot {
-    region: AtomicPtr<Region>,
-    /// Handlers and helpers currently looking at `region`.
-    users: AtomicUsize,
-}
+/// Tracked memories.
+static REGIONS: Table<Region> = Table::new();
+/// Runs of lazily restored memories not all checked yet.
+pub(super) static LAZY: Table<LazyRun> = Table::new();
 
-static SLOTS: [Slot; MAX_REGIONS] =
-    [const { Slot { region: AtomicPtr::new(ptr::null_mut()), users: AtomicUsize::new(0) } }; MAX_REGIONS];
-/// Whether a slot is taken (written under `CLAIM` only).
-static TAKEN: [AtomicUsize; MAX_REGIONS] = [const { AtomicUsize::new(0) }; MAX_REGIONS];
-static CLAIM: Mutex<()> = Mutex::new(());
-
-/// One copy of the sorted index: `len` entries `(lo[i], hi[i], slot[i])`,
-/// sorted by `lo`, not overlapping.
-struct Index {
-    lo: [AtomicUsize; MAX_REGIONS],
-    hi: [AtomicUsize; MAX_REGIONS],
-    slot: [AtomicUsize; MAX_REGIONS],
-    len: AtomicUsize,
-    /// Readers (handlers, helpers) on this copy now.
-    readers: AtomicUsize,
-}
-
-static INDEX: [Index; 2] = [const {
-    Index {
-        lo: [const { AtomicUsize::new(0) }; MAX_REGIONS],
-        hi: [const { AtomicUsize::new(0) }; MAX_REGIONS],
-        slot: [const { AtomicUsize::new(0) }; MAX_REGIONS],
-        len: AtomicUsize::new(0),
-        readers: AtomicUsize::new(0),
+impl Entry for Region {
+    fn span(&self) -> (usize, usize) {
+        (self.base, self.base + self.pages * cached_page_size())
     }
-}; 2];
-/// Which copy of `INDEX` readers use.
-static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// Rebuilds the index with `edit` applied to its entries and publishes it.
-/// Caller holds `CLAIM`.
-fn republish(edit: impl FnOnce(&mut Vec<(usize, usize, usize)>)) {
-    let cur = ACTIVE.load(SeqCst);
-    let next = 1 - cur;
-    let a = &INDEX[cur];
-    let mut v: Vec<(usize, usize, usize)> = (0..a.len.load(SeqCst))
-        .map(|i| (a.lo[i].load(Relaxed), a.hi[i].load(Relaxed), a.slot[i].load(Relaxed)))
-        .collect();
-    edit(&mut v);
-    v.sort_unstable();
-    let b = &INDEX[next];
-    while b.readers.load(SeqCst) != 0 {
-        std::hint::spin_loop();
+    fn slot(&self) -> &AtomicUsize {
+        &self.slot
     }
-    for (i, &(lo, hi, slot)) in v.iter().enumerate() {
-        b.lo[i].store(lo, Relaxed);
-        b.hi[i].store(hi, Relaxed);
-        b.slot[i].store(slot, Relaxed);
-    }
-    b.len.store(v.len(), SeqCst);
-    ACTIVE.store(next, SeqCst);
-}
-
-/// The slot whose range holds `addr`, looked up by bisection in the active
-/// index; `f(slot)` runs while the index copy is held. Async-signal-safe.
-fn find_slot<T>(addr: usize, f: impl FnOnce(Option<&'static Slot>) -> T) -> T {
-    let ix = loop {
-        let i = ACTIVE.load(SeqCst);
-        INDEX[i].readers.fetch_add(1, SeqCst);
-        if ACTIVE.load(SeqCst) == i {
-            break &INDEX[i];
-        }
-        INDEX[i].readers.fetch_sub(1, SeqCst);
-    };
-    let len = ix.len.load(SeqCst);
-    // The number of entries starting at or below `addr`.
-    let (mut lo, mut hi) = (0, len);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if ix.lo[mid].load(Relaxed) <= addr {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    let found = (lo > 0 && addr < ix.hi[lo - 1].load(Relaxed)).then(|| &SLOTS[ix.slot[lo - 1].load(Relaxed)]);
-    let r = f(found);
-    ix.readers.fetch_sub(1, SeqCst);
-    r
 }
 
 pub(super) fn register(region: &Arc<Region>) -> Option<usize> {
-    let _g = CLAIM.lock().unwrap();
-    let i = TAKEN.iter().position(|t| t.load(Relaxed) == 0)?;
-    TAKEN[i].store(1, Relaxed);
-    region.slot.store(i, SeqCst);
-    SLOTS[i].region.store(Arc::into_raw(region.clone()).cast_mut(), SeqCst);
-    let (lo, hi) = (region.base, region.base + region.pages * page_size());
-    republish(|v| v.push((lo, hi, i)));
-    Some(i)
+    REGIONS.register(region)
 }
 
 pub(super) fn unregister(i: usize) {
-    {
-        let _g = CLAIM.lock().unwrap();
-        republish(|v| v.retain(|e| e.2 != i));
-    }
-    let s = &SLOTS[i];
-    let p = s.region.swap(ptr::null_mut(), SeqCst);
-    while s.users.load(SeqCst) != 0 {
-        std::hint::spin_loop();
-    }
-    if !p.is_null() {
-        // SAFETY: from Arc::into_raw in `register`; unpublished above and no
-        // user holds it any more.
-        drop(unsafe { Arc::from_raw(p) });
-    }
-    let _g = CLAIM.lock().unwrap();
-    TAKEN[i].store(0, Relaxed);
+    REGIONS.unregister(i);
 }
 
 /// Takes a detached region's range out of the index (its slot stays
 /// taken until its tracker unregisters it), so a memory mapped later at
 /// the same addresses is never shadowed by it.
 pub(super) fn unindex(region: &Region) {
-    let i = region.slot.load(SeqCst);
-    if i != usize::MAX {
-        let _g = CLAIM.lock().unwrap();
-        republish(|v| v.retain(|e| e.2 != i));
-    }
+    REGIONS.unindex(region);
 }
 
 /// Runs `f` on the live region registered at `base`, if any, holding it
 /// against `unregister` meanwhile.
 pub(super) fn with_regions_at(base: usize, f: impl FnOnce(&Region)) {
-    let held = find_slot(base, |s| {
-        let s = s?;
-        s.users.fetch_add(1, SeqCst);
-        Some(s)
+    REGIONS.with_entry_at(base, |r| {
+        if let Some(r) = r
+            && r.base == base
+        {
+            f(r);
+        }
     });
-    let Some(s) = held else { return };
-    let r = s.region.load(SeqCst);
-    // SAFETY: `users` is raised, so the region is not freed meanwhile
-    // (see `unregister`).
-    if let Some(r) = unsafe { r.as_ref() }
-        && r.base == base
-    {
-        f(r);
-    }
-    s.users.fetch_sub(1, SeqCst);
 }
 
 // ---------------------------------------------------------------------------
@@ -354,25 +240,21 @@ extern "C" fn on_sigsegv(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
     }
 }
 
-/// Handles a fault at `addr` if it is a write to a tracked page.
+/// Handles a fault at `addr` if it is a touch of a lazily restored page
+/// not checked yet, or a write to a tracked page.
 fn handle(addr: usize) -> bool {
-    let held = find_slot(addr, |s| {
-        let s = s?;
-        s.users.fetch_add(1, SeqCst);
-        Some(s)
-    });
-    let Some(s) = held else { return false };
-    let r = s.region.load(SeqCst);
-    let ps = cached_page_size();
-    // SAFETY: `users` is raised before the load, so `unregister` waits
-    // for us before freeing the region (it nulls the pointer first).
-    let handled = match unsafe { r.as_ref() } {
-        Some(r) if addr >= r.base && addr < r.base + r.pages * ps && !r.detached.load(Acquire) => {
-            on_write_fault(r, (addr - r.base) / ps);
+    let lazy = LAZY.with_entry_at(addr, |r| r.map(|r| r.on_fault(addr)));
+    if lazy == Some(Touch::Checked) {
+        return true;
+    }
+    let tracked = REGIONS.with_entry_at(addr, |r| match r {
+        Some(r) if !r.detached.load(Acquire) => {
+            on_write_fault(r, (addr - r.base) / cached_page_size());
             true
         }
         _ => false,
-    };
-    s.users.fetch_sub(1, SeqCst);
-    handled
+    });
+    // A chunk checked and opened by another thread after this fault: the
+    // access succeeds when retried.
+    tracked || lazy == Some(Touch::Open)
 }

@@ -60,7 +60,9 @@
 
 mod copier;
 mod handler;
+pub(crate) mod lazy;
 mod region;
+mod table;
 #[cfg(test)]
 mod tests;
 mod tracker;

@@ -287,3 +287,119 @@ fn faults_find_their_region_among_many() {
         t.release();
     }
 }
+
+// ---------------------------------------------------------------------------
+// Lazily restored pages, checked on first touch.
+
+fn test_hash(index: u64, page: &[u8]) -> u64 {
+    snapshot_format::page_hash(index, page)
+}
+
+/// A mapping of `pages` pages, each filled with a distinct byte, and the
+/// expected hash of each (as page `first_data + i` of a data section).
+fn lazy_memory(pages: usize, first_data: u64) -> (Mapping, Vec<u64>) {
+    let ps = page_size();
+    let mut m = Mapping::new(pages * ps).unwrap();
+    for (p, page) in m.as_mut_slice().chunks_mut(ps).enumerate() {
+        page.fill(p as u8 ^ 0x5A);
+    }
+    let expected = m.as_slice().chunks(ps).enumerate().map(|(i, p)| test_hash(first_data + i as u64, p)).collect();
+    (m, expected)
+}
+
+fn read_byte(m: &Mapping, offset: usize) -> u8 {
+    // SAFETY: inside the mapping; a guarded page faults and the handler
+    // checks and opens it.
+    unsafe { m.as_mut_ptr().add(offset).read_volatile() }
+}
+
+#[test]
+fn lazily_restored_pages_are_checked_on_first_touch_only_where_touched() {
+    let ps = page_size();
+    let pages = 64;
+    let (mem, mut expected) = lazy_memory(pages, 100);
+    // Page 40 does not match its checksum; page 3 does not either but a
+    // later layer wrote it (skipped).
+    expected[40] ^= 1;
+    expected[3] ^= 1;
+    let mut skip = vec![0u64; 1];
+    skip[0] |= 1 << 3;
+    let mut lazy = lazy::LazyPages::default();
+    // SAFETY: `mem` is ours, only this thread touches it, and `lazy` is
+    // dropped (unregistering) before `mem`.
+    let guarded = unsafe { lazy.guard(mem.as_mut_ptr() as usize, mem.as_mut_ptr() as usize, pages, 100, expected, skip, test_hash) };
+    assert!(guarded.unwrap());
+    // Chunks are 16 pages: touching page 5 checks pages 0..16 (3 skipped).
+    assert_eq!(read_byte(&mem, 5 * ps + 9), 5 ^ 0x5A);
+    assert_eq!(lazy.damage().found(), None);
+    // A write into an unchecked chunk is checked first, then goes through.
+    // SAFETY: as above.
+    unsafe { mem.as_mut_ptr().add(20 * ps).write_volatile(7) };
+    assert_eq!(read_byte(&mem, 20 * ps), 7);
+    assert_eq!(lazy.damage().found(), None, "pages 16..32 match");
+    // The damaged page's chunk: found on first touch, with both numbers.
+    assert_eq!(read_byte(&mem, 47 * ps), 47 ^ 0x5A);
+    assert_eq!(lazy.damage().found(), Some((40, 140)));
+    lazy.settle();
+    assert!(!lazy.is_empty(), "chunk 48..64 is not checked yet");
+    lazy.check_all();
+    assert!(lazy.is_empty());
+}
+
+#[test]
+fn check_all_checks_untouched_chunks_and_unregisters() {
+    let pages = 40;
+    let (mem, mut expected) = lazy_memory(pages, 0);
+    expected[39] ^= 1;
+    let mut lazy = lazy::LazyPages::default();
+    // SAFETY: as in the test above.
+    assert!(unsafe { lazy.guard(mem.as_mut_ptr() as usize, mem.as_mut_ptr() as usize, pages, 0, expected, vec![0], test_hash) }.unwrap());
+    assert_eq!(lazy.damage().found(), None, "nothing touched, nothing checked");
+    lazy.check_all();
+    assert_eq!(lazy.damage().found(), Some((39, 39)));
+    assert!(lazy.is_empty());
+    // Unregistered and open: reads need no handler.
+    assert_eq!(mem.as_slice()[0], 0x5A);
+}
+
+#[test]
+fn pages_touched_from_many_threads_are_checked_once_and_read_whole() {
+    let ps = page_size();
+    let pages = 256;
+    let (mem, expected) = lazy_memory(pages, 7);
+    let mut lazy = lazy::LazyPages::default();
+    // SAFETY: as above; the threads below only read, and are joined before
+    // `lazy` and `mem` drop.
+    assert!(unsafe { lazy.guard(mem.as_mut_ptr() as usize, mem.as_mut_ptr() as usize, pages, 7, expected, vec![0; 4], test_hash) }.unwrap());
+    let base = mem.as_mut_ptr() as usize;
+    std::thread::scope(|s| {
+        for t in 0..4usize {
+            s.spawn(move || {
+                for p in (0..pages).map(|p| (p * 7 + t * 13) % pages) {
+                    // SAFETY: inside the guarded mapping, alive for the scope.
+                    let b = unsafe { ((base + p * ps + t) as *const u8).read_volatile() };
+                    assert_eq!(b, p as u8 ^ 0x5A, "page {p}");
+                }
+            });
+        }
+    });
+    assert_eq!(lazy.damage().found(), None);
+    lazy.settle();
+    assert!(lazy.is_empty(), "every chunk was checked");
+}
+
+#[test]
+fn a_freed_memory_forgets_its_guarded_runs() {
+    let ps = page_size();
+    let pages = 32;
+    let (mem, expected) = lazy_memory(pages, 0);
+    let mut lazy = lazy::LazyPages::default();
+    // SAFETY: as above.
+    assert!(unsafe { lazy.guard(mem.as_mut_ptr() as usize, mem.as_mut_ptr() as usize, pages, 0, expected, vec![0], test_hash) }.unwrap());
+    lazy::forget(mem.as_mut_ptr() as usize, pages * ps);
+    // The run is no longer the handler's: dropping the owner is harmless,
+    // and the pages stay as the forgotten run left them (inaccessible:
+    // the memory was about to go). Unmap it through its owner.
+    drop(lazy);
+    drop(mem);
+}
