@@ -11,6 +11,7 @@ use crate::reactor::{Limits, Reactor};
 use crate::refs::{Blob, Refs};
 use crate::store::HostContext;
 use crate::sys::image::Target;
+use crate::sys::protect::lazy::Expected;
 use crate::sys::page_size;
 use reactor_types::{Address, Envelope, ModuleHash};
 use snapshot_format::{FormatError, Kind, PAGE_SIZE, ReactorEntry, SnapshotFile, SnapshotId};
@@ -174,10 +175,12 @@ impl<'a> Deferred<'a> {
                 base,
                 base + self.run.first_page as usize * ps,
                 pages,
-                self.data / PAGE_SIZE as u64,
-                expected.to_vec(),
-                self.skip,
-                snapshot_format::page_hash,
+                Expected {
+                    first_data_page: self.data / PAGE_SIZE as u64,
+                    hashes: expected.to_vec(),
+                    skip: self.skip,
+                    hash: snapshot_format::page_hash,
+                },
             )
         }
         .map_err(|e| SnapshotError::Os { address, reason: e.to_string() })?;

@@ -48,6 +48,19 @@ const MAX_CHUNKS: usize = 256;
 /// page's number in the snapshot's data section.
 pub(crate) type PageHash = fn(u64, &[u8]) -> u64;
 
+/// What the pages of a run must hash to.
+#[derive(Debug)]
+pub(crate) struct Expected {
+    /// The data-section number of the run's first page.
+    pub(crate) first_data_page: u64,
+    /// Page `i` must hash to `hashes[i]`...
+    pub(crate) hashes: Vec<u64>,
+    /// ...unless bit `i` is set here.
+    pub(crate) skip: Vec<u64>,
+    /// The checksum function.
+    pub(crate) hash: PageHash,
+}
+
 /// The first damaged page found in a memory restored lazily.
 #[derive(Debug, Default)]
 pub(crate) struct Damage {
@@ -280,11 +293,9 @@ impl LazyPages {
     }
 
     /// Makes the `pages` pages at `addr` inaccessible until first touched,
-    /// then checked: page `i` against `expected[i]` unless bit `i` of
-    /// `skip` is set. `first_data_page` is the data-section number of the
-    /// first page, `memory_base` the start of the memory. Returns false
-    /// (nothing changed) when the run cannot be guarded: the caller checks
-    /// it now.
+    /// then checked against `expected`; `memory_base` is the start of the
+    /// memory. Returns false (nothing changed) when the run cannot be
+    /// guarded: the caller checks it now.
     ///
     /// # Safety
     /// `[addr, addr + pages * page_size)` must lie inside the live memory
@@ -296,13 +307,11 @@ impl LazyPages {
         memory_base: usize,
         addr: usize,
         pages: usize,
-        first_data_page: u64,
-        expected: Vec<u64>,
-        skip: Vec<u64>,
-        hash: PageHash,
+        expected: Expected,
     ) -> io::Result<bool> {
         let ps = page_size();
-        if pages == 0 || expected.len() != pages || skip.len() < pages.div_ceil(64) {
+        let Expected { first_data_page, hashes, skip, hash } = expected;
+        if pages == 0 || hashes.len() != pages || skip.len() < pages.div_ceil(64) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "checksums do not match the run"));
         }
         install_handler();
@@ -313,7 +322,7 @@ impl LazyPages {
             pages,
             chunk_pages,
             states: (0..chunks).map(|_| AtomicU8::new(UNCHECKED)).collect(),
-            expected: expected.into_boxed_slice(),
+            expected: hashes.into_boxed_slice(),
             skip: skip.into_boxed_slice(),
             first_data_page,
             first_memory_page: ((addr - memory_base) / ps) as u64,

@@ -307,6 +307,10 @@ fn lazy_memory(pages: usize, first_data: u64) -> (Mapping, Vec<u64>) {
     (m, expected)
 }
 
+fn expect(first_data_page: u64, hashes: Vec<u64>, skip: Vec<u64>) -> lazy::Expected {
+    lazy::Expected { first_data_page, hashes, skip, hash: test_hash }
+}
+
 fn read_byte(m: &Mapping, offset: usize) -> u8 {
     // SAFETY: inside the mapping; a guarded page faults and the handler
     // checks and opens it.
@@ -327,7 +331,7 @@ fn lazily_restored_pages_are_checked_on_first_touch_only_where_touched() {
     let mut lazy = lazy::LazyPages::default();
     // SAFETY: `mem` is ours, only this thread touches it, and `lazy` is
     // dropped (unregistering) before `mem`.
-    let guarded = unsafe { lazy.guard(mem.as_mut_ptr() as usize, mem.as_mut_ptr() as usize, pages, 100, expected, skip, test_hash) };
+    let guarded = unsafe { lazy.guard(mem.as_mut_ptr() as usize, mem.as_mut_ptr() as usize, pages, expect(100, expected, skip)) };
     assert!(guarded.unwrap());
     // Chunks are 16 pages: touching page 5 checks pages 0..16 (3 skipped).
     assert_eq!(read_byte(&mem, 5 * ps + 9), 5 ^ 0x5A);
@@ -353,7 +357,7 @@ fn check_all_checks_untouched_chunks_and_unregisters() {
     expected[39] ^= 1;
     let mut lazy = lazy::LazyPages::default();
     // SAFETY: as in the test above.
-    assert!(unsafe { lazy.guard(mem.as_mut_ptr() as usize, mem.as_mut_ptr() as usize, pages, 0, expected, vec![0], test_hash) }.unwrap());
+    assert!(unsafe { lazy.guard(mem.as_mut_ptr() as usize, mem.as_mut_ptr() as usize, pages, expect(0, expected, vec![0])) }.unwrap());
     assert_eq!(lazy.damage().found(), None, "nothing touched, nothing checked");
     lazy.check_all();
     assert_eq!(lazy.damage().found(), Some((39, 39)));
@@ -370,7 +374,7 @@ fn pages_touched_from_many_threads_are_checked_once_and_read_whole() {
     let mut lazy = lazy::LazyPages::default();
     // SAFETY: as above; the threads below only read, and are joined before
     // `lazy` and `mem` drop.
-    assert!(unsafe { lazy.guard(mem.as_mut_ptr() as usize, mem.as_mut_ptr() as usize, pages, 7, expected, vec![0; 4], test_hash) }.unwrap());
+    assert!(unsafe { lazy.guard(mem.as_mut_ptr() as usize, mem.as_mut_ptr() as usize, pages, expect(7, expected, vec![0; 4])) }.unwrap());
     let base = mem.as_mut_ptr() as usize;
     std::thread::scope(|s| {
         for t in 0..4usize {
@@ -395,7 +399,7 @@ fn a_freed_memory_forgets_its_guarded_runs() {
     let (mem, expected) = lazy_memory(pages, 0);
     let mut lazy = lazy::LazyPages::default();
     // SAFETY: as above.
-    assert!(unsafe { lazy.guard(mem.as_mut_ptr() as usize, mem.as_mut_ptr() as usize, pages, 0, expected, vec![0], test_hash) }.unwrap());
+    assert!(unsafe { lazy.guard(mem.as_mut_ptr() as usize, mem.as_mut_ptr() as usize, pages, expect(0, expected, vec![0])) }.unwrap());
     lazy::forget(mem.as_mut_ptr() as usize, pages * ps);
     // The run is no longer the handler's: dropping the owner is harmless,
     // and the pages stay as the forgotten run left them (inaccessible:
