@@ -58,7 +58,7 @@ mod runtime;
 pub use engine::{CodeSource, EngineConfig, LoadError};
 pub use hostcalls::GuestFault;
 pub use reactor::Limits;
-pub use runtime::{PendingCall, Runtime, RuntimeConfig, ShardDown};
+pub use runtime::{CheckpointScope, PendingCall, Runtime, RuntimeConfig, ShardDown};
 pub use shard::{Engine, LoadedModule, Shard, ShardConfig, ShardStats};
 pub use sys::{mappings, resident_bytes};
 

@@ -32,7 +32,7 @@ use crate::links::Links;
 use crate::port::{Completion, HostPort, Promise, ReplySlot};
 use crate::refs::{Refs, RefsError, TagSource};
 use crate::shard::{Shard, ShardConfig, ShardStats};
-use crate::snapshot::{self, Capture, Checkpoint, RestoreOptions, SnapshotError, SnapshotFile, SnapshotId, SnapshotOptions};
+use crate::snapshot::{self, Capture, Checkpoint, Kind, RestoreOptions, SnapshotError, SnapshotFile, SnapshotId, SnapshotOptions};
 use guest_sdk::abi;
 use reactor_ring::{EventCount, MpscConsumer, MpscProducer};
 use reactor_types::{
@@ -96,6 +96,20 @@ enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("shard {0} has stopped: its thread panicked, its reactors are gone")]
 pub struct ShardDown(pub usize);
+
+/// Which reactors a checkpoint takes, and what a delta is relative to
+/// ([`Runtime::checkpoint_with`]).
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointScope {
+    /// Only these reactors (`None`: all). Messages queued for them are
+    /// recorded with them, as in a whole checkpoint; the others are left
+    /// out.
+    pub reactors: Option<std::collections::BTreeSet<Address>>,
+    /// For an incremental checkpoint: the snapshot it is a delta on
+    /// (`None`: the one most of its reactors' tracked pages are relative
+    /// to).
+    pub base: Option<SnapshotId>,
+}
 
 fn snapshot_error(e: ShardDown) -> SnapshotError {
     SnapshotError::ShardDown(e.0)
@@ -466,32 +480,42 @@ impl Runtime {
     /// Messages from outside still queued in a shard's command ring are not
     /// yet accepted and are not in the checkpoint.
     pub fn checkpoint(&self, options: SnapshotOptions) -> Result<Checkpoint, SnapshotError> {
+        self.checkpoint_with(options, CheckpointScope::default())
+    }
+
+    /// [`Runtime::checkpoint`] of the reactors `scope` selects, as a delta
+    /// on the base it names (if any). With an explicit base, reactors whose
+    /// tracked pages are relative to another snapshot (or to none) go into
+    /// the delta whole: a chain of checkpoints stays restorable whoever
+    /// else snapshotted its reactors meanwhile.
+    pub fn checkpoint_with(&self, options: SnapshotOptions, scope: CheckpointScope) -> Result<Checkpoint, SnapshotError> {
         let n = self.shards.len();
-        let bases: Vec<_> = match options.capture {
-            Capture::Incremental => {
+        let kind = match (options.capture, scope.base) {
+            (Capture::Incremental, Some(base)) => Kind::Delta { base },
+            (Capture::Incremental, None) => {
                 let mut bases = Vec::new();
                 for i in 0..n {
                     bases.extend(self.inspect(i, |s| s.tracked_bases()).map_err(snapshot_error)?);
                 }
-                bases
+                snapshot::checkpoint_kind(options.capture, bases.into_iter())?
             }
-            _ => Vec::new(),
+            _ => Kind::Full,
         };
-        let kind = snapshot::checkpoint_kind(options.capture, bases.into_iter())?;
+        let wanted = scope.reactors.map(Arc::new);
         let id = SnapshotId::random();
         let downs: Vec<_> = self.shards.iter().map(|h| h.down.clone()).collect();
         let paused = ShardBarrier::new(downs.clone());
         let drained = ShardBarrier::new(downs);
         let parts: Vec<_> = (0..n)
             .map(|i| {
-                let (paused, drained) = (paused.clone(), drained.clone());
+                let (paused, drained, wanted) = (paused.clone(), drained.clone(), wanted.clone());
                 self.inspect_later(i, move |s| {
                     paused.wait().map_err(snapshot_error)?;
                     // Every shard is inside this call: nobody produces.
                     s.drain_inbound_forced();
                     drained.wait().map_err(snapshot_error)?;
                     let mut cp = Checkpoint::with_id(id, kind);
-                    s.capture_all(options, &mut cp).map(|()| cp)
+                    s.capture_where(options, &mut cp, &|a| wanted.as_ref().is_none_or(|w| w.contains(&a))).map(|()| cp)
                 })
             })
             .collect();

@@ -913,6 +913,14 @@ impl Shard {
         };
         let mut cp = Checkpoint::new(kind);
         self.capture_into(address, options, &mut cp)?;
+        if cp.reactors().is_empty() {
+            // Its lazily restored pages were damaged: it failed instead.
+            let cause = match self.state(address) {
+                Some(ReactorState::Failed(f)) => f.to_string(),
+                _ => "it is gone".to_owned(),
+            };
+            return Err(SnapshotError::Failed(address, cause));
+        }
         Ok(cp)
     }
 
@@ -935,7 +943,17 @@ impl Shard {
 
     /// Adds every live reactor to `cp`, in address order.
     pub(crate) fn capture_all(&mut self, options: SnapshotOptions, cp: &mut Checkpoint) -> Result<(), SnapshotError> {
-        let mut live: Vec<Address> = self.reactors.keys().copied().collect();
+        self.capture_where(options, cp, &|_| true)
+    }
+
+    /// Adds every live reactor `wanted` accepts to `cp`, in address order.
+    pub(crate) fn capture_where(
+        &mut self,
+        options: SnapshotOptions,
+        cp: &mut Checkpoint,
+        wanted: &dyn Fn(Address) -> bool,
+    ) -> Result<(), SnapshotError> {
+        let mut live: Vec<Address> = self.reactors.keys().copied().filter(|&a| wanted(a)).collect();
         live.sort_unstable();
         for a in live {
             self.capture_into(a, options, cp)?;

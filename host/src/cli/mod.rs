@@ -41,9 +41,12 @@ enum Command {
     /// traffic through them, show a misbehaving reactor failing alone, and
     /// report what happened.
     Demo(demo::DemoArgs),
-    /// Start a reactor, send it messages (as `host run`), then snapshot it
-    /// into `-o FILE`: memory, globals, queued messages, held blobs.
-    Snapshot(run::RunArgs),
+    /// Snapshot reactors into `-o FILE` (memory, globals, queued messages,
+    /// held blobs). With `--data-dir`: live reactors of a running node, by
+    /// address or `--all`, copy-on-write while they serve. Without: start
+    /// a reactor of MODULE, send it messages (as `host run`), then snapshot
+    /// it.
+    Snapshot(snapshot::SnapshotArgs),
     /// Restore reactors from a snapshot (a full one, then deltas on it),
     /// optionally send them messages and snapshot them again.
     Restore(snapshot::RestoreArgs),
@@ -66,8 +69,11 @@ enum Command {
     Send(node::SendArgs),
     /// Send a request (JSON) through a running node and print the answer.
     Call(node::SendArgs),
-    /// Stop a running node.
+    /// Stop a running node (it checkpoints its reactors first).
     Stop(node::AdminArgs),
+    /// Make a running node checkpoint its reactors into its data directory
+    /// now.
+    Checkpoint(node::AdminArgs),
 }
 
 /// Entry point of the `host` binary.
@@ -89,6 +95,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Send(args) => node::send(args, false),
         Command::Call(args) => node::send(args, true),
         Command::Stop(args) => node::stop(args),
+        Command::Checkpoint(args) => node::checkpoint(args),
     };
     match result {
         Ok(code) => code,

@@ -90,6 +90,12 @@ pub(crate) struct NodeArgs {
     /// and debugging; every node of the cluster must use it.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Checkpoint every reactor into the data directory every SECS seconds
+    /// while running (incremental, copy-on-write); 0: only when stopping.
+    /// A node started on a data directory with checkpoints restores its
+    /// reactors at their addresses; after a kill -9, as of the last one.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    checkpoint_every: u64,
 }
 
 fn parse_role(s: &str) -> Result<NodeRole, String> {
@@ -158,6 +164,7 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
         multiplex: args.multiplex,
         trace: args.trace_frames,
         insecure_plaintext: args.insecure_plaintext,
+        checkpoint_every: (args.checkpoint_every > 0).then(|| std::time::Duration::from_secs(args.checkpoint_every)),
         peer_keys: match &args.peer_keys {
             Some(f) => {
                 let text = std::fs::read_to_string(f).with_context(|| format!("cannot read the peer keys {}", f.display()))?;
@@ -181,7 +188,7 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
     if args.insecure_plaintext {
         tracing::warn!("--insecure-plaintext: frames between nodes are neither encrypted nor authenticated");
     }
-    println!(
+    say(format_args!(
         "node {} ({}) listening on {} (incarnation {}, overlay {}); admin socket {}; public key {}",
         info.id,
         info.name,
@@ -190,7 +197,10 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
         args.overlay,
         args.data_dir.join("admin.sock").display(),
         node.public_key()
-    );
+    ));
+    if !node.restored().is_empty() {
+        say(format_args!("node {} restored {} reactor(s) from its checkpoints", info.id, node.restored().len()));
+    }
     admin.serve(&node, async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
         tokio::select! {
@@ -198,7 +208,60 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
             _ = term.recv() => {}
         }
     })?;
-    println!("node {} stopped", node.info().id);
+    // A graceful stop keeps the reactors: they come back at the next start.
+    match node.shutdown() {
+        Ok(t) => say(format_args!("node {} checkpointed {} reactor(s) into {}", node.info().id, t.reactors, t.path.display())),
+        Err(e) => {
+            eprintln!("error: node {} could not checkpoint its reactors before stopping: {e}", node.info().id);
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    say(format_args!("node {} stopped", node.info().id));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A line on standard output for whoever watches the node; a closed or
+/// full output never stops it (`println!` would panic on a broken pipe).
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush());
+}
+
+/// `host checkpoint`.
+pub(crate) fn checkpoint(args: &AdminArgs) -> anyhow::Result<ExitCode> {
+    print(&Client::connect(&args.data_dir)?.request(json!({"op": "checkpoint"}))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An absolute form of a path the user gave (the node does not share our
+/// working directory).
+fn absolute(p: &std::path::Path) -> anyhow::Result<String> {
+    let p = std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))?;
+    p.to_str().map(str::to_owned).with_context(|| format!("{} is not UTF-8", p.display()))
+}
+
+/// `host snapshot --data-dir`: live reactors of a running node into a file.
+pub(crate) fn snapshot_live(dir: &std::path::Path, reactors: &[String], all: bool, out: &std::path::Path, incremental: bool) -> anyhow::Result<ExitCode> {
+    let reactors = if all {
+        json!("all")
+    } else if reactors.is_empty() {
+        anyhow::bail!("say which reactors: one or more addresses, or --all");
+    } else {
+        json!(reactors)
+    };
+    let v = Client::connect(dir)?.request(json!({
+        "op": "snapshot", "reactors": reactors, "path": absolute(out)?, "incremental": incremental,
+    }))?;
+    print(&v);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `host restore --data-dir`: snapshot files into a running node.
+pub(crate) fn restore_live(dir: &std::path::Path, files: &[PathBuf], lazy: bool) -> anyhow::Result<ExitCode> {
+    let files = files.iter().map(|f| absolute(f)).collect::<anyhow::Result<Vec<_>>>()?;
+    let v = Client::connect(dir)?.request(json!({"op": "restore", "files": files, "lazy": lazy}))?;
+    print(&v);
     Ok(ExitCode::SUCCESS)
 }
 

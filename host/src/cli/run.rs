@@ -11,7 +11,7 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
     /// The reactor module (.wasm), e.g. target/guests/wasm32-wasip1/release/kv.wasm.
-    module: PathBuf,
+    module: Option<PathBuf>,
     /// Init argument for the reactor's start-up, as JSON.
     #[arg(long, value_name = "JSON")]
     init: Option<String>,
@@ -27,8 +27,15 @@ pub(crate) struct RunArgs {
 }
 
 impl RunArgs {
-    pub(crate) fn has_snapshot_path(&self) -> bool {
-        self.snapshot.is_some()
+    /// Where to write the snapshot (`-o`).
+    pub(crate) fn snapshot_path(&self) -> Option<&std::path::Path> {
+        self.snapshot.as_deref()
+    }
+
+    /// The positional arguments as given: the module, then the messages
+    /// (`host snapshot --data-dir` reads them as addresses).
+    pub(crate) fn positionals(&self) -> Vec<String> {
+        self.module.iter().map(|m| m.display().to_string()).chain(self.messages.iter().cloned()).collect()
     }
 }
 
@@ -98,15 +105,17 @@ fn show(reply: &Reply) -> String {
 }
 
 pub(crate) fn run(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let Some(path) = &args.module else {
+        anyhow::bail!("give the reactor module (.wasm) to start");
+    };
     let engine = engine_args.engine()?;
-    let (module, _) = engine
-        .load_file(&args.module)
-        .with_context(|| format!("{} is not a usable reactor module", args.module.display()))?;
+    let (module, _) =
+        engine.load_file(path).with_context(|| format!("{} is not a usable reactor module", path.display()))?;
     let mut rt = Shard::new(engine, engine_args.shard_config()?);
     let init = args.init.as_deref().unwrap_or("null");
     serde_json::from_str::<serde_json::Value>(init).context("--init is not valid JSON")?;
     let reactor = rt.spawn_text(&module, init).context("the reactor did not start")?;
-    eprintln!("reactor {reactor} running {} (module {})", args.module.display(), &module.hash.to_hex()[..16]);
+    eprintln!("reactor {reactor} running {} (module {})", path.display(), &module.hash.to_hex()[..16]);
 
     let ok = talk(&mut rt, reactor, &args.messages, args.oneway)?;
     if !ok {

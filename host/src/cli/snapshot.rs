@@ -12,10 +12,32 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Debug, clap::Args)]
+pub(crate) struct SnapshotArgs {
+    /// The data directory of a running node whose live reactors to
+    /// snapshot (then give their addresses, or --all).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// With --data-dir: every reactor of the node.
+    #[arg(long, requires = "data_dir")]
+    all: bool,
+    /// With --data-dir: a delta on the snapshot the reactors' tracked pages
+    /// are relative to (the node's last checkpoint or your last snapshot
+    /// of them; its id is in the answer).
+    #[arg(long, requires = "data_dir")]
+    incremental: bool,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Args)]
 pub(crate) struct RestoreArgs {
     /// Snapshot files: a full snapshot, then the deltas on it in order.
     #[arg(required = true, value_name = "SNAPSHOT")]
     snapshots: Vec<PathBuf>,
+    /// Restore into the running node with this data directory (its
+    /// reactors' addresses must be that node's) instead of a new process.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Module files the snapshot's reactors run. Without it, modules are
     /// looked up by hash among the guests this host was built with.
     #[arg(long, value_name = "FILE")]
@@ -52,12 +74,18 @@ pub(crate) struct InspectArgs {
     no_verify: bool,
 }
 
-/// `host snapshot`: `host run` that must end in a snapshot.
-pub(crate) fn snapshot(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    if !args.has_snapshot_path() {
+/// `host snapshot`: live reactors of a node, or `host run` that must end
+/// in a snapshot.
+pub(crate) fn snapshot(engine_args: &EngineArgs, args: &SnapshotArgs) -> anyhow::Result<ExitCode> {
+    let Some(out) = args.run.snapshot_path() else {
         bail!("`host snapshot` needs `-o FILE`: where to write the snapshot");
+    };
+    if let Some(dir) = &args.data_dir {
+        // The positional arguments are addresses here.
+        let reactors = args.run.positionals();
+        return super::node::snapshot_live(dir, &reactors, args.all, out, args.incremental);
     }
-    super::run::run(engine_args, args)
+    super::run::run(engine_args, &args.run)
 }
 
 /// Loads the modules a snapshot chain needs: the given files, then built
@@ -98,6 +126,12 @@ fn load_modules(engine: &Engine, files: &[SnapshotFile], given: &[PathBuf]) -> a
 
 /// `host restore`.
 pub(crate) fn restore(engine_args: &EngineArgs, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &args.data_dir {
+        if !args.messages.is_empty() || args.snapshot.is_some() || !args.module.is_empty() {
+            bail!("with --data-dir, restore takes only snapshot files (and --lazy); talk to the restored reactors with `host call`");
+        }
+        return super::node::restore_live(dir, &args.snapshots, args.lazy);
+    }
     let engine = engine_args.engine()?;
     let files = args
         .snapshots

@@ -75,6 +75,15 @@ pub enum AdminError {
     /// The request got no answer (it may have been handled).
     #[error(transparent)]
     Call(#[from] CallError),
+    /// A snapshot could not be taken or written (nothing was written).
+    #[error(transparent)]
+    Snapshot(#[from] reactor_runtime::snapshot::SnapshotError),
+    /// A restore was refused (nothing was restored).
+    #[error(transparent)]
+    Restore(#[from] crate::node::RestoreError),
+    /// The node's checkpoint could not be taken.
+    #[error(transparent)]
+    Durable(#[from] crate::node::durable::DurableError),
     /// The reactor answered, but not with JSON.
     #[error("the reply is not JSON")]
     ReplyNotJson(#[source] serde_json::Error),
@@ -368,8 +377,34 @@ fn handle(node: &Node, op: Op) -> Result<Value, AdminError> {
                 .collect();
             Ok(Value::Array(msgs))
         }
+        Op::Snapshot { reactors, path, incremental } => Ok(node.snapshot(reactors, Path::new(&path), incremental)?),
+        Op::Restore { files, lazy } => {
+            let files: Vec<PathBuf> = files.into_iter().map(PathBuf::from).collect();
+            let restored = node.restore(&files, lazy)?;
+            Ok(json!({"reactors": restored.iter().map(|a| a.to_string()).collect::<Vec<_>>()}))
+        }
+        Op::Checkpoint => {
+            let t = node.checkpoint()?;
+            Ok(taken_json(&t))
+        }
         Op::Stop => Ok(Value::Null),
     }
+}
+
+/// A checkpoint the node took, as an answer.
+pub fn taken_json(t: &crate::node::durable::Taken) -> Value {
+    let kind = match t.kind {
+        reactor_runtime::snapshot::Kind::Full => json!("full"),
+        reactor_runtime::snapshot::Kind::Delta { base } => json!({"delta_on": base.to_string()}),
+    };
+    json!({
+        "file": t.path.display().to_string(),
+        "kind": kind,
+        "reactors": t.reactors,
+        "file_bytes": t.file_bytes,
+        "ms": t.elapsed.as_secs_f64() * 1e3,
+        "deleted": t.deleted,
+    })
 }
 
 /// A blocking admin client (what the CLI uses).

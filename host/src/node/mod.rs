@@ -24,7 +24,20 @@
 //! - `{"op":"call","to":ADDR,"msg":JSON,"timeout_ms":N}` → the reply;
 //! - `{"op":"mailbox"}` → the messages sent to this node's host
 //!   (`#<node>.host`), oldest first, each `{"from","msg"}`;
-//! - `{"op":"stop"}` → `null`, then the node exits.
+//! - `{"op":"snapshot","reactors":"all"|[ADDR…],"path":ABS,"incremental":B}`
+//!   → the file written, its kind and reactors (copy-on-write: the reactors
+//!   keep serving);
+//! - `{"op":"restore","files":[ABS…],"lazy":B}` → the reactors restored;
+//! - `{"op":"checkpoint"}` → the node's own checkpoint just taken;
+//! - `{"op":"stop"}` → `null`, then the node takes a last checkpoint and
+//!   exits.
+//!
+//! # Durability
+//! A node keeps a chain of checkpoints of all its reactors and the modules
+//! they run in its data directory (`durable`): one at every graceful stop,
+//! and one every `checkpoint_every` while it runs. A node that starts on a
+//! data directory with checkpoints restores its reactors, lazily, at the
+//! same addresses. After `SIGKILL`, state is as of the last checkpoint.
 //!
 //! `ADDR` is `"#<node>.<shard>:<serial>"` or the tag as a number. Messages
 //! are JSON text payloads (guests decode them with serde_json), and so are
@@ -32,6 +45,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod durable;
 pub mod lock;
 
 use reactor_net::auth::Secret;
@@ -112,6 +126,20 @@ pub enum NodeError {
     /// The listen address is not one other nodes can reach.
     #[error("--listen {0}: give the address other nodes reach this one at, not an unspecified one")]
     UnspecifiedListen(String),
+    /// The node's checkpoints or kept modules could not be read or written.
+    #[error(transparent)]
+    Durable(#[from] durable::DurableError),
+    /// The reactors of the node's last checkpoint could not be restored.
+    /// Nothing was deleted: move `<data-dir>/checkpoints` away to start
+    /// empty.
+    #[error("cannot restore the node's reactors from its checkpoints ({files})")]
+    Restore {
+        /// The chain's files.
+        files: String,
+        /// Why.
+        #[source]
+        source: reactor_runtime::snapshot::SnapshotError,
+    },
     /// A module could not be loaded; the node runs on without it.
     #[error("cannot load module `{name}`")]
     Module {
@@ -121,6 +149,33 @@ pub enum NodeError {
         #[source]
         source: LoadError,
     },
+}
+
+/// Why a restore into a running node was refused. Nothing was restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// A file is not a usable snapshot.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: reactor_runtime::snapshot::SnapshotError,
+    },
+    /// A reactor of the snapshot belongs to another node.
+    #[error("reactor {address} is node {}'s, not this node's ({node}): an address names the node that runs it", address.node())]
+    OtherNode {
+        /// The reactor.
+        address: Address,
+        /// This node.
+        node: NodeId,
+    },
+    /// A module the snapshot needs is not available.
+    #[error("module {0}: {1}")]
+    Module(reactor_runtime::ModuleHash, String),
+    /// The restore itself failed.
+    #[error(transparent)]
+    Snapshot(#[from] reactor_runtime::snapshot::SnapshotError),
 }
 
 /// Settings of a node.
@@ -160,6 +215,9 @@ pub struct NodeConfig {
     /// these node ids, each with its key, may connect. `None`: trust on
     /// first use.
     pub peer_keys: Option<HashMap<NodeId, PublicKey>>,
+    /// How often the running node checkpoints its reactors (`None`: only
+    /// when it stops).
+    pub checkpoint_every: Option<Duration>,
 }
 
 /// What a node remembers of cluster events (newest last, bounded).
@@ -174,8 +232,59 @@ pub struct Node {
     tokio: tokio::runtime::Runtime,
     events: Arc<Mutex<VecDeque<(SystemTime, NodeEvent)>>>,
     public_key: PublicKey,
+    /// Its chain of checkpoints (one writer at a time).
+    checkpoints: Arc<Mutex<durable::Checkpoints>>,
+    /// Reactors restored from it at start.
+    restored: Vec<Address>,
+    /// The periodic checkpoint thread and its stop signal.
+    ticker: Mutex<Option<Ticker>>,
+    /// The last snapshot taken through [`Node::snapshot`]: what the next
+    /// incremental one is a delta on.
+    last_snapshot: Mutex<Option<reactor_runtime::snapshot::SnapshotId>>,
     /// Held for the node's life: no second node on its data directory.
     _lock: lock::DataDirLock,
+}
+
+/// The thread that checkpoints a running node periodically.
+struct Ticker {
+    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Ticker {
+    fn start(
+        every: Duration,
+        runtime: Arc<Runtime>,
+        checkpoints: Arc<Mutex<durable::Checkpoints>>,
+    ) -> io::Result<Self> {
+        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let signal = stop.clone();
+        let thread = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
+            let (lock, cv) = &*signal;
+            let mut stopped = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            loop {
+                let (s, _) = cv.wait_timeout(stopped, every).unwrap_or_else(std::sync::PoisonError::into_inner);
+                stopped = s;
+                if *stopped {
+                    return;
+                }
+                drop(stopped);
+                let taken = checkpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(&runtime);
+                match taken {
+                    Ok(t) => tracing::debug!(file = %t.path.display(), reactors = t.reactors, "periodic checkpoint"),
+                    Err(e) => tracing::error!("periodic checkpoint failed: {e}"),
+                }
+                stopped = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        })?;
+        Ok(Self { stop, thread })
+    }
+
+    fn stop(self) {
+        *self.stop.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        self.stop.1.notify_all();
+        let _ = self.thread.join();
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -344,7 +453,153 @@ impl Node {
         let transport = tokio.block_on(Transport::start(tc, listener, ov, inbound))?;
         runtime.set_remote(Arc::new(transport.clone()));
         transport.join(config.seeds.clone());
-        Ok(Self { config, info, runtime, transport, tokio, events, public_key, _lock: lock })
+        // Back to where it stopped: its modules, then its reactors at the
+        // same addresses (lazily: pages are read on first touch).
+        durable::load_kept_modules(&config.data_dir, runtime.engine())?;
+        let checkpoints = durable::Checkpoints::open(&config.data_dir)?;
+        let chain = checkpoints.open_chain()?;
+        let restored = if chain.is_empty() {
+            Vec::new()
+        } else {
+            let files = checkpoints.chain().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+            runtime
+                .restore_files(chain, reactor_runtime::snapshot::RestoreOptions::lazy())
+                .map_err(|source| NodeError::Restore { files, source })?
+        };
+        let checkpoints = Arc::new(Mutex::new(checkpoints));
+        let ticker = match config.checkpoint_every {
+            Some(every) if !every.is_zero() => {
+                Some(Ticker::start(every, runtime.clone(), checkpoints.clone()).map_err(NodeError::Threads)?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            config,
+            info,
+            runtime,
+            transport,
+            tokio,
+            events,
+            public_key,
+            checkpoints,
+            restored,
+            ticker: Mutex::new(ticker),
+            last_snapshot: Mutex::new(None),
+            _lock: lock,
+        })
+    }
+
+    /// Reactors restored from the node's checkpoints when it started.
+    pub fn restored(&self) -> &[Address] {
+        &self.restored
+    }
+
+    /// Takes one of the node's own checkpoints now (see `durable`).
+    pub fn checkpoint(&self) -> Result<durable::Taken, durable::DurableError> {
+        self.checkpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(&self.runtime)
+    }
+
+    /// Stops the periodic checkpoints and takes a last one: what a graceful
+    /// stop does before the node exits.
+    pub fn shutdown(&self) -> Result<durable::Taken, durable::DurableError> {
+        if let Some(t) = self.ticker.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            t.stop();
+        }
+        self.checkpoint()
+    }
+
+    /// Snapshots live reactors of this node (`None`: all) into `path`,
+    /// copy-on-write: they keep serving while it is copied. Incremental: a
+    /// delta on the last snapshot taken this way (its id is in the answer);
+    /// reactors whose written pages were not tracked since then (new ones,
+    /// ones whose memory moved, ones the node checkpointed meanwhile) go
+    /// into it whole. Pages stay tracked afterwards.
+    pub fn snapshot(
+        &self,
+        reactors: Option<Vec<Address>>,
+        path: &Path,
+        incremental: bool,
+    ) -> Result<serde_json::Value, reactor_runtime::snapshot::SnapshotError> {
+        use reactor_runtime::snapshot::{Capture, SnapshotError, SnapshotOptions};
+        if let Some(list) = &reactors
+            && let Some(&a) = list.iter().find(|a| self.runtime.state(**a) != Some(reactor_runtime::ReactorState::Running))
+        {
+            return Err(SnapshotError::NoSuchReactor(a));
+        }
+        let started = std::time::Instant::now();
+        let options = SnapshotOptions {
+            capture: if incremental { Capture::Incremental } else { Capture::Concurrent },
+            track: true,
+        };
+        let mut last = self.last_snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let base = match (incremental, *last) {
+            (true, None) => {
+                return Err(SnapshotError::Chain(
+                    "no snapshot was taken through this node since it started: take a full one first".into(),
+                ));
+            }
+            (true, Some(id)) => Some(id),
+            (false, _) => None,
+        };
+        let scope = reactor_runtime::CheckpointScope { reactors: reactors.map(|v| v.into_iter().collect()), base };
+        let cp = self.runtime.checkpoint_with(options, scope)?;
+        let captured = started.elapsed();
+        let report = cp.write(path, &mut |_, _| {})?;
+        // Only a snapshot that reached its file can be a delta's base.
+        *last = Some(cp.id());
+        drop(last);
+        let kind = match cp.kind() {
+            reactor_runtime::snapshot::Kind::Full => serde_json::json!("full"),
+            reactor_runtime::snapshot::Kind::Delta { base } => serde_json::json!({"delta_on": base.to_string()}),
+        };
+        Ok(serde_json::json!({
+            "file": path.display().to_string(),
+            "id": cp.id().to_string(),
+            "kind": kind,
+            "reactors": cp.reactors().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "file_bytes": report.file_bytes,
+            "page_bytes": report.page_bytes,
+            "captured_ms": captured.as_secs_f64() * 1e3,
+            "total_ms": started.elapsed().as_secs_f64() * 1e3,
+        }))
+    }
+
+    /// Restores a chain of snapshot files into this running node. Only
+    /// reactors whose addresses are this node's: an address names the
+    /// node that runs it.
+    pub fn restore(&self, files: &[PathBuf], lazy: bool) -> Result<Vec<Address>, RestoreError> {
+        use reactor_runtime::snapshot::{Load, RestoreOptions, SnapshotFile};
+        let chain = files
+            .iter()
+            .map(|p| SnapshotFile::open(p, reactor_runtime::abi::ABI_VERSION).map_err(|e| RestoreError::File { path: p.clone(), source: e.into() }))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(last) = chain.last() {
+            for r in &last.meta().reactors {
+                let a = Address(r.address);
+                if a.node() != self.info.id {
+                    return Err(RestoreError::OtherNode { address: a, node: self.info.id });
+                }
+                let hash = reactor_runtime::ModuleHash(r.module);
+                if self.runtime.engine().module(&hash).is_none() {
+                    self.load_guest_by_hash(&hash)?;
+                }
+            }
+        }
+        let options = RestoreOptions { load: if lazy { Load::Lazy } else { Load::Eager }, verify: !lazy };
+        Ok(self.runtime.restore_files(chain, options)?)
+    }
+
+    /// Loads the built guest whose hash is `hash`, if there is one.
+    fn load_guest_by_hash(&self, hash: &reactor_runtime::ModuleHash) -> Result<(), RestoreError> {
+        for name in example_guests::ALL {
+            let Ok(bytes) = Engine::read_module_file(&example_guests::path(name)) else { continue };
+            if reactor_runtime::ModuleHash::of(&bytes) == *hash {
+                let (m, _) = self.runtime.engine().load(&bytes).map_err(|e| RestoreError::Module(*hash, e.to_string()))?;
+                durable::keep_module(&self.config.data_dir, &m.hash, &bytes).map_err(|e| RestoreError::Module(*hash, e.to_string()))?;
+                return Ok(());
+            }
+        }
+        Err(RestoreError::Module(*hash, "not loaded on this node (spawn a reactor of it first) and not a built guest".into()))
     }
 
     /// This node's static public key (its identity on the wire).
@@ -379,7 +634,10 @@ impl Node {
             return Ok(m);
         }
         let path = if example_guests::ALL.contains(&name) { example_guests::path(name) } else { PathBuf::from(name) };
-        let (m, _) = engine.load_file(&path).map_err(|source| NodeError::Module { name: name.to_owned(), source })?;
+        let bytes = Engine::read_module_file(&path).map_err(|source| NodeError::Module { name: name.to_owned(), source })?;
+        let (m, _) = engine.load(&bytes).map_err(|source| NodeError::Module { name: name.to_owned(), source })?;
+        // Kept so that a restart can instantiate its reactors again.
+        durable::keep_module(&self.config.data_dir, &m.hash, &bytes)?;
         engine.register_name(name, &m);
         Ok(m)
     }

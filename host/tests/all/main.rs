@@ -16,3 +16,4 @@ mod cluster;
 mod hostile_local;
 mod hostile_guests;
 mod hostile_peers;
+mod durable;

@@ -208,6 +208,12 @@ impl<H: HostContext> Engine<H> {
     /// example guests are well under 1 MiB).
     pub const MAX_MODULE_FILE: u64 = 64 << 20;
 
+    /// Reads a module file as [`Engine::load_file`] does (a regular file of
+    /// at most 64 MiB), without loading it.
+    pub fn read_module_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+        read_module_file(path, Self::MAX_MODULE_FILE)
+    }
+
     /// Loads a module file; see [`Engine::load`]. Only a regular file of at
     /// most [`Engine::MAX_MODULE_FILE`] bytes is read (checked on the opened
     /// descriptor, and never more than the limit + 1 bytes read): a FIFO, a

@@ -106,5 +106,9 @@ pub enum SnapshotError {
     /// removed what it had restored.
     #[error("shard {0} has stopped: its thread panicked, its reactors are gone")]
     ShardDown(usize),
+    /// The reactor failed when the snapshot was to be taken (its lazily
+    /// restored pages were damaged): nothing was captured.
+    #[error("reactor {0} failed: {1}")]
+    Failed(Address, String),
 }
 

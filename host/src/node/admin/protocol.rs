@@ -18,7 +18,12 @@ pub const MAX_LINE: usize = 4 << 20;
 const QUOTE: usize = 64;
 
 /// The ops the protocol knows, for error messages.
-const OPS: &str = "status, spawn, send, call, mailbox, stop";
+const OPS: &str = "status, spawn, send, call, mailbox, snapshot, restore, checkpoint, stop";
+
+/// Most files one `restore` names (a full snapshot and its deltas).
+pub const MAX_RESTORE_FILES: usize = 256;
+/// Most reactors one `snapshot` names (more: take them all).
+pub const MAX_SNAPSHOT_REACTORS: usize = 65536;
 
 /// Why a request line is not a request. The connection stays open (except
 /// for an over-long line, which the reader handles before parsing).
@@ -89,6 +94,25 @@ pub enum Op {
     },
     /// The messages sent to this node's host.
     Mailbox,
+    /// Snapshot live reactors of this node into a file, copy-on-write
+    /// (they keep serving).
+    Snapshot {
+        /// These reactors (`None`: all of the node's).
+        reactors: Option<Vec<Address>>,
+        /// The file to write (absolute).
+        path: String,
+        /// A delta on the snapshot their tracked pages are relative to.
+        incremental: bool,
+    },
+    /// Restore snapshot files (a full one, then deltas) into this node.
+    Restore {
+        /// The files, in chain order (absolute).
+        files: Vec<String>,
+        /// Map pages on first touch instead of copying them now.
+        lazy: bool,
+    },
+    /// Take one of the node's own checkpoints now.
+    Checkpoint,
     /// Stop the node.
     Stop,
 }
@@ -188,8 +212,56 @@ fn parse_op(req: &mut serde_json::Map<String, Value>) -> Result<Op, RequestError
                 Op::Call { to, msg, timeout_ms }
             }
         }
+        "checkpoint" => Op::Checkpoint,
+        "snapshot" => {
+            let reactors = match req.get("reactors") {
+                Some(Value::String(s)) if s == "all" => None,
+                Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_SNAPSHOT_REACTORS => {
+                    Some(a.iter().map(parse_address).collect::<Result<Vec<_>, _>>()?)
+                }
+                _ => {
+                    return Err(RequestError::Field(
+                        "snapshot needs \"reactors\": \"all\" or a list of 1 to 65536 addresses",
+                    ));
+                }
+            };
+            let path = absolute_path(req.get("path"), "snapshot needs \"path\": an absolute file path")?;
+            let incremental = flag(req.get("incremental"), "\"incremental\" is true or false")?;
+            Op::Snapshot { reactors, path, incremental }
+        }
+        "restore" => {
+            let files = match req.get("files") {
+                Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_RESTORE_FILES => a
+                    .iter()
+                    .map(|f| absolute_path(Some(f), "restore's \"files\" are absolute file paths"))
+                    .collect::<Result<Vec<_>, _>>()?,
+                _ => return Err(RequestError::Field("restore needs \"files\": a list of 1 to 256 absolute paths")),
+            };
+            let lazy = match req.get("lazy") {
+                None | Some(Value::Null) => true,
+                v => flag(v, "\"lazy\" is true or false")?,
+            };
+            Op::Restore { files, lazy }
+        }
         other => return Err(RequestError::UnknownOp(quote(other))),
     })
+}
+
+/// An absolute path (the node does not share the client's directory).
+fn absolute_path(v: Option<&Value>, what: &'static str) -> Result<String, RequestError> {
+    match v {
+        Some(Value::String(s)) if s.starts_with('/') && s.len() <= 4096 && !s.contains('\0') => Ok(s.clone()),
+        _ => Err(RequestError::Field(what)),
+    }
+}
+
+/// An optional boolean (absent: false).
+fn flag(v: Option<&Value>, what: &'static str) -> Result<bool, RequestError> {
+    match v {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        _ => Err(RequestError::Field(what)),
+    }
 }
 
 /// The answer line (without its newline) to a request that succeeded.
@@ -201,4 +273,41 @@ pub fn answer_ok(id: &Value, ok: Value) -> String {
 /// none (`id` null: a refused connection, an unreadable line).
 pub fn answer_err(id: &Value, err: &str) -> String {
     json!({"id": id, "err": err}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(line: &str) -> Result<Op, RequestError> {
+        parse_request(line.as_bytes()).map(|r| r.op).map_err(|(_, e)| e)
+    }
+
+    #[test]
+    fn snapshot_restore_and_checkpoint_parse_and_refuse_bad_fields() {
+        assert_eq!(
+            op(r#"{"op":"snapshot","reactors":"all","path":"/tmp/a.snap"}"#),
+            Ok(Op::Snapshot { reactors: None, path: "/tmp/a.snap".into(), incremental: false })
+        );
+        assert_eq!(
+            op(r##"{"op":"snapshot","reactors":["#1.0:5",7],"path":"/x","incremental":true}"##),
+            Ok(Op::Snapshot { reactors: Some(vec!["#1.0:5".parse().unwrap(), Address(7)]), path: "/x".into(), incremental: true })
+        );
+        assert_eq!(op(r#"{"op":"restore","files":["/a","/b"]}"#), Ok(Op::Restore { files: vec!["/a".into(), "/b".into()], lazy: true }));
+        assert_eq!(op(r#"{"op":"restore","files":["/a"],"lazy":false}"#), Ok(Op::Restore { files: vec!["/a".into()], lazy: false }));
+        assert_eq!(op(r#"{"op":"checkpoint"}"#), Ok(Op::Checkpoint));
+        for bad in [
+            r#"{"op":"snapshot","reactors":[],"path":"/a"}"#,
+            r#"{"op":"snapshot","reactors":"some","path":"/a"}"#,
+            r#"{"op":"snapshot","reactors":"all","path":"relative.snap"}"#,
+            r#"{"op":"snapshot","reactors":"all"}"#,
+            r#"{"op":"snapshot","reactors":"all","path":"/a","incremental":"yes"}"#,
+            r#"{"op":"restore","files":[]}"#,
+            r#"{"op":"restore","files":["rel"]}"#,
+            r#"{"op":"restore","files":"/a"}"#,
+            r#"{"op":"restore","files":["/a"],"lazy":1}"#,
+        ] {
+            assert!(matches!(op(bad), Err(RequestError::Field(_)) | Err(RequestError::Address(_))), "{bad}: {:?}", op(bad));
+        }
+    }
 }
