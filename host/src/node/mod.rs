@@ -49,7 +49,7 @@ pub mod durable;
 pub mod lock;
 
 use reactor_net::auth::Secret;
-use reactor_net::secure::{Keyring, PublicKey, StaticKey};
+use reactor_net::secure::{self, Binding, Keyring, PublicKey, SigningKey, StaticKey};
 use reactor_net::fault::Schedule;
 use reactor_net::overlay;
 use reactor_net::{NodeId, NodeInfo, NodeRole, OverlayKind};
@@ -104,6 +104,16 @@ pub enum NodeError {
         path: PathBuf,
         /// Its length.
         len: usize,
+    },
+    /// The file of peer keys learned on first use is not one this node
+    /// wrote (truncated, edited, another file): starting without it would
+    /// let anyone claim the node ids it knew. Nothing was started.
+    #[error("{} is damaged: {why} (it binds node ids to the keys first seen for them; fix it, or move it away to trust every node id anew)", path.display())]
+    DamagedKnownPeers {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        why: String,
     },
     /// The node's static key file can be read by others than its owner.
     /// Nothing was started.
@@ -316,34 +326,33 @@ impl Inbound for RuntimeInbound {
     }
 }
 
-/// The node's static key: `<dir>/node.key` (32 bytes, mode 0600), made on
-/// first start; its public half is written beside it as `node.pub` (hex),
-/// for the cluster's pinned keys.
-fn static_key(dir: &Path) -> Result<StaticKey, NodeError> {
+/// A private key of the node: `<dir>/<name>` (32 bytes, mode 0600), made
+/// with `generate` on first start (created `O_EXCL` as a temporary file,
+/// fsynced, renamed into place). A key file readable by group or others,
+/// or not 32 bytes long, stops the node.
+fn key_file(dir: &Path, name: &str, generate: impl FnOnce() -> Result<[u8; 32], String>) -> Result<[u8; 32], NodeError> {
     use std::io::Write as _;
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let io_err = |op: &'static str, path: &Path| {
         let path = path.to_owned();
         move |source| NodeError::Io { op, path, source }
     };
-    let path = dir.join("node.key");
-    let key = match std::fs::read(&path) {
+    let path = dir.join(name);
+    match std::fs::read(&path) {
         Ok(bytes) => {
             let mode = std::fs::metadata(&path).map_err(io_err("read", &path))?.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 return Err(NodeError::KeyPermissions { path, mode });
             }
-            let private: [u8; 32] =
-                bytes.as_slice().try_into().map_err(|_| NodeError::DamagedKey { path: path.clone(), len: bytes.len() })?;
-            StaticKey::from_private(private)
+            bytes.as_slice().try_into().map_err(|_| NodeError::DamagedKey { path: path.clone(), len: bytes.len() })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let key = StaticKey::generate().map_err(|e| NodeError::Io {
-                op: "generate a static key for",
+            let key = generate().map_err(|e| NodeError::Io {
+                op: "generate a key for",
                 path: path.clone(),
-                source: io::Error::other(e.to_string()),
+                source: io::Error::other(e),
             })?;
-            let tmp = dir.join("node.key.tmp");
+            let tmp = dir.join(format!("{name}.tmp"));
             let _ = std::fs::remove_file(&tmp);
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -351,17 +360,93 @@ fn static_key(dir: &Path) -> Result<StaticKey, NodeError> {
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(io_err("create", &tmp))?;
-            f.write_all(key.private()).map_err(io_err("write", &tmp))?;
+            f.write_all(&key).map_err(io_err("write", &tmp))?;
             f.sync_all().map_err(io_err("fsync", &tmp))?;
             std::fs::rename(&tmp, &path).map_err(io_err("rename the new key over", &path))?;
             std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))?;
-            key
+            Ok(key)
         }
-        Err(e) => return Err(io_err("read", &path)(e)),
-    };
-    let public = dir.join("node.pub");
-    std::fs::write(&public, format!("{}\n", key.public())).map_err(io_err("write", &public))?;
+        Err(e) => Err(io_err("read", &path)(e)),
+    }
+}
+
+/// Writes a public key beside its private one (`<dir>/<name>`, hex).
+fn write_public(dir: &Path, name: &str, public: &dyn std::fmt::Display) -> Result<(), NodeError> {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{public}\n")).map_err(|source| NodeError::Io { op: "write", path, source })
+}
+
+/// The node's static key: `<dir>/node.key`, made on first start; its
+/// public half is written beside it as `node.pub` (hex), for the cluster's
+/// pinned keys.
+fn static_key(dir: &Path) -> Result<StaticKey, NodeError> {
+    let private = key_file(dir, "node.key", || StaticKey::generate().map(|k| *k.private()).map_err(|e| e.to_string()))?;
+    let key = StaticKey::from_private(private);
+    write_public(dir, "node.pub", &key.public())?;
     Ok(key)
+}
+
+/// The node's signing key: `<dir>/node.sign.key`, made on first start;
+/// its public half is written beside it as `node.sign.pub`. Peers learn it
+/// in the handshake and check this node's announcements with it.
+fn signing_key(dir: &Path) -> Result<SigningKey, NodeError> {
+    let secret = key_file(dir, "node.sign.key", || SigningKey::generate().map(|k| k.to_bytes()).map_err(|e| e.to_string()))?;
+    let key = SigningKey::from_bytes(secret);
+    write_public(dir, "node.sign.pub", &key.public())?;
+    Ok(key)
+}
+
+/// The file of peer keys learned on first use.
+const KNOWN_PEERS: &str = "known_peers";
+
+/// The keyring of a node that trusts on first use: the bindings stored in
+/// `<dir>/known_peers` by earlier runs (none if there is no file; a file
+/// that does not parse stops the node), and every new one stored there
+/// before it is used.
+fn stored_keyring(dir: &Path) -> Result<Keyring, NodeError> {
+    use std::io::Read as _;
+    let path = dir.join(KNOWN_PEERS);
+    let known = match std::fs::File::open(&path) {
+        Ok(f) => {
+            let mut text = String::new();
+            f.take(secure::MAX_KNOWN_LEN as u64 + 1).read_to_string(&mut text).map_err(|e| NodeError::DamagedKnownPeers {
+                path: path.clone(),
+                why: format!("cannot read it as text: {e}"),
+            })?;
+            secure::parse_known(&text).map_err(|why| NodeError::DamagedKnownPeers { path: path.clone(), why })?
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(NodeError::Io { op: "read", path, source }),
+    };
+    let dir = dir.to_owned();
+    let store: secure::KnownStore = Box::new(move |all: &[Binding]| store_known(&dir, all));
+    Keyring::trust_on_first_use_stored(known, store).map_err(|e| NodeError::DamagedKnownPeers { path, why: e.to_string() })
+}
+
+/// Replaces `<dir>/known_peers` with `bindings`, atomically: a temporary
+/// file created 0600, written, fsynced, renamed over it, the directory
+/// fsynced.
+fn store_known(dir: &Path, bindings: &[Binding]) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(KNOWN_PEERS);
+    let tmp = dir.join(format!("{KNOWN_PEERS}.tmp"));
+    let fail = |op: &str, p: &Path, e: io::Error| format!("cannot {op} {}: {e}", p.display());
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("remove the stale", &tmp, e)),
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| fail("create", &tmp, e))?;
+    f.write_all(secure::format_known(bindings).as_bytes()).map_err(|e| fail("write", &tmp, e))?;
+    f.sync_all().map_err(|e| fail("fsync", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| fail("rename over", &path, e))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("fsync", dir, e))
 }
 
 /// Reads, increments and durably stores the node's incarnation.
@@ -403,6 +488,11 @@ impl Node {
             source,
         })?;
         let key = static_key(&config.data_dir)?;
+        let sign = Arc::new(signing_key(&config.data_dir)?);
+        let keyring = Arc::new(match &config.peer_keys {
+            Some(keys) => Keyring::pinned(keys.clone()),
+            None => stored_keyring(&config.data_dir)?,
+        });
         let incarnation = next_incarnation(&config.data_dir)?;
         let mut rc = config.runtime.clone();
         rc.node = config.id;
@@ -433,10 +523,8 @@ impl Node {
         let public_key = key.public();
         tc.static_key = Arc::new(key);
         tc.insecure_plaintext = config.insecure_plaintext;
-        tc.keyring = Arc::new(match &config.peer_keys {
-            Some(keys) => Keyring::pinned(keys.clone()),
-            None => Keyring::trust_on_first_use(),
-        });
+        tc.signing_key = sign.clone();
+        tc.keyring = keyring.clone();
         tc.validate().map_err(StartError::Config)?;
         // Bind first: the overlay announces the bound address (port 0
         // picks one).
@@ -449,7 +537,14 @@ impl Node {
         }
         info.addr = local.to_string();
         tc.me.addr = info.addr.clone();
-        let ov = overlay::build(config.overlay, info.clone(), seed_of(&info));
+        // Plaintext connections carry no signing keys: nothing to check
+        // announcements with.
+        let origins = if config.insecure_plaintext {
+            overlay::Origins::Unchecked
+        } else {
+            overlay::Origins::Signed { key: sign, keys: keyring }
+        };
+        let ov = overlay::build(config.overlay, info.clone(), seed_of(&info), origins);
         let transport = tokio.block_on(Transport::start(tc, listener, ov, inbound))?;
         runtime.set_remote(Arc::new(transport.clone()));
         transport.join(config.seeds.clone());
@@ -683,6 +778,7 @@ impl Node {
             "remote_sends": stats.remote,
             "dead_letters": stats.dead_letters + self.transport.dead_letters(),
             "refused_connections": self.transport.refused(),
+            "bad_signatures": self.transport.bad_signatures(),
             "events": events,
         })
     }

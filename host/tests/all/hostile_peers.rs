@@ -8,12 +8,14 @@ use crate::nodes::{self, CONVERGE, NodeProc, SECRET};
 use reactor_net::NodeInfo;
 use reactor_net::auth::{Role, Secret};
 use reactor_net::frame::{Data, Frame, Hello, MAX_PREAUTH_FRAME_LEN};
-use reactor_net::secure::{Handshake, Opener, Sealer, StaticKey, Step};
+use reactor_net::secure::{Handshake, Opener, Sealer, SigningKey, StaticKey, Step};
 use reactor_types::Address;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Duration;
 
 const CLUSTER: &str = "reactors";
@@ -100,7 +102,7 @@ impl Liar {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let secret = Secret::new(SECRET.as_bytes().to_vec()).unwrap();
-        let (mut hs, first) = Handshake::start(Role::Connector, &secret, key, hello).unwrap();
+        let (mut hs, first) = Handshake::start(Role::Connector, &secret, key, signer(key).public(), hello).unwrap();
         write_frame(&mut s, &first.unwrap()).map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         loop {
@@ -141,6 +143,11 @@ impl Liar {
             }
         }
     }
+}
+
+/// The signing key a liar with static key `key` uses.
+fn signer(key: &StaticKey) -> SigningKey {
+    SigningKey::from_bytes(*key.private())
 }
 
 fn data(to: u64, from: u64, channel: u16, kind: u8, payload: &[u8]) -> Data {
@@ -364,4 +371,232 @@ fn settings_the_wire_cannot_carry_are_refused_at_start() {
         assert!(err.contains(why) && err.contains("at most 64"), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// A member of a HyParView cluster that the test controls: it holds the
+/// secret and a key of its own, listens (nodes dial back to send it
+/// overlay messages), joins node `n1` and becomes its neighbour, and can
+/// then send it any overlay message, as node `id`.
+struct Member {
+    out: Liar,
+    key: StaticKey,
+    info: NodeInfo,
+}
+
+/// Serves a connection a node dialled to a [`Member`]: the acceptor's
+/// handshake, then pongs for pings, and every control payload to `tx`.
+fn serve_dial(mut s: TcpStream, key: StaticKey, id: u16, tx: mpsc::Sender<Vec<u8>>) -> Option<()> {
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let secret = Secret::new(SECRET.as_bytes().to_vec()).ok()?;
+    let (mut hs, _) = Handshake::start(Role::Acceptor, &secret, &key, signer(&key).public(), hello(id, "", 0)).ok()?;
+    let mut buf = Vec::new();
+    let done = loop {
+        match hs.on_frame(read_frame(&mut s, &mut buf)?).ok()? {
+            Step::Send(f) => write_frame(&mut s, &f).ok()?,
+            Step::Done(done) => break done,
+        }
+    };
+    let mut done = *done;
+    write_frame(&mut s, &done.send.take()?).ok()?;
+    let (mut sealer, mut opener) = (done.session.sealer, done.session.opener);
+    let (mut wire, mut plain) = (buf, Vec::new());
+    loop {
+        let used = opener.open(&wire, &mut plain).ok()?;
+        wire.drain(..used);
+        while let Ok(Some((f, n))) = Frame::decode(&plain) {
+            plain.drain(..n);
+            match f {
+                Frame::Ping { nonce } => {
+                    let (mut p, mut out) = (Vec::new(), Vec::new());
+                    Frame::Pong { nonce }.encode(&mut p);
+                    sealer.seal(&p, &mut out).ok()?;
+                    s.write_all(&out).ok()?;
+                }
+                Frame::Control { payload } => {
+                    let _ = tx.send(payload);
+                }
+                _ => {}
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => wire.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// HyParView's `Join` (variant 0) of `info`.
+fn hv_join(info: &NodeInfo) -> Vec<u8> {
+    postcard::to_allocvec(&(0u8, info)).unwrap()
+}
+
+/// HyParView's `Gossip` (variant 7) of an `Announce` (variant 0) of
+/// `info` with `seq` and `sig`, one hop from its origin.
+fn hv_announce(info: &NodeInfo, seq: u64, sig: &[u8]) -> Vec<u8> {
+    postcard::to_allocvec(&(7u8, 1u16, 0u8, info, seq, sig.to_vec())).unwrap()
+}
+
+/// What a node signs to announce `info` with `seq` (the overlay's rule).
+fn announce_bytes(info: &NodeInfo, seq: u64) -> Vec<u8> {
+    let mut b = b"reactor-net hyparview announce v1\0".to_vec();
+    b.extend_from_slice(&postcard::to_allocvec(info).unwrap());
+    b.extend_from_slice(&seq.to_le_bytes());
+    b
+}
+
+impl Member {
+    /// Joins `node` as member `id` (its own keys), and waits until `node`
+    /// accepted it as a neighbour (a `NeighborReply` that accepts).
+    fn join(node: &NodeProc, id: u16) -> Member {
+        let key = StaticKey::generate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let info = NodeInfo {
+            id,
+            name: format!("member{id}"),
+            addr: listener.local_addr().unwrap().to_string(),
+            role: reactor_net::NodeRole::Peer,
+            incarnation: 1,
+        };
+        let (tx, rx) = mpsc::channel();
+        let k = key.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                let (k, tx) = (k.clone(), tx.clone());
+                std::thread::spawn(move || serve_dial(s, k, id, tx));
+            }
+        });
+        let mut out = Liar::connect(&node.addr, hello(id, "control", 0), &key).expect("the member authenticates");
+        out.send(&Frame::Control { payload: hv_join(&info) }).unwrap();
+        loop {
+            let got = rx.recv_timeout(CONVERGE).expect("the node answers the join");
+            if got == [3, 1] {
+                break; // NeighborReply { accepted: true }
+            }
+        }
+        Member { out, key, info }
+    }
+
+    /// Its signing key.
+    fn out_signer(&self) -> SigningKey {
+        signer(&self.key)
+    }
+
+    /// Sends an overlay message to the node it joined.
+    fn send(&mut self, payload: Vec<u8>) {
+        self.out.send(&Frame::Ping { nonce: 0 }).unwrap();
+        self.out.send(&Frame::Control { payload }).unwrap();
+    }
+}
+
+/// What `node` believes of node `id`: (up, incarnation, address).
+fn belief(node: &NodeProc, id: u16) -> Option<(bool, u64, String)> {
+    let members = node.status()["members"].clone();
+    let m = members.as_array().unwrap().iter().find(|m| m["id"] == json!(id))?.clone();
+    Some((m["up"] == json!(true), m["incarnation"].as_u64().unwrap(), m["addr"].as_str().unwrap().to_owned()))
+}
+
+/// HyParView announcements are relayed by members, so each carries its
+/// origin's signature. A member holding the secret relays forged
+/// announcements of node 2 (a newer run at its own address; the same run
+/// at another address; signed by itself, or not at all) and of a node
+/// nobody knows: node 1 drops the forgeries of node 2 (counted), does not
+/// believe in the unknown node, and node 2 keeps its incarnation and
+/// address everywhere and answers. A genuine restart announced and
+/// relayed (member 40's, signed by its own key, relayed by member 41) is
+/// learned, and so is a real node's restart.
+#[test]
+fn forged_hyparview_announcements_are_ignored() {
+    let root = scratch("announce");
+    let hv = ["--overlay", "hyparview"];
+    let n1 = start(&root, 1, &hv);
+    let n2 = start(&root, 2, &[&hv[..], &["--seed", n1.addr.as_str()]].concat());
+    let n3 = start(&root, 3, &[&hv[..], &["--seed", n1.addr.as_str()]].concat());
+    wait_until("all up", || [&n1, &n2, &n3].iter().all(|n| n.up() == [1, 2, 3]));
+    let counter = n2.spawn("counter");
+    assert_eq!(n1.call(counter, json!({"Add": 1})), json!(1));
+    let two = belief(&n1, 2).unwrap();
+    assert_eq!(belief(&n3, 2), Some(two.clone()));
+
+    // Member 40 shows node 1 its keys (a handshake), nothing more.
+    let key40 = StaticKey::generate().unwrap();
+    drop(Liar::connect(&n1.addr, hello(40, "control", 0), &key40).expect("member 40 authenticates"));
+    // Member 41 becomes node 1's neighbour and relays.
+    let mut relay = Member::join(&n1, 41);
+    let forged = [
+        NodeInfo { id: 2, name: "n2".into(), addr: relay.info.addr.clone(), role: reactor_net::NodeRole::Peer, incarnation: two.1 + 10 },
+        NodeInfo { id: 2, name: "n2".into(), addr: relay.info.addr.clone(), role: reactor_net::NodeRole::Peer, incarnation: two.1 },
+    ];
+    let sign41 = relay.out_signer();
+    relay.send(hv_announce(&forged[0], 1_000_000, &sign41.sign(&announce_bytes(&forged[0], 1_000_000))));
+    relay.send(hv_announce(&forged[1], 1_000_001, &[0; 64]));
+    relay.send(hv_announce(&forged[0], 1_000_002, &[]));
+    // A node nobody knows, "at" node 2's address: only worth a dial.
+    let ghost = NodeInfo { id: 42, name: "ghost".into(), addr: n2.addr.clone(), role: reactor_net::NodeRole::Peer, incarnation: 7 };
+    relay.send(hv_announce(&ghost, 1, &sign41.sign(&announce_bytes(&ghost, 1))));
+    // Member 40's restart, signed by 40, relayed by 41: believed.
+    let forty = NodeInfo { id: 40, name: "member40".into(), addr: "127.0.0.1:9".into(), role: reactor_net::NodeRole::Peer, incarnation: 2 };
+    relay.send(hv_announce(&forty, 1, &signer(&key40).sign(&announce_bytes(&forty, 1))));
+    wait_until("member 40's announced restart is learned", || belief(&n1, 40).is_some_and(|b| b.1 == 2));
+    assert_eq!(belief(&n1, 40), Some((true, 2, forty.addr.clone())));
+    assert_eq!(n1.status()["bad_signatures"], json!(3), "the forgeries of node 2 are dropped and counted");
+    for n in [&n1, &n3] {
+        assert_eq!(belief(n, 2), Some(two.clone()), "node {}: node 2 changed", n.id);
+        assert!(!n.up().contains(&42), "node {} believes in node 42", n.id);
+    }
+    // Routes between non-neighbours follow announcements: give them time.
+    wait_until("node 3 reaches node 2", || n3.try_call(counter, json!({"Add": 0})).is_ok());
+    assert_eq!(n1.call(counter, json!({"Add": 1})), json!(2));
+    assert_eq!(n3.call(counter, json!({"Add": 1})), json!(3));
+    assert_eq!(n2.status()["bad_signatures"], json!(0), "node 1 relayed a forgery");
+
+    // A real restart of node 2 (new incarnation, new address) is learned.
+    drop(n2);
+    let n2 = start(&root, 2, &[&hv[..], &["--seed", n3.addr.as_str()]].concat());
+    let now = (true, two.1 + 1, n2.addr.clone());
+    wait_until("node 2's restart is learned", || belief(&n1, 2) == Some(now.clone()) && belief(&n3, 2) == Some(now.clone()));
+    let c2 = n2.spawn("counter");
+    for n in [&n1, &n3] {
+        wait_until("node 2's new run is reachable", || n.try_call(c2, json!({"Add": 0})).is_ok());
+    }
+    assert_eq!(n1.call(c2, json!({"Add": 4})), json!(4));
+    assert_eq!(n3.call(c2, json!({"Add": 1})), json!(5));
+}
+
+/// Trust on first use outlives a restart: node 1 learns node 2's key,
+/// restarts, and a process claiming node 2 with another key is refused
+/// before the real node 2 is back; the real one then connects. The
+/// bindings are in `<data-dir>/known_peers` (0600); a damaged file stops
+/// the node with a clear message.
+#[test]
+fn keys_learned_on_first_use_survive_a_restart() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = scratch("tofu-restart");
+    let (n1, n2, _) = pair(&root);
+    let known = n1.dir.join("known_peers");
+    let key2 = n2.public_key();
+    drop(n2);
+    drop(n1);
+    let n1 = start(&root, 1, &[]);
+    let before = n1.refused();
+    let impostor = StaticKey::generate().unwrap();
+    assert!(Liar::connect(&n1.addr, hello(2, "control", 0), &impostor).is_err(), "the impostor was accepted after a restart");
+    wait_until("the impostor is logged", || n1.log().contains("node 2 is known by static key"));
+    assert!(n1.refused() > before);
+    let n2 = start(&root, 2, &["--seed", &n1.addr]);
+    wait_until("the real node 2 connects", || n1.up() == [1, 2] && n2.up() == [1, 2]);
+    let counter = n2.spawn("counter");
+    assert_eq!(n1.call(counter, json!({"Add": 3})), json!(3));
+    let text = std::fs::read_to_string(&known).unwrap();
+    assert!(text.contains(&format!("2 {key2} ")), "{text}");
+    assert_eq!(std::fs::metadata(&known).unwrap().permissions().mode() & 0o777, 0o600);
+    // A damaged file: the node refuses to start, and says why.
+    drop(n1);
+    std::fs::write(&known, format!("{text}2 not-a-key\n")).unwrap();
+    let (c, dir, log) = nodes::node_command(&root, 1, SECRET, &[]);
+    let e = match nodes::launch(c, 1, &dir, &log) {
+        Ok(_) => panic!("node 1 started on a damaged known_peers"),
+        Err(e) => e,
+    };
+    assert!(e.contains("known_peers is damaged") && e.contains("line 3"), "{e}");
 }

@@ -6,7 +6,7 @@ use reactor_net::NodeInfo;
 use reactor_net::auth::Secret;
 use reactor_net::fault::Schedule;
 use reactor_net::frame::{MAX_CONTROL_LEN, MAX_NAME_LEN};
-use reactor_net::secure::{Keyring, StaticKey};
+use reactor_net::secure::{Keyring, SigningKey, StaticKey};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +79,9 @@ pub struct TransportConfig {
     pub secret: Secret,
     /// This node's static key (its identity on the wire).
     pub static_key: Arc<StaticKey>,
+    /// This node's signing key: its public half travels in the handshake,
+    /// and the overlay signs this node's announcements with it.
+    pub signing_key: Arc<SigningKey>,
     /// Which static key may claim which node id (trust on first use unless
     /// pinned).
     pub keyring: Arc<Keyring>,
@@ -129,6 +132,7 @@ impl TransportConfig {
             cluster: cluster.to_owned(),
             secret,
             static_key: Arc::new(StaticKey::generate().expect("the OS random source works")),
+            signing_key: Arc::new(SigningKey::generate().expect("the OS random source works")),
             keyring: Arc::new(Keyring::trust_on_first_use()),
             insecure_plaintext: false,
             handshake_timeout: Duration::from_secs(2),

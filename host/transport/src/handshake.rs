@@ -75,7 +75,7 @@ async fn handshake(
             }
         }
     }
-    let (mut hs, mine) = secure::Handshake::start(role, &config.secret, &config.static_key, hello)?;
+    let (mut hs, mine) = secure::Handshake::start(role, &config.secret, &config.static_key, config.signing_key.public(), hello)?;
     if let Some(f) = mine {
         writer.write(stream, &f).await?;
     }
@@ -89,10 +89,10 @@ async fn handshake(
                 writer.write(stream, &f).await?;
             }
             secure::Step::Done(done) => {
-                let secure::Established { peer, key, session, send } = *done;
+                let secure::Established { peer, key, sign_key, session, send } = *done;
                 // Before anything is confirmed to the peer: may this key
-                // claim this node id?
-                config.keyring.admit(peer.node, key)?;
+                // claim this node id? (Its signing key is recorded with it.)
+                config.keyring.admit(peer.node, key, sign_key)?;
                 if let Some(f) = send {
                     writer.write(stream, &f).await?;
                 }

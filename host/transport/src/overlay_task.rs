@@ -121,6 +121,7 @@ fn carry_out(inner: &Arc<Inner>, action: Action) {
 }
 
 fn refresh_routes(inner: &Inner, overlay: &dyn Overlay) {
+    inner.bad_signatures.store(overlay.bad_signatures(), Ordering::Relaxed);
     let mut dir = inner.directory.write().unwrap();
     for m in overlay.members() {
         if m.id != inner.config.me.id && !m.addr.is_empty() {

@@ -160,6 +160,8 @@ pub(crate) struct Inner {
     pub(crate) next_conn: AtomicU64,
     pub(crate) dead_letters: AtomicU64,
     pub(crate) refused: AtomicU64,
+    /// Broadcasts the overlay dropped for a bad signature (its count).
+    pub(crate) bad_signatures: AtomicU64,
     pub(crate) stopping: AtomicBool,
 }
 
@@ -213,6 +215,7 @@ impl Inner {
             relays: AtomicBool::new(true),
             dead_letters: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            bad_signatures: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         })
     }

@@ -157,6 +157,12 @@ impl Transport {
         self.inner.dead_letters.load(Ordering::Relaxed)
     }
 
+    /// Announcements the overlay dropped because their origin's signature
+    /// did not verify (a member forging another node's, or relaying one).
+    pub fn bad_signatures(&self) -> u64 {
+        self.inner.bad_signatures.load(Ordering::Relaxed)
+    }
+
     /// Connections refused or closed for a protocol or authentication error.
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)

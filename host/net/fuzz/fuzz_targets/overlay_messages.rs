@@ -4,13 +4,16 @@
 //! as a sequence of control messages from those neighbours, with time
 //! passing between them. No input may panic; every action the overlay asks
 //! for must be one a driver can carry out (a control message within the
-//! frame limit, no connection to itself).
+//! frame limit, no connection to itself). The first byte also picks
+//! whether HyParView checks announcements' signatures.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use reactor_net::frame::MAX_CONTROL_LEN;
-use reactor_net::overlay::{self, Action};
+use reactor_net::overlay::{self, Action, Origins};
+use reactor_net::secure::{Keyring, PublicKey, SigningKey};
 use reactor_net::{NodeInfo, NodeRole, OverlayKind};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn info(id: u16, role: NodeRole) -> NodeInfo {
@@ -19,6 +22,17 @@ fn info(id: u16, role: NodeRole) -> NodeInfo {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, mut rest)) = data.split_first() else { return };
+    // Bit 2: announcements checked against signing keys (nodes 2 and 3
+    // known, 4 and 5 not), as every encrypted node does; else unchecked.
+    let origins = if pick & 4 != 0 {
+        let keys = Keyring::trust_on_first_use();
+        for id in [2u8, 3] {
+            let _ = keys.admit(u16::from(id), PublicKey([id; 32]), SigningKey::from_bytes([id; 32]).public());
+        }
+        Origins::Signed { key: Arc::new(SigningKey::from_bytes([1; 32])), keys: Arc::new(keys) }
+    } else {
+        Origins::Unchecked
+    };
     let (kind, role) = match pick % 4 {
         0 => (OverlayKind::FullMesh, NodeRole::Peer),
         1 => (OverlayKind::ClientServer, NodeRole::Server),
@@ -26,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         _ => (OverlayKind::HyParView, NodeRole::Peer),
     };
     let me = info(1, role);
-    let mut o = overlay::build(kind, me, 7);
+    let mut o = overlay::build(kind, me, 7, origins);
     let mut now = Instant::now();
     for id in 2..=4 {
         o.handle_connected(now, info(id, if id == 2 { NodeRole::Server } else { role }));

@@ -17,15 +17,43 @@ pub use codec::MAX_ADDR_LEN;
 pub use protocol::{Action, Overlay, OverlayError};
 
 use crate::node::{NodeInfo, OverlayKind};
+use crate::secure::{SigningKey, SigningKeys};
+use std::sync::Arc;
 
-/// The overlay of `kind` for node `me`, with default settings and its
-/// randomness seeded from `seed`.
-pub fn build(kind: OverlayKind, me: NodeInfo, seed: u64) -> Box<dyn Overlay> {
+/// Whether an overlay checks that what a node broadcasts about itself
+/// (HyParView's announcements, relayed by other members) comes from that
+/// node.
+#[derive(Clone, Debug)]
+pub enum Origins {
+    /// Taken as they come: any member can forge another node's
+    /// announcement. For `--insecure-plaintext` (whose connections carry
+    /// no signing keys) and simulations.
+    Unchecked,
+    /// This node signs its announcements with `key`; an announcement of
+    /// another node is believed only with a valid signature by the key
+    /// that node sent in its own handshake (`keys`, the keyring). One
+    /// whose origin's key is not known yet is hearsay: an address to dial,
+    /// never an incarnation. A bad signature drops the message (counted).
+    Signed {
+        /// This node's signing key.
+        key: Arc<SigningKey>,
+        /// The signing keys other nodes proved (the keyring).
+        keys: Arc<dyn SigningKeys>,
+    },
+}
+
+/// The overlay of `kind` for node `me`, with default settings, its
+/// randomness seeded from `seed`, announcements authenticated as `origins`
+/// says (HyParView; the other overlays take facts about a node only from
+/// its own connection).
+pub fn build(kind: OverlayKind, me: NodeInfo, seed: u64, origins: Origins) -> Box<dyn Overlay> {
     match kind {
         OverlayKind::FullMesh => Box::new(mesh::FullMesh::new(me, mesh::MeshConfig::default(), seed)),
         OverlayKind::ClientServer => {
             Box::new(client_server::ClientServer::new(me, client_server::ClientServerConfig::default(), seed))
         }
-        OverlayKind::HyParView => Box::new(hyparview::HyParView::new(me, hyparview::HyParViewConfig::default(), seed)),
+        OverlayKind::HyParView => {
+            Box::new(hyparview::HyParView::new(me, hyparview::HyParViewConfig::default(), seed).with_origins(origins))
+        }
     }
 }

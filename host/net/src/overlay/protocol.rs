@@ -92,5 +92,12 @@ pub trait Overlay: Send + std::fmt::Debug {
     fn relays(&self) -> bool {
         true
     }
+
+    /// Broadcasts dropped so far because their origin's signature did not
+    /// verify (see [`Origins`](super::Origins)); 0 for overlays that
+    /// relay no statements of other nodes.
+    fn bad_signatures(&self) -> u64 {
+        0
+    }
 }
 

@@ -9,6 +9,14 @@
 //! heard from). Down nodes are forgotten after `forget_after` unless a
 //! view still holds them.
 //!
+//! **Whose word.** A node's incarnation is taken only from the node itself
+//! ([`Directory::learn`]: its connection, its own messages, its verified
+//! announcements). What other nodes say of it ([`Directory::hearsay`]:
+//! walks, shuffles, announcements whose signature cannot be checked) can
+//! introduce an unknown node, unconfirmed, or give an address to dial for
+//! a known one that is not up; it never changes a confirmed incarnation
+//! and never brings a node up (since commit 3f98414 the mesh does the same).
+//!
 //! **Routing** (DSDV's rule). Each broadcast names its origin, incarnation
 //! and sequence number, and every push or `IHave` of it from a neighbour
 //! carries the neighbour's distance from the origin. Per origin we keep
@@ -39,6 +47,9 @@ pub(super) enum Event {
 #[derive(Debug)]
 struct Known {
     info: NodeInfo,
+    /// `info.incarnation` came from the node itself (else from hearsay,
+    /// which the node's own word replaces whatever its value).
+    confirmed: bool,
     /// Reported Up (and not Down since).
     up: bool,
     /// Last time it was heard from.
@@ -51,6 +62,12 @@ struct Known {
     lost_at: Option<Instant>,
     /// When it was first learned of (or its incarnation replaced).
     learned: Instant,
+}
+
+impl Known {
+    fn new(info: NodeInfo, confirmed: bool, now: Instant) -> Self {
+        Known { info, confirmed, up: false, heard: None, down_since: None, seq: 0, lost_at: None, learned: now }
+    }
 }
 
 /// The best route to one origin. Invariant: `(incarnation, seq, -dist)`
@@ -125,28 +142,32 @@ impl Directory {
         v
     }
 
-    /// Records `info` (checked by the caller). `alive`: it comes from the
-    /// node itself, now.
+    /// Records `info` (checked by the caller), told by the node itself.
+    /// `alive`: it comes from the node, now.
     pub(super) fn learn(&mut self, now: Instant, info: &NodeInfo, alive: bool) {
         let id = info.id;
         if id == self.me || id == 0 {
             return;
         }
         match self.known.get_mut(&id) {
+            Some(k) if !k.confirmed => {
+                // Hearsay gave way to the node's own word, whatever the
+                // incarnation hearsay claimed.
+                if k.info.incarnation != info.incarnation {
+                    k.seq = 0;
+                }
+                k.info = info.clone();
+                k.confirmed = true;
+                if k.up {
+                    self.events.push(Event::Up(info.clone()));
+                }
+            }
             Some(k) if info.incarnation < k.info.incarnation => return,
             Some(k) if info.incarnation > k.info.incarnation => {
                 if k.up {
                     self.events.push(Event::Down(id));
                 }
-                *k = Known {
-                    info: info.clone(),
-                    up: false,
-                    heard: None,
-                    down_since: None,
-                    seq: 0,
-                    lost_at: None,
-                    learned: now,
-                };
+                *k = Known::new(info.clone(), true, now);
                 self.events.push(Event::Replaced(info.clone()));
             }
             Some(k) => {
@@ -158,12 +179,45 @@ impl Directory {
                 if self.known.len() >= self.max_nodes {
                     return;
                 }
-                let k = Known { info: info.clone(), up: false, heard: None, down_since: None, seq: 0, lost_at: None, learned: now };
-                self.known.insert(id, k);
+                self.known.insert(id, Known::new(info.clone(), true, now));
             }
         }
         if alive {
             self.heard(now, id);
+        }
+    }
+
+    /// Records what another node said of `info.id` (checked by the
+    /// caller): an unknown node is introduced, unconfirmed and not up; a
+    /// known one that is not up gets the address if hearsay speaks of a
+    /// newer run (its incarnation stays); a node that is up is left alone.
+    /// Whether the node is worth dialling (the handshake then says which
+    /// run answers).
+    pub(super) fn hearsay(&mut self, now: Instant, info: &NodeInfo) -> bool {
+        let id = info.id;
+        if id == self.me || id == 0 {
+            return false;
+        }
+        match self.known.get_mut(&id) {
+            None => {
+                if self.known.len() >= self.max_nodes {
+                    return false;
+                }
+                self.known.insert(id, Known::new(info.clone(), false, now));
+                true
+            }
+            Some(k) if k.up => false,
+            Some(k) if !k.confirmed => {
+                if info.incarnation >= k.info.incarnation {
+                    k.info = info.clone();
+                }
+                true
+            }
+            Some(k) if info.incarnation > k.info.incarnation => {
+                k.info.addr = info.addr.clone();
+                true
+            }
+            Some(_) => false,
         }
     }
 
@@ -185,7 +239,8 @@ impl Directory {
         }
     }
 
-    /// `id`'s announcement `seq` arrived: it is up unless stale.
+    /// `id`'s announcement `seq` arrived, verified as its own: it is up
+    /// unless stale.
     pub(super) fn announced(&mut self, now: Instant, info: &NodeInfo, seq: u64) {
         self.learn(now, info, false);
         let Some(k) = self.known.get_mut(&info.id) else { return };

@@ -27,7 +27,10 @@
 //!   limit and no trailing bytes, then checked before anything changes:
 //!   walk lengths and rounds within the configuration, list lengths, every
 //!   [`NodeInfo`](crate::node::NodeInfo) valid, a sender's description of
-//!   itself its own.
+//!   itself its own. Announcements carry their origin's Ed25519 signature
+//!   and count only when it verifies against the key the origin proved in
+//!   its handshake ([`Origins`](crate::overlay::Origins)); what other nodes
+//!   say of a node is hearsay, never its incarnation (`directory`).
 //! - **Directory and failure detection** (`directory`): every node
 //!   broadcasts an announcement of itself every
 //!   `max(announce_interval, n / announce_budget)`, so the cluster as a

@@ -11,7 +11,7 @@ use super::plumtree::{self, Plumtree};
 use super::wire::{self, Bcast, Message};
 use crate::node::{NodeId, NodeInfo};
 use crate::overlay::codec::{check_info, decode_message, encode_message};
-use crate::overlay::{Action, Overlay, OverlayError};
+use crate::overlay::{Action, Origins, Overlay, OverlayError};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -41,6 +41,24 @@ pub struct HyParView {
     /// Connections we closed: their `handle_disconnected` is expected.
     closing: BTreeSet<NodeId>,
     actions: VecDeque<Action>,
+    /// How announcements of other nodes are authenticated.
+    origins: Origins,
+    /// Announcements dropped for a bad signature.
+    bad_signatures: u64,
+    /// When we last dialled a node on hearsay (at most one dial per node
+    /// per announcement period; entries older than that are dropped).
+    hearsay_dials: BTreeMap<NodeId, Instant>,
+}
+
+/// Whose word an announcement is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// Its origin's (a valid signature, or `Origins::Unchecked`).
+    Own,
+    /// The origin's signing key is not known here: hearsay.
+    Unknown,
+    /// Not its origin's: a bad or missing signature.
+    Forged,
 }
 
 impl HyParView {
@@ -60,9 +78,51 @@ impl HyParView {
             connected: BTreeMap::new(),
             closing: BTreeSet::new(),
             actions: VecDeque::new(),
+            origins: Origins::Unchecked,
+            bad_signatures: 0,
+            hearsay_dials: BTreeMap::new(),
             me,
             config,
         }
+    }
+
+    /// Authenticates announcements as `origins` says (the default is
+    /// [`Origins::Unchecked`]).
+    pub fn with_origins(mut self, origins: Origins) -> Self {
+        self.origins = origins;
+        self
+    }
+
+    /// Announcements dropped so far for a bad signature.
+    pub fn bad_signatures(&self) -> u64 {
+        self.bad_signatures
+    }
+
+    /// Whose word an announcement of `info` is.
+    fn origin(&self, info: &NodeInfo, seq: u64, sig: &[u8]) -> Origin {
+        match &self.origins {
+            Origins::Unchecked => Origin::Own,
+            Origins::Signed { keys, .. } => match keys.signing_key(info.id) {
+                None => Origin::Unknown,
+                Some(key) if key.verify(&wire::announce_bytes(info, seq), sig) => Origin::Own,
+                Some(_) => Origin::Forged,
+            },
+        }
+    }
+
+    /// Another node spoke of `info` (hearsay): dial it if that is worth it
+    /// and not done lately, so the handshake tells who answers there.
+    fn dial_hearsay(&mut self, now: Instant, info: &NodeInfo) {
+        if !self.directory.hearsay(now, info) || self.connected.contains_key(&info.id) || info.addr == self.me.addr {
+            return;
+        }
+        let period = self.announce_period();
+        if self.hearsay_dials.get(&info.id).is_some_and(|&t| now < t + period) {
+            return;
+        }
+        self.hearsay_dials.insert(info.id, now);
+        let dial = self.directory.info(info.id).cloned().unwrap_or_else(|| info.clone());
+        self.actions.push_back(Action::Connect(dial));
     }
 
     /// The active view (same as [`Overlay::neighbours`]).
@@ -180,9 +240,16 @@ impl HyParView {
     /// A broadcast reached us for the first time.
     fn deliver(&mut self, now: Instant, bcast: Bcast) {
         match bcast {
-            Bcast::Announce { info, seq } => {
-                if info.id != self.me.id {
-                    self.directory.announced(now, &info, seq);
+            Bcast::Announce { info, seq, sig } => {
+                if info.id == self.me.id {
+                    return;
+                }
+                match self.origin(&info, seq, &sig) {
+                    Origin::Own => self.directory.announced(now, &info, seq),
+                    Origin::Unknown => self.dial_hearsay(now, &info),
+                    // Checked before Plumtree took it; the key may have
+                    // changed since.
+                    Origin::Forged => self.bad_signatures += 1,
                 }
             }
             Bcast::Data { origin, payload, .. } => {
@@ -209,6 +276,8 @@ impl HyParView {
         for id in idle {
             self.close(id);
         }
+        let period = self.announce_period();
+        self.hearsay_dials.retain(|_, t| now < *t + period);
         // View repair: re-join through any node we know when alone, or
         // when asking the passive view did not help.
         if self.membership.wants_rejoin() {
@@ -233,7 +302,12 @@ impl HyParView {
         }
         self.bcast_seq += 1;
         self.announced = true;
-        self.plumtree.broadcast(now, Bcast::Announce { info: self.me.clone(), seq: self.bcast_seq });
+        let seq = self.bcast_seq;
+        let sig = match &self.origins {
+            Origins::Unchecked => Vec::new(),
+            Origins::Signed { key, .. } => key.sign(&wire::announce_bytes(&self.me, seq)).to_vec(),
+        };
+        self.plumtree.broadcast(now, Bcast::Announce { info: self.me.clone(), seq, sig });
     }
 }
 
@@ -293,24 +367,37 @@ impl Overlay for HyParView {
             // a former neighbour must not make it one again.
             return Ok(());
         }
+        if let Message::Gossip { bcast: Bcast::Announce { info, seq, sig }, .. } = &msg
+            && info.id != self.me.id
+            && self.origin(info, *seq, sig) == Origin::Forged
+        {
+            // Not its origin's word: dropped before Plumtree records its id
+            // (the genuine one may still come) or relays it. The relay may
+            // be honest (it could not check), so its link stays.
+            self.bad_signatures += 1;
+            tracing::debug!(origin = info.id, from, "an announcement with a bad signature; dropped");
+            return Ok(());
+        }
         self.start(now);
         self.directory.touch(now, from);
         if let Some(t) = self.connected.get_mut(&from) {
             *t = now;
         }
-        // What the message tells of other nodes (checked above).
+        // What the message tells of other nodes (checked above): the
+        // sender's own word about itself, hearsay about the others.
         match &msg {
             Message::Join { info } => self.directory.learn(now, info, true),
-            Message::ForwardJoin { peer, .. } => self.directory.learn(now, peer, false),
+            Message::ForwardJoin { peer, .. } => {
+                self.directory.hearsay(now, peer);
+            }
             Message::Shuffle { origin, nodes, .. } => {
-                self.directory.learn(now, origin, false);
-                for n in nodes {
-                    self.directory.learn(now, n, false);
+                for n in std::iter::once(origin).chain(nodes) {
+                    self.directory.hearsay(now, n);
                 }
             }
             Message::ShuffleReply { nodes } => {
                 for n in nodes {
-                    self.directory.learn(now, n, false);
+                    self.directory.hearsay(now, n);
                 }
             }
             Message::Gossip { round, bcast } => {
@@ -387,5 +474,9 @@ impl Overlay for HyParView {
 
     fn neighbours(&self) -> Vec<NodeId> {
         self.membership.active().iter().copied().collect()
+    }
+
+    fn bad_signatures(&self) -> u64 {
+        self.bad_signatures
     }
 }

@@ -2,10 +2,11 @@
 
 use super::config::HyParViewConfig;
 use super::node::HyParView;
-use super::wire::{Bcast, IHave, Message, MsgId, Priority};
+use super::wire::{Bcast, IHave, Message, MsgId, Priority, announce_bytes};
 use crate::node::{NodeId, NodeInfo, NodeRole};
 use crate::overlay::codec::{decode_message, encode_message};
-use crate::overlay::{Action, Overlay, OverlayError};
+use crate::overlay::{Action, Origins, Overlay, OverlayError};
+use crate::secure::{Keyring, PublicKey, SigningKey};
 use crate::sim::{MembershipEvent, Sim, SimConfig, sim_info};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -215,6 +216,9 @@ fn hyparview_refuses_hostile_messages() {
     let id = MsgId { origin: 2, incarnation: 1, seq: 1 };
     let m = wire(&Message::IHave(vec![IHave { id, round: u16::MAX }]));
     assert!(refused(h.handle_message(now, 2, &m)));
+    // An announcement with a signature of the wrong length.
+    let bad = Bcast::Announce { info: node(3), seq: 1, sig: vec![0; 63] };
+    assert!(refused(h.handle_message(now, 2, &wire(&Message::Gossip { round: 1, bcast: bad }))));
     // A broadcast from node 0.
     let m = wire(&Message::Gossip { round: 1, bcast: Bcast::Data { origin: 0, incarnation: 1, seq: 1, payload: vec![1] } });
     assert!(refused(h.handle_message(now, 2, &m)));
@@ -342,3 +346,123 @@ fn wire_round_trips_every_message_a_cluster_sends() {
     assert!(missing.is_empty(), "never sent: {missing:?} (sent {kinds:?}, {} messages)", sent.len());
 }
 
+
+/// A keyring that knows nodes `ids`, each with the signing key
+/// `signer(id)` (as if each had connected once).
+fn keyring_of(ids: &[NodeId]) -> Arc<Keyring> {
+    let k = Keyring::trust_on_first_use();
+    for &id in ids {
+        k.admit(id, PublicKey([id as u8; 32]), signer(id).public()).unwrap();
+    }
+    Arc::new(k)
+}
+
+fn signer(id: NodeId) -> SigningKey {
+    SigningKey::from_bytes([id as u8; 32])
+}
+
+fn announce(info: &NodeInfo, seq: u64, by: &SigningKey) -> Vec<u8> {
+    let sig = by.sign(&announce_bytes(info, seq)).to_vec();
+    wire(&Message::Gossip { round: 1, bcast: Bcast::Announce { info: info.clone(), seq, sig } })
+}
+
+fn member(h: &HyParView, id: NodeId) -> Option<NodeInfo> {
+    h.members().into_iter().find(|m| m.id == id)
+}
+
+/// Node 1 knows the signing keys of nodes 2 and 3; node 2 is its
+/// neighbour and relays. What node 2 forges for node 3 (signed by itself,
+/// garbage, unsigned) is dropped and counted, and does not keep the
+/// genuine announcement of that id out; node 3's genuine restart, relayed,
+/// is learned without a connection to it; an announcement of a node whose
+/// key is unknown only makes node 1 dial it, and the node's own handshake
+/// says which run it is.
+#[test]
+fn announcements_count_only_with_their_origins_signature() {
+    let mut h = HyParView::new(node(1), HyParViewConfig::default(), 0)
+        .with_origins(Origins::Signed { key: Arc::new(signer(1)), keys: keyring_of(&[2, 3]) });
+    let now = Instant::now();
+    h.handle_connected(now, node(2));
+    h.handle_message(now, 2, &wire(&Message::Join { info: node(2) })).unwrap();
+    h.handle_connected(now, node(3));
+    assert_eq!(h.neighbours(), vec![2]);
+    assert_eq!(member(&h, 3), Some(node(3)));
+    while h.poll_action().is_some() {}
+
+    // Forgeries for node 3, relayed by node 2: a newer run elsewhere.
+    let forged = NodeInfo { incarnation: 9, addr: "evil:1".into(), ..node(3) };
+    h.handle_message(now, 2, &announce(&forged, 5, &signer(2))).unwrap();
+    let garbage = Bcast::Announce { info: forged.clone(), seq: 6, sig: vec![7; 64] };
+    h.handle_message(now, 2, &wire(&Message::Gossip { round: 1, bcast: garbage })).unwrap();
+    let unsigned = Bcast::Announce { info: forged.clone(), seq: 7, sig: Vec::new() };
+    h.handle_message(now, 2, &wire(&Message::Gossip { round: 1, bcast: unsigned })).unwrap();
+    assert_eq!(h.bad_signatures(), 3);
+    assert_eq!(member(&h, 3), Some(node(3)), "a forged announcement changed node 3");
+    assert_eq!(h.neighbours(), vec![2], "a relay of forgeries is not punished: it may not know the key");
+    let actions: Vec<Action> = std::iter::from_fn(|| h.poll_action()).collect();
+    assert!(!actions.iter().any(|a| matches!(a, Action::Up(_) | Action::Down(_) | Action::Connect(_))), "{actions:?}");
+    // Hearsay about node 3 in a shuffle does not change it either.
+    let shuffle = Message::Shuffle { origin: node(2), nodes: vec![NodeInfo { incarnation: u64::MAX, ..forged.clone() }], ttl: 0 };
+    h.handle_message(now, 2, &wire(&shuffle)).unwrap();
+    assert_eq!(member(&h, 3), Some(node(3)));
+    while h.poll_action().is_some() {}
+
+    // Node 3 restarts at another address; its announcement, relayed by
+    // node 2 with the id a forgery used before, is learned.
+    let restarted = NodeInfo { incarnation: 2, addr: "x:33".into(), ..node(3) };
+    h.handle_message(now, 2, &announce(&restarted, 5, &signer(3))).unwrap();
+    assert_eq!(member(&h, 3), Some(restarted.clone()));
+    let actions: Vec<Action> = std::iter::from_fn(|| h.poll_action()).collect();
+    assert!(actions.contains(&Action::Down(3)) && actions.contains(&Action::Up(restarted.clone())), "{actions:?}");
+    assert_eq!(h.bad_signatures(), 3);
+
+    // Node 7's key is not known here: its announcement is hearsay. Node 1
+    // dials the address, believes nothing yet, and takes the run the
+    // handshake proves (incarnation 2, not the 40 announced).
+    let seven = NodeInfo { incarnation: 40, ..node(7) };
+    h.handle_message(now, 2, &announce(&seven, 1, &signer(2))).unwrap();
+    assert_eq!(h.bad_signatures(), 3, "an unknown key is not a bad signature");
+    assert_eq!(member(&h, 7), None);
+    let actions: Vec<Action> = std::iter::from_fn(|| h.poll_action()).collect();
+    assert!(actions.contains(&Action::Connect(seven.clone())), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Up(_))), "{actions:?}");
+    // Announced again at once: no second dial.
+    h.handle_message(now, 2, &announce(&seven, 2, &signer(2))).unwrap();
+    assert!(!std::iter::from_fn(|| h.poll_action()).any(|a| matches!(a, Action::Connect(_))));
+    let proved = NodeInfo { incarnation: 2, ..node(7) };
+    h.handle_connected(now, proved.clone());
+    assert_eq!(member(&h, 7), Some(proved));
+}
+
+/// The node signs its own announcements so that a node that knows its key
+/// verifies them; without a signing key it sends none.
+#[test]
+fn a_node_signs_its_announcements() {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let inner = HyParView::new(node(1), HyParViewConfig::default(), 0)
+        .with_origins(Origins::Signed { key: Arc::new(signer(1)), keys: keyring_of(&[2]) });
+    let mut h = Recorder { inner, sent: sent.clone() };
+    let now = Instant::now();
+    h.handle_connected(now, node(2));
+    h.handle_message(now, 2, &wire(&Message::Join { info: node(2) })).unwrap();
+    let mut t = now;
+    for _ in 0..100 {
+        t += Duration::from_millis(100);
+        h.handle_timeout(t);
+        while h.poll_action().is_some() {}
+    }
+    let announcements: Vec<(NodeInfo, u64, Vec<u8>)> = sent
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|p| match decode_message::<Message>(p, usize::MAX) {
+            Ok(Message::Gossip { bcast: Bcast::Announce { info, seq, sig }, .. }) => Some((info, seq, sig)),
+            _ => None,
+        })
+        .collect();
+    assert!(!announcements.is_empty(), "no announcement in 10 s");
+    for (info, seq, sig) in announcements {
+        assert_eq!(info, node(1));
+        assert!(signer(1).public().verify(&announce_bytes(&info, seq), &sig));
+    }
+}

@@ -11,6 +11,7 @@ use super::config::{HyParViewConfig, MAX_IHAVES, MAX_ROUND};
 use crate::node::{NodeId, NodeInfo};
 use crate::overlay::OverlayError;
 use crate::overlay::codec::check_info;
+use crate::secure::SIGNATURE_LEN;
 use serde::{Deserialize, Serialize};
 
 /// The id of a broadcast.
@@ -121,12 +122,16 @@ pub(super) struct IHave {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum Bcast {
     /// A node announcing itself; `seq` grows with each broadcast of one
-    /// incarnation.
+    /// incarnation. `sig` is the node's Ed25519 signature of
+    /// [`announce_bytes`]`(info, seq)`, or empty from a node without a
+    /// signing key (`Origins::Unchecked`).
     Announce {
         /// The node.
         info: NodeInfo,
         /// Its broadcast sequence number.
         seq: u64,
+        /// Its signature: [`SIGNATURE_LEN`] bytes, or none.
+        sig: Vec<u8>,
     },
     /// An application broadcast; `seq` counts with the announcements'.
     Data {
@@ -145,7 +150,7 @@ impl Bcast {
     /// The broadcast's id.
     pub(super) fn id(&self) -> MsgId {
         match self {
-            Bcast::Announce { info, seq } => MsgId { origin: info.id, incarnation: info.incarnation, seq: *seq },
+            Bcast::Announce { info, seq, .. } => MsgId { origin: info.id, incarnation: info.incarnation, seq: *seq },
             Bcast::Data { origin, incarnation, seq, .. } => MsgId { origin: *origin, incarnation: *incarnation, seq: *seq },
         }
     }
@@ -153,11 +158,24 @@ impl Bcast {
     /// About its encoded size (for the cache's byte budget).
     pub(super) fn weight(&self) -> usize {
         32 + match self {
-            Bcast::Announce { info, .. } => info.name.len() + info.addr.len(),
+            Bcast::Announce { info, sig, .. } => info.name.len() + info.addr.len() + sig.len(),
             Bcast::Data { payload, .. } => payload.len(),
         }
     }
 }
+
+/// What a node signs when it announces itself: a domain tag, its
+/// [`NodeInfo`] (postcard: self-delimiting) and the sequence number, so
+/// a signature covers every field a receiver takes from the announcement
+/// and is good for nothing else.
+pub(super) fn announce_bytes(info: &NodeInfo, seq: u64) -> Vec<u8> {
+    let mut b = ANNOUNCE_DOMAIN.to_vec();
+    b.extend_from_slice(&crate::overlay::codec::encode_message(info));
+    b.extend_from_slice(&seq.to_le_bytes());
+    b
+}
+
+const ANNOUNCE_DOMAIN: &[u8] = b"reactor-net hyparview announce v1\0";
 
 impl Message {
     /// Whether Plumtree handles it (else HyParView).
@@ -217,7 +235,12 @@ pub(super) fn check(msg: &Message, from: NodeId, me: NodeId, config: &HyParViewC
                 return refuse(format!("round {round}"));
             }
             match bcast {
-                Bcast::Announce { info, .. } => check_info(info)?,
+                Bcast::Announce { info, sig, .. } => {
+                    check_info(info)?;
+                    if !sig.is_empty() && sig.len() != SIGNATURE_LEN {
+                        return refuse(format!("a signature of {} bytes", sig.len()));
+                    }
+                }
                 Bcast::Data { origin: 0, .. } => return refuse("broadcast from node 0".into()),
                 Bcast::Data { .. } => {}
             }
