@@ -73,8 +73,15 @@ fn a_stopped_node_comes_back_with_its_reactors_at_their_addresses() {
     put(&n1, kvs[0], "after", "restart");
     let status = stop(n1);
     assert!(status.success());
-    let n1 = start(&root, 1, SECRET, &["--checkpoint-every", "0"]);
+    let mut n1 = start(&root, 1, SECRET, &["--checkpoint-every", "0"]);
     assert_eq!(get(&n1, kvs[0], "after"), json!({"Value": "restart"}));
+    // SIGTERM is a graceful stop too.
+    put(&n1, kvs[1], "term", "ok");
+    let killed = std::process::Command::new("kill").args(["-TERM", &n1.child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert!(n1.child.wait().unwrap().success());
+    let n1 = start(&root, 1, SECRET, &["--checkpoint-every", "0"]);
+    assert_eq!(get(&n1, kvs[1], "term"), json!({"Value": "ok"}));
     assert_eq!(get(&n1, kvs[2], "k3"), json!({"Value": "v2-3"}));
     assert_eq!(get(&n1, fresh, "k3"), json!({"Value": null}));
 }
