@@ -45,7 +45,7 @@ impl Pair {
     fn start(host: &Path, encrypted: bool, pairs: usize, pingpong: &str) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("crypto-bench-").tempdir()?;
         let secret = dir.path().join("secret");
-        std::fs::write(&secret, format!("crypto-bench-secret-{}", std::process::id()))?;
+        crate::netlab::node::write_secret(&secret, &format!("crypto-bench-secret-{}", std::process::id()))?;
         let extra: Vec<String> = if encrypted { vec![] } else { vec!["--insecure-plaintext".into()] };
         let spec = |id: u16, addr: SocketAddr, seeds: Vec<SocketAddr>| NodeSpec {
             id,

@@ -346,7 +346,7 @@ impl Cluster {
         progress(format!("partisan: starting two nodes, {}", mode.label()));
         let dir = tempfile::Builder::new().prefix("partisan-").tempdir()?;
         let secret = dir.path().join("secret");
-        std::fs::write(&secret, format!("partisan-bench-secret-{}", std::process::id()))?;
+        crate::netlab::node::write_secret(&secret, &format!("partisan-bench-secret-{}", std::process::id()))?;
         let (lanes, channels) = match mode {
             Mode::Multiplex => (None, vec![]),
             Mode::Lanes(n) => (Some(n), vec![]),

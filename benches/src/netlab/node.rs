@@ -15,6 +15,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+/// Writes a cluster secret file only its owner can read (`0600`): nodes
+/// refuse a secret group or others can read.
+pub(crate) fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(secret.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
 /// The `host` executable to run nodes with: `$HOST_BIN`, else the `host`
 /// beside this executable (same target directory and profile). Under
 /// `cargo run` that one is (re)built first, so it matches the sources.

@@ -8,6 +8,9 @@
 //!   (mmap/mremap), page protection with its `SIGSEGV` handler and copier
 //!   thread, writing snapshot pages back into memory; process memory
 //!   figures.
+//! - [`local_fs`] — files and directories other local users may control:
+//!   bounded reads of regular files (checked on the opened descriptor),
+//!   the owner and mode of every ancestor of a directory.
 //! - [`budget`] — byte budgets: each reactor's (memory, held blobs, queued
 //!   bytes) and the node's, which every byte a guest can make the host
 //!   hold is charged to.
@@ -41,6 +44,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod sys;
+pub mod local_fs;
 pub mod budget;
 pub mod refs;
 mod guest_output;

@@ -663,9 +663,11 @@ pub struct PendingCall {
 }
 
 impl PendingCall {
-    /// Waits for the answer (or the reactor's failure) up to `timeout`.
+    /// Waits for the answer (or the reactor's failure) up to `timeout`. A
+    /// timeout too long to add to the clock (`Duration::MAX`) waits without
+    /// a deadline (it used to panic).
     pub fn wait(self, timeout: Option<Duration>) -> Result<Reply, CallError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         match self.slot.wait(deadline) {
             Some(r) => r,
             None => {

@@ -221,9 +221,36 @@ impl SnapshotFile {
     /// Opens `path` and reads and checks its header and meta (with
     /// positioned reads), as [`parse`] does; the data hash is not checked
     /// (see [`SnapshotFile::verify_data`]).
+    ///
+    /// Only a regular file is read: the file is opened without blocking (a
+    /// FIFO cannot hang the reader) and its type checked on the opened
+    /// descriptor; a FIFO, device, directory or socket is refused
+    /// ([`FormatError::Io`], saying what it is).
     pub fn open(path: &Path, expected_abi: u32) -> Result<SnapshotFile, FormatError> {
-        let file = File::open(path).map_err(io_err(path))?;
-        let len = file.metadata().map_err(io_err(path))?.len();
+        use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(io_err(path))?;
+        let meta = file.metadata().map_err(io_err(path))?;
+        let kind = meta.file_type();
+        if !kind.is_file() {
+            let kind = if kind.is_dir() {
+                "a directory"
+            } else if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_char_device() {
+                "a character device"
+            } else if kind.is_block_device() {
+                "a block device"
+            } else {
+                "a socket or other special file"
+            };
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("it is {kind}, not a regular file"));
+            return Err(io_err(path)(e));
+        }
+        let len = meta.len();
         let mut prefix = vec![0u8; len.min(HEADER_LEN as u64) as usize];
         file.read_exact_at(&mut prefix, 0).map_err(io_err(path))?;
         let header = check_header(&prefix, len, expected_abi)?;

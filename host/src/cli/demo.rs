@@ -475,10 +475,28 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> anyhow::Result<bool>) -> any
 /// restarts and rejoins.
 fn cluster(engine_args: &EngineArgs) -> anyhow::Result<()> {
     use serde_json::json;
-    let root = std::env::temp_dir().join(format!("reactor-demo-{}-cluster", std::process::id()));
-    std::fs::create_dir_all(&root)?;
+    // A fresh private directory (random name, `0700`, never one that
+    // already exists: another user could have made that one in /tmp).
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness for the demo's directory: {e}"))?;
+    let root = std::env::temp_dir().join(format!("reactor-demo-{}-{}-cluster", std::process::id(), hex::encode(nonce)));
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&root)
+            .with_context(|| format!("cannot create the demo's directory {}", root.display()))?;
+    }
     let _cleanup = CleanupDir(root.clone());
-    std::fs::write(root.join("secret"), b"the demo cluster's shared secret")?;
+    {
+        // Owner-only, or the nodes refuse it.
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = root.join("secret");
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        f.write_all(b"the demo cluster's shared secret")?;
+    }
     let t = Instant::now();
     let n1 = DemoNode::start(engine_args, &root, 1, None)?;
     let n2 = DemoNode::start(engine_args, &root, 2, Some(&n1.addr))?;

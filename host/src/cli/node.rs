@@ -13,7 +13,8 @@ use reactor_net::{NodeRole, OverlayKind};
 use reactor_transport::ChannelSpec;
 use anyhow::Context as _;
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use reactor_runtime::local_fs::{self, Access};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -42,8 +43,10 @@ pub(crate) struct NodeArgs {
     /// The cluster's name.
     #[arg(long, default_value = "reactors")]
     cluster: String,
-    /// File holding the cluster secret (at least 16 bytes; every node of
-    /// the cluster needs the same one).
+    /// File holding the cluster secret (16 bytes to 4 KiB; every node of
+    /// the cluster needs the same one). It must be a regular file owned by
+    /// this user (or root) that group and others can neither read nor
+    /// write (chmod 600), or the node refuses to start.
     #[arg(long, value_name = "FILE")]
     secret_file: PathBuf,
     /// Where the node keeps its state (tags, incarnation) and its admin
@@ -73,16 +76,19 @@ pub(crate) struct NodeArgs {
     #[arg(long)]
     causal: bool,
     /// Fault injection: a schedule file (JSON: a seed and timed rules,
-    /// partitions, crashes) applied to every connection of this node.
+    /// partitions, crashes; at most 1 MiB) applied to every connection of
+    /// this node.
     #[arg(long, value_name = "FILE")]
     faults: Option<PathBuf>,
     /// Pass every frame through a tracing hook (see it with `--log trace`).
     #[arg(long)]
     trace_frames: bool,
     /// Pin the cluster's static keys: a file of `<node id> <public key>`
-    /// lines (each node's key is in `<its data dir>/node.pub`). Only the
-    /// nodes listed may connect, each with its own key; without it, the
-    /// first key a node id is seen with is trusted for that id.
+    /// lines (each node's key is in `<its data dir>/node.pub`; at most
+    /// 4 MiB, owned by this user or root, not writable by group or
+    /// others). Only the nodes listed may connect, each with its own key;
+    /// without it, the first key a node id is seen with is trusted for that
+    /// id.
     #[arg(long, value_name = "FILE")]
     peer_keys: Option<PathBuf>,
     /// Do not encrypt: only the handshake is authenticated, and anyone on
@@ -96,6 +102,11 @@ pub(crate) struct NodeArgs {
     /// reactors at their addresses; after a kill -9, as of the last one.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     checkpoint_every: u64,
+    /// How long an admin client may take to send a request line or to take
+    /// an answer, in milliseconds, before its connection is closed (not
+    /// counting time its requests are running).
+    #[arg(long, default_value_t = host::node::admin::IDLE_TIMEOUT.as_millis() as u64, value_name = "MS")]
+    admin_idle_timeout: u64,
 }
 
 fn parse_role(s: &str) -> Result<NodeRole, String> {
@@ -140,9 +151,27 @@ pub(crate) struct SendArgs {
     timeout_ms: u64,
 }
 
+/// The largest cluster secret file read: 4 KiB (a secret needs 16 bytes;
+/// 32 random ones are plenty).
+pub(crate) const MAX_SECRET_FILE: u64 = 4 << 10;
+/// The largest `--peer-keys` file read: 4 MiB (a line per node id, 32,767
+/// ids of ~72 bytes each, with room for comments).
+pub(crate) const MAX_PEER_KEYS_FILE: u64 = 4 << 20;
+/// The largest `--faults` schedule read: 1 MiB of JSON.
+pub(crate) const MAX_FAULTS_FILE: u64 = 1 << 20;
+
+/// Reads a file named on the command line as `local_fs::read_file` checks
+/// it (a regular file within `limit`, with the owner and mode `access`
+/// asks; never blocks on a FIFO, never reads past the limit) as text.
+fn read_text(path: &Path, what: &'static str, limit: u64, access: Access) -> anyhow::Result<String> {
+    let (bytes, _) = local_fs::read_file(path, what, limit, access)?;
+    String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{what} {} is not UTF-8 text: {}", path.display(), e.utf8_error()))
+}
+
 pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<ExitCode> {
-    let secret = std::fs::read(&args.secret_file)
-        .with_context(|| format!("cannot read the cluster secret {}", args.secret_file.display()))?;
+    // A secret: owned by this user (or root) and closed to group and
+    // others, as ssh requires of a private key.
+    let (secret, _) = local_fs::read_file(&args.secret_file, "the cluster secret", MAX_SECRET_FILE, Access::Private)?;
     let secret = Secret::new(secret).map_err(|e| anyhow::anyhow!("{}: {e}", args.secret_file.display()))?;
     let mut default = ChannelSpec::new("default", args.lanes);
     default.reliable = args.reliable || args.causal;
@@ -167,14 +196,15 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
         checkpoint_every: (args.checkpoint_every > 0).then(|| std::time::Duration::from_secs(args.checkpoint_every)),
         peer_keys: match &args.peer_keys {
             Some(f) => {
-                let text = std::fs::read_to_string(f).with_context(|| format!("cannot read the peer keys {}", f.display()))?;
+                // A trust anchor: nobody else may be able to write it.
+                let text = read_text(f, "the peer keys file", MAX_PEER_KEYS_FILE, Access::NotWritableByOthers)?;
                 Some(Keyring::parse_pins(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?)
             }
             None => None,
         },
         faults: match &args.faults {
             Some(f) => {
-                let text = std::fs::read_to_string(f).with_context(|| format!("cannot read the fault schedule {}", f.display()))?;
+                let text = read_text(f, "the fault schedule", MAX_FAULTS_FILE, Access::Any)?;
                 Some(Schedule::from_json(&text).with_context(|| format!("{} is not a fault schedule", f.display()))?)
             }
             None => None,
@@ -183,7 +213,7 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
     let node = Arc::new(Node::start(engine_args.engine()?, config)?);
     // Bound before the line below announces the node: whoever reads it
     // can connect at once.
-    let admin = AdminSocket::bind(&node)?;
+    let admin = AdminSocket::bind(&node)?.idle_timeout(std::time::Duration::from_millis(args.admin_idle_timeout));
     let info = node.info();
     if args.insecure_plaintext {
         tracing::warn!("--insecure-plaintext: frames between nodes are neither encrypted nor authenticated");

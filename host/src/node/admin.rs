@@ -20,6 +20,18 @@
 //! reading that connection until one is answered), and answers wait in a
 //! bounded queue (a client that does not read its answers stops being
 //! read). Nothing per connection grows without bound.
+//!
+//! # Deadlines
+//! A client has [`IDLE_TIMEOUT`] (30 s; [`AdminSocket::idle_timeout`]
+//! changes it) to send each whole request line, counted while none of its
+//! requests is running (then it is waiting for the node, not the other way
+//! round); one that sends nothing, or part of a line and then nothing, for
+//! that long gets a line saying so (`{"id":null,"err":"closing the
+//! connection: …"}`), is disconnected, and the reason is logged. Each
+//! answer line must be taken by the client within the same time, or the
+//! connection is closed (its running requests finish, their answers are
+//! dropped). So an idle or stalled client holds a connection slot for a
+//! bounded time.
 #![forbid(unsafe_code)]
 
 pub mod protocol;
@@ -33,6 +45,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -48,6 +61,11 @@ pub const MAX_CONNECTIONS: usize = 64;
 
 /// Most requests of one connection running at once.
 pub const MAX_PENDING: usize = 32;
+
+/// How long a client may take to send a request line, or to take an answer
+/// line, before its connection is closed (see the module docs).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why an admin request failed, on either side of the socket. A request
 /// that fails changes nothing on the node unless the variant says so.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +149,7 @@ pub enum AdminError {
 pub struct AdminSocket {
     listener: std::os::unix::net::UnixListener,
     path: PathBuf,
+    idle: Duration,
 }
 
 impl AdminSocket {
@@ -161,7 +180,14 @@ impl AdminSocket {
         })();
         let _ = std::fs::remove_dir_all(&staging);
         let listener = bound.map_err(listen_err)?;
-        Ok(AdminSocket { listener, path })
+        Ok(AdminSocket { listener, path, idle: IDLE_TIMEOUT })
+    }
+
+    /// Sets how long a client may take to send a request line or take an
+    /// answer line ([`IDLE_TIMEOUT`] by default; at least 1 ms).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = idle.max(Duration::from_millis(1));
+        self
     }
 
     /// Serves `node`'s admin requests until a `stop` request or `shutdown`
@@ -210,7 +236,7 @@ async fn serve(
     socket: AdminSocket,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AdminError> {
-    let AdminSocket { listener, path } = socket;
+    let AdminSocket { listener, path, idle } = socket;
     let listener = UnixListener::from_std(listener).map_err(|source| AdminError::Listen { path: path.clone(), source })?;
     let me = rustix::process::geteuid().as_raw();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -258,7 +284,7 @@ async fn serve(
                 };
                 let (node, stop) = (node.clone(), stop_tx.clone());
                 tokio::spawn(async move {
-                    connection(node, stream, stop).await;
+                    connection(node, stream, stop, idle).await;
                     drop(slot);
                 });
             }
@@ -268,36 +294,99 @@ async fn serve(
     Ok(())
 }
 
-async fn connection(node: Arc<Node>, stream: tokio::net::UnixStream, stop: watch::Sender<bool>) {
-    let (rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<String>(MAX_PENDING + 1);
-    let writer = tokio::spawn(async move {
-        while let Some(mut line) = rx.recv().await {
-            line.push('\n');
-            if wr.write_all(line.as_bytes()).await.is_err() {
+/// Serves one connection: its requests (read by [`read_requests`]) run
+/// concurrently, their answers go out through [`write_answers`]. Ends when
+/// the client closes, misbehaves or stalls (logged), or asks to stop.
+async fn connection(node: Arc<Node>, stream: tokio::net::UnixStream, stop: watch::Sender<bool>, idle: Duration) {
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<String>(MAX_PENDING + 1);
+    let mut writer = tokio::spawn(write_answers(wr, rx, idle));
+    let why = tokio::select! {
+        why = read_requests(node, rd, tx, stop, idle) => why,
+        // The client stopped taking its answers (logged by the writer) or
+        // went away: reading on would only run requests nobody reads.
+        _ = &mut writer => return,
+    };
+    if let Some(why) = why {
+        tracing::warn!("admin socket: closing a connection: {why}");
+    }
+    // Running requests still answer; the writer ends when they have.
+    let _ = writer.await;
+}
+
+/// Writes answer lines until every sender is gone; gives up on a client
+/// that does not take one within `idle`.
+async fn write_answers(mut wr: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<String>, idle: Duration) {
+    while let Some(mut line) = rx.recv().await {
+        line.push('\n');
+        match tokio::time::timeout(idle, wr.write_all(line.as_bytes())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::warn!(
+                    "admin socket: closing a connection: the client took no answer for {idle:?} (its running \
+                     requests finish unanswered)"
+                );
                 return;
             }
         }
-    });
+    }
+}
+
+/// Reads and starts requests until the client closes the connection
+/// (`None`) or must be disconnected (`Some(why)`). A request line must
+/// arrive whole within `idle`, not counting time during which requests of
+/// this connection run or finish.
+async fn read_requests(
+    node: Arc<Node>,
+    rd: tokio::net::unix::OwnedReadHalf,
+    tx: mpsc::Sender<String>,
+    stop: watch::Sender<bool>,
+    idle: Duration,
+) -> Option<String> {
     let pending = Arc::new(Semaphore::new(MAX_PENDING));
+    // Requests of this connection finished so far: a wait during which one
+    // finished was not idle.
+    let finished = Arc::new(AtomicU64::new(0));
     let mut rd = tokio::io::BufReader::new(rd);
     let mut line = Vec::new();
     loop {
         line.clear();
-        match (&mut rd).take(protocol::MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) if line.len() > protocol::MAX_LINE => {
-                let why = format!("request line over {} bytes; closing the connection", protocol::MAX_LINE);
-                let _ = tx.send(answer_err(&Value::Null, &why)).await;
-                break;
+        loop {
+            let finished_before = finished.load(Ordering::Relaxed);
+            // `read_until` keeps what it read in `line` if the deadline
+            // cuts it short, so a wait that is extended resumes the line.
+            let room = (protocol::MAX_LINE + 1 - line.len()) as u64;
+            match tokio::time::timeout(idle, (&mut rd).take(room).read_until(b'\n', &mut line)).await {
+                Ok(Ok(0)) if line.is_empty() => return None,
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => return Some(format!("cannot read from it: {e}")),
+                Err(_) => {
+                    let busy = pending.available_permits() < MAX_PENDING;
+                    if busy || finished.load(Ordering::Relaxed) != finished_before {
+                        continue;
+                    }
+                    let why = if line.is_empty() {
+                        format!("the client sent nothing for {idle:?}")
+                    } else {
+                        format!("the client sent {} bytes of a request line, then nothing for {idle:?}", line.len())
+                    };
+                    // Said to the client too, if its socket has room.
+                    let _ = tx.try_send(answer_err(&Value::Null, &format!("closing the connection: {why}")));
+                    return Some(why);
+                }
             }
-            Ok(_) => {}
+        }
+        if line.len() > protocol::MAX_LINE {
+            let why = format!("request line over {} bytes", protocol::MAX_LINE);
+            let _ = tx.send(answer_err(&Value::Null, &format!("{why}; closing the connection"))).await;
+            return Some(why);
         }
         let req = match protocol::parse_request(&line) {
             Ok(r) => r,
             Err((id, e)) => {
                 if tx.send(answer_err(&id, &e.to_string())).await.is_err() {
-                    break;
+                    return None;
                 }
                 continue;
             }
@@ -305,10 +394,10 @@ async fn connection(node: Arc<Node>, stream: tokio::net::UnixStream, stop: watch
         if req.op == Op::Stop {
             let _ = tx.send(answer_ok(&req.id, Value::Null)).await;
             let _ = stop.send(true);
-            break;
+            return None;
         }
-        let Ok(permit) = pending.clone().acquire_owned().await else { break };
-        let (node, tx) = (node.clone(), tx.clone());
+        let Ok(permit) = pending.clone().acquire_owned().await else { return None };
+        let (node, tx, finished) = (node.clone(), tx.clone(), finished.clone());
         // Calls block on their answer: off the network threads.
         tokio::task::spawn_blocking(move || {
             let answer = match handle(&node, req.op) {
@@ -316,11 +405,10 @@ async fn connection(node: Arc<Node>, stream: tokio::net::UnixStream, stop: watch
                 Err(e) => answer_err(&req.id, &describe(&e)),
             };
             let _ = tx.blocking_send(answer);
+            finished.fetch_add(1, Ordering::Relaxed);
             drop(permit);
         });
     }
-    drop(tx);
-    let _ = writer.await;
 }
 
 fn handle(node: &Node, op: Op) -> Result<Value, AdminError> {

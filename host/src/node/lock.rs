@@ -1,6 +1,8 @@
 //! A node's hold on its data directory: the directory is created `0700`
 //! (an existing one must belong to the node's user and not be writable by
-//! group or others), and an exclusive `flock` on `<data-dir>/node.lock`,
+//! group or others; none of its ancestors may be another user's, or
+//! writable by others without the sticky bit, or they could swap the whole
+//! directory for theirs), and an exclusive `flock` on `<data-dir>/node.lock`,
 //! held for the node's life, keeps a second node off it. The lock file
 //! holds the pid of the node holding it, for the refusal's message.
 //!
@@ -50,6 +52,10 @@ pub enum LockError {
         /// Its permission bits.
         mode: u32,
     },
+    /// An ancestor of the directory would let another user move it away
+    /// and put theirs in its place (checked before anything is created).
+    #[error(transparent)]
+    Ancestor(#[from] reactor_runtime::local_fs::AncestorError),
     /// The path exists and is not a directory.
     #[error("data directory {} is not a directory", dir.display())]
     NotADirectory {
@@ -79,14 +85,15 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    /// Creates `dir` (`0700`) if it does not exist, checks its owner and
-    /// mode, and takes its lock. Refuses, changing nothing, if another
+    /// Checks the ancestors of `dir`, creates it (`0700`) if it does not
+    /// exist, checks its owner and mode, and takes its lock. Refuses, changing nothing, if another
     /// process holds it.
     pub fn acquire(dir: &Path) -> Result<Self, LockError> {
         let io_err = |op, path: &Path| {
             let path = path.to_owned();
             move |source| LockError::Io { op, path, source }
         };
+        reactor_runtime::local_fs::check_ancestors(dir, "the data directory")?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

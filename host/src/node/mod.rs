@@ -53,6 +53,7 @@ use reactor_net::secure::{self, Binding, Keyring, PublicKey, SigningKey, StaticK
 use reactor_net::fault::Schedule;
 use reactor_net::overlay;
 use reactor_net::{NodeId, NodeInfo, NodeRole, OverlayKind};
+use reactor_runtime::local_fs::{self, Access, FileError};
 use reactor_runtime::{Address, CallError, Engine, Envelope, LoadError, LoadedModule, Runtime, RuntimeConfig, SendError};
 use reactor_transport::{ChannelSpec, Inbound, Member, NodeEvent, StartError, Transport, TransportConfig};
 use reactor_types::address::MAX_NODE;
@@ -124,6 +125,10 @@ pub enum NodeError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A file in the data directory is not a regular file of a sane size.
+    /// Nothing was started.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The runtime (shard threads, tag source) could not start.
     #[error("cannot start the runtime")]
     Runtime(#[source] io::Error),
@@ -328,8 +333,9 @@ impl Inbound for RuntimeInbound {
 
 /// A private key of the node: `<dir>/<name>` (32 bytes, mode 0600), made
 /// with `generate` on first start (created `O_EXCL` as a temporary file,
-/// fsynced, renamed into place). A key file readable by group or others,
-/// or not 32 bytes long, stops the node.
+/// fsynced, renamed into place). Read through `local_fs` (a regular file,
+/// bounded, checked on the opened descriptor). A key file readable by
+/// group or others, or not 32 bytes long, stops the node.
 fn key_file(dir: &Path, name: &str, generate: impl FnOnce() -> Result<[u8; 32], String>) -> Result<[u8; 32], NodeError> {
     use std::io::Write as _;
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -338,15 +344,15 @@ fn key_file(dir: &Path, name: &str, generate: impl FnOnce() -> Result<[u8; 32], 
         move |source| NodeError::Io { op, path, source }
     };
     let path = dir.join(name);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let mode = std::fs::metadata(&path).map_err(io_err("read", &path))?.permissions().mode() & 0o777;
+    match local_fs::read_file(&path, "a private key of the node", 4096, Access::Any) {
+        Ok((bytes, meta)) => {
+            let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 return Err(NodeError::KeyPermissions { path, mode });
             }
             bytes.as_slice().try_into().map_err(|_| NodeError::DamagedKey { path: path.clone(), len: bytes.len() })
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        Err(FileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             let key = generate().map_err(|e| NodeError::Io {
                 op: "generate a key for",
                 path: path.clone(),
@@ -366,7 +372,7 @@ fn key_file(dir: &Path, name: &str, generate: impl FnOnce() -> Result<[u8; 32], 
             std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))?;
             Ok(key)
         }
-        Err(e) => Err(io_err("read", &path)(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -456,12 +462,24 @@ fn next_incarnation(dir: &Path) -> Result<u64, NodeError> {
         move |source| NodeError::Io { op, path, source }
     }
     let path = dir.join("incarnation");
-    let prev = match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse::<u64>().map_err(|_| NodeError::DamagedIncarnation { path: path.clone(), content: s })?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(io_err("read", &path)(e)),
+    // A number and a newline; checked on the opened descriptor.
+    let prev = match local_fs::read_file(&path, "the incarnation file", 64, Access::Any) {
+        Ok((bytes, _)) => {
+            let damaged = |bytes: &[u8]| NodeError::DamagedIncarnation {
+                path: path.clone(),
+                content: String::from_utf8_lossy(bytes).into_owned(),
+            };
+            std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| damaged(&bytes))?
+        }
+        Err(FileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e.into()),
     };
-    let next = prev + 1;
+    let next = prev
+        .checked_add(1)
+        .ok_or_else(|| NodeError::DamagedIncarnation { path: path.clone(), content: prev.to_string() })?;
     let tmp = dir.join("incarnation.tmp");
     {
         use std::io::Write as _;

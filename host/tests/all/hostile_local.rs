@@ -14,7 +14,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The uid and gid of the other local user (`nobody`).
@@ -31,11 +31,23 @@ fn scratch(name: &str) -> PathBuf {
 /// exits instead of announcing itself.
 fn try_start(root: &Path, dir: &Path, cache: &Path) -> Result<NodeProc, String> {
     let secret = root.join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
+    nodes::write_secret(&secret, SECRET);
     let log = root.join(format!("{}.log", dir.file_name().unwrap().to_str().unwrap()));
     let mut c = host_command(cache);
     c.args(["node", "--id", "1", "--shards", "1", "--secret-file", secret.to_str().unwrap()])
         .args(["--data-dir", dir.to_str().unwrap()]);
+    nodes::launch(c, 1, dir, &log)
+}
+
+/// [`try_start`] with more `host node` arguments.
+fn try_start_with(root: &Path, dir: &Path, cache: &Path, args: &[&str]) -> Result<NodeProc, String> {
+    let secret = root.join("secret");
+    nodes::write_secret(&secret, SECRET);
+    let log = root.join(format!("{}.log", dir.file_name().unwrap().to_str().unwrap()));
+    let mut c = host_command(cache);
+    c.args(["node", "--id", "1", "--shards", "1", "--secret-file", secret.to_str().unwrap()])
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .args(args);
     nodes::launch(c, 1, dir, &log)
 }
 
@@ -498,4 +510,326 @@ proptest! {
             Err((id, _)) => prop_assert_eq!(&id, req.get("id").unwrap_or(&Value::Null)),
         }
     }
+}
+
+/// Runs `cmd` to its end and returns its output; kills it and fails the
+/// test if it is still running after a minute (a guard against the hangs
+/// these tests provoke, not a measurement).
+fn run_guarded(mut cmd: Command) -> Output {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{:?} was still running after a minute: {}", cmd.get_args().collect::<Vec<_>>(), text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `host node` on `dir` with `secret` as its secret file and `args`, run to
+/// its end (it must refuse to start): its output.
+fn refused_node(dir: &Path, cache: &Path, secret: &Path, args: &[&str]) -> String {
+    let mut c = host_command(cache);
+    c.args(["node", "--id", "1", "--shards", "1", "--secret-file", secret.to_str().unwrap()])
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .args(args);
+    let out = run_guarded(c);
+    let t = text(&out);
+    assert!(!out.status.success(), "the node started: {t}");
+    t
+}
+
+/// A sparse file of `len` bytes (zeros, taking no disk).
+fn sparse(path: &Path, len: u64) {
+    std::fs::File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// Every file `host node` reads at start because the command line names it
+/// — the cluster secret, the fault schedule, the pinned peer keys — and the
+/// snapshot files `host inspect` and `host restore` read are opened without
+/// blocking and checked on the opened descriptor: a FIFO (which used to
+/// hang the start for ever), `/dev/zero` and a file over the kind's limit
+/// (which used to be read whole) are refused with an error naming the file
+/// and the reason; a secret group or others can read, or another user
+/// owns, is refused as ssh refuses such a private key; peer keys others
+/// can write are refused. Nothing in the data directory changes meanwhile,
+/// and the node then starts as before.
+#[test]
+fn files_named_on_the_command_line_are_checked_before_they_are_read() {
+    let root = scratch("argfiles");
+    let dir = root.join("data");
+    let cache = root.join("cache");
+    {
+        let node = start(&root, &dir, &cache);
+        node.still_serves(node.spawn("counter"));
+    }
+    let stored = || -> Vec<Vec<u8>> { ["incarnation", "tags.hwm"].iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect() };
+    let before = stored();
+    let good = root.join("secret");
+    assert_eq!(std::fs::metadata(&good).unwrap().mode() & 0o777, 0o600);
+
+    let fifo = root.join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let big = root.join("big");
+    sparse(&big, 8 << 20);
+
+    // The cluster secret.
+    let t = refused_node(&dir, &cache, &fifo, &[]);
+    assert!(t.contains(&format!("the cluster secret {}: it is a FIFO, not a regular file", fifo.display())), "{t}");
+    let t = refused_node(&dir, &cache, Path::new("/dev/zero"), &[]);
+    assert!(t.contains("the cluster secret /dev/zero: it is a character device, not a regular file"), "{t}");
+    let huge_secret = root.join("huge-secret");
+    sparse(&huge_secret, 4097);
+    std::fs::set_permissions(&huge_secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let t = refused_node(&dir, &cache, &huge_secret, &[]);
+    assert!(t.contains("4097 bytes, over the limit of 4096 bytes"), "{t}");
+    let readable = root.join("readable-secret");
+    std::fs::write(&readable, SECRET).unwrap();
+    std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let t = refused_node(&dir, &cache, &readable, &[]);
+    assert!(
+        t.contains(&format!("refusing the cluster secret {}: it has mode 644", readable.display()))
+            && t.contains("must not be readable or writable by group or others (chmod 600 it)"),
+        "{t}"
+    );
+    let theirs = root.join("their-secret");
+    nodes::write_secret(&theirs, SECRET);
+    std::os::unix::fs::chown(&theirs, Some(OTHER), Some(OTHER)).unwrap();
+    let t = refused_node(&dir, &cache, &theirs, &[]);
+    assert!(t.contains(&format!("it is owned by uid {OTHER}, neither this user")), "{t}");
+
+    // The fault schedule.
+    let f = fifo.to_str().unwrap();
+    let t = refused_node(&dir, &cache, &good, &["--faults", f]);
+    assert!(t.contains(&format!("the fault schedule {f}: it is a FIFO")), "{t}");
+    let t = refused_node(&dir, &cache, &good, &["--faults", "/dev/zero"]);
+    assert!(t.contains("the fault schedule /dev/zero: it is a character device"), "{t}");
+    let t = refused_node(&dir, &cache, &good, &["--faults", big.to_str().unwrap()]);
+    assert!(t.contains(&format!("the fault schedule {}: {} bytes, over the limit of {} bytes", big.display(), 8 << 20, 1 << 20)), "{t}");
+
+    // The pinned peer keys.
+    let t = refused_node(&dir, &cache, &good, &["--peer-keys", f]);
+    assert!(t.contains(&format!("the peer keys file {f}: it is a FIFO")), "{t}");
+    let t = refused_node(&dir, &cache, &good, &["--peer-keys", "/dev/zero"]);
+    assert!(t.contains("the peer keys file /dev/zero: it is a character device"), "{t}");
+    let t = refused_node(&dir, &cache, &good, &["--peer-keys", big.to_str().unwrap()]);
+    assert!(t.contains(&format!("{} bytes, over the limit of {} bytes", 8 << 20, 4 << 20)), "{t}");
+    let open_keys = root.join("keys");
+    std::fs::write(&open_keys, "# nobody yet\n").unwrap();
+    std::fs::set_permissions(&open_keys, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let t = refused_node(&dir, &cache, &good, &["--peer-keys", open_keys.to_str().unwrap()]);
+    assert!(t.contains("it has mode 666, and must not be writable by group or others"), "{t}");
+
+    // Snapshot files given to `inspect` and `restore`.
+    for sub in [&["inspect", f][..], &["restore", f][..]] {
+        let out = run_guarded({
+            let mut c = host_command(&cache);
+            c.args(sub);
+            c
+        });
+        let t = text(&out);
+        assert!(!out.status.success() && t.contains("it is a FIFO, not a regular file"), "{sub:?}: {t}");
+    }
+
+    assert_eq!(stored(), before, "nothing stored changed");
+    // The same data directory and files, sane: the node starts and serves.
+    let node = start(&root, &dir, &cache);
+    node.still_serves(node.spawn("counter"));
+    let inc: u64 = String::from_utf8(before[0].clone()).unwrap().trim().parse().unwrap();
+    assert_eq!(node.status()["node"]["incarnation"], json!(inc + 1));
+}
+
+/// Reads one answer line from `s` (a hang guard of a minute).
+fn read_answer(s: &UnixStream) -> Value {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// Waits until the node closes `s` (end of file, or a reset when it left
+/// bytes of ours unread), reading what it still sends; fails after a minute (a hang guard, not a measurement).
+fn closed_by_node(s: &UnixStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut rest = Vec::new();
+    match (&mut &*s).read_to_end(&mut rest) {
+        Ok(_) => rest,
+        // Closed with requests of ours still unread in its socket.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => rest,
+        Err(e) => panic!("the node never closed the connection ({e}); read {} bytes", rest.len()),
+    }
+}
+
+/// Admin clients that connect and send nothing, or half a request line, or
+/// stop taking their answers, are disconnected once the idle deadline
+/// passes (with a line saying why where it can still be sent, and a
+/// logged reason), while other clients are served meanwhile; a client that
+/// holds every connection slot idle gives them back the same way. A
+/// request waiting for its answer longer than the deadline is not cut.
+#[test]
+fn idle_and_stalled_admin_connections_are_closed() {
+    let root = scratch("idle");
+    let node = try_start_with(&root, &root.join("data"), &root.join("cache"), &["--admin-idle-timeout", "1500", "--cpu-budget", "3000"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c = node.spawn("counter");
+    let sock = node.dir.join("admin.sock");
+
+    let silent = UnixStream::connect(&sock).unwrap();
+    let mut half = UnixStream::connect(&sock).unwrap();
+    half.write_all(b"{\"id\":1,\"op\":\"sta").unwrap();
+    // Others are served while these hang.
+    node.still_serves(c);
+    let a = read_answer(&silent);
+    assert_eq!(a["id"], Value::Null);
+    assert!(a["err"].as_str().unwrap().contains("closing the connection: the client sent nothing for"), "{a}");
+    assert!(closed_by_node(&silent).is_empty());
+    let a = read_answer(&half);
+    assert!(a["err"].as_str().unwrap().contains("the client sent 17 bytes of a request line, then nothing for"), "{a}");
+    closed_by_node(&half);
+    let log = node.log();
+    assert!(log.contains("closing a connection: the client sent nothing for"), "logged: {log}");
+    assert!(log.contains("bytes of a request line, then nothing for"), "logged: {log}");
+    node.still_serves(c);
+
+    // A call that waits longer than the deadline for its answer keeps its
+    // connection: the client is waiting for the node, not idle.
+    // (A reactor looping until its CPU budget, 3 s here, stops it.)
+    let spinner = node.spawn("faulty");
+    let mut waiting = UnixStream::connect(&sock).unwrap();
+    waiting.write_all(json!({"id": 5, "op": "call", "to": spinner, "msg": "LoopForever"}).to_string().as_bytes()).unwrap();
+    waiting.write_all(b"\n").unwrap();
+    let a = read_answer(&waiting);
+    assert_eq!(a["id"], json!(5), "{a}");
+    assert!(a["err"].as_str().unwrap_or_default().contains("budget"), "the call's own answer: {a}");
+    waiting.write_all(json!({"id": 6, "op": "call", "to": c, "msg": "Get"}).to_string().as_bytes()).unwrap();
+    waiting.write_all(b"\n").unwrap();
+    assert_eq!(read_answer(&waiting)["id"], json!(6), "the connection still serves");
+
+    drop(waiting);
+
+    // Every slot held by idle clients (new clients are refused meanwhile):
+    // the slots come back when the idle ones are closed.
+    let idle: Vec<UnixStream> = (0..MAX_CONNECTIONS).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    for s in &idle {
+        closed_by_node(s);
+    }
+    node.still_serves(c);
+
+    // A client that sends requests but never reads the answers: once its
+    // socket is full, the node gives up on it after the deadline.
+    let mut greedy = UnixStream::connect(&sock).unwrap();
+    let mut reqs = String::new();
+    for i in 0..3000 {
+        reqs.push_str(&json!({"id": i, "op": "status"}).to_string());
+        reqs.push('\n');
+    }
+    greedy.write_all(reqs.as_bytes()).unwrap();
+    nodes::wait_until("the node gives up on a client that takes no answers", Duration::from_secs(60), || {
+        node.log().contains("the client took no answer for")
+    });
+    let answers = closed_by_node(&greedy);
+    let n = answers.iter().filter(|&&b| b == b'\n').count();
+    assert!(n < 3000, "the connection was closed before every answer was taken ({n} taken)");
+    node.still_serves(c);
+}
+
+/// A call may wait at most an hour for its answer: each waiting call holds
+/// one of the node's blocking threads, so calls that asked to wait for
+/// ever (`u64::MAX` ms) on answers that never come could starve every other
+/// admin request until the node restarts. A longer `timeout_ms` is refused
+/// with a clear error, the connection and the node serve on, and the
+/// longest wait allowed works.
+#[test]
+fn absurd_call_timeouts_are_refused() {
+    use host::node::admin::protocol::MAX_CALL_TIMEOUT_MS;
+    let root = scratch("timeout");
+    let node = start(&root, &root.join("data"), &root.join("cache"));
+    let c = node.spawn("counter");
+    let mut s = UnixStream::connect(node.dir.join("admin.sock")).unwrap();
+    for (id, ms) in [(1, u64::MAX), (2, MAX_CALL_TIMEOUT_MS + 1)] {
+        s.write_all(json!({"id": id, "op": "call", "to": c, "msg": "Get", "timeout_ms": ms}).to_string().as_bytes()).unwrap();
+        s.write_all(b"\n").unwrap();
+        let a = read_answer(&s);
+        assert_eq!(a["id"], json!(id));
+        let e = a["err"].as_str().unwrap_or_else(|| panic!("{a}"));
+        assert!(e.contains(&format!("at most {MAX_CALL_TIMEOUT_MS}")), "{e}");
+    }
+    let a = node.admin().request(json!({"op": "call", "to": c, "msg": "Get", "timeout_ms": MAX_CALL_TIMEOUT_MS})).unwrap();
+    assert_eq!(a, json!(0));
+    node.still_serves(c);
+}
+
+/// A data directory (or compile cache) inside a directory others can write
+/// into without the sticky bit, or inside another user's directory or
+/// behind their symbolic link, could be moved away and replaced by theirs
+/// while the node runs — shown here by doing it as the other user. Such a
+/// place is refused at start, naming the ancestor, before anything is
+/// created; inside a sticky directory (as under /tmp) the same attack
+/// fails, and the node starts there.
+#[test]
+fn data_and_cache_directories_others_can_swap_are_refused() {
+    let root = scratch("ancestors");
+    let cache = root.join("cache");
+    let open = root.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let data = open.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mv_as_other = |from: &Path, to: &Path| Command::new("mv").arg(from).arg(to).uid(OTHER).gid(OTHER).status().unwrap();
+
+    // The attack: the other user renames our directory away.
+    assert!(mv_as_other(&data, &open.join("stolen")).success(), "the attack works in a non-sticky directory");
+    std::fs::rename(open.join("stolen"), &data).unwrap();
+
+    let e = try_start(&root, &data, &cache).err().expect("refused");
+    assert!(
+        e.contains(&format!(
+            "the data directory {} is inside {}, which is writable by group or others without the sticky bit (mode 0777)",
+            data.display(),
+            open.display()
+        )),
+        "{e}"
+    );
+    assert!(std::fs::read_dir(&data).unwrap().next().is_none(), "nothing written in it");
+    // A directory yet to be made there is refused before it is made.
+    let e = try_start(&root, &open.join("new/data"), &cache).err().expect("refused");
+    assert!(e.contains(&format!("inside {}, which is writable", open.display())), "{e}");
+    assert!(!open.join("new").exists());
+
+    // The compile cache: `host check` and `host node` refuse it alike.
+    let counter = example_guests::path("counter");
+    let out = run_guarded({
+        let mut c = host_command(&open.join("cache"));
+        c.args(["check", counter.to_str().unwrap()]);
+        c
+    });
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains(&format!("inside {}, which is writable", open.display())), "{t}");
+    assert!(!open.join("cache").exists());
+    let e = try_start(&root, &root.join("elsewhere"), &open.join("cache")).err().expect("refused");
+    assert!(e.contains("the module cache directory") && e.contains("without the sticky bit"), "{e}");
+
+    // Another user's directory, and another user's symbolic link.
+    let theirs = root.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(OTHER), Some(OTHER)).unwrap();
+    let e = try_start(&root, &theirs.join("data"), &cache).err().expect("refused");
+    assert!(e.contains(&format!("inside {}, which is owned by uid {OTHER}", theirs.display())), "{e}");
+    let ours = root.join("ours");
+    std::fs::create_dir(&ours).unwrap();
+    let link = root.join("link");
+    std::os::unix::fs::symlink(&ours, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(OTHER), Some(OTHER)).unwrap();
+    let e = try_start(&root, &link.join("data"), &cache).err().expect("refused");
+    assert!(e.contains(&format!("inside {}, which is owned by uid {OTHER}", link.display())), "{e}");
+
+    // Sticky: the attack fails, and the node starts and serves.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    assert!(!mv_as_other(&data, &open.join("stolen")).success(), "the sticky bit stops the attack");
+    let node = start(&root, &data, &cache);
+    node.still_serves(node.spawn("counter"));
 }

@@ -38,6 +38,16 @@ pub(crate) fn scratch(kind: &str, name: &str) -> PathBuf {
     d
 }
 
+/// Writes a cluster secret file as its owner alone may read it (`0600`:
+/// a node refuses a secret others can read).
+pub(crate) fn write_secret(path: &Path, secret: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
+    f.write_all(secret.as_bytes()).unwrap();
+}
+
 /// The compile cache the test binary's nodes share.
 pub(crate) fn test_cache() -> PathBuf {
     std::env::temp_dir().join(format!("reactor-host-test-cache-{}", std::process::id()))
@@ -56,7 +66,7 @@ pub(crate) fn node_command(root: &Path, id: u16, secret: &str, args: &[&str]) ->
     let dir = root.join(format!("n{id}"));
     std::fs::create_dir_all(&dir).unwrap();
     let secret_file = root.join(format!("secret-{id}"));
-    std::fs::write(&secret_file, secret).unwrap();
+    write_secret(&secret_file, secret);
     let log = root.join(format!("n{id}.log"));
     let mut c = host_command(&test_cache());
     c.args(["node", "--id", &id.to_string(), "--shards", "1"])

@@ -89,9 +89,13 @@ fn check_private(what: &str, path: &Path, meta: &std::fs::Metadata, forbidden: u
     Ok(())
 }
 
-/// Creates the cache directory (`0700`) or checks an existing one.
+/// Creates the cache directory (`0700`) or checks an existing one. Its
+/// ancestors are checked first, before anything is created: one another
+/// user could write into (not sticky) or owns would let them swap the
+/// directory for their own (see [`crate::local_fs::check_ancestors`]).
 fn open_dir(dir: &Path) -> Result<(), LoadError> {
     let refuse = |reason: String| LoadError::Cache { path: dir.to_path_buf(), reason };
+    crate::local_fs::check_ancestors(dir, "the module cache directory").map_err(|e| refuse(error_chain(&e)))?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -102,6 +106,18 @@ fn open_dir(dir: &Path) -> Result<(), LoadError> {
         return Err(refuse("not a directory".into()));
     }
     check_private("cache directory", dir, &meta, 0o022)
+}
+
+/// An error and its causes, joined by `: `.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Reads the cache key, creating it (`0600`, random) if there is none yet.

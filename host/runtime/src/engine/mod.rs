@@ -283,44 +283,17 @@ impl<H: HostContext> Engine<H> {
 
 /// Reads a module file of at most `limit` bytes (see [`Engine::load_file`]).
 fn read_module_file(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
-    use std::io::Read as _;
-    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
-    let io_err = |source| LoadError::Io { path: path.to_path_buf(), source };
-    // Non-blocking: opening a FIFO must not wait for a writer.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(io_err)?;
-    let meta = file.metadata().map_err(io_err)?;
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        let kind = if kind.is_dir() {
-            "a directory"
-        } else if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_char_device() {
-            "a character device"
-        } else if kind.is_block_device() {
-            "a block device"
-        } else if kind.is_socket() {
-            "a socket"
-        } else {
-            "not a regular file"
-        };
-        return Err(LoadError::NotAFile { path: path.to_path_buf(), kind });
+    use crate::local_fs::{Access, FileError, read_file};
+    match read_file(path, "module file", limit, Access::Any) {
+        Ok((bytes, _)) => Ok(bytes),
+        Err(FileError::NotAFile { path, kind, .. }) => Err(LoadError::NotAFile { path, kind }),
+        Err(FileError::TooLarge { path, size, limit, .. }) => Err(LoadError::TooLarge { path, size, limit }),
+        Err(FileError::Io { path, source, .. }) => Err(LoadError::Io { path, source }),
+        // `Access::Any` checks neither owner nor mode.
+        Err(e @ (FileError::NotOwned { .. } | FileError::Exposed { .. })) => {
+            Err(LoadError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })
+        }
     }
-    let too_large = |size| LoadError::TooLarge { path: path.to_path_buf(), size, limit };
-    if meta.len() > limit {
-        return Err(too_large(meta.len()));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(io_err)?;
-    if bytes.len() as u64 > limit {
-        // It grew while being read.
-        return Err(too_large(bytes.len() as u64));
-    }
-    Ok(bytes)
 }
 
 /// WASI preview 1 and the reactor calls, for stores holding an `H`: what

@@ -14,6 +14,11 @@ use serde_json::{Value, json};
 /// JSON; reactors exchange up to 16 MiB among themselves.)
 pub const MAX_LINE: usize = 4 << 20;
 
+/// The longest a `call` may ask to wait for its answer: an hour (in
+/// milliseconds). A longer `timeout_ms` is refused: a call holds one of the
+/// node's blocking threads while it waits.
+pub const MAX_CALL_TIMEOUT_MS: u64 = 3_600_000;
+
 /// How much of a client's text an error quotes back at most.
 const QUOTE: usize = 64;
 
@@ -89,7 +94,8 @@ pub enum Op {
         to: Address,
         /// The message.
         msg: Value,
-        /// How long to wait (`None`: the node's default).
+        /// How long to wait (`None`: the node's default; at most
+        /// [`MAX_CALL_TIMEOUT_MS`]).
         timeout_ms: Option<u64>,
     },
     /// The messages sent to this node's host.
@@ -207,7 +213,9 @@ fn parse_op(req: &mut serde_json::Map<String, Value>) -> Result<Op, RequestError
             } else {
                 let timeout_ms = match req.get("timeout_ms") {
                     None | Some(Value::Null) => None,
-                    Some(v) => Some(v.as_u64().ok_or(RequestError::Field("\"timeout_ms\" is a number of milliseconds"))?),
+                    Some(v) => Some(v.as_u64().filter(|&ms| ms <= MAX_CALL_TIMEOUT_MS).ok_or(RequestError::Field(
+                        "\"timeout_ms\" is a number of milliseconds, at most 3600000 (an hour)",
+                    ))?),
                 };
                 Op::Call { to, msg, timeout_ms }
             }
