@@ -31,6 +31,7 @@
 //!   connection per node pair, between two `host node` processes over the
 //!   lab (Partisan, USENIX ATC '19). Needs root and the `host` binary.
 mod crypto;
+mod durable;
 mod density;
 mod e2e;
 mod harness;
@@ -91,6 +92,9 @@ enum Scenario {
     /// Encrypted vs plaintext node-to-node traffic: round trip and
     /// throughput between two node processes on loopback.
     Crypto,
+    /// Durable restart: a node of 10,000 reactors stopped and started again
+    /// on its data directory, until its reactors answer at their addresses.
+    Durable,
     /// All of the above but `netlab`, `partisan` (they need root) and
     /// `crypto` (it builds on the `host` binary).
     All,
@@ -126,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Netlab => netlab::run(opts)?,
             Scenario::Partisan => partisan::run(opts)?,
             Scenario::Crypto => crypto::run(opts)?,
+            Scenario::Durable => durable::run(opts)?,
             Scenario::All => unreachable!("expanded above"),
         };
         if !cli.json {

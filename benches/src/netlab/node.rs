@@ -257,6 +257,26 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Asks the node to stop and waits up to `limit` for it to exit by
+    /// itself (a graceful stop checkpoints every reactor first); kills it
+    /// past that. Whether it exited by itself.
+    pub(crate) fn stop_within(mut self, limit: Duration) -> Result<bool> {
+        let _ = self.admin.send_only(json!({"op": "stop"}));
+        let Some(mut c) = self.child.take() else { return Ok(true) };
+        let deadline = Instant::now() + limit;
+        while c.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                c.kill()?;
+                c.wait()?;
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(true)
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
