@@ -171,6 +171,10 @@ pub struct Runtime {
     port: Arc<HostPort>,
     refs: Arc<Refs>,
     next_spawn: AtomicUsize,
+    /// Held through each whole-runtime barrier (checkpoint, restore): two
+    /// interleaved would deadlock, each shard waiting inside a different
+    /// one.
+    barrier: Mutex<()>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -235,7 +239,7 @@ impl Runtime {
             })?;
             shards.push(ShardHandle { commands: Mutex::new(tx), wake, stats, down, thread: Some(thread) });
         }
-        Ok(Self { engine, config, shards, port, refs, next_spawn: AtomicUsize::new(0) })
+        Ok(Self { engine, config, shards, port, refs, next_spawn: AtomicUsize::new(0), barrier: Mutex::new(()) })
     }
 
     /// The tags and shared blobs of this runtime's node.
@@ -502,6 +506,7 @@ impl Runtime {
             _ => Kind::Full,
         };
         let wanted = scope.reactors.map(Arc::new);
+        let _one_at_a_time = self.barrier.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let id = SnapshotId::random();
         let downs: Vec<_> = self.shards.iter().map(|h| h.down.clone()).collect();
         let paused = ShardBarrier::new(downs.clone());
@@ -551,6 +556,7 @@ impl Runtime {
     ) -> Result<Vec<Address>, SnapshotError> {
         let n = self.shards.len();
         let chain = Arc::new(chain);
+        let _one_at_a_time = self.barrier.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let done = ShardBarrier::new(self.shards.iter().map(|h| h.down.clone()).collect());
         let failed = Arc::new(AtomicBool::new(false));
         let results: Vec<Result<Vec<Address>, SnapshotError>> = (0..n)

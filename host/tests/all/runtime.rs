@@ -135,3 +135,30 @@ fn idle_shards_sleep_instead_of_spinning() {
     assert!(used <= Duration::from_millis(60), "idle shards used {used:?} of CPU in 500 ms");
     assert_eq!(rt.call_typed::<_, u64>(c, &CounterMsg::Add(1)).unwrap(), 1, "and wake up for work");
 }
+
+#[test]
+fn checkpoints_asked_from_many_threads_at_once_all_complete() {
+    use reactor_runtime::snapshot::{Capture, SnapshotOptions};
+    // Two whole-runtime barriers interleaved across shards would each wait
+    // for a shard stuck in the other: they are taken one at a time.
+    let rt = Arc::new(Runtime::new(engine(), RuntimeConfig { shards: 2, ..Default::default() }).unwrap());
+    let m = module("counter");
+    for i in 0..8u64 {
+        rt.spawn_with(&m, &i).unwrap();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    for t in 0..4 {
+        let (rt, tx) = (rt.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for _ in 0..400 {
+                let cp = rt.checkpoint(SnapshotOptions::new(Capture::Concurrent)).unwrap();
+                assert_eq!(cp.reactors().len(), 8);
+            }
+            tx.send(t).unwrap();
+        });
+    }
+    for _ in 0..4 {
+        // A hang guard, not a timing assertion.
+        rx.recv_timeout(Duration::from_secs(120)).expect("every checkpoint completes");
+    }
+}
