@@ -47,11 +47,12 @@ fn three_kvs(path: &Path) -> (Vec<Address>, Vec<(String, KvReply)>) {
 }
 
 /// The data offset of the first run with page data of reactor `a` that is
-/// long enough to be mapped lazily (at least 4 pages), and its first page.
+/// long enough to be mapped lazily (at least 64 pages: shorter runs are
+/// read), and its first page.
 fn mapped_run_of(path: &Path, a: Address) -> (u64, u64) {
     let f = SnapshotFile::open(path, abi::ABI_VERSION).unwrap();
     let e = f.meta().reactors.iter().find(|e| e.address == a.0).unwrap();
-    let r = e.runs.iter().find(|r| r.data.is_some() && r.pages >= 8).expect("a long run");
+    let r = e.runs.iter().find(|r| r.data.is_some() && r.pages >= 64).expect("a long run");
     (r.data.unwrap(), r.first_page)
 }
 

@@ -66,9 +66,12 @@ impl RestoreOptions {
     }
 }
 
-/// Runs shorter than this are read, not mapped (a mapping per tiny run
-/// costs more than the copy and a kernel mapping each).
-const MIN_MAPPED_PAGES: u64 = 4;
+/// Runs shorter than this (256 KiB) are read and checked now, not mapped:
+/// a mapped run costs two kernel mappings, a guard registration and a
+/// fault per chunk touched, more than reading and hashing a few pages
+/// (restoring 10,000 small reactors lazily took 1.16 s with a 4-page
+/// threshold).
+const MIN_MAPPED_PAGES: u64 = 64;
 /// Most runs one reactor maps; the rest are read. All reactors together
 /// map at most the node-wide budget ([`lazy_map_budget`]).
 const MAX_MAPPED_RUNS: usize = 4096;
@@ -313,8 +316,10 @@ impl<'a> Plan<'a> {
         let links: Vec<(SnapshotId, Kind)> = chain.iter().map(|c| (c.id, c.kind)).collect();
         check_chain(&links)?;
         let last = chain.last().expect("checked non-empty");
+        let by_address: Vec<std::collections::HashMap<u64, &Part>> =
+            chain.iter().map(|c| c.parts.iter().map(|p| (p.entry.address, p)).collect()).collect();
         let reactors = layers_of(last.parts.iter().map(|p| p.entry.address), chain.len(), |i, a| {
-            chain[i].parts.iter().find(|p| p.entry.address == a).map(Layer::Memory)
+            by_address[i].get(&a).map(|p| Layer::Memory(p))
         })?;
         let blobs = move |tag: u64, refs: &Refs| -> Result<Arc<Blob>, SnapshotError> {
             let b = chain
@@ -352,10 +357,11 @@ impl<'a> Plan<'a> {
         }
         let last = chain.last().expect("checked non-empty");
         let wanted_here = last.meta().reactors.iter().map(|e| e.address).filter(|&a| wanted(Address(a)));
-        let reactors = layers_of(wanted_here, chain.len(), |i, a| {
-            let f = &chain[i];
-            f.meta().reactors.iter().find(|e| e.address == a).map(|e| Layer::File(f, e))
-        })?;
+        // Each file's entries by address: one lookup per reactor and layer
+        // (a linear search made restoring n reactors O(n²)).
+        let by_address: Vec<std::collections::HashMap<u64, &ReactorEntry>> =
+            chain.iter().map(|f| f.meta().reactors.iter().map(|e| (e.address, e)).collect()).collect();
+        let reactors = layers_of(wanted_here, chain.len(), |i, a| by_address[i].get(&a).map(|e| Layer::File(&chain[i], e)))?;
         let blobs = move |tag: u64, refs: &Refs| -> Result<Arc<Blob>, SnapshotError> {
             if let Some(b) = refs.blob(tag) {
                 return Ok(b);
