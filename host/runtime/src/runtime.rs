@@ -543,6 +543,55 @@ impl Runtime {
         }
     }
 
+    /// Takes one reactor out of this runtime at its next boundary, for a
+    /// move (see [`Shard::detach`]): its last snapshot (`options`: an
+    /// incremental one on the pre-copy rounds taken with
+    /// [`Runtime::snapshot`] and tracking on), after which messages for it
+    /// are held for forwarding ([`Runtime::drain_parked`]).
+    pub fn detach(&self, address: Address, options: SnapshotOptions) -> Result<Checkpoint, SnapshotError> {
+        if !address.is_reactor() {
+            return Err(SnapshotError::NoSuchReactor(address));
+        }
+        self.inspect(self.shard_of(address), move |s| s.detach(address, options)).map_err(snapshot_error)?
+    }
+
+    /// The messages held for a detached reactor so far, oldest first.
+    pub fn drain_parked(&self, address: Address) -> Result<Vec<Envelope>, ShardDown> {
+        self.inspect(self.shard_of(address), move |s| s.drain_parked(address))
+    }
+
+    /// Stops holding messages for a detached reactor; what was still held.
+    pub fn unpark(&self, address: Address) -> Result<Vec<Envelope>, ShardDown> {
+        self.inspect(self.shard_of(address), move |s| s.unpark(address))
+    }
+
+    /// Gives a detached reactor back (its move did not happen): restored
+    /// from `chain` (its pre-copy rounds and the detach's snapshot), then
+    /// what was held for it meanwhile, in order.
+    pub fn reattach(&self, address: Address, chain: Vec<Checkpoint>) -> Result<(), SnapshotError> {
+        self.inspect(self.shard_of(address), move |s| {
+            let refs: Vec<&Checkpoint> = chain.iter().collect();
+            s.reattach(address, &refs)
+        })
+        .map_err(snapshot_error)?
+    }
+
+    /// Restores one moved reactor from its chain of in-memory checkpoints
+    /// (a full one, then deltas; the last holds exactly that reactor) on
+    /// the shard its address names.
+    pub fn restore_moved(&self, chain: Vec<Checkpoint>) -> Result<Address, SnapshotError> {
+        let address = match chain.last().map(Checkpoint::reactors).as_deref() {
+            Some([a]) => *a,
+            _ => return Err(SnapshotError::Chain("a move restores one reactor: its last checkpoint holds one".into())),
+        };
+        self.inspect(self.shard_of(address), move |s| {
+            let refs: Vec<&Checkpoint> = chain.iter().collect();
+            s.restore(&refs)
+        })
+        .map_err(snapshot_error)??;
+        Ok(address)
+    }
+
     /// Restores every reactor of a chain of snapshot files (a full one, then
     /// deltas on it) into this runtime, each on the shard its address names
     /// (modulo the number of shards). The shards restore their parts at one

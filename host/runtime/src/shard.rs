@@ -185,6 +185,9 @@ pub struct Router {
     population: usize,
     /// Module hash of each live reactor (for `ModuleRef::Own` spawns).
     modules: HashMap<Address, ModuleHash>,
+    /// Reactors detached from this shard (being moved): messages for them
+    /// are held here, in arrival order, to be forwarded or given back.
+    parked: HashMap<Address, VecDeque<Envelope>>,
     stats: ShardStats,
 }
 
@@ -234,7 +237,7 @@ impl Router {
 
     #[inline]
     fn queue(&mut self, to: Address, env: Envelope, forced: bool) -> Result<(), (SendError, Envelope)> {
-        let Some(mb) = self.inboxes.get_mut(&to) else { return Err((SendError::NoSuchReactor(to), env)) };
+        let Some(mb) = self.inboxes.get_mut(&to) else { return self.park(to, env, forced) };
         let reply = env.is_reply();
         if reply {
             // Only for an outstanding request of `to`'s, to the sender.
@@ -293,6 +296,19 @@ impl Router {
                 Err((e, env))
             }
         }
+    }
+
+    /// Holds `env` for a detached reactor (in arrival order, within its
+    /// inbox capacity unless `forced`); refuses it if `to` is not detached.
+    #[cold]
+    fn park(&mut self, to: Address, env: Envelope, forced: bool) -> Result<(), (SendError, Envelope)> {
+        let capacity = self.config.inbox_capacity;
+        let Some(held) = self.parked.get_mut(&to) else { return Err((SendError::NoSuchReactor(to), env)) };
+        if !forced && !env.is_reply() && held.len() >= capacity {
+            return Err((SendError::InboxFull(to), env));
+        }
+        held.push_back(env);
+        Ok(())
     }
 
     /// A reply to a request from outside, or a message for the mailbox of
@@ -520,6 +536,7 @@ impl Shard {
             budget: LocalBudget::new(refs.budget().clone()),
             inboxes: HashMap::default(),
             outstanding: HashMap::default(),
+            parked: HashMap::default(),
             ready: VecDeque::new(),
             spawns: Vec::new(),
             port,
@@ -1070,6 +1087,68 @@ impl Shard {
         router.population += 1;
         router.modules.insert(address, reactor.module_hash());
         self.reactors.insert(address, Live::new(reactor));
+        Ok(())
+    }
+
+    /// Takes `address` out of this shard at this boundary, for a move: a
+    /// last snapshot of it (`options`; incremental on its tracked base
+    /// when pre-copy rounds ran) with its queued messages and its own
+    /// outstanding requests, then the reactor is dropped. Requests others
+    /// here made of it stay outstanding (its reply will come from where it
+    /// goes), and messages for it from now on are held
+    /// ([`Shard::drain_parked`]) until it is given back
+    /// ([`Shard::reattach`]) or [`Shard::unpark`]ed.
+    pub fn detach(&mut self, address: Address, options: SnapshotOptions) -> Result<Checkpoint, SnapshotError> {
+        let cp = self.snapshot(address, options)?;
+        self.reactors.remove(&address);
+        let router = self.router();
+        router.modules.remove(&address);
+        router.ready.retain(|a| *a != address);
+        if let Some(mb) = router.inboxes.remove(&address) {
+            router.population -= 1;
+            let queued: usize = mb.inbox.iter().map(queued_cost).sum();
+            router.budget.give(queued);
+            if let Some(parent) = router.inboxes.get_mut(&mb.parent) {
+                parent.children = parent.children.saturating_sub(1);
+            }
+        }
+        // Its own requests go with it (recorded in the snapshot).
+        router.outstanding.retain(|_, &mut (requester, _)| requester != address);
+        router.parked.insert(address, VecDeque::new());
+        Ok(cp)
+    }
+
+    /// The messages held for a detached reactor so far, oldest first (they
+    /// are the caller's now: forward them in this order). Holding goes on.
+    pub fn drain_parked(&mut self, address: Address) -> Vec<Envelope> {
+        self.router().parked.get_mut(&address).map(|q| q.drain(..).collect()).unwrap_or_default()
+    }
+
+    /// Stops holding messages for a detached reactor (it runs elsewhere
+    /// now): later ones are refused as for no such reactor. Returns what
+    /// was still held, oldest first.
+    pub fn unpark(&mut self, address: Address) -> Vec<Envelope> {
+        self.router().parked.remove(&address).map(Vec::from).unwrap_or_default()
+    }
+
+    /// Gives a detached reactor back to this shard (a move that did not
+    /// happen): restores it from `chain` (the checkpoints of its move, the
+    /// last one from [`Shard::detach`]) and queues what was held for it
+    /// meanwhile, in order, after its own queued messages.
+    pub fn reattach(&mut self, address: Address, chain: &[&Checkpoint]) -> Result<(), SnapshotError> {
+        let held = self.router().parked.remove(&address).unwrap_or_default();
+        if let Err(e) = self.restore(chain) {
+            self.router().parked.insert(address, held);
+            return Err(e);
+        }
+        let router = self.router();
+        for env in held {
+            // Accepted once already: never refused now.
+            if let Err(env) = router.deliver_local_forced(address, env) {
+                router.stats.dead_letters += 1;
+                tracing::debug!(%address, from = %env.from, "a held message had no place after the reattach");
+            }
+        }
         Ok(())
     }
 

@@ -17,3 +17,4 @@ mod hostile_local;
 mod hostile_guests;
 mod hostile_peers;
 mod durable;
+mod migrate;
