@@ -75,7 +75,8 @@ const BULK_MIN_BYTES: u32 = 64 * KB;
 /// otherwise be waited for forever).
 pub(crate) fn game_timeout(pairs: usize, rounds: u64, bytes: u32) -> Duration {
     let total = pairs as f64 * rounds as f64 * f64::from(bytes);
-    Duration::from_secs(60) + Duration::from_secs_f64(5.0 * total / 100e6 + rounds as f64)
+    // A hang guard; the node takes call timeouts of at most an hour.
+    (Duration::from_secs(60) + Duration::from_secs_f64(5.0 * total / 100e6 + rounds as f64)).min(Duration::from_secs(3600))
 }
 
 /// Partisan's published ratios (ATC '19, §6): latency baseline/Partisan
