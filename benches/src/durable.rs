@@ -17,7 +17,7 @@ use crate::harness::{Figure, Opts, Report, median, progress};
 use crate::netlab::node::{Node, NodeSpec, host_binary, write_secret};
 use anyhow::{Result, ensure};
 use protocols::CounterMsg;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -102,7 +102,7 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
         let (a, want) = reactors[reactors.len() / 2];
         let v = node.admin.call_reactor(a, &CounterMsg::Get, Duration::from_secs(60))?.wait(Duration::from_secs(60))?;
         first.push(t.elapsed().as_secs_f64() * 1e3);
-        ensure!(v == Value::from(want), "restored counter {a:#x} answered {v}, not {want}");
+        ensure!(v == want, "restored counter {a:#x} answered {v}, not {want}");
         check_all(&node, &reactors)?;
         all.push(t.elapsed().as_secs_f64() * 1e3);
         node.stop_within(Duration::from_secs(600))?;
