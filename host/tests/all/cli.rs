@@ -90,6 +90,8 @@ fn demo_runs_small() {
     assert!(stdout.contains("reactors failed       1"), "{stdout}");
     assert!(stdout.contains("failed as asked"), "{stdout}");
     assert!(stdout.contains("verified"), "{stdout}");
+    // The cluster part: a node stopped gracefully comes back with its kv.
+    assert!(stdout.contains("at its old address with all 20000 entries"), "{stdout}");
 }
 
 #[test]
