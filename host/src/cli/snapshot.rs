@@ -60,7 +60,9 @@ pub(crate) struct RestoreArgs {
     /// After the messages, snapshot the reactor again into this file.
     #[arg(long, short = 'o', value_name = "FILE")]
     snapshot: Option<PathBuf>,
-    /// Messages as JSON for the restored reactor (as `host run` takes them).
+    /// Messages as JSON for the restored reactor. Without any, one message
+    /// per line of standard input is read when it is not a terminal (as
+    /// `host run` takes them).
     #[arg(long = "send", value_name = "JSON")]
     messages: Vec<String>,
 }
@@ -164,7 +166,10 @@ pub(crate) fn restore(engine_args: &EngineArgs, args: &RestoreArgs) -> anyhow::R
         (None, _) if args.messages.is_empty() && args.snapshot.is_none() => return Ok(ExitCode::SUCCESS),
         (None, _) => bail!("the snapshot holds {} reactors: say which with --to ADDRESS", restored.len()),
     };
-    if !args.messages.is_empty() && !talk(&mut rt, target, &args.messages, args.oneway)? {
+    // Messages from --send, else one per line of standard input unless it
+    // is a terminal (as `host run` takes them).
+    let from_stdin = args.messages.is_empty() && !std::io::IsTerminal::is_terminal(&std::io::stdin());
+    if (!args.messages.is_empty() || from_stdin) && !talk(&mut rt, target, &args.messages, args.oneway)? {
         return Ok(ExitCode::FAILURE);
     }
     if let Some(path) = &args.snapshot {

@@ -149,3 +149,32 @@ fn snapshot_inspect_and_restore_from_the_command_line() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("snapshot was taken of module"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn restore_reads_messages_from_standard_input() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("kv.snap");
+    let kv = example_guests::path("kv");
+    let out = host(&["snapshot", kv.to_str().unwrap(), r#"{"Put":{"key":"a","value":"1"}}"#, "-o", snap.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cache = std::env::temp_dir().join(format!("reactor-host-test-cache-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(["restore", snap.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // More than fits on a command line would work the same way.
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, r#"{{"Put":{{"key":"b","value":"{}"}}}}"#, "x".repeat(300_000)).unwrap();
+    writeln!(stdin, r#"{{"Get":{{"key":"a"}}}}"#).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.lines().any(|l| l == r#"{"Value":"1"}"#), "{stdout}");
+}
