@@ -3,7 +3,6 @@
 use super::engine_args::EngineArgs;
 use super::run::{RunArgs, talk};
 use super::save::{mib, progress, save};
-use example_guests as guests;
 use reactor_runtime::snapshot::{Kind, Load, RestoreOptions, SnapshotFile};
 use reactor_runtime::{Address, Engine, ModuleHash, Shard, abi};
 use anyhow::{Context as _, bail};
@@ -113,10 +112,8 @@ fn load_modules(engine: &Engine, files: &[SnapshotFile], given: &[PathBuf]) -> a
     {
         return Err(snapshot_format::FormatError::WrongModule { snapshot: want.to_hex(), module: got.to_hex() }.into());
     }
-    for name in guests::ALL {
-        if let Ok(bytes) = std::fs::read(guests::path(name))
-            && missing.contains(&ModuleHash::of(&bytes))
-        {
+    for h in &missing {
+        if let Some((name, bytes)) = host::node::built_guest(h) {
             engine.load(&bytes).with_context(|| format!("cannot load the built guest {name}"))?;
         }
     }

@@ -202,17 +202,6 @@ impl AdminSocket {
     }
 }
 
-/// An error and its causes, joined by `: ` (what the node answers with).
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
 
 /// Answers a connection that is not served with one error line and closes
 /// it, without waiting: the line fits an empty socket buffer, and a peer
@@ -402,7 +391,7 @@ async fn read_requests(
         tokio::task::spawn_blocking(move || {
             let answer = match handle(&node, req.op) {
                 Ok(v) => answer_ok(&req.id, v),
-                Err(e) => answer_err(&req.id, &describe(&e)),
+                Err(e) => answer_err(&req.id, &reactor_types::error_chain(&e)),
             };
             let _ = tx.blocking_send(answer);
             finished.fetch_add(1, Ordering::Relaxed);
@@ -481,10 +470,7 @@ fn handle(node: &Node, op: Op) -> Result<Value, AdminError> {
 
 /// A checkpoint the node took, as an answer.
 pub fn taken_json(t: &crate::node::durable::Taken) -> Value {
-    let kind = match t.kind {
-        reactor_runtime::snapshot::Kind::Full => json!("full"),
-        reactor_runtime::snapshot::Kind::Delta { base } => json!({"delta_on": base.to_string()}),
-    };
+    let kind = crate::node::kind_json(t.kind);
     json!({
         "file": t.path.display().to_string(),
         "kind": kind,

@@ -261,23 +261,56 @@ impl Checkpoints {
     }
 }
 
+/// A durable write that failed: what was being done, to which file.
+#[derive(Debug)]
+pub struct WriteFailure {
+    /// What was being done.
+    pub op: &'static str,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The OS error.
+    pub source: io::Error,
+}
+
+/// Writes `bytes` as `<dir>/<name>`, atomically and durably: a temporary
+/// file created `0600` (`O_EXCL`, a stale one removed first), written,
+/// fsynced, renamed over the name, the directory fsynced. What every file
+/// of a node's state is written with.
+pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), WriteFailure> {
+    let fail = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| WriteFailure { op, path, source }
+    };
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("remove the stale", &tmp)(e)),
+    }
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(fail("create", &tmp))?;
+    f.write_all(bytes).map_err(fail("write", &tmp))?;
+    f.sync_all().map_err(fail("fsync", &tmp))?;
+    fs::rename(&tmp, &path).map_err(fail("rename over", &path))?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(fail("fsync", dir))
+}
+
+impl From<WriteFailure> for DurableError {
+    fn from(w: WriteFailure) -> Self {
+        DurableError::Io { op: w.op, path: w.path, source: w.source }
+    }
+}
+
 /// Keeps `bytes`, a module the node loaded, as `<data_dir>/modules/<hash>.wasm`
 /// (written once, durably; a file already there is left as it is).
 pub fn keep_module(data_dir: &Path, hash: &ModuleHash, bytes: &[u8]) -> Result<(), DurableError> {
     let dir = data_dir.join(MODULES);
     make_dir(&dir)?;
-    let path = dir.join(format!("{}.wasm", hash.to_hex()));
-    if path.is_file() {
+    let name = format!("{}.wasm", hash.to_hex());
+    if dir.join(&name).is_file() {
         return Ok(());
     }
-    let tmp = dir.join(format!("{}.wasm.tmp", hash.to_hex()));
-    let _ = fs::remove_file(&tmp);
-    let mut f =
-        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io_err("create", &tmp))?;
-    f.write_all(bytes).map_err(io_err("write", &tmp))?;
-    f.sync_all().map_err(io_err("fsync", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-    sync_dir(&dir)
+    Ok(write_durably(&dir, &name, bytes)?)
 }
 
 /// Loads every module kept in `<data_dir>/modules`, checking each against

@@ -166,6 +166,12 @@ pub enum NodeError {
     },
 }
 
+impl From<durable::WriteFailure> for NodeError {
+    fn from(w: durable::WriteFailure) -> Self {
+        NodeError::Io { op: w.op, path: w.path, source: w.source }
+    }
+}
+
 /// Why a restore into a running node was refused. Nothing was restored.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -337,12 +343,7 @@ impl Inbound for RuntimeInbound {
 /// bounded, checked on the opened descriptor). A key file readable by
 /// group or others, or not 32 bytes long, stops the node.
 fn key_file(dir: &Path, name: &str, generate: impl FnOnce() -> Result<[u8; 32], String>) -> Result<[u8; 32], NodeError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let io_err = |op: &'static str, path: &Path| {
-        let path = path.to_owned();
-        move |source| NodeError::Io { op, path, source }
-    };
+    use std::os::unix::fs::PermissionsExt as _;
     let path = dir.join(name);
     match local_fs::read_file(&path, "a private key of the node", 4096, Access::Any) {
         Ok((bytes, meta)) => {
@@ -358,18 +359,7 @@ fn key_file(dir: &Path, name: &str, generate: impl FnOnce() -> Result<[u8; 32], 
                 path: path.clone(),
                 source: io::Error::other(e),
             })?;
-            let tmp = dir.join(format!("{name}.tmp"));
-            let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err("create", &tmp))?;
-            f.write_all(&key).map_err(io_err("write", &tmp))?;
-            f.sync_all().map_err(io_err("fsync", &tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io_err("rename the new key over", &path))?;
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))?;
+            durable::write_durably(dir, name, &key)?;
             Ok(key)
         }
         Err(e) => Err(e.into()),
@@ -433,34 +423,12 @@ fn stored_keyring(dir: &Path) -> Result<Keyring, NodeError> {
 /// file created 0600, written, fsynced, renamed over it, the directory
 /// fsynced.
 fn store_known(dir: &Path, bindings: &[Binding]) -> Result<(), String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let path = dir.join(KNOWN_PEERS);
-    let tmp = dir.join(format!("{KNOWN_PEERS}.tmp"));
-    let fail = |op: &str, p: &Path, e: io::Error| format!("cannot {op} {}: {e}", p.display());
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(fail("remove the stale", &tmp, e)),
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| fail("create", &tmp, e))?;
-    f.write_all(secure::format_known(bindings).as_bytes()).map_err(|e| fail("write", &tmp, e))?;
-    f.sync_all().map_err(|e| fail("fsync", &tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| fail("rename over", &path, e))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("fsync", dir, e))
+    durable::write_durably(dir, KNOWN_PEERS, secure::format_known(bindings).as_bytes())
+        .map_err(|w| format!("cannot {} {}: {}", w.op, w.path.display(), w.source))
 }
 
 /// Reads, increments and durably stores the node's incarnation.
 fn next_incarnation(dir: &Path) -> Result<u64, NodeError> {
-    fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> NodeError + use<> {
-        let path = path.to_owned();
-        move |source| NodeError::Io { op, path, source }
-    }
     let path = dir.join("incarnation");
     // A number and a newline; checked on the opened descriptor.
     let prev = match local_fs::read_file(&path, "the incarnation file", 64, Access::Any) {
@@ -480,15 +448,7 @@ fn next_incarnation(dir: &Path) -> Result<u64, NodeError> {
     let next = prev
         .checked_add(1)
         .ok_or_else(|| NodeError::DamagedIncarnation { path: path.clone(), content: prev.to_string() })?;
-    let tmp = dir.join("incarnation.tmp");
-    {
-        use std::io::Write as _;
-        let mut f = std::fs::File::create(&tmp).map_err(io_err("write", &tmp))?;
-        writeln!(f, "{next}").map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("fsync", &tmp))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io_err("rename the new incarnation over", &path))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))?;
+    durable::write_durably(dir, "incarnation", format!("{next}\n").as_bytes())?;
     Ok(next)
 }
 
@@ -661,10 +621,7 @@ impl Node {
         // Only a snapshot that reached its file can be a delta's base.
         *last = Some(cp.id());
         drop(last);
-        let kind = match cp.kind() {
-            reactor_runtime::snapshot::Kind::Full => serde_json::json!("full"),
-            reactor_runtime::snapshot::Kind::Delta { base } => serde_json::json!({"delta_on": base.to_string()}),
-        };
+        let kind = kind_json(cp.kind());
         Ok(serde_json::json!({
             "file": path.display().to_string(),
             "id": cp.id().to_string(),
@@ -704,15 +661,14 @@ impl Node {
 
     /// Loads the built guest whose hash is `hash`, if there is one.
     fn load_guest_by_hash(&self, hash: &reactor_runtime::ModuleHash) -> Result<(), RestoreError> {
-        for name in example_guests::ALL {
-            let Ok(bytes) = Engine::read_module_file(&example_guests::path(name)) else { continue };
-            if reactor_runtime::ModuleHash::of(&bytes) == *hash {
-                let (m, _) = self.runtime.engine().load(&bytes).map_err(|e| RestoreError::Module(*hash, e.to_string()))?;
-                durable::keep_module(&self.config.data_dir, &m.hash, &bytes).map_err(|e| RestoreError::Module(*hash, e.to_string()))?;
-                return Ok(());
-            }
-        }
-        Err(RestoreError::Module(*hash, "not loaded on this node (spawn a reactor of it first) and not a built guest".into()))
+        let Some((_, bytes)) = built_guest(hash) else {
+            return Err(RestoreError::Module(
+                *hash,
+                "not loaded on this node (spawn a reactor of it first) and not a built guest".into(),
+            ));
+        };
+        let (m, _) = self.runtime.engine().load(&bytes).map_err(|e| RestoreError::Module(*hash, e.to_string()))?;
+        durable::keep_module(&self.config.data_dir, &m.hash, &bytes).map_err(|e| RestoreError::Module(*hash, e.to_string()))
     }
 
     /// This node's static public key (its identity on the wire).
@@ -805,6 +761,24 @@ impl Node {
     pub fn default_call_timeout(&self) -> Duration {
         Duration::from_secs(30)
     }
+}
+
+/// A snapshot's kind as the admin protocol answers it: `"full"` or
+/// `{"delta_on": ID}`.
+pub fn kind_json(kind: reactor_runtime::snapshot::Kind) -> serde_json::Value {
+    match kind {
+        reactor_runtime::snapshot::Kind::Full => serde_json::json!("full"),
+        reactor_runtime::snapshot::Kind::Delta { base } => serde_json::json!({"delta_on": base.to_string()}),
+    }
+}
+
+/// The built guest (`example_guests`) whose module hash is `hash`: its
+/// name and bytes (read as modules are: a regular file, bounded).
+pub fn built_guest(hash: &reactor_runtime::ModuleHash) -> Option<(&'static str, Vec<u8>)> {
+    example_guests::ALL.iter().find_map(|&name| {
+        let bytes = Engine::read_module_file(&example_guests::path(name)).ok()?;
+        (reactor_runtime::ModuleHash::of(&bytes) == *hash).then_some((name, bytes))
+    })
 }
 
 /// A per-node seed for the overlay's randomness.

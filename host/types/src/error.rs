@@ -93,3 +93,16 @@ pub enum CallError {
     #[error("cannot decode the reply: {0}")]
     Decode(String),
 }
+
+/// An error and its causes, joined by `: ` (for a message that must carry
+/// the whole account on one line: an admin answer, a refusal).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

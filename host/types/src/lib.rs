@@ -30,7 +30,7 @@ pub mod outbound;
 
 pub use address::{Address, NodeId, ParseAddressError};
 pub use envelope::{Envelope, Reply, RequestId};
-pub use error::{CallError, SendError, SpawnError};
+pub use error::{CallError, SendError, SpawnError, error_chain};
 pub use failure::{Failure, FailureReason, ReactorState};
 pub use module::ModuleHash;
 pub use outbound::Outbound;

@@ -95,7 +95,7 @@ fn check_private(what: &str, path: &Path, meta: &std::fs::Metadata, forbidden: u
 /// directory for their own (see [`crate::local_fs::check_ancestors`]).
 fn open_dir(dir: &Path) -> Result<(), LoadError> {
     let refuse = |reason: String| LoadError::Cache { path: dir.to_path_buf(), reason };
-    crate::local_fs::check_ancestors(dir, "the module cache directory").map_err(|e| refuse(error_chain(&e)))?;
+    crate::local_fs::check_ancestors(dir, "the module cache directory").map_err(|e| refuse(reactor_types::error_chain(&e)))?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -108,17 +108,6 @@ fn open_dir(dir: &Path) -> Result<(), LoadError> {
     check_private("cache directory", dir, &meta, 0o022)
 }
 
-/// An error and its causes, joined by `: `.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
 
 /// Reads the cache key, creating it (`0600`, random) if there is none yet.
 /// Two hosts creating it at once agree on one: the key is written under a
