@@ -15,6 +15,8 @@
 //!   with Noise `XXpsk3` (the cluster secret as pre-shared key, a static
 //!   X25519 key per node bound to its node id by a [`secure::Keyring`]), and
 //!   the record layer frames travel in after the handshake.
+//! - [`locate`] — where reactors live: the location notices and fences
+//!   nodes exchange when a reactor moves, as hostile bytes.
 //! - [`overlay`] — the membership and routing protocols (full mesh,
 //!   client–server, HyParView + Plumtree) behind one [`overlay::Overlay`]
 //!   trait.
@@ -37,6 +39,7 @@ pub mod causal;
 mod chansim;
 pub mod fault;
 pub mod frame;
+pub mod locate;
 pub mod node;
 pub mod overlay;
 pub mod reliable;

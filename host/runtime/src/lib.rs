@@ -61,6 +61,7 @@ mod runtime;
 
 pub use engine::{CodeSource, EngineConfig, LoadError};
 pub use hostcalls::GuestFault;
+pub use port::FenceHandler;
 pub use reactor::Limits;
 pub use runtime::{CheckpointScope, PendingCall, Runtime, RuntimeConfig, ShardDown};
 pub use shard::{Engine, LoadedModule, Shard, ShardConfig, ShardStats};
@@ -68,6 +69,6 @@ pub use sys::{mappings, resident_bytes};
 
 pub use guest_sdk::abi;
 pub use reactor_types::{
-    Address, CallError, Envelope, Failure, FailureReason, ModuleHash, NodeId, Outbound, ReactorState, Reply,
+    Address, CallError, Envelope, Failure, KIND_FENCE, KIND_NODE, FailureReason, ModuleHash, NodeId, Outbound, ReactorState, Reply,
     RequestId, SendError, SpawnError,
 };

@@ -6,10 +6,10 @@
 
 use crate::refs::{LocalTags, Refs, RefsError};
 use reactor_types::{Address, CallError, Envelope, Outbound, Reply};
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::Thread;
 use std::time::Instant;
 
@@ -150,7 +150,28 @@ pub(crate) struct HostPort {
     byte_capacity: usize,
     /// Where messages for reactors on other nodes go (set once by the node).
     remote: OnceLock<Arc<dyn Outbound>>,
+    /// Addresses naming another node that this runtime answers for: reactors
+    /// that moved here, or moved here and on (messages for them are
+    /// forwarded from here in order). Counted so the common case (none)
+    /// takes no lock.
+    residents: RwLock<HashSet<Address>>,
+    resident_count: AtomicUsize,
+    /// Who is told of a fence that reached the reactor it was sent to.
+    fences: OnceLock<Fences>,
 }
+
+/// The fence handler, in a wrapper that can be debug-printed.
+struct Fences(FenceHandler);
+
+impl std::fmt::Debug for Fences {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fences")
+    }
+}
+
+/// Told of each fence that reached the reactor it names (its address,
+/// the fence).
+pub type FenceHandler = Box<dyn Fn(Address, Envelope) + Send + Sync>;
 
 impl HostPort {
     /// A port whose mailbox holds at most `mailbox_capacity` messages and
@@ -164,7 +185,55 @@ impl HostPort {
             capacity: mailbox_capacity,
             byte_capacity,
             remote: OnceLock::new(),
+            residents: RwLock::new(HashSet::default()),
+            resident_count: AtomicUsize::new(0),
+            fences: OnceLock::new(),
         })
+    }
+
+    /// Whether this runtime answers for `to`: an address of this node, or
+    /// one of another node's reactors that moved here.
+    #[inline]
+    pub(crate) fn hosts(&self, to: Address) -> bool {
+        to.node() == self.refs.node() || self.hosts_foreign(to)
+    }
+
+    /// Whether `to`, an address naming another node, moved here.
+    #[inline]
+    pub(crate) fn hosts_foreign(&self, to: Address) -> bool {
+        self.resident_count.load(Ordering::Acquire) != 0
+            && self.residents.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&to)
+    }
+
+    /// Answers for `address` (of another node) from now on.
+    pub(crate) fn adopt(&self, address: Address) {
+        if address.node() == self.refs.node() {
+            return;
+        }
+        let mut r = self.residents.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.insert(address) {
+            self.resident_count.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// No longer answers for `address` (of another node).
+    pub(crate) fn disown(&self, address: Address) {
+        let mut r = self.residents.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if r.remove(&address) {
+            self.resident_count.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Sets who is told of fences; false if set already.
+    pub(crate) fn set_fence_handler(&self, f: FenceHandler) -> bool {
+        self.fences.set(Fences(f)).is_ok()
+    }
+
+    /// A fence reached the reactor `to`: tell the handler (dropped if none).
+    pub(crate) fn fence(&self, to: Address, env: Envelope) {
+        if let Some(Fences(f)) = self.fences.get() {
+            f(to, env);
+        }
     }
 
     /// Sets the way to other nodes; false if one was set already.

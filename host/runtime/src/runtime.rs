@@ -36,7 +36,8 @@ use crate::snapshot::{self, Capture, Checkpoint, Kind, RestoreOptions, SnapshotE
 use guest_sdk::abi;
 use reactor_ring::{EventCount, MpscConsumer, MpscProducer};
 use reactor_types::{
-    Address, CallError, Envelope, Failure, FailureReason, Outbound, ReactorState, Reply, SendError, SpawnError,
+    Address, CallError, Envelope, Failure, FailureReason, KIND_FENCE, NodeId, Outbound, ReactorState, Reply, SendError,
+    SpawnError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -354,7 +355,7 @@ impl Runtime {
         }
         let flags = if text { abi::FLAG_TEXT } else { 0 };
         let env = Envelope { kind, flags, from: Address::host_of(self.refs.node()), corr, payload };
-        if to.node() != self.refs.node() {
+        if !self.port.hosts(to) {
             // A reactor on another node: straight to the transport.
             let Some(out) = self.port.remote() else { return Err(SendError::NoSuchReactor(to)) };
             return out.send(to, env, 0).map_err(|e| match e {
@@ -380,8 +381,14 @@ impl Runtime {
     /// this node's host (the answer to one of its requests, or a message
     /// for its mailbox).
     pub fn deliver_from_network(&self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
-        if to.node() != self.refs.node() {
+        if !self.port.hosts(to) {
             return Err((SendError::NoSuchReactor(to), env));
+        }
+        if !(env.is_for_reactors() || env.kind == KIND_FENCE && to.is_reactor()) {
+            // Not a kind a reactor reads (a peer's forgery or a node
+            // message that reached the runtime): never queued.
+            tracing::debug!(%to, kind = env.kind, from = %env.from, "dropped a message of a kind no reactor reads");
+            return Ok(());
         }
         if to.is_host() {
             if env.is_reply() {
@@ -410,6 +417,12 @@ impl Runtime {
     /// reactor of `node` with `err` (that node is gone).
     pub fn fail_calls_to_node(&self, node: u16, err: impl Fn(Address) -> CallError) {
         self.port.fail_where(|target| target.node() == node, err);
+    }
+
+    /// Answers every request from outside waiting on a target `which`
+    /// picks (e.g. by where it lives) with `err`.
+    pub fn fail_calls_where(&self, which: impl Fn(Address) -> bool, err: impl Fn(Address) -> CallError) {
+        self.port.fail_where(which, err);
     }
 
     /// Sends a request; wait for the answer with [`PendingCall::wait`].
@@ -578,18 +591,87 @@ impl Runtime {
 
     /// Restores one moved reactor from its chain of in-memory checkpoints
     /// (a full one, then deltas; the last holds exactly that reactor) on
-    /// the shard its address names.
+    /// the shard its address names; this runtime answers for its address
+    /// from then on.
     pub fn restore_moved(&self, chain: Vec<Checkpoint>) -> Result<Address, SnapshotError> {
         let address = match chain.last().map(Checkpoint::reactors).as_deref() {
             Some([a]) => *a,
             _ => return Err(SnapshotError::Chain("a move restores one reactor: its last checkpoint holds one".into())),
         };
-        self.inspect(self.shard_of(address), move |s| {
-            let refs: Vec<&Checkpoint> = chain.iter().collect();
-            s.restore(&refs)
-        })
-        .map_err(snapshot_error)??;
-        Ok(address)
+        let claimed = self.port.hosts(address);
+        self.port.adopt(address);
+        let r = self
+            .inspect(self.shard_of(address), move |s| {
+                let refs: Vec<&Checkpoint> = chain.iter().collect();
+                s.restore(&refs)
+            })
+            .map_err(snapshot_error)
+            .and_then(|r| r);
+        if r.is_err() && !claimed {
+            self.port.disown(address);
+        }
+        r.map(|_| address)
+    }
+
+    /// Restores one moved reactor from snapshot files (a full one, then
+    /// deltas; the last holds exactly that reactor), as
+    /// [`Runtime::restore_moved`] does from memory.
+    pub fn restore_moved_files(&self, chain: Vec<SnapshotFile>, options: RestoreOptions) -> Result<Address, SnapshotError> {
+        let address = match chain.last().map(|f| f.meta().reactors.as_slice()) {
+            Some([r]) => Address(r.address),
+            _ => return Err(SnapshotError::Chain("a move restores one reactor: its last file holds one".into())),
+        };
+        let claimed = self.port.hosts(address);
+        self.port.adopt(address);
+        let r = self
+            .inspect(self.shard_of(address), move |s| s.restore_files(&chain, options))
+            .map_err(snapshot_error)
+            .and_then(|r| r);
+        if r.is_err() && !claimed {
+            self.port.disown(address);
+        }
+        r.map(|_| address)
+    }
+
+    /// Whether this runtime answers for `address`: one of this node's, or a
+    /// reactor that moved here (or through here, and is forwarded on).
+    pub fn hosts(&self, address: Address) -> bool {
+        self.port.hosts(address)
+    }
+
+    /// Answers for `address` (a reactor of another node that moved here),
+    /// before it is restored.
+    pub fn adopt(&self, address: Address) {
+        self.port.adopt(address);
+    }
+
+    /// A detached reactor runs on `node` now: what was held for it goes
+    /// there in order, then everything that comes for it later. How many
+    /// held messages went.
+    pub fn forward_to(&self, address: Address, node: NodeId) -> Result<usize, ShardDown> {
+        self.inspect(self.shard_of(address), move |s| s.forward_to(address, node))
+    }
+
+    /// Records, after a restart, that `address` moved from here to `node`:
+    /// messages for it are forwarded there.
+    pub fn set_moved(&self, address: Address, node: NodeId) -> Result<(), ShardDown> {
+        self.port.adopt(address);
+        self.inspect(self.shard_of(address), move |s| s.set_moved(address, node))
+    }
+
+    /// Reactors that moved from here to other nodes, and where.
+    pub fn moved(&self) -> Result<Vec<(Address, NodeId)>, ShardDown> {
+        let mut all = Vec::new();
+        for i in 0..self.shards.len() {
+            all.extend(self.inspect(i, |s| s.moved())?);
+        }
+        Ok(all)
+    }
+
+    /// Sets who is told of fences that reached their reactor (the node);
+    /// false if set already.
+    pub fn set_fence_handler(&self, f: crate::port::FenceHandler) -> bool {
+        self.port.set_fence_handler(f)
     }
 
     /// Restores every reactor of a chain of snapshot files (a full one, then
@@ -603,16 +685,38 @@ impl Runtime {
         chain: Vec<SnapshotFile>,
         options: RestoreOptions,
     ) -> Result<Vec<Address>, SnapshotError> {
+        self.restore_files_except(chain, options, std::collections::HashSet::new())
+    }
+
+    /// [`Runtime::restore_files`] of every reactor of the chain but those
+    /// in `except` (reactors that moved away since the chain was taken).
+    /// Addresses of other nodes (reactors that moved here) are answered for
+    /// by this runtime once restored.
+    pub fn restore_files_except(
+        &self,
+        chain: Vec<SnapshotFile>,
+        options: RestoreOptions,
+        except: std::collections::HashSet<Address>,
+    ) -> Result<Vec<Address>, SnapshotError> {
         let n = self.shards.len();
+        let except = Arc::new(except);
+        if let Some(last) = chain.last() {
+            for r in &last.meta().reactors {
+                let a = Address(r.address);
+                if !except.contains(&a) {
+                    self.port.adopt(a);
+                }
+            }
+        }
         let chain = Arc::new(chain);
         let _one_at_a_time = self.barrier.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let done = ShardBarrier::new(self.shards.iter().map(|h| h.down.clone()).collect());
         let failed = Arc::new(AtomicBool::new(false));
         let results: Vec<Result<Vec<Address>, SnapshotError>> = (0..n)
             .map(|i| {
-                let (chain, done, failed) = (chain.clone(), done.clone(), failed.clone());
+                let (chain, done, failed, except) = (chain.clone(), done.clone(), failed.clone(), except.clone());
                 self.inspect_later(i, move |s| {
-                    let r = s.restore_files_where(&chain, options, &|a: Address| a.shard() % n == i);
+                    let r = s.restore_files_where(&chain, options, &|a: Address| a.shard() % n == i && !except.contains(&a));
                     if r.is_err() {
                         failed.store(true, Ordering::SeqCst);
                     }
@@ -662,6 +766,34 @@ impl Runtime {
             return None;
         }
         self.inspect(self.shard_of(address), move |s| s.memory_size(address)).ok().flatten()
+    }
+
+    /// The module a live reactor runs.
+    pub fn module_of(&self, address: Address) -> Option<crate::ModuleHash> {
+        if !address.is_reactor() {
+            return None;
+        }
+        self.inspect(self.shard_of(address), move |s| s.module_of(address)).ok().flatten()
+    }
+
+    /// The node's byte budget.
+    pub fn budget(&self) -> &Arc<crate::budget::NodeBudget> {
+        self.refs.budget()
+    }
+
+    /// Holds messages for `address`, which does not run here now (its move
+    /// is not settled): they wait, in order, for [`Runtime::forward_to`] or
+    /// [`Runtime::reattach_files`].
+    pub fn hold(&self, address: Address) -> Result<(), ShardDown> {
+        self.port.adopt(address);
+        self.inspect(self.shard_of(address), move |s| s.hold(address))
+    }
+
+    /// Restores `address` from a chain of snapshot files (only it) and
+    /// queues what was held for it meanwhile after its own messages: a
+    /// reactor whose move did not happen, given back after a restart.
+    pub fn reattach_files(&self, address: Address, chain: Vec<SnapshotFile>, options: RestoreOptions) -> Result<(), SnapshotError> {
+        self.inspect(self.shard_of(address), move |s| s.reattach_files(address, &chain, options)).map_err(snapshot_error)?
     }
 
     /// Total linear memory of all live reactors (of shards still running).

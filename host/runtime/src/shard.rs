@@ -34,8 +34,8 @@ use crate::snapshot::{
 use crate::store::{HostContext, ModuleRef, ReactorData, SpawnRefusal};
 use guest_sdk::abi;
 use reactor_types::{
-    Address, CallError, Envelope, Failure, FailureReason, ModuleHash, ReactorState, Reply, RequestId, SendError,
-    SpawnError,
+    Address, CallError, Envelope, Failure, FailureReason, KIND_FENCE, ModuleHash, NodeId, ReactorState, Reply,
+    RequestId, SendError, SpawnError,
 };
 use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
@@ -109,6 +109,8 @@ pub struct ShardStats {
     /// Replies refused because no request of the addressee was waiting on
     /// their sender (forged, duplicated, or for a reactor that failed).
     pub unmatched_replies: u64,
+    /// Messages forwarded after reactors that moved to another node.
+    pub forwarded: u64,
 }
 
 impl std::ops::AddAssign for ShardStats {
@@ -123,6 +125,7 @@ impl std::ops::AddAssign for ShardStats {
         self.cross_shard += o.cross_shard;
         self.remote += o.remote;
         self.unmatched_replies += o.unmatched_replies;
+        self.forwarded += o.forwarded;
     }
 }
 
@@ -188,6 +191,9 @@ pub struct Router {
     /// Reactors detached from this shard (being moved): messages for them
     /// are held here, in arrival order, to be forwarded or given back.
     parked: HashMap<Address, VecDeque<Envelope>>,
+    /// Reactors that moved from this shard to another node: messages for
+    /// them are forwarded there, in order.
+    moved: HashMap<Address, NodeId>,
     stats: ShardStats,
 }
 
@@ -197,7 +203,7 @@ impl Router {
     #[inline]
     fn route(&mut self, to: Address, env: Envelope) -> Result<(), SendError> {
         let node = self.refs.node();
-        if to.node() != node && to != Address::HOST {
+        if to.node() != node && to != Address::HOST && !self.port.hosts_foreign(to) {
             // Another node's reactor or host: the node's transport.
             let Some(out) = self.port.remote() else { return Err(SendError::NoSuchReactor(to)) };
             out.send(to, env, self.affinity)?;
@@ -238,6 +244,12 @@ impl Router {
     #[inline]
     fn queue(&mut self, to: Address, env: Envelope, forced: bool) -> Result<(), (SendError, Envelope)> {
         let Some(mb) = self.inboxes.get_mut(&to) else { return self.park(to, env, forced) };
+        if env.kind == KIND_FENCE {
+            // It came the old way behind its sender's earlier messages,
+            // all of which are queued now: its sender may switch paths.
+            self.port.fence(to, env);
+            return Ok(());
+        }
         let reply = env.is_reply();
         if reply {
             // Only for an outstanding request of `to`'s, to the sender.
@@ -303,12 +315,36 @@ impl Router {
     #[cold]
     fn park(&mut self, to: Address, env: Envelope, forced: bool) -> Result<(), (SendError, Envelope)> {
         let capacity = self.config.inbox_capacity;
-        let Some(held) = self.parked.get_mut(&to) else { return Err((SendError::NoSuchReactor(to), env)) };
+        let Some(held) = self.parked.get_mut(&to) else {
+            return match self.moved.get(&to) {
+                Some(&node) => self.forward(to, env, node),
+                None => Err((SendError::NoSuchReactor(to), env)),
+            };
+        };
         if !forced && !env.is_reply() && held.len() >= capacity {
             return Err((SendError::InboxFull(to), env));
         }
         held.push_back(env);
         Ok(())
+    }
+
+    /// Sends `env` on after `to`, which moved to `node` (or further: the
+    /// way out knows). Accepted once already, so it is not refused for a
+    /// full lane (the way out waits for room); lost only if no node can
+    /// take it.
+    fn forward(&mut self, to: Address, env: Envelope, node: NodeId) -> Result<(), (SendError, Envelope)> {
+        let Some(out) = self.port.remote() else { return Err((SendError::NoSuchReactor(to), env)) };
+        match out.forward(to, env, node) {
+            Ok(()) => {
+                self.stats.forwarded += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.dead_letters += 1;
+                tracing::warn!(%to, node, "could not forward a message for a reactor that moved: {e}");
+                Ok(())
+            }
+        }
     }
 
     /// A reply to a request from outside, or a message for the mailbox of
@@ -537,6 +573,7 @@ impl Shard {
             inboxes: HashMap::default(),
             outstanding: HashMap::default(),
             parked: HashMap::default(),
+            moved: HashMap::default(),
             ready: VecDeque::new(),
             spawns: Vec::new(),
             port,
@@ -1084,6 +1121,8 @@ impl Shard {
             router.outstanding.insert(corr, (address, target));
         }
         router.inboxes.insert(address, Mailbox { inbox, account, parent: Address::HOST, children: 0, waiting });
+        // Back here after a move: no longer forwarded.
+        router.moved.remove(&address);
         router.population += 1;
         router.modules.insert(address, reactor.module_hash());
         self.reactors.insert(address, Live::new(reactor));
@@ -1100,7 +1139,14 @@ impl Shard {
     /// ([`Shard::reattach`]) or [`Shard::unpark`]ed.
     pub fn detach(&mut self, address: Address, options: SnapshotOptions) -> Result<Checkpoint, SnapshotError> {
         let cp = self.snapshot(address, options)?;
-        self.reactors.remove(&address);
+        if let Some(gone) = self.reactors.remove(&address) {
+            // Unmapping a large memory takes milliseconds: not on this
+            // thread, and not while the move waits for it.
+            let dropped = std::thread::Builder::new().name("detached".into()).spawn(move || drop(gone));
+            if let Err(e) = dropped {
+                tracing::debug!("dropping a detached reactor on this thread: {e}");
+            }
+        }
         let router = self.router();
         router.modules.remove(&address);
         router.ready.retain(|a| *a != address);
@@ -1131,6 +1177,59 @@ impl Shard {
         self.router().parked.remove(&address).map(Vec::from).unwrap_or_default()
     }
 
+    /// A detached reactor now runs on `node`: what was held for it is
+    /// forwarded there in arrival order, then everything that comes for it
+    /// later. Returns how many held messages went.
+    pub fn forward_to(&mut self, address: Address, node: NodeId) -> usize {
+        let held = self.router().parked.remove(&address).unwrap_or_default();
+        let router = self.router();
+        router.moved.insert(address, node);
+        let n = held.len();
+        for env in held {
+            let _ = router.forward(address, env, node);
+        }
+        n
+    }
+
+    /// Where reactors that left this shard went.
+    pub fn moved(&self) -> Vec<(Address, NodeId)> {
+        self.router_ref().moved.iter().map(|(a, n)| (*a, *n)).collect()
+    }
+
+    /// Records that `address` (of this shard) runs on `node` now, as
+    /// [`Shard::forward_to`] does, for a move recorded before a restart.
+    pub fn set_moved(&mut self, address: Address, node: NodeId) {
+        self.router().moved.insert(address, node);
+    }
+
+    /// Holds messages for `address` from now on (see [`Shard::detach`]).
+    pub fn hold(&mut self, address: Address) {
+        self.router().parked.entry(address).or_default();
+    }
+
+    /// [`Shard::reattach`] from snapshot files: restores only `address`
+    /// from `chain`, then queues what was held for it.
+    pub fn reattach_files(&mut self, address: Address, chain: &[SnapshotFile], options: RestoreOptions) -> Result<(), SnapshotError> {
+        let held = self.router().parked.remove(&address).unwrap_or_default();
+        if let Err(e) = self.restore_files_where(chain, options, &|a| a == address) {
+            self.router().parked.insert(address, held);
+            return Err(e);
+        }
+        self.requeue(address, held);
+        Ok(())
+    }
+
+    /// Queues messages held for `address`, accepted once already.
+    fn requeue(&mut self, address: Address, held: VecDeque<Envelope>) {
+        let router = self.router();
+        for env in held {
+            if let Err(env) = router.deliver_local_forced(address, env) {
+                router.stats.dead_letters += 1;
+                tracing::debug!(%address, from = %env.from, "a held message had no place after the reattach");
+            }
+        }
+    }
+
     /// Gives a detached reactor back to this shard (a move that did not
     /// happen): restores it from `chain` (the checkpoints of its move, the
     /// last one from [`Shard::detach`]) and queues what was held for it
@@ -1141,14 +1240,7 @@ impl Shard {
             self.router().parked.insert(address, held);
             return Err(e);
         }
-        let router = self.router();
-        for env in held {
-            // Accepted once already: never refused now.
-            if let Err(env) = router.deliver_local_forced(address, env) {
-                router.stats.dead_letters += 1;
-                tracing::debug!(%address, from = %env.from, "a held message had no place after the reattach");
-            }
-        }
+        self.requeue(address, held);
         Ok(())
     }
 

@@ -74,6 +74,9 @@ enum Command {
     /// Make a running node checkpoint its reactors into its data directory
     /// now.
     Checkpoint(node::AdminArgs),
+    /// Move a live reactor to another node while it serves (pre-copy of its
+    /// pages, then a short stop); its address stays the same. Ask any node.
+    Migrate(node::MigrateArgs),
 }
 
 /// Entry point of the `host` binary.
@@ -96,6 +99,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Call(args) => node::send(args, true),
         Command::Stop(args) => node::stop(args),
         Command::Checkpoint(args) => node::checkpoint(args),
+        Command::Migrate(args) => node::migrate(args),
     };
     match result {
         Ok(code) => code,

@@ -264,6 +264,70 @@ pub(crate) fn checkpoint(args: &AdminArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `host migrate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MigrateArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The reactor's address (as printed by spawn, e.g. `#1.0:5`).
+    address: String,
+    /// The id of the node to move it to.
+    #[arg(long, value_name = "NODE")]
+    to: u16,
+    /// Stop the reactor first and copy it whole (no pre-copy rounds): the
+    /// baseline live migration is measured against.
+    #[arg(long)]
+    stop_and_copy: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `host migrate`: moves a live reactor to another node, showing progress.
+pub(crate) fn migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    let address: reactor_runtime::Address =
+        args.address.parse().with_context(|| format!("{:?} is not an address (e.g. #1.0:5)", args.address))?;
+    let mut client = Client::connect(&args.admin.data_dir)?;
+    let req = json!({"op": "migrate", "address": address.to_string(), "to": args.to, "precopy": !args.stop_and_copy});
+    let quiet = args.json;
+    let report = client.request_with_progress(req, &mut |p| {
+        if quiet {
+            return;
+        }
+        let mib = |k: &str| p.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0) as f64 / (1 << 20) as f64;
+        eprintln!(
+            "  {:<8} layer {:>2}: {:>8.1} / {:>8.1} MiB   ({:.1} MiB sent)",
+            p.get("phase").and_then(serde_json::Value::as_str).unwrap_or("?"),
+            p.get("layer").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            mib("sent"),
+            mib("total"),
+            mib("bytes"),
+        );
+    })?;
+    if args.json {
+        println!("{report}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let f = |k: &str| report.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    let u = |k: &str| report.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    println!(
+        "moved {} from node {} to node {}: {} pre-copy rounds, {:.1} MiB sent ({:.1} KiB while stopped), total {:.1} ms, \
+         downtime {:.3} ms (restore {:.3} ms), {} messages held and forwarded, {} nodes told",
+        report.get("address").and_then(serde_json::Value::as_str).unwrap_or("?"),
+        u("from"),
+        u("to"),
+        u("rounds"),
+        u("bytes") as f64 / (1 << 20) as f64,
+        u("last_bytes") as f64 / 1024.0,
+        f("total_ms"),
+        f("downtime_ms"),
+        f("restore_ms"),
+        u("held"),
+        u("told"),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// An absolute form of a path the user gave (the node does not share our
 /// working directory).
 fn absolute(p: &std::path::Path) -> anyhow::Result<String> {

@@ -102,6 +102,9 @@ pub enum AdminError {
     /// The node's checkpoint could not be taken.
     #[error(transparent)]
     Durable(#[from] crate::node::durable::DurableError),
+    /// A migration did not happen (or is undecided).
+    #[error(transparent)]
+    Migrate(#[from] crate::node::migrate::MigrateError),
     /// The reactor answered, but not with JSON.
     #[error("the reply is not JSON")]
     ReplyNotJson(#[source] serde_json::Error),
@@ -389,7 +392,13 @@ async fn read_requests(
         let (node, tx, finished) = (node.clone(), tx.clone(), finished.clone());
         // Calls block on their answer: off the network threads.
         tokio::task::spawn_blocking(move || {
-            let answer = match handle(&node, req.op) {
+            let id = req.id.clone();
+            let progress_tx = tx.clone();
+            let mut progress = move |p: Value| {
+                // Progress is best effort: a slow client misses some.
+                let _ = progress_tx.try_send(protocol::answer_progress(&id, p));
+            };
+            let answer = match handle(&node, req.op, &mut progress) {
                 Ok(v) => answer_ok(&req.id, v),
                 Err(e) => answer_err(&req.id, &reactor_types::error_chain(&e)),
             };
@@ -400,8 +409,13 @@ async fn read_requests(
     }
 }
 
-fn handle(node: &Node, op: Op) -> Result<Value, AdminError> {
+fn handle(node: &Node, op: Op, progress: &mut dyn FnMut(Value)) -> Result<Value, AdminError> {
     match op {
+        Op::Migrate { address, to, precopy } => {
+            let options = crate::node::migrate::MigrateOptions { precopy, ..Default::default() };
+            let report = node.migrate(address, to, options, &mut |p| progress(json!(p)))?;
+            Ok(json!(report))
+        }
         Op::Status => Ok(node.status()),
         Op::Spawn { module, init } => {
             let module = match module {
@@ -502,7 +516,13 @@ impl Client {
     }
 
     /// Sends one request (an object with `"op"`) and waits for its answer.
-    pub fn request(&mut self, mut req: Value) -> Result<Value, AdminError> {
+    pub fn request(&mut self, req: Value) -> Result<Value, AdminError> {
+        self.request_with_progress(req, &mut |_| {})
+    }
+
+    /// [`Client::request`], handing each progress line's value to
+    /// `progress` while it waits.
+    pub fn request_with_progress(&mut self, mut req: Value, progress: &mut dyn FnMut(&Value)) -> Result<Value, AdminError> {
         let id = self.next;
         self.next += 1;
         req["id"] = json!(id);
@@ -539,6 +559,10 @@ impl Client {
             }
             if let Some(err) = v.get("err") {
                 return Err(AdminError::Refused(err.as_str().unwrap_or("error").to_owned()));
+            }
+            if let Some(p) = v.get("progress") {
+                progress(p);
+                continue;
             }
             return Ok(v.get("ok").cloned().unwrap_or(Value::Null));
         }

@@ -47,6 +47,7 @@
 pub mod admin;
 pub mod durable;
 pub mod lock;
+pub mod migrate;
 
 use reactor_net::auth::Secret;
 use reactor_net::secure::{self, Binding, Keyring, PublicKey, SigningKey, StaticKey};
@@ -69,6 +70,13 @@ use std::time::{Duration, SystemTime};
 /// (the incarnation, the tag high-water mark), which the next start reads.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The record of moves (`<data-dir>/moves`) is damaged: starting
+    /// anyway could run a reactor on two nodes. Nothing was started.
+    #[error("the record of moves is damaged: {0}")]
+    DamagedMoves(String),
+    /// The migration machinery could not start.
+    #[error("cannot start migrations: {0}")]
+    Migrations(String),
     /// The data directory is unusable (another user's, writable by others)
     /// or another node holds it. Nothing was started or changed.
     #[error(transparent)]
@@ -262,6 +270,8 @@ pub struct Node {
     /// The last snapshot taken through [`Node::snapshot`]: what the next
     /// incremental one is a delta on.
     last_snapshot: Mutex<Option<reactor_runtime::snapshot::SnapshotId>>,
+    /// Its migrations, both ends.
+    hub: Arc<migrate::Hub>,
     /// Held for the node's life: no second node on its data directory.
     _lock: lock::DataDirLock,
 }
@@ -317,17 +327,48 @@ impl std::fmt::Debug for Node {
 struct RuntimeInbound {
     runtime: Arc<Runtime>,
     events: Arc<Mutex<VecDeque<(SystemTime, NodeEvent)>>>,
+    /// Set once the transport runs (location messages, where reactors live).
+    transport: std::sync::OnceLock<Transport>,
+    /// Set once the node's migrations can be taken.
+    hub: std::sync::OnceLock<Arc<migrate::Hub>>,
 }
 
 impl Inbound for RuntimeInbound {
     fn deliver(&self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
-        self.runtime.deliver_from_network(to, env)
+        if env.kind != reactor_runtime::KIND_NODE {
+            return self.runtime.deliver_from_network(to, env);
+        }
+        // The node's own messages: to its host address only.
+        if !to.is_host() {
+            return Ok(());
+        }
+        if reactor_net::locate::LocationMsg::is_location(&env.payload) {
+            if let Some(t) = self.transport.get() {
+                t.location_message(&env);
+            }
+            return Ok(());
+        }
+        let Some(hub) = self.hub.get() else { return Err((SendError::InboxFull(to), env)) };
+        match migrate::wire::decode(&env.payload) {
+            Ok(step) => hub.deliver(env.from.node(), step).map_err(|_| (SendError::InboxFull(to), env)),
+            Err(e) => {
+                tracing::debug!(from = %env.from, "dropped a node message: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    fn claims(&self, to: Address) -> bool {
+        self.runtime.hosts(to)
     }
 
     fn event(&self, event: NodeEvent) {
         if let NodeEvent::Down(node) = &event {
             let node = *node;
-            self.runtime.fail_calls_to_node(node, |a| CallError::Send(SendError::NoSuchReactor(a)));
+            match self.transport.get() {
+                Some(t) => self.runtime.fail_calls_where(|a| t.location(a).0 == node, |a| CallError::Send(SendError::NoSuchReactor(a))),
+                None => self.runtime.fail_calls_to_node(node, |a| CallError::Send(SendError::NoSuchReactor(a))),
+            }
         }
         let mut log = self.events.lock().unwrap();
         if log.len() >= EVENT_LOG {
@@ -490,10 +531,21 @@ impl Node {
             incarnation,
         };
         let events = Arc::new(Mutex::new(VecDeque::new()));
-        let inbound = Arc::new(RuntimeInbound { runtime: runtime.clone(), events: events.clone() });
+        let inbound = Arc::new(RuntimeInbound {
+            runtime: runtime.clone(),
+            events: events.clone(),
+            transport: std::sync::OnceLock::new(),
+            hub: std::sync::OnceLock::new(),
+        });
         let mut tc = TransportConfig::new(info.clone(), &config.cluster, config.secret.clone());
         if !config.channels.is_empty() {
             tc.channels = config.channels.clone();
+        }
+        if !tc.channels.iter().any(|c| c.name == migrate::CHANNEL) {
+            // Migrations' bulk: never picked by size for reactor messages.
+            let mut c = ChannelSpec::new(migrate::CHANNEL, 2);
+            c.min_bytes = Some(usize::MAX);
+            tc.channels.push(c);
         }
         tc.multiplex = config.multiplex;
         tc.faults = config.faults.clone();
@@ -523,23 +575,55 @@ impl Node {
             overlay::Origins::Signed { key: sign, keys: keyring }
         };
         let ov = overlay::build(config.overlay, info.clone(), seed_of(&info), origins);
-        let transport = tokio.block_on(Transport::start(tc, listener, ov, inbound))?;
+        let moves = migrate::read_moves(&config.data_dir).map_err(NodeError::DamagedMoves)?;
+        let transport = tokio.block_on(Transport::start(tc, listener, ov, inbound.clone()))?;
+        let _ = inbound.transport.set(transport.clone());
         runtime.set_remote(Arc::new(transport.clone()));
-        transport.join(config.seeds.clone());
+        {
+            let t = transport.clone();
+            runtime.set_fence_handler(Box::new(move |to, fence| t.fence_reached(to, fence)));
+        }
         // Back to where it stopped: its modules, then its reactors at the
-        // same addresses (lazily: pages are read on first touch).
+        // same addresses (lazily: pages are read on first touch), but those
+        // that moved away or were moving when it stopped.
         durable::load_kept_modules(&config.data_dir, runtime.engine())?;
         let checkpoints = durable::Checkpoints::open(&config.data_dir)?;
         let chain = checkpoints.open_chain()?;
+        let away = migrate::Hub::undecided(&moves);
+        // Reactors whose move was not settled are given back from the chain
+        // as it is now, if their target never got them.
+        let mut unsettled: HashMap<Address, Vec<reactor_runtime::snapshot::SnapshotFile>> = HashMap::new();
+        for m in moves.iter().filter(|m| !m.done) {
+            unsettled.insert(m.address, checkpoints.open_chain()?);
+        }
         let restored = if chain.is_empty() {
             Vec::new()
         } else {
             let files = checkpoints.chain().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
             runtime
-                .restore_files(chain, reactor_runtime::snapshot::RestoreOptions::lazy())
+                .restore_files_except(chain, reactor_runtime::snapshot::RestoreOptions::lazy(), away)
                 .map_err(|source| NodeError::Restore { files, source })?
         };
+        for &a in &restored {
+            if a.node() != config.id {
+                // Moved here before the stop: it lives here.
+                let epoch = moves.iter().filter(|m| m.address == a).map(|m| m.epoch).max().unwrap_or(1);
+                transport.set_location(a, config.id, epoch);
+            }
+        }
         let checkpoints = Arc::new(Mutex::new(checkpoints));
+        let hub = migrate::Hub::start(config.id, &config.data_dir, runtime.clone(), transport.clone(), checkpoints.clone(), moves)
+            .map_err(|e| NodeError::Migrations(e.to_string()))?;
+        let _ = inbound.hub.set(hub.clone());
+        {
+            let rt = runtime.clone();
+            let unsettled = Mutex::new(unsettled);
+            hub.recover(Arc::new(move |a: Address| {
+                let chain = unsettled.lock().unwrap().remove(&a).unwrap_or_default();
+                rt.reattach_files(a, chain, reactor_runtime::snapshot::RestoreOptions::lazy()).map_err(|e| e.to_string())
+            }));
+        }
+        transport.join(config.seeds.clone());
         let ticker = match config.checkpoint_every {
             Some(every) if !every.is_zero() => {
                 Some(Ticker::start(every, runtime.clone(), checkpoints.clone()).map_err(NodeError::Threads)?)
@@ -558,8 +642,22 @@ impl Node {
             restored,
             ticker: Mutex::new(ticker),
             last_snapshot: Mutex::new(None),
+            hub,
             _lock: lock,
         })
+    }
+
+    /// Moves the live reactor `address` to node `to` (see `migrate`);
+    /// `progress` hears how far it got. A reactor living on another node is
+    /// moved by that node.
+    pub fn migrate(
+        &self,
+        address: Address,
+        to: NodeId,
+        options: migrate::MigrateOptions,
+        progress: &mut dyn FnMut(&migrate::Progress),
+    ) -> Result<migrate::Report, migrate::MigrateError> {
+        self.hub.migrate(address, to, options, progress)
     }
 
     /// Reactors restored from the node's checkpoints when it started.
@@ -753,6 +851,9 @@ impl Node {
             "dead_letters": stats.dead_letters + self.transport.dead_letters(),
             "refused_connections": self.transport.refused(),
             "bad_signatures": self.transport.bad_signatures(),
+            "forwarded": stats.forwarded,
+            "migrations": self.hub.counters(),
+            "fence_timeouts": self.transport.fence_timeouts(),
             "events": events,
         })
     }

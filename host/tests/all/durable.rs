@@ -59,7 +59,7 @@ fn a_stopped_node_comes_back_with_its_reactors_at_their_addresses() {
     // from the other node by the addresses it held all along.
     let n1 = start(&root, 1, SECRET, &["--checkpoint-every", "0", "--seed", &n2.addr.clone()]);
     assert!(n1.log().is_empty() || !n1.log().contains("ERROR"), "{}", n1.log());
-    wait_until("node 1 is back", CONVERGE, || n2.up() == [1, 2]);
+    wait_until("node 2 sees node 1's new incarnation", CONVERGE, || n2.incarnation_of(1) == Some(2));
     for (i, &a) in kvs.iter().enumerate() {
         for j in [0, 17, 49] {
             assert_eq!(get(&n2, a, &format!("k{j}")), json!({"Value": format!("v{i}-{j}")}), "reactor {a:#x} key k{j}");

@@ -124,6 +124,15 @@ impl NodeProc {
         v
     }
 
+    /// The incarnation of node `id` this node believes up, if it does.
+    pub(crate) fn incarnation_of(&self, id: u16) -> Option<u64> {
+        self.status()["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == json!(id) && m["up"] == json!(true))
+            .and_then(|m| m["incarnation"].as_u64())
+    }
+
     /// Spawns `module` (no init argument); its address.
     pub(crate) fn spawn(&self, module: &str) -> u64 {
         self.admin().request(json!({"op": "spawn", "module": module})).unwrap()["tag"].as_u64().unwrap()

@@ -16,7 +16,7 @@ use guest_sdk::abi;
 use reactor_net::auth::Peer;
 use reactor_net::frame::Frame;
 use reactor_net::reliable;
-use reactor_types::Address;
+use reactor_types::{Address, KIND_FENCE, KIND_NODE};
 use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -315,10 +315,14 @@ fn check_sender(inner: &Inner, peer: &Peer, from: Address, hops: u8) -> Result<(
         return Err(ConnError::Protocol(format!("data from {from}, not an address")));
     }
     let origin = from.node();
-    if origin == inner.config.me.id {
-        return Err(ConnError::Protocol(format!("data from {from}, an address of this node, sent by node {}", peer.node)));
+    // A message relayed, forwarded after a reactor that moved, or sent by a
+    // reactor that moved to the peer arrives with `hops > 1`; it may name
+    // any node but must not name a reactor this node answers for.
+    let relayed = hops > 1;
+    if from.is_host() && origin == inner.config.me.id || crate::locate::lives_here(inner, from) {
+        return Err(ConnError::Protocol(format!("data from {from}, an address of this node (it lives here), sent by node {}", peer.node)));
     }
-    if origin != peer.node && (hops <= 1 || !inner.relays.load(Ordering::Relaxed)) {
+    if origin != peer.node && !relayed {
         return Err(ConnError::Protocol(format!(
             "data from {from} (node {origin}) on a connection from node {}: a node sends only as itself",
             peer.node
@@ -349,7 +353,14 @@ async fn handle_incoming(
                 return Err(ConnError::Protocol(format!("data for {to}, not an address")));
             }
             check_sender(inner, peer, Address(d.from), d.hops)?;
-            if !matches!(d.msg_kind, abi::KIND_MESSAGE | abi::KIND_REQUEST | abi::KIND_REPLY) || d.flags & !abi::FLAG_TEXT != 0 {
+            let kind_ok = match d.msg_kind {
+                abi::KIND_MESSAGE | abi::KIND_REQUEST | abi::KIND_REPLY => true,
+                // A node's own messages go to a host; fences to a reactor.
+                KIND_NODE => to.is_host(),
+                KIND_FENCE => to.is_reactor(),
+                _ => false,
+            };
+            if !kind_ok || d.flags & !abi::FLAG_TEXT != 0 {
                 return Err(ConnError::Protocol(format!("data of kind {} flags {}", d.msg_kind, d.flags)));
             }
             if !spec.reliable {
@@ -470,36 +481,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_peer_speaks_only_for_its_own_node_unless_the_overlay_relays() {
+    async fn a_peer_speaks_for_another_node_only_as_a_relay_and_never_for_this_one() {
         let (inner, recorder, _rx) = node();
         let mut streams = Streams::default();
         let p = peer("default");
         let mut spoofed = data(1, 0, 1);
         spoofed.from = Address::new(3, 0, 3).0;
+        // Relayed, or forwarded after a reactor that moved: may name any
+        // other node (whatever the overlay).
         let mut relayed = spoofed.clone();
         relayed.hops = 2;
         let mut mine = data(1, 0, 1);
         mine.from = Address::new(1, 0, 9).0;
+        let mut mine_relayed = mine.clone();
+        mine_relayed.hops = 2;
         let mut nowhere = data(1, 0, 1);
         nowhere.from = u64::MAX;
         inner.relays.store(false, Ordering::Relaxed);
         for (d, why) in [
             (spoofed.clone(), "a node sends only as itself"),
-            (relayed.clone(), "a node sends only as itself"),
             (mine, "an address of this node"),
+            (mine_relayed.clone(), "an address of this node"),
             (nowhere, "not an address"),
         ] {
             let r = handle_incoming(&inner, &p, Frame::Data(d), &mut streams).await;
             assert!(matches!(&r, Err(ConnError::Protocol(m)) if m.contains(why)), "{why}: {r:?}");
         }
         assert!(recorder.delivered.lock().unwrap().is_empty());
-        // An overlay that relays: a relayed message may come from further
-        // away; a first hop still only from the peer itself.
-        inner.relays.store(true, Ordering::Relaxed);
-        let r = handle_incoming(&inner, &p, Frame::Data(spoofed), &mut streams).await;
-        assert!(matches!(&r, Err(ConnError::Protocol(m)) if m.contains("only as itself")), "{r:?}");
         handle_incoming(&inner, &p, Frame::Data(relayed), &mut streams).await.unwrap();
         assert_eq!(payloads(&recorder), [1]);
+        // Once this node's reactor lives elsewhere, it may be forwarded from
+        // there.
+        crate::locate::set(&inner, Address::new(1, 0, 9), 2, 1);
+        handle_incoming(&inner, &p, Frame::Data(mine_relayed), &mut streams).await.unwrap();
+        assert_eq!(payloads(&recorder), [1, 1]);
     }
 
     #[tokio::test]

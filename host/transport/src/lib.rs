@@ -59,6 +59,9 @@
 //!   backoff, reliable send state, writing, pings.
 //! - `route`: channel by size, lane by partition key, next hop; delivering
 //!   or forwarding what arrives (through causal order where configured).
+//! - `locate`: where reactors that moved live (the location table),
+//!   location notices, and switching a reactor's path in order with
+//!   fences.
 //! - `accept`: the accept loop and its admission limits, the checks of a
 //!   peer's hello and of every frame's sender, one accepted connection's
 //!   frames.
@@ -75,6 +78,7 @@ mod faults;
 mod handshake;
 mod io;
 mod lane;
+mod locate;
 mod overlay_task;
 mod route;
 mod state;

@@ -37,20 +37,81 @@ pub(crate) fn lane_key(inner: &Inner, peer: NodeId, channel: u16, key: u64) -> L
     LaneKey { peer, channel, lane: (partition_hash(key) % lanes) as u16 }
 }
 
-/// Routes a message towards the node of `to`: delivered here, or queued
-/// on the lane of the next hop, picked by `affinity` (the partition key;
-/// 0: the destination). Gives the message back with the status when it
-/// cannot go now.
+/// Routes a message towards the node where `to` lives: delivered here (an
+/// address of this node, or one the node claims), held (its path is being
+/// switched, see `locate`), or queued on the lane of the next hop, picked
+/// by `affinity` (the partition key; 0: the destination). Gives the
+/// message back with the status when it cannot go now.
 pub(crate) fn try_route(inner: &Arc<Inner>, to: Address, env: Envelope, hops: u8, affinity: u64) -> Result<(), (SendError, Envelope)> {
     let me = inner.config.me.id;
-    let dest = to.node();
-    if dest == me {
-        return match inner.inbound.deliver(to, env) {
-            Ok(()) => Ok(()),
-            Err((SendError::InboxFull(_), env)) => Err((SendError::InboxFull(to), env)),
-            Err((_, env)) => Err((SendError::NoSuchReactor(to), env)),
-        };
+    if to.node() == me || inner.inbound.claims(to) {
+        return deliver_here(inner, to, env);
     }
+    match locate_or_hold(inner, to, env, hops, affinity, to.node(), false) {
+        Located::Node(dest, env) if dest == me => deliver_here(inner, to, env),
+        Located::Node(dest, env) => send_to_node(inner, dest, to, env, hops, affinity),
+        Located::Held => Ok(()),
+        Located::Refused(e, env) => Err((e, env)),
+    }
+}
+
+pub(crate) fn deliver_here(inner: &Arc<Inner>, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
+    match inner.inbound.deliver(to, env) {
+        Ok(()) => Ok(()),
+        Err((SendError::InboxFull(_), env)) => Err((SendError::InboxFull(to), env)),
+        Err((_, env)) => Err((SendError::NoSuchReactor(to), env)),
+    }
+}
+
+/// Where a message goes, after the location table.
+pub(crate) enum Located {
+    /// To this node.
+    Node(NodeId, Envelope),
+    /// Held until its reactor's path is switched.
+    Held,
+    /// Not now.
+    Refused(SendError, Envelope),
+}
+
+/// The node `to` lives on by the location table, else `fallback`; or the
+/// message is held while its path switches (`forced`: even past the lane's
+/// capacity, for a message accepted once already).
+pub(crate) fn locate_or_hold(
+    inner: &Inner,
+    to: Address,
+    env: Envelope,
+    hops: u8,
+    affinity: u64,
+    fallback: NodeId,
+    forced: bool,
+) -> Located {
+    if inner.locations.count.load(Ordering::Acquire) == 0 {
+        return Located::Node(fallback, env);
+    }
+    let mut map = inner.locations.map.lock().unwrap();
+    let Some(loc) = map.get_mut(&to) else { return Located::Node(fallback, env) };
+    match &mut loc.switch {
+        None => Located::Node(loc.node, env),
+        Some(sw) if !forced && sw.held.len() >= inner.config.lane_capacity => Located::Refused(SendError::InboxFull(to), env),
+        Some(sw) => {
+            sw.held.push_back((env, hops, affinity));
+            Located::Held
+        }
+    }
+}
+
+/// Queues a message for `to` on the lane of the next hop towards node
+/// `dest`. A message not from this node's own addresses (forwarded, or
+/// from a reactor that moved here) leaves as relayed, so its receiver
+/// accepts a sender of another node.
+pub(crate) fn send_to_node(
+    inner: &Arc<Inner>,
+    dest: NodeId,
+    to: Address,
+    env: Envelope,
+    hops: u8,
+    affinity: u64,
+) -> Result<(), (SendError, Envelope)> {
     if hops >= MAX_HOPS {
         tracing::warn!("dropped a message for {to} after {hops} hops (a routing loop?)");
         return Err((SendError::NoSuchReactor(to), env));
@@ -60,6 +121,22 @@ pub(crate) fn try_route(inner: &Arc<Inner>, to: Address, env: Envelope, hops: u8
     };
     let channel = pick_channel(inner, env.payload.len());
     let key = lane_key(inner, next, channel, if affinity == 0 { to.0 } else { affinity });
+    let hops = if hops == 0 && env.from.node() != inner.config.me.id { 1 } else { hops };
+    queue_data(inner, key, channel, to, env, hops)
+}
+
+/// Queues a message of `channel` on the lane `key` (the multiplexed
+/// connection's when multiplexed; stamped first if its channel is causal
+/// and it starts here).
+pub(crate) fn queue_data(
+    inner: &Arc<Inner>,
+    key: LaneKey,
+    channel: u16,
+    to: Address,
+    env: Envelope,
+    hops: u8,
+) -> Result<(), (SendError, Envelope)> {
+    let dest = to.node();
     let mut data = Data {
         seq: 0,
         ack: 0,
@@ -101,6 +178,37 @@ pub(crate) fn try_route(inner: &Arc<Inner>, to: Address, env: Envelope, hops: u8
         Err(_) => unreachable!("only data was sent"),
     }
 }
+
+/// Forwards a message accepted once already for `to`, a reactor that
+/// moved on from here: towards the table's location, else `hint`. Waits
+/// (up to [`FORWARD_PATIENCE`]) for room on a full lane rather than refuse.
+pub(crate) fn forward(inner: &Arc<Inner>, to: Address, env: Envelope, hint: NodeId) -> Result<(), SendError> {
+    let me = inner.config.me.id;
+    let (dest, mut env) = match locate_or_hold(inner, to, env, 0, 0, hint, true) {
+        Located::Node(dest, env) => (if dest == me { hint } else { dest }, env),
+        Located::Held => return Ok(()),
+        Located::Refused(e, _) => return Err(e),
+    };
+    if dest == me {
+        return Err(SendError::NoSuchReactor(to));
+    }
+    let deadline = std::time::Instant::now() + FORWARD_PATIENCE;
+    let mut wait = Duration::from_micros(20);
+    loop {
+        match send_to_node(inner, dest, to, env, 0, 0) {
+            Ok(()) => return Ok(()),
+            Err((SendError::InboxFull(_), back)) if std::time::Instant::now() < deadline && !inner.stopping.load(Ordering::Relaxed) => {
+                env = back;
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(2));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// How long [`forward`] waits for room on a full lane.
+pub(crate) const FORWARD_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A message taken off a stream (in order, once): through causal order
 /// if its channel has it, then delivered or forwarded.

@@ -43,6 +43,44 @@ pub trait Inbound: Send + Sync + 'static {
     fn deliver(&self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)>;
     /// A node event.
     fn event(&self, event: NodeEvent);
+    /// Whether this node answers for `to`, an address naming another node
+    /// (a reactor that moved here, or through here and is forwarded on by
+    /// the runtime): messages for it are delivered here, not routed.
+    fn claims(&self, _to: Address) -> bool {
+        false
+    }
+}
+
+/// Where a reactor that moved lives, as far as this node knows.
+#[derive(Debug)]
+pub(crate) struct Location {
+    /// The node.
+    pub(crate) node: NodeId,
+    /// Its move count when this was learnt.
+    pub(crate) epoch: u64,
+    /// Switching to `node`: fences sent down the old path, and what is
+    /// held for the reactor until they are answered.
+    pub(crate) switch: Option<Switch>,
+}
+
+/// A switch of paths in progress (see `locate`).
+#[derive(Debug)]
+pub(crate) struct Switch {
+    /// Names this switch's fences.
+    pub(crate) token: u64,
+    /// Fences not answered yet.
+    pub(crate) waiting: usize,
+    /// Messages for the reactor meanwhile, in order: (envelope, hops,
+    /// affinity).
+    pub(crate) held: std::collections::VecDeque<(Envelope, u8, u64)>,
+}
+
+/// The location table: reactors that moved, by address. Counted so that
+/// routing takes no lock while no reactor this node heard of has moved.
+#[derive(Debug, Default)]
+pub(crate) struct Locations {
+    pub(crate) count: std::sync::atomic::AtomicUsize,
+    pub(crate) map: Mutex<HashMap<Address, Location>>,
 }
 
 /// A directory entry: what this node knows of another.
@@ -162,6 +200,11 @@ pub(crate) struct Inner {
     pub(crate) refused: AtomicU64,
     /// Broadcasts the overlay dropped for a bad signature (its count).
     pub(crate) bad_signatures: AtomicU64,
+    /// Where reactors that moved live.
+    pub(crate) locations: Locations,
+    /// Switches of path released because their fences were not all
+    /// answered in time (order across the switch not proven for them).
+    pub(crate) fence_timeouts: AtomicU64,
     pub(crate) stopping: AtomicBool,
 }
 
@@ -216,6 +259,8 @@ impl Inner {
             dead_letters: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             bad_signatures: AtomicU64::new(0),
+            locations: Locations::default(),
+            fence_timeouts: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         })
     }

@@ -10,7 +10,7 @@ use crate::error::StartError;
 use crate::handshake::{Conn, dial};
 use crate::overlay_task::overlay_task;
 use crate::state::{Inbound, Inner, LaneKey, LaneStatus, Member, OverlayInput};
-use reactor_net::NodeInfo;
+use reactor_net::{NodeId, NodeInfo};
 use reactor_net::overlay::Overlay;
 use reactor_types::{Address, Envelope, Outbound, SendError};
 use std::net::SocketAddr;
@@ -168,6 +168,75 @@ impl Transport {
         self.inner.refused.load(Ordering::Relaxed)
     }
 
+    /// Where `address` lives as far as this node knows (the node its
+    /// address names unless it heard of a move), and how many moves of it
+    /// it knows of.
+    pub fn location(&self, address: Address) -> (NodeId, u64) {
+        crate::locate::location(&self.inner, address)
+    }
+
+    /// Records first hand that `address` lives on `node` after its
+    /// `epoch`-th move (the source of a move at its switch, the target when
+    /// it takes the reactor in, a node's records after a restart).
+    pub fn set_location(&self, address: Address, node: NodeId, epoch: u64) {
+        crate::locate::set(&self.inner, address, node, epoch);
+    }
+
+    /// Tells every node believed up that `address` lives on `node` now;
+    /// how many were told.
+    pub fn announce_moved(&self, address: Address, node: NodeId, epoch: u64) -> usize {
+        crate::locate::announce(&self.inner, address, node, epoch)
+    }
+
+    /// A location message (a `KIND_NODE` envelope whose payload is one)
+    /// that arrived for this node. Malformed ones are dropped.
+    pub fn location_message(&self, env: &Envelope) {
+        if let Some(m) = crate::locate::decode(env) {
+            crate::locate::heard(&self.inner, m);
+        }
+    }
+
+    /// A fence reached `address`, which lives here: answers its sender.
+    pub fn fence_reached(&self, address: Address, fence: Envelope) {
+        crate::locate::fence_reached(&self.inner, address, fence);
+    }
+
+    /// Switches of path that went ahead without every fence answered.
+    pub fn fence_timeouts(&self) -> u64 {
+        self.inner.fence_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Queues `env` for `to` on node `node` on the named channel, on the
+    /// lane `key` picks, waiting for room (a blocking call: not for async
+    /// code). For the node's own bulk exchanges (migration), which must not
+    /// stall reactor traffic.
+    pub fn send_on(&self, channel: &str, node: NodeId, to: Address, env: Envelope, key: u64) -> Result<(), SendError> {
+        let inner = &self.inner;
+        let Some(c) = inner.channels.iter().position(|c| c.name == channel) else {
+            return Err(SendError::NoSuchReactor(to));
+        };
+        let Some(next) = inner.directory.read().unwrap().get(&node).filter(|m| m.up).and_then(|m| m.via) else {
+            return Err(SendError::NoSuchReactor(to));
+        };
+        let key = crate::route::lane_key(inner, next, c as u16, key);
+        let data = reactor_net::frame::Data {
+            seq: 0,
+            ack: 0,
+            to: to.0,
+            from: env.from.0,
+            corr: env.corr,
+            channel: c as u16,
+            hops: 1,
+            msg_kind: env.kind,
+            flags: env.flags,
+            meta: Vec::new(),
+            payload: env.payload,
+        };
+        crate::lane::lane_sender(inner, key)
+            .blocking_send(crate::state::Outgoing::Data(data))
+            .map_err(|_| SendError::NoSuchReactor(to))
+    }
+
     /// Closes every connection and stops dialing.
     pub fn stop(&self) {
         self.inner.stopping.store(true, Ordering::Relaxed);
@@ -180,6 +249,10 @@ impl Transport {
 impl Outbound for Transport {
     fn send(&self, to: Address, env: Envelope, affinity: u64) -> Result<(), SendError> {
         crate::route::try_route(&self.inner, to, env, 0, affinity).map_err(|(e, _)| e)
+    }
+
+    fn forward(&self, to: Address, env: Envelope, hint: NodeId) -> Result<(), SendError> {
+        crate::route::forward(&self.inner, to, env, hint)
     }
 }
 

@@ -3,6 +3,19 @@
 use crate::address::Address;
 use guest_sdk::abi;
 
+/// Kind of the node's own messages between nodes (never a reactor's):
+/// addressed to a node's host, carrying a location notice or a step of a
+/// migration. A guest cannot send one (host calls set the kind), and the
+/// runtime never queues one for a reactor.
+pub const KIND_NODE: u8 = 0x80;
+
+/// Kind of a fence: addressed to a reactor that moved, sent by a node on
+/// each of its lanes towards the reactor's old location when it learns
+/// the new one. It travels the old path behind every message sent before
+/// it; the node where the reactor lives then answers the fence's sender
+/// instead of queueing it, and the sender sends on the new path.
+pub const KIND_FENCE: u8 = 0x81;
+
 /// A message in flight.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
@@ -19,6 +32,12 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// One of the ABI's kinds, deliverable to a reactor.
+    #[inline]
+    pub fn is_for_reactors(&self) -> bool {
+        matches!(self.kind, abi::KIND_MESSAGE | abi::KIND_REQUEST | abi::KIND_REPLY)
+    }
+
     /// Appends the envelope in the ABI's batch layout (header, then
     /// payload) to `out`: what a guest reads with `inbox_read`.
     #[inline]

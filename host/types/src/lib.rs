@@ -29,7 +29,7 @@ pub mod module;
 pub mod outbound;
 
 pub use address::{Address, NodeId, ParseAddressError};
-pub use envelope::{Envelope, Reply, RequestId};
+pub use envelope::{Envelope, KIND_FENCE, KIND_NODE, Reply, RequestId};
 pub use error::{CallError, SendError, SpawnError, error_chain};
 pub use failure::{Failure, FailureReason, ReactorState};
 pub use module::ModuleHash;

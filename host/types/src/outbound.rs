@@ -1,6 +1,6 @@
 //! The way out of a runtime to other nodes.
 
-use crate::address::Address;
+use crate::address::{Address, NodeId};
 use crate::envelope::Envelope;
 use crate::error::SendError;
 
@@ -14,4 +14,10 @@ pub trait Outbound: Send + Sync + std::fmt::Debug {
     /// node has that id. Nothing is queued on an error. `affinity` is the
     /// sender's partition key (0: the destination).
     fn send(&self, to: Address, env: Envelope, affinity: u64) -> Result<(), SendError>;
+
+    /// Queues `env` for `to`, a reactor that ran on this node and moved
+    /// away: towards the newest location the network knows, else `hint`
+    /// (where it went from here). Forwarded messages of one reactor keep
+    /// their order.
+    fn forward(&self, to: Address, env: Envelope, hint: NodeId) -> Result<(), SendError>;
 }

@@ -119,6 +119,16 @@ pub enum Op {
     },
     /// Take one of the node's own checkpoints now.
     Checkpoint,
+    /// Move a live reactor to another node (the node where it lives does
+    /// it; progress lines come before the answer).
+    Migrate {
+        /// The reactor.
+        address: Address,
+        /// The node to move it to.
+        to: u16,
+        /// Pre-copy rounds (else stop-and-copy).
+        precopy: bool,
+    },
     /// Stop the node.
     Stop,
 }
@@ -221,6 +231,19 @@ fn parse_op(req: &mut serde_json::Map<String, Value>) -> Result<Op, RequestError
             }
         }
         "checkpoint" => Op::Checkpoint,
+        "migrate" => {
+            let address = parse_address(req.get("address").ok_or(RequestError::Field("migrate needs \"address\""))?)?;
+            let to = req
+                .get("to")
+                .and_then(Value::as_u64)
+                .filter(|n| (1..=u64::from(reactor_types::address::MAX_NODE)).contains(n))
+                .ok_or(RequestError::Field("migrate needs \"to\": a node id, 1 to 32767"))? as u16;
+            let precopy = match req.get("precopy") {
+                None | Some(Value::Null) => true,
+                v => flag(v, "\"precopy\" is true or false")?,
+            };
+            Op::Migrate { address, to, precopy }
+        }
         "snapshot" => {
             let reactors = match req.get("reactors") {
                 Some(Value::String(s)) if s == "all" => None,
@@ -270,6 +293,11 @@ fn flag(v: Option<&Value>, what: &'static str) -> Result<bool, RequestError> {
         Some(Value::Bool(b)) => Ok(*b),
         _ => Err(RequestError::Field(what)),
     }
+}
+
+/// A progress line (without its newline) of a request still running.
+pub fn answer_progress(id: &Value, progress: Value) -> String {
+    json!({"id": id, "progress": progress}).to_string()
 }
 
 /// The answer line (without its newline) to a request that succeeded.

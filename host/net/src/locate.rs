@@ -1,0 +1,207 @@
+//! Where reactors live: the messages nodes exchange when a reactor moves.
+//!
+//! An address names a reactor, not the node that runs it. When a reactor
+//! moves, the node it left sends [`LocationMsg::Moved`] to every node it
+//! knows; a node that hears it sends a *fence* (an envelope of kind
+//! `KIND_FENCE` carrying [`Fence`]) down each of its lanes towards the old
+//! location, holds what it sends the reactor meanwhile, and switches to
+//! the new location when every fence was answered with
+//! [`LocationMsg::FenceDone`] by the node where the reactor lives: each
+//! fence travelled behind every message sent before it, so nothing sent
+//! after the switch can overtake them.
+//!
+//! These travel as envelopes of kind `KIND_NODE` to a node's host address;
+//! their payload's first byte says what they are (below
+//! [`FIRST_NODE_TAG`]: a location message, handled by the transport; from
+//! it on: the node's own, e.g. migration steps). Every payload is hostile
+//! bytes: [`LocationMsg::decode`] and [`Fence::decode`] check lengths and
+//! values and never panic (property tests below).
+
+use crate::node::NodeId;
+
+/// First tag of the node's own messages; tags below are location messages.
+pub const FIRST_NODE_TAG: u8 = 16;
+
+const TAG_MOVED: u8 = 1;
+const TAG_FENCE_DONE: u8 = 2;
+
+/// A location message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocationMsg {
+    /// The reactor `address` runs on `node` now; `epoch` counts its moves
+    /// (a node keeps the newest it heard of).
+    Moved {
+        /// The reactor.
+        address: u64,
+        /// Where it runs.
+        node: NodeId,
+        /// Its move count.
+        epoch: u64,
+    },
+    /// The fence `token` reached the reactor `address` where it lives.
+    FenceDone {
+        /// The reactor.
+        address: u64,
+        /// The fence's token.
+        token: u64,
+    },
+}
+
+/// Why bytes are not a location message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LocateError {
+    /// Empty payload.
+    #[error("an empty location message")]
+    Empty,
+    /// A tag no location message has.
+    #[error("unknown location message tag {0}")]
+    UnknownTag(u8),
+    /// The length does not match the tag's.
+    #[error("a location message with tag {tag} of {len} bytes, not {want}")]
+    Length {
+        /// Its tag.
+        tag: u8,
+        /// Its length.
+        len: usize,
+        /// The length of that kind.
+        want: usize,
+    },
+    /// Node 0 or above the largest node id.
+    #[error("a location naming node {0}, not a node id")]
+    BadNode(NodeId),
+    /// A fence shorter than its epoch.
+    #[error("a fence of {0} bytes (at least 8)")]
+    ShortFence(usize),
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl LocationMsg {
+    /// The wire form (the payload of a `KIND_NODE` envelope).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(19);
+        match *self {
+            Self::Moved { address, node, epoch } => {
+                v.push(TAG_MOVED);
+                v.extend_from_slice(&address.to_le_bytes());
+                v.extend_from_slice(&node.to_le_bytes());
+                v.extend_from_slice(&epoch.to_le_bytes());
+            }
+            Self::FenceDone { address, token } => {
+                v.push(TAG_FENCE_DONE);
+                v.extend_from_slice(&address.to_le_bytes());
+                v.extend_from_slice(&token.to_le_bytes());
+            }
+        }
+        v
+    }
+
+    /// Whether a `KIND_NODE` payload is a location message (by its tag).
+    pub fn is_location(payload: &[u8]) -> bool {
+        payload.first().is_some_and(|&t| t < FIRST_NODE_TAG)
+    }
+
+    /// Reads a payload.
+    pub fn decode(b: &[u8]) -> Result<Self, LocateError> {
+        let &tag = b.first().ok_or(LocateError::Empty)?;
+        let want = match tag {
+            TAG_MOVED => 19,
+            TAG_FENCE_DONE => 17,
+            t => return Err(LocateError::UnknownTag(t)),
+        };
+        if b.len() != want {
+            return Err(LocateError::Length { tag, len: b.len(), want });
+        }
+        Ok(match tag {
+            TAG_MOVED => {
+                let node = u16::from_le_bytes([b[9], b[10]]);
+                if node == 0 || node > reactor_types::address::MAX_NODE {
+                    return Err(LocateError::BadNode(node));
+                }
+                Self::Moved { address: u64_at(b, 1), node, epoch: u64_at(b, 11) }
+            }
+            _ => Self::FenceDone { address: u64_at(b, 1), token: u64_at(b, 9) },
+        })
+    }
+}
+
+/// What a fence carries: the epoch of the location its sender switches
+/// to. Padded to a length that puts it on the channel it fences (a channel
+/// is picked by size); the padding is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The move count its sender learnt.
+    pub epoch: u64,
+}
+
+impl Fence {
+    /// The payload, `len` bytes long (at least 8).
+    pub fn encode(&self, len: usize) -> Vec<u8> {
+        let mut v = self.epoch.to_le_bytes().to_vec();
+        v.resize(len.max(8), 0);
+        v
+    }
+
+    /// Reads a payload.
+    pub fn decode(b: &[u8]) -> Result<Self, LocateError> {
+        if b.len() < 8 {
+            return Err(LocateError::ShortFence(b.len()));
+        }
+        Ok(Self { epoch: u64_at(b, 0) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn messages_round_trip() {
+        for m in [
+            LocationMsg::Moved { address: 0x0001_0200_0000_0005, node: 7, epoch: 3 },
+            LocationMsg::FenceDone { address: 42, token: u64::MAX },
+        ] {
+            assert_eq!(LocationMsg::decode(&m.encode()), Ok(m));
+            assert!(LocationMsg::is_location(&m.encode()));
+        }
+        assert_eq!(Fence::decode(&Fence { epoch: 9 }.encode(100)), Ok(Fence { epoch: 9 }));
+        assert_eq!(Fence { epoch: 9 }.encode(0).len(), 8);
+    }
+
+    #[test]
+    fn malformed_messages_get_their_own_errors() {
+        assert_eq!(LocationMsg::decode(&[]), Err(LocateError::Empty));
+        assert_eq!(LocationMsg::decode(&[9]), Err(LocateError::UnknownTag(9)));
+        assert_eq!(LocationMsg::decode(&[1, 0]), Err(LocateError::Length { tag: 1, len: 2, want: 19 }));
+        let mut m = LocationMsg::Moved { address: 1, node: 2, epoch: 3 }.encode();
+        m[9] = 0;
+        m[10] = 0;
+        assert_eq!(LocationMsg::decode(&m), Err(LocateError::BadNode(0)));
+        m[10] = 0x80;
+        assert_eq!(LocationMsg::decode(&m), Err(LocateError::BadNode(0x8000)));
+        assert_eq!(Fence::decode(&[0; 7]), Err(LocateError::ShortFence(7)));
+        assert!(!LocationMsg::is_location(&[FIRST_NODE_TAG]));
+        assert!(!LocationMsg::is_location(&[]));
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(m) = LocationMsg::decode(&b) {
+                prop_assert_eq!(m.encode(), b.clone());
+            }
+            let _ = Fence::decode(&b);
+        }
+
+        #[test]
+        fn moved_round_trips(address in any::<u64>(), node in 1u16..=0x7fff, epoch in any::<u64>()) {
+            let m = LocationMsg::Moved { address, node, epoch };
+            prop_assert_eq!(LocationMsg::decode(&m.encode()), Ok(m));
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Where reactors that moved live, and switching paths in order.
+//!
+//! The location table (`Inner::locations`) maps an address to the node it
+//! lives on when that is not the node its address names. A node learns an
+//! entry from a `Moved` notice (sent by the node a reactor left), or is told
+//! by its own node (`set`: the source at the switch, the target when it
+//! takes a reactor in, entries kept across a restart).
+//!
+//! Learning a new location does not switch at once: messages already sent
+//! down the old path could be overtaken by later ones sent on the new one.
+//! So the node sends a fence down every lane of every application channel
+//! towards the old location (each fence on the lane it fences, sized for
+//! its channel), holds what it sends the reactor meanwhile, and switches
+//! when the node where the reactor lives has answered every fence: each
+//! travelled behind the messages sent on its lane before it. Fences not
+//! all answered within [`FENCE_PATIENCE`] (a node on the old path died)
+//! release the held messages anyway; that is counted. Uses `route`.
+
+use crate::config::CONTROL;
+use crate::route::{deliver_here, pick_channel, queue_data, send_to_node};
+use crate::state::{Inner, LaneKey, Location, Outgoing, Switch};
+use reactor_net::NodeId;
+use reactor_net::frame::Data;
+use reactor_net::locate::{Fence, LocationMsg};
+use reactor_types::{Address, Envelope, KIND_FENCE, KIND_NODE, SendError};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// How long a switch waits for its fences.
+pub(crate) const FENCE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A location message that arrived for this node.
+pub(crate) fn heard(inner: &Arc<Inner>, msg: LocationMsg) {
+    match msg {
+        LocationMsg::Moved { address, node, epoch } => learn(inner, Address(address), node, epoch),
+        LocationMsg::FenceDone { address, token } => answered(inner, Address(address), token),
+    }
+}
+
+/// Records that `address` lives on `node` (the `epoch`-th move), as its own
+/// node knows first hand: no fences. A switch in progress goes on, towards
+/// `node`.
+pub(crate) fn set(inner: &Arc<Inner>, address: Address, node: NodeId, epoch: u64) {
+    let mut map = inner.locations.map.lock().unwrap();
+    match map.get_mut(&address) {
+        Some(loc) => {
+            loc.node = node;
+            loc.epoch = loc.epoch.max(epoch);
+        }
+        None => {
+            map.insert(address, Location { node, epoch, switch: None });
+            inner.locations.count.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// Where `address` lives as far as this node knows: the table's entry,
+/// else the node its address names.
+pub(crate) fn location(inner: &Inner, address: Address) -> (NodeId, u64) {
+    let entry = if inner.locations.count.load(Ordering::Acquire) == 0 {
+        None
+    } else {
+        inner.locations.map.lock().unwrap().get(&address).map(|l| (l.node, l.epoch))
+    };
+    // Every move sets the entry at both ends: it is what this node knows
+    // best. Without one, the address's own node.
+    entry.unwrap_or((address.node(), 0))
+}
+
+/// Whether `address` lives on this node as far as its table knows: its
+/// entry names this node, or it has none and the address does (no other
+/// node may send as it).
+pub(crate) fn lives_here(inner: &Inner, address: Address) -> bool {
+    let me = inner.config.me.id;
+    if inner.locations.count.load(Ordering::Acquire) != 0
+        && let Some(l) = inner.locations.map.lock().unwrap().get(&address)
+    {
+        return l.node == me;
+    }
+    address.node() == me
+}
+
+/// Tells every node believed up (but this one and `node`) that `address`
+/// lives on `node` now.
+pub(crate) fn announce(inner: &Arc<Inner>, address: Address, node: NodeId, epoch: u64) -> usize {
+    let me = inner.config.me.id;
+    let members: Vec<NodeId> =
+        inner.directory.read().unwrap().values().filter(|m| m.up && m.info.id != me && m.info.id != node).map(|m| m.info.id).collect();
+    let payload = LocationMsg::Moved { address: address.0, node, epoch }.encode();
+    let mut told = 0;
+    for m in members {
+        let env = Envelope { kind: KIND_NODE, flags: 0, from: Address::host_of(me), corr: 0, payload: payload.clone() };
+        match send_to_node(inner, m, Address::host_of(m), env, 0, 0) {
+            Ok(()) => told += 1,
+            Err((e, _)) => tracing::warn!(%address, node = m, "could not tell node {m} where {address} went: {e}"),
+        }
+    }
+    told
+}
+
+/// A fence reached `address` where it lives (here): answers its sender.
+pub(crate) fn fence_reached(inner: &Arc<Inner>, address: Address, fence: Envelope) {
+    let sender = fence.from;
+    if !sender.is_host() || sender.node() == 0 {
+        return;
+    }
+    let me = inner.config.me.id;
+    let done = LocationMsg::FenceDone { address: address.0, token: fence.corr }.encode();
+    let env = Envelope { kind: KIND_NODE, flags: 0, from: Address::host_of(me), corr: 0, payload: done };
+    if sender.node() == me {
+        answered(inner, address, fence.corr);
+        return;
+    }
+    if let Err((e, _)) = send_to_node(inner, sender.node(), Address::host_of(sender.node()), env, 0, 0) {
+        tracing::warn!(%address, "could not answer a fence from node {}: {e}", sender.node());
+    }
+}
+
+/// Learns that `address` lives on `node`: a newer epoch than known starts a
+/// switch of paths (fences down the old one).
+fn learn(inner: &Arc<Inner>, address: Address, node: NodeId, epoch: u64) {
+    let me = inner.config.me.id;
+    let mut map = inner.locations.map.lock().unwrap();
+    let prev = match map.get_mut(&address) {
+        Some(loc) if loc.epoch >= epoch => return,
+        Some(loc) if loc.switch.is_some() => {
+            // Still fencing the path before: switch to the newest at the end.
+            loc.node = node;
+            loc.epoch = epoch;
+            return;
+        }
+        Some(loc) => loc.node,
+        None => address.node(),
+    };
+    let token = rand_token();
+    let fences = if prev == me || prev == node || node == me { 0 } else { send_fences(inner, prev, address, epoch, token) };
+    let switch = (fences > 0).then(|| Switch { token, waiting: fences, held: Default::default() });
+    let pending = switch.is_some();
+    if map.insert(address, Location { node, epoch, switch }).is_none() {
+        inner.locations.count.fetch_add(1, Ordering::Release);
+    }
+    drop(map);
+    tracing::debug!(%address, prev, node, epoch, fences, "learnt a new location");
+    if pending {
+        let inner = inner.clone();
+        inner.handle.clone().spawn(async move {
+            tokio::time::sleep(FENCE_PATIENCE).await;
+            let mut map = inner.locations.map.lock().unwrap();
+            if let Some(loc) = map.get_mut(&address)
+                && loc.switch.as_ref().is_some_and(|s| s.token == token && s.waiting > 0)
+            {
+                inner.fence_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%address, "fences towards the old location of {address} were not all answered in {FENCE_PATIENCE:?}; switching anyway");
+                if let Some(s) = loc.switch.as_mut() {
+                    s.waiting = 0;
+                }
+                release(&inner, address, loc);
+            }
+        });
+    }
+}
+
+/// A fence of this node's was answered.
+fn answered(inner: &Arc<Inner>, address: Address, token: u64) {
+    let mut map = inner.locations.map.lock().unwrap();
+    let Some(loc) = map.get_mut(&address) else { return };
+    let Some(sw) = loc.switch.as_mut().filter(|s| s.token == token && s.waiting > 0) else { return };
+    sw.waiting -= 1;
+    if sw.waiting == 0 {
+        release(inner, address, loc);
+    }
+}
+
+/// Sends what was held for `address` towards its new location, in order,
+/// under the table's lock (so nothing sent later overtakes it). A full
+/// lane keeps the rest held and tries again shortly.
+fn release(inner: &Arc<Inner>, address: Address, loc: &mut Location) {
+    let me = inner.config.me.id;
+    let Some(mut sw) = loc.switch.take() else { return };
+    while let Some((env, hops, affinity)) = sw.held.pop_front() {
+        let r = if loc.node == me { deliver_here(inner, address, env) } else { send_to_node(inner, loc.node, address, env, hops, affinity) };
+        match r {
+            Ok(()) => {}
+            Err((SendError::InboxFull(_), env)) => {
+                sw.held.push_front((env, hops, affinity));
+                let token = sw.token;
+                loc.switch = Some(sw);
+                let inner = inner.clone();
+                inner.handle.clone().spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let mut map = inner.locations.map.lock().unwrap();
+                    if let Some(loc) = map.get_mut(&address)
+                        && loc.switch.as_ref().is_some_and(|s| s.token == token && s.waiting == 0)
+                    {
+                        release(&inner, address, loc);
+                    }
+                });
+                return;
+            }
+            Err((e, _)) => {
+                inner.dead_letters.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%address, "a message held while switching paths could not go: {e}");
+            }
+        }
+    }
+}
+
+/// Sends a fence for `address` down every lane of every application
+/// channel towards `prev` (one, multiplexed); how many went.
+fn send_fences(inner: &Arc<Inner>, prev: NodeId, address: Address, epoch: u64, token: u64) -> usize {
+    let me = inner.config.me.id;
+    let Some(next) = inner.directory.read().unwrap().get(&prev).filter(|m| m.up).and_then(|m| m.via) else {
+        return 0;
+    };
+    let mut lanes = Vec::new();
+    if inner.config.multiplex {
+        // One connection carries every channel, in order.
+        let c = pick_channel(inner, 8);
+        lanes.push((LaneKey { peer: next, channel: CONTROL, lane: 0 }, c, 8));
+    } else {
+        for (c, spec) in inner.channels.iter().enumerate().skip(1) {
+            let Some(len) = fence_len(inner, c as u16) else { continue };
+            for lane in 0..spec.lanes.max(1) {
+                lanes.push((LaneKey { peer: next, channel: c as u16, lane }, c as u16, len));
+            }
+        }
+    }
+    let mut sent = 0;
+    for (key, channel, len) in lanes {
+        let env = Envelope { kind: KIND_FENCE, flags: 0, from: Address::host_of(me), corr: token, payload: Fence { epoch }.encode(len) };
+        match queue_data(inner, key, channel, address, env, 0) {
+            Ok(()) => sent += 1,
+            Err((SendError::InboxFull(_), env)) => {
+                // Behind what is queued on that lane, whenever there is room.
+                let tx = crate::lane::lane_sender(inner, key);
+                let data = Data {
+                    seq: 0,
+                    ack: 0,
+                    to: address.0,
+                    from: env.from.0,
+                    corr: env.corr,
+                    channel,
+                    hops: 1,
+                    msg_kind: env.kind,
+                    flags: env.flags,
+                    meta: Vec::new(),
+                    payload: env.payload,
+                };
+                inner.handle.spawn(async move {
+                    let _ = tx.send(Outgoing::Data(data)).await;
+                });
+                sent += 1;
+            }
+            Err((e, _)) => tracing::debug!(%address, "a fence towards node {prev} could not go: {e}"),
+        }
+    }
+    sent
+}
+
+/// The length of a fence that the size rules put on `channel`, if any
+/// length does.
+fn fence_len(inner: &Inner, channel: u16) -> Option<usize> {
+    let spec = inner.channels.get(channel as usize)?;
+    let len = spec.min_bytes.unwrap_or(8).max(8);
+    (len <= reactor_net::frame::MAX_PAYLOAD_LEN && pick_channel(inner, len) == channel).then_some(len)
+}
+
+fn rand_token() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the system's random source");
+    u64::from_le_bytes(b)
+}
+
+/// Decodes a location message's payload (hostile bytes).
+pub(crate) fn decode(env: &Envelope) -> Option<LocationMsg> {
+    match LocationMsg::decode(&env.payload) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::debug!(from = %env.from, "dropped a location message: {e}");
+            None
+        }
+    }
+}
