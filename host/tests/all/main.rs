@@ -18,3 +18,4 @@ mod hostile_guests;
 mod hostile_peers;
 mod durable;
 mod migrate;
+mod load_guests;
