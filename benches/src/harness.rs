@@ -70,6 +70,23 @@ impl Figure {
         self
     }
 
+    /// Checks the figure against an inclusive upper bound.
+    pub(crate) fn at_most(mut self, bound: f64) -> Self {
+        self.target = Some(Target { goal: format!("<= {} {}", num(bound), self.unit), met: self.value <= bound });
+        self
+    }
+
+    /// Checks the ratio to the baseline against an inclusive upper bound
+    /// (missed when there is no ratio).
+    pub(crate) fn ratio_at_most(mut self, bound: f64) -> Self {
+        let what = self.baseline.as_deref().unwrap_or("baseline");
+        self.target = Some(Target {
+            goal: format!("<= {} x {what}", num(bound)),
+            met: self.ratio.is_some_and(|r| r <= bound),
+        });
+        self
+    }
+
     /// Checks the figure against a lower bound.
     pub(crate) fn at_least(mut self, bound: f64) -> Self {
         self.target = Some(Target { goal: format!(">= {} {}", num(bound), self.unit), met: self.value >= bound });

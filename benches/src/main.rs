@@ -30,11 +30,17 @@
 //! - `partisan` — parallel, affinitized connections (lanes) against one
 //!   connection per node pair, between two `host node` processes over the
 //!   lab (Partisan, USENIX ATC '19). Needs root and the `host` binary.
+//! - `migrate` — live migration of a `migrant` reactor under the load of 8
+//!   `loadgen`s between two `host node` processes (loopback, and over the
+//!   lab at 1 ms and 20 ms as root): downtime, total time, bytes, rounds,
+//!   load latency and lost/duplicated/reordered requests, against
+//!   stop-and-copy and a raw TCP transfer of the state.
 mod crypto;
 mod durable;
 mod density;
 mod e2e;
 mod harness;
+mod migrate;
 mod netlab;
 mod overlay;
 mod overlay_iroh;
@@ -95,12 +101,21 @@ enum Scenario {
     /// Durable restart: a node of 10,000 reactors stopped and started again
     /// on its data directory, until its reactors answer at their addresses.
     Durable,
-    /// All of the above but `netlab`, `partisan` (they need root) and
-    /// `crypto` (it builds on the `host` binary).
+    /// Live migration of a reactor (10 MiB to 1 GiB, dirtying 0-10 % of its
+    /// pages/s) under load between two node processes, loopback and (root)
+    /// 1 ms / 20 ms lab links, vs stop-and-copy and a raw TCP transfer.
+    Migrate,
+    /// All of the above but `netlab`, `partisan` (they need root),
+    /// `crypto`, `durable` and `migrate` (they build on the `host` binary).
     All,
 }
 
 fn main() -> anyhow::Result<()> {
+    // The `migrate` scenario runs a copy of this executable as the sender
+    // of its raw TCP transfer baseline.
+    if let Ok(spec) = std::env::var(migrate::RAW_SENDER_ENV) {
+        return migrate::raw_sender(&spec);
+    }
     let cli = Cli::parse();
     let opts = Opts { quick: cli.quick };
     let chosen = match cli.scenario {
@@ -131,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Partisan => partisan::run(opts)?,
             Scenario::Crypto => crypto::run(opts)?,
             Scenario::Durable => durable::run(opts)?,
+            Scenario::Migrate => migrate::run(opts)?,
             Scenario::All => unreachable!("expanded above"),
         };
         if !cli.json {

@@ -1,6 +1,8 @@
 //! A `host node` process inside a lab namespace, and a client for its admin
 //! socket (newline-delimited JSON; requests carry an `id`, answers may come
-//! back in any order, so many calls can be in flight on one connection).
+//! back in any order, so many calls can be in flight on one connection;
+//! `{"id":…,"progress":…}` lines before a request's final answer are
+//! skipped).
 #![forbid(unsafe_code)]
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
@@ -335,6 +337,11 @@ impl Admin {
             while let Some(Ok(line)) = lines.next() {
                 let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
                 let Some(id) = v.get("id").and_then(Value::as_u64) else { continue };
+                // A long request (e.g. `migrate`) may report progress
+                // before its one final answer: not an answer.
+                if v.get("progress").is_some() && v.get("ok").is_none() && v.get("err").is_none() {
+                    continue;
+                }
                 let answer = match (v.get("ok"), v.get("err")) {
                     (_, Some(e)) => Err(e.as_str().map(String::from).unwrap_or_else(|| e.to_string())),
                     (Some(ok), None) => Ok(ok.clone()),

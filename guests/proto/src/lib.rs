@@ -269,3 +269,166 @@ pub enum BlobOp {
     /// `blob_close`.
     Close(u64),
 }
+
+/// Spawn argument of `migrant`, the reactor the migration benchmark moves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrantInit {
+    /// Size of its state in MiB: allocated at start and every page filled
+    /// with non-zero pseudo-random bytes (real pages, not zero pages).
+    pub state_mib: u32,
+    /// Pages of that state it dirties per second of wall time (one byte
+    /// written in each of that many pseudo-randomly chosen pages), spread
+    /// over the messages it handles; 0: none.
+    pub write_pages_per_sec: u32,
+    /// Seed of its pseudo-random fill and page choice.
+    pub seed: u64,
+}
+
+/// Messages to `migrant`. Every one it handles dirties the pages owed at
+/// its write rate since the last and measures the wall-clock gap since the
+/// message before (its own view of downtime).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrantReq {
+    /// Sequence number `seq` of the stream from `sender`, which should be
+    /// the last one seen from that sender plus one; counted as ok, a gap
+    /// (higher: a loss or a reordering) or a duplicate (not higher). As a
+    /// request, replied with [`MigrantReply::Seq`] echoing `seq`.
+    Seq { sender: u64, seq: u64 },
+    /// Replies [`MigrantReply::Stats`].
+    Stats,
+    /// Forgets the recorded gaps (largest and recent); replies
+    /// [`MigrantReply::Done`]. The sequence counters are kept.
+    ResetGaps,
+    /// Changes the write rate; replies [`MigrantReply::Done`].
+    SetRate { write_pages_per_sec: u32 },
+}
+
+/// Answers from `migrant`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrantReply {
+    /// The `seq` of the [`MigrantReq::Seq`] answered.
+    Seq { seq: u64 },
+    /// What it has seen.
+    Stats {
+        /// Messages handled since it started (every kind).
+        handled: u64,
+        /// Sequence counters per sender, in the order senders were first seen.
+        senders: Vec<SenderSeq>,
+        /// Largest wall-clock gap between two messages it handled in a row
+        /// since the last [`MigrantReq::ResetGaps`] (or its start), in ns.
+        max_gap_ns: u64,
+        /// The last [`MIGRANT_GAPS_KEPT`] gaps over [`MIGRANT_GAP_THRESHOLD_NS`]
+        /// since the last reset, oldest first.
+        big_gaps: Vec<Gap>,
+        /// Bytes of its state (`state_mib` MiB).
+        state_bytes: u64,
+        /// Page writes done since it started.
+        pages_written: u64,
+        /// Its write rate now, pages per second.
+        write_pages_per_sec: u32,
+    },
+    /// A command was done.
+    Done,
+}
+
+/// One sender's stream as `migrant` saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderSeq {
+    /// The sender (the `sender` of its [`MigrantReq::Seq`]s).
+    pub sender: u64,
+    /// The highest sequence number seen.
+    pub last: u64,
+    /// Sequence numbers that were the last plus one.
+    pub ok: u64,
+    /// Sequence numbers past the last plus one (numbers skipped: lost or
+    /// reordered).
+    pub gaps: u64,
+    /// Sequence numbers at or below the last (duplicated or reordered).
+    pub dups: u64,
+}
+
+/// A wall-clock gap between two messages `migrant` handled in a row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// When the message ending the gap was handled: wall-clock ns since the
+    /// Unix epoch (the host's realtime clock, comparable across nodes on
+    /// one machine).
+    pub at_ns: u64,
+    /// Its length in ns.
+    pub gap_ns: u64,
+}
+
+/// Gaps longer than this (200 µs) are recorded one by one by `migrant`.
+pub const MIGRANT_GAP_THRESHOLD_NS: u64 = 200_000;
+/// How many of the most recent big gaps `migrant` keeps.
+pub const MIGRANT_GAPS_KEPT: usize = 64;
+/// Most pages `migrant` writes while handling one message: after a long
+/// pause it does not stall paying back its whole debt (the rest is
+/// forgiven).
+pub const MIGRANT_MAX_PAGES_PER_MESSAGE: u32 = 4096;
+
+/// Spawn argument of `loadgen`, a closed-loop sender of
+/// [`MigrantReq::Seq`] requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadgenInit {
+    /// The reactor to load (an address, e.g. a `migrant`).
+    pub target: u64,
+    /// Its `sender` in every [`MigrantReq::Seq`].
+    pub sender: u64,
+    /// Requests kept outstanding.
+    pub window: u32,
+    /// Stop sending after this many sequence numbers (`None`: never).
+    pub stop_after: Option<u64>,
+}
+
+/// Messages to `loadgen` (requests; each is replied).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadgenReq {
+    /// Replies [`LoadgenReply::Stats`].
+    Stats,
+    /// Clears the latency histogram (not the sequence or the counters);
+    /// replies [`LoadgenReply::Done`].
+    Reset,
+    /// Stops sending new requests (those outstanding are still taken);
+    /// replies [`LoadgenReply::Done`].
+    Pause,
+    /// Sends again, up to the window; replies [`LoadgenReply::Done`].
+    Resume,
+    /// Changes the window (takes effect as replies arrive: a smaller window
+    /// sends nothing until fewer are outstanding); replies
+    /// [`LoadgenReply::Done`].
+    SetWindow { window: u32 },
+}
+
+/// Answers from `loadgen`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadgenReply {
+    /// Its counters, and latencies since the last [`LoadgenReq::Reset`].
+    Stats {
+        /// Requests sent (sequence numbers used: the last one sent).
+        sent: u64,
+        /// Replies taken.
+        replied: u64,
+        /// Requests the host refused at once (the sequence number is kept
+        /// and sent again with the next attempt).
+        errors: u64,
+        /// Replies not for the oldest outstanding request, or not echoing
+        /// its sequence number, or undecodable.
+        bad_replies: u64,
+        /// Requests outstanding now.
+        in_flight: u32,
+        /// Latencies recorded since the last reset.
+        samples: u64,
+        /// Request-to-reply latency percentiles since the last reset, in ns
+        /// (the upper bound of the histogram bucket: within ~3 % above).
+        p50_ns: u64,
+        p99_ns: u64,
+        p999_ns: u64,
+        /// Largest latency since the last reset, in ns (exact).
+        max_ns: u64,
+        /// Whether it is paused.
+        paused: bool,
+    },
+    /// A command was done.
+    Done,
+}

@@ -19,3 +19,4 @@ mod hostile_peers;
 mod durable;
 mod migrate;
 mod live_migration;
+mod load_guests;
