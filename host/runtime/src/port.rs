@@ -156,6 +156,12 @@ pub(crate) struct HostPort {
     /// takes no lock.
     residents: RwLock<HashSet<Address>>,
     resident_count: AtomicUsize,
+    /// Reactors that just moved here, while this node's own earlier
+    /// messages to them may still be on the old path: messages from here
+    /// go out through the transport, which holds them until its fences
+    /// come back.
+    arriving: RwLock<HashSet<Address>>,
+    arriving_count: AtomicUsize,
     /// Who is told of a fence that reached the reactor it was sent to.
     fences: OnceLock<Fences>,
 }
@@ -187,6 +193,8 @@ impl HostPort {
             remote: OnceLock::new(),
             residents: RwLock::new(HashSet::default()),
             resident_count: AtomicUsize::new(0),
+            arriving: RwLock::new(HashSet::default()),
+            arriving_count: AtomicUsize::new(0),
             fences: OnceLock::new(),
         })
     }
@@ -203,6 +211,24 @@ impl HostPort {
     pub(crate) fn hosts_foreign(&self, to: Address) -> bool {
         self.resident_count.load(Ordering::Acquire) != 0
             && self.residents.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&to)
+    }
+
+    /// Whether messages from here to `to` go through the transport for
+    /// now (it just moved here; see `arriving`).
+    #[inline]
+    pub(crate) fn is_arriving(&self, to: Address) -> bool {
+        self.arriving_count.load(Ordering::Acquire) != 0
+            && self.arriving.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&to)
+    }
+
+    /// Marks `address` arriving (true) or arrived (false).
+    pub(crate) fn set_arriving(&self, address: Address, arriving: bool) {
+        let mut a = self.arriving.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if arriving && a.insert(address) {
+            self.arriving_count.fetch_add(1, Ordering::Release);
+        } else if !arriving && a.remove(&address) {
+            self.arriving_count.fetch_sub(1, Ordering::Release);
+        }
     }
 
     /// Answers for `address` (of another node) from now on.

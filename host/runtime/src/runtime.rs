@@ -355,8 +355,9 @@ impl Runtime {
         }
         let flags = if text { abi::FLAG_TEXT } else { 0 };
         let env = Envelope { kind, flags, from: Address::host_of(self.refs.node()), corr, payload };
-        if !self.port.hosts(to) {
-            // A reactor on another node: straight to the transport.
+        if !self.port.hosts(to) || self.port.is_arriving(to) {
+            // A reactor on another node (or that just arrived here, while
+            // earlier messages may be on the old path): to the transport.
             let Some(out) = self.port.remote() else { return Err(SendError::NoSuchReactor(to)) };
             return out.send(to, env, 0).map_err(|e| match e {
                 SendError::InboxFull(_) => SendError::InboxFull(to),
@@ -639,6 +640,19 @@ impl Runtime {
         self.port.hosts(address)
     }
 
+    /// Marks `address`, which is moving here, arriving: messages from this
+    /// node to it go through the way out (which holds them until this
+    /// node's earlier messages on the old path have reached it) until
+    /// [`Runtime::arrived`].
+    pub fn arriving(&self, address: Address) {
+        self.port.set_arriving(address, true);
+    }
+
+    /// Ends [`Runtime::arriving`]: messages from here go straight to it.
+    pub fn arrived(&self, address: Address) {
+        self.port.set_arriving(address, false);
+    }
+
     /// Answers for `address` (a reactor of another node that moved here),
     /// before it is restored.
     pub fn adopt(&self, address: Address) {
@@ -774,6 +788,11 @@ impl Runtime {
             return None;
         }
         self.inspect(self.shard_of(address), move |s| s.module_of(address)).ok().flatten()
+    }
+
+    /// The limits every reactor here runs under.
+    pub fn limits(&self) -> crate::Limits {
+        self.config.shard.limits
     }
 
     /// The node's byte budget.

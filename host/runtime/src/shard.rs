@@ -203,7 +203,7 @@ impl Router {
     #[inline]
     fn route(&mut self, to: Address, env: Envelope) -> Result<(), SendError> {
         let node = self.refs.node();
-        if to.node() != node && to != Address::HOST && !self.port.hosts_foreign(to) {
+        if to.node() != node && to != Address::HOST && !self.port.hosts_foreign(to) || self.port.is_arriving(to) {
             // Another node's reactor or host: the node's transport.
             let Some(out) = self.port.remote() else { return Err(SendError::NoSuchReactor(to)) };
             out.send(to, env, self.affinity)?;

@@ -362,6 +362,10 @@ impl Inbound for RuntimeInbound {
         self.runtime.hosts(to)
     }
 
+    fn switched(&self, address: Address) {
+        self.runtime.arrived(address);
+    }
+
     fn event(&self, event: NodeEvent) {
         if let NodeEvent::Down(node) = &event {
             let node = *node;
@@ -545,6 +549,8 @@ impl Node {
             // Migrations' bulk: never picked by size for reactor messages.
             let mut c = ChannelSpec::new(migrate::CHANNEL, 2);
             c.min_bytes = Some(usize::MAX);
+            // Resent across broken connections: a lost piece would stall it.
+            c.reliable = true;
             tc.channels.push(c);
         }
         tc.multiplex = config.multiplex;

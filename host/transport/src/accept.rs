@@ -307,10 +307,12 @@ async fn serve_loop(
 }
 
 /// Checks that a message's sender is one `peer` may speak for: a reactor or
-/// host address, not of this node, and of the peer's own node unless the
-/// overlay relays (then a relayed message, `hops > 1`, may come from
-/// further away).
-fn check_sender(inner: &Inner, peer: &Peer, from: Address, hops: u8) -> Result<(), ConnError> {
+/// host address; of the peer's own node unless relayed (`hops > 1`: through
+/// an overlay that relays, forwarded after a reactor that moved, or from a
+/// reactor that moved to the peer); an address of this node only when
+/// relayed, and never this node's host (its own fences, coming back,
+/// excepted).
+fn check_sender(inner: &Inner, peer: &Peer, from: Address, hops: u8, kind: u8) -> Result<(), ConnError> {
     if !from.is_reactor() && !from.is_host() {
         return Err(ConnError::Protocol(format!("data from {from}, not an address")));
     }
@@ -319,7 +321,15 @@ fn check_sender(inner: &Inner, peer: &Peer, from: Address, hops: u8) -> Result<(
     // reactor that moved to the peer arrives with `hops > 1`; it may name
     // any node but must not name a reactor this node answers for.
     let relayed = hops > 1;
-    if from.is_host() && origin == inner.config.me.id || crate::locate::lives_here(inner, from) {
+    // A relayed message may even come from a reactor of this node: one it
+    // sent to a reactor that moved, forwarded back here from the old
+    // location. So may this node's own fences (a forged one names a token
+    // nobody waits for); never another message as this node's host.
+    // (A message a reactor sent before it moved here may arrive after it:
+    // where an address lives cannot say who may send as it.)
+    let me = inner.config.me.id;
+    let own_fence = kind == KIND_FENCE && from == Address::host_of(me);
+    if origin == me && (!relayed || from.is_host() && !own_fence) {
         return Err(ConnError::Protocol(format!("data from {from}, an address of this node (it lives here), sent by node {}", peer.node)));
     }
     if origin != peer.node && !relayed {
@@ -352,7 +362,7 @@ async fn handle_incoming(
             if !to.is_reactor() && !to.is_host() {
                 return Err(ConnError::Protocol(format!("data for {to}, not an address")));
             }
-            check_sender(inner, peer, Address(d.from), d.hops)?;
+            check_sender(inner, peer, Address(d.from), d.hops, d.msg_kind)?;
             let kind_ok = match d.msg_kind {
                 abi::KIND_MESSAGE | abi::KIND_REQUEST | abi::KIND_REPLY => true,
                 // A node's own messages go to a host; fences to a reactor.
@@ -495,13 +505,16 @@ mod tests {
         mine.from = Address::new(1, 0, 9).0;
         let mut mine_relayed = mine.clone();
         mine_relayed.hops = 2;
+        let mut my_host = data(1, 0, 1);
+        my_host.from = Address::host_of(1).0;
+        my_host.hops = 2;
         let mut nowhere = data(1, 0, 1);
         nowhere.from = u64::MAX;
         inner.relays.store(false, Ordering::Relaxed);
         for (d, why) in [
             (spoofed.clone(), "a node sends only as itself"),
             (mine, "an address of this node"),
-            (mine_relayed.clone(), "an address of this node"),
+            (my_host, "an address of this node"),
             (nowhere, "not an address"),
         ] {
             let r = handle_incoming(&inner, &p, Frame::Data(d), &mut streams).await;
@@ -510,9 +523,8 @@ mod tests {
         assert!(recorder.delivered.lock().unwrap().is_empty());
         handle_incoming(&inner, &p, Frame::Data(relayed), &mut streams).await.unwrap();
         assert_eq!(payloads(&recorder), [1]);
-        // Once this node's reactor lives elsewhere, it may be forwarded from
-        // there.
-        crate::locate::set(&inner, Address::new(1, 0, 9), 2, 1);
+        // A message of this node's own reactor, forwarded back from where
+        // the reactor it was sent to lived.
         handle_incoming(&inner, &p, Frame::Data(mine_relayed), &mut streams).await.unwrap();
         assert_eq!(payloads(&recorder), [1, 1]);
     }

@@ -250,6 +250,9 @@ impl Lane<'_> {
                     blocked = false;
                 }
             }
+            let unacked: usize = self.senders.values().map(|s| s.unacked()).sum();
+            self.stats.pending.store(head.len() as u64, Ordering::Relaxed);
+            self.stats.unacked.store(unacked as u64, Ordering::Relaxed);
             if pipeline.as_ref().is_some_and(|p| p.poll_timeout().is_some_and(|t| t <= Instant::now())) {
                 continue;
             }

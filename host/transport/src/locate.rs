@@ -68,19 +68,6 @@ pub(crate) fn location(inner: &Inner, address: Address) -> (NodeId, u64) {
     entry.unwrap_or((address.node(), 0))
 }
 
-/// Whether `address` lives on this node as far as its table knows: its
-/// entry names this node, or it has none and the address does (no other
-/// node may send as it).
-pub(crate) fn lives_here(inner: &Inner, address: Address) -> bool {
-    let me = inner.config.me.id;
-    if inner.locations.count.load(Ordering::Acquire) != 0
-        && let Some(l) = inner.locations.map.lock().unwrap().get(&address)
-    {
-        return l.node == me;
-    }
-    address.node() == me
-}
-
 /// Tells every node believed up (but this one and `node`) that `address`
 /// lives on `node` now.
 pub(crate) fn announce(inner: &Arc<Inner>, address: Address, node: NodeId, epoch: u64) -> usize {
@@ -97,6 +84,48 @@ pub(crate) fn announce(inner: &Arc<Inner>, address: Address, node: NodeId, epoch
         }
     }
     told
+}
+
+/// `address` just arrived here from `prev`: fences go down this node's
+/// lanes to `prev`, and what this node sends it is held (see `route`)
+/// until they come back through `prev` behind this node's earlier
+/// messages. Returns how many fences went (0: nothing to wait for).
+pub(crate) fn arrive(inner: &Arc<Inner>, address: Address, prev: NodeId, epoch: u64) -> usize {
+    let me = inner.config.me.id;
+    let token = rand_token();
+    let mut map = inner.locations.map.lock().unwrap();
+    let fences = if prev == me { 0 } else { send_fences(inner, prev, address, epoch, token) };
+    let switch = (fences > 0).then(|| Switch { token, waiting: fences, held: Default::default() });
+    let pending = switch.is_some();
+    if map.insert(address, Location { node: me, epoch, switch }).is_none() {
+        inner.locations.count.fetch_add(1, Ordering::Release);
+    }
+    drop(map);
+    if pending {
+        time_out(inner, address, token);
+    } else {
+        inner.inbound.switched(address);
+    }
+    fences
+}
+
+/// Releases a switch whose fences were not all answered in time.
+fn time_out(inner: &Arc<Inner>, address: Address, token: u64) {
+    let inner = inner.clone();
+    inner.handle.clone().spawn(async move {
+        tokio::time::sleep(FENCE_PATIENCE).await;
+        let mut map = inner.locations.map.lock().unwrap();
+        if let Some(loc) = map.get_mut(&address)
+            && loc.switch.as_ref().is_some_and(|s| s.token == token && s.waiting > 0)
+        {
+            inner.fence_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%address, "fences towards the old location of {address} were not all answered in {FENCE_PATIENCE:?}; switching anyway");
+            if let Some(s) = loc.switch.as_mut() {
+                s.waiting = 0;
+            }
+            release(&inner, address, loc);
+        }
+    });
 }
 
 /// A fence reached `address` where it lives (here): answers its sender.
@@ -143,21 +172,7 @@ fn learn(inner: &Arc<Inner>, address: Address, node: NodeId, epoch: u64) {
     drop(map);
     tracing::debug!(%address, prev, node, epoch, fences, "learnt a new location");
     if pending {
-        let inner = inner.clone();
-        inner.handle.clone().spawn(async move {
-            tokio::time::sleep(FENCE_PATIENCE).await;
-            let mut map = inner.locations.map.lock().unwrap();
-            if let Some(loc) = map.get_mut(&address)
-                && loc.switch.as_ref().is_some_and(|s| s.token == token && s.waiting > 0)
-            {
-                inner.fence_timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%address, "fences towards the old location of {address} were not all answered in {FENCE_PATIENCE:?}; switching anyway");
-                if let Some(s) = loc.switch.as_mut() {
-                    s.waiting = 0;
-                }
-                release(&inner, address, loc);
-            }
-        });
+        time_out(inner, address, token);
     }
 }
 
@@ -204,6 +219,7 @@ fn release(inner: &Arc<Inner>, address: Address, loc: &mut Location) {
             }
         }
     }
+    inner.inbound.switched(address);
 }
 
 /// Sends a fence for `address` down every lane of every application

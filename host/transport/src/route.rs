@@ -45,6 +45,15 @@ pub(crate) fn lane_key(inner: &Inner, peer: NodeId, channel: u16, key: u64) -> L
 pub(crate) fn try_route(inner: &Arc<Inner>, to: Address, env: Envelope, hops: u8, affinity: u64) -> Result<(), (SendError, Envelope)> {
     let me = inner.config.me.id;
     if to.node() == me || inner.inbound.claims(to) {
+        // Sent here (hops 0) to a reactor that just arrived: held while
+        // this node's earlier messages to it are on the old path.
+        if hops == 0 && inner.locations.count.load(Ordering::Acquire) != 0 {
+            return match locate_or_hold(inner, to, env, hops, affinity, me, false) {
+                Located::Node(_, env) => deliver_here(inner, to, env),
+                Located::Held => Ok(()),
+                Located::Refused(e, env) => Err((e, env)),
+            };
+        }
         return deliver_here(inner, to, env);
     }
     match locate_or_hold(inner, to, env, hops, affinity, to.node(), false) {

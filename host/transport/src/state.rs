@@ -49,6 +49,8 @@ pub trait Inbound: Send + Sync + 'static {
     fn claims(&self, _to: Address) -> bool {
         false
     }
+    /// This node's path to `address` switched: what it held was sent.
+    fn switched(&self, _address: Address) {}
 }
 
 /// Where a reactor that moved lives, as far as this node knows.
@@ -101,6 +103,12 @@ pub(crate) struct LaneStats {
     pub(crate) bytes_out: AtomicU64,
     pub(crate) connects: AtomicU64,
     pub(crate) up: AtomicBool,
+    /// Frames taken from the queue but not yet written (as of the lane
+    /// task's last turn).
+    pub(crate) pending: AtomicU64,
+    /// Frames written on a reliable channel and not yet acknowledged (as of
+    /// the lane task's last turn).
+    pub(crate) unacked: AtomicU64,
 }
 
 /// A lane's figures for status.

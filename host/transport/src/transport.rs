@@ -182,6 +182,14 @@ impl Transport {
         crate::locate::set(&self.inner, address, node, epoch);
     }
 
+    /// `address` moved here from `prev` (the `epoch`-th move): this node's
+    /// messages to it are held until fences sent down its lanes to `prev`
+    /// come back behind its earlier ones, then go straight to it
+    /// ([`Inbound::switched`] says when). How many fences went.
+    pub fn arrive(&self, address: Address, prev: NodeId, epoch: u64) -> usize {
+        crate::locate::arrive(&self.inner, address, prev, epoch)
+    }
+
     /// Tells every node believed up that `address` lives on `node` now;
     /// how many were told.
     pub fn announce_moved(&self, address: Address, node: NodeId, epoch: u64) -> usize {
@@ -199,6 +207,45 @@ impl Transport {
     /// A fence reached `address`, which lives here: answers its sender.
     pub fn fence_reached(&self, address: Address, fence: Envelope) {
         crate::locate::fence_reached(&self.inner, address, fence);
+    }
+
+    /// Waits (up to `limit`) until every connected data lane of this node
+    /// has written what was queued on it when called (counted in frames, so
+    /// later traffic does not hold it up), and reliable lanes have nothing
+    /// unacknowledged (there, later traffic does hold it up): messages sent
+    /// before the call are on their sockets, in order, or delivered. False
+    /// if the limit passed first. A moving reactor's earlier messages are
+    /// through before it runs elsewhere.
+    pub fn quiesce(&self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        // Per lane: frames written once what is queued or pending now is.
+        let marks: Vec<(Arc<crate::state::LaneStats>, u64)> = self
+            .inner
+            .lanes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.channel != CONTROL)
+            .map(|(_, h)| {
+                let queued = (h.tx.max_capacity() - h.tx.capacity()) as u64 + h.stats.pending.load(Ordering::Relaxed);
+                (h.stats.clone(), h.stats.frames_out.load(Ordering::Relaxed) + queued)
+            })
+            .collect();
+        loop {
+            // Written; and on reliable channels acknowledged (a frame lost
+            // and sent again could be overtaken by a newer connection's).
+            let busy = marks.iter().any(|(s, mark)| {
+                s.up.load(Ordering::Relaxed)
+                    && (s.frames_out.load(Ordering::Relaxed) < *mark || s.unacked.load(Ordering::Relaxed) > 0)
+            });
+            if !busy {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
 
     /// Switches of path that went ahead without every fence answered.

@@ -65,6 +65,9 @@ pub const WINDOW: u64 = 32 << 20;
 /// How long the source waits for any answer of the target before it gives
 /// up (before the commit) or starts asking (after).
 pub const PATIENCE: Duration = Duration::from_secs(20);
+/// How long the source waits for its lanes to carry what the stopped
+/// reactor sent before it commits the move.
+pub const FLUSH_PATIENCE: Duration = Duration::from_millis(200);
 /// An incoming migration nobody spoke of for this long is dropped.
 const INCOMING_IDLE: Duration = Duration::from_secs(120);
 /// The file of a node's moves in its data directory.
@@ -193,6 +196,10 @@ pub struct Report {
     /// taken, spooled, sent and acknowledged, checked by the target
     /// (`Ready`), committed and restored (`Active`).
     pub stop_parts_ms: [f64; 5],
+    /// Everything it sent before it stopped was through (written, and on
+    /// reliable channels acknowledged) before it ran at the target; false:
+    /// the wait for that passed [`FLUSH_PATIENCE`].
+    pub flushed: bool,
     /// Messages held here while it moved, forwarded after.
     pub held: u64,
     /// Nodes told where it lives.
@@ -714,13 +721,20 @@ impl Hub {
             Err(e) => return Err(give_back(e, chain, &files)),
         }
         progress(&Progress { phase: "switch", layer, sent: last_bytes, total: last_bytes, bytes });
-        // Commit: from now on only the target's answer decides.
+        // What it sent before it stopped reaches its destinations before
+        // anything it sends from the target (bounded: a stuck peer delays
+        // the move by at most this).
+        let flushed = self.transport.quiesce(FLUSH_PATIENCE);
+        // Commit: from now on only the target's answer decides. The target
+        // may run it (and it may send from there) before its answer is here.
         self.decided.lock().unwrap().insert(id, Standing::Active);
+        self.transport.set_location(address, to, epoch);
         let _ = self.send(to, id, &Step::Commit { id });
         let restore_us = match self.await_outcome(id, to, rx) {
             Outcome::Active(us) => us,
             Outcome::NotThere(why) => {
                 self.decided.lock().unwrap().insert(id, Standing::Failed);
+                self.transport.set_location(address, self.me, epoch);
                 return Err(give_back(why, chain, &files));
             }
             Outcome::Silent => {
@@ -747,6 +761,7 @@ impl Hub {
             downtime_ms,
             restore_ms: restore_us as f64 / 1e3,
             stop_parts_ms: parts,
+            flushed,
             held,
             told,
         })
@@ -813,6 +828,7 @@ impl Hub {
                     }
                     Ok(Step::Failed { .. } | Step::Stands { standing: Standing::Unknown | Standing::Failed, .. }) => {
                         hub.unrecord(id);
+                        hub.transport.set_location(address, hub.me, hub.transport.location(address).1);
                         if let Err(e) = hub.runtime.reattach(address, chain) {
                             tracing::error!(%address, "could not give reactor {address} back: {e}");
                         }
@@ -949,9 +965,53 @@ fn report_from_json(v: &serde_json::Value) -> Report {
             Some(a) if a.len() == 5 => std::array::from_fn(|i| a[i].as_f64().unwrap_or(0.0)),
             _ => [0.0; 5],
         },
+        flushed: v.get("flushed").and_then(serde_json::Value::as_bool).unwrap_or(false),
         held: u("held"),
         told: u("told") as usize,
     }
+}
+
+/// What a target knows of itself when it is offered a reactor.
+#[derive(Clone, Copy, Debug)]
+pub struct Here {
+    /// Its ABI version.
+    pub abi: u32,
+    /// The most memory a reactor may have here.
+    pub memory_cap: u64,
+    /// Bytes free of its node budget.
+    pub free: u64,
+    /// A reactor with that address is live here already.
+    pub live: bool,
+}
+
+/// Why a target refuses an offer of `address` (ABI version `abi`, `memory`
+/// bytes of linear memory), if it does: checked before the source stops
+/// anything.
+pub fn refusal(here: &Here, address: Address, abi: u32, memory: u64) -> Option<String> {
+    if abi != here.abi {
+        return Some(format!("this node runs ABI version {}, the reactor ABI version {abi}", here.abi));
+    }
+    if !address.is_reactor() {
+        return Some(format!("{address} is not a reactor's address"));
+    }
+    if here.live {
+        return Some(format!("reactor {address} runs here already"));
+    }
+    if memory > here.memory_cap {
+        return Some(format!(
+            "it has {} MiB of memory and reactors here may have at most {} MiB",
+            memory.div_ceil(1 << 20),
+            here.memory_cap >> 20
+        ));
+    }
+    if memory > here.free {
+        return Some(format!(
+            "it needs {} MiB of memory and this node has {} MiB free of its budget",
+            memory.div_ceil(1 << 20),
+            here.free >> 20
+        ));
+    }
+    None
 }
 
 /// The target side: one thread takes every incoming step in order.
@@ -985,27 +1045,16 @@ impl Hub {
         match step {
             Step::Offer { id, address, epoch, abi: their_abi, module, memory } => {
                 let address = Address(address);
-                let refuse = |reason: String| {
-                    self.counters.lock().unwrap().refused_in += 1;
-                    self.reply(from, &Step::Refused { id, reason });
-                };
-                if their_abi != abi::ABI_VERSION {
-                    return refuse(format!("this node runs ABI version {}, the reactor ABI version {their_abi}", abi::ABI_VERSION));
-                }
-                if !address.is_reactor() {
-                    return refuse(format!("{address} is not a reactor's address"));
-                }
-                if self.runtime.state(address) == Some(ReactorState::Running) {
-                    return refuse(format!("reactor {address} runs here already"));
-                }
                 let budget = self.runtime.budget();
-                let free = budget.limit().saturating_sub(budget.used()) as u64;
-                if memory > free {
-                    return refuse(format!(
-                        "it needs {} MiB of memory and this node has {} MiB free of its budget",
-                        memory >> 20,
-                        free >> 20
-                    ));
+                let here = Here {
+                    abi: abi::ABI_VERSION,
+                    memory_cap: self.runtime.limits().memory_cap as u64,
+                    free: budget.limit().saturating_sub(budget.used()) as u64,
+                    live: self.runtime.state(address) == Some(ReactorState::Running),
+                };
+                if let Some(reason) = refusal(&here, address, their_abi, memory) {
+                    self.counters.lock().unwrap().refused_in += 1;
+                    return self.reply(from, &Step::Refused { id, reason });
                 }
                 let module = ModuleHash(module);
                 let need_module = self.runtime.engine().module(&module).is_none() && !self.load_known(&module);
@@ -1103,8 +1152,11 @@ impl Hub {
                 }
                 let started = Instant::now();
                 let (address, epoch) = (m.address, m.epoch);
+                // This node's own earlier messages to it are on the way to
+                // the source: what it sends now waits for them.
+                self.runtime.arriving(address);
                 self.runtime.adopt(address);
-                self.transport.set_location(address, self.me, epoch);
+                self.transport.arrive(address, from, epoch);
                 let chain: Result<Vec<SnapshotFile>, String> = m
                     .layers
                     .iter()
@@ -1125,7 +1177,12 @@ impl Hub {
                         tracing::info!(%address, from, restore_us, "took in reactor {address} from node {from}");
                         self.checkpoint_soon();
                     }
-                    Err(e) => self.fail_incoming(incoming, id, format!("the restore failed: {e}")),
+                    Err(e) => {
+                        // It stays at the source: messages from here go there.
+                        self.transport.set_location(address, from, epoch);
+                        self.runtime.arrived(address);
+                        self.fail_incoming(incoming, id, format!("the restore failed: {e}"));
+                    }
                 }
             }
             Step::Abort { .. } => {
@@ -1214,5 +1271,41 @@ impl Hub {
                 tracing::error!("the checkpoint after taking in a reactor failed: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offers_are_refused_for_another_abi_too_little_memory_or_a_live_twin() {
+        let here = Here { abi: 3, memory_cap: 64 << 20, free: 32 << 20, live: false };
+        let a = Address::new(1, 0, 5);
+        assert_eq!(refusal(&here, a, 3, 16 << 20), None);
+        assert!(refusal(&here, a, 4, 16 << 20).unwrap().contains("ABI version 3, the reactor ABI version 4"));
+        assert!(refusal(&here, a, 3, 100 << 20).unwrap().contains("at most 64 MiB"));
+        assert!(refusal(&here, a, 3, 48 << 20).unwrap().contains("32 MiB free"));
+        assert!(refusal(&Here { live: true, ..here }, a, 3, 1).unwrap().contains("runs here already"));
+        assert!(refusal(&here, Address::host_of(1), 3, 1).unwrap().contains("not a reactor"));
+    }
+
+    #[test]
+    fn the_moves_file_reads_back_what_was_written_and_refuses_damage() {
+        let dir = std::env::temp_dir().join(format!("reactor-moves-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        assert_eq!(read_moves(&dir).unwrap(), vec![]);
+        let moves = vec![
+            Move { id: 0xabc, address: Address::new(1, 0, 5), to: 2, epoch: 1, done: true },
+            Move { id: 7, address: Address::new(3, 1, 9), to: 1, epoch: 4, done: false },
+        ];
+        write_moves(&dir, &moves).unwrap();
+        assert_eq!(read_moves(&dir).unwrap(), moves);
+        for bad in ["", "# reactor host moves v1\nabc 1 2 3 gone\n", "# reactor host moves v1\n1 2 0 1 moved\n", "junk\n"] {
+            fs::write(dir.join(MOVES), bad).unwrap();
+            assert!(read_moves(&dir).is_err(), "{bad:?}");
+        }
+        let _ = fs::remove_dir_all(&dir);
     }
 }
