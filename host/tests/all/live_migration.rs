@@ -89,12 +89,11 @@ fn settle_and_check(gens: &[(&NodeProc, u64, u64)], via: &NodeProc, target: u64)
     }
     let mut sent_total = 0;
     for (n, g, sender) in gens {
-        let mut stats = Value::Null;
         let started = std::time::Instant::now();
-        loop {
-            stats = n.call(*g, json!("Stats"))["Stats"].clone();
+        let stats = loop {
+            let stats = n.call(*g, json!("Stats"))["Stats"].clone();
             if stats["in_flight"] == json!(0) {
-                break;
+                break stats;
             }
             if started.elapsed() > Duration::from_secs(60) {
                 let seen = via.call(target, json!("Stats"))["Stats"]["senders"].clone();
@@ -109,7 +108,7 @@ fn settle_and_check(gens: &[(&NodeProc, u64, u64)], via: &NodeProc, target: u64)
                 panic!("sender {sender}'s load does not drain: {stats}; the migrant saw {seen}; nodes: {nodes:?}");
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
+        };
         assert_eq!(stats["sent"], stats["replied"], "sender {sender}: {stats}");
         assert_eq!(stats["bad_replies"], json!(0), "sender {sender}: {stats}");
         assert!(stats["sent"].as_u64().unwrap() > 0, "sender {sender} sent nothing: {stats}");
