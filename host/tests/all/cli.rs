@@ -92,6 +92,10 @@ fn demo_runs_small() {
     assert!(stdout.contains("verified"), "{stdout}");
     // The cluster part: a node stopped gracefully comes back with its kv.
     assert!(stdout.contains("at its old address with all 20000 entries"), "{stdout}");
+    // A kv moved live there and back under clients' traffic, none of whose
+    // writes was lost, repeated or reordered (the demo fails otherwise).
+    assert!(stdout.contains("moved live node 1 → node 2") && stdout.contains("moved live node 2 → node 1"), "{stdout}");
+    assert!(stdout.contains("none lost, repeated or out of order"), "{stdout}");
 }
 
 #[test]

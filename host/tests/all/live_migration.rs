@@ -284,3 +284,50 @@ fn a_target_without_the_memory_refuses_before_anything_stops() {
     // Nothing stopped: no message was held.
     assert_eq!(n1.status()["forwarded"], json!(0));
 }
+
+/// Clients outside the cluster (admin calls through nodes 2 and 3) keep
+/// writing to a kv while it moves 1 → 2 → 1: each `Put` answers the value
+/// of the one before it, so a lost, repeated or reordered request breaks
+/// the client's chain.
+#[test]
+fn outside_callers_see_every_write_in_order_across_moves() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_root, n1, n2, n3) = three_nodes("callers");
+    let kv = n1.spawn("kv");
+    n1.call(kv, json!({"Fill": {"prefix": "f", "count": 50_000, "value_len": 100, "seed": 3}}));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = [(n2.dir.clone(), 0), (n2.dir.clone(), 1), (n3.dir.clone(), 2), (n1.dir.clone(), 3)]
+        .into_iter()
+        .map(|(dir, i)| {
+            let stop = stop.clone();
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut c = host::node::admin::Client::connect(&dir).map_err(|e| e.to_string())?;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let put = json!({"op": "call", "to": kv, "msg": {"Put": {"key": format!("c{i}"), "value": n.to_string()}}, "timeout_ms": 20_000});
+                    let prev = c.request(put).map_err(|e| format!("client {i}, put #{n}: {e}"))?;
+                    let want = if n == 1 { json!({"Value": null}) } else { json!({"Value": (n - 1).to_string()}) };
+                    if prev != want {
+                        return Err(format!("client {i}: put #{n} answered {prev}, not {want}"));
+                    }
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for (via, to) in [(&n1, 2), (&n3, 1), (&n2, 3), (&n3, 1)] {
+        let r = migrate(via, kv, to).unwrap();
+        assert_eq!(r["to"], json!(to), "{r}");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let done: Vec<u64> = clients.into_iter().map(|c| c.join().unwrap().unwrap()).collect();
+    assert!(done.iter().all(|&n| n > 10), "{done:?}");
+    assert_eq!(n2.call(kv, json!("Stats"))["Stats"]["keys"], json!(50_004));
+    for n in [&n1, &n2, &n3] {
+        assert_eq!(n.status()["fence_timeouts"], json!(0), "node {}", n.id);
+    }
+}

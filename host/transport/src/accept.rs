@@ -309,10 +309,9 @@ async fn serve_loop(
 /// Checks that a message's sender is one `peer` may speak for: a reactor or
 /// host address; of the peer's own node unless relayed (`hops > 1`: through
 /// an overlay that relays, forwarded after a reactor that moved, or from a
-/// reactor that moved to the peer); an address of this node only when
-/// relayed, and never this node's host (its own fences, coming back,
-/// excepted).
-fn check_sender(inner: &Inner, peer: &Peer, from: Address, hops: u8, kind: u8) -> Result<(), ConnError> {
+/// reactor that moved to the peer); an address of this node (a reactor or
+/// its host) only when relayed.
+fn check_sender(inner: &Inner, peer: &Peer, from: Address, hops: u8) -> Result<(), ConnError> {
     if !from.is_reactor() && !from.is_host() {
         return Err(ConnError::Protocol(format!("data from {from}, not an address")));
     }
@@ -321,15 +320,12 @@ fn check_sender(inner: &Inner, peer: &Peer, from: Address, hops: u8, kind: u8) -
     // reactor that moved to the peer arrives with `hops > 1`; it may name
     // any node but must not name a reactor this node answers for.
     let relayed = hops > 1;
-    // A relayed message may even come from a reactor of this node: one it
-    // sent to a reactor that moved, forwarded back here from the old
-    // location. So may this node's own fences (a forged one names a token
-    // nobody waits for); never another message as this node's host.
-    // (A message a reactor sent before it moved here may arrive after it:
-    // where an address lives cannot say who may send as it.)
-    let me = inner.config.me.id;
-    let own_fence = kind == KIND_FENCE && from == Address::host_of(me);
-    if origin == me && (!relayed || from.is_host() && !own_fence) {
+    // A relayed message may even come from this node (a reactor or its
+    // host): what it sent to a reactor that moved, forwarded back here from
+    // the old location, its own fences included. (A message a reactor sent
+    // before it moved here may arrive after it: where an address lives
+    // cannot say who may send as it.)
+    if origin == inner.config.me.id && !relayed {
         return Err(ConnError::Protocol(format!("data from {from}, an address of this node (it lives here), sent by node {}", peer.node)));
     }
     if origin != peer.node && !relayed {
@@ -362,7 +358,7 @@ async fn handle_incoming(
             if !to.is_reactor() && !to.is_host() {
                 return Err(ConnError::Protocol(format!("data for {to}, not an address")));
             }
-            check_sender(inner, peer, Address(d.from), d.hops, d.msg_kind)?;
+            check_sender(inner, peer, Address(d.from), d.hops)?;
             let kind_ok = match d.msg_kind {
                 abi::KIND_MESSAGE | abi::KIND_REQUEST | abi::KIND_REPLY => true,
                 // A node's own messages go to a host; fences to a reactor.
@@ -507,7 +503,6 @@ mod tests {
         mine_relayed.hops = 2;
         let mut my_host = data(1, 0, 1);
         my_host.from = Address::host_of(1).0;
-        my_host.hops = 2;
         let mut nowhere = data(1, 0, 1);
         nowhere.from = u64::MAX;
         inner.relays.store(false, Ordering::Relaxed);
