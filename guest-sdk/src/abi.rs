@@ -52,6 +52,12 @@
 //!   connection by `key` (an explicit partition key) instead of by their
 //!   destination; 0 goes back to the destination. Messages with one key keep
 //!   their order; returns [`STATUS_OK`].
+//! - [`IMPORT_MOVE_NEAR`]`(peer: i64) -> i32` (optional) — asks the host to
+//!   move this reactor, live and with its address, to the node where the
+//!   reactor `peer` lives (e.g. one it talks to a lot), once the current
+//!   call is over. Returns [`STATUS_OK`] when asked (the node moves it if
+//!   `peer` lives elsewhere and no move of it is under way), or
+//!   [`STATUS_BAD_ARGUMENT`] when `peer` is not a reactor's address.
 //! - [`IMPORT_LOG`]`(level: i32, ptr: i32, len: i32)` — a UTF-8 log line.
 //! - [`IMPORT_FAIL`]`(ptr: i32, len: i32)` — record a UTF-8 failure cause (the
 //!   SDK's panic hook calls it before trapping); the host shows it as the
@@ -143,6 +149,8 @@ pub const IMPORT_SPAWN: &str = "spawn";
 pub const IMPORT_SELF_ADDRESS: &str = "self_address";
 /// Import (optional): `(key: i64) -> i32`.
 pub const IMPORT_SET_AFFINITY: &str = "set_affinity";
+/// Import (optional): `(peer: i64) -> i32`.
+pub const IMPORT_MOVE_NEAR: &str = "move_near";
 /// Import: `(level: i32, ptr: i32, len: i32)`.
 pub const IMPORT_LOG: &str = "log";
 /// Import: `(ptr: i32, len: i32)`.

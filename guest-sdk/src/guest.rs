@@ -43,6 +43,7 @@ mod sys {
         pub(crate) fn blob_close(tag: u64) -> i32;
         pub(crate) fn blob_give(tag: u64, to: u64) -> i32;
         pub(crate) fn set_affinity(key: u64) -> i32;
+        pub(crate) fn move_near(peer: u64) -> i32;
     }
     #[link(wasm_import_module = "wasi_snapshot_preview1")]
     unsafe extern "C" {
@@ -277,6 +278,15 @@ impl Context {
     pub fn set_affinity(&mut self, key: u64) {
         // SAFETY: no pointers.
         unsafe { sys::set_affinity(key) };
+    }
+
+    /// Asks the host to move this reactor, live, to the node where `peer`
+    /// lives (e.g. one it talks to a lot), after this call; its address
+    /// stays the same. Nothing happens if `peer` lives on this node or a
+    /// move is under way already. False if `peer` is not a reactor.
+    pub fn move_near(&mut self, peer: Address) -> bool {
+        // SAFETY: no pointers.
+        unsafe { sys::move_near(peer.0) == abi::STATUS_OK }
     }
 
     /// Sends a one-way message.

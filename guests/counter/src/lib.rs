@@ -23,6 +23,10 @@ impl Reactor for Counter {
             CounterMsg::Get => {
                 let _ = cx.reply(&self.n);
             }
+            CounterMsg::MoveNear(peer) => {
+                let asked = cx.move_near(Address(peer));
+                let _ = cx.reply(&asked);
+            }
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum CounterMsg {
     Add(u64),
     /// Request: replies the current count as `u64`.
     Get,
+    /// Asks the host to move this counter next to the reactor with this
+    /// address; replies whether the host took the request.
+    MoveNear(u64),
 }
 
 /// Requests to `kv`. Every variant works as a one-way message too; as a

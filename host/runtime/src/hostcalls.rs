@@ -244,6 +244,16 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
         Ok(abi::STATUS_OK)
     })?;
 
+    linker.func_wrap(m, abi::IMPORT_MOVE_NEAR, |mut caller: Caller<'_, ReactorData<H>>, peer: u64| {
+        let peer = Address(peer);
+        if !peer.is_reactor() {
+            return Ok(abi::STATUS_BAD_ARGUMENT);
+        }
+        let me = caller.data().address();
+        lent(caller.data_mut(), abi::IMPORT_MOVE_NEAR)?.move_near(me, peer);
+        Ok(abi::STATUS_OK)
+    })?;
+
     linker.func_wrap(m, abi::IMPORT_LOG, |mut caller: Caller<'_, ReactorData<H>>, level: i32, ptr: u32, len: u32| {
         intact(caller.data(), abi::IMPORT_LOG)?;
         let text = read_guest(&mut caller, abi::IMPORT_LOG, ptr, len.min(MAX_TEXT as u32))?;

@@ -61,7 +61,7 @@ mod runtime;
 
 pub use engine::{CodeSource, EngineConfig, LoadError};
 pub use hostcalls::GuestFault;
-pub use port::FenceHandler;
+pub use port::{FenceHandler, MoveHandler};
 pub use reactor::Limits;
 pub use runtime::{CheckpointScope, PendingCall, Runtime, RuntimeConfig, ShardDown};
 pub use shard::{Engine, LoadedModule, Shard, ShardConfig, ShardStats};

@@ -164,6 +164,21 @@ pub(crate) struct HostPort {
     arriving_count: AtomicUsize,
     /// Who is told of a fence that reached the reactor it was sent to.
     fences: OnceLock<Fences>,
+    /// Who is told of a reactor asking to be moved.
+    moves: OnceLock<Moves>,
+}
+
+/// Told of a reactor (the first address) asking to be moved to the node
+/// where another (the second) lives.
+pub type MoveHandler = Box<dyn Fn(Address, Address) + Send + Sync>;
+
+/// The move handler, in a wrapper that can be debug-printed.
+struct Moves(MoveHandler);
+
+impl std::fmt::Debug for Moves {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Moves")
+    }
 }
 
 /// The fence handler, in a wrapper that can be debug-printed.
@@ -196,6 +211,7 @@ impl HostPort {
             arriving: RwLock::new(HashSet::default()),
             arriving_count: AtomicUsize::new(0),
             fences: OnceLock::new(),
+            moves: OnceLock::new(),
         })
     }
 
@@ -253,6 +269,19 @@ impl HostPort {
     /// Sets who is told of fences; false if set already.
     pub(crate) fn set_fence_handler(&self, f: FenceHandler) -> bool {
         self.fences.set(Fences(f)).is_ok()
+    }
+
+    /// Sets who is told of reactors asking to be moved; false if set already.
+    pub(crate) fn set_move_handler(&self, f: MoveHandler) -> bool {
+        self.moves.set(Moves(f)).is_ok()
+    }
+
+    /// `me` asks to be moved near `peer`: tell the handler (ignored if none:
+    /// a runtime without a node cannot move anything).
+    pub(crate) fn move_near(&self, me: Address, peer: Address) {
+        if let Some(Moves(f)) = self.moves.get() {
+            f(me, peer);
+        }
     }
 
     /// A fence reached the reactor `to`: tell the handler (dropped if none).

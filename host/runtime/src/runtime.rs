@@ -682,6 +682,12 @@ impl Runtime {
         Ok(all)
     }
 
+    /// Sets who is told of reactors asking to be moved near another (the
+    /// node: it moves them after the call that asked); false if set already.
+    pub fn set_move_handler(&self, f: crate::port::MoveHandler) -> bool {
+        self.port.set_move_handler(f)
+    }
+
     /// Sets who is told of fences that reached their reactor (the node);
     /// false if set already.
     pub fn set_fence_handler(&self, f: crate::port::FenceHandler) -> bool {
@@ -813,6 +819,17 @@ impl Runtime {
     /// reactor whose move did not happen, given back after a restart.
     pub fn reattach_files(&self, address: Address, chain: Vec<SnapshotFile>, options: RestoreOptions) -> Result<(), SnapshotError> {
         self.inspect(self.shard_of(address), move |s| s.reattach_files(address, &chain, options)).map_err(snapshot_error)?
+    }
+
+    /// Every live reactor with its linear memory size (of shards still
+    /// running).
+    pub fn live(&self) -> Vec<(Address, u64)> {
+        (0..self.shards.len())
+            .filter_map(|i| {
+                self.inspect(i, |s| s.live().map(|a| (a, s.memory_size(a).unwrap_or(0) as u64)).collect::<Vec<_>>()).ok()
+            })
+            .flatten()
+            .collect()
     }
 
     /// Total linear memory of all live reactors (of shards still running).

@@ -495,6 +495,10 @@ impl HostContext for Router {
         self.affinity = key;
     }
 
+    fn move_near(&mut self, me: Address, peer: Address) {
+        self.port.move_near(me, peer);
+    }
+
     fn refs(&self) -> &Refs {
         &self.refs
     }

@@ -71,6 +71,9 @@ pub(crate) trait HostContext: Send + 'static {
     /// nodes (0: by destination).
     fn set_affinity(&mut self, key: u64);
 
+    /// `me` asks to be moved to the node where `peer` lives.
+    fn move_near(&mut self, me: Address, peer: Address);
+
     /// The node's tags and shared blobs.
     fn refs(&self) -> &Refs;
 

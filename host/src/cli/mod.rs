@@ -77,6 +77,9 @@ enum Command {
     /// Move a live reactor to another node while it serves (pre-copy of its
     /// pages, then a short stop); its address stays the same. Ask any node.
     Migrate(node::MigrateArgs),
+    /// Make a running node shed load: it moves its reactors, live, to the
+    /// least loaded live members while it runs more than its share.
+    Rebalance(node::AdminArgs),
 }
 
 /// Entry point of the `host` binary.
@@ -100,6 +103,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Stop(args) => node::stop(args),
         Command::Checkpoint(args) => node::checkpoint(args),
         Command::Migrate(args) => node::migrate(args),
+        Command::Rebalance(args) => node::rebalance(args),
     };
     match result {
         Ok(code) => code,

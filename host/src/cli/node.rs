@@ -328,6 +328,33 @@ pub(crate) fn migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `host rebalance`: the node moves reactors to less loaded members while
+/// it runs more than its share.
+pub(crate) fn rebalance(args: &AdminArgs) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(&args.data_dir)?;
+    let r = client.request_with_progress(json!({"op": "rebalance"}), &mut |_| {})?;
+    let counts = |k: &str| {
+        r[k].as_array()
+            .map(|a| a.iter().map(|p| format!("node {}: {}", p[0], p[1])).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    };
+    println!("reactors before: {}", counts("before"));
+    for m in r["moves"].as_array().into_iter().flatten() {
+        println!(
+            "  moved {} to node {} ({:.1} MiB, down {:.2} ms)",
+            m["address"].as_str().unwrap_or("?"),
+            m["to"],
+            m["bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
+            m["downtime_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    for f in r["failed"].as_array().into_iter().flatten() {
+        println!("  did not move {}", f.as_str().unwrap_or("?"));
+    }
+    println!("reactors after:  {}", counts("after"));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// An absolute form of a path the user gave (the node does not share our
 /// working directory).
 fn absolute(p: &std::path::Path) -> anyhow::Result<String> {

@@ -411,6 +411,7 @@ async fn read_requests(
 
 fn handle(node: &Node, op: Op, progress: &mut dyn FnMut(Value)) -> Result<Value, AdminError> {
     match op {
+        Op::Rebalance => Ok(json!(node.rebalance(&mut |p| progress(json!(p)))?)),
         Op::Migrate { address, to, precopy } => {
             let options = crate::node::migrate::MigrateOptions { precopy, ..Default::default() };
             let report = node.migrate(address, to, options, &mut |p| progress(json!(p)))?;

@@ -622,6 +622,25 @@ impl Node {
             .map_err(|e| NodeError::Migrations(e.to_string()))?;
         let _ = inbound.hub.set(hub.clone());
         {
+            // A reactor asked to be moved next to another: after its call,
+            // on a thread of its own (one move of it at a time).
+            let (hub, transport, me) = (Arc::downgrade(&hub), transport.clone(), config.id);
+            runtime.set_move_handler(Box::new(move |address, peer| {
+                let (node, _) = transport.location(peer);
+                let Some(h) = hub.upgrade() else { return };
+                if node == me || !h.claim(address) {
+                    return;
+                }
+                let _ = std::thread::Builder::new().name("migrate-asked".into()).spawn(move || {
+                    match h.migrate(address, node, migrate::MigrateOptions::default(), &mut |_| {}) {
+                        Ok(r) => tracing::info!(%address, %peer, "moved {address} next to {peer} on node {node}, as it asked ({:.2} ms down)", r.downtime_ms),
+                        Err(e) => tracing::warn!(%address, %peer, "could not move {address} next to {peer} as it asked: {e}"),
+                    }
+                    h.release(address);
+                });
+            }));
+        }
+        {
             let rt = runtime.clone();
             let unsettled = Mutex::new(unsettled);
             hub.recover(Arc::new(move |a: Address| {
@@ -664,6 +683,12 @@ impl Node {
         progress: &mut dyn FnMut(&migrate::Progress),
     ) -> Result<migrate::Report, migrate::MigrateError> {
         self.hub.migrate(address, to, options, progress)
+    }
+
+    /// Moves reactors of this node to less loaded members while it runs
+    /// more than its share (see `migrate::Hub::rebalance`).
+    pub fn rebalance(&self, progress: &mut dyn FnMut(&migrate::Progress)) -> Result<migrate::Rebalanced, migrate::MigrateError> {
+        self.hub.rebalance(progress)
     }
 
     /// Reactors restored from the node's checkpoints when it started.

@@ -331,3 +331,50 @@ fn outside_callers_see_every_write_in_order_across_moves() {
         assert_eq!(n.status()["fence_timeouts"], json!(0), "node {}", n.id);
     }
 }
+
+/// A node running all the reactors sheds load: `host rebalance` moves them
+/// live until every node runs its share, and each answers at its address
+/// with its state.
+#[test]
+fn a_loaded_node_rebalances_onto_its_peers() {
+    let (_root, n1, n2, n3) = three_nodes("rebalance");
+    let counters: Vec<u64> = (0..7).map(|_| n1.spawn("counter")).collect();
+    for (i, &c) in counters.iter().enumerate() {
+        n1.call(c, json!({"Add": i + 1}));
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["rebalance", "--data-dir"])
+        .arg(&n1.dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("reactors before: node 1: 7, node 2: 0, node 3: 0"), "{text}");
+    assert!(text.contains("reactors after:  node 1: 3"), "{text}");
+    let live: Vec<u64> = [&n1, &n2, &n3].iter().map(|n| n.status()["reactors"].as_u64().unwrap()).collect();
+    assert_eq!(live, [3, 2, 2], "{text}");
+    for (i, &c) in counters.iter().enumerate() {
+        assert_eq!(n3.call(c, json!("Get")), json!(i + 1), "counter {i}");
+    }
+}
+
+/// A reactor asks to be moved next to a peer (`move_near`): its node moves
+/// it live to the peer's node after the call, and it answers there, at its
+/// address, with its state.
+#[test]
+fn a_reactor_asks_to_move_next_to_its_peer() {
+    let (_root, n1, n2, _n3) = three_nodes("asked");
+    let c = n1.spawn("counter");
+    n1.call(c, json!({"Add": 41}));
+    let peer = n2.spawn("kv");
+    assert_eq!(n1.call(c, json!({"MoveNear": peer})), json!(true));
+    wait_until("the counter moved next to its peer", Duration::from_secs(20), || n2.status()["reactors"] == json!(2));
+    assert_eq!(n1.status()["reactors"], json!(0));
+    assert_eq!(n1.call(c, json!({"Add": 1})), json!(42));
+    // Next to it already: nothing moves.
+    assert_eq!(n2.call(c, json!({"MoveNear": peer})), json!(true));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(n2.status()["migrations"]["moved_out"], json!(0));
+    // Not a reactor's address: refused.
+    assert_eq!(n2.call(c, json!({"MoveNear": 0})), json!(false));
+}

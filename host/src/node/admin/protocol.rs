@@ -119,6 +119,9 @@ pub enum Op {
     },
     /// Take one of the node's own checkpoints now.
     Checkpoint,
+    /// Move reactors of this node to less loaded members while it runs
+    /// more than its share.
+    Rebalance,
     /// Move a live reactor to another node (the node where it lives does
     /// it; progress lines come before the answer).
     Migrate {
@@ -231,6 +234,7 @@ fn parse_op(req: &mut serde_json::Map<String, Value>) -> Result<Op, RequestError
             }
         }
         "checkpoint" => Op::Checkpoint,
+        "rebalance" => Op::Rebalance,
         "migrate" => {
             let address = parse_address(req.get("address").ok_or(RequestError::Field("migrate needs \"address\""))?)?;
             let to = req
@@ -317,6 +321,26 @@ mod tests {
 
     fn op(line: &str) -> Result<Op, RequestError> {
         parse_request(line.as_bytes()).map(|r| r.op).map_err(|(_, e)| e)
+    }
+
+    #[test]
+    fn migrate_and_rebalance_parse_and_refuse_bad_fields() {
+        assert_eq!(
+            op(r##"{"op":"migrate","address":"#1.0:5","to":2}"##),
+            Ok(Op::Migrate { address: "#1.0:5".parse().unwrap(), to: 2, precopy: true })
+        );
+        assert_eq!(op(r#"{"op":"migrate","address":9,"to":32767,"precopy":false}"#), Ok(Op::Migrate { address: Address(9), to: 32767, precopy: false }));
+        assert_eq!(op(r#"{"op":"rebalance"}"#), Ok(Op::Rebalance));
+        for bad in [
+            r#"{"op":"migrate","to":2}"#,
+            r#"{"op":"migrate","address":9}"#,
+            r#"{"op":"migrate","address":9,"to":0}"#,
+            r#"{"op":"migrate","address":9,"to":32768}"#,
+            r#"{"op":"migrate","address":9,"to":"2"}"#,
+            r#"{"op":"migrate","address":9,"to":2,"precopy":"yes"}"#,
+        ] {
+            assert!(op(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -206,6 +206,19 @@ pub struct Report {
     pub told: usize,
 }
 
+/// What [`Hub::rebalance`] did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Rebalanced {
+    /// (node, live reactors) before, this node first.
+    pub before: Vec<(NodeId, u64)>,
+    /// And after.
+    pub after: Vec<(NodeId, u64)>,
+    /// The moves made.
+    pub moves: Vec<Report>,
+    /// Moves that did not happen, and why (those reactors run here still).
+    pub failed: Vec<String>,
+}
+
 /// A move this node recorded: an intent (the reactor stopped here to go
 /// to `to`) or a move done.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,6 +321,8 @@ pub struct Hub {
     checkpoints: Arc<Mutex<Checkpoints>>,
     /// Reactors being moved from here now.
     moving: Mutex<HashSet<Address>>,
+    /// Reactors that asked to be moved, whose move has not started.
+    asked: Mutex<HashSet<Address>>,
     /// Migrations from here waiting for answers, by id.
     waiters: Mutex<HashMap<u64, Sender<(NodeId, Step)>>>,
     /// Steps for the target side's worker.
@@ -386,6 +401,7 @@ impl Hub {
             transport,
             checkpoints,
             moving: Mutex::new(HashSet::new()),
+            asked: Mutex::new(HashSet::new()),
             waiters: Mutex::new(HashMap::new()),
             work,
             moves: Mutex::new(moves),
@@ -417,6 +433,7 @@ impl Hub {
             | Step::Active { .. }
             | Step::Failed { .. }
             | Step::Stands { .. }
+            | Step::LoadIs { .. }
             | Step::Outcome { .. } => {
                 if let Some(w) = self.waiters.lock().unwrap().get(&step.id()) {
                     let _ = w.send((from, step));
@@ -491,6 +508,17 @@ impl Hub {
             Err(_) => c.failed_out += 1,
         }
         r
+    }
+
+    /// Marks `address` as about to be moved (false if it is being moved
+    /// already): a reactor that asks again and again starts one move.
+    pub fn claim(&self, address: Address) -> bool {
+        self.asked.lock().unwrap().insert(address) && !self.moving.lock().unwrap().contains(&address)
+    }
+
+    /// Ends [`Hub::claim`] (its move starts now, or will not).
+    pub fn release(&self, address: Address) {
+        self.asked.lock().unwrap().remove(&address);
     }
 
     /// Passes a migration request to `node`, where `address` lives.
@@ -641,12 +669,15 @@ impl Hub {
             loop {
                 let layer = chain.len() as u32;
                 let path = self.layer_path(id, layer);
+                let t = Instant::now();
                 cp.write(&path, &mut |_, _| {}).map_err(|e| abort(e.to_string(), &files))?;
+                let written = t.elapsed();
                 files.push(path.clone());
                 let this = cp.page_bytes();
                 chain.push(cp);
                 self.send_layer(id, to, layer, &path, false, rx, &mut bytes, progress, "precopy")
                     .map_err(|e| abort(e, &files))?;
+                tracing::debug!(%address, layer, bytes = this, ?written, sent = ?t.elapsed() - written, "pre-copy layer");
                 let shrinking = layer == 0 || (this as f64) < SHRINK * last_bytes as f64;
                 if this <= SMALL_ENOUGH && layer > 0 || !shrinking || rounds >= options.max_rounds {
                     break;
@@ -927,6 +958,55 @@ impl Hub {
         }
     }
 
+    /// Sheds load: asks every live member how many reactors it runs, then
+    /// moves reactors of this node, one at a time and largest last, to the
+    /// least loaded member while this node runs more than its share (the
+    /// cluster's reactors over its live nodes, rounded up). What moved, and
+    /// the counts before and after (as this node saw them).
+    pub fn rebalance(&self, progress: &mut dyn FnMut(&Progress)) -> Result<Rebalanced, MigrateError> {
+        let members: Vec<NodeId> =
+            self.transport.members().into_iter().filter(|m| m.up && m.info.id != self.me).map(|m| m.info.id).collect();
+        let mut load: Vec<(NodeId, u64)> = vec![(self.me, self.runtime.live().len() as u64)];
+        for m in members {
+            let id = random_id();
+            let (tx, rx) = mpsc::channel();
+            self.waiters.lock().unwrap().insert(id, tx);
+            let answer = self.send(m, id, &Step::Load { id }).and_then(|()| self.answer(&rx, m, Duration::from_secs(5)));
+            self.waiters.lock().unwrap().remove(&id);
+            match answer {
+                Ok(Step::LoadIs { reactors, .. }) => load.push((m, reactors)),
+                Ok(_) | Err(_) => tracing::warn!("node {m} did not say how loaded it is; leaving it out of the rebalance"),
+            }
+        }
+        let before = load.clone();
+        let total: u64 = load.iter().map(|(_, n)| n).sum();
+        let share = total.div_ceil(load.len() as u64);
+        // Smallest first: the most reactors moved for the bytes sent.
+        let mut mine = self.runtime.live();
+        mine.sort_by_key(|&(a, m)| (m, a));
+        let mut moves = Vec::new();
+        let mut failed = Vec::new();
+        for (address, _) in mine {
+            if load[0].1 <= share {
+                break;
+            }
+            let Some((i, _)) = load.iter().enumerate().skip(1).min_by_key(|(_, (_, n))| *n) else { break };
+            if load[i].1 + 1 > share {
+                break;
+            }
+            let to = load[i].0;
+            match self.migrate(address, to, MigrateOptions::default(), progress) {
+                Ok(r) => {
+                    load[0].1 -= 1;
+                    load[i].1 += 1;
+                    moves.push(r);
+                }
+                Err(e) => failed.push(format!("{address} → node {to}: {e}")),
+            }
+        }
+        Ok(Rebalanced { before, after: load, moves, failed })
+    }
+
     /// Intents recorded (reactors whose move was under way at a stop):
     /// not to be restored at start.
     pub fn undecided(moves: &[Move]) -> HashSet<Address> {
@@ -1198,6 +1278,11 @@ impl Hub {
                     None => self.decided.lock().unwrap().get(&id).copied().unwrap_or(Standing::Unknown),
                 };
                 self.reply(from, &Step::Stands { id, standing });
+            }
+            Step::Load { .. } => {
+                let live = self.runtime.live();
+                let memory = live.iter().map(|(_, m)| m).sum();
+                self.reply(from, &Step::LoadIs { id, reactors: live.len() as u64, memory });
             }
             Step::Please { address, to, precopy, hops, .. } => {
                 // Runs the move on its own thread: this one keeps taking steps.

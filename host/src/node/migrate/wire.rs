@@ -151,6 +151,20 @@ pub enum Step {
         /// Times it was passed on already.
         hops: u8,
     },
+    /// Any node → any node: how loaded are you?
+    Load {
+        /// Names the question.
+        id: u64,
+    },
+    /// The answer to `Load`.
+    LoadIs {
+        /// The question.
+        id: u64,
+        /// Live reactors.
+        reactors: u64,
+        /// Their linear memory, bytes.
+        memory: u64,
+    },
     /// The outcome of a `Please`: the report as JSON, or the error.
     Outcome {
         /// The request.
@@ -178,6 +192,8 @@ impl Step {
             | Step::Query { id }
             | Step::Stands { id, .. }
             | Step::Please { id, .. }
+            | Step::Load { id }
+            | Step::LoadIs { id, .. }
             | Step::Outcome { id, .. } => *id,
         }
     }
