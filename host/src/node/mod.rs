@@ -618,7 +618,8 @@ impl Node {
             }
         }
         let checkpoints = Arc::new(Mutex::new(checkpoints));
-        let hub = migrate::Hub::start(config.id, &config.data_dir, runtime.clone(), transport.clone(), checkpoints.clone(), moves)
+        let periodic = config.checkpoint_every.is_some_and(|e| !e.is_zero());
+        let hub = migrate::Hub::start(config.id, &config.data_dir, runtime.clone(), transport.clone(), checkpoints.clone(), moves, periodic)
             .map_err(|e| NodeError::Migrations(e.to_string()))?;
         let _ = inbound.hub.set(hub.clone());
         {

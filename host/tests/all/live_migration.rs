@@ -378,3 +378,111 @@ fn a_reactor_asks_to_move_next_to_its_peer() {
     // Not a reactor's address: refused.
     assert_eq!(n2.call(c, json!({"MoveNear": 0})), json!(false));
 }
+
+/// Moves survive restarts: the node a reactor moved to checkpoints it and
+/// brings it back at its address after a graceful stop; the node it left,
+/// restarted, forwards to it instead of bringing back its own old copy.
+#[test]
+fn moves_survive_restarts_of_both_ends() {
+    let (root, n1, n2, n3) = three_nodes("restarts");
+    let kv = n1.spawn("kv");
+    put(&n1, kv, "before", "move");
+    // Node 1's checkpoint still holds the kv when it leaves.
+    n1.admin().request(json!({"op": "checkpoint"})).unwrap();
+    migrate(&n1, kv, 2).unwrap();
+    put(&n3, kv, "after", "move");
+    let stop = |mut n: NodeProc| {
+        n.admin().request(json!({"op": "stop"})).unwrap();
+        assert!(n.child.wait().unwrap().success());
+    };
+    let seed = n3.addr.clone();
+    stop(n2);
+    let n2 = start(&root, 2, SECRET, &["--checkpoint-every", "0", "--seed", &seed]);
+    wait_until("nodes 1 and 3 see node 2's new incarnation", CONVERGE, || {
+        n3.incarnation_of(2) == Some(2) && n1.incarnation_of(2) == Some(2)
+    });
+    assert_eq!(n2.status()["reactors"], json!(1));
+    assert_eq!(get(&n3, kv, "after"), json!({"Value": "move"}));
+    stop(n1);
+    let n1 = start(&root, 1, SECRET, &["--checkpoint-every", "0", "--seed", &seed]);
+    wait_until("nodes 2 and 3 see node 1's new incarnation", CONVERGE, || {
+        n3.incarnation_of(1) == Some(2) && n2.incarnation_of(1) == Some(2)
+    });
+    assert_eq!(n1.status()["reactors"], json!(0), "node 1 forwards; it does not bring back its old copy");
+    assert_eq!(get(&n1, kv, "after"), json!({"Value": "move"}));
+    assert_eq!(get(&n1, kv, "before"), json!({"Value": "move"}));
+    assert_eq!(n2.status()["reactors"], json!(1));
+}
+
+/// A node that stopped while a move was unsettled (its record of moves says
+/// it meant to move a reactor, the target never took it) asks the target
+/// at its next start and gives the reactor back from its own checkpoint.
+#[test]
+fn an_unsettled_move_is_settled_at_the_next_start() {
+    let (root, mut n1, n2, n3) = three_nodes("unsettled");
+    let kv = n1.spawn("kv");
+    put(&n1, kv, "k", "v");
+    n1.admin().request(json!({"op": "stop"})).unwrap();
+    assert!(n1.child.wait().unwrap().success());
+    let moves = format!("# reactor host moves v1\nabcdef {kv} 2 1 intent\n");
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(n1.dir.join("moves")).unwrap();
+        std::io::Write::write_all(&mut f, moves.as_bytes()).unwrap();
+    }
+    let n1 = start(&root, 1, SECRET, &["--checkpoint-every", "0", "--seed", &n3.addr.clone()]);
+    wait_until("node 1 gives the kv back", Duration::from_secs(20), || n1.status()["reactors"] == json!(1));
+    assert_eq!(get(&n3, kv, "k"), json!({"Value": "v"}));
+    assert_eq!(n2.status()["reactors"], json!(0));
+    let moves = std::fs::read_to_string(n1.dir.join("moves")).unwrap();
+    assert!(!moves.contains("intent"), "{moves}");
+}
+
+/// A module the target does not have travels with the reactor, by hash.
+#[test]
+fn a_module_the_target_lacks_travels_with_the_reactor() {
+    let (root, n1, n2, _n3) = three_nodes("module");
+    // The counter with a custom section appended: the same code under a
+    // hash no built guest has.
+    let mut bytes = std::fs::read(example_guests::path("counter")).unwrap();
+    let name = b"migration-test";
+    let payload = b"a module only node 1 has";
+    let body_len = 1 + name.len() + payload.len();
+    bytes.push(0);
+    bytes.push(body_len as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    let path = root.join("only-here.wasm");
+    std::fs::write(&path, &bytes).unwrap();
+    let c = n1.admin().request(json!({"op": "spawn", "module": path.to_str().unwrap()})).unwrap()["tag"].as_u64().unwrap();
+    n1.call(c, json!({"Add": 5}));
+    let r = migrate(&n1, c, 2).unwrap();
+    assert_eq!(r["module_sent"], json!(true), "{r}");
+    assert_eq!(n2.call(c, json!({"Add": 1})), json!(6));
+    let back = migrate(&n2, c, 1).unwrap();
+    assert_eq!(back["module_sent"], json!(false), "node 1 has it: {back}");
+}
+
+/// A reactor whose writes split its tracked memory past the kernel's limit
+/// of mappings during the pre-copy (page protection gives up, tracking
+/// stops): the move still happens, its last layer taken whole while it is
+/// stopped, and every page it wrote arrives.
+#[test]
+fn a_move_whose_tracking_is_lost_sends_the_rest_whole() {
+    let (_root, n1, n2, _n3) = three_nodes("untracked");
+    let limit: u64 = std::fs::read_to_string("/proc/sys/vm/max_map_count").unwrap().trim().parse().unwrap();
+    // Every other page written splits one mapping per page written.
+    let mib = ((limit * 2 + limit / 2) * 4096 >> 20) as u32;
+    let p = n1.admin().request(json!({"op": "spawn", "module": "pager", "init": mib})).unwrap()["tag"].as_u64().unwrap();
+    let moving = migrate_async(n1.dir.clone(), p, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let written = n1.try_call(p, json!([0, 2, 7]));
+    let r = moving.join().unwrap().unwrap();
+    assert_eq!(r["to"], json!(2), "{r}");
+    // Whether the write landed before the move or was held and forwarded,
+    // it happened once, and every page it wrote is there.
+    let pages = (u64::from(mib) << 20) / 4096;
+    assert_eq!(written.unwrap(), json!(pages.div_ceil(2)));
+    assert_eq!(n2.call(p, json!([2, 0, 0])), json!(7 * pages.div_ceil(2)));
+}

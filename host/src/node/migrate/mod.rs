@@ -332,6 +332,11 @@ pub struct Hub {
     /// Where finished outgoing migrations stand (for a target's query).
     decided: Mutex<HashMap<u64, Standing>>,
     counters: Mutex<Counters>,
+    /// Take a checkpoint of the node soon after a reactor moved in (the
+    /// node checkpoints periodically; without, it keeps reactors as of its
+    /// stop only, and one that moved in is not in any checkpoint until
+    /// then).
+    checkpoint_after_move_in: bool,
 }
 
 /// Figures for status.
@@ -389,6 +394,7 @@ impl Hub {
         transport: Transport,
         checkpoints: Arc<Mutex<Checkpoints>>,
         moves: Vec<Move>,
+        checkpoint_after_move_in: bool,
     ) -> Result<Arc<Self>, MigrateError> {
         let spool = spool_dir(data_dir, me)?;
         let (work, rx) = mpsc::sync_channel(256);
@@ -407,6 +413,7 @@ impl Hub {
             moves: Mutex::new(moves),
             decided: Mutex::new(HashMap::new()),
             counters: Mutex::new(Counters::default()),
+            checkpoint_after_move_in,
         });
         let weak = Arc::downgrade(&hub);
         std::thread::Builder::new()
@@ -663,6 +670,7 @@ impl Hub {
         };
         // Pre-copy.
         let mut rounds = 0u32;
+        let mut whole_at_stop = !options.precopy;
         if let Some(cp) = first {
             let mut last_bytes = u64::MAX;
             let mut cp = cp;
@@ -683,22 +691,35 @@ impl Hub {
                     break;
                 }
                 last_bytes = this;
+                cp = match self.runtime.snapshot(address, SnapshotOptions { capture: Capture::Incremental, track: true }) {
+                    Ok(cp) if cp.kind() == (Kind::Delta { base: chain.last().expect("a layer").id() }) => cp,
+                    // Its writes are not tracked any more (page protection
+                    // gave up, e.g. at the kernel's limit of mappings), or
+                    // someone else re-based them: the last layer will be
+                    // whole, taken while it is stopped.
+                    Ok(_) | Err(SnapshotError::NoBase(_)) => {
+                        whole_at_stop = true;
+                        break;
+                    }
+                    Err(e) => return Err(abort(e.to_string(), &files)),
+                };
                 rounds += 1;
-                cp = self
-                    .runtime
-                    .snapshot(address, SnapshotOptions { capture: Capture::Incremental, track: true })
-                    .map_err(|e| abort(e.to_string(), &files))?;
-                if cp.kind() != (Kind::Delta { base: chain.last().expect("a layer").id() }) {
-                    return Err(abort("its pages were snapshotted by someone else meanwhile".into(), &files));
-                }
             }
         }
         // Intent, durably, before it stops.
         self.record(Move { id, address, to, epoch, done: false }).map_err(|e| abort(e.to_string(), &files))?;
         let precopy_ms = started.elapsed().as_secs_f64() * 1e3;
         let stopped = Instant::now();
-        let capture = if options.precopy { Capture::Incremental } else { Capture::Blocking };
-        let last = match self.runtime.detach(address, SnapshotOptions { capture, track: false }) {
+        let capture = if whole_at_stop { Capture::Blocking } else { Capture::Incremental };
+        let detached = match self.runtime.detach(address, SnapshotOptions { capture, track: false }) {
+            // Tracking lost since the last round: all of it, stopped.
+            Err(SnapshotError::NoBase(_)) => {
+                whole_at_stop = true;
+                self.runtime.detach(address, SnapshotOptions { capture: Capture::Blocking, track: false })
+            }
+            other => other,
+        };
+        let last = match detached {
             Ok(cp) => cp,
             Err(e) => {
                 self.unrecord(id);
@@ -718,7 +739,8 @@ impl Hub {
                 }
             }
         };
-        if let Some(prev) = chain.last()
+        if !whole_at_stop
+            && let Some(prev) = chain.last()
             && last.kind() != (Kind::Delta { base: prev.id() })
         {
             chain.push(last);
@@ -1051,6 +1073,19 @@ fn report_from_json(v: &serde_json::Value) -> Report {
     }
 }
 
+/// Opens a migration's layers as a chain to restore: from the last whole
+/// one (a move whose tracking was lost mid-way sends the last layer whole).
+fn open_layers(layers: &[PathBuf]) -> Result<Vec<SnapshotFile>, String> {
+    let mut chain = layers
+        .iter()
+        .map(|p| SnapshotFile::open(p, abi::ABI_VERSION).map_err(|e| format!("{}: {e}", p.display())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(full) = chain.iter().rposition(|f| f.header().kind == Kind::Full) {
+        chain.drain(..full);
+    }
+    Ok(chain)
+}
+
 /// What a target knows of itself when it is offered a reactor.
 #[derive(Clone, Copy, Debug)]
 pub struct Here {
@@ -1237,11 +1272,7 @@ impl Hub {
                 self.runtime.arriving(address);
                 self.runtime.adopt(address);
                 self.transport.arrive(address, from, epoch);
-                let chain: Result<Vec<SnapshotFile>, String> = m
-                    .layers
-                    .iter()
-                    .map(|p| SnapshotFile::open(p, abi::ABI_VERSION).map_err(|e| format!("{}: {e}", p.display())))
-                    .collect();
+                let chain = open_layers(&m.layers);
                 let restored = chain.and_then(|c| self.runtime.restore_moved_files(c, RestoreOptions::lazy()).map_err(|e| e.to_string()));
                 for f in &m.layers {
                     // Mapped pages keep the file's memory; the name goes.
@@ -1255,7 +1286,9 @@ impl Hub {
                         self.counters.lock().unwrap().moved_in += 1;
                         self.arrived(address);
                         tracing::info!(%address, from, restore_us, "took in reactor {address} from node {from}");
-                        self.checkpoint_soon();
+                        if self.checkpoint_after_move_in {
+                            self.checkpoint_soon();
+                        }
                     }
                     Err(e) => {
                         // It stays at the source: messages from here go there.
@@ -1302,11 +1335,7 @@ impl Hub {
 
     /// The last layer arrived: the chain opens and holds the reactor.
     fn check_chain(&self, m: &Incoming) -> Result<(), String> {
-        let chain: Vec<SnapshotFile> = m
-            .layers
-            .iter()
-            .map(|p| SnapshotFile::open(p, abi::ABI_VERSION).map_err(|e| format!("{}: {e}", p.display())))
-            .collect::<Result<_, _>>()?;
+        let chain = open_layers(&m.layers)?;
         match chain.last().map(|f| f.meta().reactors.as_slice()) {
             Some([r]) if Address(r.address) == m.address && ModuleHash(r.module) == m.module => Ok(()),
             _ => Err("the last layer does not hold the reactor offered".into()),
