@@ -473,7 +473,7 @@ fn a_move_whose_tracking_is_lost_sends_the_rest_whole() {
     let (_root, n1, n2, _n3) = three_nodes("untracked");
     let limit: u64 = std::fs::read_to_string("/proc/sys/vm/max_map_count").unwrap().trim().parse().unwrap();
     // Every other page written splits one mapping per page written.
-    let mib = ((limit * 2 + limit / 2) * 4096 >> 20) as u32;
+    let mib = (((limit * 2 + limit / 2) * 4096) >> 20) as u32;
     let p = n1.admin().request(json!({"op": "spawn", "module": "pager", "init": mib})).unwrap()["tag"].as_u64().unwrap();
     let moving = migrate_async(n1.dir.clone(), p, 2);
     std::thread::sleep(Duration::from_millis(300));
