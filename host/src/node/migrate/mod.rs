@@ -66,8 +66,10 @@ pub const WINDOW: u64 = 32 << 20;
 /// up (before the commit) or starts asking (after).
 pub const PATIENCE: Duration = Duration::from_secs(20);
 /// How long the source waits for its lanes to carry what the stopped
-/// reactor sent before it commits the move.
-pub const FLUSH_PATIENCE: Duration = Duration::from_millis(200);
+/// reactor sent before it commits the move (what was queued when it
+/// stopped: finite, later traffic does not count on unreliable channels;
+/// a slow link with deep queues needs a while).
+pub const FLUSH_PATIENCE: Duration = Duration::from_secs(2);
 /// An incoming migration nobody spoke of for this long is dropped.
 const INCOMING_IDLE: Duration = Duration::from_secs(120);
 /// The file of a node's moves in its data directory.
