@@ -12,9 +12,10 @@
 //! towards the old location (each fence on the lane it fences, sized for
 //! its channel), holds what it sends the reactor meanwhile, and switches
 //! when the node where the reactor lives has answered every fence: each
-//! travelled behind the messages sent on its lane before it. Fences not
-//! all answered within [`FENCE_PATIENCE`] (a node on the old path died)
-//! release the held messages anyway; that is counted. Uses `route`.
+//! travelled behind the messages sent on its lane before it. If the node
+//! the fences went to goes down (looked at every [`FENCE_PATIENCE`]), or
+//! after [`FENCE_LIMIT`], the held messages are released anyway; that is
+//! counted. Uses `route`.
 
 use crate::config::CONTROL;
 use crate::route::{deliver_here, pick_channel, queue_data, send_to_node};
@@ -27,8 +28,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// How long a switch waits for its fences.
+/// How often a switch looks whether the node its fences went to is down.
 pub(crate) const FENCE_PATIENCE: Duration = Duration::from_secs(2);
+/// How long a switch waits for its fences while that node is up.
+pub(crate) const FENCE_LIMIT: Duration = Duration::from_secs(60);
 
 /// A location message that arrived for this node.
 pub(crate) fn heard(inner: &Arc<Inner>, msg: LocationMsg) {
@@ -95,7 +98,7 @@ pub(crate) fn arrive(inner: &Arc<Inner>, address: Address, prev: NodeId, epoch: 
     let token = rand_token();
     let mut map = inner.locations.map.lock().unwrap();
     let fences = if prev == me { 0 } else { send_fences(inner, prev, address, epoch, token) };
-    let switch = (fences > 0).then(|| Switch { token, waiting: fences, held: Default::default() });
+    let switch = (fences > 0).then(|| Switch { token, waiting: fences, via: prev, held: Default::default() });
     let pending = switch.is_some();
     if map.insert(address, Location { node: me, epoch, switch }).is_none() {
         inner.locations.count.fetch_add(1, Ordering::Release);
@@ -109,17 +112,29 @@ pub(crate) fn arrive(inner: &Arc<Inner>, address: Address, prev: NodeId, epoch: 
     fences
 }
 
-/// Releases a switch whose fences were not all answered in time.
+/// Releases a switch whose fences were not all answered in time: once the
+/// node they went to is down, or after [`FENCE_LIMIT`] (a slow link behind
+/// a bulk transfer can hold them for seconds; releasing early would break
+/// the order they keep).
 fn time_out(inner: &Arc<Inner>, address: Address, token: u64) {
     let inner = inner.clone();
     inner.handle.clone().spawn(async move {
-        tokio::time::sleep(FENCE_PATIENCE).await;
+        let started = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(FENCE_PATIENCE).await;
+            let via = inner.locations.map.lock().unwrap().get(&address).and_then(|l| l.switch.as_ref()).filter(|s| s.token == token).map(|s| s.via);
+            let Some(via) = via else { return };
+            let up = inner.directory.read().unwrap().get(&via).is_some_and(|m| m.up);
+            if !up || started.elapsed() >= FENCE_LIMIT {
+                break;
+            }
+        }
         let mut map = inner.locations.map.lock().unwrap();
         if let Some(loc) = map.get_mut(&address)
             && loc.switch.as_ref().is_some_and(|s| s.token == token && s.waiting > 0)
         {
             inner.fence_timeouts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%address, "fences towards the old location of {address} were not all answered in {FENCE_PATIENCE:?}; switching anyway");
+            tracing::warn!(%address, "fences towards the old location of {address} were not all answered (that node is down, or {FENCE_LIMIT:?} passed); switching anyway");
             if let Some(s) = loc.switch.as_mut() {
                 s.waiting = 0;
             }
@@ -164,7 +179,7 @@ fn learn(inner: &Arc<Inner>, address: Address, node: NodeId, epoch: u64) {
     };
     let token = rand_token();
     let fences = if prev == me || prev == node || node == me { 0 } else { send_fences(inner, prev, address, epoch, token) };
-    let switch = (fences > 0).then(|| Switch { token, waiting: fences, held: Default::default() });
+    let switch = (fences > 0).then(|| Switch { token, waiting: fences, via: prev, held: Default::default() });
     let pending = switch.is_some();
     if map.insert(address, Location { node, epoch, switch }).is_none() {
         inner.locations.count.fetch_add(1, Ordering::Release);

@@ -72,6 +72,8 @@ pub(crate) struct Switch {
     pub(crate) token: u64,
     /// Fences not answered yet.
     pub(crate) waiting: usize,
+    /// The node the fences went to (the old location).
+    pub(crate) via: NodeId,
     /// Messages for the reactor meanwhile, in order: (envelope, hops,
     /// affinity).
     pub(crate) held: std::collections::VecDeque<(Envelope, u8, u64)>,
