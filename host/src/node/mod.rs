@@ -595,7 +595,7 @@ impl Node {
         durable::load_kept_modules(&config.data_dir, runtime.engine())?;
         let checkpoints = durable::Checkpoints::open(&config.data_dir)?;
         let chain = checkpoints.open_chain()?;
-        let away = migrate::Hub::undecided(&moves);
+        let away = migrate::Hub::away(&moves);
         // Reactors whose move was not settled are given back from the chain
         // as it is now, if their target never got them.
         let mut unsettled: HashMap<Address, Vec<reactor_runtime::snapshot::SnapshotFile>> = HashMap::new();

@@ -18,10 +18,9 @@
 //! counted. Uses `route`.
 
 use crate::config::CONTROL;
-use crate::route::{deliver_here, pick_channel, queue_data, send_to_node};
+use crate::route::{data_frame, deliver_here, pick_channel, queue_data, send_to_node};
 use crate::state::{Inner, LaneKey, Location, Outgoing, Switch};
 use reactor_net::NodeId;
-use reactor_net::frame::Data;
 use reactor_net::locate::{Fence, LocationMsg};
 use reactor_types::{Address, Envelope, KIND_FENCE, KIND_NODE, SendError};
 use std::sync::Arc;
@@ -265,19 +264,7 @@ fn send_fences(inner: &Arc<Inner>, prev: NodeId, address: Address, epoch: u64, t
             Err((SendError::InboxFull(_), env)) => {
                 // Behind what is queued on that lane, whenever there is room.
                 let tx = crate::lane::lane_sender(inner, key);
-                let data = Data {
-                    seq: 0,
-                    ack: 0,
-                    to: address.0,
-                    from: env.from.0,
-                    corr: env.corr,
-                    channel,
-                    hops: 1,
-                    msg_kind: env.kind,
-                    flags: env.flags,
-                    meta: Vec::new(),
-                    payload: env.payload,
-                };
+                let data = data_frame(address, env, channel, 1);
                 inner.handle.spawn(async move {
                     let _ = tx.send(Outgoing::Data(data)).await;
                 });

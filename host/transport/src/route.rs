@@ -146,19 +146,7 @@ pub(crate) fn queue_data(
     hops: u8,
 ) -> Result<(), (SendError, Envelope)> {
     let dest = to.node();
-    let mut data = Data {
-        seq: 0,
-        ack: 0,
-        to: to.0,
-        from: env.from.0,
-        corr: env.corr,
-        channel,
-        hops: hops + 1,
-        msg_kind: env.kind,
-        flags: env.flags,
-        meta: Vec::new(),
-        payload: env.payload,
-    };
+    let mut data = data_frame(to, env, channel, hops + 1);
     let back = |d: Data| Envelope { kind: d.msg_kind, flags: d.flags, from: Address(d.from), corr: d.corr, payload: d.payload };
     let tx = crate::lane::lane_sender(inner, key);
     // A causal channel stamps a message when it is queued: stamping and
@@ -185,6 +173,24 @@ pub(crate) fn queue_data(
         Err(mpsc::error::TrySendError::Full(Outgoing::Data(d))) => Err((SendError::InboxFull(to), back(d))),
         Err(mpsc::error::TrySendError::Closed(Outgoing::Data(d))) => Err((SendError::NoSuchReactor(to), back(d))),
         Err(_) => unreachable!("only data was sent"),
+    }
+}
+
+/// The data frame carrying `env` to `to` on `channel`, `hops` hops in
+/// (sequence numbers are the lane's to set).
+pub(crate) fn data_frame(to: Address, env: Envelope, channel: u16, hops: u8) -> Data {
+    Data {
+        seq: 0,
+        ack: 0,
+        to: to.0,
+        from: env.from.0,
+        corr: env.corr,
+        channel,
+        hops,
+        msg_kind: env.kind,
+        flags: env.flags,
+        meta: Vec::new(),
+        payload: env.payload,
     }
 }
 

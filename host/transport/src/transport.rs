@@ -266,19 +266,7 @@ impl Transport {
             return Err(SendError::NoSuchReactor(to));
         };
         let key = crate::route::lane_key(inner, next, c as u16, key);
-        let data = reactor_net::frame::Data {
-            seq: 0,
-            ack: 0,
-            to: to.0,
-            from: env.from.0,
-            corr: env.corr,
-            channel: c as u16,
-            hops: 1,
-            msg_kind: env.kind,
-            flags: env.flags,
-            meta: Vec::new(),
-            payload: env.payload,
-        };
+        let data = crate::route::data_frame(to, env, c as u16, 1);
         crate::lane::lane_sender(inner, key)
             .blocking_send(crate::state::Outgoing::Data(data))
             .map_err(|_| SendError::NoSuchReactor(to))

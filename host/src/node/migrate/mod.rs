@@ -170,7 +170,7 @@ pub struct Progress {
 }
 
 /// What a migration did.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// The reactor.
     pub address: String,
@@ -540,9 +540,7 @@ impl Hub {
             // A migration of a large reactor over a slow link takes a while.
             match rx.recv_timeout(Duration::from_secs(3600)) {
                 Ok((_, Step::Outcome { result: Ok(json), .. })) => {
-                    serde_json::from_str::<serde_json::Value>(&json).map_err(|e| MigrateError::Remote(e.to_string())).map(|v| {
-                        report_from_json(&v)
-                    })
+                    serde_json::from_str::<Report>(&json).map_err(|e| MigrateError::Remote(e.to_string()))
                 }
                 Ok((_, Step::Outcome { result: Err(e), .. })) => Err(MigrateError::Remote(e)),
                 Ok(_) => Err(MigrateError::Remote("an unexpected answer".into())),
@@ -1031,9 +1029,9 @@ impl Hub {
         Ok(Rebalanced { before, after: load, moves, failed })
     }
 
-    /// Intents recorded (reactors whose move was under way at a stop):
-    /// not to be restored at start.
-    pub fn undecided(moves: &[Move]) -> HashSet<Address> {
+    /// Reactors the record of moves names (moved away, or being moved
+    /// when the node stopped): not to be restored at start.
+    pub fn away(moves: &[Move]) -> HashSet<Address> {
         moves.iter().map(|m| m.address).collect()
     }
 
@@ -1050,30 +1048,6 @@ enum Outcome {
     Silent,
 }
 
-fn report_from_json(v: &serde_json::Value) -> Report {
-    let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
-    let u = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-    Report {
-        address: v.get("address").and_then(|a| a.as_str()).unwrap_or_default().to_owned(),
-        from: u("from") as NodeId,
-        to: u("to") as NodeId,
-        rounds: u("rounds") as u32,
-        bytes: u("bytes"),
-        last_bytes: u("last_bytes"),
-        module_sent: v.get("module_sent").and_then(serde_json::Value::as_bool).unwrap_or(false),
-        total_ms: f("total_ms"),
-        precopy_ms: f("precopy_ms"),
-        downtime_ms: f("downtime_ms"),
-        restore_ms: f("restore_ms"),
-        stop_parts_ms: match v.get("stop_parts_ms").and_then(serde_json::Value::as_array) {
-            Some(a) if a.len() == 5 => std::array::from_fn(|i| a[i].as_f64().unwrap_or(0.0)),
-            _ => [0.0; 5],
-        },
-        flushed: v.get("flushed").and_then(serde_json::Value::as_bool).unwrap_or(false),
-        held: u("held"),
-        told: u("told") as usize,
-    }
-}
 
 /// Opens a migration's layers as a chain to restore: from the last whole
 /// one (a move whose tracking was lost mid-way sends the last layer whole).
