@@ -10,6 +10,11 @@
 //! fence travelled behind every message sent before it, so nothing sent
 //! after the switch can overtake them.
 //!
+//! The other way round, a reactor's own messages: before a moving reactor
+//! runs at its target, the node it leaves sends a [`LocationMsg::Flush`]
+//! down every lane to every node and waits for each [`LocationMsg::Flushed`]:
+//! what the reactor sent from there has been taken in everywhere.
+//!
 //! These travel as envelopes of kind `KIND_NODE` to a node's host address;
 //! their payload's first byte says what they are (below
 //! [`FIRST_NODE_TAG`]: a location message, handled by the transport; from
@@ -24,6 +29,10 @@ pub const FIRST_NODE_TAG: u8 = 16;
 
 const TAG_MOVED: u8 = 1;
 const TAG_FENCE_DONE: u8 = 2;
+const TAG_FLUSH: u8 = 3;
+const TAG_FLUSHED: u8 = 4;
+/// The shortest flush: its tag and token.
+pub const FLUSH_LEN: usize = 9;
 
 /// A location message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +52,21 @@ pub enum LocationMsg {
         /// The reactor.
         address: u64,
         /// The fence's token.
+        token: u64,
+    },
+    /// A flush: sent down every lane to a node behind what a reactor that
+    /// is about to move sent there; the node answers [`Self::Flushed`]
+    /// when it has taken in everything before it. `len` bytes long (zero
+    /// padding), so that the size rules put it on the channel it flushes.
+    Flush {
+        /// Names the flush.
+        token: u64,
+        /// Its length on the wire, at least [`FLUSH_LEN`].
+        len: u32,
+    },
+    /// The flush `token` arrived.
+    Flushed {
+        /// The flush's token.
         token: u64,
     },
 }
@@ -72,6 +96,9 @@ pub enum LocateError {
     /// A fence shorter than its epoch.
     #[error("a fence of {0} bytes (at least 8)")]
     ShortFence(usize),
+    /// A flush padded with other bytes than zeros (or too long).
+    #[error("a flush whose padding is not zeros")]
+    Padding,
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -96,6 +123,15 @@ impl LocationMsg {
                 v.extend_from_slice(&address.to_le_bytes());
                 v.extend_from_slice(&token.to_le_bytes());
             }
+            Self::Flush { token, len } => {
+                v.push(TAG_FLUSH);
+                v.extend_from_slice(&token.to_le_bytes());
+                v.resize((len as usize).max(FLUSH_LEN), 0);
+            }
+            Self::Flushed { token } => {
+                v.push(TAG_FLUSHED);
+                v.extend_from_slice(&token.to_le_bytes());
+            }
         }
         v
     }
@@ -111,6 +147,17 @@ impl LocationMsg {
         let want = match tag {
             TAG_MOVED => 19,
             TAG_FENCE_DONE => 17,
+            TAG_FLUSH => {
+                if b.len() < FLUSH_LEN {
+                    return Err(LocateError::Length { tag, len: b.len(), want: FLUSH_LEN });
+                }
+                if b[FLUSH_LEN..].iter().any(|&x| x != 0) {
+                    return Err(LocateError::Padding);
+                }
+                let len = u32::try_from(b.len()).map_err(|_| LocateError::Padding)?;
+                return Ok(Self::Flush { token: u64_at(b, 1), len });
+            }
+            TAG_FLUSHED => FLUSH_LEN,
             t => return Err(LocateError::UnknownTag(t)),
         };
         if b.len() != want {
@@ -124,6 +171,7 @@ impl LocationMsg {
                 }
                 Self::Moved { address: u64_at(b, 1), node, epoch: u64_at(b, 11) }
             }
+            TAG_FLUSHED => Self::Flushed { token: u64_at(b, 1) },
             _ => Self::FenceDone { address: u64_at(b, 1), token: u64_at(b, 9) },
         })
     }
@@ -165,6 +213,9 @@ mod tests {
         for m in [
             LocationMsg::Moved { address: 0x0001_0200_0000_0005, node: 7, epoch: 3 },
             LocationMsg::FenceDone { address: 42, token: u64::MAX },
+            LocationMsg::Flush { token: 7, len: FLUSH_LEN as u32 },
+            LocationMsg::Flush { token: 7, len: 4096 },
+            LocationMsg::Flushed { token: 1 << 60 },
         ] {
             assert_eq!(LocationMsg::decode(&m.encode()), Ok(m));
             assert!(LocationMsg::is_location(&m.encode()));
@@ -185,6 +236,12 @@ mod tests {
         m[10] = 0x80;
         assert_eq!(LocationMsg::decode(&m), Err(LocateError::BadNode(0x8000)));
         assert_eq!(Fence::decode(&[0; 7]), Err(LocateError::ShortFence(7)));
+        assert_eq!(LocationMsg::decode(&[3, 1, 2]), Err(LocateError::Length { tag: 3, len: 3, want: FLUSH_LEN }));
+        let mut f = LocationMsg::Flush { token: 5, len: 20 }.encode();
+        assert_eq!(f.len(), 20);
+        f[19] = 1;
+        assert_eq!(LocationMsg::decode(&f), Err(LocateError::Padding));
+        assert_eq!(LocationMsg::decode(&[4; 10]), Err(LocateError::Length { tag: 4, len: 10, want: FLUSH_LEN }));
         assert!(!LocationMsg::is_location(&[FIRST_NODE_TAG]));
         assert!(!LocationMsg::is_location(&[]));
     }
@@ -202,6 +259,14 @@ mod tests {
         fn moved_round_trips(address in any::<u64>(), node in 1u16..=0x7fff, epoch in any::<u64>()) {
             let m = LocationMsg::Moved { address, node, epoch };
             prop_assert_eq!(LocationMsg::decode(&m.encode()), Ok(m));
+        }
+
+        #[test]
+        fn flushes_round_trip_at_any_length(token in any::<u64>(), len in FLUSH_LEN as u32..70_000) {
+            let m = LocationMsg::Flush { token, len };
+            let b = m.encode();
+            prop_assert_eq!(b.len(), len as usize);
+            prop_assert_eq!(LocationMsg::decode(&b), Ok(m));
         }
     }
 }

@@ -159,13 +159,54 @@ pub(crate) struct HostPort {
     /// Reactors that just moved here, while this node's own earlier
     /// messages to them may still be on the old path: messages from here
     /// go out through the transport, which holds them until its fences
-    /// come back.
-    arriving: RwLock<HashSet<Address>>,
+    /// come back, and then hands them in through the shard's command ring
+    /// (see [`Arrival`]). Counted so the common case (none) takes no lock.
+    arriving: RwLock<HashMap<Address, Arc<Arrival>>>,
     arriving_count: AtomicUsize,
     /// Who is told of a fence that reached the reactor it was sent to.
     fences: OnceLock<Fences>,
     /// Who is told of a reactor asking to be moved.
     moves: OnceLock<Moves>,
+}
+
+/// A reactor that moved here, while messages from this node to it may
+/// take two ways: through the transport (held there until this node's
+/// earlier messages on the old path have reached it, then handed in
+/// through the shard's command ring) or straight in (links between shards,
+/// the shard's own reactors). A sender takes the first while `routed`,
+/// the second after; so that its later messages do not overtake its
+/// earlier ones still in the ring, the ring's messages for the reactor are
+/// counted (`in_ring`) and the shard keeps the others back while any are
+/// there. `sending` counts senders between their look at `routed` and the
+/// ring: the entry lives on until all three are done.
+#[derive(Debug, Default)]
+pub(crate) struct Arrival {
+    routed: AtomicBool,
+    sending: AtomicUsize,
+    in_ring: AtomicUsize,
+}
+
+impl Arrival {
+    fn settled(&self) -> bool {
+        !self.routed.load(Ordering::SeqCst) && self.sending.load(Ordering::SeqCst) == 0 && self.in_ring.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// A sender on its way through the transport to an arriving reactor (see
+/// [`Arrival`]).
+pub(crate) struct RoutedSend<'a> {
+    port: &'a HostPort,
+    to: Address,
+    arrival: Arc<Arrival>,
+}
+
+impl Drop for RoutedSend<'_> {
+    fn drop(&mut self) {
+        self.arrival.sending.fetch_sub(1, Ordering::SeqCst);
+        if self.arrival.settled() {
+            self.port.retire(self.to);
+        }
+    }
 }
 
 /// Told of a reactor (the first address) asking to be moved to the node
@@ -208,7 +249,7 @@ impl HostPort {
             remote: OnceLock::new(),
             residents: RwLock::new(HashSet::default()),
             resident_count: AtomicUsize::new(0),
-            arriving: RwLock::new(HashSet::default()),
+            arriving: RwLock::new(HashMap::default()),
             arriving_count: AtomicUsize::new(0),
             fences: OnceLock::new(),
             moves: OnceLock::new(),
@@ -229,20 +270,80 @@ impl HostPort {
             && self.residents.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&to)
     }
 
-    /// Whether messages from here to `to` go through the transport for
-    /// now (it just moved here; see `arriving`).
+    fn arrival(&self, to: Address) -> Option<Arc<Arrival>> {
+        if self.arriving_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.arriving.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&to).cloned()
+    }
+
+    /// If messages from here to `to` go through the transport for now (it
+    /// just moved here; see [`Arrival`]): a guard to hold while the
+    /// message is handed to the transport.
     #[inline]
-    pub(crate) fn is_arriving(&self, to: Address) -> bool {
-        self.arriving_count.load(Ordering::Acquire) != 0
-            && self.arriving.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&to)
+    pub(crate) fn routed_send(&self, to: Address) -> Option<RoutedSend<'_>> {
+        if self.arriving_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let map = self.arriving.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let a = map.get(&to)?;
+        // Counted under the map's lock: the entry cannot go meanwhile.
+        a.sending.fetch_add(1, Ordering::SeqCst);
+        let a = a.clone();
+        drop(map);
+        let guard = RoutedSend { port: self, to, arrival: a };
+        guard.arrival.routed.load(Ordering::SeqCst).then_some(guard)
+    }
+
+    /// A message for `to` is about to enter its shard's command ring from
+    /// the transport: counted while `to` is arriving (true: call
+    /// [`HostPort::ring_done`] once it is queued or given up).
+    pub(crate) fn ring_enter(&self, to: Address) -> bool {
+        let Some(a) = self.arrival(to) else { return false };
+        a.in_ring.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// A message counted by [`HostPort::ring_enter`] left the ring.
+    pub(crate) fn ring_done(&self, to: Address) {
+        if let Some(a) = self.arrival(to) {
+            a.in_ring.fetch_sub(1, Ordering::SeqCst);
+            self.retire(to);
+        }
+    }
+
+    /// Whether a message for `to` that did not come through the command
+    /// ring must wait: messages that did (sent before it) are still in the
+    /// ring.
+    #[inline]
+    pub(crate) fn ring_pending(&self, to: Address) -> bool {
+        self.arrival(to).is_some_and(|a| a.in_ring.load(Ordering::SeqCst) > 0)
     }
 
     /// Marks `address` arriving (true) or arrived (false).
     pub(crate) fn set_arriving(&self, address: Address, arriving: bool) {
-        let mut a = self.arriving.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if arriving && a.insert(address) {
-            self.arriving_count.fetch_add(1, Ordering::Release);
-        } else if !arriving && a.remove(&address) {
+        if arriving {
+            let mut map = self.arriving.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match map.get(&address) {
+                Some(a) => a.routed.store(true, Ordering::SeqCst),
+                None => {
+                    map.insert(address, Arc::new(Arrival { routed: AtomicBool::new(true), ..Arrival::default() }));
+                    self.arriving_count.fetch_add(1, Ordering::Release);
+                }
+            }
+            return;
+        }
+        if let Some(a) = self.arrival(address) {
+            a.routed.store(false, Ordering::SeqCst);
+            self.retire(address);
+        }
+    }
+
+    /// Forgets `address`'s arrival once nothing of it is in flight.
+    fn retire(&self, address: Address) {
+        let mut map = self.arriving.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.get(&address).is_some_and(|a| a.settled()) {
+            map.remove(&address);
             self.arriving_count.fetch_sub(1, Ordering::Release);
         }
     }
@@ -439,6 +540,101 @@ mod tests {
         assert_eq!(refs.budget().used(), 400 + 10 + 10 + 3 * 64);
         assert_eq!(port.drain_messages().len(), 3);
         assert_eq!(refs.budget().used(), 0);
+    }
+
+    /// The arrival protocol under real threads: senders pick the transport
+    /// path (counted into the "command ring") while the reactor is
+    /// arriving and the straight path after; a "shard" hands in the ring,
+    /// keeps straight messages back while counted ones are in the ring,
+    /// and settles them after. Every sender's messages come out in order,
+    /// whenever the switch happens, and the entry goes once all is through.
+    #[test]
+    fn senders_switching_paths_keep_their_order() {
+        use std::sync::atomic::AtomicBool;
+        for round in 0..20u64 {
+            let port = HostPort::new(4, 1 << 20, Arc::new(Refs::ephemeral()));
+            let to = Address::new(0, 0, 5);
+            port.set_arriving(to, true);
+            let ring: Arc<Mutex<VecDeque<(u64, u64, bool)>>> = Arc::default();
+            let links: Arc<Mutex<VecDeque<(u64, u64)>>> = Arc::default();
+            let done = Arc::new(AtomicBool::new(false));
+            const SENDERS: u64 = 3;
+            const EACH: u64 = 3000;
+            let shard = {
+                let (port, ring, links, done) = (port.clone(), ring.clone(), links.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut out: Vec<(u64, u64)> = Vec::new();
+                    let mut waiting: VecDeque<(u64, u64)> = VecDeque::new();
+                    let mut batch = 1 + round as usize % 7;
+                    loop {
+                        let finished = done.load(Ordering::SeqCst);
+                        // 1. The command ring, a batch at a time.
+                        for _ in 0..batch {
+                            let Some((s, i, counted)) = ring.lock().unwrap().pop_front() else { break };
+                            out.push((s, i));
+                            if counted {
+                                port.ring_done(to);
+                            }
+                        }
+                        // Then what was kept back, if the ring is clear of
+                        // counted messages.
+                        if !port.ring_pending(to) {
+                            out.extend(waiting.drain(..));
+                        }
+                        // 2. Straight messages: kept back behind the ring.
+                        for _ in 0..batch {
+                            let Some(m) = links.lock().unwrap().pop_front() else { break };
+                            if !waiting.is_empty() || port.ring_pending(to) {
+                                waiting.push_back(m);
+                            } else {
+                                out.push(m);
+                            }
+                        }
+                        batch = batch % 13 + 1;
+                        if finished && ring.lock().unwrap().is_empty() && links.lock().unwrap().is_empty() {
+                            assert!(!port.ring_pending(to));
+                            out.extend(waiting.drain(..));
+                            return out;
+                        }
+                    }
+                })
+            };
+            let senders: Vec<_> = (0..SENDERS)
+                .map(|s| {
+                    let (port, ring, links) = (port.clone(), ring.clone(), links.clone());
+                    std::thread::spawn(move || {
+                        for i in 0..EACH {
+                            match port.routed_send(to) {
+                                Some(g) => {
+                                    let counted = port.ring_enter(to);
+                                    ring.lock().unwrap().push_back((s, i, counted));
+                                    drop(g);
+                                }
+                                None => links.lock().unwrap().push_back((s, i)),
+                            }
+                            if i % 64 == 0 {
+                                std::thread::yield_now();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            // The switch, somewhere in the middle.
+            std::thread::sleep(std::time::Duration::from_micros(50 + round * 37));
+            port.set_arriving(to, false);
+            for t in senders {
+                t.join().unwrap();
+            }
+            done.store(true, Ordering::SeqCst);
+            let out = shard.join().unwrap();
+            assert_eq!(out.len() as u64, SENDERS * EACH);
+            for s in 0..SENDERS {
+                let seqs: Vec<u64> = out.iter().filter(|m| m.0 == s).map(|m| m.1).collect();
+                assert!(seqs.iter().copied().eq(0..EACH), "round {round}: sender {s} out of order");
+            }
+            assert_eq!(port.arriving_count.load(Ordering::SeqCst), 0, "round {round}: the arrival is forgotten");
+            assert!(port.routed_send(to).is_none());
+        }
     }
 
     #[test]

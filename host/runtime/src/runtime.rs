@@ -86,7 +86,9 @@ impl Default for RuntimeConfig {
 /// Work handed to a shard from outside.
 enum Command {
     Spawn { module: Arc<LoadedModule>, init: Vec<u8>, flags: u8, done: Promise<Result<Address, SpawnError>> },
-    Deliver { to: Address, env: Envelope },
+    /// `counted`: by [`HostPort::ring_enter`](crate::port::HostPort::ring_enter),
+    /// to be told when it leaves the ring.
+    Deliver { to: Address, env: Envelope, counted: bool },
     /// Runs on the shard; a shard that stopped drops it unrun, which
     /// abandons the promise it holds.
     Inspect(Box<dyn FnOnce(&mut Shard) + Send>),
@@ -355,7 +357,8 @@ impl Runtime {
         }
         let flags = if text { abi::FLAG_TEXT } else { 0 };
         let env = Envelope { kind, flags, from: Address::host_of(self.refs.node()), corr, payload };
-        if !self.port.hosts(to) || self.port.is_arriving(to) {
+        let routed = self.port.routed_send(to);
+        if routed.is_some() || !self.port.hosts(to) {
             // A reactor on another node (or that just arrived here, while
             // earlier messages may be on the old path): to the transport.
             let Some(out) = self.port.remote() else { return Err(SendError::NoSuchReactor(to)) };
@@ -366,7 +369,7 @@ impl Runtime {
         }
         let shard = self.shard_of(to);
         self.check_up(shard).map_err(|e| SendError::ShardDown(e.0))?;
-        self.command(shard, Command::Deliver { to, env }).map_err(|_| SendError::InboxFull(to))
+        self.command(shard, Command::Deliver { to, env, counted: false }).map_err(|_| SendError::InboxFull(to))
     }
 
     /// Connects this runtime to other nodes: messages for addresses whose
@@ -407,9 +410,17 @@ impl Runtime {
         if let Err(e) = self.check_up(shard) {
             return Err((SendError::ShardDown(e.0), env));
         }
-        match self.command(shard, Command::Deliver { to, env }) {
+        // Counted while `to` is arriving: what senders here send it
+        // straight waits for this (see `port::Arrival`).
+        let counted = self.port.ring_enter(to);
+        match self.command(shard, Command::Deliver { to, env, counted }) {
             Ok(()) => Ok(()),
-            Err(Command::Deliver { env, .. }) => Err((SendError::InboxFull(to), env)),
+            Err(Command::Deliver { env, .. }) => {
+                if counted {
+                    self.port.ring_done(to);
+                }
+                Err((SendError::InboxFull(to), env))
+            }
             Err(_) => unreachable!("the command given back is the one sent"),
         }
     }
@@ -624,8 +635,16 @@ impl Runtime {
         };
         let claimed = self.port.hosts(address);
         self.port.adopt(address);
+        // What came from the network before (the reactor's own messages
+        // from where it was, among them) is queued before it runs: its
+        // shard's ring is in order, the others' are waited for.
+        let home = self.shard_of(address);
+        let others: Vec<_> = (0..self.shards.len()).filter(|&i| i != home).filter_map(|i| self.inspect_later(i, |_| ()).ok()).collect();
+        for done in others {
+            let _ = done.wait(None);
+        }
         let r = self
-            .inspect(self.shard_of(address), move |s| s.restore_files(&chain, options))
+            .inspect(home, move |s| s.restore_files(&chain, options))
             .map_err(snapshot_error)
             .and_then(|r| r);
         if r.is_err() && !claimed {
@@ -914,7 +933,10 @@ fn stopped_shard_main(index: usize, commands: &mut MpscConsumer<Command>, wake: 
         while let Some(cmd) = commands.try_pop() {
             match cmd {
                 Command::Spawn { done, .. } => done.fulfil(Err(SpawnError::ShardDown(index))),
-                Command::Deliver { env, .. } => {
+                Command::Deliver { to, env, counted } => {
+                    if counted {
+                        port.ring_done(to);
+                    }
                     if env.kind == abi::KIND_REQUEST {
                         port.answer(env.corr, Err(CallError::Send(SendError::ShardDown(index))));
                     }
@@ -934,15 +956,15 @@ fn stopped_shard_main(index: usize, commands: &mut MpscConsumer<Command>, wake: 
 
 /// The loop of one shard thread.
 fn shard_main(mut shard: Shard, commands: &mut MpscConsumer<Command>, wake: &EventCount, stats: &Mutex<ShardStats>) {
-    let mut held: Option<(Address, Envelope)> = None;
+    let mut held: Option<(Address, Envelope, bool)> = None;
     let mut idle_since: Option<Instant> = None;
     loop {
         let mut work = 0usize;
         // 1. Work from outside. A delivery to a full inbox waits at the head.
-        if let Some((to, env)) = held.take() {
-            match shard.accept_from_host(to, env) {
+        if let Some((to, env, counted)) = held.take() {
+            match shard.accept_from_host(to, env, counted) {
                 Ok(()) => work += 1,
-                Err((SendError::InboxFull(_), env)) => held = Some((to, env)),
+                Err((SendError::InboxFull(_), env)) => held = Some((to, env, counted)),
                 Err((_, env)) => {
                     shard.host_delivery_failed(to, env);
                     work += 1;
@@ -956,9 +978,9 @@ fn shard_main(mut shard: Shard, commands: &mut MpscConsumer<Command>, wake: &Eve
                 Command::Spawn { module, init, flags, done } => {
                     done.fulfil(shard.spawn_envelope(&module, init, flags));
                 }
-                Command::Deliver { to, env } => match shard.accept_from_host(to, env) {
+                Command::Deliver { to, env, counted } => match shard.accept_from_host(to, env, counted) {
                     Ok(()) => {}
-                    Err((SendError::InboxFull(_), env)) => held = Some((to, env)),
+                    Err((SendError::InboxFull(_), env)) => held = Some((to, env, counted)),
                     Err((_, env)) => shard.host_delivery_failed(to, env),
                 },
                 Command::Inspect(f) => f(&mut shard),
@@ -968,6 +990,8 @@ fn shard_main(mut shard: Shard, commands: &mut MpscConsumer<Command>, wake: &Eve
                 }
             }
         }
+        // Messages kept back behind the command ring (see `port::Arrival`).
+        work += shard.settle_waiting(false);
         shard.flush_links();
         // 2. Messages from other shards.
         work += shard.drain_inbound(4096);

@@ -194,6 +194,10 @@ pub struct Router {
     /// Reactors that moved from this shard to another node: messages for
     /// them are forwarded there, in order.
     moved: HashMap<Address, NodeId>,
+    /// Messages for a reactor that just moved here, kept back (in arrival
+    /// order) while earlier ones are still in the command ring (see
+    /// `port::Arrival`).
+    waiting: HashMap<Address, VecDeque<Envelope>>,
     stats: ShardStats,
 }
 
@@ -203,13 +207,19 @@ impl Router {
     #[inline]
     fn route(&mut self, to: Address, env: Envelope) -> Result<(), SendError> {
         let node = self.refs.node();
-        if to.node() != node && to != Address::HOST && !self.port.hosts_foreign(to) || self.port.is_arriving(to) {
-            // Another node's reactor or host: the node's transport.
+        // Held while it is handed over (see `port::Arrival`).
+        let routed = self.port.routed_send(to);
+        if routed.is_some() || to.node() != node && to != Address::HOST && !self.port.hosts_foreign(to) {
+            // Another node's reactor or host (or one that just arrived
+            // here, while earlier messages may be on the old path): the
+            // node's transport.
             let Some(out) = self.port.remote() else { return Err(SendError::NoSuchReactor(to)) };
             out.send(to, env, self.affinity)?;
+            drop(routed);
             self.stats.remote += 1;
             return Ok(());
         }
+        drop(routed);
         if to.is_host() {
             return self.route_to_host(to, env);
         }
@@ -230,7 +240,44 @@ impl Router {
     /// capacity.
     #[inline]
     fn deliver_local(&mut self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
+        if !self.waiting.is_empty() && self.waiting.contains_key(&to) || self.port.ring_pending(to) {
+            return self.wait_for_ring(to, env);
+        }
         self.queue(to, env, false)
+    }
+
+    /// Keeps `env` back until what came for `to` through the command ring
+    /// before it is queued (within its inbox capacity).
+    #[cold]
+    fn wait_for_ring(&mut self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
+        let capacity = self.config.inbox_capacity;
+        let q = self.waiting.entry(to).or_default();
+        if !env.is_reply() && q.len() >= capacity {
+            return Err((SendError::InboxFull(to), env));
+        }
+        q.push_back(env);
+        Ok(())
+    }
+
+    /// Queues what was kept back for reactors whose ring is clear (every
+    /// one, if `all`), in order, even past capacity (each was accepted);
+    /// how many.
+    fn settle_waiting(&mut self, all: bool) -> usize {
+        if self.waiting.is_empty() {
+            return 0;
+        }
+        let ready: Vec<Address> = self.waiting.keys().copied().filter(|&a| all || !self.port.ring_pending(a)).collect();
+        let mut n = 0;
+        for to in ready {
+            for env in self.waiting.remove(&to).unwrap_or_default() {
+                n += 1;
+                if let Err((e, env)) = self.queue(to, env, true) {
+                    self.stats.dead_letters += 1;
+                    tracing::debug!(%to, from = %env.from, "a message kept back for a reactor that just arrived had no place: {e}");
+                }
+            }
+        }
+        n
     }
 
     /// Queues `env` into a local inbox even past its capacity and budget (a
@@ -578,6 +625,7 @@ impl Shard {
             outstanding: HashMap::default(),
             parked: HashMap::default(),
             moved: HashMap::default(),
+            waiting: HashMap::default(),
             ready: VecDeque::new(),
             spawns: Vec::new(),
             port,
@@ -755,8 +803,21 @@ impl Shard {
     /// Queues an envelope from the outside world into a local inbox (used by
     /// the runtime's shard threads); gives it back when the inbox is full
     /// or there is no such reactor.
-    pub(crate) fn accept_from_host(&mut self, to: Address, env: Envelope) -> Result<(), (SendError, Envelope)> {
-        self.router().deliver_local(to, env)
+    pub(crate) fn accept_from_host(&mut self, to: Address, env: Envelope, counted: bool) -> Result<(), (SendError, Envelope)> {
+        let router = self.router();
+        // The ring is in order already: nothing from it waits behind it.
+        let r = router.queue(to, env, false);
+        if counted && !matches!(r, Err((SendError::InboxFull(_), _))) {
+            router.port.ring_done(to);
+        }
+        r
+    }
+
+    /// Queues what was kept back behind the command ring (see
+    /// `port::Arrival`) for reactors whose earlier messages are through it
+    /// (every one, if `all`); how many.
+    pub(crate) fn settle_waiting(&mut self, all: bool) -> usize {
+        self.router().settle_waiting(all)
     }
 
     /// Sends a typed (postcard) one-way message.
@@ -942,6 +1003,7 @@ impl Shard {
         let dead = links.drain_all(|to, env| router.deliver_local_forced(to, env));
         router.links = Some(links);
         router.stats.dead_letters += dead as u64;
+        router.settle_waiting(true);
     }
 
     /// Whether a message waits on an inbound ring.

@@ -21,7 +21,7 @@ use crate::config::CONTROL;
 use crate::route::{data_frame, deliver_here, pick_channel, queue_data, send_to_node};
 use crate::state::{Inner, LaneKey, Location, Outgoing, Switch};
 use reactor_net::NodeId;
-use reactor_net::locate::{Fence, LocationMsg};
+use reactor_net::locate::{FLUSH_LEN, Fence, LocationMsg};
 use reactor_types::{Address, Envelope, KIND_FENCE, KIND_NODE, SendError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,12 +32,127 @@ pub(crate) const FENCE_PATIENCE: Duration = Duration::from_secs(2);
 /// How long a switch waits for its fences while that node is up.
 pub(crate) const FENCE_LIMIT: Duration = Duration::from_secs(60);
 
-/// A location message that arrived for this node.
-pub(crate) fn heard(inner: &Arc<Inner>, msg: LocationMsg) {
+/// A location message from `from` that arrived for this node.
+pub(crate) fn heard(inner: &Arc<Inner>, msg: LocationMsg, from: Address) {
     match msg {
         LocationMsg::Moved { address, node, epoch } => learn(inner, Address(address), node, epoch),
         LocationMsg::FenceDone { address, token } => answered(inner, Address(address), token),
+        LocationMsg::Flush { token, .. } => {
+            // Everything its lane carried before it is taken in (each
+            // message delivered or queued in order as it came off the
+            // stream): say so.
+            let me = inner.config.me.id;
+            if !from.is_host() || from.node() == me || from.node() == 0 {
+                return;
+            }
+            let payload = LocationMsg::Flushed { token }.encode();
+            let env = Envelope { kind: KIND_NODE, flags: 0, from: Address::host_of(me), corr: 0, payload };
+            send_patiently(inner, from.node(), env);
+        }
+        LocationMsg::Flushed { token } => flush_answered(inner, token, from.node()),
     }
+}
+
+/// Sends a node message to node `node`'s host, waiting for room on a full
+/// lane (off this thread) rather than dropping it.
+fn send_patiently(inner: &Arc<Inner>, node: NodeId, env: Envelope) {
+    let to = Address::host_of(node);
+    match send_to_node(inner, node, to, env, 0, 0) {
+        Ok(()) => {}
+        Err((SendError::InboxFull(_), env)) => {
+            let inner2 = inner.clone();
+            inner.handle.spawn(async move {
+                let mut env = Some(env);
+                for _ in 0..2000 {
+                    match send_to_node(&inner2, node, to, env.take().expect("kept"), 0, 0) {
+                        Ok(()) => return,
+                        Err((SendError::InboxFull(_), back)) => env = Some(back),
+                        Err(_) => return,
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+        }
+        Err((e, _)) => tracing::debug!("a node message to node {node} could not go: {e}"),
+    }
+}
+
+/// Sends a flush down every lane of every application channel to every
+/// node believed up: behind everything queued for them so far. Returns
+/// its token for [`flush_wait`].
+pub(crate) fn flush(inner: &Arc<Inner>) -> u64 {
+    let me = inner.config.me.id;
+    let token = rand_token();
+    let members: Vec<NodeId> = inner.directory.read().unwrap().values().filter(|m| m.up && m.info.id != me).map(|m| m.info.id).collect();
+    // Counted before any can be answered.
+    let mut plan = Vec::new();
+    let mut waiting = std::collections::HashMap::new();
+    for m in members {
+        let lanes = fence_lanes(inner, m, FLUSH_LEN);
+        if !lanes.is_empty() {
+            waiting.insert(m, lanes.len());
+            plan.push((m, lanes));
+        }
+    }
+    inner.locations.flushes.lock().unwrap().insert(token, waiting);
+    for (m, lanes) in plan {
+        for (key, channel, len) in lanes {
+            let payload = LocationMsg::Flush { token, len: len as u32 }.encode();
+            let env = Envelope { kind: KIND_NODE, flags: 0, from: Address::host_of(me), corr: 0, payload };
+            if !queue_behind(inner, key, channel, Address::host_of(m), env) {
+                // Never answered: not waited for.
+                flush_answered(inner, token, m);
+            }
+        }
+    }
+    token
+}
+
+/// A flush of this node's was answered by `node`.
+fn flush_answered(inner: &Inner, token: u64, node: NodeId) {
+    let mut flushes = inner.locations.flushes.lock().unwrap();
+    if let Some(w) = flushes.get_mut(&token)
+        && let Some(n) = w.get_mut(&node)
+    {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            w.remove(&node);
+        }
+        inner.locations.flushed.notify_all();
+    }
+}
+
+/// Waits (blocking, up to `limit`) until every node the flush `token` went
+/// to has answered it or is down; false if the limit passed first.
+pub(crate) fn flush_wait(inner: &Inner, token: u64, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let mut flushes = inner.locations.flushes.lock().unwrap();
+    let answered = loop {
+        let Some(w) = flushes.get(&token) else { return false };
+        if w.is_empty() {
+            break true;
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            break false;
+        }
+        // A node that went down answers nothing: not waited for.
+        let down: Vec<NodeId> = {
+            let dir = inner.directory.read().unwrap();
+            w.keys().copied().filter(|n| !dir.get(n).is_some_and(|m| m.up)).collect()
+        };
+        if !down.is_empty() {
+            let w = flushes.get_mut(&token).expect("checked");
+            for n in down {
+                w.remove(&n);
+            }
+            continue;
+        }
+        let wait = (deadline - now).min(Duration::from_millis(50));
+        flushes = inner.locations.flushed.wait_timeout(flushes, wait).unwrap().0;
+    };
+    flushes.remove(&token);
+    answered
 }
 
 /// Records that `address` lives on `node` (the `epoch`-th move), as its own
@@ -240,47 +355,64 @@ fn release(inner: &Arc<Inner>, address: Address, loc: &mut Location) {
 /// channel towards `prev` (one, multiplexed); how many went.
 fn send_fences(inner: &Arc<Inner>, prev: NodeId, address: Address, epoch: u64, token: u64) -> usize {
     let me = inner.config.me.id;
-    let Some(next) = inner.directory.read().unwrap().get(&prev).filter(|m| m.up).and_then(|m| m.via) else {
-        return 0;
-    };
-    let mut lanes = Vec::new();
-    if inner.config.multiplex {
-        // One connection carries every channel, in order.
-        let c = pick_channel(inner, 8);
-        lanes.push((LaneKey { peer: next, channel: CONTROL, lane: 0 }, c, 8));
-    } else {
-        for (c, spec) in inner.channels.iter().enumerate().skip(1) {
-            let Some(len) = fence_len(inner, c as u16) else { continue };
-            for lane in 0..spec.lanes.max(1) {
-                lanes.push((LaneKey { peer: next, channel: c as u16, lane }, c as u16, len));
-            }
-        }
-    }
     let mut sent = 0;
-    for (key, channel, len) in lanes {
+    for (key, channel, len) in fence_lanes(inner, prev, 8) {
         let env = Envelope { kind: KIND_FENCE, flags: 0, from: Address::host_of(me), corr: token, payload: Fence { epoch }.encode(len) };
-        match queue_data(inner, key, channel, address, env, 0) {
-            Ok(()) => sent += 1,
-            Err((SendError::InboxFull(_), env)) => {
-                // Behind what is queued on that lane, whenever there is room.
-                let tx = crate::lane::lane_sender(inner, key);
-                let data = data_frame(address, env, channel, 1);
-                inner.handle.spawn(async move {
-                    let _ = tx.send(Outgoing::Data(data)).await;
-                });
-                sent += 1;
-            }
-            Err((e, _)) => tracing::debug!(%address, "a fence towards node {prev} could not go: {e}"),
+        if queue_behind(inner, key, channel, address, env) {
+            sent += 1;
         }
     }
     sent
 }
 
+/// Every lane of every application channel towards node `node` (one,
+/// multiplexed), with the length (at least `least`) of a fence the size
+/// rules put on its channel; none if `node` is not up.
+fn fence_lanes(inner: &Inner, node: NodeId, least: usize) -> Vec<(LaneKey, u16, usize)> {
+    let Some(next) = inner.directory.read().unwrap().get(&node).filter(|m| m.up).and_then(|m| m.via) else {
+        return Vec::new();
+    };
+    let mut lanes = Vec::new();
+    if inner.config.multiplex {
+        // One connection carries every channel, in order.
+        let c = pick_channel(inner, least);
+        lanes.push((LaneKey { peer: next, channel: CONTROL, lane: 0 }, c, least));
+    } else {
+        for (c, spec) in inner.channels.iter().enumerate().skip(1) {
+            let Some(len) = fence_len(inner, c as u16, least) else { continue };
+            for lane in 0..spec.lanes.max(1) {
+                lanes.push((LaneKey { peer: next, channel: c as u16, lane }, c as u16, len));
+            }
+        }
+    }
+    lanes
+}
+
+/// Queues `env` for `to` on lane `key` behind what is queued there, now or
+/// (a full lane) as soon as there is room; false if it cannot go.
+fn queue_behind(inner: &Arc<Inner>, key: LaneKey, channel: u16, to: Address, env: Envelope) -> bool {
+    match queue_data(inner, key, channel, to, env, 0) {
+        Ok(()) => true,
+        Err((SendError::InboxFull(_), env)) => {
+            let tx = crate::lane::lane_sender(inner, key);
+            let data = data_frame(to, env, channel, 1);
+            inner.handle.spawn(async move {
+                let _ = tx.send(Outgoing::Data(data)).await;
+            });
+            true
+        }
+        Err((e, _)) => {
+            tracing::debug!(%to, "a fence towards node {} could not go: {e}", key.peer);
+            false
+        }
+    }
+}
+
 /// The length of a fence that the size rules put on `channel`, if any
 /// length does.
-fn fence_len(inner: &Inner, channel: u16) -> Option<usize> {
+fn fence_len(inner: &Inner, channel: u16, least: usize) -> Option<usize> {
     let spec = inner.channels.get(channel as usize)?;
-    let len = spec.min_bytes.unwrap_or(8).max(8);
+    let len = spec.min_bytes.unwrap_or(least).max(least);
     (len <= reactor_net::frame::MAX_PAYLOAD_LEN && pick_channel(inner, len) == channel).then_some(len)
 }
 

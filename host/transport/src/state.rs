@@ -85,6 +85,10 @@ pub(crate) struct Switch {
 pub(crate) struct Locations {
     pub(crate) count: std::sync::atomic::AtomicUsize,
     pub(crate) map: Mutex<HashMap<Address, Location>>,
+    /// Flushes not answered yet: token → node → lanes to hear from.
+    pub(crate) flushes: Mutex<std::collections::HashMap<u64, std::collections::HashMap<NodeId, usize>>>,
+    /// Told when a flush is answered.
+    pub(crate) flushed: std::sync::Condvar,
 }
 
 /// A directory entry: what this node knows of another.

@@ -200,7 +200,7 @@ impl Transport {
     /// that arrived for this node. Malformed ones are dropped.
     pub fn location_message(&self, env: &Envelope) {
         if let Some(m) = crate::locate::decode(env) {
-            crate::locate::heard(&self.inner, m);
+            crate::locate::heard(&self.inner, m, env.from);
         }
     }
 
@@ -209,43 +209,19 @@ impl Transport {
         crate::locate::fence_reached(&self.inner, address, fence);
     }
 
-    /// Waits (up to `limit`) until every connected data lane of this node
-    /// has written what was queued on it when called (counted in frames, so
-    /// later traffic does not hold it up), and reliable lanes have nothing
-    /// unacknowledged (there, later traffic does hold it up): messages sent
-    /// before the call are on their sockets, in order, or delivered. False
-    /// if the limit passed first. A moving reactor's earlier messages are
-    /// through before it runs elsewhere.
-    pub fn quiesce(&self, limit: Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
-        // Per lane: frames written once what is queued or pending now is.
-        let marks: Vec<(Arc<crate::state::LaneStats>, u64)> = self
-            .inner
-            .lanes
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| k.channel != CONTROL)
-            .map(|(_, h)| {
-                let queued = (h.tx.max_capacity() - h.tx.capacity()) as u64 + h.stats.pending.load(Ordering::Relaxed);
-                (h.stats.clone(), h.stats.frames_out.load(Ordering::Relaxed) + queued)
-            })
-            .collect();
-        loop {
-            // Written; and on reliable channels acknowledged (a frame lost
-            // and sent again could be overtaken by a newer connection's).
-            let busy = marks.iter().any(|(s, mark)| {
-                s.up.load(Ordering::Relaxed)
-                    && (s.frames_out.load(Ordering::Relaxed) < *mark || s.unacked.load(Ordering::Relaxed) > 0)
-            });
-            if !busy {
-                return true;
-            }
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
+    /// Sends a flush down every lane of every application channel to every
+    /// node believed up, behind what is queued for them now; each answers
+    /// once it has taken in (delivered, or queued in order) everything its
+    /// lanes carried before. A moving reactor's earlier messages are
+    /// through before it runs elsewhere. Wait with [`Transport::flush_wait`].
+    pub fn flush(&self) -> u64 {
+        crate::locate::flush(&self.inner)
+    }
+
+    /// Waits (blocking, up to `limit`) until every node the flush `token`
+    /// went to has answered or gone down; false if the limit passed first.
+    pub fn flush_wait(&self, token: u64, limit: Duration) -> bool {
+        crate::locate::flush_wait(&self.inner, token, limit)
     }
 
     /// Switches of path that went ahead without every fence answered.

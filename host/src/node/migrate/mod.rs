@@ -17,6 +17,10 @@
 //!    reactor at a message boundary: the last layer holds its last dirty
 //!    pages, globals, queued messages and outstanding requests; messages
 //!    for it from then on are held at S in arrival order.
+//!    S also sends a flush down every lane to every node
+//!    ([`reactor_transport::Transport::flush`]) and waits for every answer
+//!    before the commit: what the reactor sent from S is taken in
+//!    everywhere before it sends anything from T.
 //! 4. T checks the chain and says `Ready`; S says `Commit`; T restores it
 //!    (lazily) and says `Active`. S then records the move, forwards what it
 //!    held and everything that comes later, in order, and tells every node
@@ -65,10 +69,9 @@ pub const WINDOW: u64 = 32 << 20;
 /// How long the source waits for any answer of the target before it gives
 /// up (before the commit) or starts asking (after).
 pub const PATIENCE: Duration = Duration::from_secs(20);
-/// How long the source waits for its lanes to carry what the stopped
-/// reactor sent before it commits the move (what was queued when it
-/// stopped: finite, later traffic does not count on unreliable channels;
-/// a slow link with deep queues needs a while).
+/// How long the source waits for every node to take in what the stopped
+/// reactor sent before it commits the move (a flush down every lane; a
+/// slow link with deep queues needs a while).
 pub const FLUSH_PATIENCE: Duration = Duration::from_secs(2);
 /// An incoming migration nobody spoke of for this long is dropped.
 const INCOMING_IDLE: Duration = Duration::from_secs(120);
@@ -198,8 +201,8 @@ pub struct Report {
     /// taken, spooled, sent and acknowledged, checked by the target
     /// (`Ready`), committed and restored (`Active`).
     pub stop_parts_ms: [f64; 5],
-    /// Everything it sent before it stopped was through (written, and on
-    /// reliable channels acknowledged) before it ran at the target; false:
+    /// Everything it sent before it stopped was taken in by every node (a
+    /// flush down every lane answered) before it ran at the target; false:
     /// the wait for that passed [`FLUSH_PATIENCE`].
     pub flushed: bool,
     /// Messages held here while it moved, forwarded after.
@@ -726,9 +729,14 @@ impl Hub {
                 return Err(abort(e.to_string(), &files));
             }
         };
+        // Behind everything it sent: answered once every node took it in
+        // (waited for before the commit, while the last layer goes).
+        let flush = self.transport.flush();
         // From here on the reactor is stopped: any failure gives it back.
         let give_back = |why: String, chain: Vec<Checkpoint>, files: &[PathBuf]| -> MigrateError {
             let _ = self.send(to, id, &Step::Abort { id });
+            // Forgets the flush (it stays here).
+            self.transport.flush_wait(flush, Duration::ZERO);
             cleanup(files);
             self.unrecord(id);
             match self.runtime.reattach(address, chain) {
@@ -777,7 +785,7 @@ impl Hub {
         // What it sent before it stopped reaches its destinations before
         // anything it sends from the target (bounded: a stuck peer delays
         // the move by at most this).
-        let flushed = self.transport.quiesce(FLUSH_PATIENCE);
+        let flushed = self.transport.flush_wait(flush, FLUSH_PATIENCE);
         // Commit: from now on only the target's answer decides. The target
         // may run it (and it may send from there) before its answer is here.
         self.decided.lock().unwrap().insert(id, Standing::Active);
