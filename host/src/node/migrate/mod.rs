@@ -21,8 +21,11 @@
 //!    ([`reactor_transport::Transport::flush`]) and waits for every answer
 //!    before the commit: what the reactor sent from S is taken in
 //!    everywhere before it sends anything from T.
-//! 4. T checks the chain and says `Ready`; S says `Commit`; T restores it
-//!    (lazily) and says `Active`. S then records the move, forwards what it
+//! 4. S sends `Commit` right behind the last layer (one lane: T takes them
+//!    in order), without waiting for T's acknowledgements of it; T has
+//!    opened each layer as it completed, checks the chain (`Ready`, or
+//!    `Failed`, which gives the reactor back to S), restores it (lazily)
+//!    and says `Active`. S then records the move, forwards what it
 //!    held and everything that comes later, in order, and tells every node
 //!    where the reactor lives (`reactor_transport::Transport::announce_moved`;
 //!    senders switch paths behind fences, so per-sender order holds).
@@ -198,13 +201,18 @@ pub struct Report {
     /// The target's restore.
     pub restore_ms: f64,
     /// Where the downtime went: the reactor stopped and its last layer
-    /// taken, spooled, sent and acknowledged, checked by the target
-    /// (`Ready`), committed and restored (`Active`).
+    /// taken, spooled, sent, the flush answered by every node, committed
+    /// and restored (`Active`).
     pub stop_parts_ms: [f64; 5],
     /// Everything it sent before it stopped was taken in by every node (a
     /// flush down every lane answered) before it ran at the target; false:
     /// the wait for that passed [`FLUSH_PATIENCE`].
     pub flushed: bool,
+    /// The last layer was taken whole while the reactor was stopped:
+    /// stop-and-copy was asked for, or page tracking was lost during the
+    /// pre-copy (e.g. at the kernel's limit of mappings).
+    #[serde(default)]
+    pub whole_at_stop: bool,
     /// Messages held here while it moved, forwarded after.
     pub held: u64,
     /// Nodes told where it lives.
@@ -308,6 +316,9 @@ struct Incoming {
     module: ModuleHash,
     module_bytes: Option<Vec<u8>>,
     layers: Vec<PathBuf>,
+    /// The layers received whole, opened as each completed (so the commit
+    /// does not read their headers while the reactor is stopped).
+    opened: Vec<SnapshotFile>,
     open: Option<(u32, fs::File, u64)>,
     ready: bool,
     standing: Standing,
@@ -588,7 +599,9 @@ impl Hub {
         let mut acked = 0u64;
         let mut buf = vec![0u8; CHUNK];
         let mut pieces = 0u64;
-        while sent < total || acked < total {
+        // The last layer: the commit follows it on the same lane, so its
+        // acknowledgements are not waited for.
+        while sent < total || !last && acked < total {
             while sent < total && sent - acked < WINDOW {
                 let n = (total - sent).min(CHUNK as u64) as usize;
                 file.read_exact_at(&mut buf[..n], sent).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -600,6 +613,9 @@ impl Hub {
                 if pieces.is_multiple_of(16) || sent == total {
                     progress(&Progress { phase, layer, sent, total, bytes: *bytes });
                 }
+            }
+            if last && sent == total {
+                break;
             }
             match self.answer(rx, to, PATIENCE)? {
                 Step::Got { layer: l, upto, .. } if l == layer => acked = acked.max(upto.min(total)),
@@ -775,19 +791,17 @@ impl Hub {
             Err(e) => return Err(give_back(e, chain, &files)),
         };
         split(2);
-        match self.answer(rx, to, PATIENCE) {
-            Ok(Step::Ready { .. }) => split(3),
-            Ok(Step::Failed { reason, .. }) => return Err(give_back(reason, chain, &files)),
-            Ok(other) => return Err(give_back(format!("node {to} answered {other:?}"), chain, &files)),
-            Err(e) => return Err(give_back(e, chain, &files)),
-        }
         progress(&Progress { phase: "switch", layer, sent: last_bytes, total: last_bytes, bytes });
         // What it sent before it stopped reaches its destinations before
         // anything it sends from the target (bounded: a stuck peer delays
         // the move by at most this).
         let flushed = self.transport.flush_wait(flush, FLUSH_PATIENCE);
-        // Commit: from now on only the target's answer decides. The target
-        // may run it (and it may send from there) before its answer is here.
+        split(3);
+        // Commit, right behind the last layer (one lane, in order; the
+        // target checks the chain first and fails the commit if it does
+        // not hold): from now on only the target's answer decides. The
+        // target may run it (and it may send from there) before its
+        // answer is here.
         self.decided.lock().unwrap().insert(id, Standing::Active);
         self.transport.set_location(address, to, epoch);
         let _ = self.send(to, id, &Step::Commit { id });
@@ -823,6 +837,7 @@ impl Hub {
             restore_ms: restore_us as f64 / 1e3,
             stop_parts_ms: parts,
             flushed,
+            whole_at_stop,
             held,
             told,
         })
@@ -1057,17 +1072,13 @@ enum Outcome {
 }
 
 
-/// Opens a migration's layers as a chain to restore: from the last whole
-/// one (a move whose tracking was lost mid-way sends the last layer whole).
-fn open_layers(layers: &[PathBuf]) -> Result<Vec<SnapshotFile>, String> {
-    let mut chain = layers
-        .iter()
-        .map(|p| SnapshotFile::open(p, abi::ABI_VERSION).map_err(|e| format!("{}: {e}", p.display())))
-        .collect::<Result<Vec<_>, _>>()?;
+/// The chain from its last full layer on (a move whose tracking was lost
+/// sends its last layer whole).
+fn from_last_full(mut chain: Vec<SnapshotFile>) -> Vec<SnapshotFile> {
     if let Some(full) = chain.iter().rposition(|f| f.header().kind == Kind::Full) {
         chain.drain(..full);
     }
-    Ok(chain)
+    chain
 }
 
 /// What a target knows of itself when it is offered a reactor.
@@ -1166,6 +1177,7 @@ impl Hub {
                         module,
                         module_bytes: need_module.then(Vec::new),
                         layers: Vec::new(),
+                        opened: Vec::new(),
                         open: None,
                         ready: false,
                         standing: Standing::Receiving,
@@ -1227,6 +1239,11 @@ impl Hub {
                 self.reply(from, &Step::Got { id, layer, upto });
                 if upto == total {
                     m.open = None;
+                    let path = m.layers.last().expect("the layer being written");
+                    match SnapshotFile::open(path, abi::ABI_VERSION) {
+                        Ok(f) => m.opened.push(f),
+                        Err(e) => return self.fail_incoming(incoming, id, format!("layer {layer}: {e}")),
+                    }
                     if last {
                         match self.check_chain(m) {
                             Ok(()) => {
@@ -1256,8 +1273,8 @@ impl Hub {
                 self.runtime.arriving(address);
                 self.runtime.adopt(address);
                 self.transport.arrive(address, from, epoch);
-                let chain = open_layers(&m.layers);
-                let restored = chain.and_then(|c| self.runtime.restore_moved_files(c, RestoreOptions::lazy()).map_err(|e| e.to_string()));
+                let chain = from_last_full(std::mem::take(&mut m.opened));
+                let restored = self.runtime.restore_moved_files(chain, RestoreOptions::lazy()).map_err(|e| e.to_string());
                 for f in &m.layers {
                     // Mapped pages keep the file's memory; the name goes.
                     let _ = fs::remove_file(f);
@@ -1319,8 +1336,7 @@ impl Hub {
 
     /// The last layer arrived: the chain opens and holds the reactor.
     fn check_chain(&self, m: &Incoming) -> Result<(), String> {
-        let chain = open_layers(&m.layers)?;
-        match chain.last().map(|f| f.meta().reactors.as_slice()) {
+        match m.opened.last().map(|f| f.meta().reactors.as_slice()) {
             Some([r]) if Address(r.address) == m.address && ModuleHash(r.module) == m.module => Ok(()),
             _ => Err("the last layer does not hold the reactor offered".into()),
         }
