@@ -595,7 +595,7 @@ impl Runtime {
     /// what was held for it meanwhile, in order.
     pub fn reattach(&self, address: Address, chain: Vec<Checkpoint>) -> Result<(), SnapshotError> {
         self.inspect(self.shard_of(address), move |s| {
-            let refs: Vec<&Checkpoint> = chain.iter().collect();
+            let refs: Vec<&Checkpoint> = from_last_full(&chain).iter().collect();
             s.reattach(address, &refs)
         })
         .map_err(snapshot_error)?
@@ -614,7 +614,7 @@ impl Runtime {
         self.port.adopt(address);
         let r = self
             .inspect(self.shard_of(address), move |s| {
-                let refs: Vec<&Checkpoint> = chain.iter().collect();
+                let refs: Vec<&Checkpoint> = from_last_full(&chain).iter().collect();
                 s.restore(&refs)
             })
             .map_err(snapshot_error)
@@ -923,6 +923,14 @@ impl PendingCall {
     pub fn try_take(&self) -> Option<Result<Reply, CallError>> {
         self.slot.take()
     }
+}
+
+/// A move's chain from its last whole layer on: a move whose page tracking
+/// was lost took its last layer whole, and the rounds before it are no
+/// base of it.
+fn from_last_full(chain: &[Checkpoint]) -> &[Checkpoint] {
+    let start = chain.iter().rposition(|c| c.kind() == crate::snapshot::Kind::Full).unwrap_or(0);
+    &chain[start..]
 }
 
 /// What a shard thread does after it panicked, until the runtime stops:

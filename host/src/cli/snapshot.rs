@@ -142,6 +142,7 @@ pub(crate) fn restore(engine_args: &EngineArgs, args: &RestoreArgs) -> anyhow::R
     let options = RestoreOptions {
         load: if args.lazy { Load::Lazy } else { Load::Eager },
         verify: !args.lazy && !args.no_verify,
+        foreign: false,
     };
     let started = Instant::now();
     let restored = rt.restore_files(&files, options).context("restore failed")?;

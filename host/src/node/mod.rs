@@ -785,7 +785,7 @@ impl Node {
                 }
             }
         }
-        let options = RestoreOptions { load: if lazy { Load::Lazy } else { Load::Eager }, verify: !lazy };
+        let options = RestoreOptions { load: if lazy { Load::Lazy } else { Load::Eager }, verify: !lazy, foreign: false };
         Ok(self.runtime.restore_files(chain, options)?)
     }
 

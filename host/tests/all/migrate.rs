@@ -68,3 +68,56 @@ fn a_move_that_does_not_happen_gives_the_reactor_back_with_every_message() {
     (120..150).for_each(|i| put(&src, a, i));
     check_keys(&src, a, 150, 0);
 }
+
+/// A move whose page tracking was lost takes its last layer whole while the
+/// reactor is stopped; if that move fails too, the reactor comes back from
+/// its chain's last whole layer (the rounds before it are not deltas of
+/// it), with every message.
+#[test]
+fn a_move_that_fails_after_a_whole_last_layer_gives_the_reactor_back() {
+    let src = node1();
+    let a = src.spawn(&module("kv"), &[]).unwrap();
+    let r0 = src.snapshot(a, SnapshotOptions::new(Capture::Concurrent).tracked()).unwrap();
+    (0..50).for_each(|i| put(&src, a, i));
+    let r1 = src.snapshot(a, SnapshotOptions::new(Capture::Incremental)).unwrap();
+    (50..80).for_each(|i| put(&src, a, i));
+    let last = src.detach(a, SnapshotOptions::new(Capture::Blocking)).unwrap();
+    (80..120).for_each(|i| put(&src, a, i));
+    src.reattach(a, vec![r0, r1, last]).unwrap();
+    (120..150).for_each(|i| put(&src, a, i));
+    check_keys(&src, a, 150, 0);
+}
+
+/// A reactor's snapshot carries the correlation counter of the node that
+/// took it. One that lived a while on a busier node and moves back to the
+/// node its address names carries a counter beyond anything that node
+/// issued: a file of its own would be refused for it (a damaged or forged
+/// counter could exhaust its tags), a move's layers are taken as foreign.
+#[test]
+fn a_reactor_taken_on_a_busier_node_restores_at_its_own() {
+    use reactor_runtime::snapshot::{RestoreOptions, SnapshotError, SnapshotFile};
+    let dir = tempfile::tempdir().unwrap();
+    let node = |id: u16| {
+        let data_dir = dir.path().join(format!("n{id}"));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        Runtime::new(engine(), RuntimeConfig { node: id, shards: 1, data_dir: Some(data_dir), ..Default::default() }).unwrap()
+    };
+    let (n1, n2) = (node(1), node(2));
+    let a = n1.spawn(&module("kv"), &[]).unwrap();
+    (0..10).for_each(|i| put(&n1, a, i));
+    let cp = n1.detach(a, SnapshotOptions::new(Capture::Blocking)).unwrap();
+    assert!(n1.unpark(a).unwrap().is_empty());
+    assert_eq!(n2.restore_moved(vec![cp]).unwrap(), a);
+    // Node 2 hands out far more tags than node 1 ever reserved.
+    n2.refs().tags().take(4 * reactor_runtime::refs::PERSIST_AHEAD).unwrap();
+    (10..20).for_each(|i| put(&n2, a, i));
+    let last = n2.detach(a, SnapshotOptions::new(Capture::Blocking)).unwrap();
+    let path = dir.path().join("last.snap");
+    last.write(&path, &mut |_, _| {}).unwrap();
+    let open = || SnapshotFile::open(&path, reactor_runtime::abi::ABI_VERSION).unwrap();
+    let own = n1.restore_moved_files(vec![open()], RestoreOptions::lazy());
+    assert!(matches!(own, Err(SnapshotError::Counter { .. })), "{own:?}");
+    let moved = n1.restore_moved_files(vec![open()], RestoreOptions { foreign: true, ..RestoreOptions::lazy() });
+    assert_eq!(moved.unwrap(), a);
+    check_keys(&n1, a, 20, 0);
+}

@@ -51,18 +51,24 @@ pub struct RestoreOptions {
     /// reactor, which is sandboxed like any other, never the host); a
     /// version 1 file restored lazily is always verified whole first.
     pub verify: bool,
+    /// The files were taken on another node (a reactor moving here): the
+    /// correlation counter they carry is that node's, so it is neither
+    /// checked against this node's tags nor observed by them (the
+    /// correlation ids of its outstanding requests name their node and are
+    /// checked as always).
+    pub foreign: bool,
 }
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        Self { load: Load::Eager, verify: true }
+        Self { load: Load::Eager, verify: true, foreign: false }
     }
 }
 
 impl RestoreOptions {
     /// Lazy, without reading the data first (the fast path).
     pub fn lazy() -> Self {
-        Self { load: Load::Lazy, verify: false }
+        Self { load: Load::Lazy, verify: false, foreign: false }
     }
 }
 
@@ -290,6 +296,8 @@ type BlobSource<'a> = dyn Fn(u64, &Refs) -> Result<Arc<Blob>, SnapshotError> + '
 pub(crate) struct Plan<'a> {
     reactors: Vec<(Address, Vec<Layer<'a>>)>,
     load: Load,
+    /// See [`RestoreOptions::foreign`].
+    foreign: bool,
     blobs: Box<BlobSource<'a>>,
 }
 
@@ -329,7 +337,7 @@ impl<'a> Plan<'a> {
                 .ok_or_else(|| SnapshotError::Chain(format!("blob {tag:#x} is held but not stored")))?;
             Ok(refs.relink_blob(tag, || b.bytes().to_vec()))
         };
-        Ok(Self { reactors, load: Load::Eager, blobs: Box::new(blobs) })
+        Ok(Self { reactors, load: Load::Eager, foreign: false, blobs: Box::new(blobs) })
     }
 
     /// The plan of a chain of snapshot files, for the reactors `wanted`
@@ -374,7 +382,7 @@ impl<'a> Plan<'a> {
             let bytes = file.read_blob(entry)?;
             Ok(refs.relink_blob(tag, || bytes))
         };
-        Ok(Self { reactors, load: options.load, blobs: Box::new(blobs) })
+        Ok(Self { reactors, load: options.load, foreign: options.foreign, blobs: Box::new(blobs) })
     }
 
     /// The reactors it restores, in order.
@@ -393,7 +401,7 @@ impl<'a> Plan<'a> {
     ) -> Result<(), SnapshotError> {
         for (address, layers) in &self.reactors {
             let entry = layers.last().expect("a reactor has a layer").entry();
-            check_counters(*address, entry, refs)?;
+            check_counters(*address, entry, refs, self.foreign)?;
             let module = engine.module(&ModuleHash(entry.module)).ok_or_else(|| SnapshotError::ModuleNotLoaded {
                 address: *address,
                 module: hex::encode(entry.module),
@@ -430,7 +438,7 @@ impl<'a> Plan<'a> {
         let (mut reactor, _) = Reactor::instantiate_bare(engine, &module, address, limits, account, refs.budget().clone())
             .map_err(|f| SnapshotError::Instantiate(address, f))?;
         refs.observe(address.0);
-        if address.node() == refs.node() {
+        if address.node() == refs.node() && !self.foreign {
             refs.tags().observe(entry.next_corr);
         }
         let damaged = match fill(&mut reactor, address, layers, self.load) {
@@ -451,10 +459,10 @@ impl<'a> Plan<'a> {
 
 /// Refuses a reactor whose tags or counters this node could not have
 /// issued (see [`TagSource::check_restorable`](crate::refs::TagSource::check_restorable)).
-fn check_counters(address: Address, entry: &ReactorEntry, refs: &Refs) -> Result<(), SnapshotError> {
+fn check_counters(address: Address, entry: &ReactorEntry, refs: &Refs, foreign: bool) -> Result<(), SnapshotError> {
     let refuse = |what, value| move |source| SnapshotError::Counter { address, what, value, source };
     refs.check_restorable(address.0).map_err(refuse("its address", address.0))?;
-    if address.node() == refs.node() {
+    if address.node() == refs.node() && !foreign {
         refs.tags().check_restorable(entry.next_corr).map_err(refuse("a correlation counter", entry.next_corr))?;
     }
     for &tag in &entry.blobs {

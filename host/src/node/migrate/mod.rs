@@ -1274,7 +1274,9 @@ impl Hub {
                 self.runtime.adopt(address);
                 self.transport.arrive(address, from, epoch);
                 let chain = from_last_full(std::mem::take(&mut m.opened));
-                let restored = self.runtime.restore_moved_files(chain, RestoreOptions::lazy()).map_err(|e| e.to_string());
+                // Taken at the source: its correlation counter is the source's.
+                let options = RestoreOptions { foreign: true, ..RestoreOptions::lazy() };
+                let restored = self.runtime.restore_moved_files(chain, options).map_err(|e| e.to_string());
                 for f in &m.layers {
                     // Mapped pages keep the file's memory; the name goes.
                     let _ = fs::remove_file(f);
