@@ -106,11 +106,17 @@ fn load_modules(engine: &Engine, files: &[SnapshotFile], given: &[PathBuf]) -> a
     if missing.is_empty() {
         return Ok(());
     }
-    // A module was given and it is not one the snapshot was taken of.
-    if let (Some(want), [got]) = (missing.first(), given_hashes.as_slice())
-        && !needed.contains(got)
+    // Modules were given and none is one the snapshot was taken of.
+    if let Some(want) = missing.first()
+        && !given_hashes.is_empty()
+        && !given_hashes.iter().any(|g| needed.contains(g))
     {
-        return Err(snapshot_format::FormatError::WrongModule { snapshot: want.to_hex(), module: got.to_hex() }.into());
+        if let [got] = given_hashes.as_slice() {
+            return Err(snapshot_format::FormatError::WrongModule { snapshot: want.to_hex(), module: got.to_hex() }.into());
+        }
+        let given: Vec<String> =
+            given.iter().zip(&given_hashes).map(|(p, g)| format!("{} ({})", p.display(), g.to_hex())).collect();
+        bail!("the snapshot was taken of module {want}; none of the --module files is it: {}", given.join(", "));
     }
     for h in &missing {
         if let Some((name, bytes)) = host::node::built_guest(h) {
@@ -118,9 +124,21 @@ fn load_modules(engine: &Engine, files: &[SnapshotFile], given: &[PathBuf]) -> a
         }
     }
     if let Some(h) = missing.iter().find(|h| engine.module(h).is_none()) {
-        bail!("the snapshot needs module {h}, which is not among the built guests: pass it with --module FILE");
+        if given.is_empty() {
+            bail!("the snapshot needs module {h}, which is not among the built guests: pass it with --module FILE");
+        }
+        bail!("the snapshot needs module {h} too, which neither the --module files nor the built guests are");
     }
     Ok(())
+}
+
+/// A snapshot's creation time as an RFC 3339 UTC date (milliseconds),
+/// or the raw number if it is no date a system clock gives.
+fn created(unix_ms: u64) -> String {
+    match std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(unix_ms)) {
+        Some(t) if unix_ms < 253_402_300_800_000 => humantime::format_rfc3339_millis(t).to_string(),
+        _ => format!("{unix_ms} ms after the Unix epoch (not a date)"),
+    }
 }
 
 /// `host restore`.
@@ -190,7 +208,7 @@ pub(crate) fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
         Kind::Delta { base } => println!("kind       delta on {base}"),
     }
     println!("id         {}", h.id);
-    println!("created    {} ms after the Unix epoch", meta.created_unix_ms);
+    println!("created    {}", created(meta.created_unix_ms));
     println!("sections   data {:.1} MiB, metadata {} bytes", mib(h.data_len), h.meta_len);
     println!("reactors   {}", meta.reactors.len());
     let ps = snapshot_format::PAGE_SIZE as u64;

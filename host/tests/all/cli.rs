@@ -118,6 +118,9 @@ fn snapshot_inspect_and_restore_from_the_command_line() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("kind       full") && stdout.contains("check      ok"), "{stdout}");
+    // The creation time is a date (RFC 3339, UTC), not milliseconds.
+    let created = stdout.lines().find_map(|l| l.strip_prefix("created    ")).unwrap_or_default();
+    assert!(created.len() == 24 && created.starts_with("20") && created.ends_with('Z'), "created: {created:?}");
 
     for lazy in [false, true] {
         let mut args = vec!["restore", snap.to_str().unwrap(), "--send", r#"{"Get":{"key":"a"}}"#];
@@ -152,6 +155,14 @@ fn snapshot_inspect_and_restore_from_the_command_line() {
     let out = host(&["restore", snap.to_str().unwrap(), "--module", counter.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("snapshot was taken of module"), "{}", text(&out.stderr));
+    // Two modules given, neither the snapshot's: both named, not "pass it
+    // with --module".
+    let pingpong = example_guests::path("pingpong");
+    let out = host(&["restore", snap.to_str().unwrap(), "--module", counter.to_str().unwrap(), "--module", pingpong.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("none of the --module files is it") && err.contains("counter") && err.contains("pingpong"), "{err}");
+    assert!(!err.contains("pass it with --module"), "{err}");
 }
 
 #[test]
