@@ -108,10 +108,27 @@ pub(crate) fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each joined by ": ", leaving out a
+/// cause its error already ends with (an OS error said once, not twice).
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if out.ends_with(&said) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&said);
+    }
+    out
 }
 
 fn check(args: &EngineArgs, path: &std::path::Path) -> anyhow::Result<ExitCode> {

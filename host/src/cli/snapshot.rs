@@ -141,6 +141,34 @@ fn created(unix_ms: u64) -> String {
     }
 }
 
+/// A chain is one full snapshot, then deltas each on the one before it:
+/// what breaks that is said with the file's name.
+fn check_chain(paths: &[PathBuf], files: &[SnapshotFile]) -> anyhow::Result<()> {
+    let mut prev: Option<(&PathBuf, snapshot_format::SnapshotId)> = None;
+    for (path, file) in paths.iter().zip(files) {
+        let h = file.header();
+        match (h.kind, prev) {
+            (Kind::Delta { base }, None) => {
+                bail!("{} is a delta on snapshot {base}: give its full base snapshot before it", path.display())
+            }
+            (Kind::Full, Some((before, _))) => bail!(
+                "{} is a full snapshot, but it follows {}: a chain is one full snapshot, then deltas each on the one \
+                 before it (restore a full snapshot alone, or give its deltas after it)",
+                path.display(),
+                before.display()
+            ),
+            (Kind::Delta { base }, Some((before, id))) if base != id => bail!(
+                "{} is a delta on snapshot {base}, but the file before it, {}, is snapshot {id}",
+                path.display(),
+                before.display()
+            ),
+            _ => {}
+        }
+        prev = Some((path, h.id));
+    }
+    Ok(())
+}
+
 /// `host restore`.
 pub(crate) fn restore(engine_args: &EngineArgs, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.data_dir {
@@ -155,6 +183,7 @@ pub(crate) fn restore(engine_args: &EngineArgs, args: &RestoreArgs) -> anyhow::R
         .iter()
         .map(|p| SnapshotFile::open(p, abi::ABI_VERSION).with_context(|| format!("cannot use {}", p.display())))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    check_chain(&args.snapshots, &files)?;
     load_modules(&engine, &files, &args.module)?;
     let mut rt = Shard::new(engine, engine_args.shard_config()?);
     let options = RestoreOptions {

@@ -148,6 +148,18 @@ fn snapshot_inspect_and_restore_from_the_command_line() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("page data is corrupt"), "{}", text(&out.stderr));
 
+    // Two full snapshots are no chain: the file that breaks it is named.
+    let out = host(&["restore", snap.to_str().unwrap(), again.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("{} is a full snapshot, but it follows {}", again.display(), snap.display())), "{err}");
+    // A file that is not there: the OS's reason, said once.
+    for args in [vec!["inspect", "/nonexistent.snap"], vec!["restore", "/nonexistent.snap"], vec!["run", "/nonexistent.wasm"]] {
+        let out = host(&args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(err.matches("No such file or directory").count(), 1, "{args:?}: {err}");
+    }
     // Not a snapshot at all, and a module that is not the snapshot's.
     let out = host(&["inspect", kv.to_str().unwrap()]);
     assert!(!out.status.success() && text(&out.stderr).contains("not a reactor snapshot file"));
