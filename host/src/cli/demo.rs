@@ -7,7 +7,7 @@ use reactor_runtime::snapshot::{Capture, Load, RestoreOptions, SnapshotFile, Sna
 use reactor_runtime::{Address, CallError, PendingCall, ReactorState, Runtime, RuntimeConfig, Shard};
 use anyhow::{Context as _, bail, ensure};
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -47,17 +47,20 @@ impl Rng {
     }
 }
 
+/// A meter redrawn in place on a terminal; into a file or a pipe, only its
+/// last state, as one line.
 struct Progress {
     last: Instant,
+    tty: bool,
 }
 
 impl Progress {
     fn new() -> Self {
-        Self { last: Instant::now() - Duration::from_secs(1) }
+        Self { last: Instant::now() - Duration::from_secs(1), tty: std::io::stderr().is_terminal() }
     }
 
     fn show(&mut self, force: bool, line: impl FnOnce() -> String) {
-        if force || self.last.elapsed() >= Duration::from_millis(200) {
+        if self.tty && (force || self.last.elapsed() >= Duration::from_millis(200)) {
             self.last = Instant::now();
             eprint!("\r\x1b[2K  {}", line());
             let _ = std::io::stderr().flush();
@@ -65,8 +68,12 @@ impl Progress {
     }
 
     fn done(&mut self, line: impl FnOnce() -> String) {
-        self.show(true, line);
-        eprintln!();
+        if self.tty {
+            self.show(true, line);
+            eprintln!();
+        } else {
+            eprintln!("  {}", line());
+        }
     }
 }
 

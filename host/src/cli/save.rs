@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use reactor_runtime::snapshot::{Capture, SnapshotOptions};
 use reactor_runtime::{Address, Shard};
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::Instant;
 
@@ -15,8 +15,10 @@ pub(crate) fn mib(bytes: u64) -> f64 {
 /// A progress line on standard error for work over 64 MiB.
 pub(crate) fn progress(label: &'static str) -> impl FnMut(u64, u64) {
     let mut last = 0;
+    // Redrawn in place on a terminal only: a file or a pipe gets no meter.
+    let tty = std::io::stderr().is_terminal();
     move |done, total| {
-        if total < 64 << 20 {
+        if total < 64 << 20 || !tty {
             return;
         }
         let pct = done * 100 / total.max(1);

@@ -96,6 +96,10 @@ fn demo_runs_small() {
     // writes was lost, repeated or reordered (the demo fails otherwise).
     assert!(stdout.contains("moved live node 1 → node 2") && stdout.contains("moved live node 2 → node 1"), "{stdout}");
     assert!(stdout.contains("none lost, repeated or out of order"), "{stdout}");
+    // Its meters redraw in place on a terminal only: redirected, no
+    // carriage returns or terminal codes.
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains('\r') && !stderr.contains('\x1b'), "{stderr:?}");
 }
 
 #[test]
