@@ -49,18 +49,29 @@ impl fmt::Display for FailureReason {
             Self::Panic(m) => write!(f, "{m}"),
             Self::Trap(m) => write!(f, "trapped: {m}"),
             Self::Budget(m) => write!(f, "ran out of its byte budget: {m}"),
-            Self::MemoryCap { cap, requested } => write!(
-                f,
-                "ran out of memory: asked for {} MiB, over its cap of {} MiB",
-                requested >> 20,
-                cap >> 20
-            ),
+            Self::MemoryCap { cap, requested } => {
+                write!(f, "ran out of memory: asked for {}, over its cap of {}", Mib(*requested), Mib(*cap))
+            }
             Self::CpuBudget(d) => write!(f, "ran longer than its CPU budget of {d:?} in one call (infinite loop?)"),
             Self::Exit(c) => write!(f, "exited with code {c}"),
             Self::GuestFault(m) => write!(f, "made an invalid host call: {m}"),
             Self::Status { entry, status } => write!(f, "`{entry}` returned status {status}"),
             Self::Damaged(m) => write!(f, "{m}"),
             Self::Other(m) => write!(f, "failed: {m}"),
+        }
+    }
+}
+
+/// A size in MiB, exact: whole MiB as such, anything else with its bytes
+/// (never rounded down to look like the cap it went over).
+struct Mib(usize);
+
+impl fmt::Display for Mib {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_multiple_of(1 << 20) {
+            write!(f, "{} MiB", self.0 >> 20)
+        } else {
+            write!(f, "{:.2} MiB ({} bytes)", self.0 as f64 / f64::from(1u32 << 20), self.0)
         }
     }
 }
@@ -92,4 +103,17 @@ pub enum ReactorState {
     Running,
     /// Failed; gone, with this record left behind.
     Failed(Failure),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memory_cap_failure_never_reads_as_asking_for_the_cap() {
+        let r = FailureReason::MemoryCap { cap: 16 << 20, requested: (16 << 20) + (64 << 10) };
+        assert_eq!(r.to_string(), "ran out of memory: asked for 16.06 MiB (16842752 bytes), over its cap of 16 MiB");
+        let r = FailureReason::MemoryCap { cap: 16 << 20, requested: 32 << 20 };
+        assert_eq!(r.to_string(), "ran out of memory: asked for 32 MiB, over its cap of 16 MiB");
+    }
 }
