@@ -3,7 +3,7 @@
 use super::engine_args::EngineArgs;
 use super::run::{RunArgs, talk};
 use super::save::{mib, progress, save};
-use reactor_runtime::snapshot::{Kind, Load, RestoreOptions, SnapshotFile};
+use reactor_runtime::snapshot::{ChainBreak, Kind, Load, RestoreOptions, SnapshotFile, chain_break};
 use reactor_runtime::{Address, Engine, ModuleHash, Shard, abi};
 use anyhow::{Context as _, bail};
 use std::path::PathBuf;
@@ -144,29 +144,21 @@ fn created(unix_ms: u64) -> String {
 /// A chain is one full snapshot, then deltas each on the one before it:
 /// what breaks that is said with the file's name.
 fn check_chain(paths: &[PathBuf], files: &[SnapshotFile]) -> anyhow::Result<()> {
-    let mut prev: Option<(&PathBuf, snapshot_format::SnapshotId)> = None;
-    for (path, file) in paths.iter().zip(files) {
-        let h = file.header();
-        match (h.kind, prev) {
-            (Kind::Delta { base }, None) => {
-                bail!("{} is a delta on snapshot {base}: give its full base snapshot before it", path.display())
-            }
-            (Kind::Full, Some((before, _))) => bail!(
-                "{} is a full snapshot, but it follows {}: a chain is one full snapshot, then deltas each on the one \
-                 before it (restore a full snapshot alone, or give its deltas after it)",
-                path.display(),
-                before.display()
-            ),
-            (Kind::Delta { base }, Some((before, id))) if base != id => bail!(
-                "{} is a delta on snapshot {base}, but the file before it, {}, is snapshot {id}",
-                path.display(),
-                before.display()
-            ),
-            _ => {}
-        }
-        prev = Some((path, h.id));
+    let links: Vec<_> = files.iter().map(|f| (f.header().id, f.header().kind)).collect();
+    let Some((i, why)) = chain_break(&links) else { return Ok(()) };
+    let path = paths[i].display();
+    match why {
+        ChainBreak::DeltaFirst { base } => bail!("{path} is a delta on snapshot {base}: give its full base snapshot before it"),
+        ChainBreak::FullAfter => bail!(
+            "{path} is a full snapshot, but it follows {}: a chain is one full snapshot, then deltas each on the one \
+             before it (restore a full snapshot alone, or give its deltas after it)",
+            paths[i - 1].display()
+        ),
+        ChainBreak::OtherBase { expected, found } => bail!(
+            "{path} is a delta on snapshot {expected}, but the file before it, {}, is snapshot {found}",
+            paths[i - 1].display()
+        ),
     }
-    Ok(())
 }
 
 /// `host restore`.

@@ -402,7 +402,7 @@ fn queue_behind(inner: &Arc<Inner>, key: LaneKey, channel: u16, to: Address, env
             true
         }
         Err((e, _)) => {
-            tracing::debug!(%to, "a fence towards node {} could not go: {e}", key.peer);
+            tracing::debug!(%to, "a fence or flush towards node {} could not go: {e}", key.peer);
             false
         }
     }

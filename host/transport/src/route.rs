@@ -421,20 +421,7 @@ mod tests {
     }
 
     fn data_for(to: Address, hops: u8) -> Data {
-        let env = envelope(2, 10);
-        Data {
-            seq: 0,
-            ack: 0,
-            to: to.0,
-            from: env.from.0,
-            corr: env.corr,
-            channel: 1,
-            hops,
-            msg_kind: env.kind,
-            flags: env.flags,
-            meta: Vec::new(),
-            payload: env.payload,
-        }
+        data_frame(to, envelope(2, 10), 1, hops)
     }
 
     #[tokio::test(start_paused = true)]

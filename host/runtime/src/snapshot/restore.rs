@@ -506,23 +506,53 @@ fn layers_of<'a>(
 /// A chain must be one full snapshot followed by deltas, each on the one
 /// before it.
 fn check_chain(links: &[(SnapshotId, Kind)]) -> Result<(), SnapshotError> {
-    let Some((first, rest)) = links.split_first() else {
+    if links.is_empty() {
         return Err(SnapshotError::Chain("no snapshot given".into()));
-    };
-    if let Kind::Delta { base } = first.1 {
-        return Err(SnapshotError::Chain(format!(
+    }
+    match chain_break(links) {
+        None => Ok(()),
+        Some((_, ChainBreak::DeltaFirst { base })) => Err(SnapshotError::Chain(format!(
             "the first snapshot is a delta on {base}: give its full base snapshot first"
-        )));
+        ))),
+        Some((_, ChainBreak::FullAfter)) => Err(FormatError::NotADelta.into()),
+        Some((_, ChainBreak::OtherBase { expected, found })) => Err(FormatError::DeltaBase { expected, found }.into()),
     }
-    let mut prev = first.0;
-    for (id, kind) in rest {
-        match kind {
-            Kind::Full => return Err(FormatError::NotADelta.into()),
-            Kind::Delta { base } if *base != prev => {
-                return Err(FormatError::DeltaBase { expected: *base, found: prev }.into());
+}
+
+/// How a chain of snapshots (their ids and kinds, in order) breaks the
+/// rule of one full snapshot followed by deltas each on the one before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainBreak {
+    /// The first is a delta on `base`.
+    DeltaFirst {
+        /// The base it names.
+        base: SnapshotId,
+    },
+    /// A full snapshot after the first.
+    FullAfter,
+    /// A delta on `expected`, after snapshot `found`.
+    OtherBase {
+        /// The base it names.
+        expected: SnapshotId,
+        /// The snapshot before it.
+        found: SnapshotId,
+    },
+}
+
+/// Where a chain breaks the rule (the position of the offending snapshot),
+/// if it does: for reports that name files.
+pub fn chain_break(links: &[(SnapshotId, Kind)]) -> Option<(usize, ChainBreak)> {
+    let mut prev: Option<SnapshotId> = None;
+    for (i, &(id, kind)) in links.iter().enumerate() {
+        match (kind, prev) {
+            (Kind::Delta { base }, None) => return Some((i, ChainBreak::DeltaFirst { base })),
+            (Kind::Full, Some(_)) => return Some((i, ChainBreak::FullAfter)),
+            (Kind::Delta { base }, Some(found)) if base != found => {
+                return Some((i, ChainBreak::OtherBase { expected: base, found }));
             }
-            Kind::Delta { .. } => prev = *id,
+            _ => {}
         }
+        prev = Some(id);
     }
-    Ok(())
+    None
 }
