@@ -1,0 +1,463 @@
+//! The header, the records, their encoding and the checked reader.
+
+use crate::error::JournalError;
+use crate::tape::{get_varint, put_varint};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+/// The first eight bytes of every journal (the `\r\n\x1a` catch text-mode
+/// mangling, as in PNG's).
+pub const MAGIC: [u8; 8] = *b"RJRNL\r\n\x1a";
+/// The format version this crate writes and reads.
+pub const VERSION: u32 = 1;
+/// Length of the header.
+pub const HEADER_LEN: usize = 128;
+/// The largest record body: a message's payload (16 MiB), with room for
+/// what a call read from blobs and randomness.
+pub const MAX_BODY: u32 = 512 << 20;
+/// The longest failure text kept.
+pub const MAX_FAILURE_TEXT: usize = 64 << 10;
+
+const HASHED_HEADER: usize = 120;
+
+/// When a reactor's output waits for its journal (see the runtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Level {
+    /// Handed to the operating system: survives the host process, not the
+    /// machine.
+    #[default]
+    Written = 0,
+    /// On this node's disk (`fdatasync`) before what the reactor sent in
+    /// that call leaves it.
+    Synced = 1,
+    /// Held by the reactor's standby too.
+    Standby = 2,
+}
+
+impl Level {
+    /// The level with this code.
+    pub fn from_code(c: u32) -> Option<Self> {
+        Some(match c {
+            0 => Level::Written,
+            1 => Level::Synced,
+            2 => Level::Standby,
+            _ => return None,
+        })
+    }
+
+    /// Its name, as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Written => "written",
+            Level::Synced => "synced",
+            Level::Standby => "standby",
+        }
+    }
+}
+
+/// A segment's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub level: Level,
+    pub address: u64,
+    pub module: [u8; 32],
+    /// The step number of the segment's first call record.
+    pub first_step: u64,
+    /// The snapshot it starts from; zero: the reactor's spawn.
+    pub base: [u8; 16],
+    /// State digest at its start (0 from spawn).
+    pub base_digest: u64,
+    pub created_ms: u64,
+}
+
+impl Header {
+    /// Whether the segment starts at the reactor's spawn (with `INIT`).
+    pub fn from_spawn(&self) -> bool {
+        self.base == [0; 16]
+    }
+}
+
+/// Encodes `h`.
+pub fn encode_header(h: &Header) -> [u8; HEADER_LEN] {
+    let mut b = [0u8; HEADER_LEN];
+    b[0..8].copy_from_slice(&MAGIC);
+    b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    b[12..16].copy_from_slice(&(h.level as u32).to_le_bytes());
+    b[16..24].copy_from_slice(&h.address.to_le_bytes());
+    b[24..56].copy_from_slice(&h.module);
+    b[56..64].copy_from_slice(&h.first_step.to_le_bytes());
+    b[64..80].copy_from_slice(&h.base);
+    b[80..88].copy_from_slice(&h.base_digest.to_le_bytes());
+    b[88..96].copy_from_slice(&h.created_ms.to_le_bytes());
+    let hash = xxh3_64(&b[..HASHED_HEADER]);
+    b[120..128].copy_from_slice(&hash.to_le_bytes());
+    b
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn decode_header(b: &[u8]) -> Result<Header, JournalError> {
+    if b.len() < HEADER_LEN || b[0..8] != MAGIC {
+        return Err(JournalError::NotAJournal);
+    }
+    let version = u32_at(b, 8);
+    if version != VERSION {
+        return Err(JournalError::Version(version));
+    }
+    if u64_at(b, 120) != xxh3_64(&b[..HASHED_HEADER]) {
+        return Err(JournalError::Header("its checksum does not match"));
+    }
+    if b[96..120].iter().any(|&x| x != 0) {
+        return Err(JournalError::Header("a reserved byte is not zero"));
+    }
+    let level = Level::from_code(u32_at(b, 12)).ok_or(JournalError::Header("unknown durability level"))?;
+    let h = Header {
+        level,
+        address: u64_at(b, 16),
+        module: b[24..56].try_into().expect("32 bytes"),
+        first_step: u64_at(b, 56),
+        base: b[64..80].try_into().expect("16 bytes"),
+        base_digest: u64_at(b, 80),
+        created_ms: u64_at(b, 88),
+    };
+    if h.from_spawn() && h.base_digest != 0 {
+        return Err(JournalError::Header("a segment from spawn with a state digest"));
+    }
+    Ok(h)
+}
+
+/// A record's type (`body[0]`, low 4 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Init = 1,
+    Step = 2,
+    Failure = 3,
+    End = 4,
+}
+
+const FAILED: u8 = 1 << 4;
+const HAS_CORR: u8 = 1 << 5;
+
+/// One call into the reactor: its input, what its host calls returned,
+/// and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step<'a> {
+    /// Envelope kind (`abi::KIND_*`), below 16.
+    pub kind: u8,
+    /// Envelope flags (`abi::FLAG_*`), below 16.
+    pub flags: u8,
+    pub from: u64,
+    pub corr: u64,
+    /// The call failed the reactor.
+    pub failed: bool,
+    /// Low 32 bits of the output digest after the call.
+    pub digest: u32,
+    pub tape: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// The reactor's start-up call.
+    Init(Step<'a>),
+    /// One message delivered.
+    Step(Step<'a>),
+    /// Why the call before failed.
+    Failure(&'a str),
+    /// The segment ended at snapshot `next`, whose state digest is `digest`.
+    End { next: [u8; 16], digest: u64 },
+}
+
+/// The checksum seed of record `index` with a body of `len` bytes.
+pub fn record_seed(index: u64, len: u32) -> u64 {
+    index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(len)
+}
+
+/// Appends record number `index` (its position in the file) to `out`.
+///
+/// # Panics
+/// If a step's kind or flags do not fit 4 bits, or the body is over
+/// [`MAX_BODY`]: the runtime never builds such a record.
+pub fn encode_record(index: u64, record: &Record<'_>, out: &mut Vec<u8>) {
+    let mut body = Vec::new();
+    let body = match record {
+        Record::Init(s) | Record::Step(s) => {
+            assert!(s.kind < 16 && s.flags < 16, "envelope kind and flags fit 4 bits");
+            let ty = if matches!(record, Record::Init(_)) { Kind::Init } else { Kind::Step } as u8;
+            let flags = if s.failed { FAILED } else { 0 } | if s.corr != 0 { HAS_CORR } else { 0 };
+            body.reserve(24 + s.tape.len() + s.payload.len());
+            body.push(ty | flags);
+            body.push(s.kind | (s.flags << 4));
+            body.extend_from_slice(&s.from.to_le_bytes());
+            if s.corr != 0 {
+                body.extend_from_slice(&s.corr.to_le_bytes());
+            }
+            body.extend_from_slice(&s.digest.to_le_bytes());
+            put_varint(&mut body, s.tape.len() as u64);
+            body.extend_from_slice(s.tape);
+            body.extend_from_slice(s.payload);
+            body
+        }
+        Record::Failure(text) => {
+            let mut end = text.len().min(MAX_FAILURE_TEXT);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            body.push(Kind::Failure as u8);
+            body.extend_from_slice(&text.as_bytes()[..end]);
+            body
+        }
+        Record::End { next, digest } => {
+            body.push(Kind::End as u8);
+            body.extend_from_slice(next);
+            body.extend_from_slice(&digest.to_le_bytes());
+            body
+        }
+    };
+    let len = u32::try_from(body.len()).ok().filter(|&l| l <= MAX_BODY).expect("record within MAX_BODY");
+    put_varint(out, u64::from(len));
+    let check = xxh3_64_with_seed(&body, record_seed(index, len)) as u32;
+    out.extend_from_slice(&check.to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+/// A record and where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located<'a> {
+    /// Its position in the file, from 0.
+    pub index: u64,
+    /// Its first byte's offset in the file.
+    pub offset: u64,
+    /// The step number of a call record (`Init`/`Step`); for the others,
+    /// that of the call record before them.
+    pub step: u64,
+    pub record: Record<'a>,
+}
+
+/// A journal file's bytes, its header checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Journal<'a> {
+    header: Header,
+    bytes: &'a [u8],
+}
+
+impl<'a> Journal<'a> {
+    /// Checks the header of `bytes` (the whole file); records are checked
+    /// as [`Journal::records`] reads them.
+    pub fn open(bytes: &'a [u8]) -> Result<Self, JournalError> {
+        Ok(Self { header: decode_header(bytes)?, bytes })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Its records in order, each checked (checksum, then form, then place);
+    /// the first error ends the iteration.
+    pub fn records(&self) -> Records<'a> {
+        Records {
+            bytes: self.bytes,
+            pos: HEADER_LEN,
+            index: 0,
+            step: self.header.first_step,
+            calls: 0,
+            from_spawn: self.header.from_spawn(),
+            last: None,
+            done: false,
+        }
+    }
+
+    /// Reads every record: the counts, or the first error.
+    pub fn check(&self) -> Result<Summary, JournalError> {
+        let mut s = Summary { records: 0, steps: 0, bytes: self.bytes.len() as u64, failed: None, end: None };
+        for r in self.records() {
+            let r = r?;
+            s.records += 1;
+            match r.record {
+                Record::Init(_) | Record::Step(_) => s.steps += 1,
+                Record::Failure(text) => s.failed = Some((r.step, text.to_owned())),
+                Record::End { next, digest } => s.end = Some((next, digest)),
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// What [`Journal::check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub records: u64,
+    /// Call records.
+    pub steps: u64,
+    pub bytes: u64,
+    /// The step that failed the reactor, and why.
+    pub failed: Option<(u64, String)>,
+    /// The snapshot the segment ended at, and its state digest.
+    pub end: Option<([u8; 16], u64)>,
+}
+
+/// The records of a [`Journal`] (see [`Journal::records`]).
+#[derive(Debug, Clone)]
+pub struct Records<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    index: u64,
+    step: u64,
+    calls: u64,
+    from_spawn: bool,
+    /// The type of the record before, and whether it was a failed call.
+    last: Option<(Kind, bool)>,
+    done: bool,
+}
+
+impl<'a> Records<'a> {
+    fn read(&mut self) -> Result<Option<Located<'a>>, JournalError> {
+        let (index, offset) = (self.index, self.pos as u64);
+        if self.pos == self.bytes.len() {
+            return Ok(None);
+        }
+        let damaged = |what| JournalError::Damaged { record: index, offset, what };
+        let malformed = |what: &str| JournalError::Malformed { record: index, offset, what: what.to_owned() };
+        let mut pos = self.pos;
+        let len = match get_varint(self.bytes, &mut pos, 32) {
+            Ok(l) => l,
+            Err(None) => return Err(JournalError::Torn { record: index, offset }),
+            Err(Some(_)) => return Err(damaged("its length is malformed")),
+        };
+        if len == 0 || len > u64::from(MAX_BODY) {
+            return Err(damaged("its length is impossible"));
+        }
+        let left = (self.bytes.len() - pos) as u64;
+        if left < 4 + len {
+            return Err(JournalError::Torn { record: index, offset });
+        }
+        let check = u32_at(self.bytes, pos);
+        let body = &self.bytes[pos + 4..pos + 4 + len as usize];
+        if xxh3_64_with_seed(body, record_seed(index, len as u32)) as u32 != check {
+            return Err(damaged("its checksum does not match"));
+        }
+        let record = decode_body(body).map_err(malformed)?;
+        // Its place.
+        let kind = match record {
+            Record::Init(_) => Kind::Init,
+            Record::Step(_) => Kind::Step,
+            Record::Failure(_) => Kind::Failure,
+            Record::End { .. } => Kind::End,
+        };
+        match (self.last, kind) {
+            (Some((Kind::Failure | Kind::End, _)), _) => return Err(malformed("a record after the segment's end")),
+            (Some((_, true)), k) if k != Kind::Failure => {
+                return Err(malformed("a failed call not followed by its failure"));
+            }
+            (Some((_, false)) | None, Kind::Failure) => return Err(malformed("a failure without a failed call before it")),
+            (None, k) if self.from_spawn && k != Kind::Init => {
+                return Err(malformed("a segment from spawn that does not start with its init call"));
+            }
+            (_, Kind::Init) if !(self.from_spawn && self.last.is_none()) => {
+                return Err(malformed("an init call that is not the first record of a segment from spawn"));
+            }
+            _ => {}
+        }
+        let failed = matches!(record, Record::Init(s) | Record::Step(s) if s.failed);
+        let step = if matches!(kind, Kind::Init | Kind::Step) {
+            let s = self.step + self.calls;
+            self.calls += 1;
+            s
+        } else {
+            (self.step + self.calls).saturating_sub(1)
+        };
+        self.last = Some((kind, failed));
+        self.pos = pos + 4 + len as usize;
+        self.index += 1;
+        Ok(Some(Located { index, offset, step, record }))
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<Located<'a>, JournalError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.read() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn decode_body(body: &[u8]) -> Result<Record<'_>, &'static str> {
+    let ty = body[0];
+    match ty & 0x0f {
+        t @ (1 | 2) => {
+            if ty & 0xc0 != 0 {
+                return Err("unknown call-record flags");
+            }
+            let has_corr = ty & HAS_CORR != 0;
+            let fixed = 2 + 8 + if has_corr { 8 } else { 0 } + 4;
+            if body.len() < fixed + 1 {
+                return Err("a call record too short for its fields");
+            }
+            let kf = body[1];
+            let from = u64_at(body, 2);
+            let (corr, at) = if has_corr { (u64_at(body, 10), 18) } else { (0, 10) };
+            if has_corr && corr == 0 {
+                return Err("a correlation id flagged but zero");
+            }
+            let digest = u32_at(body, at);
+            let mut pos = at + 4;
+            let tape_len = get_varint(body, &mut pos, 32).map_err(|_| "its tape length is malformed")?;
+            if tape_len > (body.len() - pos) as u64 {
+                return Err("its tape runs past the record");
+            }
+            let tape = &body[pos..pos + tape_len as usize];
+            let payload = &body[pos + tape_len as usize..];
+            let step = Step {
+                kind: kf & 0x0f,
+                flags: kf >> 4,
+                from,
+                corr,
+                failed: ty & FAILED != 0,
+                digest,
+                tape,
+                payload,
+            };
+            Ok(if t == 1 { Record::Init(step) } else { Record::Step(step) })
+        }
+        3 => {
+            if ty != 3 {
+                return Err("flags on a failure record");
+            }
+            let text = std::str::from_utf8(&body[1..]).map_err(|_| "a failure text that is not UTF-8")?;
+            if text.len() > MAX_FAILURE_TEXT {
+                return Err("a failure text over its limit");
+            }
+            Ok(Record::Failure(text))
+        }
+        4 => {
+            if ty != 4 || body.len() != 1 + 16 + 8 {
+                return Err("an end record of the wrong length or with flags");
+            }
+            let next: [u8; 16] = body[1..17].try_into().expect("16 bytes");
+            if next == [0; 16] {
+                return Err("an end record naming no snapshot");
+            }
+            Ok(Record::End { next, digest: u64_at(body, 17) })
+        }
+        _ => Err("an unknown record type"),
+    }
+}
