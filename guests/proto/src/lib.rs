@@ -435,3 +435,31 @@ pub enum LoadgenReply {
     /// A command was done.
     Done,
 }
+
+/// Requests to `ledger`, a bank of accounts whose state depends on
+/// everything a journal records: random account numbers, wall-clock and
+/// monotonic time, a std `HashMap` (seeded from host randomness), requests
+/// to another reactor, and a child it spawns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LedgerReq {
+    /// Opens an account; replies its number (random).
+    Open { owner: String },
+    /// Adds to an account; replies the new balance.
+    Deposit { account: u64, amount: u64 },
+    /// Takes from an account; replies the new balance. Panics (a
+    /// production bug to replay) when the balance is short.
+    Withdraw { account: u64, amount: u64 },
+    /// Replies every account as `(number, owner, balance)`, in the
+    /// `HashMap`'s iteration order (which its random seed decides).
+    Accounts,
+    /// Replies `(wall clock ns since the epoch, monotonic ns since start)`.
+    Stamp,
+    /// Asks the counter `at` to add `n`; the answer is kept and counted.
+    Audit { at: u64, n: u64 },
+    /// Spawns a `counter` child starting at `n`; replies its address.
+    Child { n: u64 },
+    /// Replies a digest of the whole state (accounts, audits, children).
+    Digest,
+    /// Allocates `mib` MiB and keeps it (memory growth, recorded).
+    Grow { mib: u32 },
+}

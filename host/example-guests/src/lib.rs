@@ -21,4 +21,4 @@ pub fn path(name: &str) -> PathBuf {
 }
 
 /// Names of the built guests.
-pub const ALL: &[&str] = &["counter", "kv", "pingpong", "faulty", "pager", "migrant", "loadgen"];
+pub const ALL: &[&str] = &["counter", "kv", "pingpong", "faulty", "pager", "migrant", "loadgen", "ledger"];

@@ -316,7 +316,31 @@ pub struct Records<'a> {
     done: bool,
 }
 
+/// Where a [`Records`] iteration is, to go on later from there
+/// ([`Journal::resume`]) without holding the bytes borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pos: usize,
+    index: u64,
+    calls: u64,
+    last: Option<(Kind, bool)>,
+    done: bool,
+}
+
+impl<'a> Journal<'a> {
+    /// Its records from `cursor` on (taken from a [`Records`] of the same
+    /// bytes).
+    pub fn resume(&self, cursor: Cursor) -> Records<'a> {
+        Records { pos: cursor.pos, index: cursor.index, calls: cursor.calls, last: cursor.last, done: cursor.done, ..self.records() }
+    }
+}
+
 impl<'a> Records<'a> {
+    /// Where it is.
+    pub fn cursor(&self) -> Cursor {
+        Cursor { pos: self.pos, index: self.index, calls: self.calls, last: self.last, done: self.done }
+    }
+
     fn read(&mut self) -> Result<Option<Located<'a>>, JournalError> {
         let (index, offset) = (self.index, self.pos as u64);
         if self.pos == self.bytes.len() {

@@ -97,7 +97,7 @@
 //! | `BLOB_READ` 8 | result (signed); when ≥ 0, that many bytes follow |
 //! | `CLOCK` 11 | clock id, errno, then the time in nanoseconds when errno is 0 |
 //! | `RANDOM` 12 | errno; when 0, a length and that many bytes |
-//! | `GROW` 13 | the memory size asked for (bytes), then 1 granted or 0 refused |
+//! | `GROW` 13 | the memory size asked for (bytes), then one byte: 0 granted, refused by 1 the memory cap, 2 the reactor's byte budget, 3 the node's |
 //!
 //! Varints are LEB128, at most 10 bytes for 64 bits (5 for 32), with no
 //! overlong final zero byte; anything else is malformed.
@@ -111,7 +111,7 @@ mod tests;
 
 pub use error::{JournalError, TapeError};
 pub use format::{
-    Header, Journal, Kind, Level, Located, Record, Records, Step, Summary, encode_header, encode_record, record_seed,
+    Cursor, Header, Journal, Kind, Level, Located, Record, Records, Step, Summary, encode_header, encode_record, record_seed,
     HEADER_LEN, MAGIC, MAX_BODY, MAX_FAILURE_TEXT, VERSION,
 };
 pub use tape::{Call, Entry, StateDigest, TapeReader, TapeWriter};

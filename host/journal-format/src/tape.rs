@@ -123,8 +123,9 @@ pub enum Entry<'a> {
     Clock { id: u32, errno: u16, time: u64 },
     /// `random_get`: its errno and, when 0, the bytes it gave.
     Random { errno: u16, bytes: &'a [u8] },
-    /// A memory growth the host granted or refused.
-    Grow { desired: u64, granted: bool },
+    /// A memory growth: granted (0) or refused by the memory cap (1), the
+    /// reactor's byte budget (2) or the node's (3).
+    Grow { desired: u64, outcome: u8 },
 }
 
 impl Entry<'_> {
@@ -179,9 +180,10 @@ impl TapeWriter {
                     out.extend_from_slice(bytes);
                 }
             }
-            Entry::Grow { desired, granted } => {
+            Entry::Grow { desired, outcome } => {
+                debug_assert!(outcome <= 3);
                 put_varint(out, desired);
-                out.push(u8::from(granted));
+                out.push(outcome);
             }
         }
     }
@@ -272,14 +274,13 @@ impl<'a> TapeReader<'a> {
             }
             Call::Grow => {
                 let desired = self.varint(64)?;
-                let granted = match self.bytes.get(self.pos) {
+                let outcome = match self.bytes.get(self.pos) {
                     None => return Err(TapeError::Truncated(self.pos)),
-                    Some(0) => false,
-                    Some(1) => true,
+                    Some(&o @ 0..=3) => o,
                     Some(_) => return Err(TapeError::Range(self.pos)),
                 };
                 self.pos += 1;
-                Entry::Grow { desired, granted }
+                Entry::Grow { desired, outcome }
             }
             call => Entry::Value { call, value: unzigzag(self.varint(64)?) },
         };

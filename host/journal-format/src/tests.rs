@@ -69,7 +69,7 @@ fn build_tape(entries: &[(u8, i64, u64, Vec<u8>, bool)]) -> (Vec<u8>, Vec<String
                     Entry::Random { errno: 21, bytes: &[] }
                 }
             }
-            Call::Grow => Entry::Grow { desired: *u, granted: *flag },
+            Call::Grow => Entry::Grow { desired: *u, outcome: (*v as u8) % 4 },
             call => Entry::Value { call, value: *v },
         };
         shown.push(format!("{e:?}"));

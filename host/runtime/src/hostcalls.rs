@@ -22,6 +22,7 @@
 
 use crate::refs::RefsError;
 use crate::store::{HostContext, ModuleRef, ReactorData, SpawnRefusal};
+use journal_format::{Call, Entry};
 use guest_sdk::abi;
 use reactor_types::{Address, Envelope, ModuleHash, SendError};
 use wasmtime::{Caller, Linker, Memory};
@@ -43,6 +44,37 @@ fn fault(call: &'static str, detail: String) -> wasmtime::Error {
 
 /// Longest log line or failure note kept (longer ones are cut).
 const MAX_TEXT: usize = 4096;
+
+/// In a replay, the recorded result of `call`, a call whose result is one
+/// number; `None` when the reactor is not replayed (the call runs).
+fn replayed<H: HostContext>(data: &mut ReactorData<H>, call: Call) -> wasmtime::Result<Option<i64>> {
+    let Some(tap) = data.tap() else { return Ok(None) };
+    match tap.next(call)? {
+        None => Ok(None),
+        Some(Entry::Value { value, .. }) => Ok(Some(value)),
+        Some(e) => {
+            let problem = format!("`{}` has an unreadable recorded result {e:?}", call.name());
+            Err(tap.diverge(problem).into())
+        }
+    }
+}
+
+/// Records the result of `call` on a journaled reactor's tape.
+#[inline]
+fn record<H: HostContext>(data: &mut ReactorData<H>, call: Call, value: i64) {
+    if let Some(tap) = data.tap() {
+        tap.record(&Entry::Value { call, value });
+    }
+}
+
+/// Digests what `call` does to the world on a journaled or replayed
+/// reactor.
+#[inline]
+fn output<H: HostContext>(data: &mut ReactorData<H>, call: Call, subject: u64, number: u64, bytes: &[u8]) {
+    if let Some(tap) = data.tap() {
+        tap.output(call, subject, number, bytes);
+    }
+}
 
 /// The `[ptr, ptr+len)` range of guest memory, or a fault naming `call`.
 fn range(mem_len: usize, call: &'static str, ptr: u32, len: u32) -> wasmtime::Result<std::ops::Range<usize>> {
@@ -138,8 +170,106 @@ pub(crate) fn restrict_wasi<H: HostContext>(linker: &mut Linker<ReactorData<H>>)
                 .into(),
         ))
     })?;
+    linker.func_wrap(WASI, "clock_time_get", |mut caller: Caller<'_, ReactorData<H>>, id: i32, _precision: i64, out: i32| {
+        clock_time_get(&mut caller, id as u32, out as u32)
+    })?;
+    linker.func_wrap(WASI, "random_get", |mut caller: Caller<'_, ReactorData<H>>, buf: i32, len: i32| {
+        random_get(&mut caller, buf as u32, len as u32)
+    })?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// WASI's errnos the clock and randomness calls return.
+const ERRNO_BADF: u16 = 8;
+const ERRNO_INVAL: u16 = 28;
+const ERRNO_IO: u16 = 29;
+
+/// The largest `random_get` served (WASI's own default limit).
+const MAX_RANDOM: u32 = 64 << 20;
+
+/// The process's monotonic clock origin.
+fn monotonic_origin() -> std::time::Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(std::time::Instant::now)
+}
+
+/// A clock reading: realtime (0) and monotonic (1) in nanoseconds; the CPU
+/// time clocks (2, 3) are not offered (`EBADF`, as wasmtime-wasi), other ids
+/// are invalid.
+fn read_clock(id: u32) -> (u16, u64) {
+    match id {
+        0 => match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => (0, d.as_nanos().min(u128::from(u64::MAX)) as u64),
+            Err(_) => (ERRNO_INVAL, 0),
+        },
+        // Offset by a second so no reading is zero.
+        1 => (0, monotonic_origin().elapsed().as_nanos() as u64 + 1_000_000_000),
+        2 | 3 => (ERRNO_BADF, 0),
+        _ => (ERRNO_INVAL, 0),
+    }
+}
+
+/// WASI `clock_time_get`: read from the host's clocks, recorded on a
+/// journaled reactor's tape; a replay reads the recording.
+fn clock_time_get<H: HostContext>(caller: &mut Caller<'_, ReactorData<H>>, id: u32, out: u32) -> wasmtime::Result<i32> {
+    const CALL: &str = "clock_time_get";
+    let memory = memory_of(caller, CALL)?;
+    let (mem, data) = memory.data_and_store_mut(caller);
+    let r = range(mem.len(), CALL, out, 8)?;
+    let (errno, time) = match data.tap() {
+        Some(tap) if tap.is_replay() => match tap.next(Call::Clock)? {
+            Some(Entry::Clock { id: rid, errno, time }) if rid == id => (errno, time),
+            e => {
+                let problem = format!("the reactor read clock {id} where the recording has {e:?}");
+                return Err(tap.diverge(problem).into());
+            }
+        },
+        tap => {
+            let (errno, time) = read_clock(id);
+            if let Some(tap) = tap {
+                tap.record(&Entry::Clock { id, errno, time });
+            }
+            (errno, time)
+        }
+    };
+    if errno == 0 {
+        mem[r].copy_from_slice(&time.to_le_bytes());
+    }
+    Ok(i32::from(errno))
+}
+
+/// WASI `random_get`: the operating system's randomness, recorded on a
+/// journaled reactor's tape; a replay gives the recorded bytes.
+fn random_get<H: HostContext>(caller: &mut Caller<'_, ReactorData<H>>, buf: u32, len: u32) -> wasmtime::Result<i32> {
+    const CALL: &str = "random_get";
+    if len > MAX_RANDOM {
+        return Err(fault(CALL, format!("asked for {len} random bytes; at most {MAX_RANDOM} are given at once")));
+    }
+    let memory = memory_of(caller, CALL)?;
+    let (mem, data) = memory.data_and_store_mut(caller);
+    let r = range(mem.len(), CALL, buf, len)?;
+    match data.tap() {
+        Some(tap) if tap.is_replay() => match tap.next(Call::Random)? {
+            Some(Entry::Random { errno: 0, bytes }) if bytes.len() == r.len() => {
+                mem[r].copy_from_slice(bytes);
+                Ok(0)
+            }
+            Some(Entry::Random { errno, bytes }) if errno != 0 && bytes.is_empty() => Ok(i32::from(errno)),
+            e => {
+                let problem = format!("the reactor asked for {len} random bytes where the recording has {e:?}");
+                Err(tap.diverge(problem).into())
+            }
+        },
+        tap => {
+            let errno = if getrandom::fill(&mut mem[r.clone()]).is_ok() { 0 } else { ERRNO_IO };
+            if let Some(tap) = tap {
+                let bytes = if errno == 0 { &mem[r] } else { &[][..] };
+                tap.record(&Entry::Random { errno, bytes });
+            }
+            Ok(i32::from(errno))
+        }
+    }
 }
 
 /// Adds every `reactor::*` function to `linker`, for stores whose host
@@ -168,9 +298,16 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
                 return Ok(abi::STATUS_TOO_LARGE);
             }
             let payload = read_guest(&mut caller, abi::IMPORT_SEND, ptr, len)?;
-            let from = caller.data().address();
+            let data = caller.data_mut();
+            output(data, Call::Send, to, u64::from(flags), &payload);
+            if let Some(v) = replayed(data, Call::Send)? {
+                return Ok(v as i32);
+            }
+            let from = data.address();
             let env = Envelope { kind: abi::KIND_MESSAGE, flags, from, corr: 0, payload };
-            Ok(send_status(lent(caller.data_mut(), abi::IMPORT_SEND)?.route(Address(to), env)))
+            let status = send_status(lent(data, abi::IMPORT_SEND)?.route(Address(to), env));
+            record(data, Call::Send, i64::from(status));
+            Ok(status)
         },
     )?;
 
@@ -183,20 +320,28 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
                 return Ok(abi::STATUS_TOO_LARGE as i64);
             }
             let payload = read_guest(&mut caller, abi::IMPORT_REQUEST, ptr, len)?;
-            let from = caller.data().address();
-            let host = lent(caller.data_mut(), abi::IMPORT_REQUEST)?;
-            let corr = match host.next_corr() {
-                Ok(c) => c,
+            let data = caller.data_mut();
+            output(data, Call::Request, to, u64::from(flags), &payload);
+            if let Some(v) = replayed(data, Call::Request)? {
+                return Ok(v);
+            }
+            let from = data.address();
+            let host = lent(data, abi::IMPORT_REQUEST)?;
+            let result = match host.next_corr() {
+                Ok(corr) => {
+                    let env = Envelope { kind: abi::KIND_REQUEST, flags, from, corr, payload };
+                    match host.route(Address(to), env) {
+                        Ok(()) => corr as i64,
+                        Err(e) => send_status(Err(e)) as i64,
+                    }
+                }
                 Err(e) => {
                     tracing::error!(reactor = %from, "cannot issue a correlation id: {e}");
-                    return Ok(abi::STATUS_LIMIT as i64);
+                    abi::STATUS_LIMIT as i64
                 }
             };
-            let env = Envelope { kind: abi::KIND_REQUEST, flags, from, corr, payload };
-            Ok(match host.route(Address(to), env) {
-                Ok(()) => corr as i64,
-                Err(e) => send_status(Err(e)) as i64,
-            })
+            record(data, Call::Request, result);
+            Ok(result)
         },
     )?;
 
@@ -209,9 +354,16 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
                 return Ok(abi::STATUS_TOO_LARGE);
             }
             let payload = read_guest(&mut caller, abi::IMPORT_REPLY, ptr, len)?;
-            let from = caller.data().address();
+            let data = caller.data_mut();
+            output(data, Call::Reply, to, corr ^ u64::from(flags) << 56, &payload);
+            if let Some(v) = replayed(data, Call::Reply)? {
+                return Ok(v as i32);
+            }
+            let from = data.address();
             let env = Envelope { kind: abi::KIND_REPLY, flags, from, corr, payload };
-            Ok(send_status(lent(caller.data_mut(), abi::IMPORT_REPLY)?.route(Address(to), env)))
+            let status = send_status(lent(data, abi::IMPORT_REPLY)?.route(Address(to), env));
+            record(data, Call::Reply, i64::from(status));
+            Ok(status)
         },
     )?;
 
@@ -228,12 +380,20 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
             let mref = read_guest(&mut caller, abi::IMPORT_SPAWN, mptr, mlen)?;
             let init = read_guest(&mut caller, abi::IMPORT_SPAWN, iptr, ilen)?;
             let Some(module) = module_ref(&mref) else { return Ok(abi::STATUS_BAD_ARGUMENT as i64) };
-            let parent = caller.data().address();
-            Ok(match lent(caller.data_mut(), abi::IMPORT_SPAWN)?.spawn(parent, module, init) {
+            let data = caller.data_mut();
+            output(data, Call::Spawn, 0, mref.len() as u64, &mref);
+            output(data, Call::Spawn, 1, init.len() as u64, &init);
+            if let Some(v) = replayed(data, Call::Spawn)? {
+                return Ok(v);
+            }
+            let parent = data.address();
+            let result = match lent(data, abi::IMPORT_SPAWN)?.spawn(parent, module, init) {
                 Ok(addr) => addr.0 as i64,
                 Err(SpawnRefusal::NoSuchModule) => abi::STATUS_NO_SUCH_MODULE as i64,
                 Err(SpawnRefusal::Refused(_)) => abi::STATUS_SPAWN_REFUSED as i64,
-            })
+            };
+            record(data, Call::Spawn, result);
+            Ok(result)
         },
     )?;
 
@@ -283,55 +443,41 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
     Ok(())
 }
 
-/// The `blob_*` calls (see `abi`).
+/// The `blob_*` calls (see `abi`). On a journaled reactor each call's
+/// result is recorded (blobs are shared state: what a call finds depends on
+/// the world); a replay answers every blob call from the recording and
+/// touches no blob.
 fn register_blobs<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> wasmtime::Result<()> {
     let m = abi::IMPORT_MODULE;
     let max_held = abi::MAX_HELD_BLOBS as usize;
 
     linker.func_wrap(m, abi::IMPORT_BLOB_CREATE, move |mut caller: Caller<'_, ReactorData<H>>, ptr: u32, len: u32| {
-        if len > abi::MAX_BLOB_LEN || caller.data().held().len() >= max_held {
-            return Ok(abi::STATUS_LIMIT as i64);
+        if let Some(v) = replayed(caller.data_mut(), Call::BlobCreate)? {
+            return Ok(v);
         }
-        let memory = memory_of(&caller, abi::IMPORT_BLOB_CREATE)?;
-        let (mem, data) = memory.data_and_store_mut(&mut caller);
-        let r = range(mem.len(), abi::IMPORT_BLOB_CREATE, ptr, len)?;
-        let bytes: Box<[u8]> = mem[r].into();
-        let creator = data.address();
-        let account = data.limiter().account();
-        if account.used().saturating_add(bytes.len()) > account.limit() {
-            return Ok(abi::STATUS_LIMIT as i64);
-        }
-        match lent(data, abi::IMPORT_BLOB_CREATE)?.refs().create_blob(bytes) {
-            Ok(blob) => {
-                blob.grant(creator);
-                let tag = blob.tag();
-                Ok(if data.hold(blob) { tag as i64 } else { abi::STATUS_LIMIT as i64 })
-            }
-            Err(RefsError::OverBudget(_)) => Ok(abi::STATUS_LIMIT as i64),
-            Err(e) => {
-                tracing::error!(reactor = %creator, "cannot create a blob: {e}");
-                Ok(abi::STATUS_LIMIT as i64)
-            }
-        }
+        let v = blob_create(&mut caller, ptr, len, max_held)?;
+        record(caller.data_mut(), Call::BlobCreate, v);
+        Ok(v)
     })?;
 
     linker.func_wrap(m, abi::IMPORT_BLOB_OPEN, move |mut caller: Caller<'_, ReactorData<H>>, tag: u64| {
         let data = caller.data_mut();
-        if data.held().contains_key(&tag) {
-            return Ok(abi::STATUS_OK);
+        if let Some(v) = replayed(data, Call::BlobOpen)? {
+            return Ok(v as i32);
         }
-        if data.held().len() >= max_held {
-            return Ok(abi::STATUS_LIMIT);
-        }
-        let who = data.address();
-        let Some(blob) = lent(data, abi::IMPORT_BLOB_OPEN)?.refs().open_blob(tag, who) else {
-            return Ok(abi::STATUS_NO_SUCH_BLOB);
-        };
-        Ok(if data.hold(blob) { abi::STATUS_OK } else { abi::STATUS_LIMIT })
+        let v = blob_open(data, tag, max_held)?;
+        record(data, Call::BlobOpen, i64::from(v));
+        Ok(v)
     })?;
 
-    linker.func_wrap(m, abi::IMPORT_BLOB_LEN, |caller: Caller<'_, ReactorData<H>>, tag: u64| {
-        Ok(caller.data().held().get(&tag).map_or(abi::STATUS_NO_SUCH_BLOB as i64, |b| b.len() as i64))
+    linker.func_wrap(m, abi::IMPORT_BLOB_LEN, |mut caller: Caller<'_, ReactorData<H>>, tag: u64| {
+        let data = caller.data_mut();
+        if let Some(v) = replayed(data, Call::BlobLen)? {
+            return Ok(v);
+        }
+        let v = data.held().get(&tag).map_or(abi::STATUS_NO_SUCH_BLOB as i64, |b| b.len() as i64);
+        record(data, Call::BlobLen, v);
+        Ok(v)
     })?;
 
     linker.func_wrap(
@@ -341,28 +487,108 @@ fn register_blobs<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> wasmti
             let memory = memory_of(&caller, abi::IMPORT_BLOB_READ)?;
             let (mem, data) = memory.data_and_store_mut(&mut caller);
             let r = range(mem.len(), abi::IMPORT_BLOB_READ, ptr, len)?;
-            let Some(blob) = data.held().get(&tag) else { return Ok(abi::STATUS_NO_SUCH_BLOB as i64) };
-            let bytes = blob.bytes();
-            let Some(rest) = usize::try_from(offset).ok().and_then(|o| bytes.get(o..)) else {
-                return Ok(abi::STATUS_BAD_ARGUMENT as i64);
+            if let Some(tap) = data.tap() {
+                match tap.next(Call::BlobRead)? {
+                    None => {}
+                    Some(Entry::BlobRead { result, bytes }) if bytes.len() <= r.len() => {
+                        mem[r.start..r.start + bytes.len()].copy_from_slice(bytes);
+                        return Ok(result);
+                    }
+                    Some(e) => {
+                        let problem = format!("`blob_read` of up to {len} bytes where the recording has {e:?}");
+                        return Err(tap.diverge(problem).into());
+                    }
+                }
+            }
+            let result = match data.held().get(&tag) {
+                None => abi::STATUS_NO_SUCH_BLOB as i64,
+                Some(blob) => match usize::try_from(offset).ok().and_then(|o| blob.bytes().get(o..)) {
+                    None => abi::STATUS_BAD_ARGUMENT as i64,
+                    Some(rest) => {
+                        let n = rest.len().min(r.len());
+                        mem[r.start..r.start + n].copy_from_slice(&rest[..n]);
+                        n as i64
+                    }
+                },
             };
-            let n = rest.len().min(r.len());
-            mem[r.start..r.start + n].copy_from_slice(&rest[..n]);
-            Ok(n as i64)
+            if let Some(tap) = data.tap() {
+                let bytes = if result >= 0 { &mem[r.start..r.start + result as usize] } else { &[][..] };
+                tap.record(&Entry::BlobRead { result, bytes });
+            }
+            Ok(result)
         },
     )?;
 
-    linker.func_wrap(m, abi::IMPORT_BLOB_GIVE, |caller: Caller<'_, ReactorData<H>>, tag: u64, to: u64| {
+    linker.func_wrap(m, abi::IMPORT_BLOB_GIVE, |mut caller: Caller<'_, ReactorData<H>>, tag: u64, to: u64| {
         intact(caller.data(), abi::IMPORT_BLOB_GIVE)?;
-        let Some(blob) = caller.data().held().get(&tag) else { return Ok(abi::STATUS_NO_SUCH_BLOB) };
-        Ok(if blob.grant(Address(to)) { abi::STATUS_OK } else { abi::STATUS_LIMIT })
+        let data = caller.data_mut();
+        output(data, Call::BlobGive, to, tag, &[]);
+        if let Some(v) = replayed(data, Call::BlobGive)? {
+            return Ok(v as i32);
+        }
+        let v = match data.held().get(&tag) {
+            None => abi::STATUS_NO_SUCH_BLOB,
+            Some(blob) if blob.grant(Address(to)) => abi::STATUS_OK,
+            Some(_) => abi::STATUS_LIMIT,
+        };
+        record(data, Call::BlobGive, i64::from(v));
+        Ok(v)
     })?;
 
     linker.func_wrap(m, abi::IMPORT_BLOB_CLOSE, |mut caller: Caller<'_, ReactorData<H>>, tag: u64| {
-        Ok(if caller.data_mut().release(tag) { abi::STATUS_OK } else { abi::STATUS_NO_SUCH_BLOB })
+        let data = caller.data_mut();
+        if let Some(v) = replayed(data, Call::BlobClose)? {
+            return Ok(v as i32);
+        }
+        let v = if data.release(tag) { abi::STATUS_OK } else { abi::STATUS_NO_SUCH_BLOB };
+        record(data, Call::BlobClose, i64::from(v));
+        Ok(v)
     })?;
 
     Ok(())
+}
+
+/// `blob_create` on the live blob table.
+fn blob_create<H: HostContext>(caller: &mut Caller<'_, ReactorData<H>>, ptr: u32, len: u32, max_held: usize) -> wasmtime::Result<i64> {
+    if len > abi::MAX_BLOB_LEN || caller.data().held().len() >= max_held {
+        return Ok(abi::STATUS_LIMIT as i64);
+    }
+    let memory = memory_of(caller, abi::IMPORT_BLOB_CREATE)?;
+    let (mem, data) = memory.data_and_store_mut(caller);
+    let r = range(mem.len(), abi::IMPORT_BLOB_CREATE, ptr, len)?;
+    let bytes: Box<[u8]> = mem[r].into();
+    let creator = data.address();
+    let account = data.limiter().account();
+    if account.used().saturating_add(bytes.len()) > account.limit() {
+        return Ok(abi::STATUS_LIMIT as i64);
+    }
+    match lent(data, abi::IMPORT_BLOB_CREATE)?.refs().create_blob(bytes) {
+        Ok(blob) => {
+            blob.grant(creator);
+            let tag = blob.tag();
+            Ok(if data.hold(blob) { tag as i64 } else { abi::STATUS_LIMIT as i64 })
+        }
+        Err(RefsError::OverBudget(_)) => Ok(abi::STATUS_LIMIT as i64),
+        Err(e) => {
+            tracing::error!(reactor = %creator, "cannot create a blob: {e}");
+            Ok(abi::STATUS_LIMIT as i64)
+        }
+    }
+}
+
+/// `blob_open` on the live blob table.
+fn blob_open<H: HostContext>(data: &mut ReactorData<H>, tag: u64, max_held: usize) -> wasmtime::Result<i32> {
+    if data.held().contains_key(&tag) {
+        return Ok(abi::STATUS_OK);
+    }
+    if data.held().len() >= max_held {
+        return Ok(abi::STATUS_LIMIT);
+    }
+    let who = data.address();
+    let Some(blob) = lent(data, abi::IMPORT_BLOB_OPEN)?.refs().open_blob(tag, who) else {
+        return Ok(abi::STATUS_NO_SUCH_BLOB);
+    };
+    Ok(if data.hold(blob) { abi::STATUS_OK } else { abi::STATUS_LIMIT })
 }
 
 #[cfg(test)]

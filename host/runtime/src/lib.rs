@@ -11,6 +11,10 @@
 //! - [`local_fs`] — files and directories other local users may control:
 //!   bounded reads of regular files (checked on the opened descriptor),
 //!   the owner and mode of every ancestor of a directory.
+//! - [`journal`] — the record of what a journaled reactor consumed: the
+//!   tap its host calls go through (record, or answer from a recording in
+//!   a replay) and segments on disk written by one thread with group
+//!   commit.
 //! - [`budget`] — byte budgets: each reactor's (memory, held blobs, queued
 //!   bytes) and the node's, which every byte a guest can make the host
 //!   hold is charged to.
@@ -38,6 +42,9 @@
 //!   scheduling of batches; usable alone (single-threaded, deterministic).
 //! - `runtime` — the [`Runtime`]: one shard per core, linked by the pair
 //!   rings, fed from outside by a multi-producer command ring each.
+//! - [`replay`] — a journaled reactor re-executed from its snapshot (or
+//!   spawn) and its journal on a shard of its own, checked call by call
+//!   against the recording.
 //!
 //! The vocabulary (addresses, envelopes, errors, failures) comes from
 //! `reactor-types` and is re-exported here.
@@ -45,6 +52,7 @@
 
 mod sys;
 pub mod local_fs;
+pub mod journal;
 pub mod budget;
 pub mod refs;
 mod guest_output;
@@ -58,13 +66,14 @@ pub mod snapshot;
 mod links;
 mod shard;
 mod runtime;
+pub mod replay;
 
 pub use engine::{CodeSource, EngineConfig, LoadError};
 pub use hostcalls::GuestFault;
 pub use port::{FenceHandler, MoveHandler};
 pub use reactor::Limits;
 pub use runtime::{CheckpointScope, PendingCall, Runtime, RuntimeConfig, ShardDown};
-pub use shard::{Engine, LoadedModule, Shard, ShardConfig, ShardStats};
+pub use shard::{Engine, LoadedModule, Replayed, Shard, ShardConfig, ShardStats};
 pub use sys::{mappings, resident_bytes};
 
 pub use guest_sdk::abi;

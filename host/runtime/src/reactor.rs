@@ -11,6 +11,8 @@
 //! the engine pre-linked it for `H`.
 #![forbid(unsafe_code)]
 
+use crate::journal::Tap;
+use journal_format::StateDigest;
 use crate::engine::{Engine, GlobalType, LoadedModule};
 use crate::guest_output::{GuestOutput, Stream};
 use crate::hostcalls::GuestFault;
@@ -153,7 +155,7 @@ impl<H: HostContext> Reactor<H> {
             .build_p1();
         let data = ReactorData::new(address, wasi, limits.memory_cap, account, node);
         let mut store = Store::new(engine.wasmtime(), data);
-        store.limiter(|d| d.limiter_mut());
+        store.limiter(|d| d);
         store.epoch_deadline_trap();
         let tick = engine.epoch_tick().as_nanos().max(1);
         let ticks = (limits.cpu_budget.as_nanos() / tick).max(1) as u64;
@@ -182,6 +184,7 @@ impl<H: HostContext> Reactor<H> {
     /// Instantiates `module` and runs its init entry point with `init`
     /// (readable by the guest through `inbox_read`), with `host` lent for
     /// the call.
+    #[expect(clippy::too_many_arguments, reason = "the store's parts, the lent context, the input and the tap")]
     pub(crate) fn instantiate(
         engine: &Engine<H>,
         module: &Arc<LoadedModule<H>>,
@@ -190,11 +193,13 @@ impl<H: HostContext> Reactor<H> {
         (account, node): (Arc<Account>, Arc<NodeBudget>),
         host: &mut Option<Box<H>>,
         init: &[u8],
+        tap: &mut Option<Box<Tap>>,
     ) -> Result<Self, Failure> {
         let (mut r, instance) = Self::instantiate_bare(engine, module, address, limits, account, node)?;
         let init_fn = instance
             .get_typed_func::<u32, i32>(&mut r.store, abi::EXPORT_INIT)
             .expect("validated at load: init export");
+        r.store.data_mut().set_tap(tap.take());
         r.lend(host, init);
         let result = (|| {
             if module.has_initialize() {
@@ -204,8 +209,31 @@ impl<H: HostContext> Reactor<H> {
             init_fn.call(&mut r.store, init.len() as u32)
         })();
         r.reclaim(host);
-        r.check(result, abi::EXPORT_INIT)?;
+        if let Err(f) = r.check(result, abi::EXPORT_INIT) {
+            // The caller records the failed call with what its tap saw.
+            *tap = r.store.data_mut().set_tap(None);
+            return Err(f);
+        }
         Ok(r)
+    }
+
+    /// Its journal tap, if it is journaled or replayed.
+    pub(crate) fn tap(&mut self) -> Option<&mut Tap> {
+        self.store.data_mut().tap()
+    }
+
+    /// Sets (or, with `None`, removes) its journal tap; returns the old one.
+    pub(crate) fn set_tap(&mut self, tap: Option<Box<Tap>>) -> Option<Box<Tap>> {
+        self.store.data_mut().set_tap(tap)
+    }
+
+    /// The state digest of its memory and globals (the journal format's).
+    pub(crate) fn state_digest(&mut self) -> u64 {
+        let mut d = StateDigest::memory(self.memory.data(&self.store));
+        for g in self.read_globals() {
+            d.global(g.index, g.ty, g.bits);
+        }
+        d.finish()
     }
 
     /// Lends the host context and stages `input` for `inbox_read`.

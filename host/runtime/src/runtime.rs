@@ -85,7 +85,13 @@ impl Default for RuntimeConfig {
 
 /// Work handed to a shard from outside.
 enum Command {
-    Spawn { module: Arc<LoadedModule>, init: Vec<u8>, flags: u8, done: Promise<Result<Address, SpawnError>> },
+    Spawn {
+        module: Arc<LoadedModule>,
+        init: Vec<u8>,
+        flags: u8,
+        journal: Option<crate::journal::Level>,
+        done: Promise<Result<Address, SpawnError>>,
+    },
     /// `counted`: by [`HostPort::ring_enter`](crate::port::HostPort::ring_enter),
     /// to be told when it leaves the ring.
     Deliver { to: Address, env: Envelope, counted: bool },
@@ -325,10 +331,23 @@ impl Runtime {
         init: Vec<u8>,
         flags: u8,
     ) -> Result<Address, SpawnError> {
+        self.spawn_journaled(shard, module, init, flags, None)
+    }
+
+    /// Starts a reactor on a chosen shard, journaled at `journal` if given
+    /// (see [`Shard::spawn_journaled`]).
+    pub fn spawn_journaled(
+        &self,
+        shard: usize,
+        module: &Arc<LoadedModule>,
+        init: Vec<u8>,
+        flags: u8,
+        journal: Option<crate::journal::Level>,
+    ) -> Result<Address, SpawnError> {
         let shard = shard % self.shards.len();
         self.check_up(shard).map_err(|e| SpawnError::ShardDown(e.0))?;
         let (promise, done) = Promise::new();
-        let cmd = Command::Spawn { module: module.clone(), init, flags, done: promise };
+        let cmd = Command::Spawn { module: module.clone(), init, flags, journal, done: promise };
         if self.command(shard, cmd).is_err() {
             return Err(SpawnError::Busy);
         }
@@ -473,6 +492,18 @@ impl Runtime {
         f: impl FnOnce(&mut Shard) -> R + Send + 'static,
     ) -> Result<R, ShardDown> {
         self.inspect_later(shard, f)?.wait(None).ok_or(ShardDown(shard))
+    }
+
+    /// Journals journaled reactors into `journals`, on every shard; a
+    /// shard waiting to release output is woken when records are synced.
+    pub fn set_journals(&self, journals: &Arc<crate::journal::Journals>) -> Result<(), ShardDown> {
+        for (i, h) in self.shards.iter().enumerate() {
+            let wake = h.wake.clone();
+            journals.add_waker(Box::new(move || wake.notify()));
+            let j = journals.clone();
+            self.inspect(i, move |s| s.set_journals(j))?;
+        }
+        Ok(())
     }
 
     /// Runs `f` on the thread of `shard` without waiting for it.
@@ -983,8 +1014,8 @@ fn shard_main(mut shard: Shard, commands: &mut MpscConsumer<Command>, wake: &Eve
             let Some(cmd) = commands.try_pop() else { break };
             work += 1;
             match cmd {
-                Command::Spawn { module, init, flags, done } => {
-                    done.fulfil(shard.spawn_envelope(&module, init, flags));
+                Command::Spawn { module, init, flags, journal, done } => {
+                    done.fulfil(shard.spawn_envelope(&module, init, flags, journal));
                 }
                 Command::Deliver { to, env, counted } => match shard.accept_from_host(to, env, counted) {
                     Ok(()) => {}
@@ -1000,6 +1031,9 @@ fn shard_main(mut shard: Shard, commands: &mut MpscConsumer<Command>, wake: &Eve
         }
         // Messages kept back behind the command ring (see `port::Arrival`).
         work += shard.settle_waiting(false);
+        shard.flush_links();
+        // Output journaled reactors held until their records are on disk.
+        work += shard.release_held();
         shard.flush_links();
         // 2. Messages from other shards.
         work += shard.drain_inbound(4096);
@@ -1030,7 +1064,7 @@ fn shard_main(mut shard: Shard, commands: &mut MpscConsumer<Command>, wake: &Eve
             // Announce the sleep, re-check, then park until a producer's
             // `notify` (reactor-ring's EventCount: no lost wake-ups).
             let waiter = wake.prepare_wait();
-            if held.is_some() || !commands.is_empty() || shard.has_inbound() || shard.has_ready() {
+            if held.is_some() || !commands.is_empty() || shard.has_inbound() || shard.has_ready() || shard.has_releasable() {
                 waiter.cancel();
             } else {
                 waiter.wait();

@@ -23,6 +23,8 @@
 use crate::budget::{Account, LocalBudget};
 use crate::engine;
 use crate::inbox::{Full, Inbox};
+use crate::journal::{Journals, Level, ReactorJournal, Tap, Ticket};
+use journal_format::{Record, Step};
 use crate::links::Links;
 use crate::port::{HostPort, ReplySlot};
 use crate::reactor::{Limits, Reactor};
@@ -198,6 +200,11 @@ pub struct Router {
     /// order) while earlier ones are still in the command ring (see
     /// `port::Arrival`).
     waiting: HashMap<Address, VecDeque<Envelope>>,
+    /// Set during a call into a reactor journaled at `Synced` or above:
+    /// what it sends is kept in `held_now` (accepted, routed once its
+    /// call's record is on disk).
+    holding: bool,
+    held_now: Vec<(Address, Envelope)>,
     stats: ShardStats,
 }
 
@@ -436,6 +443,58 @@ impl Router {
         Some(mb)
     }
 
+    /// Keeps an envelope a reactor journaled at `Synced` sent back until
+    /// its call's record is on disk; a request is outstanding (within the
+    /// quota) from now.
+    fn hold(&mut self, to: Address, env: Envelope) -> Result<(), SendError> {
+        if env.payload.len() > abi::MAX_PAYLOAD_LEN as usize {
+            return Err(SendError::TooLarge(env.payload.len()));
+        }
+        if env.kind == abi::KIND_REQUEST {
+            if let Some(mb) = self.inboxes.get_mut(&env.from) {
+                if mb.waiting >= self.config.max_waiting_requests {
+                    return Err(SendError::TooManyRequests(env.from));
+                }
+                mb.waiting += 1;
+            }
+            self.outstanding.insert(env.corr, (env.from, to));
+        }
+        self.held_now.push((to, env));
+        Ok(())
+    }
+
+    /// Routes an envelope held back (its call is on disk); one that cannot
+    /// be delivered now is a dead letter, and a request is no longer
+    /// outstanding.
+    fn release(&mut self, to: Address, env: Envelope) {
+        let (kind, from, corr) = (env.kind, env.from, env.corr);
+        if Router::route(self, to, env).is_err() {
+            self.stats.dead_letters += 1;
+            if kind == abi::KIND_REQUEST && self.outstanding.remove(&corr).is_some()
+                && let Some(mb) = self.inboxes.get_mut(&from)
+            {
+                mb.waiting = mb.waiting.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Reserves a given address and an inbox for a reactor the host starts
+    /// there (a replay of one spawned elsewhere).
+    fn reserve_at(&mut self, a: Address) -> Result<(), SpawnError> {
+        if self.population >= self.config.max_reactors {
+            return Err(SpawnError::Limit(self.config.max_reactors));
+        }
+        if self.inboxes.contains_key(&a) {
+            return Err(SpawnError::Journal(format!("address {a} is in use")));
+        }
+        self.population += 1;
+        let account = Account::new(self.config.limits.budget_bytes());
+        let mailbox =
+            Mailbox { inbox: Inbox::new(self.config.inbox_capacity), account, parent: Address::HOST, children: 0, waiting: 0 };
+        self.inboxes.insert(a, mailbox);
+        Ok(())
+    }
+
     /// Reserves an address and an inbox for a new child of `parent` (the
     /// host, or a reactor of this shard within its quota).
     fn reserve(&mut self, parent: Address) -> Result<Address, SpawnError> {
@@ -476,8 +535,12 @@ impl HostContext for Router {
     }
 
     /// Records a request as outstanding (see the module docs), within the
-    /// requester's quota of waiting requests.
+    /// requester's quota of waiting requests. While `holding`, the envelope
+    /// is accepted and kept back (see [`Shard::release_held`]).
     fn route(&mut self, to: Address, env: Envelope) -> Result<(), SendError> {
+        if self.holding {
+            return self.hold(to, env);
+        }
         if env.kind != abi::KIND_REQUEST {
             return Router::route(self, to, env);
         }
@@ -562,16 +625,86 @@ pub type Engine = engine::Engine<Router>;
 /// A module loaded by an [`Engine`]: see [`engine::LoadedModule`].
 pub type LoadedModule = engine::LoadedModule<Router>;
 
-/// A live reactor and its snapshot tracking.
+/// A live reactor, its snapshot tracking and, when it is journaled, its
+/// journal.
 struct Live {
     reactor: Reactor<Router>,
     tracking: Tracking,
+    journal: Option<ReactorJournal>,
+    /// What it sent, held until its call's record is on disk, oldest first.
+    held: VecDeque<(Ticket, Vec<(Address, Envelope)>)>,
 }
 
 impl Live {
     fn new(reactor: Reactor<Router>) -> Self {
-        Self { reactor, tracking: Tracking::default() }
+        Self { reactor, tracking: Tracking::default(), journal: None, held: VecDeque::new() }
     }
+
+    /// Stops journaling it here (it stops, moves or is discarded).
+    fn close_journal(self) -> Reactor<Router> {
+        if let Some(j) = self.journal {
+            j.close();
+        }
+        self.reactor
+    }
+}
+
+/// A journal record's view of the envelope a call consumed.
+fn step_of<'a>(env: &'a Envelope, tap: &'a Tap, failed: bool) -> Step<'a> {
+    Step {
+        kind: env.kind,
+        flags: env.flags,
+        from: env.from.0,
+        corr: env.corr,
+        failed,
+        digest: tap.digest() as u32,
+        tape: tap.tape(),
+        payload: &env.payload,
+    }
+}
+
+/// What one replayed call did ([`Shard::replay_spawn`], [`Shard::replay_step`]).
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    /// The running output digest after the call.
+    pub digest: u64,
+    /// The call failed the reactor (it is gone).
+    pub failure: Option<Failure>,
+    /// The reactor did not make the calls the recording has.
+    pub diverged: Option<String>,
+}
+
+/// The WASI imports a journaled reactor may have: recorded
+/// (`clock_time_get`, `random_get`) or answering the same every time on a
+/// reactor (no arguments, environment, preopened files or input; output
+/// that never fails). Everything in the reactor namespace is recorded.
+const DETERMINISTIC_WASI: &[&str] = &[
+    "clock_time_get",
+    "random_get",
+    "clock_res_get",
+    "args_get",
+    "args_sizes_get",
+    "environ_get",
+    "environ_sizes_get",
+    "fd_write",
+    "fd_read",
+    "fd_close",
+    "fd_seek",
+    "fd_fdstat_get",
+    "fd_prestat_get",
+    "fd_prestat_dir_name",
+    "proc_exit",
+    "sched_yield",
+    "poll_oneoff",
+];
+
+/// Why `module` cannot be journaled: an import whose results would not be
+/// recorded.
+fn unrecorded_import(module: &LoadedModule) -> Option<String> {
+    module.pre().module().imports().find_map(|i| {
+        let ok = i.module() == abi::IMPORT_MODULE || (i.module() == "wasi_snapshot_preview1" && DETERMINISTIC_WASI.contains(&i.name()));
+        (!ok).then(|| format!("{}::{}", i.module(), i.name()))
+    })
 }
 
 /// One thread's population of reactors and the traffic between them.
@@ -585,6 +718,11 @@ pub struct Shard {
     batch: Vec<u8>,
     /// Requests made through this shard's own API (`request`/`take_reply`).
     own_requests: HashMap<u64, ReplySlot>,
+    /// Where journaled reactors' journals go (none: no reactor can be
+    /// journaled).
+    journals: Option<Arc<Journals>>,
+    /// Reactors with output held for their journal.
+    holders: Vec<Address>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -638,6 +776,8 @@ impl Shard {
             config,
             population: 0,
             modules: HashMap::default(),
+            holding: false,
+            held_now: Vec::new(),
             stats: ShardStats::default(),
         };
         Self {
@@ -648,7 +788,14 @@ impl Shard {
             router: Some(Box::new(router)),
             batch: Vec::new(),
             own_requests: HashMap::default(),
+            journals: None,
+            holders: Vec::new(),
         }
+    }
+
+    /// Journals journaled reactors into `journals`.
+    pub fn set_journals(&mut self, journals: Arc<Journals>) {
+        self.journals = Some(journals);
     }
 
     fn router(&mut self) -> &mut Router {
@@ -695,13 +842,13 @@ impl Shard {
     /// Starts a reactor running `module`, passing `init` (postcard bytes) to
     /// its start-up. Reactors it spawns during start-up are started too.
     pub fn spawn(&mut self, module: &Arc<LoadedModule>, init: &[u8]) -> Result<Address, SpawnError> {
-        self.spawn_envelope(module, init.to_vec(), 0)
+        self.spawn_envelope(module, init.to_vec(), 0, None)
     }
 
     /// Starts a reactor whose init argument is JSON text (as the command
     /// line gives it).
     pub fn spawn_text(&mut self, module: &Arc<LoadedModule>, json: &str) -> Result<Address, SpawnError> {
-        self.spawn_envelope(module, json.as_bytes().to_vec(), abi::FLAG_TEXT)
+        self.spawn_envelope(module, json.as_bytes().to_vec(), abi::FLAG_TEXT, None)
     }
 
     /// Starts a reactor with a typed (postcard) init argument.
@@ -710,20 +857,78 @@ impl Shard {
         self.spawn(module, &bytes)
     }
 
+    /// Starts a journaled reactor: every input it consumes from its
+    /// start-up on is recorded at `level` (see [`crate::journal`]). It gets
+    /// its messages one per call. Refused for a module importing something
+    /// whose results would not be recorded, or without journals
+    /// ([`Shard::set_journals`]).
+    pub fn spawn_journaled(
+        &mut self,
+        module: &Arc<LoadedModule>,
+        init: &[u8],
+        flags: u8,
+        level: Level,
+    ) -> Result<Address, SpawnError> {
+        self.spawn_envelope(module, init.to_vec(), flags, Some(level))
+    }
+
     pub(crate) fn spawn_envelope(
         &mut self,
         module: &Arc<LoadedModule>,
         init: Vec<u8>,
         flags: u8,
+        journal: Option<Level>,
     ) -> Result<Address, SpawnError> {
+        if journal.is_some() {
+            if self.journals.is_none() {
+                return Err(SpawnError::Journal("this host keeps no journals (a node keeps them in its data directory)".into()));
+            }
+            if let Some(import) = unrecorded_import(module) {
+                return Err(SpawnError::Journal(format!("its module imports `{import}`, whose results a journal does not record")));
+            }
+        }
         let address = self.router().reserve(Address::HOST)?;
         let init = Envelope { kind: abi::KIND_MESSAGE, flags, from: Address::HOST, corr: 0, payload: init };
-        let result = self.instantiate(address, module, &init);
+        let result = self.instantiate_journaled(address, module, &init, journal);
         self.process_spawns();
         result.map(|()| address).map_err(|f| SpawnError::Failed(address, f))
     }
 
     fn instantiate(&mut self, address: Address, module: &Arc<LoadedModule>, init: &Envelope) -> Result<(), Failure> {
+        self.instantiate_journaled(address, module, init, None)
+    }
+
+    /// Instantiates a reactor reserved at `address`; with `journal`, its
+    /// start-up is the first record of a new journal.
+    fn instantiate_journaled(
+        &mut self,
+        address: Address,
+        module: &Arc<LoadedModule>,
+        init: &Envelope,
+        journal: Option<Level>,
+    ) -> Result<(), Failure> {
+        let mut tap = journal.map(|_| {
+            let mut t = Box::new(Tap::recording());
+            t.begin_record();
+            t
+        });
+        let journal = journal.zip(self.journals.clone()).map(|(level, journals)| {
+            ReactorJournal::start(&journals, address, module.hash, level, 0, None)
+        });
+        self.instantiate_with(address, module, init, &mut tap, journal)
+    }
+
+    /// Instantiates a reactor reserved at `address` with `tap` (recording
+    /// or replaying) in its store from its start-up; a recording tap's call
+    /// goes into `journal`.
+    fn instantiate_with(
+        &mut self,
+        address: Address,
+        module: &Arc<LoadedModule>,
+        init: &Envelope,
+        tap: &mut Option<Box<Tap>>,
+        mut journal: Option<ReactorJournal>,
+    ) -> Result<(), Failure> {
         let budget = self.config.limits.budget_bytes();
         let router = self.router();
         router.stats.spawned += 1;
@@ -744,14 +949,24 @@ impl Shard {
             budgets,
             &mut self.router,
             &input,
+            tap,
         );
         self.batch = input;
         match result {
-            Ok(r) => {
-                self.reactors.insert(address, Live::new(r));
+            Ok(mut r) => {
+                if let (Some(j), Some(t)) = (journal.as_mut(), r.tap()) {
+                    j.append(&Record::Init(step_of(init, t, false)));
+                }
+                let mut live = Live::new(r);
+                live.journal = journal;
+                self.reactors.insert(address, live);
                 Ok(())
             }
             Err(f) => {
+                if let (Some(mut j), Some(t)) = (journal, tap.as_deref()) {
+                    j.append(&Record::Init(step_of(init, t, true)));
+                    j.fail(&f.to_string());
+                }
                 self.fail(address, f.clone());
                 Err(f)
             }
@@ -775,7 +990,11 @@ impl Shard {
 
     fn fail(&mut self, address: Address, failure: Failure) {
         tracing::warn!(reactor = %address, "reactor failed: {failure}");
-        self.reactors.remove(&address);
+        // A failed call has sealed its journal already; a failure found
+        // outside a call (damaged pages) ends the journal here. Output it
+        // had held was accepted: it goes out (its journal is synced when
+        // sealed).
+        self.take_live(address);
         let router = self.router.as_deref_mut().expect("router is home between calls");
         router.modules.remove(&address);
         if let Some(mb) = router.remove_mailbox(address) {
@@ -783,6 +1002,21 @@ impl Shard {
         }
         router.port.fail_target(address, || CallError::Failed(address, failure.clone()));
         self.failed.insert(address, failure);
+    }
+
+    /// Takes a reactor out of the shard (it failed, moves or is undone):
+    /// output it held for its journal was accepted from it, so it goes out
+    /// now, and its journal is sealed.
+    fn take_live(&mut self, address: Address) -> Option<Reactor<Router>> {
+        let mut live = self.reactors.remove(&address)?;
+        let held = std::mem::take(&mut live.held);
+        let reactor = live.close_journal();
+        for (_, out) in held {
+            for (to, env) in out {
+                self.router().release(to, env);
+            }
+        }
+        Some(reactor)
     }
 
     /// Sends a one-way message from the outside world.
@@ -878,10 +1112,53 @@ impl Shard {
     /// batches delivered.
     pub fn run_until_idle(&mut self) -> u64 {
         let mut n = 0;
-        while self.run_one() {
-            n += 1;
+        loop {
+            while self.run_one() {
+                n += 1;
+            }
+            if self.holders.is_empty() {
+                return n;
+            }
+            // Output held for a journal: wait for its records to be on disk.
+            if let Some(j) = &self.journals {
+                j.sync();
+            }
+            if self.release_held() == 0 && !self.has_ready() {
+                return n;
+            }
+        }
+    }
+
+    /// Routes the output held for journaled reactors whose calls' records
+    /// are now on disk, in the order it was sent; how many envelopes went.
+    pub(crate) fn release_held(&mut self) -> usize {
+        if self.holders.is_empty() {
+            return 0;
+        }
+        let mut released = Vec::new();
+        let holders = std::mem::take(&mut self.holders);
+        for a in holders {
+            let Some(live) = self.reactors.get_mut(&a) else { continue };
+            while live.held.front().is_some_and(|(t, _)| t.is_synced()) {
+                let (_, out) = live.held.pop_front().expect("a front");
+                released.extend(out);
+            }
+            if !live.held.is_empty() {
+                self.holders.push(a);
+            }
+        }
+        let n = released.len();
+        for (to, env) in released {
+            self.router().release(to, env);
         }
         n
+    }
+
+    /// Whether output held for a journal can go now.
+    pub(crate) fn has_releasable(&self) -> bool {
+        self.holders
+            .iter()
+            .any(|a| self.reactors.get(a).and_then(|l| l.held.front()).is_some_and(|(t, _)| t.is_synced()))
     }
 
     /// Runs at most `batches` turns. Returns whether work remains.
@@ -901,18 +1178,25 @@ impl Shard {
 
     /// Delivers one batch to the next ready reactor. False when idle.
     pub(crate) fn run_one(&mut self) -> bool {
-        let max_batch = self.config.max_batch;
         let router = self.router.as_deref_mut().expect("router is home between calls");
         let Some(address) = router.ready.pop_front() else { return false };
         let Some(mb) = router.inboxes.get_mut(&address) else { return true };
+        // A journaled reactor takes one message per call: each call is one
+        // journal step.
+        let journaled = self.reactors.get(&address).is_some_and(|l| l.journal.is_some());
+        let max_batch = if journaled { 1 } else { self.config.max_batch };
         self.batch.clear();
         let mut count = 0u32;
         let mut freed = 0;
+        let mut consumed = None;
         while (count as usize) < max_batch {
             let Some(env) = mb.inbox.pop() else { break };
             freed += queued_cost(&env);
             env.encode_into(&mut self.batch);
             count += 1;
+            if journaled {
+                consumed = Some(env);
+            }
         }
         mb.account.release(freed);
         router.budget.give(freed);
@@ -928,8 +1212,34 @@ impl Shard {
         router.stats.delivered += count as u64;
         router.stats.batches += 1;
         let batch = std::mem::take(&mut self.batch);
-        let result = live.reactor.receive(&mut self.router, &batch, count);
+        if let Some(t) = live.reactor.tap() {
+            t.begin_record();
+        }
+        router.holding = live.journal.as_ref().is_some_and(ReactorJournal::holds_output);
+        let mut result = live.reactor.receive(&mut self.router, &batch, count);
         self.batch = batch;
+        let router = self.router.as_deref_mut().expect("router is home between calls");
+        router.holding = false;
+        if let (Some(j), Some(env)) = (live.journal.as_mut(), consumed.as_ref()) {
+            let tap = live.reactor.tap().expect("a journaled reactor has its tap");
+            j.append(&Record::Step(step_of(env, tap, result.is_err())));
+            if !router.held_now.is_empty() {
+                // Released once the record is on disk; a failed call's
+                // output goes too (it was accepted from the guest).
+                let out = std::mem::take(&mut router.held_now);
+                if live.held.is_empty() {
+                    self.holders.push(address);
+                }
+                live.held.push_back((j.ticket(), out));
+            }
+            if let Err(f) = &result {
+                live.journal.take().expect("journaled").fail(&f.to_string());
+            } else if let Some(why) = j.broken() {
+                let reason = FailureReason::Other(format!("its journal could not be written ({why}); a journaled reactor does not run unrecorded"));
+                result = Err(Failure { reason, backtrace: None });
+                live.journal.take().expect("journaled").close();
+            }
+        }
         match result {
             Ok(()) => live.tracking.settle(),
             Err(f) => self.fail(address, f),
@@ -1101,7 +1411,18 @@ impl Shard {
         outstanding.sort_unstable();
         let host = HostState { inbox, next_corr: router.refs.tags().peek(), outstanding };
         let live = self.reactors.get_mut(&address).ok_or(SnapshotError::NoSuchReactor(address))?;
-        snapshot::capture(&mut live.reactor, &mut live.tracking, address, host, options, cp)
+        snapshot::capture(&mut live.reactor, &mut live.tracking, address, host, options, cp)?;
+        // A snapshot that starts journal segments: the journal goes on from it.
+        if options.journal
+            && let Some(j) = live.journal.as_mut()
+        {
+            let digest = live.reactor.state_digest();
+            j.roll(cp.id(), digest);
+            if let Some(t) = live.reactor.tap() {
+                t.restart_outputs();
+            }
+        }
+        Ok(())
     }
 
     /// Restores every reactor of a chain of in-memory checkpoints (a full
@@ -1121,6 +1442,15 @@ impl Shard {
         options: RestoreOptions,
     ) -> Result<Vec<Address>, SnapshotError> {
         self.restore_files_where(chain, options, &|_| true)
+    }
+
+    /// [`Shard::restore_files`] for one reactor of the chain only.
+    pub fn restore_only(&mut self, chain: &[SnapshotFile], options: RestoreOptions, address: Address) -> Result<(), SnapshotError> {
+        let done = self.restore_files_where(chain, options, &|a| a == address)?;
+        if done.is_empty() {
+            return Err(SnapshotError::NoSuchReactor(address));
+        }
+        Ok(())
     }
 
     /// [`Shard::restore_files`] for the reactors `wanted` accepts.
@@ -1205,7 +1535,7 @@ impl Shard {
     /// ([`Shard::reattach`]) or [`Shard::unpark`]ed.
     pub fn detach(&mut self, address: Address, options: SnapshotOptions) -> Result<Checkpoint, SnapshotError> {
         let cp = self.snapshot(address, options)?;
-        if let Some(gone) = self.reactors.remove(&address) {
+        if let Some(gone) = self.take_live(address) {
             // Unmapping a large memory takes milliseconds: not on this
             // thread, and not while the move waits for it.
             let dropped = std::thread::Builder::new().name("detached".into()).spawn(move || drop(gone));
@@ -1312,10 +1642,102 @@ impl Shard {
 
     /// Removes a reactor without recording a failure (undoing a restore).
     pub(crate) fn discard(&mut self, address: Address) {
-        self.reactors.remove(&address);
+        self.take_live(address);
         let router = self.router();
         router.modules.remove(&address);
         router.remove_mailbox(address);
         router.ready.retain(|a| *a != address);
+    }
+}
+
+/// The envelope a recorded call consumed.
+fn envelope_of(step: &Step<'_>) -> Envelope {
+    Envelope { kind: step.kind, flags: step.flags, from: Address(step.from), corr: step.corr, payload: step.payload.to_vec() }
+}
+
+/// Replays: a reactor re-executed from a snapshot or its spawn, each call
+/// given its recorded input and answered from its recorded tape, nothing
+/// it does reaching the world. The shard must not otherwise run (the
+/// caller drives it one recorded call at a time).
+impl Shard {
+    /// Starts a replay of a reactor journaled from its spawn: instantiates
+    /// `module` at `address` and runs its start-up with the recorded call
+    /// `init`.
+    pub fn replay_spawn(&mut self, address: Address, module: &Arc<LoadedModule>, init: &Step<'_>) -> Result<Replayed, SpawnError> {
+        self.router().reserve_at(address)?;
+        self.router().modules.insert(address, module.hash);
+        let env = envelope_of(init);
+        let mut tap = Box::new(Tap::replaying());
+        tap.begin_replay(init.tape);
+        let mut tap = Some(tap);
+        let result = self.instantiate_with(address, module, &env, &mut tap, None);
+        let live_tap = self.reactors.get_mut(&address).and_then(|l| l.reactor.tap());
+        let t = live_tap.or(tap.as_deref_mut()).expect("a replay has its tap");
+        let diverged = t.finish_replay().err();
+        Ok(Replayed { digest: t.digest(), failure: result.err(), diverged })
+    }
+
+    /// Starts a replay of a reactor restored here (from the snapshot its
+    /// journal segment starts at). False if there is no such reactor.
+    pub fn replay_restored(&mut self, address: Address) -> bool {
+        let Some(live) = self.reactors.get_mut(&address) else { return false };
+        live.reactor.set_tap(Some(Box::new(Tap::replaying())));
+        true
+    }
+
+    /// Replays one recorded call into `address` (started with
+    /// [`Shard::replay_spawn`] or [`Shard::replay_restored`]). A message
+    /// queued for it when its snapshot was taken leaves its inbox when
+    /// replayed, so a snapshot taken after a step is that step's state.
+    pub fn replay_step(&mut self, address: Address, step: &Step<'_>) -> Result<Replayed, SnapshotError> {
+        let env = envelope_of(step);
+        let router = self.router.as_deref_mut().expect("router is home between calls");
+        if let Some(mb) = router.inboxes.get_mut(&address)
+            && mb.inbox.iter().next().is_some_and(|q| q.from == env.from && q.corr == env.corr && q.kind == env.kind && q.payload == env.payload)
+        {
+            let q = mb.inbox.pop().expect("it has a first message");
+            let cost = queued_cost(&q);
+            mb.account.release(cost);
+            router.budget.give(cost);
+            if mb.inbox.is_empty() {
+                mb.inbox.unschedule();
+                router.ready.retain(|a| *a != address);
+            }
+        }
+        let live = self.reactors.get_mut(&address).ok_or(SnapshotError::NoSuchReactor(address))?;
+        self.batch.clear();
+        env.encode_into(&mut self.batch);
+        let batch = std::mem::take(&mut self.batch);
+        live.reactor.tap().ok_or(SnapshotError::NoSuchReactor(address))?.begin_replay(step.tape);
+        let result = live.reactor.receive(&mut self.router, &batch, 1);
+        self.batch = batch;
+        let t = live.reactor.tap().expect("a replayed reactor has its tap");
+        let diverged = t.finish_replay().err();
+        let digest = t.digest();
+        let failure = result.err();
+        match &failure {
+            Some(f) => self.fail(address, f.clone()),
+            None => live.tracking.settle(),
+        }
+        Ok(Replayed { digest, failure, diverged })
+    }
+
+    /// A replay crosses into the next journal segment: its output digest
+    /// restarts, as the recording's did.
+    pub fn replay_next_segment(&mut self, address: Address) {
+        if let Some(t) = self.reactors.get_mut(&address).and_then(|l| l.reactor.tap()) {
+            t.restart_outputs();
+        }
+    }
+
+    /// The state digest of a live reactor's memory and globals (the
+    /// journal format's).
+    pub fn state_digest(&mut self, address: Address) -> Option<u64> {
+        self.reactors.get_mut(&address).map(|l| l.reactor.state_digest())
+    }
+
+    /// The step number of a journaled reactor's next call.
+    pub fn journal_step(&self, address: Address) -> Option<u64> {
+        self.reactors.get(&address).and_then(|l| l.journal.as_ref()).map(ReactorJournal::step)
     }
 }

@@ -17,6 +17,8 @@
 #![forbid(unsafe_code)]
 
 use crate::budget::{Account, NodeBudget, NodeCharge};
+use crate::journal::Tap;
+use journal_format::{Call, Entry};
 use crate::refs::{Blob, Refs, RefsError};
 use crate::sys::protect::lazy::Damage;
 use reactor_types::{Address, Envelope, ModuleHash, SendError, SpawnError};
@@ -156,6 +158,58 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
+fn refusal_code(r: Option<(Refusal, usize)>) -> u8 {
+    match r {
+        None => 0,
+        Some((Refusal::Cap, _)) => 1,
+        Some((Refusal::Budget, _)) => 2,
+        Some((Refusal::Node, _)) => 3,
+    }
+}
+
+/// The store's limiter: the memory limiter, with growths during a call
+/// recorded on a journaled reactor's tape and, in a replay, decided as
+/// they were when recorded.
+impl<H: HostContext> ResourceLimiter for ReactorData<H> {
+    fn memory_growing(&mut self, current: usize, desired: usize, max: Option<usize>) -> wasmtime::Result<bool> {
+        // Growth outside a call (instantiation, restore) is the host's.
+        let in_call = self.host.is_some();
+        if let Some(tap) = self.tap.as_deref_mut().filter(|t| in_call && t.is_replay()) {
+            let problem = match tap.next(Call::Grow)? {
+                Some(Entry::Grow { desired: d, outcome }) if d == desired as u64 => {
+                    let l = &mut self.limiter;
+                    return Ok(match outcome {
+                        0 => {
+                            let more = desired.saturating_sub(current);
+                            l.account.force_charge(more);
+                            let _ = l.node.grow(if current == 0 { 0 } else { more });
+                            true
+                        }
+                        o => {
+                            let r = [Refusal::Cap, Refusal::Budget, Refusal::Node][usize::from(o.min(3)) - 1];
+                            l.refused = Some((r, desired));
+                            false
+                        }
+                    });
+                }
+                Some(e) => format!("the reactor grew its memory to {desired} bytes where the recording has {e:?}"),
+                None => unreachable!("a replaying tap answers or diverges"),
+            };
+            return Err(tap.diverge(problem).into());
+        }
+        let granted = self.limiter.memory_growing(current, desired, max)?;
+        if let Some(tap) = self.tap.as_deref_mut().filter(|_| in_call) {
+            let outcome = if granted { 0 } else { refusal_code(self.limiter.refused) };
+            tap.record(&Entry::Grow { desired: desired as u64, outcome });
+        }
+        Ok(granted)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, max: Option<usize>) -> wasmtime::Result<bool> {
+        self.limiter.table_growing(current, desired, max)
+    }
+}
+
 /// The host state inside a reactor's store; `H` is the context host calls
 /// reach.
 pub(crate) struct ReactorData<H> {
@@ -174,6 +228,8 @@ pub(crate) struct ReactorData<H> {
     /// Damage found in pages restored lazily (set while such pages are
     /// being checked on first touch).
     damage: Option<Arc<Damage>>,
+    /// The journal tap, while the reactor is journaled or replayed.
+    tap: Option<Box<Tap>>,
 }
 
 impl<H: HostContext> ReactorData<H> {
@@ -196,7 +252,18 @@ impl<H: HostContext> ReactorData<H> {
             host: None,
             held: FxHashMap::default(),
             damage: None,
+            tap: None,
         }
+    }
+
+    /// Its journal tap, if it is journaled or replayed.
+    #[inline]
+    pub(crate) fn tap(&mut self) -> Option<&mut Tap> {
+        self.tap.as_deref_mut()
+    }
+
+    pub(crate) fn set_tap(&mut self, tap: Option<Box<Tap>>) -> Option<Box<Tap>> {
+        std::mem::replace(&mut self.tap, tap)
     }
 
     /// Watches `damage`, the record of pages restored lazily.
@@ -222,10 +289,6 @@ impl<H: HostContext> ReactorData<H> {
 
     pub(crate) fn limiter(&self) -> &MemoryLimiter {
         &self.limiter
-    }
-
-    pub(crate) fn limiter_mut(&mut self) -> &mut MemoryLimiter {
-        &mut self.limiter
     }
 
     /// The reactor's linear memory, once instantiated (host calls run

@@ -14,6 +14,7 @@ mod node;
 mod run;
 mod save;
 mod snapshot;
+mod replay;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -80,6 +81,11 @@ enum Command {
     /// Make a running node shed load: it moves its reactors, live, to the
     /// least loaded live members while it runs more than its share.
     Rebalance(node::AdminArgs),
+    /// Re-execute a journaled reactor from a post-mortem bundle (or from a
+    /// snapshot and its journal), checking every call against what it did
+    /// in production: same outputs, same state at every snapshot point,
+    /// same failure with the same message and backtrace.
+    Replay(replay::ReplayArgs),
 }
 
 /// Entry point of the `host` binary.
@@ -96,6 +102,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Snapshot(args) => snapshot::snapshot(&cli.engine, args),
         Command::Restore(args) => snapshot::restore(&cli.engine, args),
         Command::Inspect(args) => snapshot::inspect(args),
+        Command::Replay(args) => replay::replay(&cli.engine, args),
         Command::Check { module } => check(&cli.engine, module),
         Command::Node(args) => node::node(&cli.engine, args),
         Command::Status(args) => node::status(args),

@@ -3,6 +3,7 @@
 //! `call`, `stop`.
 #![forbid(unsafe_code)]
 
+use reactor_runtime::journal::Level;
 use super::engine_args::EngineArgs;
 use host::node::admin::{AdminSocket, Client};
 use host::node::{Node, NodeConfig};
@@ -102,11 +103,32 @@ pub(crate) struct NodeArgs {
     /// reactors at their addresses; after a kill -9, as of the last one.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     checkpoint_every: u64,
+    /// Journal every reactor spawned from outside that does not say
+    /// otherwise (`host spawn --durable`): every input it consumes is
+    /// recorded in `<data-dir>/journal/` at this level — `written` (handed
+    /// to the OS) or `synced` (on disk before its replies leave) — and a
+    /// failure leaves a post-mortem bundle in `<data-dir>/postmortem/`.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
+    durable: Option<Level>,
+    /// Journal segments kept per journaled reactor besides the one being
+    /// written (one starts at every checkpoint).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    journal_keep: usize,
     /// How long an admin client may take to send a request line or to take
     /// an answer, in milliseconds, before its connection is closed (not
     /// counting time its requests are running).
     #[arg(long, default_value_t = host::node::admin::IDLE_TIMEOUT.as_millis() as u64, value_name = "MS")]
     admin_idle_timeout: u64,
+}
+
+/// A durability level as the command line spells it.
+pub(crate) fn parse_level(s: &str) -> Result<Level, String> {
+    match s {
+        "written" => Ok(Level::Written),
+        "synced" => Ok(Level::Synced),
+        "standby" => Err("`standby` needs a standby node, which this host does not offer yet: use `written` or `synced`".into()),
+        _ => Err(format!("{s:?} is not a durability level: `written` or `synced`")),
+    }
 }
 
 fn parse_role(s: &str) -> Result<NodeRole, String> {
@@ -135,6 +157,11 @@ pub(crate) struct SpawnArgs {
     module: String,
     /// The init argument, as JSON.
     init: Option<String>,
+    /// Journal it: every input it consumes is recorded (`written`, or
+    /// `synced`: on disk before its replies leave), so a failure can be
+    /// replayed (`host replay`). Without it, the node's `--durable` applies.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level, num_args = 0..=1, default_missing_value = "synced")]
+    durable: Option<Level>,
 }
 
 /// `host send` and `host call`.
@@ -194,6 +221,8 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
         trace: args.trace_frames,
         insecure_plaintext: args.insecure_plaintext,
         checkpoint_every: (args.checkpoint_every > 0).then(|| std::time::Duration::from_secs(args.checkpoint_every)),
+        durable: args.durable,
+        journal_keep: args.journal_keep.max(1),
         peer_keys: match &args.peer_keys {
             Some(f) => {
                 // A trust anchor: nobody else may be able to write it.
@@ -405,7 +434,11 @@ pub(crate) fn spawn(args: &SpawnArgs) -> anyhow::Result<ExitCode> {
         Some(s) => serde_json::from_str(s).with_context(|| format!("the init argument is not JSON: {s}"))?,
         None => Value::Null,
     };
-    let v = Client::connect(&args.admin.data_dir)?.request(json!({"op": "spawn", "module": args.module, "init": init}))?;
+    let mut req = json!({"op": "spawn", "module": args.module, "init": init});
+    if let Some(level) = args.durable {
+        req["durable"] = json!(level.name());
+    }
+    let v = Client::connect(&args.admin.data_dir)?.request(req)?;
     println!("{}", v.get("address").and_then(Value::as_str).unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }

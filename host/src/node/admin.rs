@@ -36,6 +36,7 @@
 
 pub mod protocol;
 
+use reactor_runtime::journal::Level;
 use super::{Node, NodeError};
 use protocol::{ModuleRef, Op, answer_err, answer_ok};
 use reactor_runtime::abi;
@@ -418,7 +419,7 @@ fn handle(node: &Node, op: Op, progress: &mut dyn FnMut(Value)) -> Result<Value,
             Ok(json!(report))
         }
         Op::Status => Ok(node.status()),
-        Op::Spawn { module, init } => {
+        Op::Spawn { module, init, durable } => {
             let module = match module {
                 ModuleRef::Hash(hash) => node.runtime.engine().module(&hash).ok_or_else(|| {
                     AdminError::BadRequest(format!("no module with hash sha256:{hash} is loaded on this node"))
@@ -432,8 +433,23 @@ fn handle(node: &Node, op: Op, progress: &mut dyn FnMut(Value)) -> Result<Value,
             let shard = node.runtime.shards();
             let pick = (node.runtime.stats().spawned as usize) % shard.max(1);
             let flags = if init.is_empty() { 0 } else { abi::FLAG_TEXT };
-            let a = node.runtime.spawn_on(pick, &module, init, flags)?;
-            Ok(json!({"address": a.to_string(), "tag": a.0, "module": format!("sha256:{}", module.hash)}))
+            let level = durable
+                .map(|d| match d {
+                    protocol::Durability::Written => Level::Written,
+                    protocol::Durability::Synced => Level::Synced,
+                    protocol::Durability::Standby => Level::Standby,
+                })
+                .or(node.default_durability());
+            if level == Some(Level::Standby) {
+                return Err(AdminError::BadRequest(
+                    "durability \"standby\" needs a standby node, which this host does not offer yet: use \"written\" or \"synced\"".into(),
+                ));
+            }
+            let a = node.runtime.spawn_journaled(pick, &module, init, flags, level)?;
+            Ok(json!({
+                "address": a.to_string(), "tag": a.0, "module": format!("sha256:{}", module.hash),
+                "durable": level.map(Level::name),
+            }))
         }
         Op::Send { to, msg } => {
             let msg = serde_json::to_vec(&msg).map_err(AdminError::Encode)?;

@@ -224,6 +224,8 @@ impl Checkpoints {
         let options = SnapshotOptions {
             capture: if delta_on.is_some() { Capture::Incremental } else { Capture::Concurrent },
             track: true,
+            // Journaled reactors start a segment at every checkpoint.
+            journal: true,
         };
         // A failure leaves reactors' tracking in an unknown state: the next
         // checkpoint is full.

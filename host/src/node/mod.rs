@@ -48,6 +48,7 @@ pub mod admin;
 pub mod durable;
 pub mod lock;
 pub mod migrate;
+pub mod postmortem;
 
 use reactor_net::auth::Secret;
 use reactor_net::secure::{self, Binding, Keyring, PublicKey, SigningKey, StaticKey};
@@ -247,7 +248,16 @@ pub struct NodeConfig {
     /// How often the running node checkpoints its reactors (`None`: only
     /// when it stops).
     pub checkpoint_every: Option<Duration>,
+    /// Reactors spawned from outside without a durability of their own are
+    /// journaled at this level (`None`: not journaled).
+    pub durable: Option<reactor_runtime::journal::Level>,
+    /// Journal segments each journaled reactor keeps besides the one being
+    /// written (at least 1).
+    pub journal_keep: usize,
 }
+
+/// The journals' directory in a data directory.
+pub const JOURNALS: &str = "journal";
 
 /// What a node remembers of cluster events (newest last, bounded).
 const EVENT_LOG: usize = 256;
@@ -267,6 +277,8 @@ pub struct Node {
     restored: Vec<Address>,
     /// The periodic checkpoint thread and its stop signal.
     ticker: Mutex<Option<Ticker>>,
+    /// Its journaled reactors' journals, under `<data-dir>/journal/`.
+    journals: Arc<reactor_runtime::journal::Journals>,
     /// The last snapshot taken through [`Node::snapshot`]: what the next
     /// incremental one is a delta on.
     last_snapshot: Mutex<Option<reactor_runtime::snapshot::SnapshotId>>,
@@ -521,6 +533,7 @@ impl Node {
         rc.node = config.id;
         rc.data_dir = Some(config.data_dir.clone());
         let runtime = Arc::new(Runtime::new(engine, rc).map_err(NodeError::Runtime)?);
+        let journals = start_journals(&config, &runtime)?;
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("net")
@@ -667,6 +680,7 @@ impl Node {
             checkpoints,
             restored,
             ticker: Mutex::new(ticker),
+            journals,
             last_snapshot: Mutex::new(None),
             hub,
             _lock: lock,
@@ -708,7 +722,20 @@ impl Node {
         if let Some(t) = self.ticker.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             t.stop();
         }
-        self.checkpoint()
+        let taken = self.checkpoint();
+        self.journals.sync();
+        taken
+    }
+
+    /// The journaling level of reactors spawned from outside that do not
+    /// ask for one.
+    pub fn default_durability(&self) -> Option<reactor_runtime::journal::Level> {
+        self.config.durable
+    }
+
+    /// Its journals (under `<data-dir>/journal/`).
+    pub fn journals(&self) -> &Arc<reactor_runtime::journal::Journals> {
+        &self.journals
     }
 
     /// Snapshots live reactors of this node (`None`: all) into `path`,
@@ -733,6 +760,7 @@ impl Node {
         let options = SnapshotOptions {
             capture: if incremental { Capture::Incremental } else { Capture::Concurrent },
             track: true,
+            journal: false,
         };
         let mut last = self.last_snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let base = match (incremental, *last) {
@@ -868,6 +896,12 @@ impl Node {
             })
             .collect();
         let stats = self.runtime.stats();
+        let j = self.journals.stats().figures();
+        let journal = serde_json::json!({
+            "records": j.records, "bytes_written": j.bytes_written, "rounds": j.rounds, "syncs": j.syncs,
+            "mean_sync_us": j.sync_nanos.checked_div(j.syncs).unwrap_or(0) / 1000,
+            "max_sync_us": j.max_sync_nanos / 1000, "errors": j.errors,
+        });
         serde_json::json!({
             "node": self.info,
             "cluster": self.config.cluster,
@@ -886,6 +920,7 @@ impl Node {
             "forwarded": stats.forwarded,
             "migrations": self.hub.counters(),
             "fence_timeouts": self.transport.fence_timeouts(),
+            "journal": journal,
             "events": events,
         })
     }
@@ -894,6 +929,32 @@ impl Node {
     pub fn default_call_timeout(&self) -> Duration {
         Duration::from_secs(30)
     }
+}
+
+/// Starts the node's journal writer in `<data-dir>/journal/`, hands it to
+/// every shard, and makes a journaled reactor's failure leave a post-mortem
+/// bundle (`postmortem`).
+fn start_journals(config: &NodeConfig, runtime: &Arc<Runtime>) -> Result<Arc<reactor_runtime::journal::Journals>, NodeError> {
+    use reactor_runtime::journal::{JournalConfig, Journals};
+    let dir = config.data_dir.join(JOURNALS);
+    let journals = Journals::start(JournalConfig { dir: dir.clone(), keep: config.journal_keep.max(1) })
+        .map_err(|source| NodeError::Io { op: "start the journals in", path: dir.clone(), source })?;
+    runtime
+        .set_journals(&journals)
+        .map_err(|e| NodeError::Io { op: "hand the journals to the shards for", path: dir, source: std::io::Error::other(e) })?;
+    let (data_dir, limits) = (config.data_dir.clone(), runtime.limits());
+    journals.set_failure_hook(Box::new(move |f| match postmortem::make(&data_dir, f, limits) {
+        Ok(p) => tracing::warn!(
+            reactor = %f.address,
+            "journaled reactor {} failed at step {}; its post-mortem bundle is {} (replay it with `host replay {}`)",
+            f.address,
+            f.step,
+            p.display(),
+            p.display()
+        ),
+        Err(e) => tracing::error!(reactor = %f.address, "journaled reactor {} failed at step {}; no post-mortem bundle: {e}", f.address, f.step),
+    }));
+    Ok(journals)
 }
 
 /// A snapshot's kind as the admin protocol answers it: `"full"` or

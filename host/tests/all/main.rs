@@ -19,4 +19,5 @@ mod hostile_peers;
 mod durable;
 mod migrate;
 mod live_migration;
+mod journal;
 mod load_guests;

@@ -71,6 +71,9 @@ pub enum SpawnError {
     /// nothing was started.
     #[error("shard {0} has stopped: its thread panicked")]
     ShardDown(usize),
+    /// It was to be journaled and cannot be; nothing was started.
+    #[error("cannot journal the reactor: {0}")]
+    Journal(String),
 }
 
 /// Why a request got no answer.

@@ -157,7 +157,11 @@ impl<H: HostContext> Engine<H> {
             .memory_may_move(true)
             .memory_init_cow(false)
             .with_host_memory(Arc::new(MmapMemoryCreator))
-            .max_wasm_stack(1 << 20);
+            .max_wasm_stack(1 << 20)
+            // Determinism for journal replay: a NaN's bits and relaxed SIMD
+            // results are the same on every machine.
+            .cranelift_nan_canonicalization(true)
+            .relaxed_simd_deterministic(true);
         let wasmtime = wasmtime::Engine::new(&c).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         // After wasmtime's own handler, so ours sees snapshot write faults
         // from JIT code first and chains everything else to it.

@@ -35,23 +35,32 @@ pub struct SnapshotOptions {
     /// `Incremental`. Costs one page fault per page first written between
     /// snapshots.
     pub track: bool,
+    /// Journaled reactors it takes start a new journal segment from it
+    /// (snapshots kept as restart points: a node's checkpoints, a user's
+    /// snapshot; not a move's layers).
+    pub journal: bool,
 }
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
-        Self { capture: Capture::Concurrent, track: false }
+        Self { capture: Capture::Concurrent, track: false, journal: false }
     }
 }
 
 impl SnapshotOptions {
     /// `capture` without tracking.
     pub fn new(capture: Capture) -> Self {
-        Self { capture, track: capture == Capture::Incremental }
+        Self { capture, track: capture == Capture::Incremental, journal: false }
     }
 
     /// The same with tracking on.
     pub fn tracked(self) -> Self {
         Self { track: true, ..self }
+    }
+
+    /// The same, starting journal segments (see [`SnapshotOptions::journal`]).
+    pub fn journaled(self) -> Self {
+        Self { journal: true, ..self }
     }
 }
 

@@ -69,6 +69,31 @@ pub enum ModuleRef {
     Name(String),
 }
 
+/// How durable a spawned reactor is: journaled at this level (see the
+/// runtime's journal), or not journaled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Journal records handed to the operating system.
+    Written,
+    /// Journal records on this node's disk before the reactor's output of
+    /// that call leaves it.
+    Synced,
+    /// Held by its standby too.
+    Standby,
+}
+
+impl Durability {
+    /// The level named `s` (`written`, `synced`, `standby`).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "written" => Self::Written,
+            "synced" => Self::Synced,
+            "standby" => Self::Standby,
+            _ => return None,
+        })
+    }
+}
+
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -80,6 +105,8 @@ pub enum Op {
         module: ModuleRef,
         /// The init argument (`None`: empty).
         init: Option<Value>,
+        /// Journaled at this level (`None`: the node's default).
+        durable: Option<Durability>,
     },
     /// A one-way message.
     Send {
@@ -216,7 +243,15 @@ fn parse_op(req: &mut serde_json::Map<String, Value>) -> Result<Op, RequestError
                 None | Some(Value::Null) => None,
                 Some(v) => Some(v),
             };
-            Op::Spawn { module, init }
+            let durable = match req.get("durable") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(
+                    Durability::parse(s)
+                        .ok_or(RequestError::Field("\"durable\" is \"written\", \"synced\" or \"standby\""))?,
+                ),
+                Some(_) => return Err(RequestError::Field("\"durable\" is \"written\", \"synced\" or \"standby\"")),
+            };
+            Op::Spawn { module, init, durable }
         }
         "send" | "call" => {
             let to = parse_address(req.get("to").ok_or(RequestError::Field("send and call need \"to\""))?)?;

@@ -656,7 +656,7 @@ impl Hub {
         // Round 0 (pre-copy: copy-on-write, tracked) before the offer: its
         // memory size is the offer's.
         let first = if options.precopy {
-            Some(self.runtime.snapshot(address, SnapshotOptions { capture: Capture::Concurrent, track: true })?)
+            Some(self.runtime.snapshot(address, SnapshotOptions { capture: Capture::Concurrent, track: true, journal: false })?)
         } else {
             None
         };
@@ -710,7 +710,7 @@ impl Hub {
                     break;
                 }
                 last_bytes = this;
-                cp = match self.runtime.snapshot(address, SnapshotOptions { capture: Capture::Incremental, track: true }) {
+                cp = match self.runtime.snapshot(address, SnapshotOptions { capture: Capture::Incremental, track: true, journal: false }) {
                     Ok(cp) if cp.kind() == (Kind::Delta { base: chain.last().expect("a layer").id() }) => cp,
                     // Its writes are not tracked any more (page protection
                     // gave up, e.g. at the kernel's limit of mappings), or
@@ -730,11 +730,11 @@ impl Hub {
         let precopy_ms = started.elapsed().as_secs_f64() * 1e3;
         let stopped = Instant::now();
         let capture = if whole_at_stop { Capture::Blocking } else { Capture::Incremental };
-        let detached = match self.runtime.detach(address, SnapshotOptions { capture, track: false }) {
+        let detached = match self.runtime.detach(address, SnapshotOptions { capture, track: false, journal: false }) {
             // Tracking lost since the last round: all of it, stopped.
             Err(SnapshotError::NoBase(_)) => {
                 whole_at_stop = true;
-                self.runtime.detach(address, SnapshotOptions { capture: Capture::Blocking, track: false })
+                self.runtime.detach(address, SnapshotOptions { capture: Capture::Blocking, track: false, journal: false })
             }
             other => other,
         };

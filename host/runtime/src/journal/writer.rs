@@ -1,0 +1,573 @@
+//! Journals on disk: one directory per journaled reactor under the node's
+//! journal directory, one file per segment, written by one writer thread
+//! per node with group commit.
+//!
+//! A shard appends a call's record to the reactor's segment in memory
+//! (a lock nobody else holds but the writer, for a moment) and, if the
+//! segment is not queued yet, queues it. The writer thread takes every
+//! queued segment at once, writes what each has gathered, then makes the
+//! ones at level `Synced` or above durable with one `fdatasync` each: the
+//! records that arrived while it synced go in the next round. A record is
+//! therefore on disk at most two rounds after it was appended.
+#![forbid(unsafe_code)]
+
+use journal_format::{Header, Level, Record, encode_header, encode_record};
+use reactor_types::{Address, ModuleHash};
+use snapshot_format::SnapshotId;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// A reactor that failed while journaled: what a post-mortem bundle is
+/// made from. Its segments are sealed (synced and closed).
+#[derive(Debug, Clone)]
+pub struct FailedReactor {
+    pub address: Address,
+    pub module: ModuleHash,
+    /// The step whose call failed it.
+    pub step: u64,
+    /// Its failure, as recorded.
+    pub failure: String,
+    /// Its journal's segments on disk, oldest first; the last ends with
+    /// the failure.
+    pub segments: Vec<PathBuf>,
+}
+
+/// Called on the writer thread when a journaled reactor failed and its
+/// journal is sealed.
+pub type FailureHook = Box<dyn Fn(&FailedReactor) + Send + Sync>;
+
+/// Counters of a node's journals.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    pub records: AtomicU64,
+    pub bytes_written: AtomicU64,
+    /// Rounds of the writer that wrote something.
+    pub rounds: AtomicU64,
+    pub syncs: AtomicU64,
+    pub sync_nanos: AtomicU64,
+    pub max_sync_nanos: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// What a figure of [`JournalStats`] is now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalFigures {
+    pub records: u64,
+    pub bytes_written: u64,
+    pub rounds: u64,
+    pub syncs: u64,
+    pub sync_nanos: u64,
+    pub max_sync_nanos: u64,
+    pub errors: u64,
+}
+
+impl JournalStats {
+    pub fn figures(&self) -> JournalFigures {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        JournalFigures {
+            records: g(&self.records),
+            bytes_written: g(&self.bytes_written),
+            rounds: g(&self.rounds),
+            syncs: g(&self.syncs),
+            sync_nanos: g(&self.sync_nanos),
+            max_sync_nanos: g(&self.max_sync_nanos),
+            errors: g(&self.errors),
+        }
+    }
+}
+
+/// Where a node's journals go and how many old segments each keeps.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// The directory holding one directory per journaled reactor (created
+    /// `0700` if missing).
+    pub dir: PathBuf,
+    /// Segments kept per reactor besides the one being written (older ones
+    /// are deleted when a new one starts).
+    pub keep: usize,
+}
+
+impl JournalConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), keep: 2 }
+    }
+}
+
+/// The directory of `address`'s journal under `dir`.
+pub fn reactor_dir(dir: &Path, address: Address) -> PathBuf {
+    dir.join(format!("{:016x}", address.0))
+}
+
+/// The segments of the journal in `reactor_dir`, oldest first (by the
+/// step they start at).
+pub fn segments(reactor_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<(u64, PathBuf)> = Vec::new();
+    for e in std::fs::read_dir(reactor_dir)? {
+        let p = e?.path();
+        let step = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".journal"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(s) = step {
+            v.push((s, p));
+        }
+    }
+    v.sort();
+    Ok(v.into_iter().map(|(_, p)| p).collect())
+}
+
+enum After {
+    /// Keep `keep` older segments in its directory.
+    Prune(usize),
+    /// It held no call: delete it (a later segment starts at the same step).
+    Discard,
+    /// The reactor failed: hand its journal to the failure hook.
+    Failed { address: Address, module: ModuleHash, step: u64, failure: String },
+    Nothing,
+}
+
+enum Job {
+    Flush(Arc<Segment>),
+    Seal(Arc<Segment>, After),
+    /// Answers once everything before it is written and synced.
+    Barrier(Sender<()>),
+}
+
+/// A node's journals: their directory and writer thread.
+pub struct Journals {
+    config: JournalConfig,
+    tx: Mutex<Option<Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<JournalStats>,
+    hook: Arc<OnceLock<FailureHook>>,
+    wakers: Arc<Mutex<Vec<Waker>>>,
+}
+
+/// Called after records were synced (a shard waiting to release output).
+pub type Waker = Box<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for Journals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journals").field("dir", &self.config.dir).field("stats", &self.stats.figures()).finish()
+    }
+}
+
+impl Journals {
+    /// Starts the writer thread for journals under `config.dir`.
+    pub fn start(config: JournalConfig) -> std::io::Result<Arc<Self>> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&config.dir)?;
+        let (tx, rx) = channel();
+        let stats = Arc::new(JournalStats::default());
+        let hook: Arc<OnceLock<FailureHook>> = Arc::new(OnceLock::new());
+        let wakers: Arc<Mutex<Vec<Waker>>> = Arc::default();
+        let (s, h, w) = (stats.clone(), hook.clone(), wakers.clone());
+        let thread = std::thread::Builder::new().name("journal".into()).spawn(move || writer(rx, &s, &h, &w))?;
+        Ok(Arc::new(Self { config, tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), stats, hook, wakers }))
+    }
+
+    /// Calls `waker` after every round that synced records.
+    pub fn add_waker(&self, waker: Waker) {
+        self.wakers.lock().expect("wakers").push(waker);
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    pub fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
+    /// Sets what runs when a journaled reactor fails (once).
+    pub fn set_failure_hook(&self, hook: FailureHook) -> bool {
+        self.hook.set(hook).is_ok()
+    }
+
+    fn send(&self, job: Job) {
+        if let Some(tx) = self.tx.lock().expect("journal sender").as_ref() {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Waits until everything appended before the call is written (and
+    /// synced for segments at `Synced` or above).
+    pub fn sync(&self) {
+        let (tx, rx) = channel();
+        self.send(Job::Barrier(tx));
+        let _ = rx.recv();
+    }
+
+    /// Writes what is pending and stops the writer thread.
+    pub fn shutdown(&self) {
+        self.sync();
+        drop(self.tx.lock().expect("journal sender").take());
+        if let Some(t) = self.thread.lock().expect("journal thread").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Journals {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One segment file being written.
+pub(crate) struct Segment {
+    path: PathBuf,
+    level: Level,
+    state: Mutex<SegState>,
+    /// Records on disk (`fdatasync` done), counted from the segment's first.
+    synced: AtomicU64,
+    /// Why it could not be written, once it could not.
+    broken: OnceLock<String>,
+}
+
+impl Segment {
+    fn new(path: PathBuf, level: Level, pending: Vec<u8>, queued: bool) -> Self {
+        Self {
+            path,
+            level,
+            state: Mutex::new(SegState { pending, pending_records: 0, written_records: 0, queued, file: None }),
+            synced: AtomicU64::new(0),
+            broken: OnceLock::new(),
+        }
+    }
+}
+
+struct SegState {
+    pending: Vec<u8>,
+    /// Records in `pending`.
+    pending_records: u64,
+    /// Records written to the file.
+    written_records: u64,
+    queued: bool,
+    file: Option<File>,
+}
+
+/// What a journaled reactor's held output waits for: its call's record on
+/// disk ([`Ticket::is_synced`]).
+#[derive(Clone)]
+pub(crate) struct Ticket {
+    segment: Arc<Segment>,
+    records: u64,
+}
+
+impl Ticket {
+
+    /// Whether the record is on disk (or can never be: the segment broke,
+    /// and the reactor fails instead).
+    pub(crate) fn is_synced(&self) -> bool {
+        self.segment.synced.load(Ordering::Acquire) >= self.records || self.segment.broken.get().is_some()
+    }
+}
+
+/// A journaled reactor's side of its journal (its shard's).
+pub(crate) struct ReactorJournal {
+    journals: Arc<Journals>,
+    segment: Arc<Segment>,
+    address: Address,
+    module: ModuleHash,
+    level: Level,
+    /// Index of the next record in the current segment.
+    index: u64,
+    /// Call records in the current segment.
+    calls: u64,
+    /// The step number of the next call.
+    step: u64,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for ReactorJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReactorJournal").field("address", &self.address).field("step", &self.step).finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ReactorJournal {
+    /// Starts `address`'s journal at step `first_step`: from its spawn
+    /// (`base` `None`) or from the snapshot `base` with that state digest.
+    /// The file is created by the writer thread.
+    pub(crate) fn start(
+        journals: &Arc<Journals>,
+        address: Address,
+        module: ModuleHash,
+        level: Level,
+        first_step: u64,
+        base: Option<(SnapshotId, u64)>,
+    ) -> Self {
+        let mut j = Self {
+            journals: journals.clone(),
+            segment: Arc::new(Segment::new(PathBuf::new(), level, Vec::new(), false)),
+            address,
+            module,
+            level,
+            index: 0,
+            calls: 0,
+            step: first_step,
+            buf: Vec::new(),
+        };
+        j.open_segment(base);
+        j
+    }
+
+    fn open_segment(&mut self, base: Option<(SnapshotId, u64)>) {
+        let header = Header {
+            level: self.level,
+            address: self.address.0,
+            module: self.module.0,
+            first_step: self.step,
+            base: base.map_or([0; 16], |(id, _)| id.0),
+            base_digest: base.map_or(0, |(_, d)| d),
+            created_ms: now_ms(),
+        };
+        let path = reactor_dir(&self.journals.config.dir, self.address).join(format!("{:020}.journal", self.step));
+        let pending = encode_header(&header).to_vec();
+        self.segment = Arc::new(Segment::new(path, self.level, pending, true));
+        self.index = 0;
+        self.calls = 0;
+        self.journals.send(Job::Flush(self.segment.clone()));
+    }
+
+    /// The step number the next call will have.
+    pub(crate) fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Why its segment could not be written, if it could not.
+    pub(crate) fn broken(&self) -> Option<&str> {
+        self.segment.broken.get().map(String::as_str)
+    }
+
+    /// Appends a record to the current segment (queued for the writer).
+    pub(crate) fn append(&mut self, record: &Record<'_>) {
+        self.buf.clear();
+        encode_record(self.index, record, &mut self.buf);
+        self.index += 1;
+        if matches!(record, Record::Init(_) | Record::Step(_)) {
+            self.calls += 1;
+            self.step += 1;
+        }
+        self.journals.stats.records.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.segment.state.lock().expect("segment state");
+        st.pending.extend_from_slice(&self.buf);
+        st.pending_records += 1;
+        if !st.queued {
+            st.queued = true;
+            drop(st);
+            self.journals.send(Job::Flush(self.segment.clone()));
+        }
+    }
+
+    /// Whether what the reactor sends waits for its call's record to be on
+    /// disk.
+    pub(crate) fn holds_output(&self) -> bool {
+        self.level >= Level::Synced
+    }
+
+    /// What the output of the call just appended waits for.
+    pub(crate) fn ticket(&self) -> Ticket {
+        Ticket { segment: self.segment.clone(), records: self.index }
+    }
+
+    /// Ends the current segment at snapshot `next` (state digest `digest`)
+    /// and starts the next from it.
+    pub(crate) fn roll(&mut self, next: SnapshotId, digest: u64) {
+        let after = if self.calls == 0 {
+            After::Discard
+        } else {
+            self.append(&Record::End { next: next.0, digest });
+            After::Prune(self.journals.config.keep)
+        };
+        self.journals.send(Job::Seal(self.segment.clone(), after));
+        self.open_segment(Some((next, digest)));
+    }
+
+    /// The reactor failed at the call just recorded: records why, seals
+    /// the journal and hands it to the failure hook.
+    pub(crate) fn fail(mut self, failure: &str) {
+        self.append(&Record::Failure(failure));
+        let after = After::Failed {
+            address: self.address,
+            module: self.module,
+            step: self.step.saturating_sub(1),
+            failure: failure.to_owned(),
+        };
+        self.journals.send(Job::Seal(self.segment.clone(), after));
+    }
+
+    /// The reactor stopped being journaled here (stopped, moved away):
+    /// seals the segment.
+    pub(crate) fn close(self) {
+        self.journals.send(Job::Seal(self.segment.clone(), After::Nothing));
+    }
+}
+
+fn create_file(path: &Path) -> std::io::Result<File> {
+    let dir = path.parent().expect("a segment lives in a directory");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    // The new name is durable with its directory.
+    File::open(dir)?.sync_all()?;
+    Ok(f)
+}
+
+/// Writes what `seg` gathered; true if something was written.
+fn write_pending(seg: &Segment, stats: &JournalStats) -> bool {
+    let mut st = seg.state.lock().expect("segment state");
+    st.queued = false;
+    if st.pending.is_empty() || seg.broken.get().is_some() {
+        return false;
+    }
+    let bytes = std::mem::take(&mut st.pending);
+    let records = std::mem::take(&mut st.pending_records);
+    let result = (|| {
+        if st.file.is_none() {
+            st.file = Some(create_file(&seg.path)?);
+        }
+        st.file.as_mut().expect("opened").write_all(&bytes)
+    })();
+    if result.is_ok() {
+        st.written_records += records;
+    }
+    drop(st);
+    match result {
+        Ok(()) => {
+            stats.bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            true
+        }
+        Err(e) => {
+            broke(seg, stats, format!("writing {}: {e}", seg.path.display()));
+            false
+        }
+    }
+}
+
+fn broke(seg: &Segment, stats: &JournalStats, why: String) {
+    tracing::error!("journal: {why}");
+    stats.errors.fetch_add(1, Ordering::Relaxed);
+    let _ = seg.broken.set(why);
+}
+
+fn sync(seg: &Segment, stats: &JournalStats) {
+    let st = seg.state.lock().expect("segment state");
+    let Some(f) = st.file.as_ref() else { return };
+    let records = st.written_records;
+    let t = Instant::now();
+    let r = f.sync_data();
+    if r.is_ok() {
+        seg.synced.fetch_max(records, Ordering::Release);
+    }
+    let ns = t.elapsed().as_nanos() as u64;
+    drop(st);
+    stats.syncs.fetch_add(1, Ordering::Relaxed);
+    stats.sync_nanos.fetch_add(ns, Ordering::Relaxed);
+    stats.max_sync_nanos.fetch_max(ns, Ordering::Relaxed);
+    if let Err(e) = r {
+        broke(seg, stats, format!("syncing {}: {e}", seg.path.display()));
+    }
+}
+
+fn seal(seg: &Arc<Segment>, after: After, stats: &JournalStats, hook: &OnceLock<FailureHook>) {
+    write_pending(seg, stats);
+    sync(seg, stats);
+    seg.state.lock().expect("segment state").file = None;
+    match after {
+        After::Nothing => {}
+        After::Discard => {
+            let _ = std::fs::remove_file(&seg.path);
+        }
+        After::Prune(keep) => {
+            if let Some(dir) = seg.path.parent()
+                && let Ok(all) = segments(dir)
+            {
+                // `all` ends with the segment just sealed (the next one is
+                // not created yet, or is newer); keep `keep` of them.
+                let older = all.iter().take_while(|p| **p != seg.path).count();
+                for p in all.iter().take(older.saturating_sub(keep.saturating_sub(1))) {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        After::Failed { address, module, step, failure } => {
+            let dir = seg.path.parent().map(Path::to_path_buf).unwrap_or_default();
+            let mut kept = segments(&dir).unwrap_or_default();
+            // Segments after this one (none should exist) are not its story.
+            if let Some(i) = kept.iter().position(|p| *p == seg.path) {
+                kept.truncate(i + 1);
+            }
+            let failed = FailedReactor { address, module, step, failure, segments: kept };
+            match hook.get() {
+                Some(h) => h(&failed),
+                None => tracing::info!(reactor = %address, "journaled reactor failed at step {step}; its journal is in {}", dir.display()),
+            }
+        }
+    }
+}
+
+fn wake(wakers: &Mutex<Vec<Waker>>) {
+    for w in wakers.lock().expect("wakers").iter() {
+        w();
+    }
+}
+
+fn writer(rx: Receiver<Job>, stats: &JournalStats, hook: &OnceLock<FailureHook>, wakers: &Mutex<Vec<Waker>>) {
+    let mut round: Vec<Job> = Vec::new();
+    let mut to_sync: Vec<Arc<Segment>> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        round.push(first);
+        while let Ok(j) = rx.try_recv() {
+            round.push(j);
+        }
+        let mut wrote = false;
+        for job in round.drain(..) {
+            match job {
+                Job::Flush(seg) => {
+                    if write_pending(&seg, stats) {
+                        wrote = true;
+                        if seg.level >= Level::Synced && !to_sync.iter().any(|s| Arc::ptr_eq(s, &seg)) {
+                            to_sync.push(seg);
+                        }
+                    }
+                }
+                Job::Seal(seg, after) => {
+                    to_sync.retain(|s| !Arc::ptr_eq(s, &seg));
+                    seal(&seg, after, stats, hook);
+                    wake(wakers);
+                }
+                Job::Barrier(done) => {
+                    let synced = !to_sync.is_empty();
+                    for s in to_sync.drain(..) {
+                        sync(&s, stats);
+                    }
+                    if synced {
+                        wake(wakers);
+                    }
+                    let _ = done.send(());
+                }
+            }
+        }
+        if !to_sync.is_empty() {
+            for s in to_sync.drain(..) {
+                sync(&s, stats);
+            }
+            wake(wakers);
+        }
+        if wrote {
+            stats.rounds.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
