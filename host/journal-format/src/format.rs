@@ -336,6 +336,11 @@ impl<'a> Journal<'a> {
 }
 
 impl<'a> Records<'a> {
+    /// The byte offset of the next record (after the last one read).
+    pub fn position(&self) -> u64 {
+        self.pos as u64
+    }
+
     /// Where it is.
     pub fn cursor(&self) -> Cursor {
         Cursor { pos: self.pos, index: self.index, calls: self.calls, last: self.last, done: self.done }

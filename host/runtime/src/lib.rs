@@ -72,7 +72,7 @@ pub use engine::{CodeSource, EngineConfig, LoadError};
 pub use hostcalls::GuestFault;
 pub use port::{FenceHandler, MoveHandler};
 pub use reactor::Limits;
-pub use runtime::{CheckpointScope, PendingCall, Runtime, RuntimeConfig, ShardDown};
+pub use runtime::{AfterRestore, CheckpointScope, PendingCall, Runtime, RuntimeConfig, ShardDown};
 pub use shard::{Engine, LoadedModule, Replayed, Shard, ShardConfig, ShardStats};
 pub use sys::{mappings, resident_bytes};
 

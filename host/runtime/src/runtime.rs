@@ -106,6 +106,10 @@ enum Command {
 #[error("shard {0} has stopped: its thread panicked, its reactors are gone")]
 pub struct ShardDown(pub usize);
 
+/// What runs on each shard right after a restart's restore
+/// ([`Runtime::restore_files_then`]): the shard and its index.
+pub type AfterRestore = Arc<dyn Fn(&mut Shard, usize) + Send + Sync>;
+
 /// Which reactors a checkpoint takes, and what a delta is relative to
 /// ([`Runtime::checkpoint_with`]).
 #[derive(Clone, Debug, Default)]
@@ -768,6 +772,21 @@ impl Runtime {
         options: RestoreOptions,
         except: std::collections::HashSet<Address>,
     ) -> Result<Vec<Address>, SnapshotError> {
+        self.restore_files_then(chain, options, except, Arc::new(|_, _| {}))
+    }
+
+    /// [`Runtime::restore_files_except`], then `then(shard, index)` on every
+    /// shard right after the restore, before the shard takes any other
+    /// command (a restart's journal recovery: no message reaches a restored
+    /// reactor before it is up to date). Runs `then` with an empty chain
+    /// too.
+    pub fn restore_files_then(
+        &self,
+        chain: Vec<SnapshotFile>,
+        options: RestoreOptions,
+        except: std::collections::HashSet<Address>,
+        then: AfterRestore,
+    ) -> Result<Vec<Address>, SnapshotError> {
         let n = self.shards.len();
         let except = Arc::new(except);
         if let Some(last) = chain.last() {
@@ -784,9 +803,13 @@ impl Runtime {
         let failed = Arc::new(AtomicBool::new(false));
         let results: Vec<Result<Vec<Address>, SnapshotError>> = (0..n)
             .map(|i| {
-                let (chain, done, failed, except) = (chain.clone(), done.clone(), failed.clone(), except.clone());
+                let (chain, done, failed, except, then) = (chain.clone(), done.clone(), failed.clone(), except.clone(), then.clone());
                 self.inspect_later(i, move |s| {
-                    let r = s.restore_files_where(&chain, options, &|a: Address| a.shard() % n == i && !except.contains(&a));
+                    let r = if chain.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        s.restore_files_where(&chain, options, &|a: Address| a.shard() % n == i && !except.contains(&a))
+                    };
                     if r.is_err() {
                         failed.store(true, Ordering::SeqCst);
                     }
@@ -799,6 +822,9 @@ impl Runtime {
                         }
                     }
                     all_there.map_err(snapshot_error)?;
+                    if r.is_ok() {
+                        then(s, i);
+                    }
                     r
                 })
             })

@@ -23,8 +23,8 @@
 use crate::budget::{Account, LocalBudget};
 use crate::engine;
 use crate::inbox::{Full, Inbox};
-use crate::journal::{Journals, Level, ReactorJournal, Tap, Ticket};
-use journal_format::{Record, Step};
+use crate::journal::{Journals, Level, ReactorJournal, RecoverError, Recovered, Tap, Ticket};
+use journal_format::{Journal, JournalError, Record, Step};
 use crate::links::Links;
 use crate::port::{HostPort, ReplySlot};
 use crate::reactor::{Limits, Reactor};
@@ -1655,6 +1655,23 @@ fn envelope_of(step: &Step<'_>) -> Envelope {
     Envelope { kind: step.kind, flags: step.flags, from: Address(step.from), corr: step.corr, payload: step.payload.to_vec() }
 }
 
+/// Whether a replayed call did what its record says.
+fn check_replayed(r: &Replayed, st: &Step<'_>) -> Result<(), String> {
+    if let Some(d) = &r.diverged {
+        return Err(d.clone());
+    }
+    if r.digest as u32 != st.digest {
+        return Err("sends something else than it did".into());
+    }
+    if r.failure.is_some() != st.failed {
+        return Err(match &r.failure {
+            Some(f) => format!("fails where it did not: {f}"),
+            None => "does not fail where it did".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Replays: a reactor re-executed from a snapshot or its spawn, each call
 /// given its recorded input and answered from its recorded tape, nothing
 /// it does reaching the world. The shard must not otherwise run (the
@@ -1734,6 +1751,110 @@ impl Shard {
     /// journal format's).
     pub fn state_digest(&mut self, address: Address) -> Option<u64> {
         self.reactors.get_mut(&address).map(|l| l.reactor.state_digest())
+    }
+
+    /// Brings a journaled reactor up to date after a restart: replays its
+    /// journal `segments` (path and bytes, oldest first; the first starts
+    /// at its spawn, or at the snapshot it was just restored from) with
+    /// nothing it does reaching the world — what it sent then was sent
+    /// then — checking every call against the recording, then journals it
+    /// again, appending to the last segment (cut at a torn last record).
+    /// A journal that ends with its failure replays the failure: the
+    /// reactor fails again, and stays failed.
+    pub fn recover_journal(
+        &mut self,
+        module: &Arc<LoadedModule>,
+        segments: &[(std::path::PathBuf, Vec<u8>)],
+    ) -> Result<Recovered, RecoverError> {
+        let journals = self.journals.clone().ok_or_else(|| RecoverError::Mismatch("this host keeps no journals".into()))?;
+        let name = |p: &std::path::Path| p.display().to_string();
+        let jerr = |p: &std::path::Path, source| RecoverError::Journal { file: name(p), source };
+        let (p0, b0) = segments.first().ok_or_else(|| RecoverError::Mismatch("no journal segment".into()))?;
+        let h0 = *Journal::open(b0).map_err(|e| jerr(p0, e))?.header();
+        let address = Address(h0.address);
+        if h0.module != module.hash.0 {
+            return Err(RecoverError::Mismatch(format!("{} was recorded with another module than {address} runs", name(p0))));
+        }
+        if h0.from_spawn() {
+            if self.reactors.contains_key(&address) {
+                return Err(RecoverError::Mismatch(format!("{address} is live already; its journal starts at its spawn")));
+            }
+        } else {
+            let digest = self
+                .state_digest(address)
+                .ok_or_else(|| RecoverError::Mismatch(format!("{address} was not restored; its journal starts from a snapshot")))?;
+            if digest != h0.base_digest {
+                return Err(RecoverError::Mismatch(format!(
+                    "{address} as restored is not the state its journal {} starts from",
+                    name(p0)
+                )));
+            }
+            self.replay_restored(address);
+        }
+        let mismatch = |step: u64, what: &str| RecoverError::Mismatch(format!("{address}: step {step} {what}"));
+        let (mut steps, mut failed) = (0u64, false);
+        let mut resume = None;
+        for (i, (path, bytes)) in segments.iter().enumerate() {
+            let j = Journal::open(bytes).map_err(|e| jerr(path, e))?;
+            let level = j.header().level;
+            let mut records = j.records();
+            let (mut index, mut calls, mut step) = (0u64, 0u64, j.header().first_step);
+            let mut valid = journal_format::HEADER_LEN as u64;
+            while let Some(r) = records.next() {
+                let l = match r {
+                    Ok(l) => l,
+                    // What a crash in the middle of an append leaves: the
+                    // record never counted (its output never left).
+                    Err(JournalError::Torn { offset, .. }) if i + 1 == segments.len() => {
+                        valid = offset;
+                        break;
+                    }
+                    Err(e) => return Err(jerr(path, e)),
+                };
+                index = l.index + 1;
+                valid = records.position();
+                match l.record {
+                    Record::Init(st) => {
+                        let r = self
+                            .replay_spawn(address, module, &st)
+                            .map_err(|e| RecoverError::Mismatch(format!("{address}: cannot start it again: {e}")))?;
+                        check_replayed(&r, &st).map_err(|w| mismatch(l.step, &w))?;
+                        failed = r.failure.is_some();
+                        (steps, calls, step) = (steps + 1, calls + 1, l.step + 1);
+                    }
+                    Record::Step(st) => {
+                        let r = self.replay_step(address, &st).map_err(|e| mismatch(l.step, &e.to_string()))?;
+                        check_replayed(&r, &st).map_err(|w| mismatch(l.step, &w))?;
+                        failed = r.failure.is_some();
+                        (steps, calls, step) = (steps + 1, calls + 1, l.step + 1);
+                    }
+                    Record::Failure(_) => {}
+                    Record::End { digest, .. } => {
+                        if self.state_digest(address) != Some(digest) {
+                            return Err(mismatch(step, "ends at a snapshot whose state the replay does not reach"));
+                        }
+                        self.replay_next_segment(address);
+                    }
+                }
+                if failed {
+                    break;
+                }
+            }
+            resume = Some((path.clone(), level, valid, index, calls, step));
+            if failed {
+                break;
+            }
+        }
+        let (path, level, valid, index, calls, step) = resume.expect("one segment at least");
+        if failed {
+            return Ok(Recovered { steps, next_step: step, failed: true });
+        }
+        let journal = ReactorJournal::resume(&journals, address, module.hash, level, path.clone(), valid, (index, calls), step)
+            .map_err(|source| RecoverError::Io { file: name(&path), source })?;
+        let live = self.reactors.get_mut(&address).expect("replayed to the end, it lives");
+        live.reactor.tap().expect("a replayed reactor has its tap").switch_to_recording();
+        live.journal = Some(journal);
+        Ok(Recovered { steps, next_step: step, failed: false })
     }
 
     /// The step number of a journaled reactor's next call.

@@ -159,9 +159,14 @@ pub(crate) struct SpawnArgs {
     init: Option<String>,
     /// Journal it: every input it consumes is recorded (`written`, or
     /// `synced`: on disk before its replies leave), so a failure can be
-    /// replayed (`host replay`). Without it, the node's `--durable` applies.
-    #[arg(long, value_name = "LEVEL", value_parser = parse_level, num_args = 0..=1, default_missing_value = "synced")]
-    durable: Option<Level>,
+    /// replayed (`host replay`) and a restart loses none of it; `none`: not
+    /// journaled. Without it, the node's `--durable` applies.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_spawn_level, num_args = 0..=1, default_missing_value = "synced")]
+    durable: Option<&'static str>,
+}
+
+fn parse_spawn_level(s: &str) -> Result<&'static str, String> {
+    if s == "none" { Ok("none") } else { parse_level(s).map(Level::name) }
 }
 
 /// `host send` and `host call`.
@@ -436,7 +441,7 @@ pub(crate) fn spawn(args: &SpawnArgs) -> anyhow::Result<ExitCode> {
     };
     let mut req = json!({"op": "spawn", "module": args.module, "init": init});
     if let Some(level) = args.durable {
-        req["durable"] = json!(level.name());
+        req["durable"] = json!(level);
     }
     let v = Client::connect(&args.admin.data_dir)?.request(req)?;
     println!("{}", v.get("address").and_then(Value::as_str).unwrap_or_default());

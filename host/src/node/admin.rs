@@ -433,13 +433,13 @@ fn handle(node: &Node, op: Op, progress: &mut dyn FnMut(Value)) -> Result<Value,
             let shard = node.runtime.shards();
             let pick = (node.runtime.stats().spawned as usize) % shard.max(1);
             let flags = if init.is_empty() { 0 } else { abi::FLAG_TEXT };
-            let level = durable
-                .map(|d| match d {
-                    protocol::Durability::Written => Level::Written,
-                    protocol::Durability::Synced => Level::Synced,
-                    protocol::Durability::Standby => Level::Standby,
-                })
-                .or(node.default_durability());
+            let level = match durable {
+                None => node.default_durability(),
+                Some(protocol::Durability::Off) => None,
+                Some(protocol::Durability::Written) => Some(Level::Written),
+                Some(protocol::Durability::Synced) => Some(Level::Synced),
+                Some(protocol::Durability::Standby) => Some(Level::Standby),
+            };
             if level == Some(Level::Standby) {
                 return Err(AdminError::BadRequest(
                     "durability \"standby\" needs a standby node, which this host does not offer yet: use \"written\" or \"synced\"".into(),

@@ -49,6 +49,7 @@ pub mod durable;
 pub mod lock;
 pub mod migrate;
 pub mod postmortem;
+pub mod recovery;
 
 use reactor_net::auth::Secret;
 use reactor_net::secure::{self, Binding, Keyring, PublicKey, SigningKey, StaticKey};
@@ -615,14 +616,20 @@ impl Node {
         for m in moves.iter().filter(|m| !m.done) {
             unsettled.insert(m.address, checkpoints.open_chain()?);
         }
-        let restored = if chain.is_empty() {
-            Vec::new()
-        } else {
-            let files = checkpoints.chain().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-            runtime
-                .restore_files_except(chain, reactor_runtime::snapshot::RestoreOptions::lazy(), away)
-                .map_err(|source| NodeError::Restore { files, source })?
-        };
+        // Journaled reactors are brought up to date from their journals
+        // right after the restore, on their shards, before any message.
+        let in_chain: std::collections::HashSet<Address> =
+            chain.last().map(|f| f.meta().reactors.iter().map(|r| Address(r.address)).collect()).unwrap_or_default();
+        let plans = recovery::plans(
+            &config.data_dir.join(JOURNALS),
+            chain.last().map(|f| (f.header().id, &in_chain)),
+            &away,
+        );
+        let recover = recover_on_shards(plans, runtime.clone());
+        let files = checkpoints.chain().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let restored = runtime
+            .restore_files_then(chain, reactor_runtime::snapshot::RestoreOptions::lazy(), away, recover)
+            .map_err(|source| NodeError::Restore { files, source })?;
         for &a in &restored {
             if a.node() != config.id {
                 // Moved here before the stop: it lives here.
@@ -929,6 +936,37 @@ impl Node {
     pub fn default_call_timeout(&self) -> Duration {
         Duration::from_secs(30)
     }
+}
+
+/// What each shard runs right after a restart's restore: the recovery of
+/// its journaled reactors (see `recovery`).
+fn recover_on_shards(plans: Vec<recovery::Plan>, runtime: Arc<Runtime>) -> reactor_runtime::AfterRestore {
+    let n = runtime.shards();
+    let engine = runtime.engine().clone();
+    Arc::new(move |shard, i| {
+        for p in plans.iter().filter(|p| p.address.shard() % n == i) {
+            let Some(module) = engine.module(&p.module) else {
+                tracing::error!(reactor = %p.address, "the journal of {} is not replayed: its module {} is not kept", p.address, p.module);
+                continue;
+            };
+            match shard.recover_journal(&module, &p.segments) {
+                Ok(r) if r.failed => tracing::warn!(
+                    reactor = %p.address,
+                    "{}: its journal replayed {} call(s) to the failure it ended with; it stays failed",
+                    p.address,
+                    r.steps
+                ),
+                Ok(r) => tracing::info!(
+                    reactor = %p.address,
+                    "{}: brought up to date from its journal ({} call(s) replayed); journaled on from step {}",
+                    p.address,
+                    r.steps,
+                    r.next_step
+                ),
+                Err(e) => tracing::error!(reactor = %p.address, "{}: its journal could not be replayed: {e}", p.address),
+            }
+        }
+    })
 }
 
 /// Starts the node's journal writer in `<data-dir>/journal/`, hands it to

@@ -15,6 +15,34 @@ mod tap;
 mod writer;
 
 pub use journal_format::Level;
+
+/// Why a journaled reactor could not be brought up to date from its
+/// journal after a restart. The reactor is left as restored (or not
+/// started); nothing on disk was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// A segment is damaged (not just torn at its end) or malformed.
+    #[error("{file}: {source}")]
+    Journal { file: String, source: journal_format::JournalError },
+    /// The journal does not fit the reactor as restored, or replaying it
+    /// does not give what it recorded.
+    #[error("{0}")]
+    Mismatch(String),
+    /// The segment could not be reopened for writing.
+    #[error("cannot reopen {file}: {source}")]
+    Io { file: String, source: std::io::Error },
+}
+
+/// What recovering a journaled reactor did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Calls replayed.
+    pub steps: u64,
+    /// The step number of its next call.
+    pub next_step: u64,
+    /// The journal ended with its failure: replayed, it failed again.
+    pub failed: bool,
+}
 pub use tap::Diverged;
 pub(crate) use tap::Tap;
 pub use writer::{FailedReactor, FailureHook, JournalConfig, JournalFigures, JournalStats, Journals, Waker, reactor_dir, segments};

@@ -77,6 +77,13 @@ impl Tap {
         }
     }
 
+    /// A replay caught up with the recording (a restart's recovery): from
+    /// now on it records, its output digest going on from the replay's.
+    pub(crate) fn switch_to_recording(&mut self) {
+        self.mode = Mode::Record(TapeWriter::default());
+        self.diverged = None;
+    }
+
     /// Restarts the output digest (a journal segment starts: each
     /// segment's digests are its own, so it replays from its snapshot).
     pub(crate) fn restart_outputs(&mut self) {

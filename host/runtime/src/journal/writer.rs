@@ -347,6 +347,44 @@ impl ReactorJournal {
         self.step
     }
 
+    /// Goes on writing `address`'s segment at `path` after a restart: the
+    /// file is cut to `valid_len` (a torn last record goes) and synced;
+    /// `index` records and `calls` call records are in it, the next call is
+    /// step `step`.
+    #[expect(clippy::too_many_arguments, reason = "where the segment stands, field by field")]
+    pub(crate) fn resume(
+        journals: &Arc<Journals>,
+        address: Address,
+        module: ModuleHash,
+        level: Level,
+        path: PathBuf,
+        valid_len: u64,
+        (index, calls): (u64, u64),
+        step: u64,
+    ) -> std::io::Result<Self> {
+        let file = OpenOptions::new().append(true).open(&path)?;
+        file.set_len(valid_len)?;
+        file.sync_all()?;
+        let segment = Segment::new(path, level, Vec::new(), false);
+        {
+            let mut st = segment.state.lock().expect("segment state");
+            st.file = Some(file);
+            st.written_records = index;
+        }
+        segment.synced.store(index, Ordering::Release);
+        Ok(Self {
+            journals: journals.clone(),
+            segment: Arc::new(segment),
+            address,
+            module,
+            level,
+            index,
+            calls,
+            step,
+            buf: Vec::new(),
+        })
+    }
+
     /// Why its segment could not be written, if it could not.
     pub(crate) fn broken(&self) -> Option<&str> {
         self.segment.broken.get().map(String::as_str)

@@ -73,6 +73,8 @@ pub enum ModuleRef {
 /// runtime's journal), or not journaled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
+    /// Not journaled, whatever the node's default.
+    Off,
     /// Journal records handed to the operating system.
     Written,
     /// Journal records on this node's disk before the reactor's output of
@@ -83,9 +85,10 @@ pub enum Durability {
 }
 
 impl Durability {
-    /// The level named `s` (`written`, `synced`, `standby`).
+    /// The level named `s` (`none`, `written`, `synced`, `standby`).
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
+            "none" => Self::Off,
             "written" => Self::Written,
             "synced" => Self::Synced,
             "standby" => Self::Standby,
@@ -247,9 +250,9 @@ fn parse_op(req: &mut serde_json::Map<String, Value>) -> Result<Op, RequestError
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(
                     Durability::parse(s)
-                        .ok_or(RequestError::Field("\"durable\" is \"written\", \"synced\" or \"standby\""))?,
+                        .ok_or(RequestError::Field("\"durable\" is \"none\", \"written\", \"synced\" or \"standby\""))?,
                 ),
-                Some(_) => return Err(RequestError::Field("\"durable\" is \"written\", \"synced\" or \"standby\"")),
+                Some(_) => return Err(RequestError::Field("\"durable\" is \"none\", \"written\", \"synced\" or \"standby\"")),
             };
             Op::Spawn { module, init, durable }
         }
