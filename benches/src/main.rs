@@ -35,11 +35,15 @@
 //!   lab at 1 ms and 20 ms as root): downtime, total time, bytes, rounds,
 //!   load latency and lost/duplicated/reordered requests, against
 //!   stop-and-copy and a raw TCP transfer of the state.
+//! - `journal` — journaling's cost at 50,000 messages/s for each durability
+//!   level against no journal, bytes per record, replay speed against live,
+//!   and opening the state at any message of a long journal.
 mod crypto;
 mod durable;
 mod density;
 mod e2e;
 mod harness;
+mod journal;
 mod migrate;
 mod netlab;
 mod overlay;
@@ -105,7 +109,11 @@ enum Scenario {
     /// pages/s) under load between two node processes, loopback and (root)
     /// 1 ms / 20 ms lab links, vs stop-and-copy and a raw TCP transfer.
     Migrate,
-    /// All of the above but `netlab`, `partisan` (they need root),
+    /// Journal cost at 50,000 messages/s per durability level, record
+    /// overhead, replay speed, opening the state at any message of a
+    /// 1,000,000-message journal.
+    Journal,
+    /// All of the above but `journal`, `netlab`, `partisan` (they need root),
     /// `crypto`, `durable` and `migrate` (they build on the `host` binary).
     All,
 }
@@ -147,6 +155,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Crypto => crypto::run(opts)?,
             Scenario::Durable => durable::run(opts)?,
             Scenario::Migrate => migrate::run(opts)?,
+            Scenario::Journal => journal::run(opts)?,
             Scenario::All => unreachable!("expanded above"),
         };
         if !cli.json {

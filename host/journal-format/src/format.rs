@@ -142,6 +142,7 @@ pub enum Kind {
 
 const FAILED: u8 = 1 << 4;
 const HAS_CORR: u8 = 1 << 5;
+const SAME_FROM: u8 = 1 << 6;
 
 /// One call into the reactor: its input, what its host calls returned,
 /// and how it ended.
@@ -179,52 +180,129 @@ pub fn record_seed(index: u64, len: u32) -> u64 {
     index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(len)
 }
 
-/// Appends record number `index` (its position in the file) to `out`.
-///
-/// # Panics
-/// If a step's kind or flags do not fit 4 bits, or the body is over
-/// [`MAX_BODY`]: the runtime never builds such a record.
-pub fn encode_record(index: u64, record: &Record<'_>, out: &mut Vec<u8>) {
-    let mut body = Vec::new();
-    let body = match record {
-        Record::Init(s) | Record::Step(s) => {
-            assert!(s.kind < 16 && s.flags < 16, "envelope kind and flags fit 4 bits");
-            let ty = if matches!(record, Record::Init(_)) { Kind::Init } else { Kind::Step } as u8;
-            let flags = if s.failed { FAILED } else { 0 } | if s.corr != 0 { HAS_CORR } else { 0 };
-            body.reserve(24 + s.tape.len() + s.payload.len());
-            body.push(ty | flags);
-            body.push(s.kind | (s.flags << 4));
-            body.extend_from_slice(&s.from.to_le_bytes());
-            if s.corr != 0 {
-                body.extend_from_slice(&s.corr.to_le_bytes());
+/// What a call record's sender and correlation id are coded against:
+/// the previous call record of the same segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Prev {
+    from: Option<u64>,
+    corr: u64,
+}
+
+/// Encodes a segment's records in order (each record's coding depends on
+/// its position and on the call record before it).
+#[derive(Debug, Clone, Default)]
+pub struct Encoder {
+    next: u64,
+    prev: Prev,
+}
+
+#[inline]
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+#[inline]
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+impl Encoder {
+    /// For a segment's first record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Numbering records from `index`, as if the first of a segment (for
+    /// tests and tools that forge a record in a given place).
+    pub fn at(index: u64) -> Self {
+        Self { next: index, prev: Prev::default() }
+    }
+
+    /// The index the next record gets.
+    pub fn next_index(&self) -> u64 {
+        self.next
+    }
+
+    /// Appends the next record to `out`, without allocating.
+    ///
+    /// # Panics
+    /// If a step's kind or flags do not fit 4 bits, or the body is over
+    /// [`MAX_BODY`]: the runtime never builds such a record.
+    pub fn encode(&mut self, record: &Record<'_>, out: &mut Vec<u8>) {
+        let index = self.next;
+        self.next += 1;
+        let start = out.len();
+        match record {
+            Record::Init(s) | Record::Step(s) => {
+                assert!(s.kind < 16 && s.flags < 16, "envelope kind and flags fit 4 bits");
+                let ty = if matches!(record, Record::Init(_)) { Kind::Init } else { Kind::Step } as u8;
+                let same_from = self.prev.from == Some(s.from);
+                let delta = zigzag(s.corr.wrapping_sub(self.prev.corr) as i64);
+                let len = 2
+                    + if same_from { 0 } else { 8 }
+                    + if s.corr != 0 { varint_len(delta) } else { 0 }
+                    + 4
+                    + varint_len(s.tape.len() as u64)
+                    + s.tape.len()
+                    + s.payload.len();
+                let len = u32::try_from(len).ok().filter(|&l| l <= MAX_BODY).expect("record within MAX_BODY");
+                put_varint(out, u64::from(len));
+                out.extend_from_slice(&[0; 4]);
+                let body = out.len();
+                let flags = if s.failed { FAILED } else { 0 }
+                    | if s.corr != 0 { HAS_CORR } else { 0 }
+                    | if same_from { SAME_FROM } else { 0 };
+                out.push(ty | flags);
+                out.push(s.kind | (s.flags << 4));
+                if !same_from {
+                    out.extend_from_slice(&s.from.to_le_bytes());
+                }
+                if s.corr != 0 {
+                    put_varint(out, delta);
+                    self.prev.corr = s.corr;
+                }
+                out.extend_from_slice(&s.digest.to_le_bytes());
+                put_varint(out, s.tape.len() as u64);
+                out.extend_from_slice(s.tape);
+                out.extend_from_slice(s.payload);
+                self.prev.from = Some(s.from);
+                debug_assert_eq!(out.len() - body, len as usize);
+                let check = xxh3_64_with_seed(&out[body..], record_seed(index, len)) as u32;
+                out[body - 4..body].copy_from_slice(&check.to_le_bytes());
             }
-            body.extend_from_slice(&s.digest.to_le_bytes());
-            put_varint(&mut body, s.tape.len() as u64);
-            body.extend_from_slice(s.tape);
-            body.extend_from_slice(s.payload);
-            body
-        }
-        Record::Failure(text) => {
-            let mut end = text.len().min(MAX_FAILURE_TEXT);
-            while !text.is_char_boundary(end) {
-                end -= 1;
+            Record::Failure(text) => {
+                let mut end = text.len().min(MAX_FAILURE_TEXT);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                finish(index, start, out, |out| {
+                    out.push(Kind::Failure as u8);
+                    out.extend_from_slice(&text.as_bytes()[..end]);
+                });
             }
-            body.push(Kind::Failure as u8);
-            body.extend_from_slice(&text.as_bytes()[..end]);
-            body
+            Record::End { next, digest } => finish(index, start, out, |out| {
+                out.push(Kind::End as u8);
+                out.extend_from_slice(next);
+                out.extend_from_slice(&digest.to_le_bytes());
+            }),
         }
-        Record::End { next, digest } => {
-            body.push(Kind::End as u8);
-            body.extend_from_slice(next);
-            body.extend_from_slice(&digest.to_le_bytes());
-            body
-        }
-    };
-    let len = u32::try_from(body.len()).ok().filter(|&l| l <= MAX_BODY).expect("record within MAX_BODY");
+    }
+}
+
+/// Writes a small record: its body by `body` at the end of `out` (from
+/// `start`), then moved behind its length and check.
+fn finish(index: u64, start: usize, out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+    body(out);
+    let b: Vec<u8> = out.drain(start..).collect();
+    let len = b.len() as u32;
     put_varint(out, u64::from(len));
-    let check = xxh3_64_with_seed(&body, record_seed(index, len)) as u32;
-    out.extend_from_slice(&check.to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&(xxh3_64_with_seed(&b, record_seed(index, len)) as u32).to_le_bytes());
+    out.extend_from_slice(&b);
 }
 
 /// A record and where it is.
@@ -254,6 +332,13 @@ impl<'a> Journal<'a> {
         Ok(Self { header: decode_header(bytes)?, bytes })
     }
 
+    /// `bytes` whose header [`Journal::open`] has checked already, as
+    /// `header` (a reader going back to a file it holds; the records are
+    /// checked as they are read, as always).
+    pub fn reopen(header: Header, bytes: &'a [u8]) -> Self {
+        Self { header, bytes }
+    }
+
     pub fn header(&self) -> &Header {
         &self.header
     }
@@ -269,6 +354,7 @@ impl<'a> Journal<'a> {
             calls: 0,
             from_spawn: self.header.from_spawn(),
             last: None,
+            prev: Prev::default(),
             done: false,
         }
     }
@@ -313,6 +399,7 @@ pub struct Records<'a> {
     from_spawn: bool,
     /// The type of the record before, and whether it was a failed call.
     last: Option<(Kind, bool)>,
+    prev: Prev,
     done: bool,
 }
 
@@ -324,6 +411,7 @@ pub struct Cursor {
     index: u64,
     calls: u64,
     last: Option<(Kind, bool)>,
+    prev: Prev,
     done: bool,
 }
 
@@ -331,11 +419,25 @@ impl<'a> Journal<'a> {
     /// Its records from `cursor` on (taken from a [`Records`] of the same
     /// bytes).
     pub fn resume(&self, cursor: Cursor) -> Records<'a> {
-        Records { pos: cursor.pos, index: cursor.index, calls: cursor.calls, last: cursor.last, done: cursor.done, ..self.records() }
+        Records {
+            pos: cursor.pos,
+            index: cursor.index,
+            calls: cursor.calls,
+            last: cursor.last,
+            prev: cursor.prev,
+            done: cursor.done,
+            ..self.records()
+        }
     }
 }
 
 impl<'a> Records<'a> {
+    /// An encoder that appends records after those read (what a writer
+    /// going on with the segment needs).
+    pub fn encoder(&self) -> Encoder {
+        Encoder { next: self.index, prev: self.prev }
+    }
+
     /// The byte offset of the next record (after the last one read).
     pub fn position(&self) -> u64 {
         self.pos as u64
@@ -343,7 +445,7 @@ impl<'a> Records<'a> {
 
     /// Where it is.
     pub fn cursor(&self) -> Cursor {
-        Cursor { pos: self.pos, index: self.index, calls: self.calls, last: self.last, done: self.done }
+        Cursor { pos: self.pos, index: self.index, calls: self.calls, last: self.last, prev: self.prev, done: self.done }
     }
 
     fn read(&mut self) -> Result<Option<Located<'a>>, JournalError> {
@@ -371,7 +473,7 @@ impl<'a> Records<'a> {
         if xxh3_64_with_seed(body, record_seed(index, len as u32)) as u32 != check {
             return Err(damaged("its checksum does not match"));
         }
-        let record = decode_body(body).map_err(malformed)?;
+        let (record, prev) = decode_body(body, self.prev).map_err(malformed)?;
         // Its place.
         let kind = match record {
             Record::Init(_) => Kind::Init,
@@ -402,6 +504,7 @@ impl<'a> Records<'a> {
             (self.step + self.calls).saturating_sub(1)
         };
         self.last = Some((kind, failed));
+        self.prev = prev;
         self.pos = pos + 4 + len as usize;
         self.index += 1;
         Ok(Some(Located { index, offset, step, record }))
@@ -429,26 +532,39 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
-fn decode_body(body: &[u8]) -> Result<Record<'_>, &'static str> {
+fn decode_body(body: &[u8], prev: Prev) -> Result<(Record<'_>, Prev), &'static str> {
     let ty = body[0];
     match ty & 0x0f {
         t @ (1 | 2) => {
-            if ty & 0xc0 != 0 {
+            if ty & 0x80 != 0 {
                 return Err("unknown call-record flags");
             }
-            let has_corr = ty & HAS_CORR != 0;
-            let fixed = 2 + 8 + if has_corr { 8 } else { 0 } + 4;
-            if body.len() < fixed + 1 {
+            let (has_corr, same_from) = (ty & HAS_CORR != 0, ty & SAME_FROM != 0);
+            let mut pos = 2;
+            if body.len() < 2 {
                 return Err("a call record too short for its fields");
             }
             let kf = body[1];
-            let from = u64_at(body, 2);
-            let (corr, at) = if has_corr { (u64_at(body, 10), 18) } else { (0, 10) };
-            if has_corr && corr == 0 {
-                return Err("a correlation id flagged but zero");
-            }
-            let digest = u32_at(body, at);
-            let mut pos = at + 4;
+            let from = if same_from {
+                prev.from.ok_or("the same sender as a call record that is not there")?
+            } else {
+                let b = body.get(pos..pos + 8).ok_or("a call record too short for its sender")?;
+                pos += 8;
+                u64::from_le_bytes(b.try_into().expect("8 bytes"))
+            };
+            let corr = if has_corr {
+                let d = get_varint(body, &mut pos, 64).map_err(|_| "its correlation id is malformed")?;
+                let delta = ((d >> 1) as i64) ^ -((d & 1) as i64);
+                let c = prev.corr.wrapping_add(delta as u64);
+                if c == 0 {
+                    return Err("a correlation id flagged but zero");
+                }
+                c
+            } else {
+                0
+            };
+            let digest = u32::from_le_bytes(body.get(pos..pos + 4).ok_or("a call record too short for its digest")?.try_into().expect("4 bytes"));
+            pos += 4;
             let tape_len = get_varint(body, &mut pos, 32).map_err(|_| "its tape length is malformed")?;
             if tape_len > (body.len() - pos) as u64 {
                 return Err("its tape runs past the record");
@@ -465,7 +581,8 @@ fn decode_body(body: &[u8]) -> Result<Record<'_>, &'static str> {
                 tape,
                 payload,
             };
-            Ok(if t == 1 { Record::Init(step) } else { Record::Step(step) })
+            let next = Prev { from: Some(from), corr: if has_corr { corr } else { prev.corr } };
+            Ok((if t == 1 { Record::Init(step) } else { Record::Step(step) }, next))
         }
         3 => {
             if ty != 3 {
@@ -475,7 +592,7 @@ fn decode_body(body: &[u8]) -> Result<Record<'_>, &'static str> {
             if text.len() > MAX_FAILURE_TEXT {
                 return Err("a failure text over its limit");
             }
-            Ok(Record::Failure(text))
+            Ok((Record::Failure(text), prev))
         }
         4 => {
             if ty != 4 || body.len() != 1 + 16 + 8 {
@@ -485,7 +602,7 @@ fn decode_body(body: &[u8]) -> Result<Record<'_>, &'static str> {
             if next == [0; 16] {
                 return Err("an end record naming no snapshot");
             }
-            Ok(Record::End { next, digest: u64_at(body, 17) })
+            Ok((Record::End { next, digest: u64_at(body, 17) }, prev))
         }
         _ => Err("an unknown record type"),
     }

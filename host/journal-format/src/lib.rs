@@ -47,11 +47,16 @@
 //!   start-up (`reactor_init`, the spawn's init payload as input), `STEP` one
 //!   message delivered (`reactor_receive` with a batch of one). Flags:
 //!   bit 4 *failed* (the call failed the reactor; a `FAILURE` record
-//!   follows), bit 5 *has correlation id*. Then:
+//!   follows), bit 5 *has correlation id*, bit 6 *same sender*; bit 7 is
+//!   zero. Then:
 //!   ```text
 //!   kind_flags  u8: the envelope's kind (low 4 bits) and flags (high 4 bits)
-//!   from        u64: the sender
-//!   corr        u64: the correlation id, only when bit 5 is set (it is never 0 then)
+//!   from        u64: the sender; absent when bit 6 is set (the sender of the
+//!               previous call record of the segment)
+//!   corr        varint, only when bit 5 is set: the zigzag-coded difference
+//!               (wrapping, as i64) between the correlation id and that of the
+//!               previous call record of the segment that had one (0 for the
+//!               first); the id is never 0
 //!   digest      u32: the output digest after this call (see below)
 //!   tape_len    varint (u32)
 //!   tape        tape_len bytes: the host-call results of the call, in call order (see below)
@@ -111,7 +116,7 @@ mod tests;
 
 pub use error::{JournalError, TapeError};
 pub use format::{
-    Cursor, Header, Journal, Kind, Level, Located, Record, Records, Step, Summary, encode_header, encode_record, record_seed,
+    Cursor, Encoder, Header, Journal, Kind, Level, Located, Record, Records, Step, Summary, encode_header, record_seed,
     HEADER_LEN, MAGIC, MAX_BODY, MAX_FAILURE_TEXT, VERSION,
 };
 pub use tape::{Call, Entry, StateDigest, TapeReader, TapeWriter};

@@ -84,17 +84,16 @@ fn any_tape() -> impl Strategy<Value = Vec<u8>> {
 
 fn journal(from_spawn: bool, steps: &[OwnedStep], tail: Option<&str>, end: bool) -> Vec<u8> {
     let mut out = encode_header(&header(from_spawn)).to_vec();
-    let mut index = 0;
+    let mut e = Encoder::new();
     for (i, s) in steps.iter().enumerate() {
         let failed = tail.is_some() && i + 1 == steps.len();
         let r = if i == 0 && from_spawn { Record::Init(s.step(failed)) } else { Record::Step(s.step(failed)) };
-        encode_record(index, &r, &mut out);
-        index += 1;
+        e.encode(&r, &mut out);
     }
     if let Some(t) = tail {
-        encode_record(index, &Record::Failure(t), &mut out);
+        e.encode(&Record::Failure(t), &mut out);
     } else if end {
-        encode_record(index, &Record::End { next: [3; 16], digest: 77 }, &mut out);
+        e.encode(&Record::End { next: [3; 16], digest: 77 }, &mut out);
     }
     out
 }
@@ -211,23 +210,25 @@ fn records_out_of_place_are_refused() {
     let s = OwnedStep { kind: 1, flags: 0, from: 1, corr: 0, digest: 0, tape: vec![], payload: vec![1] };
     // A segment from a snapshot may not hold an init call.
     let mut out = encode_header(&header(false)).to_vec();
-    encode_record(0, &Record::Init(s.step(false)), &mut out);
+    Encoder::new().encode(&Record::Init(s.step(false)), &mut out);
     let err = Journal::open(&out).unwrap().check().unwrap_err();
     assert!(err.to_string().contains("init call that is not the first"), "{err}");
     // Nothing after an end.
     let mut out = encode_header(&header(false)).to_vec();
-    encode_record(0, &Record::End { next: [1; 16], digest: 0 }, &mut out);
-    encode_record(1, &Record::Step(s.step(false)), &mut out);
+    let mut e = Encoder::new();
+    e.encode(&Record::End { next: [1; 16], digest: 0 }, &mut out);
+    e.encode(&Record::Step(s.step(false)), &mut out);
     let err = Journal::open(&out).unwrap().check().unwrap_err();
     assert!(err.to_string().contains("record 1") && err.to_string().contains("after the segment's end"), "{err}");
     // A failed call must be followed by its failure.
     let mut out = encode_header(&header(false)).to_vec();
-    encode_record(0, &Record::Step(s.step(true)), &mut out);
-    encode_record(1, &Record::Step(s.step(false)), &mut out);
+    let mut e = Encoder::new();
+    e.encode(&Record::Step(s.step(true)), &mut out);
+    e.encode(&Record::Step(s.step(false)), &mut out);
     assert!(Journal::open(&out).unwrap().check().unwrap_err().to_string().contains("not followed by its failure"));
     // Records swapped fail their checks (the index is in the seed).
     let mut a = Vec::new();
-    encode_record(1, &Record::Step(s.step(false)), &mut a);
+    Encoder::at(1).encode(&Record::Step(s.step(false)), &mut a);
     let mut out = encode_header(&header(false)).to_vec();
     out.extend_from_slice(&a);
     assert!(matches!(Journal::open(&out).unwrap().check(), Err(JournalError::Damaged { record: 0, .. })));
@@ -235,16 +236,29 @@ fn records_out_of_place_are_refused() {
 
 #[test]
 fn a_message_costs_few_bytes_beyond_its_payload() {
-    // A reply of "ok" to a request from another reactor, its one host call a
-    // reply that succeeded.
+    // Requests from one sender, each answered with a reply that succeeded:
+    // the sender is coded once, each correlation id as a small difference.
     let mut w = TapeWriter::default();
     w.push(&Entry::Value { call: Call::Reply, value: 0 });
     let payload = [0u8; 100];
-    let s = Step { kind: 2, flags: 0, from: 1 << 48 | 5, corr: 1 << 48 | 99, failed: false, digest: 1, tape: w.bytes(), payload: &payload };
+    let mut e = Encoder::new();
     let mut out = Vec::new();
-    encode_record(5, &Record::Step(s), &mut out);
-    let beyond_envelope = out.len() - payload.len() - 16;
-    assert!(beyond_envelope <= 16, "{beyond_envelope} bytes");
+    let mut sizes = Vec::new();
+    for i in 0..10u64 {
+        let s = Step { kind: 2, flags: 0, from: 1 << 48 | 5, corr: (1 << 48 | 99) + 256 * i, failed: false, digest: 1, tape: w.bytes(), payload: &payload };
+        let before = out.len();
+        e.encode(&Record::Step(s), &mut out);
+        sizes.push(out.len() - before - payload.len());
+    }
+    assert!(sizes[1..].iter().all(|&n| n <= 16), "bytes beyond the payload: {sizes:?}");
+    // They read back with their senders and correlation ids.
+    let mut file = encode_header(&header(false)).to_vec();
+    file.extend_from_slice(&out);
+    let j = Journal::open(&file).unwrap();
+    for (i, r) in j.records().enumerate() {
+        let Record::Step(s) = r.unwrap().record else { panic!() };
+        assert_eq!((s.from, s.corr), (1 << 48 | 5, (1 << 48 | 99) + 256 * i as u64));
+    }
 }
 
 #[test]

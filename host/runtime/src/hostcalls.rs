@@ -322,10 +322,13 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
             let payload = read_guest(&mut caller, abi::IMPORT_REQUEST, ptr, len)?;
             let data = caller.data_mut();
             output(data, Call::Request, to, u64::from(flags), &payload);
+            let from = data.address();
             if let Some(v) = replayed(data, Call::Request)? {
+                if v > 0 {
+                    lent(data, abi::IMPORT_REQUEST)?.replayed_request(v as u64, from, Address(to));
+                }
                 return Ok(v);
             }
-            let from = data.address();
             let host = lent(data, abi::IMPORT_REQUEST)?;
             let result = match host.next_corr() {
                 Ok(corr) => {

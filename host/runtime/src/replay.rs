@@ -97,6 +97,11 @@ pub struct Replay {
     cursor: Option<Cursor>,
     /// The start-up call has run (or the reactor was restored).
     started: bool,
+    /// The next record, read ahead (to see whether a failure follows a call).
+    peeked: Option<(Cursor, Owned)>,
+    /// Buffers of records replayed, for the next ones (no allocation per
+    /// record).
+    spare: std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
     /// The step number of the next call.
     step: u64,
     /// The reactor is gone (it failed).
@@ -211,6 +216,8 @@ impl Replay {
             headers,
             seg: 0,
             cursor: None,
+            peeked: None,
+            spare: std::sync::Mutex::new(Vec::new()),
             started: !h0.from_spawn(),
             step: h0.first_step,
             dead: false,
@@ -256,26 +263,40 @@ impl Replay {
     /// The next record and the cursor after it, without moving.
     fn peek(&self) -> Option<Result<(Cursor, Owned), ReplayError>> {
         let s = self.segments.get(self.seg)?;
-        let j = match Journal::open(&s.bytes) {
-            Ok(j) => j,
-            Err(e) => return Some(Err(journal_error(s, e))),
-        };
+        let j = Journal::reopen(self.headers[self.seg], &s.bytes);
         let mut records = match self.cursor {
             Some(c) => j.resume(c),
             None => j.records(),
         };
         let r = records.next()?;
-        Some(r.map(|l| (records.cursor(), Owned::from(l))).map_err(|e| journal_error(s, e)))
+        let spare = self.spare.lock().expect("spare buffers").pop().unwrap_or_default();
+        Some(r.map(|l| (records.cursor(), Owned::from_located(l, spare))).map_err(|e| journal_error(s, e)))
+    }
+
+    /// Whether the next record is a failure (it is read ahead and kept for
+    /// the next read; an error is left for that read to find).
+    fn next_is_failure(&mut self) -> bool {
+        if self.peeked.is_none()
+            && let Some(Ok(r)) = self.peek()
+        {
+            self.peeked = Some(r);
+        }
+        matches!(self.peeked, Some((_, Owned::Failure(_))))
     }
 
     /// Replays up to the next event; `None` at the end of the journal.
     pub fn next_event(&mut self) -> Option<Result<Event, ReplayError>> {
         loop {
-            let (cursor, record) = match self.peek() {
+            let next = match self.peeked.take() {
+                Some(r) => Some(Ok(r)),
+                None => self.peek(),
+            };
+            let (cursor, record) = match next {
                 None => {
                     if self.seg + 1 < self.segments.len() {
                         self.seg += 1;
                         self.cursor = None;
+                        self.peeked = None;
                         continue;
                     }
                     return self.pending.take().map(|p| Ok(Event::Step(p)));
@@ -285,7 +306,12 @@ impl Replay {
             };
             self.cursor = Some(cursor);
             let event = match record {
-                Owned::Call { step, init, st } => self.call(step, &st, init),
+                Owned::Call { step, init, st } => {
+                    let e = self.call(step, &st, init);
+                    // Its buffers serve the next record.
+                    self.spare.lock().expect("spare buffers").push((st.tape, st.payload));
+                    e
+                }
                 Owned::Failure(text) => match self.pending.take() {
                     Some(mut p) => {
                         p.recorded_failure = Some(text);
@@ -300,7 +326,7 @@ impl Replay {
                 }
             };
             match event {
-                Ok(Event::Step(p)) if p.recorded_failure.is_none() && matches!(self.peek(), Some(Ok((_, Owned::Failure(_))))) => {
+                Ok(Event::Step(p)) if p.recorded_failure.is_none() && self.next_is_failure() => {
                     // Its failure record follows: report them together.
                     self.pending = Some(p);
                 }
@@ -384,17 +410,24 @@ enum Owned {
     End { next: [u8; 16], digest: u64 },
 }
 
-impl From<Located<'_>> for Owned {
-    fn from(l: Located<'_>) -> Self {
-        let own = |s: Step<'_>| OwnedStep {
-            kind: s.kind,
-            flags: s.flags,
-            from: s.from,
-            corr: s.corr,
-            failed: s.failed,
-            digest: s.digest,
-            tape: s.tape.to_vec(),
-            payload: s.payload.to_vec(),
+impl Owned {
+    /// `l`, owned, in the buffers `spare` (emptied first).
+    fn from_located(l: Located<'_>, (mut tape, mut payload): (Vec<u8>, Vec<u8>)) -> Self {
+        let mut own = |s: Step<'_>| {
+            tape.clear();
+            tape.extend_from_slice(s.tape);
+            payload.clear();
+            payload.extend_from_slice(s.payload);
+            OwnedStep {
+                kind: s.kind,
+                flags: s.flags,
+                from: s.from,
+                corr: s.corr,
+                failed: s.failed,
+                digest: s.digest,
+                tape: std::mem::take(&mut tape),
+                payload: std::mem::take(&mut payload),
+            }
         };
         match l.record {
             Record::Init(s) => Owned::Call { step: l.step, init: true, st: own(s) },

@@ -601,6 +601,14 @@ impl HostContext for Router {
         Ok(address)
     }
 
+    fn replayed_request(&mut self, corr: u64, from: Address, to: Address) {
+        if self.outstanding.insert(corr, (from, to)).is_none()
+            && let Some(mb) = self.inboxes.get_mut(&from)
+        {
+            mb.waiting += 1;
+        }
+    }
+
     fn set_affinity(&mut self, key: u64) {
         self.affinity = key;
     }
@@ -723,6 +731,12 @@ pub struct Shard {
     journals: Option<Arc<Journals>>,
     /// Reactors with output held for their journal.
     holders: Vec<Address>,
+    /// Journaled reactors are supervised: one that fails keeps its mailbox
+    /// (parked) for a restart (`restart_journaled`) or a give-up.
+    supervised: bool,
+    /// The message that failed each supervised reactor waiting for its
+    /// restart, and the failure.
+    killers: HashMap<Address, (Envelope, Failure)>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -790,7 +804,15 @@ impl Shard {
             own_requests: HashMap::default(),
             journals: None,
             holders: Vec::new(),
+            supervised: false,
+            killers: HashMap::default(),
         }
+    }
+
+    /// Whether journaled reactors that fail wait (mailbox kept) for their
+    /// supervisor to restart them or give them up.
+    pub fn set_supervised(&mut self, on: bool) {
+        self.supervised = on;
     }
 
     /// Journals journaled reactors into `journals`.
@@ -1019,6 +1041,105 @@ impl Shard {
         Some(reactor)
     }
 
+    /// A supervised journaled reactor failed on `killer`: it is gone, but
+    /// its mailbox is kept (parked, and what comes for it from now on too)
+    /// and the requests waiting on it stay waiting, for its restart; the
+    /// request that failed it is answered when it is given up
+    /// ([`Shard::restart_journaled`], [`Shard::give_up`]).
+    fn fail_supervised(&mut self, address: Address, failure: Failure, killer: Envelope) {
+        tracing::warn!(reactor = %address, "reactor failed: {failure}; its mailbox is kept for its supervisor");
+        self.take_live(address);
+        let router = self.router();
+        router.modules.remove(&address);
+        router.ready.retain(|a| *a != address);
+        let mut held = VecDeque::new();
+        if let Some(mut mb) = router.inboxes.remove(&address) {
+            router.population -= 1;
+            let mut freed = 0;
+            while let Some(env) = mb.inbox.pop() {
+                freed += queued_cost(&env);
+                held.push_back(env);
+            }
+            router.budget.give(freed);
+            if let Some(p) = router.inboxes.get_mut(&mb.parent) {
+                p.children = p.children.saturating_sub(1);
+            }
+        }
+        router.parked.insert(address, held);
+        self.failed.insert(address, failure.clone());
+        self.killers.insert(address, (killer, failure));
+    }
+
+    /// Restarts a supervised journaled reactor that failed: from `chain`
+    /// (the snapshot its journal's first segment starts from; none: from its
+    /// spawn) and its journal `segments`, replayed up to the call that
+    /// failed it (step `failed_step`), which leaves the journal (the
+    /// post-mortem bundle kept it). Then its kept mailbox is queued again,
+    /// behind the message that failed it when `retry` (else that message is
+    /// a dead letter, and a request answered with the failure). Returns
+    /// the dead letter, if there is one.
+    pub fn restart_journaled(
+        &mut self,
+        module: &Arc<LoadedModule>,
+        chain: Option<&[SnapshotFile]>,
+        segments: &[(std::path::PathBuf, Vec<u8>)],
+        failed_step: u64,
+        retry: bool,
+    ) -> Result<(Recovered, Option<(Envelope, Failure)>), RecoverError> {
+        let (p0, b0) = segments.first().ok_or_else(|| RecoverError::Mismatch("no journal segment".into()))?;
+        let address = Address(
+            Journal::open(b0).map_err(|source| RecoverError::Journal { file: p0.display().to_string(), source })?.header().address,
+        );
+        if let Some(chain) = chain {
+            self.restore_only(chain, RestoreOptions::lazy(), address)
+                .map_err(|e| RecoverError::Mismatch(format!("cannot restore {address}: {e}")))?;
+        }
+        let recovered = match self.recover_journal_until(module, segments, Some(failed_step)) {
+            Ok(r) => r,
+            Err(e) => {
+                self.discard(address);
+                return Err(e);
+            }
+        };
+        self.failed.remove(&address);
+        let mut held = self.router().parked.remove(&address).unwrap_or_default();
+        let mut dead = None;
+        if let Some((killer, failure)) = self.killers.remove(&address) {
+            if retry {
+                held.push_front(killer);
+            } else {
+                self.dead_letter(address, &killer, &failure);
+                dead = Some((killer, failure));
+            }
+        }
+        self.requeue(address, held);
+        Ok((recovered, dead))
+    }
+
+    /// Gives up on a supervised reactor that failed (its supervisor's
+    /// restarts are used up): it stays failed, what was kept for it is
+    /// dropped and the requests waiting on it are answered with its failure.
+    pub fn give_up(&mut self, address: Address) -> Option<Failure> {
+        let (killer, failure) = self.killers.remove(&address)?;
+        self.dead_letter(address, &killer, &failure);
+        let router = self.router();
+        let held = router.parked.remove(&address).unwrap_or_default();
+        router.stats.dropped += held.len() as u64;
+        router.remove_mailbox(address);
+        router.port.fail_target(address, || CallError::Failed(address, failure.clone()));
+        Some(failure)
+    }
+
+    /// A message that failed its reactor is given up on: counted, and a
+    /// request from outside answered with the failure.
+    fn dead_letter(&mut self, address: Address, killer: &Envelope, failure: &Failure) {
+        let router = self.router();
+        router.stats.dead_letters += 1;
+        if killer.kind == abi::KIND_REQUEST {
+            router.port.answer(killer.corr, Err(CallError::Failed(address, failure.clone())));
+        }
+    }
+
     /// Sends a one-way message from the outside world.
     pub fn send(&mut self, to: Address, payload: Vec<u8>, text: bool) -> Result<(), SendError> {
         self.send_kind(to, abi::KIND_MESSAGE, 0, payload, text)
@@ -1234,6 +1355,12 @@ impl Shard {
             }
             if let Err(f) = &result {
                 live.journal.take().expect("journaled").fail(&f.to_string());
+                if self.supervised {
+                    let killer = consumed.take().expect("a journaled call consumed one message");
+                    self.fail_supervised(address, f.clone(), killer);
+                    self.process_spawns();
+                    return true;
+                }
             } else if let Some(why) = j.broken() {
                 let reason = FailureReason::Other(format!("its journal could not be written ({why}); a journaled reactor does not run unrecorded"));
                 result = Err(Failure { reason, backtrace: None });
@@ -1707,10 +1834,11 @@ impl Shard {
     /// queued for it when its snapshot was taken leaves its inbox when
     /// replayed, so a snapshot taken after a step is that step's state.
     pub fn replay_step(&mut self, address: Address, step: &Step<'_>) -> Result<Replayed, SnapshotError> {
-        let env = envelope_of(step);
         let router = self.router.as_deref_mut().expect("router is home between calls");
         if let Some(mb) = router.inboxes.get_mut(&address)
-            && mb.inbox.iter().next().is_some_and(|q| q.from == env.from && q.corr == env.corr && q.kind == env.kind && q.payload == env.payload)
+            && mb.inbox.iter().next().is_some_and(|q| {
+                q.from.0 == step.from && q.corr == step.corr && q.kind == step.kind && q.payload == step.payload
+            })
         {
             let q = mb.inbox.pop().expect("it has a first message");
             let cost = queued_cost(&q);
@@ -1721,9 +1849,18 @@ impl Shard {
                 router.ready.retain(|a| *a != address);
             }
         }
+        if step.kind == abi::KIND_REPLY
+            && router.outstanding.remove(&step.corr).is_some()
+            && let Some(mb) = router.inboxes.get_mut(&address)
+        {
+            mb.waiting = mb.waiting.saturating_sub(1);
+        }
         let live = self.reactors.get_mut(&address).ok_or(SnapshotError::NoSuchReactor(address))?;
         self.batch.clear();
-        env.encode_into(&mut self.batch);
+        self.batch.resize(abi::ENVELOPE_HEADER_LEN, 0);
+        abi::EnvelopeHeader { kind: step.kind, flags: step.flags, len: step.payload.len() as u32, from: step.from, corr: step.corr }
+            .encode(&mut self.batch[..]);
+        self.batch.extend_from_slice(step.payload);
         let batch = std::mem::take(&mut self.batch);
         live.reactor.tap().ok_or(SnapshotError::NoSuchReactor(address))?.begin_replay(step.tape);
         let result = live.reactor.receive(&mut self.router, &batch, 1);
@@ -1766,6 +1903,17 @@ impl Shard {
         module: &Arc<LoadedModule>,
         segments: &[(std::path::PathBuf, Vec<u8>)],
     ) -> Result<Recovered, RecoverError> {
+        self.recover_journal_until(module, segments, None)
+    }
+
+    /// [`Shard::recover_journal`], stopping before step `until` (whose
+    /// record and everything after it are cut from the last segment).
+    fn recover_journal_until(
+        &mut self,
+        module: &Arc<LoadedModule>,
+        segments: &[(std::path::PathBuf, Vec<u8>)],
+        until: Option<u64>,
+    ) -> Result<Recovered, RecoverError> {
         let journals = self.journals.clone().ok_or_else(|| RecoverError::Mismatch("this host keeps no journals".into()))?;
         let name = |p: &std::path::Path| p.display().to_string();
         let jerr = |p: &std::path::Path, source| RecoverError::Journal { file: name(p), source };
@@ -1798,21 +1946,33 @@ impl Shard {
             let j = Journal::open(bytes).map_err(|e| jerr(path, e))?;
             let level = j.header().level;
             let mut records = j.records();
-            let (mut index, mut calls, mut step) = (0u64, 0u64, j.header().first_step);
+            let (mut calls, mut step) = (0u64, j.header().first_step);
             let mut valid = journal_format::HEADER_LEN as u64;
-            while let Some(r) = records.next() {
+            let mut encoder = records.encoder();
+            let mut stopped = false;
+            loop {
+                let before = records.encoder();
+                let Some(r) = records.next() else { break };
                 let l = match r {
                     Ok(l) => l,
                     // What a crash in the middle of an append leaves: the
                     // record never counted (its output never left).
                     Err(JournalError::Torn { offset, .. }) if i + 1 == segments.len() => {
                         valid = offset;
+                        encoder = before;
                         break;
                     }
                     Err(e) => return Err(jerr(path, e)),
                 };
-                index = l.index + 1;
+                if until == Some(l.step) && matches!(l.record, Record::Init(_) | Record::Step(_)) {
+                    // The call to leave out, and all after it.
+                    valid = l.offset;
+                    encoder = before;
+                    stopped = true;
+                    break;
+                }
                 valid = records.position();
+                encoder = records.encoder();
                 match l.record {
                     Record::Init(st) => {
                         let r = self
@@ -1840,16 +2000,16 @@ impl Shard {
                     break;
                 }
             }
-            resume = Some((path.clone(), level, valid, index, calls, step));
-            if failed {
+            resume = Some((path.clone(), level, valid, encoder, calls, step));
+            if failed || stopped {
                 break;
             }
         }
-        let (path, level, valid, index, calls, step) = resume.expect("one segment at least");
+        let (path, level, valid, encoder, calls, step) = resume.expect("one segment at least");
         if failed {
             return Ok(Recovered { steps, next_step: step, failed: true });
         }
-        let journal = ReactorJournal::resume(&journals, address, module.hash, level, path.clone(), valid, (index, calls), step)
+        let journal = ReactorJournal::resume(&journals, address, module.hash, level, path.clone(), valid, (encoder, calls), step)
             .map_err(|source| RecoverError::Io { file: name(&path), source })?;
         let live = self.reactors.get_mut(&address).expect("replayed to the end, it lives");
         live.reactor.tap().expect("a replayed reactor has its tap").switch_to_recording();

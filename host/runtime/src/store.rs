@@ -69,6 +69,10 @@ pub(crate) trait HostContext: Send + 'static {
     /// with `init`; it is started right after the current call.
     fn spawn(&mut self, parent: Address, module: ModuleRef<'_>, init: Vec<u8>) -> Result<Address, SpawnRefusal>;
 
+    /// In a replay, `from`'s recorded request `corr` to `to`: outstanding
+    /// again (its reply is taken when it comes).
+    fn replayed_request(&mut self, corr: u64, from: Address, to: Address);
+
     /// Sets the partition key of the rest of this call's messages to other
     /// nodes (0: by destination).
     fn set_affinity(&mut self, key: u64);

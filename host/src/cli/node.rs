@@ -114,6 +114,20 @@ pub(crate) struct NodeArgs {
     /// written (one starts at every checkpoint).
     #[arg(long, value_name = "N", default_value_t = 2)]
     journal_keep: usize,
+    /// A journaled reactor that fails is restarted from its last snapshot
+    /// and its journal (up to the message that failed it), its mailbox
+    /// kept: at most N restarts within --restart-window; one more gives it
+    /// up (it stays failed). 0: never restarted.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    max_restarts: u32,
+    /// The window of --max-restarts, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    restart_window: u64,
+    /// How many times in all a message that fails a journaled reactor is
+    /// given to it before it is a dead letter (a request answered with the
+    /// failure).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    message_attempts: u32,
     /// How long an admin client may take to send a request line or to take
     /// an answer, in milliseconds, before its connection is closed (not
     /// counting time its requests are running).
@@ -228,6 +242,12 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
         checkpoint_every: (args.checkpoint_every > 0).then(|| std::time::Duration::from_secs(args.checkpoint_every)),
         durable: args.durable,
         journal_keep: args.journal_keep.max(1),
+        supervision: (args.max_restarts > 0).then(|| host::node::supervise::Policy {
+            max_restarts: args.max_restarts,
+            within: std::time::Duration::from_secs(args.restart_window),
+            attempts: args.message_attempts.max(1),
+            ..host::node::supervise::Policy::default()
+        }),
         peer_keys: match &args.peer_keys {
             Some(f) => {
                 // A trust anchor: nobody else may be able to write it.

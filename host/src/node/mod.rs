@@ -50,6 +50,7 @@ pub mod lock;
 pub mod migrate;
 pub mod postmortem;
 pub mod recovery;
+pub mod supervise;
 
 use reactor_net::auth::Secret;
 use reactor_net::secure::{self, Binding, Keyring, PublicKey, SigningKey, StaticKey};
@@ -255,6 +256,9 @@ pub struct NodeConfig {
     /// Journal segments each journaled reactor keeps besides the one being
     /// written (at least 1).
     pub journal_keep: usize,
+    /// How journaled reactors that fail are restarted (`None`: they are
+    /// not; see `supervise`).
+    pub supervision: Option<supervise::Policy>,
 }
 
 /// The journals' directory in a data directory.
@@ -280,6 +284,8 @@ pub struct Node {
     ticker: Mutex<Option<Ticker>>,
     /// Its journaled reactors' journals, under `<data-dir>/journal/`.
     journals: Arc<reactor_runtime::journal::Journals>,
+    /// Restarts its journaled reactors that fail.
+    supervisor: Option<Arc<supervise::Supervisor>>,
     /// The last snapshot taken through [`Node::snapshot`]: what the next
     /// incremental one is a delta on.
     last_snapshot: Mutex<Option<reactor_runtime::snapshot::SnapshotId>>,
@@ -534,7 +540,7 @@ impl Node {
         rc.node = config.id;
         rc.data_dir = Some(config.data_dir.clone());
         let runtime = Arc::new(Runtime::new(engine, rc).map_err(NodeError::Runtime)?);
-        let journals = start_journals(&config, &runtime)?;
+        let (journals, supervisor) = start_journals(&config, &runtime)?;
         let tokio = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("net")
@@ -688,6 +694,7 @@ impl Node {
             restored,
             ticker: Mutex::new(ticker),
             journals,
+            supervisor,
             last_snapshot: Mutex::new(None),
             hub,
             _lock: lock,
@@ -928,6 +935,7 @@ impl Node {
             "migrations": self.hub.counters(),
             "fence_timeouts": self.transport.fence_timeouts(),
             "journal": journal,
+            "supervision": self.supervisor.as_ref().map(|s| serde_json::to_value(s.counters()).unwrap_or_default()),
             "events": events,
         })
     }
@@ -972,27 +980,44 @@ fn recover_on_shards(plans: Vec<recovery::Plan>, runtime: Arc<Runtime>) -> react
 /// Starts the node's journal writer in `<data-dir>/journal/`, hands it to
 /// every shard, and makes a journaled reactor's failure leave a post-mortem
 /// bundle (`postmortem`).
-fn start_journals(config: &NodeConfig, runtime: &Arc<Runtime>) -> Result<Arc<reactor_runtime::journal::Journals>, NodeError> {
+type JournalParts = (Arc<reactor_runtime::journal::Journals>, Option<Arc<supervise::Supervisor>>);
+
+fn start_journals(config: &NodeConfig, runtime: &Arc<Runtime>) -> Result<JournalParts, NodeError> {
     use reactor_runtime::journal::{JournalConfig, Journals};
     let dir = config.data_dir.join(JOURNALS);
+    let io = |op, source| NodeError::Io { op, path: dir.clone(), source };
     let journals = Journals::start(JournalConfig { dir: dir.clone(), keep: config.journal_keep.max(1) })
-        .map_err(|source| NodeError::Io { op: "start the journals in", path: dir.clone(), source })?;
-    runtime
-        .set_journals(&journals)
-        .map_err(|e| NodeError::Io { op: "hand the journals to the shards for", path: dir, source: std::io::Error::other(e) })?;
-    let (data_dir, limits) = (config.data_dir.clone(), runtime.limits());
-    journals.set_failure_hook(Box::new(move |f| match postmortem::make(&data_dir, f, limits) {
-        Ok(p) => tracing::warn!(
-            reactor = %f.address,
-            "journaled reactor {} failed at step {}; its post-mortem bundle is {} (replay it with `host replay {}`)",
-            f.address,
-            f.step,
-            p.display(),
-            p.display()
-        ),
-        Err(e) => tracing::error!(reactor = %f.address, "journaled reactor {} failed at step {}; no post-mortem bundle: {e}", f.address, f.step),
+        .map_err(|e| io("start the journals in", e))?;
+    runtime.set_journals(&journals).map_err(|e| io("hand the journals to the shards for", std::io::Error::other(e)))?;
+    let supervisor = match config.supervision.filter(|p| p.max_restarts > 0) {
+        None => None,
+        Some(policy) => {
+            for i in 0..runtime.shards() {
+                runtime.inspect(i, |s| s.set_supervised(true)).map_err(|e| io("supervise the shards of", std::io::Error::other(e)))?;
+            }
+            let s = supervise::Supervisor::start(runtime.clone(), config.data_dir.clone(), dir.clone(), policy)
+                .map_err(|e| io("start the supervisor for", e))?;
+            Some(Arc::new(s))
+        }
+    };
+    let (data_dir, limits, sup) = (config.data_dir.clone(), runtime.limits(), supervisor.clone());
+    journals.set_failure_hook(Box::new(move |f| {
+        match postmortem::make(&data_dir, f, limits) {
+            Ok(p) => tracing::warn!(
+                reactor = %f.address,
+                "journaled reactor {} failed at step {}; its post-mortem bundle is {} (replay it with `host replay {}`)",
+                f.address,
+                f.step,
+                p.display(),
+                p.display()
+            ),
+            Err(e) => tracing::error!(reactor = %f.address, "journaled reactor {} failed at step {}; no post-mortem bundle: {e}", f.address, f.step),
+        }
+        if let Some(s) = &sup {
+            s.failed(f);
+        }
     }));
-    Ok(journals)
+    Ok((journals, supervisor))
 }
 
 /// A snapshot's kind as the admin protocol answers it: `"full"` or

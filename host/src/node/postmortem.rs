@@ -10,9 +10,9 @@
 //!   it), when the first segment starts from one;
 //! - `module.wasm`, the module it ran.
 //!
-//! Files are hard links where the file system allows (checkpoints and
-//! sealed segments are never written again; a new checkpoint replaces an
-//! old one by renaming) and copies otherwise. The bundle is assembled in a
+//! Checkpoint files are hard links where the file system allows (they are
+//! never written again; a new checkpoint replaces an old one by renaming),
+//! journal segments copies (a restart cuts the failed call off the last). The bundle is assembled in a
 //! hidden directory, synced, and renamed into place: a bundle that exists
 //! is whole. `host replay <bundle>` replays it.
 #![forbid(unsafe_code)]
@@ -176,10 +176,12 @@ pub fn make(data_dir: &Path, failed: &FailedReactor, limits: Limits) -> Result<P
         link_or_copy(p, &tmp.join(&n))?;
         snapshots.push(n);
     }
+    // Copies, not links: a restart of the reactor cuts its last segment
+    // back to before the failed call.
     let mut journals = Vec::new();
     for p in &failed.segments[first..] {
         let n = file_name(p);
-        link_or_copy(p, &tmp.join(&n))?;
+        fs::copy(p, tmp.join(&n)).map_err(io_err("copy", p))?;
         journals.push(n);
     }
     let manifest = Manifest {

@@ -3,7 +3,7 @@
 //! failure with its panic message and backtrace; a replay that is fed
 //! something else notices.
 use crate::util::*;
-use journal_format::{Journal, JournalError, Level, Record, encode_record};
+use journal_format::{Encoder, Journal, JournalError, Level, Record};
 use protocols::{CounterMsg, KvReq, LedgerReq};
 use reactor_runtime::journal::{FailedReactor, JournalConfig, Journals, reactor_dir, segments};
 use reactor_runtime::replay::{Event, Replay, ReplayError, SegmentBytes};
@@ -206,6 +206,7 @@ fn a_replay_notices_a_changed_recording() {
     // a forged, well-formed journal).
     let j = Journal::open(&segs[0].bytes).unwrap();
     let mut forged = segs[0].bytes[..journal_format::HEADER_LEN].to_vec();
+    let mut encoder = Encoder::new();
     let mut changed_at = None;
     for l in j.records() {
         let l = l.unwrap();
@@ -222,7 +223,7 @@ fn a_replay_notices_a_changed_recording() {
             st.tape = &tape;
             changed_at = Some(l.step);
         }
-        encode_record(l.index, &rec, &mut forged);
+        encoder.encode(&rec, &mut forged);
     }
     let changed_at = changed_at.expect("an account opening drew random bytes");
     let segs = vec![SegmentBytes { name: "forged".into(), bytes: forged }];
@@ -434,4 +435,41 @@ fn after_kill_9_journaled_reactors_lose_no_answered_call() {
     assert_eq!(n.call(ledger, json!("Digest")), digest, "{}", n.log());
     assert_eq!(n.call(late, json!("Get")), json!(10));
     assert!(!n.log().contains("could not be replayed"), "{}", n.log());
+}
+
+/// Supervision: a journaled reactor that fails is restarted from its last
+/// checkpoint and journal, up to the message that failed it (a dead letter
+/// now: its request answered with the failure); its mailbox is kept, so
+/// what was sent to it meanwhile is served after the restart; a second
+/// failure within the window exceeds the restart intensity and gives it up.
+#[test]
+fn a_failed_journaled_reactor_is_restarted_once_then_given_up() {
+    use crate::nodes::{SECRET, scratch, start, wait_until};
+    use serde_json::json;
+    let root = scratch("journal", "supervise");
+    let n = start(&root, 1, SECRET, &["--checkpoint-every", "0", "--durable", "synced", "--restart-window", "30"]);
+    let ledger = n.spawn("ledger");
+    let alice = n.call(ledger, json!({"Open": {"owner": "alice"}})).as_u64().unwrap();
+    n.call(ledger, json!({"Deposit": {"account": alice, "amount": 10}}));
+    n.admin().request(json!({"op": "checkpoint"})).unwrap();
+    n.call(ledger, json!({"Deposit": {"account": alice, "amount": 5}}));
+    // The poison, then messages while it fails and restarts.
+    let err = n.try_call(ledger, json!({"Withdraw": {"account": alice, "amount": 1000}})).unwrap_err().to_string();
+    assert!(err.contains("would be overdrawn"), "{err}");
+    for _ in 0..3 {
+        n.admin().request(json!({"op": "send", "to": ledger, "msg": {"Deposit": {"account": alice, "amount": 1}}})).unwrap();
+    }
+    let accounts = n.call(ledger, json!("Accounts"));
+    assert_eq!(accounts, json!([[alice, "alice", 18]]), "restarted before the poison, the kept messages served:\n{}", n.log());
+    let s = n.status();
+    assert_eq!(s["supervision"]["restarts"], json!(1), "{s}");
+    assert_eq!(s["supervision"]["dead_letters"], json!(1));
+    assert!(s["supervision"]["recent_dead_letters"][0]["failure"].as_str().unwrap().contains("would be overdrawn"));
+    // A second failure within the window: given up.
+    let err = n.try_call(ledger, json!({"Withdraw": {"account": alice, "amount": 1000}})).unwrap_err().to_string();
+    assert!(err.contains("would be overdrawn"), "{err}");
+    wait_until("the escalation", Duration::from_secs(20), || n.status()["supervision"]["escalations"] == json!(1));
+    let err = n.try_call(ledger, json!("Accounts")).unwrap_err().to_string();
+    assert!(err.contains("no live reactor"), "{err}");
+    assert!(n.log().contains("escalated"), "{}", n.log());
 }

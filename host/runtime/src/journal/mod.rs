@@ -45,5 +45,5 @@ pub struct Recovered {
 }
 pub use tap::Diverged;
 pub(crate) use tap::Tap;
-pub use writer::{FailedReactor, FailureHook, JournalConfig, JournalFigures, JournalStats, Journals, Waker, reactor_dir, segments};
+pub use writer::{FailedReactor, FailureHook, JournalConfig, JournalFigures, JournalStats, Journals, WRITTEN_GAP, Waker, reactor_dir, segments};
 pub(crate) use writer::{ReactorJournal, Ticket};

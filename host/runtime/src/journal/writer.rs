@@ -11,7 +11,7 @@
 //! therefore on disk at most two rounds after it was appended.
 #![forbid(unsafe_code)]
 
-use journal_format::{Header, Level, Record, encode_header, encode_record};
+use journal_format::{Encoder, Header, Level, Record, encode_header};
 use reactor_types::{Address, ModuleHash};
 use snapshot_format::SnapshotId;
 use std::fs::{File, OpenOptions};
@@ -136,10 +136,18 @@ enum After {
 
 enum Job {
     Flush(Arc<Segment>),
+    /// Segments at `Written` are waiting in the lazy list: write them
+    /// within [`WRITTEN_GAP`].
+    Tick,
     Seal(Arc<Segment>, After),
     /// Answers once everything before it is written and synced.
     Barrier(Sender<()>),
 }
+
+/// How long records of a segment at level `Written` may wait to be written
+/// (they are gathered meanwhile: one write per segment per gap, not one per
+/// record). `Synced` segments are written and synced at once.
+pub const WRITTEN_GAP: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A node's journals: their directory and writer thread.
 pub struct Journals {
@@ -149,6 +157,8 @@ pub struct Journals {
     stats: Arc<JournalStats>,
     hook: Arc<OnceLock<FailureHook>>,
     wakers: Arc<Mutex<Vec<Waker>>>,
+    /// `Written` segments with records waiting (see [`WRITTEN_GAP`]).
+    lazy: Arc<Mutex<Vec<Arc<Segment>>>>,
 }
 
 /// Called after records were synced (a shard waiting to release output).
@@ -168,9 +178,10 @@ impl Journals {
         let stats = Arc::new(JournalStats::default());
         let hook: Arc<OnceLock<FailureHook>> = Arc::new(OnceLock::new());
         let wakers: Arc<Mutex<Vec<Waker>>> = Arc::default();
-        let (s, h, w) = (stats.clone(), hook.clone(), wakers.clone());
-        let thread = std::thread::Builder::new().name("journal".into()).spawn(move || writer(rx, &s, &h, &w))?;
-        Ok(Arc::new(Self { config, tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), stats, hook, wakers }))
+        let lazy: Arc<Mutex<Vec<Arc<Segment>>>> = Arc::default();
+        let (s, h, w, l) = (stats.clone(), hook.clone(), wakers.clone(), lazy.clone());
+        let thread = std::thread::Builder::new().name("journal".into()).spawn(move || writer(rx, &s, &h, &w, &l))?;
+        Ok(Arc::new(Self { config, tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), stats, hook, wakers, lazy }))
     }
 
     /// Calls `waker` after every round that synced records.
@@ -280,6 +291,8 @@ pub(crate) struct ReactorJournal {
     level: Level,
     /// Index of the next record in the current segment.
     index: u64,
+    /// Codes the current segment's records.
+    encoder: Encoder,
     /// Call records in the current segment.
     calls: u64,
     /// The step number of the next call.
@@ -316,6 +329,7 @@ impl ReactorJournal {
             module,
             level,
             index: 0,
+            encoder: Encoder::new(),
             calls: 0,
             step: first_step,
             buf: Vec::new(),
@@ -338,6 +352,7 @@ impl ReactorJournal {
         let pending = encode_header(&header).to_vec();
         self.segment = Arc::new(Segment::new(path, self.level, pending, true));
         self.index = 0;
+        self.encoder = Encoder::new();
         self.calls = 0;
         self.journals.send(Job::Flush(self.segment.clone()));
     }
@@ -350,7 +365,7 @@ impl ReactorJournal {
     /// Goes on writing `address`'s segment at `path` after a restart: the
     /// file is cut to `valid_len` (a torn last record goes) and synced;
     /// `index` records and `calls` call records are in it, the next call is
-    /// step `step`.
+    /// step `step`; `encoder` goes on from its last record.
     #[expect(clippy::too_many_arguments, reason = "where the segment stands, field by field")]
     pub(crate) fn resume(
         journals: &Arc<Journals>,
@@ -359,9 +374,10 @@ impl ReactorJournal {
         level: Level,
         path: PathBuf,
         valid_len: u64,
-        (index, calls): (u64, u64),
+        (encoder, calls): (Encoder, u64),
         step: u64,
     ) -> std::io::Result<Self> {
+        let index = encoder.next_index();
         let file = OpenOptions::new().append(true).open(&path)?;
         file.set_len(valid_len)?;
         file.sync_all()?;
@@ -379,6 +395,7 @@ impl ReactorJournal {
             module,
             level,
             index,
+            encoder,
             calls,
             step,
             buf: Vec::new(),
@@ -393,7 +410,7 @@ impl ReactorJournal {
     /// Appends a record to the current segment (queued for the writer).
     pub(crate) fn append(&mut self, record: &Record<'_>) {
         self.buf.clear();
-        encode_record(self.index, record, &mut self.buf);
+        self.encoder.encode(record, &mut self.buf);
         self.index += 1;
         if matches!(record, Record::Init(_) | Record::Step(_)) {
             self.calls += 1;
@@ -406,7 +423,16 @@ impl ReactorJournal {
         if !st.queued {
             st.queued = true;
             drop(st);
-            self.journals.send(Job::Flush(self.segment.clone()));
+            if self.level == Level::Written {
+                let mut lazy = self.journals.lazy.lock().expect("lazy segments");
+                lazy.push(self.segment.clone());
+                if lazy.len() == 1 {
+                    drop(lazy);
+                    self.journals.send(Job::Tick);
+                }
+            } else {
+                self.journals.send(Job::Flush(self.segment.clone()));
+            }
         }
     }
 
@@ -562,17 +588,48 @@ fn wake(wakers: &Mutex<Vec<Waker>>) {
     }
 }
 
-fn writer(rx: Receiver<Job>, stats: &JournalStats, hook: &OnceLock<FailureHook>, wakers: &Mutex<Vec<Waker>>) {
+fn writer(
+    rx: Receiver<Job>,
+    stats: &JournalStats,
+    hook: &OnceLock<FailureHook>,
+    wakers: &Mutex<Vec<Waker>>,
+    lazy: &Mutex<Vec<Arc<Segment>>>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
     let mut round: Vec<Job> = Vec::new();
     let mut to_sync: Vec<Arc<Segment>> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        round.push(first);
+    // When the lazy segments are due to be written.
+    let mut lazy_due: Option<Instant> = None;
+    let write_lazy = |stats: &JournalStats| {
+        let segs = std::mem::take(&mut *lazy.lock().expect("lazy segments"));
+        let mut wrote = false;
+        for seg in segs {
+            wrote |= write_pending(&seg, stats);
+        }
+        wrote
+    };
+    loop {
+        let first = match lazy_due {
+            Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match first {
+            Ok(j) => round.push(j),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                write_lazy(stats);
+                return;
+            }
+        }
         while let Ok(j) = rx.try_recv() {
             round.push(j);
         }
         let mut wrote = false;
         for job in round.drain(..) {
             match job {
+                Job::Tick => {
+                    lazy_due.get_or_insert_with(|| Instant::now() + WRITTEN_GAP);
+                }
                 Job::Flush(seg) => {
                     if write_pending(&seg, stats) {
                         wrote = true;
@@ -587,6 +644,8 @@ fn writer(rx: Receiver<Job>, stats: &JournalStats, hook: &OnceLock<FailureHook>,
                     wake(wakers);
                 }
                 Job::Barrier(done) => {
+                    wrote |= write_lazy(stats);
+                    lazy_due = None;
                     let synced = !to_sync.is_empty();
                     for s in to_sync.drain(..) {
                         sync(&s, stats);
@@ -597,6 +656,10 @@ fn writer(rx: Receiver<Job>, stats: &JournalStats, hook: &OnceLock<FailureHook>,
                     let _ = done.send(());
                 }
             }
+        }
+        if lazy_due.is_some_and(|d| Instant::now() >= d) {
+            wrote |= write_lazy(stats);
+            lazy_due = None;
         }
         if !to_sync.is_empty() {
             for s in to_sync.drain(..) {
