@@ -296,6 +296,66 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
         ensure!(r.next_step() == target + 1, "reached step {} for {target}", r.next_step());
         opens.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    journals.shutdown();
+
+    // --- Restart of a failed 100 MiB reactor. ---
+    let (ledger, _) = load_guest(&engine, "ledger")?;
+    let mib: u32 = if opts.quick { 20 } else { 100 };
+    let journals = Journals::start(JournalConfig { dir: dir.path().join("restart"), keep: usize::MAX })?;
+    let mut shard = Shard::new(engine.clone(), ShardConfig::default());
+    shard.set_journals(journals.clone());
+    shard.set_supervised(true);
+    let a = shard.spawn_journaled(&ledger, &[], 0, Level::Written)?;
+    let call = |s: &mut Shard, q: &protocols::LedgerReq| s.call(a, postcard::to_allocvec(q).expect("encodes"), false);
+    let id: u64 = postcard::from_bytes(&call(&mut shard, &protocols::LedgerReq::Open { owner: "bench".into() })?.payload)?;
+    call(&mut shard, &protocols::LedgerReq::Grow { mib })?;
+    let cp = shard.snapshot(a, SnapshotOptions::new(Capture::Blocking).journaled())?;
+    let snap = dir.path().join("restart.snap");
+    cp.write(&snap, &mut |_, _| {})?;
+    drop(cp);
+    let mut restarts = Vec::new();
+    let mut phases: Vec<[f64; 4]> = Vec::new();
+    progress(format!("journal: restarts of a failed {mib} MiB reactor"));
+    for round in 0..20u64 {
+        // A few calls after the snapshot, then the one that fails it.
+        for _ in 0..3 {
+            call(&mut shard, &protocols::LedgerReq::Deposit { account: id, amount: 1 })?;
+        }
+        let failed_step = shard.journal_step(a).context("journaled")?;
+        let _ = call(&mut shard, &protocols::LedgerReq::Withdraw { account: id, amount: u64::MAX });
+        ensure!(shard.journal_step(a).is_none(), "round {round}: the withdrawal should have failed it");
+        journals.sync();
+        let t = Instant::now();
+        let segs: Vec<(std::path::PathBuf, Vec<u8>)> = segments(&reactor_dir(journals.dir(), a))?
+            .into_iter()
+            .skip_while(|p| {
+                std::fs::read(p).ok().and_then(|b| journal_format::Journal::open(&b).ok().map(|j| j.header().from_spawn())).unwrap_or(true)
+            })
+            .map(|p| std::fs::read(&p).map(|b| (p, b)))
+            .collect::<std::io::Result<_>>()?;
+        let t1 = t.elapsed();
+        let chain = [SnapshotFile::open(&snap, abi::ABI_VERSION)?];
+        let t2 = t.elapsed();
+        shard.restart_journaled(&ledger, Some(&chain), &segs, failed_step, false)?;
+        let t3 = t.elapsed();
+        // Its first processed message after the restart.
+        let r = call(&mut shard, &protocols::LedgerReq::Deposit { account: id, amount: 0 })?;
+        phases.push([t1, t2 - t1, t3 - t2, t.elapsed() - t3].map(|d| d.as_secs_f64() * 1e6));
+        restarts.push(t.elapsed().as_secs_f64() * 1e6);
+        let balance: Option<u64> = postcard::from_bytes(&r.payload)?;
+        ensure!(balance == Some(3 * (round + 1)), "round {round}: balance {balance:?} after the restart");
+    }
+    report.param("restarted_reactor_mib", mib);
+    let phase = |i: usize| median(phases.iter().map(|p| p[i]).collect());
+    report.note(format!(
+        "restart, median µs: read the journal {:.0}, open the snapshot {:.0}, restore lazily and replay {:.0}, first message {:.0}",
+        phase(0),
+        phase(1),
+        phase(2),
+        phase(3)
+    ));
+    report.push(Figure::new(format!("restart of a failed {mib} MiB reactor to its first message: median"), median(restarts.clone()), "µs"));
+    report.push(Figure::new(format!("restart of a failed {mib} MiB reactor to its first message: p99 (worst of 20)"), restarts.iter().copied().fold(0.0, f64::max), "µs").at_most(100.0));
     report.param("long_journal_messages", total);
     report.param("snapshot_every", every);
     report.push(Figure::new("open the state at a random message: median", median(opens.clone()), "ms").at_most(50.0));

@@ -83,7 +83,8 @@ pub struct Packet {
 pub enum Damage {
     /// The version byte XOR this (non-zero) value.
     Version(u8),
-    /// The kind byte set to this undefined kind (0 or 9..=255).
+    /// The kind byte set to this undefined kind (0 or 10..=255; 1..=9 are
+    /// the frame kinds, 9 the Noise record).
     Kind(u8),
     /// The length prefix set past the limit by 1 + this (mod 4096).
     Oversize(u16),
@@ -102,8 +103,8 @@ impl Damage {
         match rng.random_range(0..6u8) {
             0 => Damage::Version(rng.random_range(1..=255)),
             1 => {
-                let k = rng.random_range(8..=255u8);
-                Damage::Kind(if k == 8 { 0 } else { k })
+                let k = rng.random_range(9..=255u8);
+                Damage::Kind(if k == 9 { 0 } else { k })
             }
             2 => Damage::Oversize(rng.random()),
             3 => Damage::Undersize(rng.random_range(0..2)),
@@ -125,7 +126,7 @@ impl Damage {
         let set_len = |f: &mut Vec<u8>, l: usize| f[..4].copy_from_slice(&(l as u32).to_le_bytes());
         match self {
             Damage::Version(x) => frame[4] ^= x.max(1),
-            Damage::Kind(k) => frame[5] = if (1..=8).contains(&k) { 0 } else { k },
+            Damage::Kind(k) => frame[5] = if (1..=9).contains(&k) { 0 } else { k },
             Damage::Oversize(x) => set_len(frame, MAX_FRAME_LEN + 1 + (x as usize % 4096)),
             Damage::Undersize(x) => set_len(frame, (x % 2) as usize),
             Damage::Shorten(x) => {
