@@ -162,6 +162,45 @@ pub struct Step<'a> {
     pub payload: &'a [u8],
 }
 
+/// A call record's fields, owned: what a reader keeps past the bytes
+/// (its buffers reused by [`OwnedStep::set`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnedStep {
+    pub kind: u8,
+    pub flags: u8,
+    pub from: u64,
+    pub corr: u64,
+    pub failed: bool,
+    pub digest: u32,
+    pub tape: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl OwnedStep {
+    /// A view of it as a [`Step`].
+    pub fn step(&self) -> Step<'_> {
+        Step {
+            kind: self.kind,
+            flags: self.flags,
+            from: self.from,
+            corr: self.corr,
+            failed: self.failed,
+            digest: self.digest,
+            tape: &self.tape,
+            payload: &self.payload,
+        }
+    }
+
+    /// Becomes a copy of `s`, in its own buffers.
+    pub fn set(&mut self, s: &Step<'_>) {
+        (self.kind, self.flags, self.from, self.corr, self.failed, self.digest) = (s.kind, s.flags, s.from, s.corr, s.failed, s.digest);
+        self.tape.clear();
+        self.tape.extend_from_slice(s.tape);
+        self.payload.clear();
+        self.payload.extend_from_slice(s.payload);
+    }
+}
+
 /// A decoded record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record<'a> {

@@ -116,7 +116,7 @@ mod tests;
 
 pub use error::{JournalError, TapeError};
 pub use format::{
-    Cursor, Encoder, Header, Journal, Kind, Level, Located, Record, Records, Step, Summary, encode_header, record_seed,
+    Cursor, Encoder, Header, Journal, Kind, Level, Located, OwnedStep, Record, Records, Step, Summary, encode_header, record_seed,
     HEADER_LEN, MAGIC, MAX_BODY, MAX_FAILURE_TEXT, VERSION,
 };
 pub use tape::{Call, Entry, StateDigest, TapeReader, TapeWriter};

@@ -13,35 +13,13 @@ fn header(from_spawn: bool) -> Header {
     }
 }
 
-#[derive(Debug, Clone)]
-struct OwnedStep {
-    kind: u8,
-    flags: u8,
-    from: u64,
-    corr: u64,
-    digest: u32,
-    tape: Vec<u8>,
-    payload: Vec<u8>,
-}
-
-impl OwnedStep {
-    fn step(&self, failed: bool) -> Step<'_> {
-        Step {
-            kind: self.kind,
-            flags: self.flags,
-            from: self.from,
-            corr: self.corr,
-            failed,
-            digest: self.digest,
-            tape: &self.tape,
-            payload: &self.payload,
-        }
-    }
+fn with_failed(s: &OwnedStep, failed: bool) -> Step<'_> {
+    Step { failed, ..s.step() }
 }
 
 fn any_step() -> impl Strategy<Value = OwnedStep> {
     (1u8..4, 0u8..2, any::<u64>(), prop_oneof![Just(0u64), any::<u64>()], any::<u32>(), any_tape(), proptest::collection::vec(any::<u8>(), 0..200))
-        .prop_map(|(kind, flags, from, corr, digest, tape, payload)| OwnedStep { kind, flags, from, corr, digest, tape, payload })
+        .prop_map(|(kind, flags, from, corr, digest, tape, payload)| OwnedStep { kind, flags, from, corr, failed: false, digest, tape, payload })
 }
 
 fn any_entry() -> impl Strategy<Value = (u8, i64, u64, Vec<u8>, bool)> {
@@ -87,7 +65,7 @@ fn journal(from_spawn: bool, steps: &[OwnedStep], tail: Option<&str>, end: bool)
     let mut e = Encoder::new();
     for (i, s) in steps.iter().enumerate() {
         let failed = tail.is_some() && i + 1 == steps.len();
-        let r = if i == 0 && from_spawn { Record::Init(s.step(failed)) } else { Record::Step(s.step(failed)) };
+        let r = if i == 0 && from_spawn { Record::Init(with_failed(s, failed)) } else { Record::Step(with_failed(s, failed)) };
         e.encode(&r, &mut out);
     }
     if let Some(t) = tail {
@@ -119,7 +97,7 @@ proptest! {
         let first = header(from_spawn).first_step;
         for (i, s) in steps.iter().enumerate() {
             let failed = fail && i + 1 == steps.len();
-            let want = s.step(failed);
+            let want = with_failed(s, failed);
             let got = match recs[i].record { Record::Init(s) | Record::Step(s) => s, r => panic!("{r:?}") };
             prop_assert_eq!(got, want);
             prop_assert_eq!(recs[i].step, first + i as u64);
@@ -207,28 +185,28 @@ proptest! {
 
 #[test]
 fn records_out_of_place_are_refused() {
-    let s = OwnedStep { kind: 1, flags: 0, from: 1, corr: 0, digest: 0, tape: vec![], payload: vec![1] };
+    let s = OwnedStep { kind: 1, flags: 0, from: 1, corr: 0, failed: false, digest: 0, tape: vec![], payload: vec![1] };
     // A segment from a snapshot may not hold an init call.
     let mut out = encode_header(&header(false)).to_vec();
-    Encoder::new().encode(&Record::Init(s.step(false)), &mut out);
+    Encoder::new().encode(&Record::Init(with_failed(&s, false)), &mut out);
     let err = Journal::open(&out).unwrap().check().unwrap_err();
     assert!(err.to_string().contains("init call that is not the first"), "{err}");
     // Nothing after an end.
     let mut out = encode_header(&header(false)).to_vec();
     let mut e = Encoder::new();
     e.encode(&Record::End { next: [1; 16], digest: 0 }, &mut out);
-    e.encode(&Record::Step(s.step(false)), &mut out);
+    e.encode(&Record::Step(with_failed(&s, false)), &mut out);
     let err = Journal::open(&out).unwrap().check().unwrap_err();
     assert!(err.to_string().contains("record 1") && err.to_string().contains("after the segment's end"), "{err}");
     // A failed call must be followed by its failure.
     let mut out = encode_header(&header(false)).to_vec();
     let mut e = Encoder::new();
-    e.encode(&Record::Step(s.step(true)), &mut out);
-    e.encode(&Record::Step(s.step(false)), &mut out);
+    e.encode(&Record::Step(with_failed(&s, true)), &mut out);
+    e.encode(&Record::Step(with_failed(&s, false)), &mut out);
     assert!(Journal::open(&out).unwrap().check().unwrap_err().to_string().contains("not followed by its failure"));
     // Records swapped fail their checks (the index is in the seed).
     let mut a = Vec::new();
-    Encoder::at(1).encode(&Record::Step(s.step(false)), &mut a);
+    Encoder::at(1).encode(&Record::Step(with_failed(&s, false)), &mut a);
     let mut out = encode_header(&header(false)).to_vec();
     out.extend_from_slice(&a);
     assert!(matches!(Journal::open(&out).unwrap().check(), Err(JournalError::Damaged { record: 0, .. })));

@@ -8,7 +8,7 @@
 
 use crate::shard::{LoadedModule, Replayed, Shard};
 use crate::snapshot::{RestoreOptions, SnapshotError};
-use journal_format::{Cursor, Header, Journal, JournalError, Located, Record, Step, TapeReader};
+use journal_format::{Cursor, Header, Journal, JournalError, Located, OwnedStep, Record, Step, TapeReader};
 use reactor_types::{Address, Failure, SpawnError};
 use snapshot_format::{SnapshotFile, SnapshotId};
 use std::sync::Arc;
@@ -374,34 +374,6 @@ impl Replay {
     }
 }
 
-/// A call record's fields, owned.
-#[derive(Debug, Clone)]
-struct OwnedStep {
-    kind: u8,
-    flags: u8,
-    from: u64,
-    corr: u64,
-    failed: bool,
-    digest: u32,
-    tape: Vec<u8>,
-    payload: Vec<u8>,
-}
-
-impl OwnedStep {
-    fn step(&self) -> Step<'_> {
-        Step {
-            kind: self.kind,
-            flags: self.flags,
-            from: self.from,
-            corr: self.corr,
-            failed: self.failed,
-            digest: self.digest,
-            tape: &self.tape,
-            payload: &self.payload,
-        }
-    }
-}
-
 /// A record, owned (so the replay can run while holding it).
 #[derive(Debug, Clone)]
 enum Owned {
@@ -411,23 +383,12 @@ enum Owned {
 }
 
 impl Owned {
-    /// `l`, owned, in the buffers `spare` (emptied first).
-    fn from_located(l: Located<'_>, (mut tape, mut payload): (Vec<u8>, Vec<u8>)) -> Self {
-        let mut own = |s: Step<'_>| {
-            tape.clear();
-            tape.extend_from_slice(s.tape);
-            payload.clear();
-            payload.extend_from_slice(s.payload);
-            OwnedStep {
-                kind: s.kind,
-                flags: s.flags,
-                from: s.from,
-                corr: s.corr,
-                failed: s.failed,
-                digest: s.digest,
-                tape: std::mem::take(&mut tape),
-                payload: std::mem::take(&mut payload),
-            }
+    /// `l`, owned, in the buffers `spare` (their contents replaced).
+    fn from_located(l: Located<'_>, (tape, payload): (Vec<u8>, Vec<u8>)) -> Self {
+        let own = |s: Step<'_>| {
+            let mut o = OwnedStep { tape, payload, ..OwnedStep::default() };
+            o.set(&s);
+            o
         };
         match l.record {
             Record::Init(s) => Owned::Call { step: l.step, init: true, st: own(s) },

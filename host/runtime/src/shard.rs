@@ -1730,6 +1730,20 @@ impl Shard {
         self.router().parked.entry(address).or_default();
     }
 
+    /// Stops holding messages for `address` (see [`Shard::hold`]): what was
+    /// held is queued for it, in order, if it lives here now, else counted
+    /// as dead letters (requests answered that there is no such reactor).
+    pub fn end_hold(&mut self, address: Address) {
+        let held = self.router().parked.remove(&address).unwrap_or_default();
+        if self.reactors.contains_key(&address) {
+            self.requeue(address, held);
+        } else {
+            for env in held {
+                self.host_delivery_failed(address, env);
+            }
+        }
+    }
+
     /// [`Shard::reattach`] from snapshot files: restores only `address`
     /// from `chain`, then queues what was held for it.
     pub fn reattach_files(&mut self, address: Address, chain: &[SnapshotFile], options: RestoreOptions) -> Result<(), SnapshotError> {

@@ -19,7 +19,8 @@
 //! `{"id":…,"err":"…"}`. Requests on one connection run concurrently and
 //! may be answered out of order.
 //! - `{"op":"status"}` → the node, its overlay, members, lanes, counters;
-//! - `{"op":"spawn","module":NAME|PATH,"init":JSON}` → `{"address","tag"}`;
+//! - `{"op":"spawn","module":NAME|PATH,"init":JSON,"durable":"none"|"written"|"synced"}` →
+//!   `{"address","tag","module","durable"}` (without `"durable"`: the node's default);
 //! - `{"op":"send","to":ADDR,"msg":JSON}` → `null`;
 //! - `{"op":"call","to":ADDR,"msg":JSON,"timeout_ms":N}` → the reply;
 //! - `{"op":"mailbox"}` → the messages sent to this node's host
@@ -28,7 +29,8 @@
 //!   → the file written, its kind and reactors (copy-on-write: the reactors
 //!   keep serving);
 //! - `{"op":"restore","files":[ABS…],"lazy":B}` → the reactors restored;
-//! - `{"op":"checkpoint"}` → the node's own checkpoint just taken;
+//! - `{"op":"checkpoint"}` → the node's own checkpoint just taken (journaled
+//!   reactors start a new journal segment from it);
 //! - `{"op":"stop"}` → `null`, then the node takes a last checkpoint and
 //!   exits.
 //!
@@ -37,7 +39,12 @@
 //! they run in its data directory (`durable`): one at every graceful stop,
 //! and one every `checkpoint_every` while it runs. A node that starts on a
 //! data directory with checkpoints restores its reactors, lazily, at the
-//! same addresses. After `SIGKILL`, state is as of the last checkpoint.
+//! same addresses. After `SIGKILL`, state is as of the last checkpoint,
+//! but for journaled reactors (spawned with `"durable"`, or by the node's
+//! default): their journals (`<data-dir>/journal/`) are replayed from the
+//! checkpoint (`recovery`) before any message reaches them. A journaled
+//! reactor that fails leaves a post-mortem bundle (`postmortem`) and is
+//! restarted by the node's supervisor (`supervise`).
 //!
 //! `ADDR` is `"#<node>.<shard>:<serial>"` or the tag as a number. Messages
 //! are JSON text payloads (guests decode them with serde_json), and so are
@@ -631,6 +638,13 @@ impl Node {
             chain.last().map(|f| (f.header().id, &in_chain)),
             &away,
         );
+        // Messages for them that come before (the transport is up) wait.
+        for p in &plans {
+            let a = p.address;
+            runtime
+                .inspect(a.shard() % runtime.shards(), move |s| s.hold(a))
+                .map_err(|e| NodeError::Io { op: "hold messages for", path: config.data_dir.clone(), source: std::io::Error::other(e) })?;
+        }
         let recover = recover_on_shards(plans, runtime.clone());
         let files = checkpoints.chain().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
         let restored = runtime
@@ -973,6 +987,7 @@ fn recover_on_shards(plans: Vec<recovery::Plan>, runtime: Arc<Runtime>) -> react
                 ),
                 Err(e) => tracing::error!(reactor = %p.address, "{}: its journal could not be replayed: {e}", p.address),
             }
+            shard.end_hold(p.address);
         }
     })
 }

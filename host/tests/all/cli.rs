@@ -92,6 +92,11 @@ fn demo_runs_small() {
     assert!(stdout.contains("verified"), "{stdout}");
     // The cluster part: a node stopped gracefully comes back with its kv.
     assert!(stdout.contains("at its old address with all 20000 entries"), "{stdout}");
+    // Journaled: nothing answered is lost at a kill -9; a failure is
+    // restarted; its post-mortem bundle replays the same failure.
+    assert!(stdout.contains("not one answered call lost"), "{stdout}");
+    assert!(stdout.contains("its supervisor restarted it"), "{stdout}");
+    assert!(stdout.contains("failed the reactor as it did in production, with the same message and backtrace"), "{stdout}");
     // A kv moved live there and back under clients' traffic, none of whose
     // writes was lost, repeated or reordered (the demo fails otherwise).
     assert!(stdout.contains("moved live node 1 → node 2") && stdout.contains("moved live node 2 → node 1"), "{stdout}");
