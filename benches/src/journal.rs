@@ -309,15 +309,16 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
     let call = |s: &mut Shard, q: &protocols::LedgerReq| s.call(a, postcard::to_allocvec(q).expect("encodes"), false);
     let id: u64 = postcard::from_bytes(&call(&mut shard, &protocols::LedgerReq::Open { owner: "bench".into() })?.payload)?;
     call(&mut shard, &protocols::LedgerReq::Grow { mib })?;
-    let cp = shard.snapshot(a, SnapshotOptions::new(Capture::Blocking).journaled())?;
     let snap = dir.path().join("restart.snap");
-    cp.write(&snap, &mut |_, _| {})?;
-    drop(cp);
     let mut restarts = Vec::new();
     let mut phases: Vec<[f64; 4]> = Vec::new();
     progress(format!("journal: restarts of a failed {mib} MiB reactor"));
     for round in 0..20u64 {
-        // A few calls after the snapshot, then the one that fails it.
+        // A snapshot (its journal starts a segment there), a few calls
+        // after it, then the one that fails it.
+        let cp = shard.snapshot(a, SnapshotOptions::new(Capture::Blocking).journaled())?;
+        cp.write(&snap, &mut |_, _| {})?;
+        drop(cp);
         for _ in 0..3 {
             call(&mut shard, &protocols::LedgerReq::Deposit { account: id, amount: 1 })?;
         }
@@ -326,13 +327,9 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
         ensure!(shard.journal_step(a).is_none(), "round {round}: the withdrawal should have failed it");
         journals.sync();
         let t = Instant::now();
-        let segs: Vec<(std::path::PathBuf, Vec<u8>)> = segments(&reactor_dir(journals.dir(), a))?
-            .into_iter()
-            .skip_while(|p| {
-                std::fs::read(p).ok().and_then(|b| journal_format::Journal::open(&b).ok().map(|j| j.header().from_spawn())).unwrap_or(true)
-            })
-            .map(|p| std::fs::read(&p).map(|b| (p, b)))
-            .collect::<std::io::Result<_>>()?;
+        // The newest segment: it starts at the snapshot just taken.
+        let newest = segments(&reactor_dir(journals.dir(), a))?.pop().context("a segment")?;
+        let segs = vec![(newest.clone(), std::fs::read(&newest)?)];
         let t1 = t.elapsed();
         let chain = [SnapshotFile::open(&snap, abi::ABI_VERSION)?];
         let t2 = t.elapsed();

@@ -379,8 +379,12 @@ impl ReactorJournal {
     ) -> std::io::Result<Self> {
         let index = encoder.next_index();
         let file = OpenOptions::new().append(true).open(&path)?;
+        // Not synced here (a restart must be fast): the next records
+        // overwrite what was cut, and at `Synced` their sync makes the new
+        // length durable with them. A crash before that brings back the cut
+        // tail: a failed call and its failure, replayed to the same failure
+        // (then restarted again), or a torn record, cut again.
         file.set_len(valid_len)?;
-        file.sync_all()?;
         let segment = Segment::new(path, level, Vec::new(), false);
         {
             let mut st = segment.state.lock().expect("segment state");
