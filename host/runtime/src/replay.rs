@@ -8,7 +8,7 @@
 
 use crate::shard::{LoadedModule, Replayed, Shard};
 use crate::snapshot::{RestoreOptions, SnapshotError};
-use journal_format::{Cursor, Header, Journal, JournalError, Located, OwnedStep, Record, Step, TapeReader};
+use journal_format::{Cursor, Header, Journal, JournalError, Located, OwnedStep, Record, Step};
 use reactor_types::{Address, Failure, SpawnError};
 use snapshot_format::{SnapshotFile, SnapshotId};
 use std::sync::Arc;
@@ -337,11 +337,6 @@ impl Replay {
 
     fn call(&mut self, step: u64, st: &OwnedStep, init: bool) -> Result<Event, ReplayError> {
         let st = st.step();
-        let mut host_calls = 0;
-        let mut t = TapeReader::new(st.tape);
-        while let Ok(Some(_)) = t.next_entry() {
-            host_calls += 1;
-        }
         let replayed: Replayed = if self.dead {
             return Err(ReplayError::Mismatch(format!("step {step}: the journal goes on after the reactor failed")));
         } else if init {
@@ -365,7 +360,7 @@ impl Replay {
             from: Address(st.from),
             corr: st.corr,
             payload_len: st.payload.len(),
-            host_calls,
+            host_calls: replayed.host_calls,
             outputs_match,
             diverged: replayed.diverged,
             recorded_failure: None,

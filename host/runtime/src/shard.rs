@@ -680,6 +680,8 @@ pub struct Replayed {
     pub failure: Option<Failure>,
     /// The reactor did not make the calls the recording has.
     pub diverged: Option<String>,
+    /// Recorded host-call results it was given.
+    pub host_calls: usize,
 }
 
 /// The WASI imports a journaled reactor may have: recorded
@@ -1832,7 +1834,7 @@ impl Shard {
         let live_tap = self.reactors.get_mut(&address).and_then(|l| l.reactor.tap());
         let t = live_tap.or(tap.as_deref_mut()).expect("a replay has its tap");
         let diverged = t.finish_replay().err();
-        Ok(Replayed { digest: t.digest(), failure: result.err(), diverged })
+        Ok(Replayed { digest: t.digest(), failure: result.err(), diverged, host_calls: t.answered() })
     }
 
     /// Starts a replay of a reactor restored here (from the snapshot its
@@ -1881,13 +1883,13 @@ impl Shard {
         self.batch = batch;
         let t = live.reactor.tap().expect("a replayed reactor has its tap");
         let diverged = t.finish_replay().err();
-        let digest = t.digest();
+        let (digest, host_calls) = (t.digest(), t.answered());
         let failure = result.err();
         match &failure {
             Some(f) => self.fail(address, f.clone()),
             None => live.tracking.settle(),
         }
-        Ok(Replayed { digest, failure, diverged })
+        Ok(Replayed { digest, failure, diverged, host_calls })
     }
 
     /// A replay crosses into the next journal segment: its output digest

@@ -29,6 +29,8 @@ pub(crate) struct Tap {
     outputs: Xxh3,
     /// Set by the first divergence of a replayed call.
     diverged: Option<String>,
+    /// Recorded results given back in the current replayed call.
+    answered: usize,
 }
 
 impl std::fmt::Debug for Tap {
@@ -40,12 +42,12 @@ impl std::fmt::Debug for Tap {
 impl Tap {
     /// A tap that records (production).
     pub(crate) fn recording() -> Self {
-        Self { mode: Mode::Record(TapeWriter::default()), outputs: Xxh3::new(), diverged: None }
+        Self { mode: Mode::Record(TapeWriter::default()), outputs: Xxh3::new(), diverged: None, answered: 0 }
     }
 
     /// A tap that answers from recorded tapes (a replay).
     pub(crate) fn replaying() -> Self {
-        Self { mode: Mode::Replay { tape: Vec::new(), pos: 0 }, outputs: Xxh3::new(), diverged: None }
+        Self { mode: Mode::Replay { tape: Vec::new(), pos: 0 }, outputs: Xxh3::new(), diverged: None, answered: 0 }
     }
 
     pub(crate) fn is_replay(&self) -> bool {
@@ -67,6 +69,12 @@ impl Tap {
             *pos = 0;
         }
         self.diverged = None;
+        self.answered = 0;
+    }
+
+    /// Recorded results given back in the current replayed call.
+    pub(crate) fn answered(&self) -> usize {
+        self.answered
     }
 
     /// The tape recorded for the current call.
@@ -123,6 +131,7 @@ impl Tap {
         let problem = match r.next_entry() {
             Ok(Some(e)) if e.call() == call => {
                 *pos += r.position();
+                self.answered += 1;
                 return Ok(Some(e));
             }
             Ok(Some(e)) => format!("the reactor called `{}` where the recording has `{}`", call.name(), e.call().name()),
