@@ -46,6 +46,11 @@
 //!   — start a new reactor; `[mod_ptr, mod_len)` is a module reference (see
 //!   [`MODULE_REF_SELF`]); returns the new reactor's address (> 0) or a
 //!   negative `STATUS_*`.
+//! - [`IMPORT_SPAWN_DURABLE`]`(mod_ptr: i32, mod_len: i32, init_ptr: i32, init_len: i32, level: i32) -> i64`
+//!   (optional) — [`IMPORT_SPAWN`], the new reactor journaled at `level`
+//!   ([`DURABLE_WRITTEN`] or [`DURABLE_SYNCED`]; anything else is
+//!   [`STATUS_BAD_ARGUMENT`]); [`STATUS_SPAWN_REFUSED`] where the host keeps
+//!   no journals or the module imports what a journal does not record.
 //! - [`IMPORT_SELF_ADDRESS`]`() -> i64` — this reactor's address.
 //! - [`IMPORT_SET_AFFINITY`]`(key: i64) -> i32` (optional) — for the rest of
 //!   the current call, messages this reactor sends to other nodes pick their
@@ -145,6 +150,12 @@ pub const IMPORT_REQUEST: &str = "request";
 pub const IMPORT_REPLY: &str = "reply";
 /// Import: `(mod_ptr: i32, mod_len: i32, init_ptr: i32, init_len: i32) -> i64`.
 pub const IMPORT_SPAWN: &str = "spawn";
+/// Import (optional): `(mod_ptr: i32, mod_len: i32, init_ptr: i32, init_len: i32, level: i32) -> i64`.
+pub const IMPORT_SPAWN_DURABLE: &str = "spawn_durable";
+/// [`IMPORT_SPAWN_DURABLE`] level: journal records handed to the OS.
+pub const DURABLE_WRITTEN: i32 = 1;
+/// [`IMPORT_SPAWN_DURABLE`] level: on disk before what a call sends leaves.
+pub const DURABLE_SYNCED: i32 = 2;
 /// Import: `() -> i64`.
 pub const IMPORT_SELF_ADDRESS: &str = "self_address";
 /// Import (optional): `(key: i64) -> i32`.

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 /// Everything a reactor author usually needs.
 pub mod prelude {
-    pub use crate::{Address, Blob, BlobError, Context, ModuleRef, Payload, PendingReply, Reactor, RequestId, SendError};
+    pub use crate::{Address, Blob, BlobError, Context, Durability, ModuleRef, Payload, PendingReply, Reactor, RequestId, SendError};
     pub use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
     pub use alloc::string::{String, ToString};
     pub use alloc::vec::Vec;
@@ -33,6 +33,7 @@ mod sys {
         pub(crate) fn request(to: u64, ptr: *const u8, len: usize, flags: u32) -> i64;
         pub(crate) fn reply(to: u64, corr: u64, ptr: *const u8, len: usize, flags: u32) -> i32;
         pub(crate) fn spawn(mptr: *const u8, mlen: usize, iptr: *const u8, ilen: usize) -> i64;
+        pub(crate) fn spawn_durable(mptr: *const u8, mlen: usize, iptr: *const u8, ilen: usize, level: i32) -> i64;
         pub(crate) fn self_address() -> u64;
         pub(crate) fn log(level: i32, ptr: *const u8, len: usize);
         pub(crate) fn fail(ptr: *const u8, len: usize);
@@ -347,6 +348,28 @@ impl Context {
         if r > 0 { Ok(Address(r as u64)) } else { Err(SendError::from_status(r)) }
     }
 
+    /// [`Context::spawn`], the new reactor *durable*: every input it
+    /// consumes is journaled (`Durability::Synced`: on disk before what it
+    /// sends leaves), so the host can replay it, bring it back after a
+    /// crash and restart it after a failure. Refused where the host keeps
+    /// no journals.
+    pub fn spawn_durable<T: Serialize + ?Sized>(
+        &mut self,
+        module: ModuleRef<'_>,
+        init: &T,
+        durability: Durability,
+    ) -> Result<Address, SendError> {
+        let m = module.encode();
+        let i = encode(init, false)?;
+        let level = match durability {
+            Durability::Written => abi::DURABLE_WRITTEN,
+            Durability::Synced => abi::DURABLE_SYNCED,
+        };
+        // SAFETY: both slices are live for the call.
+        let r = unsafe { sys::spawn_durable(m.as_ptr(), m.len(), i.as_ptr(), i.len(), level) };
+        if r > 0 { Ok(Address(r as u64)) } else { Err(SendError::from_status(r)) }
+    }
+
     /// Writes a log line (levels: `abi::LOG_*`).
     pub fn log(&self, level: i32, msg: &str) {
         log(level, msg)
@@ -370,6 +393,15 @@ impl Context {
         self.random_bytes(&mut b);
         u64::from_le_bytes(b)
     }
+}
+
+/// How durable a reactor spawned with [`Context::spawn_durable`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Journal records handed to the host's OS (survive the host process).
+    Written,
+    /// Journal records on disk before what a call sends leaves it.
+    Synced,
 }
 
 /// Why a blob call did not succeed.

@@ -78,6 +78,11 @@ impl Reactor for Ledger {
                 let _ = cx.request(Address(at), &CounterMsg::Add(n));
                 let _ = cx.reply(&self.audits.len());
             }
+            LedgerReq::DurableChild { n } => {
+                let child = cx.spawn_durable(ModuleRef::Name("counter"), &n, Durability::Synced).map_or(0, |a| a.0);
+                self.children.push(child);
+                let _ = cx.reply(&child);
+            }
             LedgerReq::Child { n } => {
                 let child = cx.spawn(ModuleRef::Name("counter"), &n).map_or(0, |a| a.0);
                 self.children.push(child);

@@ -458,6 +458,9 @@ pub enum LedgerReq {
     Audit { at: u64, n: u64 },
     /// Spawns a `counter` child starting at `n`; replies its address.
     Child { n: u64 },
+    /// The same, the child durable (`Context::spawn_durable`, synced);
+    /// replies its address (0 if refused).
+    DurableChild { n: u64 },
     /// Replies a digest of the whole state (accounts, audits, children).
     Digest,
     /// Allocates `mib` MiB and keeps it (memory growth, recorded).

@@ -22,6 +22,7 @@
 
 use crate::refs::RefsError;
 use crate::store::{HostContext, ModuleRef, ReactorData, SpawnRefusal};
+use crate::journal::Level;
 use journal_format::{Call, Entry};
 use guest_sdk::abi;
 use reactor_types::{Address, Envelope, ModuleHash, SendError};
@@ -374,29 +375,20 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
         m,
         abi::IMPORT_SPAWN,
         |mut caller: Caller<'_, ReactorData<H>>, mptr: u32, mlen: u32, iptr: u32, ilen: u32| {
-            if ilen > abi::MAX_PAYLOAD_LEN {
-                return Ok(abi::STATUS_TOO_LARGE as i64);
-            }
-            if mlen > 1 + 4096 {
-                return Ok(abi::STATUS_BAD_ARGUMENT as i64);
-            }
-            let mref = read_guest(&mut caller, abi::IMPORT_SPAWN, mptr, mlen)?;
-            let init = read_guest(&mut caller, abi::IMPORT_SPAWN, iptr, ilen)?;
-            let Some(module) = module_ref(&mref) else { return Ok(abi::STATUS_BAD_ARGUMENT as i64) };
-            let data = caller.data_mut();
-            output(data, Call::Spawn, 0, mref.len() as u64, &mref);
-            output(data, Call::Spawn, 1, init.len() as u64, &init);
-            if let Some(v) = replayed(data, Call::Spawn)? {
-                return Ok(v);
-            }
-            let parent = data.address();
-            let result = match lent(data, abi::IMPORT_SPAWN)?.spawn(parent, module, init) {
-                Ok(addr) => addr.0 as i64,
-                Err(SpawnRefusal::NoSuchModule) => abi::STATUS_NO_SUCH_MODULE as i64,
-                Err(SpawnRefusal::Refused(_)) => abi::STATUS_SPAWN_REFUSED as i64,
+            spawn(&mut caller, (mptr, mlen), (iptr, ilen), None)
+        },
+    )?;
+
+    linker.func_wrap(
+        m,
+        abi::IMPORT_SPAWN_DURABLE,
+        |mut caller: Caller<'_, ReactorData<H>>, mptr: u32, mlen: u32, iptr: u32, ilen: u32, level: i32| {
+            let level = match level {
+                abi::DURABLE_WRITTEN => Level::Written,
+                abi::DURABLE_SYNCED => Level::Synced,
+                _ => return Ok(abi::STATUS_BAD_ARGUMENT as i64),
             };
-            record(data, Call::Spawn, result);
-            Ok(result)
+            spawn(&mut caller, (mptr, mlen), (iptr, ilen), Some(level))
         },
     )?;
 
@@ -444,6 +436,40 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
     })?;
 
     Ok(())
+}
+
+/// `spawn` and `spawn_durable`: a module reference and an init payload in
+/// the caller's memory; the new reactor's address or a status. Recorded on
+/// a journaled caller's tape (a replay spawns nothing).
+fn spawn<H: HostContext>(
+    caller: &mut Caller<'_, ReactorData<H>>,
+    (mptr, mlen): (u32, u32),
+    (iptr, ilen): (u32, u32),
+    journal: Option<Level>,
+) -> wasmtime::Result<i64> {
+    if ilen > abi::MAX_PAYLOAD_LEN {
+        return Ok(abi::STATUS_TOO_LARGE as i64);
+    }
+    if mlen > 1 + 4096 {
+        return Ok(abi::STATUS_BAD_ARGUMENT as i64);
+    }
+    let mref = read_guest(caller, abi::IMPORT_SPAWN, mptr, mlen)?;
+    let init = read_guest(caller, abi::IMPORT_SPAWN, iptr, ilen)?;
+    let Some(module) = module_ref(&mref) else { return Ok(abi::STATUS_BAD_ARGUMENT as i64) };
+    let data = caller.data_mut();
+    output(data, Call::Spawn, 0, mref.len() as u64, &mref);
+    output(data, Call::Spawn, 1 + journal.map_or(0, |l| l as u64 + 1), init.len() as u64, &init);
+    if let Some(v) = replayed(data, Call::Spawn)? {
+        return Ok(v);
+    }
+    let parent = data.address();
+    let result = match lent(data, abi::IMPORT_SPAWN)?.spawn(parent, module, init, journal) {
+        Ok(addr) => addr.0 as i64,
+        Err(SpawnRefusal::NoSuchModule) => abi::STATUS_NO_SUCH_MODULE as i64,
+        Err(SpawnRefusal::Refused(_)) => abi::STATUS_SPAWN_REFUSED as i64,
+    };
+    record(data, Call::Spawn, result);
+    Ok(result)
 }
 
 /// The `blob_*` calls (see `abi`). On a journaled reactor each call's

@@ -135,6 +135,8 @@ struct PendingSpawn {
     address: Address,
     module: Arc<LoadedModule>,
     init: Envelope,
+    /// Journaled at this level.
+    journal: Option<Level>,
     /// The parent's budget, charged the init payload until the spawn runs.
     charged: Option<Arc<Account>>,
 }
@@ -200,6 +202,9 @@ pub struct Router {
     /// order) while earlier ones are still in the command ring (see
     /// `port::Arrival`).
     waiting: HashMap<Address, VecDeque<Envelope>>,
+    /// Whether the shard keeps journals (spawns asked durable are refused
+    /// otherwise).
+    journaling: bool,
     /// Set during a call into a reactor journaled at `Synced` or above:
     /// what it sends is kept in `held_now` (accepted, routed once its
     /// call's record is on disk).
@@ -573,13 +578,21 @@ impl HostContext for Router {
 
     /// Reserves an address and an inbox for a new reactor; the shard
     /// instantiates it right after the current call.
-    fn spawn(&mut self, parent: Address, module: ModuleRef<'_>, init: Vec<u8>) -> Result<Address, SpawnRefusal> {
+    fn spawn(&mut self, parent: Address, module: ModuleRef<'_>, init: Vec<u8>, journal: Option<Level>) -> Result<Address, SpawnRefusal> {
         let module = match module {
             ModuleRef::Own => self.modules.get(&parent).and_then(|hash| self.engine.module(hash)),
             ModuleRef::Hash(hash) => self.engine.module(&hash),
             ModuleRef::Name(name) => self.engine.module_by_name(name),
         }
         .ok_or(SpawnRefusal::NoSuchModule)?;
+        if journal.is_some() {
+            if !self.journaling {
+                return Err(SpawnRefusal::Refused(SpawnError::Journal("this host keeps no journals".into())));
+            }
+            if let Some(import) = unrecorded_import(&module) {
+                return Err(SpawnRefusal::Refused(SpawnError::Journal(format!("its module imports `{import}`"))));
+            }
+        }
         // The init payload waits on the parent's budget until the spawn runs.
         let charged = self.inboxes.get(&parent).map(|p| p.account.clone());
         if let Some(a) = &charged
@@ -597,7 +610,7 @@ impl HostContext for Router {
             }
         };
         let init = Envelope { kind: abi::KIND_MESSAGE, flags: 0, from: parent, corr: 0, payload: init };
-        self.spawns.push(PendingSpawn { address, module, init, charged });
+        self.spawns.push(PendingSpawn { address, module, init, journal, charged });
         Ok(address)
     }
 
@@ -792,6 +805,7 @@ impl Shard {
             config,
             population: 0,
             modules: HashMap::default(),
+            journaling: false,
             holding: false,
             held_now: Vec::new(),
             stats: ShardStats::default(),
@@ -820,6 +834,7 @@ impl Shard {
     /// Journals journaled reactors into `journals`.
     pub fn set_journals(&mut self, journals: Arc<Journals>) {
         self.journals = Some(journals);
+        self.router().journaling = true;
     }
 
     fn router(&mut self) -> &mut Router {
@@ -918,10 +933,6 @@ impl Shard {
         result.map(|()| address).map_err(|f| SpawnError::Failed(address, f))
     }
 
-    fn instantiate(&mut self, address: Address, module: &Arc<LoadedModule>, init: &Envelope) -> Result<(), Failure> {
-        self.instantiate_journaled(address, module, init, None)
-    }
-
     /// Instantiates a reactor reserved at `address`; with `journal`, its
     /// start-up is the first record of a new journal.
     fn instantiate_journaled(
@@ -1007,7 +1018,7 @@ impl Shard {
                 if let Some(a) = &s.charged {
                     a.release(s.init.payload.len());
                 }
-                let _ = self.instantiate(s.address, &s.module, &s.init);
+                let _ = self.instantiate_journaled(s.address, &s.module, &s.init, s.journal);
             }
         }
     }

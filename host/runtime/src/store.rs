@@ -66,8 +66,15 @@ pub(crate) trait HostContext: Send + 'static {
     fn next_corr(&mut self) -> Result<u64, RefsError>;
 
     /// Reserves an address for a reactor of `module` that `parent` spawns
-    /// with `init`; it is started right after the current call.
-    fn spawn(&mut self, parent: Address, module: ModuleRef<'_>, init: Vec<u8>) -> Result<Address, SpawnRefusal>;
+    /// with `init` (journaled at `journal`, if given); it is started right
+    /// after the current call.
+    fn spawn(
+        &mut self,
+        parent: Address,
+        module: ModuleRef<'_>,
+        init: Vec<u8>,
+        journal: Option<crate::journal::Level>,
+    ) -> Result<Address, SpawnRefusal>;
 
     /// In a replay, `from`'s recorded request `corr` to `to`: outstanding
     /// again (its reply is taken when it comes).

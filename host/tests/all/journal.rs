@@ -414,6 +414,12 @@ fn after_kill_9_journaled_reactors_lose_no_answered_call() {
     for _ in 0..9 {
         n.call(late, json!({"Add": 1}));
     }
+    // A durable child the ledger spawned (Context::spawn_durable).
+    let child = n.call(ledger, json!({"DurableChild": {"n": 100}})).as_u64().unwrap();
+    assert_ne!(child, 0, "the durable spawn was refused");
+    for _ in 0..4 {
+        n.call(child, json!({"Add": 1}));
+    }
     n.call(plain, json!({"Put": {"key": "k", "value": "v"}}));
     let digest = n.call(ledger, json!("Digest"));
     let accounts = n.call(ledger, json!("Accounts"));
@@ -423,6 +429,7 @@ fn after_kill_9_journaled_reactors_lose_no_answered_call() {
     assert_eq!(n.call(ledger, json!("Digest")), digest, "every answered call is in its state:\n{}", n.log());
     assert_eq!(n.call(ledger, json!("Accounts")), accounts);
     assert_eq!(n.call(late, json!("Get")), json!(9), "the reactor spawned after the checkpoint came back from its spawn");
+    assert_eq!(n.call(child, json!("Get")), json!(104), "the ledger's durable child came back from its journal");
     assert!(n.log().contains("brought up to date from its journal"), "{}", n.log());
     // Not journaled: as of the checkpoint (before its put).
     assert_eq!(n.call(plain, json!({"Get": {"key": "k"}})), json!({"Value": null}));
