@@ -2033,9 +2033,14 @@ impl Shard {
         if failed {
             return Ok(Recovered { steps, next_step: step, failed: true });
         }
+        if !self.reactors.contains_key(&address) {
+            // Cut before its start-up call: there is nothing to go on from
+            // (and its journal is left as it is).
+            return Err(RecoverError::Mismatch(format!("{address} failed in its start-up: there is no state to go on from")));
+        }
         let journal = ReactorJournal::resume(&journals, address, module.hash, level, path.clone(), valid, (encoder, calls), step)
             .map_err(|source| RecoverError::Io { file: name(&path), source })?;
-        let live = self.reactors.get_mut(&address).expect("replayed to the end, it lives");
+        let live = self.reactors.get_mut(&address).expect("checked above");
         live.reactor.tap().expect("a replayed reactor has its tap").switch_to_recording();
         live.journal = Some(journal);
         Ok(Recovered { steps, next_step: step, failed: false })

@@ -480,3 +480,27 @@ fn a_failed_journaled_reactor_is_restarted_once_then_given_up() {
     assert!(err.contains("no live reactor"), "{err}");
     assert!(n.log().contains("escalated"), "{}", n.log());
 }
+
+/// A journaled reactor that fails in its start-up leaves a bundle but has
+/// no state to restart from: the supervisor says so and the node goes on.
+#[test]
+fn a_journaled_reactor_failing_its_start_up_is_not_restarted() {
+    use crate::nodes::{SECRET, scratch, start, wait_until};
+    use serde_json::json;
+    let root = scratch("journal", "initfail");
+    let n = start(&root, 1, SECRET, &["--checkpoint-every", "0", "--durable", "synced"]);
+    let wat = r#"(module
+        (@custom "reactor.abi" "\01\00\00\00")
+        (memory (export "memory") 1)
+        (func (export "reactor_init") (param i32) (result i32) i32.const 7)
+        (func (export "reactor_receive") (param i32 i32) (result i32) i32.const 0))"#;
+    let file = root.join("bad-start.wasm");
+    std::fs::write(&file, wat::parse_str(wat).unwrap()).unwrap();
+    let err = n.admin().request(json!({"op": "spawn", "module": file.to_str().unwrap()})).unwrap_err().to_string();
+    assert!(err.contains("returned status 7"), "{err}");
+    wait_until("the supervisor's verdict", Duration::from_secs(20), || n.log().contains("there is no state to go on from"));
+    // The node goes on.
+    let c = n.spawn("counter");
+    assert_eq!(n.call(c, json!({"Add": 2})), json!(2));
+    assert!(n.dir.join("postmortem").read_dir().unwrap().count() >= 1, "a bundle of the failed start-up");
+}
