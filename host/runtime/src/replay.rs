@@ -101,7 +101,7 @@ pub struct Replay {
     peeked: Option<(Cursor, Owned)>,
     /// Buffers of records replayed, for the next ones (no allocation per
     /// record).
-    spare: std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+    spare: std::cell::RefCell<Vec<(Vec<u8>, Vec<u8>)>>,
     /// The step number of the next call.
     step: u64,
     /// The reactor is gone (it failed).
@@ -217,7 +217,7 @@ impl Replay {
             seg: 0,
             cursor: None,
             peeked: None,
-            spare: std::sync::Mutex::new(Vec::new()),
+            spare: std::cell::RefCell::new(Vec::new()),
             started: !h0.from_spawn(),
             step: h0.first_step,
             dead: false,
@@ -269,7 +269,7 @@ impl Replay {
             None => j.records(),
         };
         let r = records.next()?;
-        let spare = self.spare.lock().expect("spare buffers").pop().unwrap_or_default();
+        let spare = self.spare.borrow_mut().pop().unwrap_or_default();
         Some(r.map(|l| (records.cursor(), Owned::from_located(l, spare))).map_err(|e| journal_error(s, e)))
     }
 
@@ -309,7 +309,7 @@ impl Replay {
                 Owned::Call { step, init, st } => {
                     let e = self.call(step, &st, init);
                     // Its buffers serve the next record.
-                    self.spare.lock().expect("spare buffers").push((st.tape, st.payload));
+                    self.spare.get_mut().push((st.tape, st.payload));
                     e
                 }
                 Owned::Failure(text) => match self.pending.take() {

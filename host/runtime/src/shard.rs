@@ -424,10 +424,7 @@ impl Router {
     /// bytes from the node's budget, its requests from the outstanding
     /// ones, itself from its parent's children.
     fn remove_mailbox(&mut self, address: Address) -> Option<Mailbox> {
-        let mb = self.inboxes.remove(&address)?;
-        self.population -= 1;
-        let queued: usize = mb.inbox.iter().map(queued_cost).sum();
-        self.budget.give(queued);
+        let mb = self.unhouse(address)?;
         // Its own requests, and those waiting on it (no reply will come).
         let inboxes = &mut self.inboxes;
         self.outstanding.retain(|_, &mut (requester, target)| {
@@ -442,6 +439,18 @@ impl Router {
             }
             true
         });
+        Some(mb)
+    }
+
+    /// Takes `address`'s mailbox out of the shard's accounts: the
+    /// population, the bytes queued in it (given back to the shard's
+    /// budget; its messages are the caller's), its parent's children. Its
+    /// requests are left as they are.
+    fn unhouse(&mut self, address: Address) -> Option<Mailbox> {
+        let mb = self.inboxes.remove(&address)?;
+        self.population -= 1;
+        let queued: usize = mb.inbox.iter().map(queued_cost).sum();
+        self.budget.give(queued);
         if let Some(p) = self.inboxes.get_mut(&mb.parent) {
             p.children = p.children.saturating_sub(1);
         }
@@ -1066,16 +1075,9 @@ impl Shard {
         router.modules.remove(&address);
         router.ready.retain(|a| *a != address);
         let mut held = VecDeque::new();
-        if let Some(mut mb) = router.inboxes.remove(&address) {
-            router.population -= 1;
-            let mut freed = 0;
+        if let Some(mut mb) = router.unhouse(address) {
             while let Some(env) = mb.inbox.pop() {
-                freed += queued_cost(&env);
                 held.push_back(env);
-            }
-            router.budget.give(freed);
-            if let Some(p) = router.inboxes.get_mut(&mb.parent) {
-                p.children = p.children.saturating_sub(1);
             }
         }
         router.parked.insert(address, held);
@@ -1317,7 +1319,8 @@ impl Shard {
         let Some(mb) = router.inboxes.get_mut(&address) else { return true };
         // A journaled reactor takes one message per call: each call is one
         // journal step.
-        let journaled = self.reactors.get(&address).is_some_and(|l| l.journal.is_some());
+        let live = self.reactors.get_mut(&address);
+        let journaled = live.as_ref().is_some_and(|l| l.journal.is_some());
         let max_batch = if journaled { 1 } else { self.config.max_batch };
         self.batch.clear();
         let mut count = 0u32;
@@ -1342,7 +1345,7 @@ impl Shard {
         if count == 0 {
             return true;
         }
-        let Some(live) = self.reactors.get_mut(&address) else { return true };
+        let Some(live) = live else { return true };
         router.stats.delivered += count as u64;
         router.stats.batches += 1;
         let batch = std::mem::take(&mut self.batch);
@@ -1686,14 +1689,7 @@ impl Shard {
         let router = self.router();
         router.modules.remove(&address);
         router.ready.retain(|a| *a != address);
-        if let Some(mb) = router.inboxes.remove(&address) {
-            router.population -= 1;
-            let queued: usize = mb.inbox.iter().map(queued_cost).sum();
-            router.budget.give(queued);
-            if let Some(parent) = router.inboxes.get_mut(&mb.parent) {
-                parent.children = parent.children.saturating_sub(1);
-            }
-        }
+        router.unhouse(address);
         // Its own requests go with it (recorded in the snapshot).
         router.outstanding.retain(|_, &mut (requester, _)| requester != address);
         router.parked.insert(address, VecDeque::new());

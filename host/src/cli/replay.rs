@@ -9,7 +9,7 @@ use host::node::postmortem::{MANIFEST, MAX_MANIFEST, MODULE_FILE, Manifest};
 use journal_format::{Journal, MAGIC as JOURNAL_MAGIC};
 use reactor_runtime::local_fs::{self, Access};
 use reactor_runtime::replay::{Event, Replay, SegmentBytes, StepReport};
-use reactor_runtime::snapshot::{Capture, Kind, SnapshotFile, SnapshotId, SnapshotOptions};
+use reactor_runtime::snapshot::{Capture, Kind, SnapshotFile, SnapshotId, SnapshotOptions, chain_ending_at};
 use reactor_runtime::{Address, LoadedModule, ModuleHash, Shard, abi};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -109,16 +109,8 @@ fn inputs(args: &ReplayArgs) -> anyhow::Result<Inputs> {
 /// Positions in `snapshots` of the chain that ends at `id` (full first),
 /// if all of it was given.
 fn chain_to(snapshots: &[SnapshotFile], id: SnapshotId) -> Option<Vec<usize>> {
-    let find = |id: SnapshotId| snapshots.iter().position(|s| s.header().id == id);
-    let mut chain = vec![find(id)?];
-    while let Kind::Delta { base } = snapshots[*chain.last().expect("not empty")].header().kind {
-        if chain.len() > snapshots.len() {
-            return None; // A cycle: not a chain.
-        }
-        chain.push(find(base)?);
-    }
-    chain.reverse();
-    Some(chain)
+    let links: Vec<(SnapshotId, Kind)> = snapshots.iter().map(|s| (s.header().id, s.header().kind)).collect();
+    chain_ending_at(&links, id)
 }
 
 fn load_module(engine: &reactor_runtime::Engine, given: Option<&Path>, want: ModuleHash) -> anyhow::Result<Arc<LoadedModule>> {
@@ -136,17 +128,8 @@ fn load_module(engine: &reactor_runtime::Engine, given: Option<&Path>, want: Mod
     bail!("the journal was recorded with module {want}, which is not among the built guests: pass it with --module FILE")
 }
 
-fn kind_name(kind: u8) -> &'static str {
-    match kind {
-        abi::KIND_MESSAGE => "message",
-        abi::KIND_REQUEST => "request",
-        abi::KIND_REPLY => "reply",
-        _ => "envelope",
-    }
-}
-
 fn print_step(s: &StepReport) {
-    let what = if s.init { "start-up".to_owned() } else { format!("{} from {}", kind_name(s.kind), s.from) };
+    let what = if s.init { "start-up".to_owned() } else { format!("{} from {}", reactor_runtime::Envelope::kind_name(s.kind), s.from) };
     let verdict = if !s.matches() {
         "DIFFERS from the recording"
     } else if s.failure.is_some() {
@@ -346,7 +329,7 @@ pub(crate) fn replay(engine_args: &EngineArgs, args: &ReplayArgs) -> anyhow::Res
     );
     if let Some(step) = stopped_before {
         let (_, kind, from, len) = r.peek_call().expect("stopped before a call");
-        eprintln!("stopped before step {step}, the {} from {from} ({len} bytes) that failed the reactor in production", kind_name(kind));
+        eprintln!("stopped before step {step}, the {} from {from} ({len} bytes) that failed the reactor in production", reactor_runtime::Envelope::kind_name(kind));
     }
     if let Some(l) = &last
         && let (Some(_), Some(f)) = (&l.recorded_failure, &l.failure)

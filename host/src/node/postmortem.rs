@@ -19,7 +19,7 @@
 
 use super::durable::{CHECKPOINTS, MODULES};
 use reactor_runtime::journal::FailedReactor;
-use reactor_runtime::snapshot::{Kind, SnapshotFile, SnapshotId};
+use reactor_runtime::snapshot::{Kind, SnapshotFile, SnapshotId, chain_ending_at};
 use reactor_runtime::{Limits, abi};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -109,25 +109,27 @@ pub fn checkpoint_chain_to(data_dir: &Path, id: SnapshotId) -> Option<Vec<PathBu
         .filter(|(n, _)| n.ends_with(".snap"))
         .collect();
     files.sort();
-    let mut opened: Vec<(SnapshotId, Kind, PathBuf)> = Vec::new();
+    let mut links: Vec<(SnapshotId, Kind)> = Vec::new();
+    let mut paths = Vec::new();
     for (_, p) in files {
         if let Ok(f) = SnapshotFile::open(&p, abi::ABI_VERSION) {
-            let h = f.header();
-            opened.push((h.id, h.kind, p));
+            links.push((f.header().id, f.header().kind));
+            paths.push(p);
         }
     }
-    let end = opened.iter().position(|(i, _, _)| *i == id)?;
-    let mut chain = vec![opened[end].clone()];
-    while let (_, Kind::Delta { base }, _) = chain.last().expect("not empty") {
-        if chain.len() > opened.len() {
-            return None; // A cycle: not a chain.
-        }
-        let base = *base;
-        let prev = opened[..end].iter().rev().find(|(i, _, _)| *i == base)?;
-        chain.push(prev.clone());
-    }
-    chain.reverse();
-    Some(chain.into_iter().map(|(_, _, p)| p).collect())
+    let chain = chain_ending_at(&links, id)?;
+    Some(chain.into_iter().map(|i| paths[i].clone()).collect())
+}
+
+/// The newest of a reactor's journal `segments` (path and bytes, oldest
+/// first) that starts where the node can start it from — its spawn, or a
+/// checkpoint the node still has — and that checkpoint's chain (empty from
+/// the spawn).
+pub fn newest_start(data_dir: &Path, segments: &[(PathBuf, Vec<u8>)]) -> Option<(usize, Vec<PathBuf>)> {
+    segments.iter().enumerate().rev().find_map(|(i, (_, bytes))| {
+        let h = *journal_format::Journal::open(bytes).ok()?.header();
+        if h.from_spawn() { Some((i, Vec::new())) } else { checkpoint_chain_to(data_dir, SnapshotId(h.base)).map(|c| (i, c)) }
+    })
 }
 
 /// Hard-links `from` as `to`, or copies it where links are not possible.
@@ -146,22 +148,12 @@ fn file_name(p: &Path) -> String {
 /// directory.
 pub fn make(data_dir: &Path, failed: &FailedReactor, limits: Limits) -> Result<PathBuf, BundleError> {
     // The newest segment whose start is available, and those after it.
-    let mut start = None;
-    for (i, seg) in failed.segments.iter().enumerate().rev() {
-        let bytes = fs::read(seg).map_err(io_err("read", seg))?;
-        let Ok(j) = journal_format::Journal::open(&bytes) else { continue };
-        let h = j.header();
-        if h.from_spawn() {
-            start = Some((i, Vec::new()));
-            break;
-        }
-        if let Some(chain) = checkpoint_chain_to(data_dir, SnapshotId(h.base)) {
-            start = Some((i, chain));
-            break;
-        }
+    let mut segs = Vec::new();
+    for p in &failed.segments {
+        segs.push((p.clone(), fs::read(p).map_err(io_err("read", p))?));
     }
     let names: Vec<String> = failed.segments.iter().map(|p| file_name(p)).collect();
-    let (first, chain) = start.ok_or_else(|| BundleError::NoStart(names.join(", ")))?;
+    let (first, chain) = newest_start(data_dir, &segs).ok_or_else(|| BundleError::NoStart(names.join(", ")))?;
     let root = data_dir.join(POSTMORTEM);
     fs::DirBuilder::new().recursive(true).mode(0o700).create(&root).map_err(io_err("create", &root))?;
     let name = format!("{:016x}-step{}", failed.address.0, failed.step);

@@ -16,9 +16,9 @@
 //! once the failed journal is sealed and its post-mortem bundle made.
 #![forbid(unsafe_code)]
 
-use super::postmortem::checkpoint_chain_to;
+use super::postmortem::newest_start;
 use reactor_runtime::journal::{FailedReactor, reactor_dir, segments};
-use reactor_runtime::snapshot::{SnapshotFile, SnapshotId};
+use reactor_runtime::snapshot::SnapshotFile;
 use reactor_runtime::{Address, Runtime, abi};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -83,14 +83,6 @@ pub struct Supervisor {
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Supervisor").finish_non_exhaustive()
-    }
-}
-
-fn kind_name(kind: u8) -> &'static str {
-    match kind {
-        abi::KIND_REQUEST => "request",
-        abi::KIND_REPLY => "reply",
-        _ => "message",
     }
 }
 
@@ -179,7 +171,7 @@ fn note_dead(c: &mut Counters, f: &FailedReactor, killer: Option<(reactor_runtim
     c.dead_letters += 1;
     let at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let (from, kind, bytes) = match &killer {
-        Some((e, _)) => (e.from.to_string(), kind_name(e.kind), e.payload.len()),
+        Some((e, _)) => (e.from.to_string(), reactor_runtime::Envelope::kind_name(e.kind), e.payload.len()),
         None => ("?".into(), "message", 0),
     };
     c.recent_dead_letters.push_back(DeadLetter {
@@ -207,20 +199,8 @@ fn restart(runtime: &Arc<Runtime>, data_dir: &std::path::Path, journal_dir: &std
         let bytes = std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
         segs.push((p, bytes));
     }
-    let mut start = None;
-    for (i, (_, b)) in segs.iter().enumerate().rev() {
-        let Ok(j) = journal_format::Journal::open(b) else { continue };
-        let h = *j.header();
-        if h.from_spawn() {
-            start = Some((i, None));
-            break;
-        }
-        if let Some(chain) = checkpoint_chain_to(data_dir, SnapshotId(h.base)) {
-            start = Some((i, Some(chain)));
-            break;
-        }
-    }
-    let (first, chain) = start.ok_or("no segment of its journal starts where the node can start it from")?;
+    let (first, chain) = newest_start(data_dir, &segs).ok_or("no segment of its journal starts where the node can start it from")?;
+    let chain = (!chain.is_empty()).then_some(chain);
     let chain: Option<Vec<SnapshotFile>> = match chain {
         None => None,
         Some(paths) => Some(

@@ -32,6 +32,17 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// The name of envelope kind `kind`, for people: `message`, `request`,
+    /// `reply`, or `envelope` for any other.
+    pub fn kind_name(kind: u8) -> &'static str {
+        match kind {
+            abi::KIND_MESSAGE => "message",
+            abi::KIND_REQUEST => "request",
+            abi::KIND_REPLY => "reply",
+            _ => "envelope",
+        }
+    }
+
     /// One of the ABI's kinds, deliverable to a reactor.
     #[inline]
     pub fn is_for_reactors(&self) -> bool {

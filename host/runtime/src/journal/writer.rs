@@ -322,9 +322,9 @@ impl ReactorJournal {
         first_step: u64,
         base: Option<(SnapshotId, u64)>,
     ) -> Self {
-        let mut j = Self {
+        Self {
             journals: journals.clone(),
-            segment: Arc::new(Segment::new(PathBuf::new(), level, Vec::new(), false)),
+            segment: Self::open_segment(journals, address, module, level, first_step, base),
             address,
             module,
             level,
@@ -333,28 +333,32 @@ impl ReactorJournal {
             calls: 0,
             step: first_step,
             buf: Vec::new(),
-        };
-        j.open_segment(base);
-        j
+        }
     }
 
-    fn open_segment(&mut self, base: Option<(SnapshotId, u64)>) {
+    /// Starts `address`'s segment beginning at step `step` (its header
+    /// queued for the writer, which creates the file).
+    fn open_segment(
+        journals: &Journals,
+        address: Address,
+        module: ModuleHash,
+        level: Level,
+        step: u64,
+        base: Option<(SnapshotId, u64)>,
+    ) -> Arc<Segment> {
         let header = Header {
-            level: self.level,
-            address: self.address.0,
-            module: self.module.0,
-            first_step: self.step,
+            level,
+            address: address.0,
+            module: module.0,
+            first_step: step,
             base: base.map_or([0; 16], |(id, _)| id.0),
             base_digest: base.map_or(0, |(_, d)| d),
             created_ms: now_ms(),
         };
-        let path = reactor_dir(&self.journals.config.dir, self.address).join(format!("{:020}.journal", self.step));
-        let pending = encode_header(&header).to_vec();
-        self.segment = Arc::new(Segment::new(path, self.level, pending, true));
-        self.index = 0;
-        self.encoder = Encoder::new();
-        self.calls = 0;
-        self.journals.send(Job::Flush(self.segment.clone()));
+        let path = reactor_dir(&journals.config.dir, address).join(format!("{step:020}.journal"));
+        let segment = Arc::new(Segment::new(path, level, encode_header(&header).to_vec(), true));
+        journals.send(Job::Flush(segment.clone()));
+        segment
     }
 
     /// The step number the next call will have.
@@ -461,7 +465,10 @@ impl ReactorJournal {
             After::Prune(self.journals.config.keep)
         };
         self.journals.send(Job::Seal(self.segment.clone(), after));
-        self.open_segment(Some((next, digest)));
+        self.segment = Self::open_segment(&self.journals, self.address, self.module, self.level, self.step, Some((next, digest)));
+        self.index = 0;
+        self.encoder = Encoder::new();
+        self.calls = 0;
     }
 
     /// The reactor failed at the call just recorded: records why, seals

@@ -56,6 +56,6 @@ mod restore;
 pub use capture::{Capture, Checkpoint, SnapshotOptions, WriteReport};
 pub(crate) use capture::{HostState, Tracking, capture, checkpoint_kind, record};
 pub use error::SnapshotError;
-pub use restore::{ChainBreak, Load, RestoreOptions, chain_break, lazy_map_budget, lazy_mapped_runs, set_lazy_map_budget};
+pub use restore::{ChainBreak, Load, RestoreOptions, chain_break, chain_ending_at, lazy_map_budget, lazy_mapped_runs, set_lazy_map_budget};
 pub(crate) use restore::{Plan, Restored};
 pub use snapshot_format::{FormatError, Kind, SnapshotFile, SnapshotId};

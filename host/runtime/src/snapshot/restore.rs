@@ -539,6 +539,22 @@ pub enum ChainBreak {
     },
 }
 
+/// The chain that ends at snapshot `id`, as positions in `links` (full
+/// first, then each delta on the one before), if every link of it is
+/// there; a cycle of deltas is no chain.
+pub fn chain_ending_at(links: &[(SnapshotId, Kind)], id: SnapshotId) -> Option<Vec<usize>> {
+    let find = |id: SnapshotId| links.iter().position(|(i, _)| *i == id);
+    let mut chain = vec![find(id)?];
+    while let (_, Kind::Delta { base }) = links[*chain.last().expect("not empty")] {
+        if chain.len() > links.len() {
+            return None;
+        }
+        chain.push(find(base)?);
+    }
+    chain.reverse();
+    Some(chain)
+}
+
 /// Where a chain breaks the rule (the position of the offending snapshot),
 /// if it does: for reports that name files.
 pub fn chain_break(links: &[(SnapshotId, Kind)]) -> Option<(usize, ChainBreak)> {
