@@ -35,6 +35,10 @@
 //!   lab at 1 ms and 20 ms as root): downtime, total time, bytes, rounds,
 //!   load latency and lost/duplicated/reordered requests, against
 //!   stop-and-copy and a raw TCP transfer of the state.
+//! - `failover` — standby failover between three `host node` processes:
+//!   the cost of each durability level on a call from another node, and a
+//!   takeover after `kill -9` of the primary under load (client-visible
+//!   gap, takeover time, calls lost or doubled) against a durable restart.
 //! - `journal` — journaling's cost at 50,000 messages/s for each durability
 //!   level against no journal, bytes per record, replay speed against live,
 //!   and opening the state at any message of a long journal.
@@ -42,6 +46,7 @@ mod crypto;
 mod durable;
 mod density;
 mod e2e;
+mod failover;
 mod harness;
 mod journal;
 mod migrate;
@@ -113,6 +118,9 @@ enum Scenario {
     /// overhead, replay speed, opening the state at any message of a
     /// 1,000,000-message journal.
     Journal,
+    /// Standby failover: the cost of each durability level, and a takeover
+    /// after kill -9 of the primary under load vs a durable restart.
+    Failover,
     /// All of the above but `journal`, `netlab`, `partisan` (they need root),
     /// `crypto`, `durable` and `migrate` (they build on the `host` binary).
     All,
@@ -156,6 +164,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Durable => durable::run(opts)?,
             Scenario::Migrate => migrate::run(opts)?,
             Scenario::Journal => journal::run(opts)?,
+            Scenario::Failover => failover::run(opts)?,
             Scenario::All => unreachable!("expanded above"),
         };
         if !cli.json {

@@ -360,10 +360,14 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
             let payload = read_guest(&mut caller, abi::IMPORT_REPLY, ptr, len)?;
             let data = caller.data_mut();
             output(data, Call::Reply, to, corr ^ u64::from(flags) << 56, &payload);
+            let from = data.address();
             if let Some(v) = replayed(data, Call::Reply)? {
+                let env = Envelope { kind: abi::KIND_REPLY, flags, from, corr, payload };
+                if let Some(tap) = data.tap() {
+                    tap.replayed_reply(to, env);
+                }
                 return Ok(v as i32);
             }
-            let from = data.address();
             let env = Envelope { kind: abi::KIND_REPLY, flags, from, corr, payload };
             let status = send_status(lent(data, abi::IMPORT_REPLY)?.route(Address(to), env));
             record(data, Call::Reply, i64::from(status));

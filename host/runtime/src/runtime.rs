@@ -471,6 +471,19 @@ impl Runtime {
         Ok(PendingCall { to, corr, slot, port: self.port.clone() })
     }
 
+    /// Sends a request again with the correlation id of one sent before
+    /// (`corr`, from [`PendingCall::corr`]), whose target's node went down
+    /// before it answered: the target, taken over elsewhere, answers a
+    /// request it had answered already with the same reply.
+    pub fn request_again(&self, to: Address, corr: u64, payload: Vec<u8>, text: bool) -> Result<PendingCall, SendError> {
+        let slot = self.port.register(corr, to);
+        if let Err(e) = self.deliver(to, abi::KIND_REQUEST, corr, payload, text) {
+            self.port.forget(corr);
+            return Err(e);
+        }
+        Ok(PendingCall { to, corr, slot, port: self.port.clone() })
+    }
+
     /// Sends a request and waits (up to the configured call timeout) for the
     /// answer.
     pub fn call(&self, to: Address, payload: Vec<u8>, text: bool) -> Result<Reply, CallError> {
@@ -534,6 +547,26 @@ impl Runtime {
             return Err(SnapshotError::NoSuchReactor(address));
         }
         self.inspect(self.shard_of(address), move |s| s.snapshot(address, options)).map_err(snapshot_error)?
+    }
+
+    /// A full snapshot of a journaled reactor that starts its next journal
+    /// segment (copy-on-write: it runs on), and the step that segment
+    /// starts at.
+    pub fn snapshot_rolling(&self, address: Address) -> Result<(Checkpoint, u64), SnapshotError> {
+        if !address.is_reactor() {
+            return Err(SnapshotError::NoSuchReactor(address));
+        }
+        self.inspect(self.shard_of(address), move |s| {
+            let cp = s.snapshot(address, SnapshotOptions::new(crate::snapshot::Capture::Concurrent).journaled())?;
+            let step = s.journal_step(address).ok_or(SnapshotError::NoSuchReactor(address))?;
+            Ok((cp, step))
+        })
+        .map_err(snapshot_error)?
+    }
+
+    /// The step number of a journaled reactor's next call.
+    pub fn journal_step(&self, address: Address) -> Option<u64> {
+        self.inspect(self.shard_of(address), move |s| s.journal_step(address)).ok().flatten()
     }
 
     /// Snapshots every reactor of every shard as one consistent checkpoint:
@@ -686,6 +719,57 @@ impl Runtime {
             self.port.disown(address);
         }
         r.map(|_| address)
+    }
+
+    /// Takes over `address` from its standby copy here: restores it from
+    /// `chain` (snapshot files taken on the node that ran it; none when its
+    /// journal starts at its spawn), replays its journal `segments` (see
+    /// [`Shard::take_over_journal`]) with messages for it held meanwhile,
+    /// and journals it on from there. This runtime answers for it from
+    /// then on. Returns how it went and how many replies were kept for
+    /// requests sent again.
+    pub fn take_over(
+        &self,
+        address: Address,
+        module: Arc<crate::LoadedModule>,
+        chain: Vec<SnapshotFile>,
+        segments: Vec<(std::path::PathBuf, Vec<u8>)>,
+    ) -> Result<(crate::journal::Recovered, usize), String> {
+        let claimed = self.port.hosts(address);
+        self.port.adopt(address);
+        let home = self.shard_of(address);
+        let r = self
+            .inspect(home, move |s| {
+                s.hold(address);
+                let r = (|| {
+                    if !chain.is_empty() {
+                        let options = RestoreOptions { foreign: true, ..RestoreOptions::lazy() };
+                        s.restore_files(&chain, options).map_err(|e| format!("cannot restore its standby snapshot: {e}"))?;
+                    }
+                    s.take_over_journal(&module, &segments).map_err(|e| format!("cannot replay its journal: {e}"))
+                })();
+                if r.is_err() {
+                    s.discard(address);
+                }
+                s.end_hold(address);
+                r
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        if r.is_err() && !claimed {
+            self.port.disown(address);
+        }
+        r
+    }
+
+    /// Drops `address` here (its state, its queued messages, what it sent
+    /// that was held back, its journal left on disk): another copy of it,
+    /// taken over from its standby while this node was cut off, is the
+    /// one that lives. This runtime no longer answers for it.
+    pub fn drop_copy(&self, address: Address) -> Result<bool, ShardDown> {
+        let had = self.inspect(self.shard_of(address), move |s| s.drop_copy(address))?;
+        self.port.disown(address);
+        Ok(had)
     }
 
     /// Whether this runtime answers for `address`: one of this node's, or a
@@ -962,6 +1046,11 @@ pub struct PendingCall {
 }
 
 impl PendingCall {
+    /// Its correlation id.
+    pub fn corr(&self) -> u64 {
+        self.corr
+    }
+
     /// Waits for the answer (or the reactor's failure) up to `timeout`. A
     /// timeout too long to add to the clock (`Duration::MAX`) waits without
     /// a deadline (it used to panic).

@@ -111,6 +111,9 @@ pub struct ShardStats {
     /// Replies refused because no request of the addressee was waiting on
     /// their sender (forged, duplicated, or for a reactor that failed).
     pub unmatched_replies: u64,
+    /// Requests sent again to a reactor taken over from its standby copy,
+    /// answered with the reply its replayed call made (not applied twice).
+    pub answered_again: u64,
     /// Messages forwarded after reactors that moved to another node.
     pub forwarded: u64,
 }
@@ -127,6 +130,7 @@ impl std::ops::AddAssign for ShardStats {
         self.cross_shard += o.cross_shard;
         self.remote += o.remote;
         self.unmatched_replies += o.unmatched_replies;
+        self.answered_again += o.answered_again;
         self.forwarded += o.forwarded;
     }
 }
@@ -210,8 +214,20 @@ pub struct Router {
     /// call's record is on disk).
     holding: bool,
     held_now: Vec<(Address, Envelope)>,
+    /// Replies a reactor taken over from its standby copy made in the calls
+    /// it replayed, by requester and correlation id, and since when: a
+    /// request sent again (to the old node, lost with it) is answered with
+    /// its reply instead of being applied twice. Kept [`ANSWERED_FOR`].
+    answered: HashMap<Address, (std::time::Instant, Answered)>,
     stats: ShardStats,
 }
+
+/// Replies by requester and correlation id (see `Router::answered`).
+type Answered = HashMap<(Address, u64), Envelope>;
+
+/// How long a reactor taken over keeps the replies of its replayed calls
+/// (see `Router::answered`).
+pub(crate) const ANSWERED_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Router {
     /// Queues `env` for `to`: another node (the port's way out), the
@@ -258,6 +274,25 @@ impl Router {
         self.queue(to, env, false)
     }
 
+    /// A request for a reactor taken over: one its replayed calls answered
+    /// already gets that reply again; any other is queued.
+    #[cold]
+    fn answer_again(&mut self, to: Address, env: Envelope, forced: bool) -> Result<(), (SendError, Envelope)> {
+        let (since, table) = self.answered.get(&to).expect("checked by the caller");
+        if since.elapsed() > ANSWERED_FOR {
+            self.answered.remove(&to);
+        } else if let Some(reply) = table.get(&(env.from, env.corr)) {
+            let reply = reply.clone();
+            self.stats.answered_again += 1;
+            tracing::debug!(reactor = %to, from = %env.from, corr = env.corr, "a request sent again was answered by its replayed reply");
+            if let Err(e) = Router::route(self, env.from, reply) {
+                tracing::debug!(reactor = %to, from = %env.from, "the reply again could not be sent: {e}");
+            }
+            return Ok(());
+        }
+        self.enqueue(to, env, forced)
+    }
+
     /// Keeps `env` back until what came for `to` through the command ring
     /// before it is queued (within its inbox capacity).
     #[cold]
@@ -302,6 +337,14 @@ impl Router {
 
     #[inline]
     fn queue(&mut self, to: Address, env: Envelope, forced: bool) -> Result<(), (SendError, Envelope)> {
+        if !self.answered.is_empty() && env.kind == abi::KIND_REQUEST && self.answered.contains_key(&to) {
+            return self.answer_again(to, env, forced);
+        }
+        self.enqueue(to, env, forced)
+    }
+
+    #[inline]
+    fn enqueue(&mut self, to: Address, env: Envelope, forced: bool) -> Result<(), (SendError, Envelope)> {
         let Some(mb) = self.inboxes.get_mut(&to) else { return self.park(to, env, forced) };
         if env.kind == KIND_FENCE {
             // It came the old way behind its sender's earlier messages,
@@ -817,6 +860,7 @@ impl Shard {
             journaling: false,
             holding: false,
             held_now: Vec::new(),
+            answered: HashMap::default(),
             stats: ShardStats::default(),
         };
         Self {
@@ -1109,7 +1153,7 @@ impl Shard {
             self.restore_only(chain, RestoreOptions::lazy(), address)
                 .map_err(|e| RecoverError::Mismatch(format!("cannot restore {address}: {e}")))?;
         }
-        let recovered = match self.recover_journal_until(module, segments, Some(failed_step)) {
+        let recovered = match self.recover_journal_until(module, segments, Some(failed_step), false) {
             Ok(r) => r,
             Err(e) => {
                 self.discard(address);
@@ -1791,6 +1835,23 @@ impl Shard {
     }
 
     /// Removes a reactor without recording a failure (undoing a restore).
+    /// Drops a copy of `address` that lost to another (see
+    /// `Runtime::drop_copy`): what it sent that was held back never leaves.
+    /// Whether it was here.
+    pub fn drop_copy(&mut self, address: Address) -> bool {
+        let had = match self.reactors.get_mut(&address) {
+            Some(live) => {
+                let held = std::mem::take(&mut live.held);
+                self.router().stats.dropped += held.iter().map(|(_, out)| out.len() as u64).sum::<u64>();
+                true
+            }
+            None => self.router_ref().inboxes.contains_key(&address),
+        };
+        self.discard(address);
+        self.router().answered.remove(&address);
+        had
+    }
+
     pub(crate) fn discard(&mut self, address: Address) {
         self.take_live(address);
         let router = self.router();
@@ -1899,6 +1960,13 @@ impl Shard {
         Ok(Replayed { digest, failure, diverged, host_calls })
     }
 
+    /// The replies a replayed reactor's calls make from now on are kept.
+    fn keep_replies(&mut self, address: Address) {
+        if let Some(t) = self.reactors.get_mut(&address).and_then(|l| l.reactor.tap()) {
+            t.keep_replies();
+        }
+    }
+
     /// A replay crosses into the next journal segment: its output digest
     /// restarts, as the recording's did.
     pub fn replay_next_segment(&mut self, address: Address) {
@@ -1927,7 +1995,28 @@ impl Shard {
         module: &Arc<LoadedModule>,
         segments: &[(std::path::PathBuf, Vec<u8>)],
     ) -> Result<Recovered, RecoverError> {
-        self.recover_journal_until(module, segments, None)
+        self.recover_journal_until(module, segments, None, false)
+    }
+
+    /// [`Shard::recover_journal`] for a reactor taken over from its standby
+    /// copy (restored here, or starting at its spawn): the replies its
+    /// replayed calls made are kept for two minutes, so that a request
+    /// sent again to it (its reply lost with the node that ran it) gets the
+    /// same reply instead of being applied twice. Returns how many replies
+    /// were kept besides.
+    pub fn take_over_journal(
+        &mut self,
+        module: &Arc<LoadedModule>,
+        segments: &[(std::path::PathBuf, Vec<u8>)],
+    ) -> Result<(Recovered, usize), RecoverError> {
+        let mut r = self.recover_journal_until(module, segments, None, true)?;
+        let replies = std::mem::take(&mut r.replies);
+        let n = replies.len();
+        if let Some(address) = r.address {
+            let table: Answered = replies.into_iter().map(|(to, env)| ((Address(to), env.corr), env)).collect();
+            self.router().answered.insert(address, (std::time::Instant::now(), table));
+        }
+        Ok((r, n))
     }
 
     /// [`Shard::recover_journal`], stopping before step `until` (whose
@@ -1937,6 +2026,7 @@ impl Shard {
         module: &Arc<LoadedModule>,
         segments: &[(std::path::PathBuf, Vec<u8>)],
         until: Option<u64>,
+        keep_replies: bool,
     ) -> Result<Recovered, RecoverError> {
         let journals = self.journals.clone().ok_or_else(|| RecoverError::Mismatch("this host keeps no journals".into()))?;
         let name = |p: &std::path::Path| p.display().to_string();
@@ -1957,6 +2047,9 @@ impl Shard {
             // read every page of a lazily restored memory.
             if !self.replay_restored(address) {
                 return Err(RecoverError::Mismatch(format!("{address} was not restored; its journal starts from a snapshot")));
+            }
+            if keep_replies {
+                self.keep_replies(address);
             }
         }
         let mismatch = |step: u64, what: &str| RecoverError::Mismatch(format!("{address}: step {step} {what}"));
@@ -2001,6 +2094,9 @@ impl Shard {
                         check_replayed(&r, &st).map_err(|w| mismatch(l.step, &w))?;
                         failed = r.failure.is_some();
                         (steps, calls, step) = (steps + 1, calls + 1, l.step + 1);
+                        if keep_replies {
+                            self.keep_replies(address);
+                        }
                     }
                     Record::Step(st) => {
                         let r = self.replay_step(address, &st).map_err(|e| mismatch(l.step, &e.to_string()))?;
@@ -2026,8 +2122,12 @@ impl Shard {
             }
         }
         let (path, level, valid, encoder, calls, step) = resume.expect("one segment at least");
+        let replies = match self.reactors.get_mut(&address).and_then(|l| l.reactor.tap()) {
+            Some(t) if keep_replies => t.take_replies(),
+            _ => Vec::new(),
+        };
         if failed {
-            return Ok(Recovered { steps, next_step: step, failed: true });
+            return Ok(Recovered { steps, next_step: step, failed: true, address: Some(address), replies });
         }
         if !self.reactors.contains_key(&address) {
             // Cut before its start-up call: there is nothing to go on from
@@ -2039,7 +2139,7 @@ impl Shard {
         let live = self.reactors.get_mut(&address).expect("checked above");
         live.reactor.tap().expect("a replayed reactor has its tap").switch_to_recording();
         live.journal = Some(journal);
-        Ok(Recovered { steps, next_step: step, failed: false })
+        Ok(Recovered { steps, next_step: step, failed: false, address: Some(address), replies })
     }
 
     /// The step number of a journaled reactor's next call.

@@ -106,8 +106,10 @@ pub(crate) struct NodeArgs {
     /// Journal every reactor spawned from outside that does not say
     /// otherwise (`host spawn --durable`): every input it consumes is
     /// recorded in `<data-dir>/journal/` at this level — `written` (handed
-    /// to the OS) or `synced` (on disk before its replies leave) — and a
-    /// failure leaves a post-mortem bundle in `<data-dir>/postmortem/`.
+    /// to the OS), `synced` (on disk before its replies leave) or `standby`
+    /// (also held by a standby on another node, which takes it over if
+    /// this node goes down) — and a failure leaves a post-mortem bundle in
+    /// `<data-dir>/postmortem/`.
     #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
     durable: Option<Level>,
     /// Journal segments kept per journaled reactor besides the one being
@@ -140,8 +142,8 @@ pub(crate) fn parse_level(s: &str) -> Result<Level, String> {
     match s {
         "written" => Ok(Level::Written),
         "synced" => Ok(Level::Synced),
-        "standby" => Err("`standby` needs a standby node, which this host does not offer yet: use `written` or `synced`".into()),
-        _ => Err(format!("{s:?} is not a durability level: `written` or `synced`")),
+        "standby" => Ok(Level::Standby),
+        _ => Err(format!("{s:?} is not a durability level: `written`, `synced` or `standby`")),
     }
 }
 
@@ -171,12 +173,18 @@ pub(crate) struct SpawnArgs {
     module: String,
     /// The init argument, as JSON.
     init: Option<String>,
-    /// Journal it: every input it consumes is recorded (`written`, or
-    /// `synced`: on disk before its replies leave), so a failure can be
-    /// replayed (`host replay`) and a restart loses none of it; `none`: not
-    /// journaled. Without it, the node's `--durable` applies.
+    /// Journal it: every input it consumes is recorded (`written`;
+    /// `synced`: on disk before its replies leave; `standby`: also held by
+    /// a standby on another node, which takes it over when this node goes
+    /// down), so a failure can be replayed (`host replay`) and a restart
+    /// loses none of it; `none`: not journaled. Without it, the node's
+    /// `--durable` applies.
     #[arg(long, value_name = "LEVEL", value_parser = parse_spawn_level, num_args = 0..=1, default_missing_value = "synced")]
     durable: Option<&'static str>,
+    /// With `--durable standby`: the node that stands by (default: the
+    /// node up that stands by for the fewest of this node's reactors).
+    #[arg(long, value_name = "NODE")]
+    standby: Option<u16>,
 }
 
 fn parse_spawn_level(s: &str) -> Result<&'static str, String> {
@@ -462,6 +470,9 @@ pub(crate) fn spawn(args: &SpawnArgs) -> anyhow::Result<ExitCode> {
     let mut req = json!({"op": "spawn", "module": args.module, "init": init});
     if let Some(level) = args.durable {
         req["durable"] = json!(level);
+    }
+    if let Some(n) = args.standby {
+        req["standby"] = json!(n);
     }
     let v = Client::connect(&args.admin.data_dir)?.request(req)?;
     println!("{}", v.get("address").and_then(Value::as_str).unwrap_or_default());

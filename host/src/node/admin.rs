@@ -419,7 +419,7 @@ fn handle(node: &Node, op: Op, progress: &mut dyn FnMut(Value)) -> Result<Value,
             Ok(json!(report))
         }
         Op::Status => Ok(node.status()),
-        Op::Spawn { module, init, durable } => {
+        Op::Spawn { module, init, durable, standby } => {
             let module = match module {
                 ModuleRef::Hash(hash) => node.runtime.engine().module(&hash).ok_or_else(|| {
                     AdminError::BadRequest(format!("no module with hash sha256:{hash} is loaded on this node"))
@@ -441,14 +441,25 @@ fn handle(node: &Node, op: Op, progress: &mut dyn FnMut(Value)) -> Result<Value,
                 Some(protocol::Durability::Standby) => Some(Level::Standby),
             };
             if level == Some(Level::Standby) {
-                return Err(AdminError::BadRequest(
-                    "durability \"standby\" needs a standby node, which this host does not offer yet: use \"written\" or \"synced\"".into(),
-                ));
+                node.standby().check_target(standby).map_err(AdminError::BadRequest)?;
             }
             let a = node.runtime.spawn_journaled(pick, &module, init, flags, level)?;
+            let standby = if level == Some(Level::Standby) {
+                match node.standby().attach(a, standby, true) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        // Nothing it sent has left (no standby held it):
+                        // it goes as if never spawned.
+                        let _ = node.runtime.drop_copy(a);
+                        return Err(AdminError::BadRequest(format!("{a} has no standby, and is not kept: {e}")));
+                    }
+                }
+            } else {
+                None
+            };
             Ok(json!({
                 "address": a.to_string(), "tag": a.0, "module": format!("sha256:{}", module.hash),
-                "durable": level.map(Level::name),
+                "durable": level.map(Level::name), "standby": standby,
             }))
         }
         Op::Send { to, msg } => {
@@ -459,8 +470,7 @@ fn handle(node: &Node, op: Op, progress: &mut dyn FnMut(Value)) -> Result<Value,
         Op::Call { to, msg, timeout_ms } => {
             let msg = serde_json::to_vec(&msg).map_err(AdminError::Encode)?;
             let timeout = timeout_ms.map_or(node.default_call_timeout(), Duration::from_millis);
-            let pending = node.runtime.request(to, msg, true)?;
-            let reply = pending.wait(Some(timeout))?;
+            let reply = node.call(to, msg, true, timeout)?;
             if reply.text {
                 serde_json::from_slice(&reply.payload).map_err(AdminError::ReplyNotJson)
             } else {

@@ -57,6 +57,7 @@ pub mod lock;
 pub mod migrate;
 pub mod postmortem;
 pub mod recovery;
+pub mod standby;
 pub mod supervise;
 
 use reactor_net::auth::Secret;
@@ -72,7 +73,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Why a node could not start, load a module or serve. Nothing is left
 /// running by a failed start: the runtime and transport it had started are
@@ -298,6 +299,8 @@ pub struct Node {
     last_snapshot: Mutex<Option<reactor_runtime::snapshot::SnapshotId>>,
     /// Its migrations, both ends.
     hub: Arc<migrate::Hub>,
+    /// Its standbys, both ends.
+    standby: Arc<standby::Standby>,
     /// Held for the node's life: no second node on its data directory.
     _lock: lock::DataDirLock,
 }
@@ -357,6 +360,8 @@ struct RuntimeInbound {
     transport: std::sync::OnceLock<Transport>,
     /// Set once the node's migrations can be taken.
     hub: std::sync::OnceLock<Arc<migrate::Hub>>,
+    /// Set once its standbys run.
+    standby: std::sync::OnceLock<Arc<standby::Standby>>,
 }
 
 impl Inbound for RuntimeInbound {
@@ -373,6 +378,22 @@ impl Inbound for RuntimeInbound {
                 t.location_message(&env);
             }
             return Ok(());
+        }
+        if standby::wire::is_standby(&env.payload) {
+            let Some(sb) = self.standby.get() else { return Err((SendError::InboxFull(to), env)) };
+            return match standby::wire::decode(&env.payload) {
+                Ok(m) => {
+                    if sb.deliver(env.from.node(), m) {
+                        Ok(())
+                    } else {
+                        Err((SendError::InboxFull(to), env))
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(from = %env.from, "dropped a standby message: {e}");
+                    Ok(())
+                }
+            };
         }
         let Some(hub) = self.hub.get() else { return Err((SendError::InboxFull(to), env)) };
         match migrate::wire::decode(&env.payload) {
@@ -393,6 +414,13 @@ impl Inbound for RuntimeInbound {
     }
 
     fn event(&self, event: NodeEvent) {
+        if let Some(sb) = self.standby.get() {
+            match &event {
+                NodeEvent::Down(node) => sb.node_down(*node),
+                NodeEvent::Up(info) => sb.node_up(info.id),
+                NodeEvent::Broadcast { .. } => {}
+            }
+        }
         if let NodeEvent::Down(node) = &event {
             let node = *node;
             match self.transport.get() {
@@ -567,10 +595,19 @@ impl Node {
             events: events.clone(),
             transport: std::sync::OnceLock::new(),
             hub: std::sync::OnceLock::new(),
+            standby: std::sync::OnceLock::new(),
         });
         let mut tc = TransportConfig::new(info.clone(), &config.cluster, config.secret.clone());
         if !config.channels.is_empty() {
             tc.channels = config.channels.clone();
+        }
+        if !tc.channels.iter().any(|c| c.name == standby::CHANNEL) {
+            // Journals and snapshots for standbys: in order per reactor,
+            // resent across broken connections.
+            let mut c = ChannelSpec::new(standby::CHANNEL, 2);
+            c.min_bytes = Some(usize::MAX);
+            c.reliable = true;
+            tc.channels.push(c);
         }
         if !tc.channels.iter().any(|c| c.name == migrate::CHANNEL) {
             // Migrations' bulk: never picked by size for reactor messages.
@@ -638,6 +675,14 @@ impl Node {
             chain.last().map(|f| (f.header().id, &in_chain)),
             &away,
         );
+        // Those with a standby go back to it once they are up to date.
+        let with_standby: Vec<Address> = plans
+            .iter()
+            .filter(|p| {
+                p.segments.last().and_then(|(_, b)| journal_format::Journal::open(b).ok()).is_some_and(|j| j.header().level == journal_format::Level::Standby)
+            })
+            .map(|p| p.address)
+            .collect();
         // Messages for them that come before (the transport is up) wait.
         for p in &plans {
             let a = p.address;
@@ -662,6 +707,12 @@ impl Node {
         let hub = migrate::Hub::start(config.id, &config.data_dir, runtime.clone(), transport.clone(), checkpoints.clone(), moves, periodic)
             .map_err(|e| NodeError::Migrations(e.to_string()))?;
         let _ = inbound.hub.set(hub.clone());
+        let standby = standby::Standby::start(config.id, &config.data_dir, runtime.clone(), transport.clone(), journals.clone(), hub.clone())
+            .map_err(|source| NodeError::Io { op: "start the standbys in", path: config.data_dir.join(standby::DIR), source })?;
+        for a in with_standby {
+            standby.resume(a, standby::recorded_standby(journals.dir(), a));
+        }
+        let _ = inbound.standby.set(standby.clone());
         {
             // A reactor asked to be moved next to another: after its call,
             // on a thread of its own (one move of it at a time).
@@ -711,6 +762,7 @@ impl Node {
             supervisor,
             last_snapshot: Mutex::new(None),
             hub,
+            standby,
             _lock: lock,
         })
     }
@@ -947,11 +999,58 @@ impl Node {
             "bad_signatures": self.transport.bad_signatures(),
             "forwarded": stats.forwarded,
             "migrations": self.hub.counters(),
+            "standby": serde_json::to_value(self.standby.counters()).unwrap_or_default(),
+            "answered_again": stats.answered_again,
             "fence_timeouts": self.transport.fence_timeouts(),
             "journal": journal,
             "supervision": self.supervisor.as_ref().map(|s| serde_json::to_value(s.counters()).unwrap_or_default()),
             "events": events,
         })
+    }
+
+    /// The node's standbys (see `standby`).
+    pub fn standby(&self) -> &Arc<standby::Standby> {
+        &self.standby
+    }
+
+    /// Sends a request from outside to `to` and waits up to `timeout` for
+    /// its reply. When the node `to` runs on goes down meanwhile and `to`
+    /// turns up on another node within the time (taken over from its
+    /// standby), the request goes there again with the same correlation id:
+    /// the reactor answers it once, from its replayed call if that call
+    /// happened before the takeover.
+    pub fn call(&self, to: Address, msg: Vec<u8>, text: bool, timeout: Duration) -> Result<reactor_runtime::Reply, reactor_runtime::CallError> {
+        use reactor_runtime::CallError;
+        let deadline = Instant::now() + timeout;
+        let (mut node, _) = self.transport.location(to);
+        let mut pending = self.runtime.request(to, msg.clone(), text)?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let corr = pending.corr();
+            match pending.wait(Some(left)) {
+                Err(CallError::Send(SendError::NoSuchReactor(_))) if node != self.config.id && !self.is_up(node) => {
+                    // Its node went down: wait for it to turn up elsewhere.
+                    let moved = loop {
+                        let (now_at, _) = self.transport.location(to);
+                        if now_at != node {
+                            break Some(now_at);
+                        }
+                        if Instant::now() >= deadline {
+                            break None;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    };
+                    let Some(at) = moved else { return Err(CallError::Send(SendError::NoSuchReactor(to))) };
+                    node = at;
+                    pending = self.runtime.request_again(to, corr, msg.clone(), text)?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn is_up(&self, node: NodeId) -> bool {
+        self.transport.members().iter().any(|m| m.info.id == node && m.up)
     }
 
     /// How long a `call` without a timeout waits.

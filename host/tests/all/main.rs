@@ -21,3 +21,4 @@ mod migrate;
 mod live_migration;
 mod journal;
 mod load_guests;
+mod failover;

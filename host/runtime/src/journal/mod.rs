@@ -34,7 +34,7 @@ pub enum RecoverError {
 }
 
 /// What recovering a journaled reactor did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
     /// Calls replayed.
     pub steps: u64,
@@ -42,8 +42,16 @@ pub struct Recovered {
     pub next_step: u64,
     /// The journal ended with its failure: replayed, it failed again.
     pub failed: bool,
+    /// The reactor.
+    pub address: Option<reactor_types::Address>,
+    /// The replies its replayed calls made, to whom (when asked:
+    /// `Shard::take_over_journal`).
+    pub replies: Vec<(u64, reactor_types::Envelope)>,
 }
 pub use tap::Diverged;
 pub(crate) use tap::Tap;
-pub use writer::{FailedReactor, FailureHook, JournalConfig, JournalFigures, JournalStats, Journals, WRITTEN_GAP, Waker, reactor_dir, segments};
+pub use writer::{
+    FailedReactor, FailureHook, JournalConfig, JournalFigures, JournalStats, Journals, ReplicaHook, Shipped, WRITTEN_GAP, Waker, first_step_of,
+    reactor_dir, segment_path, segments,
+};
 pub(crate) use writer::{ReactorJournal, Ticket};

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use journal_format::{Call, Entry, TapeReader, TapeWriter};
+use reactor_types::Envelope;
 use xxhash_rust::xxh3::Xxh3;
 
 /// A replayed reactor did something other than what the journal recorded
@@ -31,6 +32,9 @@ pub(crate) struct Tap {
     diverged: Option<String>,
     /// Recorded results given back in the current replayed call.
     answered: usize,
+    /// Replies the replayed calls made, kept when asked (a standby's
+    /// takeover answers requests sent again with them).
+    replies: Option<Vec<(u64, Envelope)>>,
 }
 
 impl std::fmt::Debug for Tap {
@@ -42,12 +46,29 @@ impl std::fmt::Debug for Tap {
 impl Tap {
     /// A tap that records (production).
     pub(crate) fn recording() -> Self {
-        Self { mode: Mode::Record(TapeWriter::default()), outputs: Xxh3::new(), diverged: None, answered: 0 }
+        Self { mode: Mode::Record(TapeWriter::default()), outputs: Xxh3::new(), diverged: None, answered: 0, replies: None }
     }
 
     /// A tap that answers from recorded tapes (a replay).
     pub(crate) fn replaying() -> Self {
-        Self { mode: Mode::Replay { tape: Vec::new(), pos: 0 }, outputs: Xxh3::new(), diverged: None, answered: 0 }
+        Self { mode: Mode::Replay { tape: Vec::new(), pos: 0 }, outputs: Xxh3::new(), diverged: None, answered: 0, replies: None }
+    }
+
+    /// Keeps the replies replayed calls make from now on.
+    pub(crate) fn keep_replies(&mut self) {
+        self.replies.get_or_insert_with(Vec::new);
+    }
+
+    /// A replayed call replied `env` to `to` (kept if asked).
+    pub(crate) fn replayed_reply(&mut self, to: u64, env: Envelope) {
+        if let Some(r) = &mut self.replies {
+            r.push((to, env));
+        }
+    }
+
+    /// The replies kept (see [`Tap::keep_replies`]); keeping stops.
+    pub(crate) fn take_replies(&mut self) -> Vec<(u64, Envelope)> {
+        self.replies.take().unwrap_or_default()
     }
 
     pub(crate) fn is_replay(&self) -> bool {

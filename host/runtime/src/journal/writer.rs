@@ -20,7 +20,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +43,24 @@ pub struct FailedReactor {
 /// Called on the writer thread when a journaled reactor failed and its
 /// journal is sealed.
 pub type FailureHook = Box<dyn Fn(&FailedReactor) + Send + Sync>;
+
+/// Bytes of a segment at level `Standby` just written to its file, for the
+/// reactor's standby: the segment's file from `offset` on.
+#[derive(Debug, Clone, Copy)]
+pub struct Shipped<'a> {
+    pub address: Address,
+    /// The step the segment starts at (its name).
+    pub first_step: u64,
+    /// Where in the file `bytes` go.
+    pub offset: u64,
+    /// Records in the file once `bytes` are in it.
+    pub records: u64,
+    pub bytes: &'a [u8],
+}
+
+/// Called on the writer thread with what it wrote of `Standby` segments
+/// (never blocks: it queues them for the network).
+pub type ReplicaHook = Box<dyn Fn(&Shipped<'_>) + Send + Sync>;
 
 /// Counters of a node's journals.
 #[derive(Debug, Default)]
@@ -105,18 +124,23 @@ pub fn reactor_dir(dir: &Path, address: Address) -> PathBuf {
     dir.join(format!("{:016x}", address.0))
 }
 
+/// The file of `address`'s segment that starts at step `first_step`.
+pub fn segment_path(dir: &Path, address: Address, first_step: u64) -> PathBuf {
+    reactor_dir(dir, address).join(format!("{first_step:020}.journal"))
+}
+
+/// The step a segment file starts at, from its name.
+pub fn first_step_of(path: &Path) -> Option<u64> {
+    path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".journal")).and_then(|n| n.parse::<u64>().ok())
+}
+
 /// The segments of the journal in `reactor_dir`, oldest first (by the
 /// step they start at).
 pub fn segments(reactor_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut v: Vec<(u64, PathBuf)> = Vec::new();
     for e in std::fs::read_dir(reactor_dir)? {
         let p = e?.path();
-        let step = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".journal"))
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(s) = step {
+        if let Some(s) = first_step_of(&p) {
             v.push((s, p));
         }
     }
@@ -159,6 +183,11 @@ pub struct Journals {
     wakers: Arc<Mutex<Vec<Waker>>>,
     /// `Written` segments with records waiting (see [`WRITTEN_GAP`]).
     lazy: Arc<Mutex<Vec<Arc<Segment>>>>,
+    /// Where `Standby` segments' bytes go.
+    replica: Arc<OnceLock<ReplicaHook>>,
+    /// The open `Standby` segments, by reactor and first step: what a
+    /// standby's acknowledgement names.
+    standby: Mutex<HashMap<(Address, u64), Weak<Segment>>>,
 }
 
 /// Called after records were synced (a shard waiting to release output).
@@ -179,9 +208,66 @@ impl Journals {
         let hook: Arc<OnceLock<FailureHook>> = Arc::new(OnceLock::new());
         let wakers: Arc<Mutex<Vec<Waker>>> = Arc::default();
         let lazy: Arc<Mutex<Vec<Arc<Segment>>>> = Arc::default();
+        let replica: Arc<OnceLock<ReplicaHook>> = Arc::default();
         let (s, h, w, l) = (stats.clone(), hook.clone(), wakers.clone(), lazy.clone());
-        let thread = std::thread::Builder::new().name("journal".into()).spawn(move || writer(rx, &s, &h, &w, &l))?;
-        Ok(Arc::new(Self { config, tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), stats, hook, wakers, lazy }))
+        let r = replica.clone();
+        let thread = std::thread::Builder::new().name("journal".into()).spawn(move || writer(rx, &s, &h, &w, &l, &r))?;
+        Ok(Arc::new(Self {
+            config,
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            stats,
+            hook,
+            wakers,
+            lazy,
+            replica,
+            standby: Mutex::default(),
+        }))
+    }
+
+    /// Sets where the bytes of `Standby` segments go (once).
+    pub fn set_replica_hook(&self, hook: ReplicaHook) -> bool {
+        self.replica.set(hook).is_ok()
+    }
+
+    /// The reactor's standby holds `records` records of its segment that
+    /// starts at `first_step` (`u64::MAX`: all it will ever have, e.g. a
+    /// snapshot the standby holds covers them): what the reactor sent in
+    /// those calls may leave.
+    pub fn held(&self, address: Address, first_step: u64, records: u64) {
+        let seg = self.standby.lock().expect("standby segments").get(&(address, first_step)).and_then(Weak::upgrade);
+        match seg {
+            Some(seg) => {
+                seg.held.fetch_max(records, Ordering::Release);
+                wake(&self.wakers);
+            }
+            None => tracing::debug!(reactor = %address, "held records of a segment that is not open (from step {first_step})"),
+        }
+    }
+
+    /// Every open `Standby` segment of `address` is held (see
+    /// [`Journals::held`]): its standby holds a snapshot taken after them.
+    pub fn held_before(&self, address: Address, step: u64) {
+        let segs: Vec<Arc<Segment>> = self
+            .standby
+            .lock()
+            .expect("standby segments")
+            .iter()
+            .filter(|((a, first), _)| *a == address && *first < step)
+            .filter_map(|(_, w)| w.upgrade())
+            .collect();
+        for seg in segs {
+            seg.held.store(u64::MAX, Ordering::Release);
+        }
+        wake(&self.wakers);
+    }
+
+    fn register(&self, seg: &Arc<Segment>, address: Address, first_step: u64) {
+        if seg.level == Level::Standby {
+            let mut map = self.standby.lock().expect("standby segments");
+            map.retain(|_, w| w.strong_count() > 0);
+            map.insert((address, first_step), Arc::downgrade(seg));
+        }
     }
 
     /// Calls `waker` after every round that synced records.
@@ -236,20 +322,27 @@ impl Drop for Journals {
 pub(crate) struct Segment {
     path: PathBuf,
     level: Level,
+    address: Address,
+    first_step: u64,
     state: Mutex<SegState>,
     /// Records on disk (`fdatasync` done), counted from the segment's first.
     synced: AtomicU64,
+    /// Records the reactor's standby holds (level `Standby`).
+    held: AtomicU64,
     /// Why it could not be written, once it could not.
     broken: OnceLock<String>,
 }
 
 impl Segment {
-    fn new(path: PathBuf, level: Level, pending: Vec<u8>, queued: bool) -> Self {
+    fn new(path: PathBuf, level: Level, (address, first_step): (Address, u64), pending: Vec<u8>, queued: bool) -> Self {
         Self {
             path,
             level,
-            state: Mutex::new(SegState { pending, pending_records: 0, written_records: 0, queued, file: None }),
+            address,
+            first_step,
+            state: Mutex::new(SegState { pending, pending_records: 0, written_records: 0, written_bytes: 0, queued, file: None }),
             synced: AtomicU64::new(0),
+            held: AtomicU64::new(0),
             broken: OnceLock::new(),
         }
     }
@@ -261,6 +354,8 @@ struct SegState {
     pending_records: u64,
     /// Records written to the file.
     written_records: u64,
+    /// Bytes in the file.
+    written_bytes: u64,
     queued: bool,
     file: Option<File>,
 }
@@ -278,7 +373,10 @@ impl Ticket {
     /// Whether the record is on disk (or can never be: the segment broke,
     /// and the reactor fails instead).
     pub(crate) fn is_synced(&self) -> bool {
-        self.segment.synced.load(Ordering::Acquire) >= self.records || self.segment.broken.get().is_some()
+        let seg = &self.segment;
+        seg.broken.get().is_some()
+            || seg.synced.load(Ordering::Acquire) >= self.records
+                && (seg.level < Level::Standby || seg.held.load(Ordering::Acquire) >= self.records)
     }
 }
 
@@ -355,8 +453,9 @@ impl ReactorJournal {
             base_digest: base.map_or(0, |(_, d)| d),
             created_ms: now_ms(),
         };
-        let path = reactor_dir(&journals.config.dir, address).join(format!("{step:020}.journal"));
-        let segment = Arc::new(Segment::new(path, level, encode_header(&header).to_vec(), true));
+        let path = segment_path(&journals.config.dir, address, step);
+        let segment = Arc::new(Segment::new(path, level, (address, step), encode_header(&header).to_vec(), true));
+        journals.register(&segment, address, step);
         journals.send(Job::Flush(segment.clone()));
         segment
     }
@@ -389,16 +488,23 @@ impl ReactorJournal {
         // tail: a failed call and its failure, replayed to the same failure
         // (then restarted again), or a torn record, cut again.
         file.set_len(valid_len)?;
-        let segment = Segment::new(path, level, Vec::new(), false);
+        let first = first_step_of(&path).ok_or_else(|| std::io::Error::other(format!("{} is not named by its first step", path.display())))?;
+        let segment = Segment::new(path, level, (address, first), Vec::new(), false);
         {
             let mut st = segment.state.lock().expect("segment state");
             st.file = Some(file);
             st.written_records = index;
+            st.written_bytes = valid_len;
         }
         segment.synced.store(index, Ordering::Release);
+        // What is in the file was held by the standby it had, or is not
+        // any more: a new standby gets a snapshot taken after it.
+        segment.held.store(index, Ordering::Release);
+        let segment = Arc::new(segment);
+        journals.register(&segment, address, first);
         Ok(Self {
             journals: journals.clone(),
-            segment: Arc::new(segment),
+            segment,
             address,
             module,
             level,
@@ -501,13 +607,13 @@ fn create_file(path: &Path) -> std::io::Result<File> {
 }
 
 /// Writes what `seg` gathered; true if something was written.
-fn write_pending(seg: &Segment, stats: &JournalStats) -> bool {
+fn write_pending(seg: &Segment, stats: &JournalStats, replica: &OnceLock<ReplicaHook>) -> bool {
     let mut st = seg.state.lock().expect("segment state");
     st.queued = false;
     if st.pending.is_empty() || seg.broken.get().is_some() {
         return false;
     }
-    let bytes = std::mem::take(&mut st.pending);
+    let mut bytes = std::mem::take(&mut st.pending);
     let records = std::mem::take(&mut st.pending_records);
     let result = (|| {
         if st.file.is_none() {
@@ -515,13 +621,27 @@ fn write_pending(seg: &Segment, stats: &JournalStats) -> bool {
         }
         st.file.as_mut().expect("opened").write_all(&bytes)
     })();
+    let offset = st.written_bytes;
     if result.is_ok() {
         st.written_records += records;
+        st.written_bytes += bytes.len() as u64;
     }
+    let total_records = st.written_records;
     drop(st);
     match result {
         Ok(()) => {
             stats.bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            if seg.level == Level::Standby
+                && let Some(ship) = replica.get()
+            {
+                ship(&Shipped { address: seg.address, first_step: seg.first_step, offset, records: total_records, bytes: &bytes });
+            }
+            // The buffer goes back for the next records.
+            bytes.clear();
+            let mut st = seg.state.lock().expect("segment state");
+            if st.pending.is_empty() && st.pending.capacity() < bytes.capacity() {
+                st.pending = bytes;
+            }
             true
         }
         Err(e) => {
@@ -556,8 +676,8 @@ fn sync(seg: &Segment, stats: &JournalStats) {
     }
 }
 
-fn seal(seg: &Arc<Segment>, after: After, stats: &JournalStats, hook: &OnceLock<FailureHook>) {
-    write_pending(seg, stats);
+fn seal(seg: &Arc<Segment>, after: After, stats: &JournalStats, hook: &OnceLock<FailureHook>, replica: &OnceLock<ReplicaHook>) {
+    write_pending(seg, stats, replica);
     sync(seg, stats);
     seg.state.lock().expect("segment state").file = None;
     match after {
@@ -605,6 +725,7 @@ fn writer(
     hook: &OnceLock<FailureHook>,
     wakers: &Mutex<Vec<Waker>>,
     lazy: &Mutex<Vec<Arc<Segment>>>,
+    replica: &OnceLock<ReplicaHook>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut round: Vec<Job> = Vec::new();
@@ -615,7 +736,7 @@ fn writer(
         let segs = std::mem::take(&mut *lazy.lock().expect("lazy segments"));
         let mut wrote = false;
         for seg in segs {
-            wrote |= write_pending(&seg, stats);
+            wrote |= write_pending(&seg, stats, replica);
         }
         wrote
     };
@@ -642,7 +763,7 @@ fn writer(
                     lazy_due.get_or_insert_with(|| Instant::now() + WRITTEN_GAP);
                 }
                 Job::Flush(seg) => {
-                    if write_pending(&seg, stats) {
+                    if write_pending(&seg, stats, replica) {
                         wrote = true;
                         if seg.level >= Level::Synced && !to_sync.iter().any(|s| Arc::ptr_eq(s, &seg)) {
                             to_sync.push(seg);
@@ -651,7 +772,7 @@ fn writer(
                 }
                 Job::Seal(seg, after) => {
                     to_sync.retain(|s| !Arc::ptr_eq(s, &seg));
-                    seal(&seg, after, stats, hook);
+                    seal(&seg, after, stats, hook, replica);
                     wake(wakers);
                 }
                 Job::Barrier(done) => {

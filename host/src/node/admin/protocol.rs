@@ -110,6 +110,9 @@ pub enum Op {
         init: Option<Value>,
         /// Journaled at this level (`None`: the node's default).
         durable: Option<Durability>,
+        /// At level `standby`: the node that stands by (`None`: one is
+        /// picked).
+        standby: Option<u16>,
     },
     /// A one-way message.
     Send {
@@ -254,7 +257,19 @@ fn parse_op(req: &mut serde_json::Map<String, Value>) -> Result<Op, RequestError
                 ),
                 Some(_) => return Err(RequestError::Field("\"durable\" is \"none\", \"written\", \"synced\" or \"standby\"")),
             };
-            Op::Spawn { module, init, durable }
+            let standby = match req.get("standby") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .and_then(|n| u16::try_from(n).ok())
+                        .filter(|&n| n >= 1)
+                        .ok_or(RequestError::Field("\"standby\" is a node id (1 to 65535)"))?,
+                ),
+            };
+            if standby.is_some() && durable != Some(Durability::Standby) {
+                return Err(RequestError::Field("\"standby\" names a standby node, for \"durable\": \"standby\" only"));
+            }
+            Op::Spawn { module, init, durable, standby }
         }
         "send" | "call" => {
             let to = parse_address(req.get("to").ok_or(RequestError::Field("send and call need \"to\""))?)?;

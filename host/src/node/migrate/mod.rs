@@ -921,6 +921,14 @@ impl Hub {
     }
 
     /// Records a move (replacing an intent of the same id).
+    /// Records durably that `address`, which ran here, lives on node `to`
+    /// at move count `epoch` now (another node took it over from its
+    /// standby copy): a restart neither restores nor journals it here, and
+    /// forwards what comes for it.
+    pub fn record_away(&self, address: Address, to: NodeId, epoch: u64) -> Result<(), MigrateError> {
+        self.record(Move { id: random_id(), address, to, epoch, done: true })
+    }
+
     fn record(&self, m: Move) -> Result<(), MigrateError> {
         let mut moves = self.moves.lock().unwrap();
         moves.retain(|o| o.id != m.id && !(m.done && o.address == m.address));

@@ -1,0 +1,162 @@
+//! Standby failover between real node processes: a reactor journaled at
+//! level `standby` on node 1, its standby on node 2, callers on node 3.
+//! Node 1 is killed (`kill -9`) or cut off (stopped with `SIGSTOP`, then
+//! let go) under load; node 2 takes the reactor over. Every call the
+//! caller saw answered is in the reactor's state once, none twice, and the
+//! node that comes back does not bring back a second copy.
+use crate::nodes::{CONVERGE, NodeProc, SECRET, scratch, start, wait_until};
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Three nodes up, each seeing the others.
+fn cluster(root: &std::path::Path, args: &[&str]) -> (NodeProc, NodeProc, NodeProc) {
+    let n1 = start(root, 1, SECRET, args);
+    let n2 = start(root, 2, SECRET, &[args, &["--seed", &n1.addr]].concat());
+    let n3 = start(root, 3, SECRET, &[args, &["--seed", &n1.addr]].concat());
+    for n in [&n1, &n2, &n3] {
+        wait_until("every node sees three up", CONVERGE, || n.up() == vec![1, 2, 3]);
+    }
+    (n1, n2, n3)
+}
+
+/// What a closed-loop caller on node 3 saw: sequence numbers answered
+/// (acknowledged) and those whose call failed (not acknowledged: applied
+/// or not).
+#[derive(Default)]
+struct Seen {
+    acked: Vec<u64>,
+    failed: Vec<(u64, String)>,
+}
+
+/// Calls `migrant` at `to` through node 3's admin socket with `Seq`
+/// numbers 1, 2, … until `stop`, each waiting for its answer.
+fn caller(dir: std::path::PathBuf, to: u64, stop: Arc<AtomicBool>, next: Arc<AtomicU64>, seen: Arc<Mutex<Seen>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let seq = next.fetch_add(1, Ordering::Relaxed);
+            let req = json!({"op": "call", "to": to, "msg": {"Seq": {"sender": 7, "seq": seq}}, "timeout_ms": 25_000});
+            let r = host::node::admin::Client::connect(&dir).and_then(|mut c| c.request(req));
+            match r {
+                Ok(v) if v == json!({"Seq": {"seq": seq}}) => seen.lock().unwrap().acked.push(seq),
+                Ok(v) => seen.lock().unwrap().failed.push((seq, format!("answered {v}"))),
+                Err(e) => seen.lock().unwrap().failed.push((seq, e.to_string())),
+            }
+        }
+    })
+}
+
+/// The migrant's counters for sender 7.
+fn seq_stats(n: &NodeProc, a: u64) -> Value {
+    let s = n.call(a, json!("Stats"));
+    s["Stats"]["senders"].as_array().unwrap().iter().find(|s| s["sender"] == json!(7)).cloned().unwrap_or(Value::Null)
+}
+
+fn spawn_with_standby(n1: &NodeProc) -> u64 {
+    let init = json!({"state_mib": 4, "write_pages_per_sec": 2000, "seed": 5});
+    let v = n1
+        .admin()
+        .request(json!({"op": "spawn", "module": "migrant", "init": init, "durable": "standby", "standby": 2}))
+        .unwrap_or_else(|e| panic!("spawn refused: {e}\n{}", n1.log()));
+    assert_eq!(v["standby"], json!(2), "{v}");
+    assert_eq!(v["durable"], json!("standby"), "{v}");
+    v["tag"].as_u64().unwrap()
+}
+
+/// Runs the caller until `n` more calls are answered.
+fn until_answered(seen: &Mutex<Seen>, n: usize, what: &str) {
+    let before = seen.lock().unwrap().acked.len();
+    let start = std::time::Instant::now();
+    while seen.lock().unwrap().acked.len() < before + n {
+        let s = seen.lock().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting until {what}: {} answered, failed: {:?}", s.acked.len(), s.failed);
+        drop(s);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Checks the reactor's view against the caller's: no sequence number
+/// applied twice, every acknowledged one applied.
+fn check_exactly_once(stats: &Value, seen: &Seen, logs: &str) {
+    let acked = seen.acked.len() as u64;
+    let attempted = acked + seen.failed.len() as u64;
+    assert_eq!(stats["dups"], json!(0), "a call applied twice: {stats}\n{logs}");
+    let applied = stats["ok"].as_u64().unwrap() + stats["gaps"].as_u64().unwrap();
+    assert!(applied >= acked, "acknowledged calls lost: {applied} applied, {acked} acknowledged: {stats}\n{logs}");
+    assert!(applied <= attempted, "{applied} applied of {attempted} sent: {stats}");
+    // The last number it saw was acknowledged or at least sent.
+    assert!(stats["last"].as_u64().unwrap() <= attempted);
+    // Every acknowledged number is at or below the last it saw.
+    assert!(seen.acked.iter().all(|&s| s <= stats["last"].as_u64().unwrap()), "{stats}");
+}
+
+#[test]
+fn after_kill_9_of_the_primary_the_standby_takes_over_with_no_answered_call_lost_or_doubled() {
+    let root = scratch("failover", "kill9");
+    let args = ["--checkpoint-every", "0"];
+    let (n1, n2, n3) = cluster(&root, &args);
+    let a = spawn_with_standby(&n1);
+    wait_until("node 2 stands by", Duration::from_secs(20), || n2.status()["standby"]["standing_by"] == json!(1));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(1));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let t = caller(n3.dir.clone(), a, stop.clone(), next.clone(), seen.clone());
+    until_answered(&seen, 150, "calls answered before the kill");
+    drop(n1); // SIGKILL, calls in flight
+    until_answered(&seen, 150, "calls answered after the takeover");
+    stop.store(true, Ordering::Relaxed);
+    t.join().unwrap();
+
+    let s2 = n2.status();
+    assert_eq!(s2["standby"]["takeovers"], json!(1), "{s2}");
+    let stats = seq_stats(&n3, a);
+    let seen = seen.lock().unwrap();
+    let logs = format!("n2:\n{}\nn3:\n{}", n2.log(), n3.log());
+    check_exactly_once(&stats, &seen, &logs);
+    // The caller's node sent its calls in flight again: none failed.
+    assert!(seen.failed.is_empty(), "calls failed across the takeover: {:?}\n{logs}", seen.failed);
+    assert_eq!(stats["ok"].as_u64().unwrap(), seen.acked.len() as u64, "{stats}");
+    // The new primary found a standby of its own: node 3.
+    wait_until("the new primary has a standby", Duration::from_secs(20), || n3.status()["standby"]["standing_by"] == json!(1));
+
+    // Node 1 comes back from its data directory: it does not run a second
+    // copy; calls through it reach the one on node 2.
+    let n1 = start(&root, 1, SECRET, &[&args[..], &["--seed", &n2.addr]].concat());
+    wait_until("node 1 back in the cluster", CONVERGE, || n2.up() == vec![1, 2, 3]);
+    wait_until("node 1 runs no copy", Duration::from_secs(20), || n1.status()["reactors"] == json!(0));
+    let before = seq_stats(&n2, a);
+    let seq = before["last"].as_u64().unwrap() + 1;
+    assert_eq!(n1.call(a, json!({"Seq": {"sender": 7, "seq": seq}})), json!({"Seq": {"seq": seq}}), "{}", n1.log());
+    assert_eq!(seq_stats(&n2, a)["ok"].as_u64().unwrap(), before["ok"].as_u64().unwrap() + 1);
+    assert_eq!(n2.status()["reactors"], json!(1));
+}
+
+#[test]
+fn a_primary_cut_off_and_back_leaves_one_live_copy() {
+    let root = scratch("failover", "partition");
+    let args = ["--checkpoint-every", "0"];
+    let (n1, n2, n3) = cluster(&root, &args);
+    let a = spawn_with_standby(&n1);
+    for seq in 1..=20 {
+        assert_eq!(n3.call(a, json!({"Seq": {"sender": 7, "seq": seq}})), json!({"Seq": {"seq": seq}}));
+    }
+    // Cut node 1 off: stopped, its connections open but silent.
+    let pid = n1.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    wait_until("node 2 takes the reactor over", Duration::from_secs(60), || n2.status()["standby"]["takeovers"] == json!(1));
+    for seq in 21..=40 {
+        assert_eq!(n3.call(a, json!({"Seq": {"sender": 7, "seq": seq}})), json!({"Seq": {"seq": seq}}), "{}", n3.log());
+    }
+    // The partition heals: node 1 runs on, and hears the reactor lives on
+    // node 2: its copy goes.
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    wait_until("node 1 drops its copy", Duration::from_secs(60), || n1.status()["standby"]["copies_dropped"] == json!(1));
+    assert_eq!(n1.status()["reactors"], json!(0), "{}", n1.log());
+    assert_eq!(n2.status()["reactors"], json!(1));
+    // Calls from node 1 reach the copy that lives.
+    assert_eq!(n1.call(a, json!({"Seq": {"sender": 7, "seq": 41}})), json!({"Seq": {"seq": 41}}), "{}", n1.log());
+    let stats = seq_stats(&n2, a);
+    assert_eq!((stats["ok"].clone(), stats["dups"].clone(), stats["gaps"].clone()), (json!(41), json!(0), json!(0)), "{stats}");
+}
