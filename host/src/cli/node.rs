@@ -130,6 +130,13 @@ pub(crate) struct NodeArgs {
     /// failure).
     #[arg(long, value_name = "N", default_value_t = 1)]
     message_attempts: u32,
+    /// How long a member whose connections dropped is suspected before it
+    /// is declared down, in milliseconds (default: the overlay's, 3 s for
+    /// the full mesh and client–server). Standbys take over the reactors
+    /// of a node declared down: shorter is a faster failover, at the risk
+    /// of taking over from a node that was only slow.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    suspect_after: Option<u64>,
     /// How long an admin client may take to send a request line or to take
     /// an answer, in milliseconds, before its connection is closed (not
     /// counting time its requests are running).
@@ -248,6 +255,7 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
         trace: args.trace_frames,
         insecure_plaintext: args.insecure_plaintext,
         checkpoint_every: (args.checkpoint_every > 0).then(|| std::time::Duration::from_secs(args.checkpoint_every)),
+        suspicion: args.suspect_after.map(std::time::Duration::from_millis),
         durable: args.durable,
         journal_keep: args.journal_keep.max(1),
         supervision: (args.max_restarts > 0).then(|| host::node::supervise::Policy {

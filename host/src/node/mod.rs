@@ -267,6 +267,10 @@ pub struct NodeConfig {
     /// How journaled reactors that fail are restarted (`None`: they are
     /// not; see `supervise`).
     pub supervision: Option<supervise::Policy>,
+    /// How long a member whose connections dropped is suspected before it
+    /// is declared down (`None`: the overlay's default). A standby takes
+    /// over no sooner.
+    pub suspicion: Option<Duration>,
 }
 
 /// The journals' directory in a data directory.
@@ -644,7 +648,7 @@ impl Node {
         } else {
             overlay::Origins::Signed { key: sign, keys: keyring }
         };
-        let ov = overlay::build(config.overlay, info.clone(), seed_of(&info), origins);
+        let ov = overlay::build_with(config.overlay, info.clone(), seed_of(&info), origins, config.suspicion);
         let moves = migrate::read_moves(&config.data_dir).map_err(NodeError::DamagedMoves)?;
         let transport = tokio.block_on(Transport::start(tc, listener, ov, inbound.clone()))?;
         let _ = inbound.transport.set(transport.clone());

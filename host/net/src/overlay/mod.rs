@@ -47,13 +47,28 @@ pub enum Origins {
 /// says (HyParView; the other overlays take facts about a node only from
 /// its own connection).
 pub fn build(kind: OverlayKind, me: NodeInfo, seed: u64, origins: Origins) -> Box<dyn Overlay> {
+    build_with(kind, me, seed, origins, None)
+}
+
+/// [`build`], a member whose connections dropped declared Down after
+/// `suspicion` instead of the overlay's default (full mesh and
+/// client–server: 3 s; HyParView: a lost active neighbour, 7 s).
+pub fn build_with(kind: OverlayKind, me: NodeInfo, seed: u64, origins: Origins, suspicion: Option<std::time::Duration>) -> Box<dyn Overlay> {
     match kind {
-        OverlayKind::FullMesh => Box::new(mesh::FullMesh::new(me, mesh::MeshConfig::default(), seed)),
+        OverlayKind::FullMesh => {
+            let mut c = mesh::MeshConfig::default();
+            c.suspicion = suspicion.unwrap_or(c.suspicion);
+            Box::new(mesh::FullMesh::new(me, c, seed))
+        }
         OverlayKind::ClientServer => {
-            Box::new(client_server::ClientServer::new(me, client_server::ClientServerConfig::default(), seed))
+            let mut c = client_server::ClientServerConfig::default();
+            c.suspicion = suspicion.unwrap_or(c.suspicion);
+            Box::new(client_server::ClientServer::new(me, c, seed))
         }
         OverlayKind::HyParView => {
-            Box::new(hyparview::HyParView::new(me, hyparview::HyParViewConfig::default(), seed).with_origins(origins))
+            let mut c = hyparview::HyParViewConfig::default();
+            c.lost_neighbour_after = suspicion.unwrap_or(c.lost_neighbour_after);
+            Box::new(hyparview::HyParView::new(me, c, seed).with_origins(origins))
         }
     }
 }

@@ -554,6 +554,8 @@ impl Standby {
             self.modules_sent.lock().unwrap().insert((to, module));
         }
         let dir = reactor_dir(self.journals.dir(), address);
+        // The writer thread may not have made it yet.
+        make_dir(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
         durable::write_durably(&dir, STANDBY_FILE, format!("{to} {epoch}\n").as_bytes()).map_err(write_failure)?;
         if from_spawn {
             self.send(to, address, &Msg::Attach { address: address.0, epoch, module: module.0, from_step: 0 })?;
