@@ -584,14 +584,54 @@ fn cluster(engine_args: &EngineArgs) -> anyhow::Result<()> {
         Address(kv),
         t.elapsed()
     );
-    journaled(engine_args, &root, &n1, n2)
+    let n2 = journaled(engine_args, &root, &n1, n2)?;
+    failover(&n1, &n2, n3)
+}
+
+/// A counter on node 3 journaled at `standby`, node 2 its standby, called
+/// from node 1 one call at a time; node 3 is killed (`SIGKILL`) and node 2
+/// takes the counter over: the calls go on, none lost, none counted twice.
+fn failover(n1: &DemoNode, n2: &DemoNode, mut n3: DemoNode) -> anyhow::Result<()> {
+    use serde_json::json;
+    let spawned = n3.admin(json!({"op": "spawn", "module": "counter", "init": 0, "durable": "standby", "standby": 2}))?;
+    let counter = spawned["tag"].as_u64().context("no tag")?;
+    let add = || n1.admin(json!({"op": "call", "to": counter, "msg": {"Add": 1}}));
+    let mut answered = 0u64;
+    let mut times = Vec::new();
+    let mut killed = None;
+    let t = Instant::now();
+    while answered < 600 {
+        add().with_context(|| format!("a call to the counter failed after {answered} answered"))?;
+        answered += 1;
+        times.push(Instant::now());
+        if answered == 300 {
+            n3.child.kill()?;
+            n3.child.wait()?;
+            killed = Some(Instant::now());
+        }
+    }
+    let all = t.elapsed();
+    let killed = killed.context("node 3 was killed")?;
+    let outage = times.windows(2).filter(|w| w[1] > killed).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    let count = n1.admin(json!({"op": "call", "to": counter, "msg": "Get"}))?;
+    anyhow::ensure!(count == json!(answered), "the counter taken over counts {count}, but {answered} calls were answered");
+    let s = n2.admin(json!({"op": "status"}))?;
+    anyhow::ensure!(s["standby"]["takeovers"] == json!(1), "node 2 did not take the counter over: {}", s["standby"]);
+    println!(
+        "failover: counter {} on node 3 journaled at `standby` (node 2 holds its journal before a reply leaves); {answered} calls from node 1 in {all:.2?}, node 3 killed (SIGKILL) after 300: node 2 took the counter over in {:.1} ms (replaying {} calls) once it saw node 3 down; calls paused {outage:.2?} (failure detection) and went on: count {count}, none lost, none twice",
+        Address(counter),
+        s["standby"]["last_takeover_ms"].as_f64().unwrap_or(0.0),
+        s["standby"]["last_takeover_steps"],
+    );
+    drop(n3);
+    Ok(())
 }
 
 /// Journaled reactors on node 2: every input recorded, so a `kill -9` loses
 /// no answered call, a failure is restarted from its journal up to the
 /// message that caused it, and its post-mortem bundle replays the same
 /// failure anywhere.
-fn journaled(engine_args: &EngineArgs, root: &std::path::Path, n1: &DemoNode, mut n2: DemoNode) -> anyhow::Result<()> {
+fn journaled(engine_args: &EngineArgs, root: &std::path::Path, n1: &DemoNode, mut n2: DemoNode) -> anyhow::Result<DemoNode> {
     use serde_json::json;
     let ledger = n2.admin(json!({"op": "spawn", "module": "ledger", "durable": "synced"}))?["tag"].as_u64().context("no tag")?;
     let call = |n: &DemoNode, msg: serde_json::Value| n.admin(json!({"op": "call", "to": ledger, "msg": msg}));
@@ -643,7 +683,7 @@ fn journaled(engine_args: &EngineArgs, root: &std::path::Path, n1: &DemoNode, mu
     for line in stdout.lines().take(3) {
         println!("  {line}");
     }
-    Ok(())
+    Ok(n2)
 }
 
 fn first_line(s: &str) -> &str {
