@@ -85,13 +85,16 @@ fn host_for_others(root: &Path) -> PathBuf {
 
 /// `host status` run as the other user.
 fn status_as_other(bin: &Path, dir: &Path) -> Output {
-    Command::new(bin)
-        .args(["status", "--data-dir", dir.to_str().unwrap()])
-        .uid(OTHER)
-        .gid(OTHER)
-        .env_clear()
-        .output()
-        .unwrap()
+    // The copy just written may still be open for writing in a child
+    // another test thread forked meanwhile (until it execs): "text file
+    // busy" for a moment.
+    for _ in 0..100 {
+        match Command::new(bin).args(["status", "--data-dir", dir.to_str().unwrap()]).uid(OTHER).gid(OTHER).env_clear().output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => std::thread::sleep(std::time::Duration::from_millis(20)),
+            r => return r.unwrap(),
+        }
+    }
+    panic!("{} stayed busy", bin.display())
 }
 
 /// The node's data directory is created 0700 and its socket 0600: another

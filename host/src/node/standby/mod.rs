@@ -37,14 +37,24 @@
 //! primary then finds a standby of its own among the nodes up.
 //!
 //! # One copy
+//! Who may run a reactor's copy is decided per *generation*: the attach at
+//! its spawn is generation 1; a takeover, and a primary giving the reactor
+//! a new standby after losing its own, each need the next generation,
+//! granted by a majority of the cluster's nodes (`Claim`/`Vote`; each node
+//! grants one claimant per generation and none below one it granted, and
+//! records it durably before it says so). So a standby cut off from its
+//! primary while both still see a majority (an asymmetric partition), or a
+//! standby that comes back with a stale copy, cannot take over behind the
+//! primary's back: one of them loses the claim. A standby that loses drops
+//! its copy; a primary that loses waits, its output held, to hear who won.
+//!
 //! The primary's copy can answer nothing its standby does not hold, and a
 //! standby that took a reactor over holds nothing more for the old
 //! primary: it answers its journal with `TookOver`. A node that receives
-//! `TookOver` (also sent to a node when it comes back up, restarted or
-//! after a partition healed) drops its own copy, with what it was holding
-//! back unsent, and routes to the new one. The primary looks for a new
-//! standby when its standby is down only while it sees a majority itself,
-//! so the two sides of a partition never both go on acknowledging.
+//! `TookOver` (told again until it answers, also when it comes back up,
+//! restarted or after a partition healed) drops its own copy, with what it
+//! was holding back unsent, records the reactor as moved away, and routes
+//! to the live copy.
 
 pub mod wire;
 
@@ -78,11 +88,16 @@ pub const STANDBY_PATIENCE: Duration = Duration::from_secs(30);
 /// without a standby).
 const TICK: Duration = Duration::from_millis(100);
 /// Where a journaled reactor's standby is recorded, in its journal
-/// directory: `<node> <epoch>`.
+/// directory: `<node> <epoch> <generation>`.
 const STANDBY_FILE: &str = "standby";
 /// In a standby's directory: what it stands by for (`<primary> <epoch>
-/// <module hex> <from step>`).
+/// <module hex> <from step> <generation>`).
 const ATTACH_FILE: &str = "attach";
+/// The generations this node granted: `<address hex> <generation> <node>`
+/// per line.
+const VOTES_FILE: &str = "votes";
+/// How long a claim waits for votes.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(2);
 /// In a standby's directory once it took the reactor over: `<old primary>
 /// <epoch>`.
 const OWNED_FILE: &str = "owned";
@@ -113,6 +128,9 @@ pub struct Counters {
     pub copies_dropped: u64,
 }
 
+/// Where the votes on one claim of this node go: (voter, granted).
+type Ballot = mpsc::Sender<(NodeId, bool)>;
+
 /// A module's bytes as they arrive.
 type ModuleBytes = Vec<u8>;
 
@@ -124,6 +142,11 @@ struct Out {
     connected: bool,
     /// Since when its standby is not up (while not connected).
     missing: Option<Instant>,
+    /// The standby generation it holds (see [`Standby::claim`]).
+    generation: u64,
+    /// It lost a claim: another node holds the next generation (took it
+    /// over); it waits to hear so, and looks for no standby.
+    blocked: bool,
     epoch: u64,
     module: ModuleHash,
     /// The last snapshot sent, and when.
@@ -153,6 +176,8 @@ struct SegIn {
 struct In {
     primary: NodeId,
     epoch: u64,
+    /// The generation it stands by in.
+    generation: u64,
     module: ModuleHash,
     from_step: u64,
     dir: PathBuf,
@@ -190,6 +215,13 @@ pub struct Standby {
     /// Of those, the ones whose old node said it runs no copy (`Detach`
     /// in answer to `TookOver`); the others are told again while it is up.
     confirmed: Mutex<HashSet<Address>>,
+    /// Generations this node granted, per reactor: the generation and to
+    /// whom (`<data-dir>/standby/votes`, written before a vote is sent).
+    votes: Mutex<HashMap<Address, (u64, NodeId)>>,
+    /// Claims of other nodes, for the vote thread.
+    voter: Mutex<SyncSender<(NodeId, Address, u64)>>,
+    /// Claims of this node waiting for votes.
+    ballots: Mutex<HashMap<(Address, u64), Ballot>>,
     /// Ticks since the start (some work is done every few).
     ticks: std::sync::atomic::AtomicU64,
     /// Primaries seen down whose reactors were not taken over yet (no
@@ -231,17 +263,21 @@ fn make_dir(p: &Path) -> std::io::Result<()> {
 }
 
 fn read_small(path: &Path) -> Option<String> {
-    reactor_runtime::local_fs::read_file(path, "a standby record", 4096, reactor_runtime::local_fs::Access::Private)
+    read_small_limit(path, 4096)
+}
+
+fn read_small_limit(path: &Path, limit: u64) -> Option<String> {
+    reactor_runtime::local_fs::read_file(path, "a standby record", limit, reactor_runtime::local_fs::Access::Private)
         .ok()
         .and_then(|(b, _)| String::from_utf8(b).ok())
 }
 
-/// The standby recorded in a journaled reactor's directory: its node and
-/// the reactor's move count.
-pub fn recorded_standby(journal_dir: &Path, address: Address) -> Option<(NodeId, u64)> {
+/// The standby recorded in a journaled reactor's directory: its node, the
+/// reactor's move count and the standby generation.
+pub fn recorded_standby(journal_dir: &Path, address: Address) -> Option<(NodeId, u64, u64)> {
     let text = read_small(&reactor_dir(journal_dir, address).join(STANDBY_FILE))?;
     let mut f = text.split_whitespace();
-    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
 
 impl Standby {
@@ -259,6 +295,7 @@ impl Standby {
         let dir = data_dir.join(DIR);
         make_dir(&dir)?;
         let (work, rx) = mpsc::sync_channel(4096);
+        let (voter, claims) = mpsc::sync_channel::<(NodeId, Address, u64)>(1024);
         let this = Arc::new(Self {
             me,
             data_dir: data_dir.to_owned(),
@@ -273,6 +310,9 @@ impl Standby {
             ins: Mutex::default(),
             owned: Mutex::default(),
             confirmed: Mutex::default(),
+            votes: Mutex::default(),
+            voter: Mutex::new(voter),
+            ballots: Mutex::default(),
             ticks: std::sync::atomic::AtomicU64::new(0),
             waiting: Mutex::default(),
             work,
@@ -290,12 +330,33 @@ impl Standby {
         std::thread::Builder::new().name("standby-in".into()).spawn(move || worker(&weak, &rx))?;
         let weak = Arc::downgrade(&this);
         std::thread::Builder::new().name("standby-out".into()).spawn(move || ticker(&weak))?;
+        let weak = Arc::downgrade(&this);
+        std::thread::Builder::new().name("standby-vote".into()).spawn(move || {
+            while let Ok((from, a, generation)) = claims.recv() {
+                let Some(me) = weak.upgrade() else { return };
+                let granted = me.grant(a, generation, from);
+                if let Err(e) = me.send(from, a, &Msg::Vote { address: a.0, generation, granted }) {
+                    tracing::debug!("cannot answer node {from}'s claim: {e}");
+                }
+            }
+        })?;
         Ok(this)
     }
 
     /// Reads the standby directory: what this node stands by for (its
     /// segments and snapshot) and what it took over.
     fn load(&self) -> std::io::Result<()> {
+        if let Some(t) = read_small_limit(&self.dir.join(VOTES_FILE), 16 << 20) {
+            let mut votes = self.votes.lock().unwrap();
+            for l in t.lines() {
+                let f: Vec<&str> = l.split(' ').collect();
+                if let [a, g, n] = f.as_slice()
+                    && let (Ok(a), Ok(g), Ok(n)) = (u64::from_str_radix(a, 16), g.parse(), n.parse())
+                {
+                    votes.insert(Address(a), (g, n));
+                }
+            }
+        }
         for e in fs::read_dir(&self.dir)?.filter_map(Result::ok) {
             let Some(address) = e.file_name().to_str().and_then(|n| u64::from_str_radix(n, 16).ok()).map(Address) else { continue };
             let d = e.path();
@@ -311,16 +372,18 @@ impl Standby {
             }
             let Some(t) = read_small(&d.join(ATTACH_FILE)) else { continue };
             let f: Vec<&str> = t.split_whitespace().collect();
-            let (Some(primary), Some(epoch), Some(module), Some(from_step)) = (
+            let (Some(primary), Some(epoch), Some(module), Some(from_step), Some(generation)) = (
                 f.first().and_then(|s| s.parse().ok()),
                 f.get(1).and_then(|s| s.parse().ok()),
                 f.get(2).and_then(|s| parse_module(s)),
                 f.get(3).and_then(|s| s.parse().ok()),
+                f.get(4).and_then(|s| s.parse().ok()),
             ) else {
                 tracing::warn!("{} is damaged: the standby copy of {address} is not used", d.join(ATTACH_FILE).display());
                 continue;
             };
-            let mut inn = In { primary, epoch, module, from_step, dir: d.clone(), segs: BTreeMap::new(), snap: None, next: None, part: None };
+            let mut inn =
+                In { primary, epoch, generation, module, from_step, dir: d.clone(), segs: BTreeMap::new(), snap: None, next: None, part: None };
             if let Ok(f) = SnapshotFile::open(&d.join("snapshot.snap"), abi::ABI_VERSION) {
                 inn.snap = Some(f.header().id);
             }
@@ -358,28 +421,11 @@ impl Standby {
         self.owned.lock().unwrap().contains_key(&address)
     }
 
+    /// Sends `msg` to node `to` on the lane of reactor `key` (waits for
+    /// room on a full lane: never on a transport thread).
     fn send(&self, to: NodeId, key: Address, msg: &Msg) -> Result<(), String> {
         let env = Envelope { kind: KIND_NODE, flags: 0, from: Address::host_of(self.me), corr: 0, payload: wire::encode(msg) };
-        let mut env = Some(env);
-        // The lane may be full for a moment: wait for room rather than
-        // drop (the channel is reliable once queued).
-        for _ in 0..5000 {
-            match self.transport.send_on(CHANNEL, to, Address::host_of(to), env.take().expect("kept"), key.0) {
-                Ok(()) => return Ok(()),
-                Err(reactor_runtime::SendError::InboxFull(_)) => {
-                    env = Some(Envelope {
-                        kind: KIND_NODE,
-                        flags: 0,
-                        from: Address::host_of(self.me),
-                        corr: 0,
-                        payload: wire::encode(msg),
-                    });
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => return Err(format!("cannot reach node {to}: {e}")),
-            }
-        }
-        Err(format!("node {to}'s lane stayed full"))
+        self.transport.send_on(CHANNEL, to, Address::host_of(to), env, key.0).map_err(|e| format!("cannot reach node {to}: {e}"))
     }
 
     /// A message that arrived from node `from` (on a transport thread:
@@ -411,6 +457,18 @@ impl Standby {
                     // Calls before the snapshot are in it, held by the
                     // standby: what they sent may leave.
                     self.journals.held_before(a, step);
+                }
+                true
+            }
+            Msg::Claim { address, generation } => {
+                // Answered on the vote thread (it writes a file and sends,
+                // which may wait: never on this one), which no claim of
+                // this node's waits on.
+                self.voter.lock().unwrap().try_send((from, Address(address), generation)).is_ok()
+            }
+            Msg::Vote { address, generation, granted } => {
+                if let Some(tx) = self.ballots.lock().unwrap().get(&(Address(address), generation)) {
+                    let _ = tx.send((from, granted));
                 }
                 true
             }
@@ -501,7 +559,19 @@ impl Standby {
         let epoch = self.transport.location(address).1;
         self.out.lock().unwrap().insert(
             address,
-            Out { standby: Some(to), connected: true, missing: None, epoch, module, seq: 0, snapped: Instant::now(), pending: None, grew: false },
+            Out {
+                standby: Some(to),
+                connected: true,
+                missing: None,
+                generation: 1,
+                blocked: false,
+                epoch,
+                module,
+                seq: 0,
+                snapped: Instant::now(),
+                pending: None,
+                grew: false,
+            },
         );
         self.connect(address, to, from_spawn)?;
         Ok(to)
@@ -514,7 +584,7 @@ impl Standby {
     /// node stays down for [`STANDBY_PATIENCE`] (and this node sees a
     /// majority) does another stand by. Until a standby holds its journal,
     /// nothing it sends leaves.
-    pub fn resume(&self, address: Address, recorded: Option<(NodeId, u64)>) {
+    pub fn resume(&self, address: Address, recorded: Option<(NodeId, u64, u64)>) {
         let Some(module) = self.runtime.module_of(address) else { return };
         let epoch = self.transport.location(address).1.max(recorded.map_or(0, |r| r.1));
         self.out.lock().unwrap().insert(
@@ -523,6 +593,8 @@ impl Standby {
                 standby: recorded.map(|r| r.0),
                 connected: false,
                 missing: None,
+                generation: recorded.map_or(1, |r| r.2),
+                blocked: false,
                 epoch,
                 module,
                 seq: 0,
@@ -535,10 +607,10 @@ impl Standby {
 
     /// Sends `to` what it needs to stand by for `address`.
     fn connect(&self, address: Address, to: NodeId, from_spawn: bool) -> Result<(), String> {
-        let (module, epoch) = {
+        let (module, epoch, generation) = {
             let out = self.out.lock().unwrap();
             let o = out.get(&address).ok_or_else(|| format!("{address} has no standby"))?;
-            (o.module, o.epoch)
+            (o.module, o.epoch, o.generation)
         };
         if !self.modules_sent.lock().unwrap().contains(&(to, module)) {
             let path = self.data_dir.join(durable::MODULES).join(format!("{}.wasm", hex_module(&module)));
@@ -556,15 +628,15 @@ impl Standby {
         let dir = reactor_dir(self.journals.dir(), address);
         // The writer thread may not have made it yet.
         make_dir(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-        durable::write_durably(&dir, STANDBY_FILE, format!("{to} {epoch}\n").as_bytes()).map_err(write_failure)?;
+        durable::write_durably(&dir, STANDBY_FILE, format!("{to} {epoch} {generation}\n").as_bytes()).map_err(write_failure)?;
         if from_spawn {
-            self.send(to, address, &Msg::Attach { address: address.0, epoch, module: module.0, from_step: 0 })?;
+            self.send(to, address, &Msg::Attach { address: address.0, epoch, generation, module: module.0, from_step: 0 })?;
             // What the writer wrote before the standby was named.
             self.journals.sync();
             self.resend(to, address, 0, 0);
         } else {
             let step = self.runtime.journal_step(address).ok_or_else(|| format!("{address} is not journaled here"))?;
-            self.send(to, address, &Msg::Attach { address: address.0, epoch, module: module.0, from_step: step })?;
+            self.send(to, address, &Msg::Attach { address: address.0, epoch, generation, module: module.0, from_step: step })?;
             self.snapshot(address)?;
         }
         tracing::info!(reactor = %address, "node {to} stands by for {address}");
@@ -637,6 +709,64 @@ impl Standby {
         }
     }
 
+    /// Grants generation `generation` of `a` to `node` unless this node granted
+    /// that generation to another, or a later one: one holder per
+    /// generation. Recorded durably before it is said.
+    fn grant(&self, a: Address, generation: u64, node: NodeId) -> bool {
+        let mut votes = self.votes.lock().unwrap();
+        match votes.get(&a) {
+            Some(&(g, n)) if g > generation || g == generation && n != node => return false,
+            Some(&(g, _)) if g == generation => return true,
+            _ => {}
+        }
+        votes.insert(a, (generation, node));
+        let mut text = String::new();
+        for (a, (g, n)) in votes.iter() {
+            text.push_str(&format!("{:016x} {g} {n}\n", a.0));
+        }
+        match durable::write_durably(&self.dir, VOTES_FILE, text.as_bytes()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("cannot record a vote: {}", write_failure(e));
+                false
+            }
+        }
+    }
+
+    /// Asks every node up to grant this node generation `generation` of `a` (the
+    /// right to take it over, or to give it a new standby); true when a
+    /// majority of the cluster's nodes, itself among them, granted it. Two
+    /// nodes cut off from each other but not from the rest (each seeing a
+    /// majority) cannot both win: each node grants one of them.
+    fn claim(&self, a: Address, generation: u64) -> bool {
+        let members = self.transport.members();
+        let total = members.len() + usize::from(!members.iter().any(|m| m.info.id == self.me));
+        let (tx, rx) = mpsc::channel();
+        self.ballots.lock().unwrap().insert((a, generation), tx);
+        let mut granted = usize::from(self.grant(a, generation, self.me));
+        let mut asked = 0;
+        for m in members.iter().filter(|m| m.up && m.info.id != self.me) {
+            if self.send(m.info.id, a, &Msg::Claim { address: a.0, generation }).is_ok() {
+                asked += 1;
+            }
+        }
+        let deadline = Instant::now() + CLAIM_PATIENCE;
+        let mut answered = 0;
+        while granted * 2 <= total && answered < asked {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((_, yes)) => {
+                    answered += 1;
+                    granted += usize::from(yes);
+                }
+                Err(_) => break,
+            }
+        }
+        self.ballots.lock().unwrap().remove(&(a, generation));
+        let won = granted * 2 > total;
+        tracing::info!(reactor = %a, "claim of generation {generation} of {a}: {granted} of {total} nodes granted it ({})", if won { "won" } else { "lost" });
+        won
+    }
+
     /// Whether this node sees a strict majority of the cluster's nodes up,
     /// itself among them.
     fn majority(&self) -> bool {
@@ -689,7 +819,7 @@ impl Standby {
                 .filter(|(_, o)| o.connected && o.grew && o.pending.is_none() && now.duration_since(o.snapped) >= SNAPSHOT_EVERY)
                 .map(|(a, _)| *a)
                 .collect();
-            let orphans: Vec<Address> = out.iter().filter(|(_, o)| o.standby.is_none()).map(|(a, _)| *a).collect();
+            let orphans: Vec<Address> = out.iter().filter(|(_, o)| o.standby.is_none() && !o.blocked).map(|(a, _)| *a).collect();
             (due, orphans, reconnect)
         };
         for (a, n) in reconnect {
@@ -712,6 +842,19 @@ impl Standby {
                     continue;
                 }
                 let Some(to) = self.pick(None) else { break };
+                // A new standby is a new generation: won, or the reactor
+                // was taken over (this copy waits to hear so).
+                let generation = self.out.lock().unwrap().get(&a).map_or(0, |o| o.generation) + 1;
+                if !self.claim(a, generation) {
+                    if let Some(o) = self.out.lock().unwrap().get_mut(&a) {
+                        o.blocked = true;
+                    }
+                    tracing::warn!(reactor = %a, "{a} lost its standby and another node holds its next generation: it waits");
+                    continue;
+                }
+                if let Some(o) = self.out.lock().unwrap().get_mut(&a) {
+                    o.generation = generation;
+                }
                 self.reconnect(a, to);
             }
         }
@@ -760,7 +903,7 @@ impl Standby {
     fn take(&self, from: NodeId, msg: Msg) {
         match msg {
             Msg::Module { hash, offset, total, bytes } => self.take_module(from, ModuleHash(hash), offset, total, &bytes),
-            Msg::Attach { address, epoch, module, from_step } => {
+            Msg::Attach { address, epoch, generation, module, from_step } => {
                 let a = Address(address);
                 if let Some(&(_, e)) = self.owned.lock().unwrap().get(&a) {
                     let _ = self.send(from, a, &Msg::TookOver { address, epoch: e });
@@ -770,10 +913,14 @@ impl Standby {
                     tracing::warn!(reactor = %a, "node {from} asked this node to stand by for {a}, which runs here");
                     return;
                 }
+                if self.ins.lock().unwrap().get(&a).is_some_and(|i| i.generation > generation) {
+                    tracing::warn!(reactor = %a, "node {from} asked this node to stand by for {a} in an older generation ({generation})");
+                    return;
+                }
                 let dir = self.dir.join(format!("{address:016x}"));
                 let _ = fs::remove_dir_all(&dir);
                 let r = make_dir(&dir).map_err(|e| e.to_string()).and_then(|()| {
-                    let text = format!("{from} {epoch} {} {from_step}\n", hex_module(&ModuleHash(module)));
+                    let text = format!("{from} {epoch} {} {from_step} {generation}\n", hex_module(&ModuleHash(module)));
                     durable::write_durably(&dir, ATTACH_FILE, text.as_bytes()).map_err(write_failure)
                 });
                 if let Err(e) = r {
@@ -783,6 +930,7 @@ impl Standby {
                 let inn = In {
                     primary: from,
                     epoch,
+                    generation,
                     module: ModuleHash(module),
                     from_step,
                     dir,
@@ -826,7 +974,7 @@ impl Standby {
                 // No copy here (any more): said, so it is not told again.
                 let _ = self.send(from, Address(address), &Msg::Detach { address });
             }
-            Msg::Held { .. } | Msg::HeldSnapshot { .. } => {}
+            Msg::Held { .. } | Msg::HeldSnapshot { .. } | Msg::Claim { .. } | Msg::Vote { .. } => {}
         }
     }
 
@@ -1008,6 +1156,14 @@ impl Standby {
         let seen = self.down_at.lock().unwrap().get(&node).copied().unwrap_or_else(Instant::now);
         for a in mine {
             let Some(inn) = self.ins.lock().unwrap().remove(&a) else { continue };
+            if !self.claim(a, inn.generation + 1) {
+                // Another node holds the next generation (the primary gave
+                // the reactor another standby, or another took it over):
+                // this copy is stale.
+                tracing::warn!(reactor = %a, "node {node} is down, but this node's copy of {a} is not the one to take over: dropped");
+                let _ = fs::remove_dir_all(&inn.dir);
+                continue;
+            }
             match self.take_over(a, inn) {
                 Ok(steps) => {
                     let ms = seen.elapsed().as_secs_f64() * 1e3;
@@ -1060,6 +1216,7 @@ impl Standby {
             segs.push((to, s.bytes.clone()));
         }
         let epoch = inn.epoch + 1;
+        let generation = inn.generation + 1;
         let (r, kept) = self.runtime.take_over(a, module, chain, segs)?;
         if r.failed {
             return Err(format!("its journal ends with its failure; it stays failed ({} call(s) replayed)", r.steps));
@@ -1076,6 +1233,8 @@ impl Standby {
                 standby: None,
                 connected: false,
                 missing: None,
+                generation,
+                blocked: false,
                 epoch,
                 module: inn.module,
                 seq: 0,

@@ -31,9 +31,10 @@ pub enum Msg {
         bytes: Vec<u8>,
     },
     /// Primary → standby: stand by for `address`, which runs `module` at
-    /// move count `epoch`; keep its journal segments from step
-    /// `from_step` on (and the snapshots that follow).
-    Attach { address: u64, epoch: u64, module: [u8; 32], from_step: u64 },
+    /// move count `epoch`, as its standby of generation `generation`; keep its
+    /// journal segments from step `from_step` on (and the snapshots that
+    /// follow).
+    Attach { address: u64, epoch: u64, generation: u64, module: [u8; 32], from_step: u64 },
     /// Primary → standby: a piece of snapshot `seq` of `address` (a
     /// snapshot file holding it alone).
     Snapshot { address: u64, seq: u64, offset: u64, total: u64, bytes: Vec<u8> },
@@ -54,6 +55,12 @@ pub enum Msg {
     /// Standby → anyone: `address` runs on the sender now, at move count
     /// `epoch`: it took it over when the node that ran it was down.
     TookOver { address: u64, epoch: u64 },
+    /// Any node → every node: may the sender hold generation `generation` of
+    /// `address` (take it over, or give it a new standby)?
+    Claim { address: u64, generation: u64 },
+    /// The answer to a `Claim`: each node grants one claimant per
+    /// generation, and none for a generation below one it granted.
+    Vote { address: u64, generation: u64, granted: bool },
 }
 
 impl Msg {
@@ -69,6 +76,8 @@ impl Msg {
             Msg::Gap { .. } => "gap",
             Msg::Detach { .. } => "detach",
             Msg::TookOver { .. } => "took-over",
+            Msg::Claim { .. } => "claim",
+            Msg::Vote { .. } => "vote",
         }
     }
 }
@@ -137,7 +146,9 @@ pub fn decode(b: &[u8]) -> Result<Msg, MsgError> {
         | Msg::HeldSnapshot { address, .. }
         | Msg::Gap { address, .. }
         | Msg::Detach { address }
-        | Msg::TookOver { address, .. } => Some(*address),
+        | Msg::TookOver { address, .. }
+        | Msg::Claim { address, .. }
+        | Msg::Vote { address, .. } => Some(*address),
     };
     if address.is_some_and(|a| !reactor_types::Address(a).is_reactor()) {
         return Err(MsgError::Bounds("an address that is not a reactor's"));
@@ -159,7 +170,7 @@ mod tests {
         let a = reactor();
         for m in [
             Msg::Module { hash: [7; 32], offset: 0, total: 3, bytes: vec![1, 2, 3] },
-            Msg::Attach { address: a, epoch: 2, module: [1; 32], from_step: 9 },
+            Msg::Attach { address: a, epoch: 2, generation: 3, module: [1; 32], from_step: 9 },
             Msg::Snapshot { address: a, seq: 1, offset: 5, total: 10, bytes: vec![0; 5] },
             Msg::Journal { address: a, first_step: 4, offset: 100, bytes: vec![9; 40] },
             Msg::Held { address: a, first_step: 4, records: 12 },
@@ -167,6 +178,8 @@ mod tests {
             Msg::Gap { address: a, first_step: 4, have: 64 },
             Msg::Detach { address: a },
             Msg::TookOver { address: a, epoch: 3 },
+            Msg::Claim { address: a, generation: 4 },
+            Msg::Vote { address: a, generation: 4, granted: true },
         ] {
             assert_eq!(decode(&encode(&m)), Ok(m));
         }
