@@ -48,7 +48,7 @@
 //!   negative `STATUS_*`.
 //! - [`IMPORT_SPAWN_DURABLE`]`(mod_ptr: i32, mod_len: i32, init_ptr: i32, init_len: i32, level: i32) -> i64`
 //!   (optional) — [`IMPORT_SPAWN`], the new reactor journaled at `level`
-//!   ([`DURABLE_WRITTEN`] or [`DURABLE_SYNCED`]; anything else is
+//!   ([`DURABLE_WRITTEN`], [`DURABLE_SYNCED`] or [`DURABLE_STANDBY`]; anything else is
 //!   [`STATUS_BAD_ARGUMENT`]); [`STATUS_SPAWN_REFUSED`] where the host keeps
 //!   no journals or the module imports what a journal does not record.
 //! - [`IMPORT_SELF_ADDRESS`]`() -> i64` — this reactor's address.
@@ -156,6 +156,10 @@ pub const IMPORT_SPAWN_DURABLE: &str = "spawn_durable";
 pub const DURABLE_WRITTEN: i32 = 1;
 /// [`IMPORT_SPAWN_DURABLE`] level: on disk before what a call sends leaves.
 pub const DURABLE_SYNCED: i32 = 2;
+/// [`IMPORT_SPAWN_DURABLE`] level: also held by a standby on another node
+/// (which takes the reactor over if its node goes down) before what a call
+/// sends leaves.
+pub const DURABLE_STANDBY: i32 = 3;
 /// Import: `() -> i64`.
 pub const IMPORT_SELF_ADDRESS: &str = "self_address";
 /// Import (optional): `(key: i64) -> i32`.

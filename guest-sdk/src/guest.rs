@@ -364,6 +364,7 @@ impl Context {
         let level = match durability {
             Durability::Written => abi::DURABLE_WRITTEN,
             Durability::Synced => abi::DURABLE_SYNCED,
+            Durability::Standby => abi::DURABLE_STANDBY,
         };
         // SAFETY: both slices are live for the call.
         let r = unsafe { sys::spawn_durable(m.as_ptr(), m.len(), i.as_ptr(), i.len(), level) };
@@ -402,6 +403,10 @@ pub enum Durability {
     Written,
     /// Journal records on disk before what a call sends leaves it.
     Synced,
+    /// Also held by a standby on another node, which takes the reactor
+    /// over when its node goes down (a host in a cluster of three nodes or
+    /// more; until a standby holds them, what it sends waits).
+    Standby,
 }
 
 /// Why a blob call did not succeed.

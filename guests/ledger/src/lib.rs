@@ -83,6 +83,11 @@ impl Reactor for Ledger {
                 self.children.push(child);
                 let _ = cx.reply(&child);
             }
+            LedgerReq::StandbyChild { n } => {
+                let child = cx.spawn_durable(ModuleRef::Name("counter"), &n, Durability::Standby).map_or(0, |a| a.0);
+                self.children.push(child);
+                let _ = cx.reply(&child);
+            }
             LedgerReq::Child { n } => {
                 let child = cx.spawn(ModuleRef::Name("counter"), &n).map_or(0, |a| a.0);
                 self.children.push(child);

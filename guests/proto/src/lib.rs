@@ -465,4 +465,8 @@ pub enum LedgerReq {
     Digest,
     /// Allocates `mib` MiB and keeps it (memory growth, recorded).
     Grow { mib: u32 },
+    /// Spawns a `counter` child starting at `n`, durable at level standby
+    /// (`Context::spawn_durable`): its node gives it a standby on another
+    /// node. Replies its address (0 if refused).
+    StandbyChild { n: u64 },
 }

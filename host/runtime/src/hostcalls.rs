@@ -390,6 +390,7 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
             let level = match level {
                 abi::DURABLE_WRITTEN => Level::Written,
                 abi::DURABLE_SYNCED => Level::Synced,
+                abi::DURABLE_STANDBY => Level::Standby,
                 _ => return Ok(abi::STATUS_BAD_ARGUMENT as i64),
             };
             spawn(&mut caller, (mptr, mlen), (iptr, ilen), Some(level))

@@ -70,7 +70,7 @@ pub mod replay;
 
 pub use engine::{CodeSource, EngineConfig, LoadError};
 pub use hostcalls::GuestFault;
-pub use port::{FenceHandler, MoveHandler};
+pub use port::{FenceHandler, MoveHandler, StandbyHandler};
 pub use reactor::Limits;
 pub use runtime::{AfterRestore, CheckpointScope, PendingCall, Runtime, RuntimeConfig, ShardDown};
 pub use shard::{Engine, LoadedModule, Replayed, Shard, ShardConfig, ShardStats};

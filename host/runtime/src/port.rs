@@ -167,6 +167,7 @@ pub(crate) struct HostPort {
     fences: OnceLock<Fences>,
     /// Who is told of a reactor asking to be moved.
     moves: OnceLock<Moves>,
+    standbys: OnceLock<Standbys>,
 }
 
 /// A reactor that moved here, while messages from this node to it may
@@ -216,6 +217,19 @@ pub type MoveHandler = Box<dyn Fn(Address, Address) + Send + Sync>;
 /// The move handler, in a wrapper that can be debug-printed.
 struct Moves(MoveHandler);
 
+/// Told of a reactor a reactor spawned journaled at level `Standby` (its
+/// node gives it a standby).
+pub type StandbyHandler = Box<dyn Fn(Address) + Send + Sync>;
+
+/// The standby handler, in a wrapper that can be debug-printed.
+struct Standbys(StandbyHandler);
+
+impl std::fmt::Debug for Standbys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Standbys")
+    }
+}
+
 impl std::fmt::Debug for Moves {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Moves")
@@ -253,6 +267,7 @@ impl HostPort {
             arriving_count: AtomicUsize::new(0),
             fences: OnceLock::new(),
             moves: OnceLock::new(),
+            standbys: OnceLock::new(),
         })
     }
 
@@ -375,6 +390,22 @@ impl HostPort {
     /// Sets who is told of reactors asking to be moved; false if set already.
     pub(crate) fn set_move_handler(&self, f: MoveHandler) -> bool {
         self.moves.set(Moves(f)).is_ok()
+    }
+
+    /// Sets who is told of reactors spawned at level `Standby` by reactors;
+    /// false if set already.
+    pub(crate) fn set_standby_handler(&self, f: StandbyHandler) -> bool {
+        self.standbys.set(Standbys(f)).is_ok()
+    }
+
+    /// A reactor spawned `address` at level `Standby`: tell the handler
+    /// (none: a runtime without a node, whose output waits for a standby
+    /// that never comes).
+    pub(crate) fn standby_spawned(&self, address: Address) {
+        match self.standbys.get() {
+            Some(Standbys(f)) => f(address),
+            None => tracing::warn!(reactor = %address, "{address} was spawned at level standby, but this host has no other nodes: what it sends waits"),
+        }
     }
 
     /// `me` asks to be moved near `peer`: tell the handler (ignored if none:

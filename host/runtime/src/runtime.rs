@@ -820,6 +820,12 @@ impl Runtime {
         Ok(all)
     }
 
+    /// Sets who is told of reactors that reactors spawned at level
+    /// `Standby` (the node: it gives them a standby); false if set already.
+    pub fn set_standby_handler(&self, f: crate::port::StandbyHandler) -> bool {
+        self.port.set_standby_handler(f)
+    }
+
     /// Sets who is told of reactors asking to be moved near another (the
     /// node: it moves them after the call that asked); false if set already.
     pub fn set_move_handler(&self, f: crate::port::MoveHandler) -> bool {

@@ -1071,7 +1071,10 @@ impl Shard {
                 if let Some(a) = &s.charged {
                     a.release(s.init.payload.len());
                 }
-                let _ = self.instantiate_journaled(s.address, &s.module, &s.init, s.journal);
+                let started = self.instantiate_journaled(s.address, &s.module, &s.init, s.journal);
+                if started.is_ok() && s.journal == Some(Level::Standby) {
+                    self.router().port.standby_spawned(s.address);
+                }
             }
         }
     }

@@ -716,6 +716,20 @@ impl Node {
         for a in with_standby {
             standby.resume(a, standby::recorded_standby(journals.dir(), a));
         }
+        {
+            // A reactor spawned one at level standby (`spawn_durable`): it
+            // gets a standby off the shard's thread (or, none up, one is
+            // looked for until one is; what it sends waits meanwhile).
+            let sb = Arc::downgrade(&standby);
+            runtime.set_standby_handler(Box::new(move |a| {
+                let sb = sb.clone();
+                let _ = std::thread::Builder::new().name("standby-attach".into()).spawn(move || {
+                    if let Some(sb) = sb.upgrade() {
+                        sb.attach_or_look(a);
+                    }
+                });
+            }));
+        }
         let _ = inbound.standby.set(standby.clone());
         {
             // A reactor asked to be moved next to another: after its call,

@@ -209,3 +209,32 @@ fn a_lost_standby_is_replaced_and_only_the_new_one_takes_over() {
     assert_eq!(n2.status()["reactors"], json!(0));
     assert_eq!(n2.call(c, json!("Get")), json!(total), "node 2 reaches the one copy");
 }
+
+/// `Context::spawn_durable(.., Durability::Standby)`: a reactor spawns a
+/// child at level standby; its node gives the child a standby, which takes
+/// it over when that node is killed.
+#[test]
+fn a_child_spawned_at_level_standby_is_taken_over_too() {
+    let root = scratch("failover", "child");
+    let args = ["--checkpoint-every", "0", "--suspect-after", "500"];
+    let (n1, n2, n3) = cluster(&root, &args);
+    let ledger = n1.admin().request(json!({"op": "spawn", "module": "ledger", "durable": "standby", "standby": 2})).unwrap()["tag"]
+        .as_u64()
+        .unwrap();
+    // The child's module is found by name among those loaded on node 1.
+    n1.spawn("counter");
+    let child = n3.call(ledger, json!({"StandbyChild": {"n": 100}})).as_u64().unwrap();
+    assert_ne!(child, 0, "the standby spawn was refused");
+    for _ in 0..5 {
+        n3.call(child, json!({"Add": 1}));
+    }
+    wait_until("the child has a standby", Duration::from_secs(20), || {
+        n2.status()["standby"]["standing_by"].as_u64().unwrap() + n3.status()["standby"]["standing_by"].as_u64().unwrap() == 2
+    });
+    drop(n1);
+    wait_until("both taken over", Duration::from_secs(30), || {
+        n2.status()["standby"]["takeovers"].as_u64().unwrap() + n3.status()["standby"]["takeovers"].as_u64().unwrap() == 2
+    });
+    assert_eq!(n3.call(child, json!("Get")), json!(105), "{}\n{}", n2.log(), n3.log());
+    assert_eq!(n3.call(ledger, json!("Digest")), n2.call(ledger, json!("Digest")));
+}

@@ -605,6 +605,33 @@ impl Standby {
         );
     }
 
+    /// Gives `address` (spawned at level `standby` by a reactor) a standby:
+    /// one picked now, or, with none up, one the ticker finds later (what
+    /// it sends waits meanwhile).
+    pub fn attach_or_look(&self, address: Address) {
+        match self.attach(address, None, true) {
+            Ok(n) => tracing::info!(reactor = %address, "node {n} stands by for {address}, spawned at level standby by a reactor"),
+            Err(e) => {
+                tracing::warn!(reactor = %address, "{address} has no standby yet ({e}); one is looked for");
+                let Some(module) = self.runtime.module_of(address) else { return };
+                let epoch = self.transport.location(address).1;
+                self.out.lock().unwrap().entry(address).or_insert(Out {
+                    standby: None,
+                    connected: false,
+                    missing: None,
+                    generation: 0,
+                    blocked: false,
+                    epoch,
+                    module,
+                    seq: 0,
+                    snapped: Instant::now(),
+                    pending: None,
+                    grew: false,
+                });
+            }
+        }
+    }
+
     /// Sends `to` what it needs to stand by for `address`.
     fn connect(&self, address: Address, to: NodeId, from_spawn: bool) -> Result<(), String> {
         let (module, epoch, generation) = {
