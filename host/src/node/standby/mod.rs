@@ -159,6 +159,24 @@ struct Out {
     grew: bool,
 }
 
+impl Out {
+    fn new(standby: Option<NodeId>, connected: bool, generation: u64, epoch: u64, module: ModuleHash) -> Self {
+        Self {
+            standby,
+            connected,
+            missing: None,
+            generation,
+            blocked: false,
+            epoch,
+            module,
+            seq: 0,
+            snapped: Instant::now(),
+            pending: None,
+            grew: false,
+        }
+    }
+}
+
 /// A segment a standby is receiving.
 struct SegIn {
     file: fs::File,
@@ -559,19 +577,7 @@ impl Standby {
         let epoch = self.transport.location(address).1;
         self.out.lock().unwrap().insert(
             address,
-            Out {
-                standby: Some(to),
-                connected: true,
-                missing: None,
-                generation: 1,
-                blocked: false,
-                epoch,
-                module,
-                seq: 0,
-                snapped: Instant::now(),
-                pending: None,
-                grew: false,
-            },
+            Out::new(Some(to), true, 1, epoch, module),
         );
         self.connect(address, to, from_spawn)?;
         Ok(to)
@@ -587,22 +593,8 @@ impl Standby {
     pub fn resume(&self, address: Address, recorded: Option<(NodeId, u64, u64)>) {
         let Some(module) = self.runtime.module_of(address) else { return };
         let epoch = self.transport.location(address).1.max(recorded.map_or(0, |r| r.1));
-        self.out.lock().unwrap().insert(
-            address,
-            Out {
-                standby: recorded.map(|r| r.0),
-                connected: false,
-                missing: None,
-                generation: recorded.map_or(1, |r| r.2),
-                blocked: false,
-                epoch,
-                module,
-                seq: 0,
-                snapped: Instant::now(),
-                pending: None,
-                grew: false,
-            },
-        );
+        let out = Out::new(recorded.map(|r| r.0), false, recorded.map_or(1, |r| r.2), epoch, module);
+        self.out.lock().unwrap().insert(address, out);
     }
 
     /// Gives `address` (spawned at level `standby` by a reactor) a standby:
@@ -615,19 +607,7 @@ impl Standby {
                 tracing::warn!(reactor = %address, "{address} has no standby yet ({e}); one is looked for");
                 let Some(module) = self.runtime.module_of(address) else { return };
                 let epoch = self.transport.location(address).1;
-                self.out.lock().unwrap().entry(address).or_insert(Out {
-                    standby: None,
-                    connected: false,
-                    missing: None,
-                    generation: 0,
-                    blocked: false,
-                    epoch,
-                    module,
-                    seq: 0,
-                    snapped: Instant::now(),
-                    pending: None,
-                    grew: false,
-                });
+                self.out.lock().unwrap().entry(address).or_insert(Out::new(None, false, 0, epoch, module));
             }
         }
     }
@@ -1256,19 +1236,7 @@ impl Standby {
         // It needs a standby of its own: the ticker finds one.
         self.out.lock().unwrap().insert(
             a,
-            Out {
-                standby: None,
-                connected: false,
-                missing: None,
-                generation,
-                blocked: false,
-                epoch,
-                module: inn.module,
-                seq: 0,
-                snapped: Instant::now(),
-                pending: None,
-                grew: false,
-            },
+            Out::new(None, false, generation, epoch, inn.module),
         );
         Ok(r.steps)
     }
