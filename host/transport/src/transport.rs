@@ -248,6 +248,24 @@ impl Transport {
             .map_err(|_| SendError::NoSuchReactor(to))
     }
 
+    /// [`Transport::send_on`] without waiting: `InboxFull` when the lane
+    /// has no room now (the message is not queued).
+    pub fn try_send_on(&self, channel: &str, node: NodeId, to: Address, env: Envelope, key: u64) -> Result<(), SendError> {
+        let inner = &self.inner;
+        let Some(c) = inner.channels.iter().position(|c| c.name == channel) else {
+            return Err(SendError::NoSuchReactor(to));
+        };
+        let Some(next) = inner.directory.read().unwrap().get(&node).filter(|m| m.up).and_then(|m| m.via) else {
+            return Err(SendError::NoSuchReactor(to));
+        };
+        let key = crate::route::lane_key(inner, next, c as u16, key);
+        let data = crate::route::data_frame(to, env, c as u16, 1);
+        crate::lane::lane_sender(inner, key).try_send(crate::state::Outgoing::Data(data)).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => SendError::InboxFull(to),
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => SendError::NoSuchReactor(to),
+        })
+    }
+
     /// Closes every connection and stops dialing.
     pub fn stop(&self) {
         self.inner.stopping.store(true, Ordering::Relaxed);

@@ -157,6 +157,9 @@ struct Out {
     pending: Option<(u64, u64)>,
     /// Journal bytes went since the last snapshot.
     grew: bool,
+    /// Journal bytes that found the lane full were dropped: the segment
+    /// (its first step) and the offset to send its file from again.
+    resend: Option<(u64, u64)>,
 }
 
 impl Out {
@@ -173,6 +176,7 @@ impl Out {
             snapped: Instant::now(),
             pending: None,
             grew: false,
+            resend: None,
         }
     }
 }
@@ -535,12 +539,26 @@ impl Standby {
         };
         let Some(to) = to else { return };
         self.counters.lock().unwrap().journal_bytes_out += s.bytes.len() as u64;
+        // Never waits here (the writer thread serves every journal of the
+        // node): bytes that find the lane full go again from the file,
+        // from the ticker.
         for (i, piece) in s.bytes.chunks(CHUNK).enumerate() {
             let offset = s.offset + (i * CHUNK) as u64;
             let msg = Msg::Journal { address: s.address.0, first_step: s.first_step, offset, bytes: piece.to_vec() };
-            if let Err(e) = self.send(to, s.address, &msg) {
-                tracing::debug!(reactor = %s.address, "journal bytes for its standby on node {to} did not go: {e}");
-                return;
+            let env = Envelope { kind: KIND_NODE, flags: 0, from: Address::host_of(self.me), corr: 0, payload: wire::encode(&msg) };
+            match self.transport.try_send_on(CHANNEL, to, Address::host_of(to), env, s.address.0) {
+                Ok(()) => {}
+                Err(reactor_runtime::SendError::InboxFull(_)) => {
+                    if let Some(o) = self.out.lock().unwrap().get_mut(&s.address) {
+                        let from = o.resend.filter(|r| r.0 == s.first_step).map_or(offset, |r| r.1.min(offset));
+                        o.resend = Some((s.first_step, from));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(reactor = %s.address, "journal bytes for its standby on node {to} did not go: {e}");
+                    return;
+                }
             }
         }
     }
@@ -831,6 +849,18 @@ impl Standby {
         };
         for (a, n) in reconnect {
             self.reconnect(a, n);
+        }
+        let resend: Vec<(Address, NodeId, u64, u64)> = self
+            .out
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .filter_map(|(a, o)| Some((*a, o.standby.filter(|_| o.connected)?, o.resend.take()?)))
+            .map(|(a, n, (first, from))| (a, n, first, from))
+            .collect();
+        for (a, n, first, from) in resend {
+            // The file holds what the lane had no room for, and all after.
+            self.resend(n, a, first, from);
         }
         for a in due {
             if let Err(e) = self.snapshot(a) {
