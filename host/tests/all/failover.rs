@@ -175,7 +175,7 @@ fn a_primary_cut_off_and_back_leaves_one_live_copy() {
 #[test]
 fn a_lost_standby_is_replaced_and_only_the_new_one_takes_over() {
     let root = scratch("failover", "replace");
-    let args = ["--checkpoint-every", "0", "--suspect-after", "500"];
+    let args = ["--checkpoint-every", "0", "--suspect-after", "1000"];
     let (n1, n2, n3) = cluster(&root, &args);
     let v = n1.admin().request(json!({"op": "spawn", "module": "counter", "init": 0, "durable": "standby", "standby": 2})).unwrap();
     let c = v["tag"].as_u64().unwrap();
@@ -216,7 +216,7 @@ fn a_lost_standby_is_replaced_and_only_the_new_one_takes_over() {
 #[test]
 fn a_child_spawned_at_level_standby_is_taken_over_too() {
     let root = scratch("failover", "child");
-    let args = ["--checkpoint-every", "0", "--suspect-after", "500"];
+    let args = ["--checkpoint-every", "0", "--suspect-after", "1000"];
     let (n1, n2, n3) = cluster(&root, &args);
     let ledger = n1.admin().request(json!({"op": "spawn", "module": "ledger", "durable": "standby", "standby": 2})).unwrap()["tag"]
         .as_u64()
