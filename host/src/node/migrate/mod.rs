@@ -946,7 +946,7 @@ impl Hub {
     }
 
     /// Forgets that `address` moved away (it is back here).
-    fn arrived(&self, address: Address) {
+    pub(crate) fn arrived(&self, address: Address) {
         let mut moves = self.moves.lock().unwrap();
         let before = moves.len();
         moves.retain(|o| o.address != address);
@@ -1387,7 +1387,9 @@ impl Hub {
 
     /// A reactor was taken in: checkpoint the node soon, so a crash here
     /// does not lose it.
-    fn checkpoint_soon(&self) {
+    /// Takes a node checkpoint on a thread of its own (a reactor came in:
+    /// a restart must find it).
+    pub(crate) fn checkpoint_soon(&self) {
         let (runtime, checkpoints) = (self.runtime.clone(), self.checkpoints.clone());
         let _ = std::thread::Builder::new().name("migrate-ckpt".into()).spawn(move || {
             let taken = checkpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(&runtime);

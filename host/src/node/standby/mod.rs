@@ -946,7 +946,7 @@ impl Standby {
                     let _ = self.send(from, a, &Msg::TookOver { address, epoch: e });
                     return;
                 }
-                if self.runtime.hosts(a) {
+                if self.runtime.module_of(a).is_some() {
                     tracing::warn!(reactor = %a, "node {from} asked this node to stand by for {a}, which runs here");
                     return;
                 }
@@ -1263,6 +1263,12 @@ impl Standby {
         self.transport.set_location(a, self.me, epoch);
         self.transport.announce_moved(a, self.me, epoch);
         tracing::debug!(reactor = %a, "{kept} replies kept for requests sent again");
+        // It lives here now, even if it once moved away from here (or was
+        // taken over from here): a restart restores it.
+        self.hub.arrived(a);
+        // Its journal here starts at the standby's snapshot, which no
+        // checkpoint of this node holds: a restart would not find it.
+        self.hub.checkpoint_soon();
         // It needs a standby of its own: the ticker finds one.
         self.out.lock().unwrap().insert(
             a,
