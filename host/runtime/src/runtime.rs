@@ -463,12 +463,7 @@ impl Runtime {
     /// Sends a request; wait for the answer with [`PendingCall::wait`].
     pub fn request(&self, to: Address, payload: Vec<u8>, text: bool) -> Result<PendingCall, SendError> {
         let corr = self.port.next_corr().map_err(|e| SendError::Tags(e.to_string()))?;
-        let slot = self.port.register(corr, to);
-        if let Err(e) = self.deliver(to, abi::KIND_REQUEST, corr, payload, text) {
-            self.port.forget(corr);
-            return Err(e);
-        }
-        Ok(PendingCall { to, corr, slot, port: self.port.clone() })
+        self.request_again(to, corr, payload, text)
     }
 
     /// Sends a request again with the correlation id of one sent before

@@ -2015,10 +2015,8 @@ impl Shard {
         let mut r = self.recover_journal_until(module, segments, None, true)?;
         let replies = std::mem::take(&mut r.replies);
         let n = replies.len();
-        if let Some(address) = r.address {
-            let table: Answered = replies.into_iter().map(|(to, env)| ((Address(to), env.corr), env)).collect();
-            self.router().answered.insert(address, (std::time::Instant::now(), table));
-        }
+        let table: Answered = replies.into_iter().map(|(to, env)| ((Address(to), env.corr), env)).collect();
+        self.router().answered.insert(r.address, (std::time::Instant::now(), table));
         Ok((r, n))
     }
 
@@ -2130,7 +2128,7 @@ impl Shard {
             _ => Vec::new(),
         };
         if failed {
-            return Ok(Recovered { steps, next_step: step, failed: true, address: Some(address), replies });
+            return Ok(Recovered { steps, next_step: step, failed: true, address, replies });
         }
         if !self.reactors.contains_key(&address) {
             // Cut before its start-up call: there is nothing to go on from
@@ -2142,7 +2140,7 @@ impl Shard {
         let live = self.reactors.get_mut(&address).expect("checked above");
         live.reactor.tap().expect("a replayed reactor has its tap").switch_to_recording();
         live.journal = Some(journal);
-        Ok(Recovered { steps, next_step: step, failed: false, address: Some(address), replies })
+        Ok(Recovered { steps, next_step: step, failed: false, address, replies })
     }
 
     /// The step number of a journaled reactor's next call.

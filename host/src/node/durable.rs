@@ -315,6 +315,30 @@ pub fn keep_module(data_dir: &Path, hash: &ModuleHash, bytes: &[u8]) -> Result<(
     Ok(write_durably(&dir, &name, bytes)?)
 }
 
+/// The bytes of module `hash`: kept in `<data_dir>/modules`, else one of
+/// the built guests'.
+pub fn module_bytes(data_dir: &Path, hash: &ModuleHash) -> Option<Vec<u8>> {
+    fs::read(data_dir.join(MODULES).join(format!("{}.wasm", hash.to_hex())))
+        .ok()
+        .or_else(|| crate::node::built_guest(hash).map(|(_, b)| b))
+}
+
+/// Loads `bytes`, which must be module `hash` (from another node, or read
+/// back), and keeps them (a failure to keep them is logged): the reason
+/// when they do not load or are another module.
+pub fn load_and_keep(data_dir: &Path, engine: &Engine, hash: &ModuleHash, bytes: &[u8]) -> Result<Arc<LoadedModule>, String> {
+    match engine.load(bytes) {
+        Ok((m, _)) if m.hash == *hash => {
+            if let Err(e) = keep_module(data_dir, hash, bytes) {
+                tracing::warn!("could not keep module {}: {e}", hash.to_hex());
+            }
+            Ok(m)
+        }
+        Ok(_) => Err("the module's bytes do not match its hash".into()),
+        Err(e) => Err(format!("the module does not load here: {e}")),
+    }
+}
+
 /// Loads every module kept in `<data_dir>/modules`, checking each against
 /// its name. Returns how many.
 pub fn load_kept_modules(data_dir: &Path, engine: &Engine) -> Result<Vec<Arc<LoadedModule>>, DurableError> {

@@ -234,23 +234,30 @@ impl Transport {
     /// code). For the node's own bulk exchanges (migration), which must not
     /// stall reactor traffic.
     pub fn send_on(&self, channel: &str, node: NodeId, to: Address, env: Envelope, key: u64) -> Result<(), SendError> {
-        let inner = &self.inner;
-        let Some(c) = inner.channels.iter().position(|c| c.name == channel) else {
-            return Err(SendError::NoSuchReactor(to));
-        };
-        let Some(next) = inner.directory.read().unwrap().get(&node).filter(|m| m.up).and_then(|m| m.via) else {
-            return Err(SendError::NoSuchReactor(to));
-        };
-        let key = crate::route::lane_key(inner, next, c as u16, key);
-        let data = crate::route::data_frame(to, env, c as u16, 1);
-        crate::lane::lane_sender(inner, key)
-            .blocking_send(crate::state::Outgoing::Data(data))
-            .map_err(|_| SendError::NoSuchReactor(to))
+        let (tx, data) = self.lane_for(channel, node, to, env, key)?;
+        tx.blocking_send(crate::state::Outgoing::Data(data)).map_err(|_| SendError::NoSuchReactor(to))
     }
 
     /// [`Transport::send_on`] without waiting: `InboxFull` when the lane
     /// has no room now (the message is not queued).
     pub fn try_send_on(&self, channel: &str, node: NodeId, to: Address, env: Envelope, key: u64) -> Result<(), SendError> {
+        let (tx, data) = self.lane_for(channel, node, to, env, key)?;
+        tx.try_send(crate::state::Outgoing::Data(data)).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => SendError::InboxFull(to),
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => SendError::NoSuchReactor(to),
+        })
+    }
+
+    /// The lane of `channel` towards node `node` that `key` picks, and
+    /// `env` as its data frame.
+    fn lane_for(
+        &self,
+        channel: &str,
+        node: NodeId,
+        to: Address,
+        env: Envelope,
+        key: u64,
+    ) -> Result<(tokio::sync::mpsc::Sender<crate::state::Outgoing>, reactor_net::frame::Data), SendError> {
         let inner = &self.inner;
         let Some(c) = inner.channels.iter().position(|c| c.name == channel) else {
             return Err(SendError::NoSuchReactor(to));
@@ -259,11 +266,7 @@ impl Transport {
             return Err(SendError::NoSuchReactor(to));
         };
         let key = crate::route::lane_key(inner, next, c as u16, key);
-        let data = crate::route::data_frame(to, env, c as u16, 1);
-        crate::lane::lane_sender(inner, key).try_send(crate::state::Outgoing::Data(data)).map_err(|e| match e {
-            tokio::sync::mpsc::error::TrySendError::Full(_) => SendError::InboxFull(to),
-            tokio::sync::mpsc::error::TrySendError::Closed(_) => SendError::NoSuchReactor(to),
-        })
+        Ok((crate::lane::lane_sender(inner, key), crate::route::data_frame(to, env, c as u16, 1)))
     }
 
     /// Closes every connection and stops dialing.

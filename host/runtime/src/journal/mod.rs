@@ -43,7 +43,7 @@ pub struct Recovered {
     /// The journal ended with its failure: replayed, it failed again.
     pub failed: bool,
     /// The reactor.
-    pub address: Option<reactor_types::Address>,
+    pub address: reactor_types::Address,
     /// The replies its replayed calls made, to whom (when asked:
     /// `Shard::take_over_journal`).
     pub replies: Vec<(u64, reactor_types::Envelope)>,

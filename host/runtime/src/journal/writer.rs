@@ -53,8 +53,6 @@ pub struct Shipped<'a> {
     pub first_step: u64,
     /// Where in the file `bytes` go.
     pub offset: u64,
-    /// Records in the file once `bytes` are in it.
-    pub records: u64,
     pub bytes: &'a [u8],
 }
 
@@ -613,7 +611,7 @@ fn write_pending(seg: &Segment, stats: &JournalStats, replica: &OnceLock<Replica
     if st.pending.is_empty() || seg.broken.get().is_some() {
         return false;
     }
-    let mut bytes = std::mem::take(&mut st.pending);
+    let bytes = std::mem::take(&mut st.pending);
     let records = std::mem::take(&mut st.pending_records);
     let result = (|| {
         if st.file.is_none() {
@@ -626,7 +624,6 @@ fn write_pending(seg: &Segment, stats: &JournalStats, replica: &OnceLock<Replica
         st.written_records += records;
         st.written_bytes += bytes.len() as u64;
     }
-    let total_records = st.written_records;
     drop(st);
     match result {
         Ok(()) => {
@@ -634,13 +631,7 @@ fn write_pending(seg: &Segment, stats: &JournalStats, replica: &OnceLock<Replica
             if seg.level == Level::Standby
                 && let Some(ship) = replica.get()
             {
-                ship(&Shipped { address: seg.address, first_step: seg.first_step, offset, records: total_records, bytes: &bytes });
-            }
-            // The buffer goes back for the next records.
-            bytes.clear();
-            let mut st = seg.state.lock().expect("segment state");
-            if st.pending.is_empty() && st.pending.capacity() < bytes.capacity() {
-                st.pending = bytes;
+                ship(&Shipped { address: seg.address, first_step: seg.first_step, offset, bytes: &bytes });
             }
             true
         }

@@ -1204,14 +1204,9 @@ impl Hub {
                 code.extend_from_slice(&bytes);
                 if code.len() as u64 == total {
                     let code = m.module_bytes.take().unwrap_or_default();
-                    match self.runtime.engine().load(&code) {
-                        Ok((loaded, _)) if loaded.hash == m.module => {
-                            if let Err(e) = durable::keep_module(&self.data_dir, &loaded.hash, &code) {
-                                tracing::warn!("could not keep module {}: {e}", loaded.hash.to_hex());
-                            }
-                        }
-                        Ok(_) => self.fail_incoming(incoming, id, "the module's bytes do not match its hash".into()),
-                        Err(e) => self.fail_incoming(incoming, id, format!("the module does not load here: {e}")),
+                    let hash = m.module;
+                    if let Err(e) = durable::load_and_keep(&self.data_dir, self.runtime.engine(), &hash, &code) {
+                        self.fail_incoming(incoming, id, e);
                     }
                 }
             }
@@ -1368,25 +1363,10 @@ impl Hub {
     /// Loads a module by hash from the node's kept modules or the built
     /// guests, if it has it.
     fn load_known(&self, hash: &ModuleHash) -> bool {
-        let kept = self.data_dir.join(durable::MODULES).join(format!("{}.wasm", hash.to_hex()));
-        let bytes = match fs::read(&kept) {
-            Ok(b) => b,
-            Err(_) => match crate::node::built_guest(hash) {
-                Some((_, b)) => b,
-                None => return false,
-            },
-        };
-        match self.runtime.engine().load(&bytes) {
-            Ok((m, _)) if m.hash == *hash => {
-                let _ = durable::keep_module(&self.data_dir, hash, &bytes);
-                true
-            }
-            _ => false,
-        }
+        durable::module_bytes(&self.data_dir, hash)
+            .is_some_and(|bytes| durable::load_and_keep(&self.data_dir, self.runtime.engine(), hash, &bytes).is_ok())
     }
 
-    /// A reactor was taken in: checkpoint the node soon, so a crash here
-    /// does not lose it.
     /// Takes a node checkpoint on a thread of its own (a reactor came in:
     /// a restart must find it).
     pub(crate) fn checkpoint_soon(&self) {

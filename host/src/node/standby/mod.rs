@@ -261,18 +261,10 @@ impl std::fmt::Debug for Standby {
     }
 }
 
-fn hex_module(m: &ModuleHash) -> String {
-    m.to_hex()
-}
-
+/// A module hash as the standby's files write it (64 hex digits).
 fn parse_module(s: &str) -> Option<ModuleHash> {
-    if s.len() != 64 {
-        return None;
-    }
     let mut b = [0u8; 32];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        b[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut b).ok()?;
     Some(ModuleHash(b))
 }
 
@@ -428,19 +420,6 @@ impl Standby {
         c.primaries = self.out.lock().unwrap().len();
         c.standing_by = self.ins.lock().unwrap().len();
         c
-    }
-
-    /// The standby of each reactor of this node that has one (`None`: it is
-    /// looking for one).
-    pub fn standbys(&self) -> Vec<(Address, Option<NodeId>)> {
-        let mut v: Vec<_> = self.out.lock().unwrap().iter().map(|(a, o)| (*a, o.standby)).collect();
-        v.sort();
-        v
-    }
-
-    /// Whether this node took `address` over from its standby copy.
-    pub fn took_over(&self, address: Address) -> bool {
-        self.owned.lock().unwrap().contains_key(&address)
     }
 
     /// Sends `msg` to node `to` on the lane of reactor `key` (waits for
@@ -638,11 +617,7 @@ impl Standby {
             (o.module, o.epoch, o.generation)
         };
         if !self.modules_sent.lock().unwrap().contains(&(to, module)) {
-            let path = self.data_dir.join(durable::MODULES).join(format!("{}.wasm", hex_module(&module)));
-            let bytes = match fs::read(&path) {
-                Ok(b) => b,
-                Err(_) => crate::node::built_guest(&module).map(|(_, b)| b).ok_or_else(|| format!("module {module} is not kept here"))?,
-            };
+            let bytes = durable::module_bytes(&self.data_dir, &module).ok_or_else(|| format!("module {module} is not kept here"))?;
             let total = bytes.len() as u64;
             for (i, piece) in bytes.chunks(CHUNK).enumerate() {
                 let msg = Msg::Module { hash: module.0, offset: (i * CHUNK) as u64, total, bytes: piece.to_vec() };
@@ -957,7 +932,7 @@ impl Standby {
                 let dir = self.dir.join(format!("{address:016x}"));
                 let _ = fs::remove_dir_all(&dir);
                 let r = make_dir(&dir).map_err(|e| e.to_string()).and_then(|()| {
-                    let text = format!("{from} {epoch} {} {from_step} {generation}\n", hex_module(&ModuleHash(module)));
+                    let text = format!("{from} {epoch} {} {from_step} {generation}\n", ModuleHash(module).to_hex());
                     durable::write_durably(&dir, ATTACH_FILE, text.as_bytes()).map_err(write_failure)
                 });
                 if let Err(e) = r {
@@ -1030,14 +1005,8 @@ impl Standby {
             code.extend_from_slice(bytes);
             if code.len() as u64 == total {
                 let code = p.remove(&(from, hash.0)).unwrap_or_default();
-                match self.runtime.engine().load(&code) {
-                    Ok((m, _)) if m.hash == hash => {
-                        if let Err(e) = durable::keep_module(&self.data_dir, &hash, &code) {
-                            tracing::warn!("could not keep module {}: {e}", hash.to_hex());
-                        }
-                    }
-                    Ok(_) => tracing::warn!("node {from} sent a module whose bytes do not match its hash"),
-                    Err(e) => tracing::warn!("node {from} sent a module that does not load here: {e}"),
+                if let Err(e) = durable::load_and_keep(&self.data_dir, self.runtime.engine(), &hash, &code) {
+                    tracing::warn!("node {from} sent module {hash}: {e}");
                 }
             }
         }
@@ -1220,9 +1189,8 @@ impl Standby {
         let module = match self.runtime.engine().module(&inn.module) {
             Some(m) => m,
             None => {
-                let kept = self.data_dir.join(durable::MODULES).join(format!("{}.wasm", hex_module(&inn.module)));
-                let bytes = fs::read(&kept).map_err(|_| format!("its module {} is not here", inn.module))?;
-                self.runtime.engine().load(&bytes).map_err(|e| e.to_string())?.0
+                let bytes = durable::module_bytes(&self.data_dir, &inn.module).ok_or_else(|| format!("its module {} is not here", inn.module))?;
+                durable::load_and_keep(&self.data_dir, self.runtime.engine(), &inn.module, &bytes)?
             }
         };
         // From the newest snapshot held with its segment, or from the spawn.
