@@ -14,6 +14,11 @@
 //!   time.
 //!
 //! Each configuration is checked first: echoed bytes come back equal.
+//!
+//! Baseline of the round trip, same run: a plain TCP ping-pong of 64 bytes
+//! between this process and a child process (this executable again, see
+//! [`TCP_ECHO_ENV`]) on loopback, `TCP_NODELAY`, one message in flight —
+//! what two processes pay for a round trip with no runtime at all.
 #![forbid(unsafe_code)]
 
 use crate::harness::{Figure, Opts, Report, median, progress};
@@ -110,6 +115,10 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
     report.param("bulk", format!("{bulk_pairs} pairs x {bulk_rounds} rounds x {} KB, window {bulk_window}", bulk_bytes / KB));
     let host = host_binary()?;
     let pingpong = example_guests::path("pingpong").display().to_string();
+    // First, while no node process runs (one still stopping would take a
+    // core from a ping-pong of two processes on two cores).
+    progress("crypto: baseline, plain TCP ping-pong between two processes");
+    let (tcp50, tcp99) = tcp_pingpong(rtt_rounds as usize)?;
     // (plaintext, encrypted) samples of each figure.
     let mut p50 = (Vec::new(), Vec::new());
     let mut p99 = (Vec::new(), Vec::new());
@@ -132,9 +141,65 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
     let fig = |name: &str, t: (Vec<f64>, Vec<f64>), unit: &str| {
         Figure::new(format!("{name}, encrypted"), median(t.1), unit).baseline("plaintext (--insecure-plaintext)", median(t.0))
     };
+    report.push(
+        Figure::new("64 B reactor round trip p50 across two node processes, encrypted, against plain TCP", median(p50.1.clone()), "µs")
+            .baseline("plain TCP ping-pong between two processes, p50", tcp50)
+            .ratio_at_most(1.5),
+    );
+    report.push(
+        Figure::new("64 B reactor round trip p99 across two node processes, encrypted, against plain TCP", median(p99.1.clone()), "µs")
+            .baseline("plain TCP ping-pong between two processes, p99", tcp99),
+    );
     report.push(fig("64 B round trip p50", p50, "µs"));
     report.push(fig("64 B round trip p99", p99, "µs"));
     report.push(fig("1 MiB echo throughput", mbps, "MB/s"));
     report.note("medians over the repetitions; each repetition starts a fresh pair of nodes per mode");
     Ok(report)
+}
+
+/// Where the TCP ping-pong baseline's child process connects (set, the
+/// bench executable runs as that child: see `main`).
+pub(crate) const TCP_ECHO_ENV: &str = "CRYPTO_BENCH_TCP_ECHO";
+
+/// The child of the TCP baseline: echoes 64-byte messages until EOF.
+pub(crate) fn tcp_echo(addr: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut buf = [0u8; 64];
+    while s.read_exact(&mut buf).is_ok() {
+        s.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+/// A plain TCP ping-pong of 64 bytes with a child process: (p50, p99) µs.
+fn tcp_pingpong(rounds: usize) -> Result<(f64, f64)> {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .env(TCP_ECHO_ENV, addr.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let (mut s, _) = listener.accept()?;
+    s.set_nodelay(true)?;
+    let mut out = [7u8; 64];
+    let mut back = [0u8; 64];
+    let mut times = Vec::with_capacity(rounds);
+    for i in 0..rounds + 1000 {
+        out[0] = i as u8;
+        let t = Instant::now();
+        s.write_all(&out)?;
+        s.read_exact(&mut back)?;
+        if i >= 1000 {
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        ensure!(back == out, "the echo changed the bytes");
+    }
+    drop(s);
+    let _ = child.wait();
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[times.len() * 99 / 100]))
 }

@@ -34,6 +34,9 @@ const CHUNK: usize = 1000;
 /// A phase stops when the system has less than this left.
 const MEMORY_RESERVE: u64 = 2 << 30;
 
+/// The `report` plot this scenario feeds.
+pub(crate) const MEMORY_CHART: &str = "memory per idle actor (KB), by runtime";
+
 pub(crate) fn run(opts: Opts) -> Result<Report> {
     let counts: &[usize] = if opts.quick { &[500, 2_000] } else { &[10_000, 100_000] };
     let mut report = Report::new("density", "resident memory per idle reactor, reactors alive in one process");
@@ -49,6 +52,11 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
     report.param("counter_data_segment_bytes", facts.data_bytes);
     let bound_name = format!("lower bound: data-segment pages ({} x 4 KiB)", facts.data_pages);
 
+    // Erlang, same run, with the most processes of a phase.
+    let (erl, why) = crate::erlang::try_measure(*counts.last().expect("a count"));
+    if let Some(w) = why {
+        report.note(w);
+    }
     let mut host_phases = Vec::new();
     for &count in counts {
         progress(format!("density: {count} counter reactors through the runtime"));
@@ -70,6 +78,20 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
                 .baseline(&bound_name, bound_kb)
                 .below(150.0),
         );
+        if h.requested == *counts.last().expect("a count") {
+            report.point(MEMORY_CHART, &format!("reactor host, {} alive", h.reached), 1.0, h.rss_per_kb());
+            report.point(MEMORY_CHART, "lower bound: data-segment pages", 2.0, bound_kb);
+            if let Some(e) = &erl {
+                report.point(MEMORY_CHART, "Erlang/OTP process", 3.0, e.bytes_per_process / 1024.0);
+            }
+        }
+        if let Some(e) = &erl {
+            report.push(
+                Figure::new(format!("RSS per idle reactor against Erlang, {} alive", h.reached), h.rss_per_kb(), "KB")
+                    .baseline(format!("Erlang/OTP {} memory per idle process", e.otp), e.bytes_per_process / 1024.0)
+                    .at_most(16.0),
+            );
+        }
         report.push(Figure::new(format!("  of it malloc heap ([heap]), {} alive", h.reached), h.heap_per_kb(), "KB"));
         report.push(Figure::new(
             format!("  of it other anon. mappings (linear memories), {} alive", h.reached),

@@ -30,11 +30,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn free_port() -> Result<SocketAddr> {
+pub(crate) fn free_port() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn spec(id: u16, dir: &Path, secret: &Path, listen: SocketAddr, seeds: Vec<SocketAddr>, suspect: Option<u64>) -> NodeSpec {
+pub(crate) fn spec(id: u16, dir: &Path, secret: &Path, listen: SocketAddr, seeds: Vec<SocketAddr>, suspect: Option<u64>) -> NodeSpec {
     let mut extra: Vec<String> = vec!["--checkpoint-every".into(), "0".into(), "--shards".into(), "1".into()];
     if let Some(ms) = suspect {
         extra.extend(["--suspect-after".into(), ms.to_string()]);
@@ -92,7 +92,7 @@ impl Cluster {
     }
 }
 
-fn spawn(node: &Node, module: &str, init: Value, durable: &str) -> Result<u64> {
+pub(crate) fn spawn(node: &Node, module: &str, init: Value, durable: &str) -> Result<u64> {
     let mut req = json!({"op": "spawn", "module": module, "init": init, "durable": durable});
     if durable == "standby" {
         req["standby"] = json!(2);

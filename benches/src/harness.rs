@@ -2,6 +2,7 @@
 //! as JSON), repeated timing with a median, and the process figures read from
 //! `/proc` (resident memory, mappings, free memory).
 
+use std::collections::BTreeMap;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -104,11 +105,19 @@ pub(crate) struct Report {
     pub(crate) figures: Vec<Figure>,
     /// Observations that do not fit a figure (limits hit, caveats).
     pub(crate) notes: Vec<String>,
+    /// Points for the `report` scenario's plots: chart → series → (x, y).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) plots: BTreeMap<String, BTreeMap<String, Vec<(f64, f64)>>>,
 }
 
 impl Report {
     pub(crate) fn new(scenario: &'static str, title: &'static str) -> Self {
-        Self { scenario, title, params: Vec::new(), figures: Vec::new(), notes: Vec::new() }
+        Self { scenario, title, params: Vec::new(), figures: Vec::new(), notes: Vec::new(), plots: BTreeMap::new() }
+    }
+
+    /// A point `(x, y)` of `series` in the plot `chart` (see `report`).
+    pub(crate) fn point(&mut self, chart: &str, series: &str, x: f64, y: f64) {
+        self.plots.entry(chart.to_owned()).or_default().entry(series.to_owned()).or_default().push((x, y));
     }
 
     pub(crate) fn param(&mut self, name: &str, value: impl std::fmt::Display) {

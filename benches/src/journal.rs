@@ -7,7 +7,7 @@
 //! - **most messages/s** (closed loop, 64 in flight) at each level against
 //!   the reactor not journaled;
 //! - **record overhead**: bytes written per message beyond its payload;
-//! - **replay speed**: a journal of 100,000 messages replayed on a shard
+//! - **replay speed**: a journal of 1,000,000 messages replayed on a shard
 //!   of its own, against the same reactor live (journaled, one message per
 //!   call, as replayed);
 //! - **opening the state at any message** of a 1,000,000-message journal
@@ -195,7 +195,7 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
     }
 
     // --- Replay speed. ---
-    let n_replay = if opts.quick { 10_000 } else { 100_000 };
+    let n_replay = if opts.quick { 100_000 } else { 1_000_000 };
     let journals = Journals::start(JournalConfig::new(dir.path().join("replay")))?;
     let mut shard = Shard::new(engine.clone(), ShardConfig::default());
     shard.set_journals(journals.clone());

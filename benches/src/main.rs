@@ -39,6 +39,10 @@
 //!   the cost of each durability level on a call from another node, and a
 //!   takeover after `kill -9` of the primary under load (client-visible
 //!   gap, takeover time, calls lost or doubled) against a durable restart.
+//! - `supervision` — supervision groups in a `host node` process: the time
+//!   from a member's failure to its whole group answering again, per
+//!   strategy and restart, against the same requests with no failure; a
+//!   monitor's `Down` against a call's round trip.
 //! - `journal` — journaling's cost at 50,000 messages/s for each durability
 //!   level against no journal, bytes per record, replay speed against live,
 //!   and opening the state at any message of a long journal.
@@ -46,6 +50,7 @@ mod crypto;
 mod durable;
 mod density;
 mod e2e;
+mod erlang;
 mod failover;
 mod harness;
 mod journal;
@@ -54,10 +59,12 @@ mod netlab;
 mod overlay;
 mod overlay_iroh;
 mod partisan;
+mod report;
 mod ring;
 mod rtt;
 mod snapshot;
 mod spawn;
+mod supervision;
 
 use clap::{Parser, ValueEnum};
 use harness::{Opts, Report};
@@ -74,6 +81,9 @@ struct Cli {
     /// Small sizes, so the run takes seconds (smoke test).
     #[arg(long)]
     quick: bool,
+    /// Where `report` writes its results folder.
+    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    out: std::path::PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -121,6 +131,12 @@ enum Scenario {
     /// Standby failover: the cost of each durability level, and a takeover
     /// after kill -9 of the primary under load vs a durable restart.
     Failover,
+    /// Supervision groups: a member's failure to its group answering again
+    /// per strategy, and a monitor's Down, in a node process.
+    Supervision,
+    /// The headline scenarios (spawn, density, rtt, e2e, snapshot) into a results
+    /// folder (`--out`): a markdown table of every figure and SVG plots.
+    Report,
     /// All of the above but `journal`, `netlab`, `partisan` (they need root),
     /// `crypto`, `durable` and `migrate` (they build on the `host` binary).
     All,
@@ -132,8 +148,23 @@ fn main() -> anyhow::Result<()> {
     if let Ok(spec) = std::env::var(migrate::RAW_SENDER_ENV) {
         return migrate::raw_sender(&spec);
     }
+    // The `crypto` scenario's plain TCP ping-pong baseline: its echo side.
+    if let Ok(addr) = std::env::var(crypto::TCP_ECHO_ENV) {
+        return crypto::tcp_echo(&addr);
+    }
     let cli = Cli::parse();
     let opts = Opts { quick: cli.quick };
+    if cli.scenario == Scenario::Report {
+        let reports = report::run(opts, &cli.out)?;
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "quick": cli.quick, "scenarios": reports }))?);
+        } else {
+            for r in &reports {
+                println!("{}", r.table());
+            }
+        }
+        return Ok(());
+    }
     let chosen = match cli.scenario {
         Scenario::All => vec![
             Scenario::Spawn,
@@ -165,7 +196,8 @@ fn main() -> anyhow::Result<()> {
             Scenario::Migrate => migrate::run(opts)?,
             Scenario::Journal => journal::run(opts)?,
             Scenario::Failover => failover::run(opts)?,
-            Scenario::All => unreachable!("expanded above"),
+            Scenario::Supervision => supervision::run(opts)?,
+            Scenario::All | Scenario::Report => unreachable!("expanded above"),
         };
         if !cli.json {
             println!("{}", report.table());

@@ -78,6 +78,22 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
         Figure::new("reactor<->reactor one-way ping/pong, window 1", ping1, "ns/exchange").baseline(PING, base_ping1),
     );
     report.push(Figure::new("host->reactor call (call_typed Echo)", host_call, "ns/call").baseline(REQ, base_req1));
+    // Targets: at most 1.5 x tokio, and at most Erlang's local round trip.
+    report.push(
+        Figure::new("reactor<->reactor request-response against tokio", req1, "ns/exchange").baseline(REQ, base_req1).ratio_at_most(1.5),
+    );
+    let (erl, why) = crate::erlang::try_measure(10_000);
+    if let Some(e) = &erl {
+        let ns = e.round_trip_us * 1e3;
+        report.push(
+            Figure::new("reactor<->reactor request-response against Erlang", req1, "ns/exchange")
+                .baseline(format!("Erlang/OTP {} local request/response, same run", e.otp), ns)
+                .at_most(ns),
+        );
+    }
+    if let Some(w) = why {
+        report.note(w);
+    }
     report.push(
         Figure::new(format!("reactor<->reactor request-response, window {w}"), 1e9 / req64, "exchanges/s")
             .baseline(format!("{PING}, window {w}"), 1e9 / base_ping64),

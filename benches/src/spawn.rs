@@ -18,6 +18,9 @@ use protocols::CounterMsg;
 use reactor_runtime::{Shard, ShardConfig};
 use wasmtime::{Instance, Linker, Module, Store};
 
+/// The `report` plot this scenario feeds.
+pub(crate) const SPAWN_CHART: &str = "time per spawn (µs), by runtime";
+
 pub(crate) fn run(opts: Opts) -> Result<Report> {
     let (n, reps) = if opts.quick { (300, 3) } else { (10_000, 5) };
     let mut report = Report::new("spawn", "reactor spawn rate and time per instantiate");
@@ -84,6 +87,21 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
             .no_ratio(),
     );
     report.push(Figure::new("first touch of a fresh 4 KiB page (this machine)", touch_ns, "ns"));
+    // Erlang, same run: the target is at most its spawn and at most 10 µs.
+    let (erl, why) = crate::erlang::try_measure(if opts.quick { 10_000 } else { 100_000 });
+    report.point(SPAWN_CHART, "reactor host (Shard::spawn, incl. init)", 1.0, host_us);
+    report.point(SPAWN_CHART, "plain wasmtime, default engine", 2.0, default.us);
+    if let Some(e) = &erl {
+        report.point(SPAWN_CHART, "Erlang/OTP spawn", 3.0, e.spawn_us);
+        report.push(
+            Figure::new("time per spawn (Shard::spawn, incl. init) against Erlang", host_us, "µs")
+                .baseline(format!("Erlang/OTP {} spawn, same run", e.otp), e.spawn_us)
+                .at_most(e.spawn_us.min(10.0)),
+        );
+    }
+    if let Some(w) = why {
+        report.note(w);
+    }
     report.push(
         Figure::new("page-fault floor per spawn (faults x first touch)", host_faults * touch_ns / 1e3, "µs")
             .baseline("time per spawn", host_us),

@@ -41,7 +41,8 @@
 //!   reply comes back later as an envelope of kind [`KIND_REPLY`] carrying that
 //!   id.
 //! - [`IMPORT_REPLY`]`(to: i64, corr: i64, ptr: i32, len: i32, flags: i32) -> i32`
-//!   — answer the request `corr` that came from `to`.
+//!   — answer the request `corr` that came from `to`; with [`FLAG_ERROR`] in
+//!   `flags`, the payload is why the request failed (UTF-8 text).
 //! - [`IMPORT_SPAWN`]`(mod_ptr: i32, mod_len: i32, init_ptr: i32, init_len: i32) -> i64`
 //!   — start a new reactor; `[mod_ptr, mod_len)` is a module reference (see
 //!   [`MODULE_REF_SELF`]); returns the new reactor's address (> 0) or a
@@ -63,6 +64,44 @@
 //!   call is over. Returns [`STATUS_OK`] when asked (the node moves it if
 //!   `peer` lives elsewhere and no move of it is under way), or
 //!   [`STATUS_BAD_ARGUMENT`] when `peer` is not a reactor's address.
+//! - [`IMPORT_SUPERVISE`]`(strategy: i32, restart: i32, max_restarts: i32, within_ms: i64, backoff_ms: i64, attempts: i32) -> i32`
+//!   (optional) — this reactor supervises the children it spawns with
+//!   [`IMPORT_SPAWN_DURABLE`] as one group: when one fails, the
+//!   [`STRATEGY_ONE_FOR_ONE`], [`STRATEGY_ONE_FOR_ALL`] or
+//!   [`STRATEGY_REST_FOR_ONE`] members are restarted, each
+//!   [`RESTART_RESUME`] (from its last snapshot and journal, up to the
+//!   message that failed it) or [`RESTART_FRESH`] (from its spawn, with
+//!   its init argument again); at most `max_restarts` restarts in the group
+//!   within `within_ms`, restarts after the first in a window waiting
+//!   `backoff_ms` (doubled each time); a message that fails a member is
+//!   given to it `attempts` times in all, then it is a dead letter. One
+//!   restart more *escalates*: the group's members stop, and this reactor
+//!   fails (its own supervisor decides what follows; when it is restarted,
+//!   so is its group). Applies to children spawned before and after the
+//!   call; a later call replaces it. [`STATUS_OK`], or
+//!   [`STATUS_BAD_ARGUMENT`] for an unknown strategy or restart, zero
+//!   `attempts` or a negative number, [`STATUS_UNSUPPORTED`] where the host
+//!   has no supervisor (a bare runtime, `host run`), [`STATUS_LIMIT`] past
+//!   64 calls of `supervise`, `watch` and `trap_exits` in one call into the
+//!   reactor.
+//! - [`IMPORT_WATCH`]`(target: i64, op: i32) -> i32` (optional) —
+//!   [`WATCH_MONITOR`]: when the reactor `target` (on any node) is gone for
+//!   good — failed and not restarted, or stopped — this reactor gets an
+//!   envelope of kind [`KIND_DOWN`] from it; at once if `target` is not a
+//!   live reactor where it lives, and when its node is declared down. [`WATCH_LINK`]: both ways, and a linked
+//!   reactor that is gone fails this one too (with its supervision, if it
+//!   has one), unless this one traps exits ([`IMPORT_TRAP_EXITS`]), which
+//!   turns that into a [`KIND_DOWN`] envelope. [`WATCH_DEMONITOR`] and
+//!   [`WATCH_UNLINK`] undo them. A restart keeps the address and the
+//!   mailbox, so it is not "gone". [`STATUS_OK`], or
+//!   [`STATUS_BAD_ARGUMENT`] for an unknown `op` or a `target` that is not
+//!   a reactor's address (or is the caller), [`STATUS_UNSUPPORTED`] where
+//!   the host has no supervisor, [`STATUS_LIMIT`] past the calls one call
+//!   may make (as for `supervise`). A reactor monitors and links at most
+//!   4096 reactors at once; the host ignores more (and logs it).
+//! - [`IMPORT_TRAP_EXITS`]`(on: i32) -> i32` (optional) — whether a linked
+//!   reactor's end comes to this one as a [`KIND_DOWN`] envelope (`on` ≠
+//!   0) instead of failing it (0, the start). [`STATUS_OK`].
 //! - [`IMPORT_LOG`]`(level: i32, ptr: i32, len: i32)` — a UTF-8 log line.
 //! - [`IMPORT_FAIL`]`(ptr: i32, len: i32)` — record a UTF-8 failure cause (the
 //!   SDK's panic hook calls it before trapping); the host shows it as the
@@ -111,8 +150,8 @@
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
-//! | 0  | 1 | kind: [`KIND_MESSAGE`], [`KIND_REQUEST`] or [`KIND_REPLY`] |
-//! | 1  | 1 | flags: [`FLAG_TEXT`] |
+//! | 0  | 1 | kind: [`KIND_MESSAGE`], [`KIND_REQUEST`], [`KIND_REPLY`] or [`KIND_DOWN`] |
+//! | 1  | 1 | flags: [`FLAG_TEXT`], [`FLAG_ERROR`] (a reply only) |
 //! | 2  | 2 | reserved, zero |
 //! | 4  | 4 | payload length `len`, u32 LE |
 //! | 8  | 8 | sender address, u64 LE ([`HOST_ADDRESS`] for the outside world) |
@@ -166,6 +205,34 @@ pub const IMPORT_SELF_ADDRESS: &str = "self_address";
 pub const IMPORT_SET_AFFINITY: &str = "set_affinity";
 /// Import (optional): `(peer: i64) -> i32`.
 pub const IMPORT_MOVE_NEAR: &str = "move_near";
+/// Import (optional): `(strategy: i32, restart: i32, max_restarts: i32, within_ms: i64, backoff_ms: i64, attempts: i32) -> i32`.
+pub const IMPORT_SUPERVISE: &str = "supervise";
+/// [`IMPORT_SUPERVISE`] strategy: only the member that failed restarts.
+pub const STRATEGY_ONE_FOR_ONE: i32 = 1;
+/// [`IMPORT_SUPERVISE`] strategy: every member of the group restarts.
+pub const STRATEGY_ONE_FOR_ALL: i32 = 2;
+/// [`IMPORT_SUPERVISE`] strategy: the member that failed and those
+/// spawned after it restart.
+pub const STRATEGY_REST_FOR_ONE: i32 = 3;
+/// [`IMPORT_SUPERVISE`] restart: from the last snapshot and the journal,
+/// up to the message that failed it (a member that did not fail: all of
+/// its journal).
+pub const RESTART_RESUME: i32 = 1;
+/// [`IMPORT_SUPERVISE`] restart: from the spawn, with the init argument
+/// again (the state starts over; its old journal is set aside).
+pub const RESTART_FRESH: i32 = 2;
+/// Import (optional): `(target: i64, op: i32) -> i32`.
+pub const IMPORT_WATCH: &str = "watch";
+/// [`IMPORT_WATCH`] op: be told when `target` is gone.
+pub const WATCH_MONITOR: i32 = 1;
+/// [`IMPORT_WATCH`] op: stop being told.
+pub const WATCH_DEMONITOR: i32 = 2;
+/// [`IMPORT_WATCH`] op: link both ways.
+pub const WATCH_LINK: i32 = 3;
+/// [`IMPORT_WATCH`] op: remove the link.
+pub const WATCH_UNLINK: i32 = 4;
+/// Import (optional): `(on: i32) -> i32`.
+pub const IMPORT_TRAP_EXITS: &str = "trap_exits";
 /// Import: `(level: i32, ptr: i32, len: i32)`.
 pub const IMPORT_LOG: &str = "log";
 /// Import: `(ptr: i32, len: i32)`.
@@ -196,9 +263,25 @@ pub const KIND_MESSAGE: u8 = 1;
 pub const KIND_REQUEST: u8 = 2;
 /// Envelope kind: the answer to a request this reactor made.
 pub const KIND_REPLY: u8 = 3;
+/// Envelope kind: a reactor this one monitors or is linked to is gone for
+/// good. Only the host sends it; its sender is the reactor that is gone,
+/// its correlation id is 0, and its payload is [`DOWN_MONITOR`] or
+/// [`DOWN_LINK`] followed by the UTF-8 reason.
+pub const KIND_DOWN: u8 = 4;
+/// First byte of a [`KIND_DOWN`] payload: a monitor fired.
+pub const DOWN_MONITOR: u8 = 0;
+/// First byte of a [`KIND_DOWN`] payload: a linked reactor ended (this
+/// reactor traps exits).
+pub const DOWN_LINK: u8 = 1;
 
 /// Envelope flag: the payload is JSON text, not postcard.
 pub const FLAG_TEXT: u8 = 1;
+/// Envelope flag, on a [`KIND_REPLY`] only: the request failed, and the
+/// payload is the reason, UTF-8 text, not a value. A reactor sends one
+/// with [`IMPORT_REPLY`]; the host sends one for a reactor whose reply it
+/// could not take (over [`MAX_PAYLOAD_LEN`]). Added to ABI 1 after its
+/// first release: a guest built before it refuses such a reply.
+pub const FLAG_ERROR: u8 = 2;
 
 /// Bytes in an envelope header.
 pub const ENVELOPE_HEADER_LEN: usize = 24;
@@ -249,11 +332,14 @@ pub const STATUS_NO_SUCH_BLOB: i32 = -7;
 /// Status: a limit was reached ([`MAX_BLOB_LEN`], [`MAX_HELD_BLOBS`]), or the
 /// host cannot issue a tag or correlation id right now.
 pub const STATUS_LIMIT: i32 = -8;
+/// Status: this host does not offer the call (e.g. [`IMPORT_SUPERVISE`] or
+/// [`IMPORT_WATCH`] in a bare runtime with no supervisor, as `host run`).
+pub const STATUS_UNSUPPORTED: i32 = -9;
 
 /// A decoded envelope header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EnvelopeHeader {
-    /// [`KIND_MESSAGE`], [`KIND_REQUEST`] or [`KIND_REPLY`].
+    /// [`KIND_MESSAGE`], [`KIND_REQUEST`], [`KIND_REPLY`] or [`KIND_DOWN`].
     pub kind: u8,
     /// Bit set of `FLAG_*`.
     pub flags: u8,
@@ -300,11 +386,11 @@ impl EnvelopeHeader {
             return Err(DecodeError::Truncated);
         }
         let kind = bytes[0];
-        if !matches!(kind, KIND_MESSAGE | KIND_REQUEST | KIND_REPLY) {
+        if !matches!(kind, KIND_MESSAGE | KIND_REQUEST | KIND_REPLY | KIND_DOWN) {
             return Err(DecodeError::BadKind(kind));
         }
         let flags = bytes[1];
-        if flags & !FLAG_TEXT != 0 {
+        if flags & !(FLAG_TEXT | FLAG_ERROR) != 0 || flags & FLAG_ERROR != 0 && kind != KIND_REPLY {
             return Err(DecodeError::BadFlags(flags));
         }
         if bytes[2] != 0 || bytes[3] != 0 {
@@ -382,6 +468,12 @@ mod tests {
         let mut b = buf;
         b[1] = 0x80;
         assert_eq!(EnvelopeHeader::decode(&b), Err(DecodeError::BadFlags(0x80)));
+        // An error only on a reply.
+        let mut b = buf;
+        b[1] = FLAG_ERROR;
+        assert_eq!(EnvelopeHeader::decode(&b), Err(DecodeError::BadFlags(FLAG_ERROR)));
+        b[0] = KIND_REPLY;
+        assert!(EnvelopeHeader::decode(&b).is_ok());
         let mut b = buf;
         b[3] = 1;
         assert_eq!(EnvelopeHeader::decode(&b), Err(DecodeError::Reserved));

@@ -13,7 +13,10 @@ use serde::de::DeserializeOwned;
 
 /// Everything a reactor author usually needs.
 pub mod prelude {
-    pub use crate::{Address, Blob, BlobError, Context, Durability, ModuleRef, Payload, PendingReply, Reactor, RequestId, SendError};
+    pub use crate::{
+        Address, Blob, BlobError, Context, Down, Durability, ModuleRef, Payload, PendingReply, Reactor, RequestId, Restart, SendError,
+        Strategy, Supervision,
+    };
     pub use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
     pub use alloc::string::{String, ToString};
     pub use alloc::vec::Vec;
@@ -45,6 +48,9 @@ mod sys {
         pub(crate) fn blob_give(tag: u64, to: u64) -> i32;
         pub(crate) fn set_affinity(key: u64) -> i32;
         pub(crate) fn move_near(peer: u64) -> i32;
+        pub(crate) fn supervise(strategy: i32, restart: i32, max_restarts: i32, within_ms: i64, backoff_ms: i64, attempts: i32) -> i32;
+        pub(crate) fn watch(target: u64, op: i32) -> i32;
+        pub(crate) fn trap_exits(on: i32) -> i32;
     }
     #[link(wasm_import_module = "wasi_snapshot_preview1")]
     unsafe extern "C" {
@@ -92,6 +98,8 @@ pub enum SendError {
     BadArgument,
     /// The host reached a limit (e.g. it cannot issue a correlation id now).
     Limit,
+    /// The host does not offer the call (no supervisor: a bare runtime).
+    Unsupported,
     /// A status this SDK version does not know.
     Unknown(i64),
 }
@@ -106,6 +114,7 @@ impl SendError {
             abi::STATUS_SPAWN_REFUSED => Self::SpawnRefused,
             abi::STATUS_BAD_ARGUMENT => Self::BadArgument,
             abi::STATUS_LIMIT => Self::Limit,
+            abi::STATUS_UNSUPPORTED => Self::Unsupported,
             _ => Self::Unknown(s),
         }
     }
@@ -160,6 +169,7 @@ impl ModuleRef<'_> {
 pub struct Payload<'a> {
     bytes: &'a [u8],
     text: bool,
+    error: bool,
 }
 
 /// Why a payload did not decode into the requested type.
@@ -183,8 +193,20 @@ impl<'a> Payload<'a> {
         self.text
     }
 
-    /// Decodes the payload as `T` (postcard, or JSON for text payloads).
+    /// For a reply: why the request failed, if it did (the answering
+    /// reactor replied with [`Context::reply_error`], or the host answered
+    /// for it); then there is no value to decode.
+    pub fn error(&self) -> Option<alloc::borrow::Cow<'a, str>> {
+        self.error.then(|| String::from_utf8_lossy(self.bytes))
+    }
+
+    /// Decodes the payload as `T` (postcard, or JSON for text payloads). An
+    /// error reply (see [`Payload::error`]) does not decode: its reason is
+    /// the error.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        if let Some(why) = self.error() {
+            return Err(DecodeError(alloc::format!("the request failed: {why}")));
+        }
         decode(self.bytes, self.text)
     }
 }
@@ -207,6 +229,33 @@ fn encode<T: Serialize + ?Sized>(value: &T, text: bool) -> Result<Vec<u8>, SendE
         return Err(SendError::Encode("text payloads need the `text` feature".into()));
     }
     postcard::to_allocvec(value).map_err(|e| SendError::Encode(alloc::format!("{e}")))
+}
+
+/// Sends `value` as the reply to `pending`; one that does not encode is
+/// answered with an error instead.
+fn send_reply<T: Serialize + ?Sized>(pending: PendingReply, value: &T) -> Result<(), SendError> {
+    let bytes = match encode(value, pending.text) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = send_error(pending, &alloc::format!("the reply could not be encoded: {e}"));
+            return Err(e);
+        }
+    };
+    let flags = if pending.text { abi::FLAG_TEXT as u32 } else { 0 };
+    // SAFETY: `bytes` is a live slice of our own memory for the call.
+    status(unsafe { sys::reply(pending.to.0, pending.corr, bytes.as_ptr(), bytes.len(), flags) })
+}
+
+/// Sends `reason` as an error reply to `pending`.
+fn send_error(pending: PendingReply, reason: &str) -> Result<(), SendError> {
+    let flags = abi::FLAG_ERROR as u32 | if pending.text { abi::FLAG_TEXT as u32 } else { 0 };
+    // The reason is cut to what a message may carry.
+    let mut end = reason.len().min(abi::MAX_PAYLOAD_LEN as usize);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    // SAFETY: `reason` is a live slice of our own memory for the call.
+    status(unsafe { sys::reply(pending.to.0, pending.corr, reason.as_ptr(), end, flags) })
 }
 
 fn status(s: i32) -> Result<(), SendError> {
@@ -234,6 +283,13 @@ pub trait Reactor: Default + 'static {
     /// [`Context::request`].
     fn on_reply(&mut self, cx: &mut Context, id: RequestId, reply: Payload<'_>) {
         let _ = (cx, id, reply);
+    }
+
+    /// Called when a reactor this one monitors ([`Context::monitor`]) is
+    /// gone for good, or one it is linked to ([`Context::link`]) while it
+    /// traps exits ([`Context::trap_exits`]). The default logs it.
+    fn on_down(&mut self, cx: &mut Context, down: Down) {
+        cx.log(abi::LOG_INFO, &alloc::format!("{} is gone: {}", down.address, down.reason));
     }
 
     /// Called when a message does not decode as [`Reactor::Msg`]. The default
@@ -308,16 +364,30 @@ impl Context {
 
     /// Answers the request being handled. A request is answered at most once:
     /// after the first reply, [`Context::is_request`] is false.
+    ///
+    /// A reply that cannot be given does not leave the caller waiting: one
+    /// that does not encode is answered with an error reply saying so, and
+    /// one over [`abi::MAX_PAYLOAD_LEN`] is answered so by the host (which
+    /// also logs and counts it). The error is returned all the same.
     pub fn reply<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), SendError> {
         if self.kind != abi::KIND_REQUEST {
             return Err(SendError::NotARequest);
         }
-        let bytes = encode(value, self.text)?;
-        let flags = if self.text { abi::FLAG_TEXT as u32 } else { 0 };
-        // SAFETY: `bytes` is a live slice of our own memory for the call.
-        let s = unsafe { sys::reply(self.from.0, self.corr, bytes.as_ptr(), bytes.len(), flags) };
         self.kind = abi::KIND_MESSAGE;
-        status(s)
+        let pending = PendingReply { to: self.from, corr: self.corr, text: self.text };
+        send_reply(pending, value)
+    }
+
+    /// Answers the request being handled with an error: the caller learns
+    /// that it failed, and why (a text reason, not a value). The command
+    /// line prints it as an error and exits non-zero; a reactor sees it in
+    /// [`Payload::error`].
+    pub fn reply_error(&mut self, reason: &str) -> Result<(), SendError> {
+        if self.kind != abi::KIND_REQUEST {
+            return Err(SendError::NotARequest);
+        }
+        self.kind = abi::KIND_MESSAGE;
+        send_error(PendingReply { to: self.from, corr: self.corr, text: self.text }, reason)
     }
 
     /// Takes over the duty to answer the request being handled, to answer it
@@ -331,12 +401,16 @@ impl Context {
         Some(PendingReply { to: self.from, corr: self.corr, text: self.text })
     }
 
-    /// Answers a request taken with [`Context::defer_reply`].
+    /// Answers a request taken with [`Context::defer_reply`] (as
+    /// [`Context::reply`] does).
     pub fn reply_later<T: Serialize + ?Sized>(&mut self, pending: PendingReply, value: &T) -> Result<(), SendError> {
-        let bytes = encode(value, pending.text)?;
-        let flags = if pending.text { abi::FLAG_TEXT as u32 } else { 0 };
-        // SAFETY: `bytes` is a live slice of our own memory for the call.
-        status(unsafe { sys::reply(pending.to.0, pending.corr, bytes.as_ptr(), bytes.len(), flags) })
+        send_reply(pending, value)
+    }
+
+    /// Answers a request taken with [`Context::defer_reply`] with an error
+    /// (as [`Context::reply_error`] does).
+    pub fn reply_later_error(&mut self, pending: PendingReply, reason: &str) -> Result<(), SendError> {
+        send_error(pending, reason)
     }
 
     /// Starts a new reactor from `module` with the spawn argument `init`.
@@ -369,6 +443,67 @@ impl Context {
         // SAFETY: both slices are live for the call.
         let r = unsafe { sys::spawn_durable(m.as_ptr(), m.len(), i.as_ptr(), i.len(), level) };
         if r > 0 { Ok(Address(r as u64)) } else { Err(SendError::from_status(r)) }
+    }
+
+    /// Declares how this reactor supervises the children it spawns with
+    /// [`Context::spawn_durable`] (one group, in spawn order), replacing
+    /// the node's default for them (one-for-one, resumed, the node's
+    /// restart intensity). Past the intensity, the group's members stop
+    /// and this reactor fails: its own supervisor takes over, and when it
+    /// is restarted, so is its group.
+    pub fn supervise(&mut self, spec: Supervision) -> Result<(), SendError> {
+        let strategy = match spec.strategy {
+            Strategy::OneForOne => abi::STRATEGY_ONE_FOR_ONE,
+            Strategy::OneForAll => abi::STRATEGY_ONE_FOR_ALL,
+            Strategy::RestForOne => abi::STRATEGY_REST_FOR_ONE,
+        };
+        let restart = match spec.restart {
+            Restart::Resume => abi::RESTART_RESUME,
+            Restart::Fresh => abi::RESTART_FRESH,
+        };
+        let ms = |d: core::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let max = i32::try_from(spec.max_restarts).unwrap_or(i32::MAX);
+        let attempts = i32::try_from(spec.attempts).unwrap_or(i32::MAX);
+        // SAFETY: plain integers.
+        status(unsafe { sys::supervise(strategy, restart, max, ms(spec.within), ms(spec.backoff), attempts) })
+    }
+
+    /// Be told (with [`Reactor::on_down`]) when `target`, a reactor on any
+    /// node, is gone for good: failed and not restarted, or stopped; at
+    /// once if it is not alive now, and when its node is declared down
+    /// (reason "node N is down").
+    pub fn monitor(&mut self, target: Address) -> Result<(), SendError> {
+        Self::watch(target, abi::WATCH_MONITOR)
+    }
+
+    /// Undoes [`Context::monitor`].
+    pub fn demonitor(&mut self, target: Address) -> Result<(), SendError> {
+        Self::watch(target, abi::WATCH_DEMONITOR)
+    }
+
+    /// Links this reactor and `target` (on any node) both ways: when one
+    /// is gone for good (or the other's node is declared down), the other
+    /// fails too (and is restarted if it is supervised), unless it traps
+    /// exits ([`Context::trap_exits`]).
+    pub fn link(&mut self, target: Address) -> Result<(), SendError> {
+        Self::watch(target, abi::WATCH_LINK)
+    }
+
+    /// Undoes [`Context::link`].
+    pub fn unlink(&mut self, target: Address) -> Result<(), SendError> {
+        Self::watch(target, abi::WATCH_UNLINK)
+    }
+
+    /// Whether the end of a linked reactor comes as a [`Reactor::on_down`]
+    /// call (`true`) instead of failing this one (`false`, the start).
+    pub fn trap_exits(&mut self, on: bool) {
+        // SAFETY: a plain integer.
+        let _ = unsafe { sys::trap_exits(i32::from(on)) };
+    }
+
+    fn watch(target: Address, op: i32) -> Result<(), SendError> {
+        // SAFETY: plain integers.
+        status(unsafe { sys::watch(target.0, op) })
     }
 
     /// Writes a log line (levels: `abi::LOG_*`).
@@ -407,6 +542,74 @@ pub enum Durability {
     /// over when its node goes down (a host in a cluster of three nodes or
     /// more; until a standby holds them, what it sends waits).
     Standby,
+}
+
+/// A reactor this one monitors or is linked to is gone for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Down {
+    /// The reactor that is gone.
+    pub address: Address,
+    /// Why: its failure, or why it was stopped.
+    pub reason: String,
+    /// Whether it came through a link (this reactor traps exits), not a
+    /// monitor.
+    pub linked: bool,
+}
+
+/// Which members of a supervised group restart when one fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// The one that failed.
+    OneForOne,
+    /// All of them.
+    OneForAll,
+    /// The one that failed and the ones spawned after it.
+    RestForOne,
+}
+
+/// Where a restarted member starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// Its last snapshot and journal: the one that failed is back as it was
+    /// just before the message that failed it; one that did not fail, as
+    /// it was.
+    Resume,
+    /// Its spawn, with its init argument again: its state starts over (as
+    /// an OTP child's does).
+    Fresh,
+}
+
+/// How a reactor supervises the children it spawns durable
+/// ([`Context::supervise`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Supervision {
+    pub strategy: Strategy,
+    pub restart: Restart,
+    /// Restarts allowed in the group within [`Supervision::within`]; one
+    /// more escalates.
+    pub max_restarts: u32,
+    pub within: core::time::Duration,
+    /// The wait before a restart that is not the first in the window,
+    /// doubled for each further one.
+    pub backoff: core::time::Duration,
+    /// How many times in all a message that fails a member is given to it
+    /// before it is a dead letter (at least 1).
+    pub attempts: u32,
+}
+
+impl Default for Supervision {
+    /// OTP's default: one-for-one, at most 1 restart in 5 s; resumed;
+    /// 10 ms backoff; a failing message is a dead letter at once.
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::OneForOne,
+            restart: Restart::Resume,
+            max_restarts: 1,
+            within: core::time::Duration::from_secs(5),
+            backoff: core::time::Duration::from_millis(10),
+            attempts: 1,
+        }
+    }
 }
 
 /// Why a blob call did not succeed.
@@ -653,7 +856,7 @@ pub mod __rt {
             let mut r = R::default();
             let text = h.flags & abi::FLAG_TEXT != 0;
             let mut cx = Context { me, from: Address(h.from), kind: abi::KIND_MESSAGE, corr: 0, text };
-            r.start(&mut cx, Payload { bytes: arg, text });
+            r.start(&mut cx, Payload { bytes: arg, text, error: false });
             slot.with(|s| *s.borrow_mut() = Some(r));
         });
         abi::STATUS_OK
@@ -676,7 +879,15 @@ pub mod __rt {
                     let text = h.flags & abi::FLAG_TEXT != 0;
                     let mut cx = Context { me, from: Address(h.from), kind: h.kind, corr: h.corr, text };
                     if h.kind == abi::KIND_REPLY {
-                        r.on_reply(&mut cx, RequestId(h.corr), Payload { bytes: payload, text });
+                        r.on_reply(&mut cx, RequestId(h.corr), Payload { bytes: payload, text, error: h.flags & abi::FLAG_ERROR != 0 });
+                        continue;
+                    }
+                    if h.kind == abi::KIND_DOWN {
+                        let (linked, reason) = match payload.split_first() {
+                            Some((k, rest)) => (*k == abi::DOWN_LINK, String::from_utf8_lossy(rest).into_owned()),
+                            None => (false, String::new()),
+                        };
+                        r.on_down(&mut cx, Down { address: Address(h.from), reason, linked });
                         continue;
                     }
                     match decode::<R::Msg>(payload, text) {
@@ -684,7 +895,7 @@ pub mod __rt {
                         Err(e) => {
                             if cx.is_request() {
                                 // The caller waits for an answer: tell it why none will come.
-                                let _ = cx.reply(&alloc::format!("error: undecodable request: {e}"));
+                                let _ = cx.reply_error(&alloc::format!("undecodable request: {e}"));
                             }
                             r.on_undecodable(&mut cx, e)
                         }

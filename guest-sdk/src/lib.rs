@@ -30,14 +30,20 @@
 //! - [`abi`] — the host/guest contract (names, signatures, layouts, version);
 //!   `no_std`, compiled by the host too.
 //! - on `wasm32` only: [`Reactor`], [`Context`], [`Payload`], [`export!`] and
-//!   the runtime behind them.
+//!   the runtime behind them; `encoding` (with the default `text` feature):
+//!   `Json<T>`, the encoding for message types postcard cannot decode
+//!   (`serde_json::Value`, untagged enums).
 #![no_std]
 #![cfg_attr(not(target_arch = "wasm32"), forbid(unsafe_code))]
 
 pub mod abi;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", test))]
 extern crate alloc;
+#[cfg(all(any(target_arch = "wasm32", test), feature = "text"))]
+pub mod encoding;
+#[cfg(all(target_arch = "wasm32", feature = "text"))]
+pub use encoding::Json;
 #[cfg(target_arch = "wasm32")]
 extern crate std;
 

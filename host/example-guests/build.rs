@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip1";
-const GUESTS: &[&str] = &["counter", "kv", "pingpong", "faulty", "pager", "migrant", "loadgen", "ledger"];
+const GUESTS: &[&str] = &["counter", "kv", "pingpong", "faulty", "pager", "migrant", "loadgen", "ledger", "overseer"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -215,6 +215,9 @@ impl Reactor for Faulty {
                 let r = unsafe { raw::blob_give(tag, to) };
                 let _ = cx.reply(&r);
             }
+            FaultyCmd::BigReply(len) => {
+                let _ = cx.reply(&vec![1u8; len as usize]);
+            }
         }
     }
 }

@@ -252,6 +252,9 @@ pub enum FaultyCmd {
     Flood { to: u64, len: u32, times: u32 },
     /// Gives the held blob `tag` to `to`; replies the raw status.
     GiveBlob { tag: u64, to: u64 },
+    /// Replies `len` bytes (as `Vec<u8>`), ignoring whether the reply went
+    /// out, as careless reactors do (`let _ = cx.reply(…)`).
+    BigReply(u32),
 }
 
 /// A raw `blob_*` call for `faulty` (see `guest_sdk::abi`).
@@ -469,4 +472,48 @@ pub enum LedgerReq {
     /// (`Context::spawn_durable`): its node gives it a standby on another
     /// node. Replies its address (0 if refused).
     StandbyChild { n: u64 },
+}
+
+/// Messages of the `overseer` test reactor: a supervisor of a group of
+/// durable children of its own module, and each of those children (a
+/// counter that fails on command), with monitors and links.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OverseerMsg {
+    /// Declares how it supervises its durable children (`Context::supervise`):
+    /// strategy `one_for_one`, `one_for_all` or `rest_for_one`; restart
+    /// `resume` or `fresh`. Replies `"ok"` or the error.
+    Supervise {
+        strategy: String,
+        restart: String,
+        max_restarts: u32,
+        within_ms: u64,
+        attempts: u32,
+        /// The SDK's default (10 ms) when not given.
+        #[serde(default)]
+        backoff_ms: Option<u64>,
+    },
+    /// Spawns a durable (synced) child of its own module starting at `n`;
+    /// replies its address (0 if refused).
+    Spawn { n: u64 },
+    /// The same, not durable.
+    SpawnPlain { n: u64 },
+    /// Adds to its value; replies the new value.
+    Add(u64),
+    /// Replies its value.
+    Get,
+    /// Panics.
+    Crash,
+    /// Monitors, demonitors, links or unlinks the reactor; replies `"ok"`
+    /// or the error.
+    Monitor(u64),
+    Demonitor(u64),
+    Link(u64),
+    Unlink(u64),
+    /// Traps exits or stops; replies `"ok"`.
+    TrapExits(bool),
+    /// Replies the `Down`s it got, as `(address, reason, linked)`.
+    Downs,
+    /// Monitors the reactor `n` times in this one call; replies how many
+    /// were accepted and the first refusal, if any.
+    MonitorMany { target: u64, n: u32 },
 }

@@ -66,6 +66,9 @@ pub enum Call {
     Clock = 11,
     Random = 12,
     Grow = 13,
+    Supervise = 14,
+    Watch = 15,
+    TrapExits = 16,
 }
 
 impl Call {
@@ -86,6 +89,9 @@ impl Call {
             11 => Clock,
             12 => Random,
             13 => Grow,
+            14 => Supervise,
+            15 => Watch,
+            16 => TrapExits,
             _ => return None,
         })
     }
@@ -108,6 +114,9 @@ impl Call {
             Clock => "clock_time_get",
             Random => "random_get",
             Grow => "memory.grow",
+            Supervise => "supervise",
+            Watch => "watch",
+            TrapExits => "trap_exits",
         }
     }
 }

@@ -27,6 +27,39 @@ use crate::node::NodeId;
 /// First tag of the node's own messages; tags below are location messages.
 pub const FIRST_NODE_TAG: u8 = 16;
 
+/// Why a node message's payload is not one of a tag's (see
+/// [`decode_tagged`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Untagged {
+    /// Another tag (or none: an empty payload).
+    Tag(Option<u8>),
+    /// The tag is right but the rest does not decode as one value with
+    /// nothing after it.
+    Malformed(String),
+}
+
+/// A node message's payload: `tag`, then `msg` in postcard.
+pub fn encode_tagged<T: serde::Serialize>(tag: u8, msg: &T, capacity: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(capacity);
+    v.push(tag);
+    postcard::to_extend(msg, v).expect("encoding into memory cannot fail")
+}
+
+/// Reads a node message's payload of `tag`: the tag, one postcard-encoded
+/// value, nothing after it. Hostile bytes: never panics (the caller checks
+/// the value's bounds).
+pub fn decode_tagged<T: serde::de::DeserializeOwned>(b: &[u8], tag: u8) -> Result<T, Untagged> {
+    match b.first() {
+        Some(&t) if t == tag => {}
+        t => return Err(Untagged::Tag(t.copied())),
+    }
+    let (msg, rest) = postcard::take_from_bytes::<T>(&b[1..]).map_err(|e| Untagged::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(Untagged::Malformed(format!("{} bytes after it", rest.len())));
+    }
+    Ok(msg)
+}
+
 const TAG_MOVED: u8 = 1;
 const TAG_FENCE_DONE: u8 = 2;
 const TAG_FLUSH: u8 = 3;

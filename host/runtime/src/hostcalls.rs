@@ -23,6 +23,7 @@
 use crate::refs::RefsError;
 use crate::store::{HostContext, ModuleRef, ReactorData, SpawnRefusal};
 use crate::journal::Level;
+use crate::tree::{GroupSpec, RestartFrom, Strategy, TreeEvent, WatchOp};
 use journal_format::{Call, Entry};
 use guest_sdk::abi;
 use reactor_types::{Address, Envelope, ModuleHash, SendError};
@@ -102,8 +103,22 @@ fn read_guest<H: HostContext>(
     Ok(data[r].to_vec())
 }
 
+/// The flags of a send or a request: [`abi::FLAG_TEXT`] at most.
 fn check_flags(flags: u32) -> Option<u8> {
     u8::try_from(flags).ok().filter(|f| f & !abi::FLAG_TEXT == 0)
+}
+
+/// The flags of a reply: [`abi::FLAG_TEXT`] and [`abi::FLAG_ERROR`].
+fn check_reply_flags(flags: u32) -> Option<u8> {
+    u8::try_from(flags).ok().filter(|f| f & !(abi::FLAG_TEXT | abi::FLAG_ERROR) == 0)
+}
+
+/// A send or request over the limit of a message: refused (counted and
+/// logged).
+fn too_large<H: HostContext>(data: &mut ReactorData<H>, call: &'static str, to: u64, kind: u8) -> wasmtime::Result<()> {
+    let from = data.address();
+    lent(data, call)?.failed_output(from, Address(to), kind, abi::STATUS_TOO_LARGE);
+    Ok(())
 }
 
 /// The ABI status of a routing result.
@@ -296,6 +311,7 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
         |mut caller: Caller<'_, ReactorData<H>>, to: u64, ptr: u32, len: u32, flags: u32| {
             let Some(flags) = check_flags(flags) else { return Ok(abi::STATUS_BAD_ARGUMENT) };
             if len > abi::MAX_PAYLOAD_LEN {
+                too_large(caller.data_mut(), abi::IMPORT_SEND, to, abi::KIND_MESSAGE)?;
                 return Ok(abi::STATUS_TOO_LARGE);
             }
             let payload = read_guest(&mut caller, abi::IMPORT_SEND, ptr, len)?;
@@ -306,7 +322,11 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
             }
             let from = data.address();
             let env = Envelope { kind: abi::KIND_MESSAGE, flags, from, corr: 0, payload };
-            let status = send_status(lent(data, abi::IMPORT_SEND)?.route(Address(to), env));
+            let host = lent(data, abi::IMPORT_SEND)?;
+            let status = send_status(host.route(Address(to), env));
+            if status != abi::STATUS_OK {
+                host.failed_output(from, Address(to), abi::KIND_MESSAGE, status);
+            }
             record(data, Call::Send, i64::from(status));
             Ok(status)
         },
@@ -318,6 +338,7 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
         |mut caller: Caller<'_, ReactorData<H>>, to: u64, ptr: u32, len: u32, flags: u32| {
             let Some(flags) = check_flags(flags) else { return Ok(abi::STATUS_BAD_ARGUMENT as i64) };
             if len > abi::MAX_PAYLOAD_LEN {
+                too_large(caller.data_mut(), abi::IMPORT_REQUEST, to, abi::KIND_REQUEST)?;
                 return Ok(abi::STATUS_TOO_LARGE as i64);
             }
             let payload = read_guest(&mut caller, abi::IMPORT_REQUEST, ptr, len)?;
@@ -336,7 +357,11 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
                     let env = Envelope { kind: abi::KIND_REQUEST, flags, from, corr, payload };
                     match host.route(Address(to), env) {
                         Ok(()) => corr as i64,
-                        Err(e) => send_status(Err(e)) as i64,
+                        Err(e) => {
+                            let status = send_status(Err(e));
+                            host.failed_output(from, Address(to), abi::KIND_REQUEST, status);
+                            status as i64
+                        }
                     }
                 }
                 Err(e) => {
@@ -353,11 +378,17 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
         m,
         abi::IMPORT_REPLY,
         |mut caller: Caller<'_, ReactorData<H>>, to: u64, corr: u64, ptr: u32, len: u32, flags: u32| {
-            let Some(flags) = check_flags(flags) else { return Ok(abi::STATUS_BAD_ARGUMENT) };
-            if len > abi::MAX_PAYLOAD_LEN {
-                return Ok(abi::STATUS_TOO_LARGE);
-            }
-            let payload = read_guest(&mut caller, abi::IMPORT_REPLY, ptr, len)?;
+            let Some(mut flags) = check_reply_flags(flags) else { return Ok(abi::STATUS_BAD_ARGUMENT) };
+            let too_large = len > abi::MAX_PAYLOAD_LEN;
+            let payload = if too_large {
+                // The caller would wait for an answer that never comes: the
+                // host answers for the reactor, with an error (the reactor
+                // is told its reply was too large all the same).
+                flags |= abi::FLAG_ERROR;
+                format!("the reply ({len} bytes) is over the limit of a message ({} bytes)", abi::MAX_PAYLOAD_LEN).into_bytes()
+            } else {
+                read_guest(&mut caller, abi::IMPORT_REPLY, ptr, len)?
+            };
             let data = caller.data_mut();
             output(data, Call::Reply, to, corr ^ u64::from(flags) << 56, &payload);
             let from = data.address();
@@ -369,7 +400,17 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
                 return Ok(v as i32);
             }
             let env = Envelope { kind: abi::KIND_REPLY, flags, from, corr, payload };
-            let status = send_status(lent(data, abi::IMPORT_REPLY)?.route(Address(to), env));
+            let host = lent(data, abi::IMPORT_REPLY)?;
+            if too_large {
+                tracing::warn!(reactor = %from, to = %Address(to), "a reply of {len} bytes is over the limit of a message: the caller is answered with an error");
+            }
+            let status = match host.route(Address(to), env) {
+                Ok(()) if too_large => abi::STATUS_TOO_LARGE,
+                r => send_status(r),
+            };
+            if status != abi::STATUS_OK {
+                host.failed_output(from, Address(to), abi::KIND_REPLY, status);
+            }
             record(data, Call::Reply, i64::from(status));
             Ok(status)
         },
@@ -414,6 +455,64 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
         Ok(abi::STATUS_OK)
     })?;
 
+    linker.func_wrap(
+        m,
+        abi::IMPORT_SUPERVISE,
+        |mut caller: Caller<'_, ReactorData<H>>, strategy: i32, restart: i32, max: i32, within: i64, backoff: i64, attempts: i32| {
+            let data = caller.data_mut();
+            let args = [strategy as i64, restart as i64, max as i64, within, backoff, attempts as i64];
+            let bytes: Vec<u8> = args.iter().flat_map(|a| a.to_le_bytes()).collect();
+            output(data, Call::Supervise, 0, 0, &bytes);
+            if let Some(v) = replayed(data, Call::Supervise)? {
+                return Ok(v as i32);
+            }
+            let status = match group_spec(strategy, restart, max, within, backoff, attempts) {
+                None => abi::STATUS_BAD_ARGUMENT,
+                Some(spec) => {
+                    let parent = data.address();
+                    lent(data, abi::IMPORT_SUPERVISE)?.tree(TreeEvent::Supervise { parent, spec })
+                }
+            };
+            record(data, Call::Supervise, i64::from(status));
+            Ok(status)
+        },
+    )?;
+
+    linker.func_wrap(m, abi::IMPORT_WATCH, |mut caller: Caller<'_, ReactorData<H>>, target: u64, op: i32| {
+        let data = caller.data_mut();
+        output(data, Call::Watch, target, op as u64, &[]);
+        if let Some(v) = replayed(data, Call::Watch)? {
+            return Ok(v as i32);
+        }
+        let me = data.address();
+        let op = match op {
+            abi::WATCH_MONITOR => Some(WatchOp::Monitor),
+            abi::WATCH_DEMONITOR => Some(WatchOp::Demonitor),
+            abi::WATCH_LINK => Some(WatchOp::Link),
+            abi::WATCH_UNLINK => Some(WatchOp::Unlink),
+            _ => None,
+        };
+        let target = Address(target);
+        let status = match op {
+            Some(op) if target.is_reactor() && target != me => lent(data, abi::IMPORT_WATCH)?.tree(TreeEvent::Watch { me, target, op }),
+            _ => abi::STATUS_BAD_ARGUMENT,
+        };
+        record(data, Call::Watch, i64::from(status));
+        Ok(status)
+    })?;
+
+    linker.func_wrap(m, abi::IMPORT_TRAP_EXITS, |mut caller: Caller<'_, ReactorData<H>>, on: i32| {
+        let data = caller.data_mut();
+        output(data, Call::TrapExits, 0, u64::from(on != 0), &[]);
+        if let Some(v) = replayed(data, Call::TrapExits)? {
+            return Ok(v as i32);
+        }
+        let me = data.address();
+        let status = lent(data, abi::IMPORT_TRAP_EXITS)?.tree(TreeEvent::TrapExits { me, on: on != 0 });
+        record(data, Call::TrapExits, i64::from(status));
+        Ok(status)
+    })?;
+
     linker.func_wrap(m, abi::IMPORT_LOG, |mut caller: Caller<'_, ReactorData<H>>, level: i32, ptr: u32, len: u32| {
         intact(caller.data(), abi::IMPORT_LOG)?;
         let text = read_guest(&mut caller, abi::IMPORT_LOG, ptr, len.min(MAX_TEXT as u32))?;
@@ -441,6 +540,31 @@ pub(crate) fn register<H: HostContext>(linker: &mut Linker<ReactorData<H>>) -> w
     })?;
 
     Ok(())
+}
+
+/// The arguments of `supervise` as a group's spec, if they make one.
+fn group_spec(strategy: i32, restart: i32, max: i32, within_ms: i64, backoff_ms: i64, attempts: i32) -> Option<GroupSpec> {
+    let strategy = match strategy {
+        abi::STRATEGY_ONE_FOR_ONE => Strategy::OneForOne,
+        abi::STRATEGY_ONE_FOR_ALL => Strategy::OneForAll,
+        abi::STRATEGY_REST_FOR_ONE => Strategy::RestForOne,
+        _ => return None,
+    };
+    let restart = match restart {
+        abi::RESTART_RESUME => RestartFrom::Resume,
+        abi::RESTART_FRESH => RestartFrom::Fresh,
+        _ => return None,
+    };
+    let ms = |v: i64| u64::try_from(v).ok().map(std::time::Duration::from_millis);
+    Some(GroupSpec {
+        strategy,
+        restart,
+        max_restarts: u32::try_from(max).ok()?,
+        within: ms(within_ms)?,
+        // Over a minute is no backoff anyone means (doubled per restart).
+        backoff: ms(backoff_ms)?.min(std::time::Duration::from_secs(60)),
+        attempts: u32::try_from(attempts).ok().filter(|a| *a >= 1)?,
+    })
 }
 
 /// `spawn` and `spawn_durable`: a module reference and an init payload in

@@ -33,6 +33,8 @@
 //! - `reactor` — one live instance: store, memory, entry points, limits, and
 //!   the readable [`Failure`] a misbehaving guest turns into.
 //! - `inbox` — bounded per-reactor inboxes with backpressure.
+//! - [`tree`] — the supervision tree's events (groups, monitors, links,
+//!   reactors gone), handed through the port to whoever keeps the tree.
 //! - `port` — the outside world's port: answers to requests, the host
 //!   mailbox, the way out to other nodes.
 //! - [`snapshot`] — capture (blocking, copy-on-write, incremental), the
@@ -61,9 +63,11 @@ mod hostcalls;
 mod engine;
 mod reactor;
 mod inbox;
+pub mod tree;
 mod port;
 pub mod snapshot;
 mod links;
+mod once;
 mod shard;
 mod runtime;
 pub mod replay;
@@ -71,9 +75,10 @@ pub mod replay;
 pub use engine::{CodeSource, EngineConfig, LoadError};
 pub use hostcalls::GuestFault;
 pub use port::{FenceHandler, MoveHandler, StandbyHandler};
+pub use tree::TreeHandler;
 pub use reactor::Limits;
 pub use runtime::{AfterRestore, CheckpointScope, PendingCall, Runtime, RuntimeConfig, ShardDown};
-pub use shard::{Engine, LoadedModule, Replayed, Shard, ShardConfig, ShardStats};
+pub use shard::{Engine, LoadSummary, LoadedModule, ReactorRow, Replayed, Shard, ShardConfig, ShardStats};
 pub use sys::{mappings, resident_bytes};
 
 pub use guest_sdk::abi;

@@ -168,6 +168,8 @@ pub(crate) struct HostPort {
     /// Who is told of a reactor asking to be moved.
     moves: OnceLock<Moves>,
     standbys: OnceLock<Standbys>,
+    /// Who keeps the supervision tree.
+    tree: OnceLock<Tree>,
 }
 
 /// A reactor that moved here, while messages from this node to it may
@@ -221,6 +223,15 @@ struct Moves(MoveHandler);
 /// node gives it a standby).
 pub type StandbyHandler = Box<dyn Fn(Address) + Send + Sync>;
 
+/// The tree's keeper, in a wrapper that can be debug-printed.
+struct Tree(crate::tree::TreeHandler);
+
+impl std::fmt::Debug for Tree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tree")
+    }
+}
+
 /// The standby handler, in a wrapper that can be debug-printed.
 struct Standbys(StandbyHandler);
 
@@ -268,6 +279,7 @@ impl HostPort {
             fences: OnceLock::new(),
             moves: OnceLock::new(),
             standbys: OnceLock::new(),
+            tree: OnceLock::new(),
         })
     }
 
@@ -398,6 +410,22 @@ impl HostPort {
         self.standbys.set(Standbys(f)).is_ok()
     }
 
+    /// Sets who keeps the supervision tree; false if set already.
+    pub(crate) fn set_tree_handler(&self, f: crate::tree::TreeHandler) -> bool {
+        self.tree.set(Tree(f)).is_ok()
+    }
+
+    /// Tells the tree's keeper of `event`; false if there is none.
+    pub(crate) fn tree(&self, event: crate::tree::TreeEvent) -> bool {
+        match self.tree.get() {
+            Some(Tree(f)) => {
+                f(event);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A reactor spawned `address` at level `Standby`: tell the handler
     /// (none: a runtime without a node, whose output waits for a standby
     /// that never comes).
@@ -474,7 +502,12 @@ impl HostPort {
                 _ => None,
             }
         };
-        slot.is_some_and(|s| s.complete(Ok(reply)))
+        // An error reply is the caller's error: the request failed.
+        let answer = match reply.error_text() {
+            Some(why) => Err(CallError::Refused(reply.from, why)),
+            None => Ok(reply),
+        };
+        slot.is_some_and(|s| s.complete(answer))
     }
 
     /// Answers every request waiting on `target` with `err`.
@@ -550,12 +583,16 @@ mod tests {
         let port = HostPort::new(4, 1 << 20, Arc::new(Refs::ephemeral()));
         let target = Address::new(0, 0, 5);
         let slot = port.register(9, target);
-        let reply = |from, p: &[u8]| Reply { from, payload: p.to_vec(), text: false };
+        let reply = |from, p: &[u8]| Reply { from, payload: p.to_vec(), text: false, error: false };
         assert!(!port.answer_reply(9, reply(Address::new(0, 0, 6), b"forged")));
         assert!(!slot.is_done());
         assert!(port.answer_reply(9, reply(target, b"real")));
         assert_eq!(slot.take().unwrap().unwrap().payload, b"real");
         assert!(!port.answer_reply(9, reply(target, b"again")));
+        // An error reply answers with the error.
+        let slot = port.register(10, target);
+        assert!(port.answer_reply(10, Reply { error: true, ..reply(target, b"undecodable request: x") }));
+        assert_eq!(slot.take().unwrap(), Err(CallError::Refused(target, "undecodable request: x".into())));
     }
 
     #[test]

@@ -564,6 +564,16 @@ impl Runtime {
         self.inspect(self.shard_of(address), move |s| s.journal_step(address)).ok().flatten()
     }
 
+    /// The journal level of a live journaled reactor.
+    pub fn journal_level(&self, address: Address) -> Option<crate::journal::Level> {
+        self.inspect(self.shard_of(address), move |s| s.journal_level(address)).ok().flatten()
+    }
+
+    /// See [`Shard::journal_from_next_checkpoint`].
+    pub fn journal_from_next_checkpoint(&self, address: Address, level: crate::journal::Level) -> bool {
+        self.inspect(self.shard_of(address), move |s| s.journal_from_next_checkpoint(address, level)).unwrap_or(false)
+    }
+
     /// Snapshots every reactor of every shard as one consistent checkpoint:
     /// all shards stop at a message boundary (a barrier), then move every
     /// message in flight between shards into its destination's inbox (so it
@@ -821,6 +831,14 @@ impl Runtime {
         self.port.set_standby_handler(f)
     }
 
+    /// Sets who keeps the supervision tree (the node's supervisor): told
+    /// of groups declared, journaled children spawned, monitors, links and
+    /// reactors gone for good; false if set already. Until it is set, the
+    /// calls that need it answer `STATUS_UNSUPPORTED`.
+    pub fn set_tree_handler(&self, f: crate::tree::TreeHandler) -> bool {
+        self.port.set_tree_handler(f)
+    }
+
     /// Sets who is told of reactors asking to be moved near another (the
     /// node: it moves them after the call that asked); false if set already.
     pub fn set_move_handler(&self, f: crate::port::MoveHandler) -> bool {
@@ -993,13 +1011,36 @@ impl Runtime {
             .collect()
     }
 
+    /// Every live reactor's row, and up to `max_failed` failed reactors
+    /// with why (of shards still running).
+    pub fn rows(&self, max_failed: usize) -> (Vec<crate::ReactorRow>, Vec<(Address, Failure)>) {
+        let (mut rows, mut failed) = (Vec::new(), Vec::new());
+        for i in 0..self.shards.len() {
+            if let Ok((r, f)) = self.inspect(i, move |s| s.rows(max_failed)) {
+                rows.extend(r);
+                failed.extend(f);
+            }
+        }
+        rows.sort_by_key(|r| r.address.0);
+        failed.truncate(max_failed);
+        (rows, failed)
+    }
+
+    /// Every shard's [`LoadSummary`](crate::LoadSummary) added up (of
+    /// shards still running).
+    pub fn load_summary(&self) -> crate::LoadSummary {
+        let mut total = crate::LoadSummary::default();
+        for i in 0..self.shards.len() {
+            if let Ok(s) = self.inspect(i, |s| s.load_summary()) {
+                total += s;
+            }
+        }
+        total
+    }
+
     /// Total linear memory of all live reactors (of shards still running).
     pub fn total_memory(&self) -> u64 {
-        (0..self.shards.len())
-            .filter_map(|i| {
-                self.inspect(i, |s| s.live().filter_map(|a| s.memory_size(a)).map(|b| b as u64).sum::<u64>()).ok()
-            })
-            .sum()
+        self.load_summary().memory
     }
 
     /// Counters of every shard, as last published by their threads.

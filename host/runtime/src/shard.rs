@@ -26,6 +26,7 @@ use crate::inbox::{Full, Inbox};
 use crate::journal::{Journals, Level, ReactorJournal, RecoverError, Recovered, Tap, Ticket};
 use journal_format::{Journal, JournalError, Record, Step};
 use crate::links::Links;
+use crate::once::{Once, Taken};
 use crate::port::{HostPort, ReplySlot};
 use crate::reactor::{Limits, Reactor};
 use crate::refs::{LocalTags, Refs, RefsError};
@@ -34,6 +35,7 @@ use crate::snapshot::{
     SnapshotId, SnapshotOptions, Tracking,
 };
 use crate::store::{HostContext, ModuleRef, ReactorData, SpawnRefusal};
+use crate::tree::TreeEvent;
 use guest_sdk::abi;
 use reactor_types::{
     Address, CallError, Envelope, Failure, FailureReason, KIND_FENCE, ModuleHash, NodeId, ReactorState, Reply,
@@ -111,11 +113,61 @@ pub struct ShardStats {
     /// Replies refused because no request of the addressee was waiting on
     /// their sender (forged, duplicated, or for a reactor that failed).
     pub unmatched_replies: u64,
-    /// Requests sent again to a reactor taken over from its standby copy,
-    /// answered with the reply its replayed call made (not applied twice).
+    /// Requests from outside a reactor had taken already (sent again after
+    /// a takeover or a restart, or arriving by a second path), answered
+    /// with the reply it gave the first (not applied twice; see `once`).
     pub answered_again: u64,
+    /// Such requests whose first had no reply yet: dropped (its reply
+    /// goes to the same caller).
+    pub dropped_again: u64,
+    /// Replies that said the request failed (`FLAG_ERROR`): from reactors
+    /// (`reply_error`, an undecodable request) or from the host for them.
+    pub error_replies: u64,
+    /// Replies a reactor gave that did not go out (over the limit of a
+    /// message: the host answered with an error instead; or the request
+    /// was not waiting any more).
+    pub failed_replies: u64,
+    /// Messages and requests a reactor sent that did not go out (a full
+    /// inbox, no such reactor, over the limit); the reactor was told.
+    pub failed_sends: u64,
     /// Messages forwarded after reactors that moved to another node.
     pub forwarded: u64,
+}
+
+/// A live reactor at a glance (see [`Shard::rows`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReactorRow {
+    pub address: Address,
+    pub module: ModuleHash,
+    /// Linear memory, bytes.
+    pub memory: u64,
+    /// Messages queued in its inbox.
+    pub queued: u64,
+    /// Its journal's level, if it is journaled.
+    pub journal: Option<Level>,
+}
+
+/// A shard's (or a runtime's) reactors at a glance (see
+/// [`Shard::load_summary`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadSummary {
+    /// Live reactors.
+    pub reactors: u64,
+    /// Messages queued in their inboxes, in all.
+    pub queued: u64,
+    /// Messages queued in the fullest inbox.
+    pub max_queued: u64,
+    /// Their linear memory, in bytes.
+    pub memory: u64,
+}
+
+impl std::ops::AddAssign for LoadSummary {
+    fn add_assign(&mut self, o: Self) {
+        self.reactors += o.reactors;
+        self.queued += o.queued;
+        self.max_queued = self.max_queued.max(o.max_queued);
+        self.memory += o.memory;
+    }
 }
 
 impl std::ops::AddAssign for ShardStats {
@@ -131,6 +183,10 @@ impl std::ops::AddAssign for ShardStats {
         self.remote += o.remote;
         self.unmatched_replies += o.unmatched_replies;
         self.answered_again += o.answered_again;
+        self.dropped_again += o.dropped_again;
+        self.error_replies += o.error_replies;
+        self.failed_replies += o.failed_replies;
+        self.failed_sends += o.failed_sends;
         self.forwarded += o.forwarded;
     }
 }
@@ -191,6 +247,9 @@ pub struct Router {
     /// The partition key the current reactor set for messages to other
     /// nodes (0: by destination); reset before every call.
     affinity: u64,
+    /// `supervise`, `watch` and `trap_exits` calls in the current call
+    /// (at most [`MAX_TREE_CALLS`]); reset before every call.
+    tree_calls: u32,
     config: ShardConfig,
     /// Live reactors plus pending spawns.
     population: usize,
@@ -214,20 +273,11 @@ pub struct Router {
     /// call's record is on disk).
     holding: bool,
     held_now: Vec<(Address, Envelope)>,
-    /// Replies a reactor taken over from its standby copy made in the calls
-    /// it replayed, by requester and correlation id, and since when: a
-    /// request sent again (to the old node, lost with it) is answered with
-    /// its reply instead of being applied twice. Kept [`ANSWERED_FOR`].
-    answered: HashMap<Address, (std::time::Instant, Answered)>,
+    /// The requests from outside its reactors took, with their replies:
+    /// none is handed to a reactor twice (see `once`).
+    once: Once,
     stats: ShardStats,
 }
-
-/// Replies by requester and correlation id (see `Router::answered`).
-type Answered = HashMap<(Address, u64), Envelope>;
-
-/// How long a reactor taken over keeps the replies of its replayed calls
-/// (see `Router::answered`).
-pub(crate) const ANSWERED_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Router {
     /// Queues `env` for `to`: another node (the port's way out), the
@@ -235,6 +285,14 @@ impl Router {
     #[inline]
     fn route(&mut self, to: Address, env: Envelope) -> Result<(), SendError> {
         let node = self.refs.node();
+        if env.kind == abi::KIND_REPLY {
+            if env.flags & abi::FLAG_ERROR != 0 {
+                self.stats.error_replies += 1;
+            }
+            if to.is_host() && !self.once.is_empty() {
+                self.once.replied(to, &env);
+            }
+        }
         // Held while it is handed over (see `port::Arrival`).
         let routed = self.port.routed_send(to);
         if routed.is_some() || to.node() != node && to != Address::HOST && !self.port.hosts_foreign(to) {
@@ -272,25 +330,6 @@ impl Router {
             return self.wait_for_ring(to, env);
         }
         self.queue(to, env, false)
-    }
-
-    /// A request for a reactor taken over: one its replayed calls answered
-    /// already gets that reply again; any other is queued.
-    #[cold]
-    fn answer_again(&mut self, to: Address, env: Envelope, forced: bool) -> Result<(), (SendError, Envelope)> {
-        let (since, table) = self.answered.get(&to).expect("checked by the caller");
-        if since.elapsed() > ANSWERED_FOR {
-            self.answered.remove(&to);
-        } else if let Some(reply) = table.get(&(env.from, env.corr)) {
-            let reply = reply.clone();
-            self.stats.answered_again += 1;
-            tracing::debug!(reactor = %to, from = %env.from, corr = env.corr, "a request sent again was answered by its replayed reply");
-            if let Err(e) = Router::route(self, env.from, reply) {
-                tracing::debug!(reactor = %to, from = %env.from, "the reply again could not be sent: {e}");
-            }
-            return Ok(());
-        }
-        self.enqueue(to, env, forced)
     }
 
     /// Keeps `env` back until what came for `to` through the command ring
@@ -337,14 +376,6 @@ impl Router {
 
     #[inline]
     fn queue(&mut self, to: Address, env: Envelope, forced: bool) -> Result<(), (SendError, Envelope)> {
-        if !self.answered.is_empty() && env.kind == abi::KIND_REQUEST && self.answered.contains_key(&to) {
-            return self.answer_again(to, env, forced);
-        }
-        self.enqueue(to, env, forced)
-    }
-
-    #[inline]
-    fn enqueue(&mut self, to: Address, env: Envelope, forced: bool) -> Result<(), (SendError, Envelope)> {
         let Some(mb) = self.inboxes.get_mut(&to) else { return self.park(to, env, forced) };
         if env.kind == KIND_FENCE {
             // It came the old way behind its sender's earlier messages,
@@ -582,6 +613,7 @@ impl HostContext for Router {
         self.input.extend_from_slice(input);
         self.input_pos = 0;
         self.affinity = 0;
+        self.tree_calls = 0;
     }
 
     fn take_input(&mut self, max: usize) -> &[u8] {
@@ -619,6 +651,25 @@ impl HostContext for Router {
                 }
                 Err(e)
             }
+        }
+    }
+
+    fn failed_output(&mut self, from: Address, to: Address, kind: u8, status: i32) {
+        let what = Envelope::kind_name(kind);
+        if kind == abi::KIND_REPLY {
+            self.stats.failed_replies += 1;
+        } else {
+            self.stats.failed_sends += 1;
+        }
+        if status == abi::STATUS_TOO_LARGE {
+            // A bug in the reactor (the others are the world's weather:
+            // full inboxes, reactors gone); the reply's case is logged
+            // where the host answers for it.
+            if kind != abi::KIND_REPLY {
+                tracing::warn!(reactor = %from, %to, "a {what} over the limit of a message was refused");
+            }
+        } else {
+            tracing::debug!(reactor = %from, %to, status, "a {what} did not go out");
         }
     }
 
@@ -680,6 +731,16 @@ impl HostContext for Router {
 
     fn move_near(&mut self, me: Address, peer: Address) {
         self.port.move_near(me, peer);
+    }
+
+    fn tree(&mut self, event: TreeEvent) -> i32 {
+        // Each call asks the node's supervisor for work and memory: a
+        // bounded number per call into the guest.
+        if self.tree_calls >= MAX_TREE_CALLS {
+            return abi::STATUS_LIMIT;
+        }
+        self.tree_calls += 1;
+        if self.port.tree(event) { abi::STATUS_OK } else { abi::STATUS_UNSUPPORTED }
     }
 
     fn refs(&self) -> &Refs {
@@ -782,6 +843,10 @@ fn unrecorded_import(module: &LoadedModule) -> Option<String> {
     })
 }
 
+/// The most `supervise`, `watch` and `trap_exits` calls one call into a
+/// reactor may make; more answer `STATUS_LIMIT`.
+pub(crate) const MAX_TREE_CALLS: u32 = 64;
+
 /// One thread's population of reactors and the traffic between them.
 pub struct Shard {
     engine: Arc<Engine>,
@@ -804,6 +869,9 @@ pub struct Shard {
     /// The message that failed each supervised reactor waiting for its
     /// restart, and the failure.
     killers: HashMap<Address, (Envelope, Failure)>,
+    /// Reactors to journal at a level from the next snapshot that starts
+    /// journal segments on (they arrived here by a move).
+    journal_next: HashMap<Address, Level>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -854,13 +922,14 @@ impl Shard {
             input: Vec::new(),
             input_pos: 0,
             affinity: 0,
+            tree_calls: 0,
             config,
             population: 0,
             modules: HashMap::default(),
             journaling: false,
             holding: false,
             held_now: Vec::new(),
-            answered: HashMap::default(),
+            once: Once::default(),
             stats: ShardStats::default(),
         };
         Self {
@@ -875,6 +944,7 @@ impl Shard {
             holders: Vec::new(),
             supervised: false,
             killers: HashMap::default(),
+            journal_next: HashMap::default(),
         }
     }
 
@@ -1075,6 +1145,11 @@ impl Shard {
                 if started.is_ok() && s.journal == Some(Level::Standby) {
                     self.router().port.standby_spawned(s.address);
                 }
+                if let (Ok(()), Some(level)) = (&started, s.journal) {
+                    let (parent, init, flags) = (s.init.from, s.init.payload, s.init.flags);
+                    let event = TreeEvent::Spawned { parent, child: s.address, module: s.module.hash, init, flags, level };
+                    self.router().port.tree(event);
+                }
             }
         }
     }
@@ -1092,6 +1167,7 @@ impl Shard {
             router.stats.dropped += mb.inbox.len() as u64;
         }
         router.port.fail_target(address, || CallError::Failed(address, failure.clone()));
+        router.port.tree(TreeEvent::Gone { address, reason: failure.to_string() });
         self.failed.insert(address, failure);
     }
 
@@ -1099,6 +1175,7 @@ impl Shard {
     /// output it held for its journal was accepted from it, so it goes out
     /// now, and its journal is sealed.
     fn take_live(&mut self, address: Address) -> Option<Reactor<Router>> {
+        self.journal_next.remove(&address);
         let mut live = self.reactors.remove(&address)?;
         let held = std::mem::take(&mut live.held);
         let reactor = live.close_journal();
@@ -1115,7 +1192,7 @@ impl Shard {
     /// and the requests waiting on it stay waiting, for its restart; the
     /// request that failed it is answered when it is given up
     /// ([`Shard::restart_journaled`], [`Shard::give_up`]).
-    fn fail_supervised(&mut self, address: Address, failure: Failure, killer: Envelope) {
+    fn fail_supervised(&mut self, address: Address, failure: Failure, killer: Option<Envelope>) {
         tracing::warn!(reactor = %address, "reactor failed: {failure}; its mailbox is kept for its supervisor");
         self.take_live(address);
         let router = self.router();
@@ -1129,7 +1206,82 @@ impl Shard {
         }
         router.parked.insert(address, held);
         self.failed.insert(address, failure.clone());
-        self.killers.insert(address, (killer, failure));
+        if let Some(killer) = killer {
+            self.killers.insert(address, (killer, failure));
+        } else {
+            self.killers.remove(&address);
+        }
+    }
+
+    /// Stops a live journaled reactor for its supervisor, which will
+    /// restart it (its group restarts, or it failed because of another):
+    /// as if it failed, with no message to blame, its mailbox kept. Its
+    /// journal is sealed (after the records queued so far, which
+    /// [`crate::journal::Journals::sync`] waits for). Returns the step its
+    /// next call would have had (replay up to it to bring it back as it
+    /// was), or `None` if it is not a live journaled reactor here.
+    pub fn suspend(&mut self, address: Address, why: &str) -> Option<u64> {
+        let step = self.reactors.get(&address)?.journal.as_ref()?.step();
+        let failure = Failure { reason: FailureReason::Other(why.to_owned()), backtrace: None };
+        self.fail_supervised(address, failure, None);
+        Some(step)
+    }
+
+    /// Ends a reactor for good from outside (its supervision group gave
+    /// up, a linked reactor is gone): a live one fails with `why`; one
+    /// waiting for its supervisor is given up. False if neither.
+    pub fn stop_for_good(&mut self, address: Address, why: &str) -> bool {
+        if self.reactors.contains_key(&address) {
+            self.fail(address, Failure { reason: FailureReason::Other(why.to_owned()), backtrace: None });
+            return true;
+        }
+        if self.router_ref().parked.contains_key(&address) && self.failed.contains_key(&address) {
+            self.give_up(address);
+            return true;
+        }
+        false
+    }
+
+    /// Queues a signal from the host (a `KIND_DOWN` envelope) for `to`
+    /// within its inbox's bounds (kept for it if it waits for its
+    /// supervisor): `Ok(true)` queued, `Ok(false)` no such reactor here,
+    /// `Err(env)` no room now (try again later).
+    pub fn signal(&mut self, to: Address, env: Envelope) -> Result<bool, Envelope> {
+        match self.router().queue(to, env, false) {
+            Ok(()) => Ok(true),
+            Err((SendError::InboxFull(_) | SendError::OverBudget(_), env)) => Err(env),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Restarts a supervised journaled reactor that failed or was
+    /// suspended, from its spawn: a new instance of `module` started with
+    /// `init` again, journaled at `level` from a new journal (the caller
+    /// set the old one aside). Its kept mailbox is queued again, behind
+    /// the message that failed it when `retry` (else that message is a
+    /// dead letter). Returns the dead letter, if there is one.
+    pub fn restart_fresh(
+        &mut self,
+        address: Address,
+        module: &Arc<LoadedModule>,
+        init: Envelope,
+        level: Level,
+        retry: bool,
+    ) -> Result<Option<(Envelope, Failure)>, SpawnError> {
+        if self.reactors.contains_key(&address) {
+            return Err(SpawnError::Journal(format!("{address} is live")));
+        }
+        let held = self.router().parked.remove(&address).unwrap_or_default();
+        if let Err(e) = self.router().reserve_at(address) {
+            self.router().parked.insert(address, held);
+            return Err(e);
+        }
+        self.router().modules.insert(address, module.hash);
+        if let Err(f) = self.instantiate_journaled(address, module, &init, Some(level)) {
+            return Err(SpawnError::Journal(format!("its start-up failed again: {f}")));
+        }
+        self.failed.remove(&address);
+        Ok(self.requeue_kept(address, held, retry))
     }
 
     /// Restarts a supervised journaled reactor that failed: from `chain`
@@ -1164,7 +1316,14 @@ impl Shard {
             }
         };
         self.failed.remove(&address);
-        let mut held = self.router().parked.remove(&address).unwrap_or_default();
+        let held = self.router().parked.remove(&address).unwrap_or_default();
+        Ok((recovered, self.requeue_kept(address, held, retry)))
+    }
+
+    /// Queues a restarted reactor's kept mailbox `held` again, behind the
+    /// message that failed it when `retry` (else that message is a dead
+    /// letter, returned).
+    fn requeue_kept(&mut self, address: Address, mut held: VecDeque<Envelope>, retry: bool) -> Option<(Envelope, Failure)> {
         let mut dead = None;
         if let Some((killer, failure)) = self.killers.remove(&address) {
             if retry {
@@ -1175,20 +1334,28 @@ impl Shard {
             }
         }
         self.requeue(address, held);
-        Ok((recovered, dead))
+        dead
     }
 
     /// Gives up on a supervised reactor that failed (its supervisor's
     /// restarts are used up): it stays failed, what was kept for it is
     /// dropped and the requests waiting on it are answered with its failure.
     pub fn give_up(&mut self, address: Address) -> Option<Failure> {
-        let (killer, failure) = self.killers.remove(&address)?;
-        self.dead_letter(address, &killer, &failure);
+        let failure = match self.killers.remove(&address) {
+            Some((killer, failure)) => {
+                self.dead_letter(address, &killer, &failure);
+                failure
+            }
+            // Suspended: nothing to blame.
+            None if self.router_ref().parked.contains_key(&address) => self.failed.get(&address)?.clone(),
+            None => return None,
+        };
         let router = self.router();
         let held = router.parked.remove(&address).unwrap_or_default();
         router.stats.dropped += held.len() as u64;
         router.remove_mailbox(address);
         router.port.fail_target(address, || CallError::Failed(address, failure.clone()));
+        router.port.tree(TreeEvent::Gone { address, reason: failure.to_string() });
         Some(failure)
     }
 
@@ -1373,9 +1540,25 @@ impl Shard {
         let mut count = 0u32;
         let mut freed = 0;
         let mut consumed = None;
+        let mut again = Vec::new();
         while (count as usize) < max_batch {
             let Some(env) = mb.inbox.pop() else { break };
             freed += queued_cost(&env);
+            if env.kind == abi::KIND_REQUEST && env.from.is_host() {
+                match router.once.take(address, env.from, env.corr, std::time::Instant::now()) {
+                    Taken::New => {}
+                    Taken::Answered(reply) => {
+                        router.stats.answered_again += 1;
+                        again.push((env.from, reply));
+                        continue;
+                    }
+                    Taken::Unanswered => {
+                        router.stats.dropped_again += 1;
+                        tracing::debug!(reactor = %address, from = %env.from, corr = env.corr, "a request taken already, not answered yet, came again: dropped");
+                        continue;
+                    }
+                }
+            }
             env.encode_into(&mut self.batch);
             count += 1;
             if journaled {
@@ -1389,6 +1572,12 @@ impl Shard {
         } else {
             router.ready.push_back(address);
         }
+        for (from, reply) in again {
+            tracing::debug!(reactor = %address, %from, corr = reply.corr, "a request taken already came again: answered with its reply");
+            if let Err(e) = Router::route(router, from, reply) {
+                tracing::debug!(reactor = %address, %from, "the reply again could not be sent: {e}");
+            }
+        }
         if count == 0 {
             return true;
         }
@@ -1400,7 +1589,12 @@ impl Shard {
             t.begin_record();
         }
         router.holding = live.journal.as_ref().is_some_and(ReactorJournal::holds_output);
+        // With `--log debug`, what is logged during the call carries the
+        // reactor's address as a span (events carry it as a field anyway);
+        // below debug the span is a disabled callsite: nothing is made.
+        let span = tracing::debug_span!("reactor", address = %address).entered();
         let mut result = live.reactor.receive(&mut self.router, &batch, count);
+        drop(span);
         self.batch = batch;
         let router = self.router.as_deref_mut().expect("router is home between calls");
         router.holding = false;
@@ -1417,10 +1611,14 @@ impl Shard {
                 live.held.push_back((j.ticket(), out));
             }
             if let Err(f) = &result {
+                if let Some(env) = consumed.as_ref().filter(|e| e.kind == abi::KIND_REQUEST) {
+                    // Not taken: a retry of it is handed to it again.
+                    router.once.forget(address, env.from, env.corr);
+                }
                 live.journal.take().expect("journaled").fail(&f.to_string());
                 if self.supervised {
                     let killer = consumed.take().expect("a journaled call consumed one message");
-                    self.fail_supervised(address, f.clone(), killer);
+                    self.fail_supervised(address, f.clone(), Some(killer));
                     self.process_spawns();
                     return true;
                 }
@@ -1470,6 +1668,40 @@ impl Shard {
     /// Messages waiting in a reactor's inbox.
     pub fn queued(&self, address: Address) -> Option<usize> {
         self.router.as_ref()?.inboxes.get(&address).map(|mb| mb.inbox.len())
+    }
+
+    /// One row per live reactor (see [`ReactorRow`]), and the reactors
+    /// that failed with why (at most `max_failed` of them).
+    pub fn rows(&self, max_failed: usize) -> (Vec<ReactorRow>, Vec<(Address, Failure)>) {
+        let queued = |a: &Address| self.router.as_ref().and_then(|r| r.inboxes.get(a)).map_or(0, |mb| mb.inbox.len() as u64);
+        let rows = self
+            .reactors
+            .iter()
+            .map(|(a, l)| ReactorRow {
+                address: *a,
+                module: l.reactor.module_hash(),
+                memory: l.reactor.memory_size() as u64,
+                queued: queued(a),
+                journal: l.journal.as_ref().map(ReactorJournal::level),
+            })
+            .collect();
+        let failed = self.failed.iter().take(max_failed).map(|(a, f)| (*a, f.clone())).collect();
+        (rows, failed)
+    }
+
+    /// Its live reactors, the messages queued for them in all and for the
+    /// fullest inbox, and their linear memory in all.
+    pub fn load_summary(&self) -> LoadSummary {
+        let mut s = LoadSummary { reactors: self.reactors.len() as u64, ..LoadSummary::default() };
+        if let Some(r) = self.router.as_ref() {
+            for mb in r.inboxes.values() {
+                let n = mb.inbox.len() as u64;
+                s.queued += n;
+                s.max_queued = s.max_queued.max(n);
+            }
+        }
+        s.memory = self.reactors.values().map(|l| l.reactor.memory_size() as u64).sum();
+        s
     }
 
     /// Counters.
@@ -1610,6 +1842,21 @@ impl Shard {
             j.roll(cp.id(), digest);
             if let Some(t) = live.reactor.tap() {
                 t.restart_outputs();
+            }
+        } else if options.journal
+            && live.journal.is_none()
+            && let Some(journals) = self.journals.clone()
+            && let Some(&level) = self.journal_next.get(&address)
+            && let Some(&module) = self.router.as_deref().expect("router is home between calls").modules.get(&address)
+        {
+            // Journaled from this snapshot on (it arrived by a move).
+            self.journal_next.remove(&address);
+            let digest = live.reactor.state_digest();
+            live.journal = Some(ReactorJournal::start(&journals, address, module, level, 0, Some((cp.id(), digest))));
+            live.reactor.set_tap(Some(Box::new(Tap::recording())));
+            tracing::info!(reactor = %address, "{address} is journaled again, at level {}, from snapshot {}", level.name(), cp.id());
+            if level == Level::Standby {
+                self.router().port.standby_spawned(address);
             }
         }
         Ok(())
@@ -1851,7 +2098,7 @@ impl Shard {
             None => self.router_ref().inboxes.contains_key(&address),
         };
         self.discard(address);
-        self.router().answered.remove(&address);
+        self.router().once.forget_reactor(address);
         had
     }
 
@@ -1993,30 +2240,29 @@ impl Shard {
     /// again, appending to the last segment (cut at a torn last record).
     /// A journal that ends with its failure replays the failure: the
     /// reactor fails again, and stays failed.
+    ///
+    /// The requests from outside it replays count as taken, with the
+    /// replies they got (see `once`): one sent again (its reply lost with
+    /// the node that ran it, or with this node's restart) gets the same
+    /// reply instead of being applied twice.
     pub fn recover_journal(
         &mut self,
         module: &Arc<LoadedModule>,
         segments: &[(std::path::PathBuf, Vec<u8>)],
     ) -> Result<Recovered, RecoverError> {
-        self.recover_journal_until(module, segments, None, false)
+        self.recover_journal_until(module, segments, None, true)
     }
 
     /// [`Shard::recover_journal`] for a reactor taken over from its standby
-    /// copy (restored here, or starting at its spawn): the replies its
-    /// replayed calls made are kept for two minutes, so that a request
-    /// sent again to it (its reply lost with the node that ran it) gets the
-    /// same reply instead of being applied twice. Returns how many replies
-    /// were kept besides.
+    /// copy (restored here, or starting at its spawn). Returns how many
+    /// replies to requests from outside were kept besides.
     pub fn take_over_journal(
         &mut self,
         module: &Arc<LoadedModule>,
         segments: &[(std::path::PathBuf, Vec<u8>)],
     ) -> Result<(Recovered, usize), RecoverError> {
         let mut r = self.recover_journal_until(module, segments, None, true)?;
-        let replies = std::mem::take(&mut r.replies);
-        let n = replies.len();
-        let table: Answered = replies.into_iter().map(|(to, env)| ((Address(to), env.corr), env)).collect();
-        self.router().answered.insert(r.address, (std::time::Instant::now(), table));
+        let n = std::mem::take(&mut r.replies).len();
         Ok((r, n))
     }
 
@@ -2100,6 +2346,9 @@ impl Shard {
                         }
                     }
                     Record::Step(st) => {
+                        if keep_replies && st.kind == abi::KIND_REQUEST && Address(st.from).is_host() {
+                            self.router().once.take(address, Address(st.from), st.corr, std::time::Instant::now());
+                        }
                         let r = self.replay_step(address, &st).map_err(|e| mismatch(l.step, &e.to_string()))?;
                         check_replayed(&r, &st).map_err(|w| mismatch(l.step, &w))?;
                         failed = r.failure.is_some();
@@ -2127,6 +2376,9 @@ impl Shard {
             Some(t) if keep_replies => t.take_replies(),
             _ => Vec::new(),
         };
+        for (to, reply) in &replies {
+            self.router().once.replied(Address(*to), reply);
+        }
         if failed {
             return Ok(Recovered { steps, next_step: step, failed: true, address, replies });
         }
@@ -2146,5 +2398,22 @@ impl Shard {
     /// The step number of a journaled reactor's next call.
     pub fn journal_step(&self, address: Address) -> Option<u64> {
         self.reactors.get(&address).and_then(|l| l.journal.as_ref()).map(ReactorJournal::step)
+    }
+
+    /// The journal level of a live journaled reactor.
+    pub fn journal_level(&self, address: Address) -> Option<Level> {
+        self.reactors.get(&address).and_then(|l| l.journal.as_ref()).map(ReactorJournal::level)
+    }
+
+    /// Journals `address` (live here, not journaled: it arrived by a move)
+    /// at `level` from the next snapshot that starts journal segments (a
+    /// node checkpoint): its journal's first segment starts at that
+    /// snapshot. False without journals, or if it is not live here.
+    pub fn journal_from_next_checkpoint(&mut self, address: Address, level: Level) -> bool {
+        if self.journals.is_none() || !self.reactors.contains_key(&address) {
+            return false;
+        }
+        self.journal_next.insert(address, level);
+        true
     }
 }

@@ -62,6 +62,10 @@ pub(crate) trait HostContext: Send + 'static {
     /// the outside world). Nothing is queued on an error.
     fn route(&mut self, to: Address, env: Envelope) -> Result<(), SendError>;
 
+    /// A send, request or reply of `from` to `to` that did not go out
+    /// (`status`, the `STATUS_*` the guest is given): counted, and logged.
+    fn failed_output(&mut self, from: Address, to: Address, kind: u8, status: i32);
+
     /// A correlation id unique across shards, nodes and restarts.
     fn next_corr(&mut self) -> Result<u64, RefsError>;
 
@@ -86,6 +90,11 @@ pub(crate) trait HostContext: Send + 'static {
 
     /// `me` asks to be moved to the node where `peer` lives.
     fn move_near(&mut self, me: Address, peer: Address);
+
+    /// Tells the supervision tree's keeper of `event`: `STATUS_OK`,
+    /// `STATUS_UNSUPPORTED` if there is none (a bare runtime), or
+    /// `STATUS_LIMIT` past the calls one call into the guest may make.
+    fn tree(&mut self, event: crate::tree::TreeEvent) -> i32;
 
     /// The node's tags and shared blobs.
     fn refs(&self) -> &Refs;

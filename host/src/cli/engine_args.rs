@@ -27,6 +27,10 @@ pub(crate) struct EngineArgs {
     /// Log level for host and reactor logs (error, warn, info, debug, trace).
     #[arg(long, global = true, default_value = "warn")]
     pub(crate) log: String,
+    /// Logs as JSON, one object per line (time, level, target, message and
+    /// fields such as `reactor`), for a log collector.
+    #[arg(long, global = true)]
+    pub(crate) log_json: bool,
 }
 
 impl EngineArgs {

@@ -4,12 +4,15 @@
 //!
 //! Modules, each using only those before it: `engine_args` (the engine and
 //! limit flags every subcommand shares), `save` (writing a reactor's
-//! snapshot with progress), `run`, `snapshot`, `node`, `demo`; this module
+//! snapshot with progress), `run`, `snapshot`, `node`, `demo`, `new`
+//! (`host new` and `host test`); this module
 //! parses the command line and dispatches.
 #![forbid(unsafe_code)]
 
+mod config;
 mod demo;
 mod engine_args;
+mod new;
 mod node;
 mod run;
 mod save;
@@ -60,7 +63,7 @@ enum Command {
     },
     /// Run a node of a cluster: it hosts reactors, joins the cluster through
     /// its seeds, and routes messages to reactors on any node.
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// Show a running node's view of the cluster (members, lanes, counters).
     Status(node::AdminArgs),
     /// Start a reactor on a running node; prints its address.
@@ -86,16 +89,35 @@ enum Command {
     /// in production: same outputs, same state at every snapshot point,
     /// same failure with the same message and backtrace.
     Replay(replay::ReplayArgs),
+    /// Make a reactor crate of your own: its own workspace, a cdylib for
+    /// wasm32-wasip1, the SDK of this host vendored beside it, a counter
+    /// to start from and a transcript test.
+    New(new::NewArgs),
+    /// Build a reactor crate (made by `host new`) and play its transcripts
+    /// (`tests/*.txt`: requests and the answers expected) against it.
+    Test(new::TestArgs),
 }
 
 /// Entry point of the `host` binary.
 pub(crate) fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv = match config::apply(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.engine.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Colours on a terminal only: a log file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.engine.log_json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(ansi).init();
+    }
     let result = match &cli.command {
         Command::Run(args) => run::run(&cli.engine, args),
         Command::Demo(args) => demo::demo(&cli.engine, args),
@@ -113,6 +135,8 @@ pub(crate) fn main() -> ExitCode {
         Command::Checkpoint(args) => node::checkpoint(args),
         Command::Migrate(args) => node::migrate(args),
         Command::Rebalance(args) => node::rebalance(args),
+        Command::New(args) => new::new(args),
+        Command::Test(args) => new::test(&cli.engine, args),
     };
     match result {
         Ok(code) => code,

@@ -22,6 +22,12 @@ use std::sync::Arc;
 /// `host node`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct NodeArgs {
+    /// Settings from a TOML file, its keys the long flags (`shards = 2`,
+    /// `seed = ["10.0.0.1:7000"]`, `insecure-plaintext = true`); a flag
+    /// given here wins over the file. At most 1 MiB, not writable by group
+    /// or others.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// This node's id in the cluster, 1 to 32767 (the node bits of its
     /// reactors' addresses; unique in the cluster).
     #[arg(long)]
@@ -137,6 +143,23 @@ pub(crate) struct NodeArgs {
     /// of taking over from a node that was only slow.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=600_000))]
     suspect_after: Option<u64>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (reactors by
+    /// state, messages in and out, inbox depth, dead letters and why,
+    /// snapshots, restores, checkpoints and migrations with their
+    /// durations, members and lanes per peer, journals, failover,
+    /// supervision). Say 127.0.0.1 unless a scraper elsewhere needs it:
+    /// the figures are not secret but not public either.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Serve the live cluster view (a web page: the nodes and the
+    /// overlay's graph, this node's reactors with memory and mailbox,
+    /// live message rates, migrations, recent failures; snapshot, migrate
+    /// or stop a reactor from it) at http://ADDR/. Every request needs the
+    /// token kept in `<data-dir>/http.token` (made at the first start,
+    /// 0600); the address printed at start carries it. Say 127.0.0.1: it
+    /// is an operator's console.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
     /// How long an admin client may take to send a request line or to take
     /// an answer, in milliseconds, before its connection is closed (not
     /// counting time its requests are running).
@@ -284,6 +307,22 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
     // Bound before the line below announces the node: whoever reads it
     // can connect at once.
     let admin = AdminSocket::bind(&node)?.idle_timeout(std::time::Duration::from_millis(args.admin_idle_timeout));
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen for --metrics on {addr}"))?;
+            Some(host::node::http::serve_metrics(&node, l).context("cannot serve --metrics")?)
+        }
+        None => None,
+    };
+    let view = match args.http {
+        Some(addr) => {
+            let token = host::node::http::token(&args.data_dir).map_err(|e| anyhow::anyhow!("the web view: {e}"))?;
+            let l = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen for --http on {addr}"))?;
+            let bound = host::node::http::serve_view(&node, l, token.clone()).context("cannot serve --http")?;
+            Some((bound, token))
+        }
+        None => None,
+    };
     let info = node.info();
     if args.insecure_plaintext {
         tracing::warn!("--insecure-plaintext: frames between nodes are neither encrypted nor authenticated");
@@ -298,6 +337,12 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
         args.data_dir.join("admin.sock").display(),
         node.public_key()
     ));
+    if let Some((addr, token)) = &view {
+        say(format_args!("node {} serves its cluster view at http://{addr}/?token={token}", info.id));
+    }
+    if let Some(addr) = metrics {
+        say(format_args!("node {} serves metrics at http://{addr}/metrics", info.id));
+    }
     if !node.restored().is_empty() {
         say(format_args!("node {} restored {} reactor(s) from its checkpoints", info.id, node.restored().len()));
     }

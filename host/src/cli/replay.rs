@@ -129,7 +129,11 @@ fn load_module(engine: &reactor_runtime::Engine, given: Option<&Path>, want: Mod
 }
 
 fn print_step(s: &StepReport) {
-    let what = if s.init { "start-up".to_owned() } else { format!("{} from {}", reactor_runtime::Envelope::kind_name(s.kind), s.from) };
+    let what = if s.init {
+        "start-up".to_owned()
+    } else {
+        format!("{} from {} corr {}", reactor_runtime::Envelope::kind_name(s.kind), s.from, s.corr)
+    };
     let verdict = if !s.matches() {
         "DIFFERS from the recording"
     } else if s.failure.is_some() {
@@ -137,7 +141,7 @@ fn print_step(s: &StepReport) {
     } else {
         "ok"
     };
-    println!("step {:>8}  {what:<32} {:>9} bytes  {:>3} host calls  {verdict}", s.step, s.payload_len, s.host_calls);
+    println!("step {:>8}  {what:<44} {:>9} bytes  {:>3} host calls  {verdict}", s.step, s.payload_len, s.host_calls);
 }
 
 /// Pages (4 KiB) that differ between two memories, as ranges.

@@ -39,11 +39,29 @@ impl RunArgs {
     }
 }
 
+/// What [`talk`] saw.
+#[derive(Debug, Default)]
+pub(crate) struct Talked {
+    /// The reactor failed (the messages after stayed unsent).
+    pub(crate) reactor_failed: bool,
+    /// Messages that were not valid JSON, could not be sent, or whose
+    /// request failed (an error reply, no reply).
+    pub(crate) errors: usize,
+}
+
+impl Talked {
+    /// The exit code: failure if the reactor failed or any message did.
+    pub(crate) fn exit_code(&self) -> ExitCode {
+        if self.reactor_failed || self.errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    }
+}
+
 /// Sends each message (JSON; from `messages`, or one per line of standard
-/// input when there are none) to `reactor`, printing replies and messages
-/// reactors sent to the host. False if the reactor failed.
-pub(crate) fn talk(rt: &mut Shard, reactor: Address, messages: &[String], oneway: bool) -> anyhow::Result<bool> {
-    let mut failed = false;
+/// input when there are none) to `reactor`, printing replies (to standard
+/// output) and errors (to standard error, counted) and messages reactors
+/// sent to the host. Stops at a failure of the reactor.
+pub(crate) fn talk(rt: &mut Shard, reactor: Address, messages: &[String], oneway: bool) -> anyhow::Result<Talked> {
+    let mut talked = Talked::default();
     let mut handle = |rt: &mut Shard, n: usize, line: &str| -> bool {
         let line = line.trim();
         if line.is_empty() {
@@ -51,6 +69,7 @@ pub(crate) fn talk(rt: &mut Shard, reactor: Address, messages: &[String], oneway
         }
         if let Err(e) = serde_json::from_str::<serde_json::Value>(line) {
             eprintln!("message {n}: not valid JSON ({e}); not sent");
+            talked.errors += 1;
             return true;
         }
         let outcome = if oneway {
@@ -67,11 +86,11 @@ pub(crate) fn talk(rt: &mut Shard, reactor: Address, messages: &[String], oneway
         match outcome {
             Ok(Some(reply)) => println!("{}", show(&reply)),
             Ok(None) => {}
-            Err(CallError::NoReply(_)) => println!("(no reply)"),
             Err(e) => {
                 eprintln!("message {n}: {e}");
+                talked.errors += 1;
                 if let Some(ReactorState::Failed(_)) = rt.state(reactor) {
-                    failed = true;
+                    talked.reactor_failed = true;
                     return false;
                 }
             }
@@ -93,7 +112,10 @@ pub(crate) fn talk(rt: &mut Shard, reactor: Address, messages: &[String], oneway
             }
         }
     }
-    Ok(!failed)
+    if talked.errors > 0 && !talked.reactor_failed {
+        eprintln!("{} message(s) failed", talked.errors);
+    }
+    Ok(talked)
 }
 
 fn show(reply: &Reply) -> String {
@@ -117,17 +139,19 @@ pub(crate) fn run(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<Ex
     let reactor = rt.spawn_text(&module, init).context("the reactor did not start")?;
     eprintln!("reactor {reactor} running {} (module {})", path.display(), &module.hash.to_hex()[..16]);
 
-    let ok = talk(&mut rt, reactor, &args.messages, args.oneway)?;
-    if !ok {
+    let talked = talk(&mut rt, reactor, &args.messages, args.oneway)?;
+    if talked.reactor_failed {
         return Ok(ExitCode::FAILURE);
     }
+    // The reactor is fine (a message failed, not it): its snapshot is
+    // written all the same.
     if let Some(path) = &args.snapshot {
         save(&mut rt, reactor, path)?;
     }
     if let Some(size) = rt.memory_size(reactor) {
         eprintln!("reactor {reactor}: {} KiB of linear memory", size / 1024);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(talked.exit_code())
 }
 
 fn printable(env: &reactor_runtime::Envelope) -> String {

@@ -1,7 +1,7 @@
 //! `host snapshot`, `host restore`, `host inspect`.
 
 use super::engine_args::EngineArgs;
-use super::run::{RunArgs, talk};
+use super::run::{RunArgs, Talked, talk};
 use super::save::{mib, progress, save};
 use reactor_runtime::snapshot::{ChainBreak, Kind, Load, RestoreOptions, SnapshotFile, chain_break};
 use reactor_runtime::{Address, Engine, ModuleHash, Shard, abi};
@@ -206,13 +206,18 @@ pub(crate) fn restore(engine_args: &EngineArgs, args: &RestoreArgs) -> anyhow::R
     // Messages from --send, else one per line of standard input unless it
     // is a terminal (as `host run` takes them).
     let from_stdin = args.messages.is_empty() && !std::io::IsTerminal::is_terminal(&std::io::stdin());
-    if (!args.messages.is_empty() || from_stdin) && !talk(&mut rt, target, &args.messages, args.oneway)? {
+    let talked = if !args.messages.is_empty() || from_stdin {
+        talk(&mut rt, target, &args.messages, args.oneway)?
+    } else {
+        Talked::default()
+    };
+    if talked.reactor_failed {
         return Ok(ExitCode::FAILURE);
     }
     if let Some(path) = &args.snapshot {
         save(&mut rt, target, path)?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(talked.exit_code())
 }
 
 /// `host inspect`.

@@ -139,6 +139,22 @@ pub struct Checkpoints {
     /// The next checkpoint is full (first one after a start, or after a
     /// failed one).
     full_next: bool,
+    stats: CheckpointStats,
+}
+
+/// What the node's checkpoints did since it started (for its metrics).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct CheckpointStats {
+    /// Checkpoints written.
+    pub taken: u64,
+    /// Checkpoints that failed.
+    pub failed: u64,
+    /// Seconds they took, in all (call to durable file).
+    pub seconds: f64,
+    /// The last one's seconds.
+    pub last_seconds: f64,
+    /// The last one's file bytes.
+    pub last_bytes: u64,
 }
 
 /// `<seq>.full.snap` or `<seq>.delta.snap`.
@@ -191,7 +207,7 @@ impl Checkpoints {
             }
             chain.push(Link { path: path.clone(), id: h.id });
         }
-        Ok(Self { dir, chain, stale, next_seq, full_next: true })
+        Ok(Self { dir, chain, stale, next_seq, full_next: true, stats: CheckpointStats::default() })
     }
 
     /// The chain in use, oldest first: what a restart restores.
@@ -216,6 +232,25 @@ impl Checkpoints {
     /// a start, after [`MAX_DELTAS`] deltas, or after a failure), after
     /// which the previous chain's files are deleted.
     pub fn take(&mut self, runtime: &Runtime) -> Result<Taken, DurableError> {
+        let r = self.take_one(runtime);
+        match &r {
+            Ok(t) => {
+                self.stats.taken += 1;
+                self.stats.seconds += t.elapsed.as_secs_f64();
+                self.stats.last_seconds = t.elapsed.as_secs_f64();
+                self.stats.last_bytes = t.file_bytes;
+            }
+            Err(_) => self.stats.failed += 1,
+        }
+        r
+    }
+
+    /// What the checkpoints did since the node started.
+    pub fn stats(&self) -> CheckpointStats {
+        self.stats
+    }
+
+    fn take_one(&mut self, runtime: &Runtime) -> Result<Taken, DurableError> {
         let started = Instant::now();
         let delta_on = match self.chain.last() {
             Some(last) if !self.full_next && self.chain.len() <= MAX_DELTAS => Some(last.id),
@@ -272,6 +307,20 @@ pub struct WriteFailure {
     pub path: PathBuf,
     /// The OS error.
     pub source: io::Error,
+}
+
+/// Moves `address`'s journal directory (under `journal_dir`) to
+/// `<data-dir>/dropped/<address>-<why>`, so a restart neither replays nor
+/// mixes it with a new one. `Ok(false)` if it had none.
+pub fn set_journal_aside(data_dir: &Path, journal_dir: &Path, address: reactor_runtime::Address, why: &str) -> io::Result<bool> {
+    let jdir = reactor_runtime::journal::reactor_dir(journal_dir, address);
+    if !jdir.exists() {
+        return Ok(false);
+    }
+    let aside = data_dir.join("dropped").join(format!("{:016x}-{why}", address.0));
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(aside.parent().expect("has a parent"))?;
+    fs::rename(&jdir, &aside)?;
+    Ok(true)
 }
 
 /// Writes `bytes` as `<dir>/<name>`, atomically and durably: a temporary

@@ -53,7 +53,9 @@
 
 pub mod admin;
 pub mod durable;
+pub mod http;
 pub mod lock;
+pub mod metrics;
 pub mod migrate;
 pub mod postmortem;
 pub mod recovery;
@@ -278,6 +280,10 @@ pub const JOURNALS: &str = "journal";
 
 /// What a node remembers of cluster events (newest last, bounded).
 const EVENT_LOG: usize = 256;
+/// How long [`Node::call`] waits before it sends a request again to the
+/// node it went to (back up after a restart, or answering "no live
+/// reactor" while the reactor settles elsewhere).
+const AGAIN_AFTER: Duration = Duration::from_millis(50);
 
 /// A running node. See the module docs.
 pub struct Node {
@@ -297,10 +303,12 @@ pub struct Node {
     /// Its journaled reactors' journals, under `<data-dir>/journal/`.
     journals: Arc<reactor_runtime::journal::Journals>,
     /// Restarts its journaled reactors that fail.
-    supervisor: Option<Arc<supervise::Supervisor>>,
+    supervisor: Arc<supervise::Supervisor>,
     /// The last snapshot taken through [`Node::snapshot`]: what the next
     /// incremental one is a delta on.
     last_snapshot: Mutex<Option<reactor_runtime::snapshot::SnapshotId>>,
+    /// Snapshots and restores asked of it, for its metrics.
+    activity: Mutex<Activity>,
     /// Its migrations, both ends.
     hub: Arc<migrate::Hub>,
     /// Its standbys, both ends.
@@ -366,6 +374,8 @@ struct RuntimeInbound {
     hub: std::sync::OnceLock<Arc<migrate::Hub>>,
     /// Set once its standbys run.
     standby: std::sync::OnceLock<Arc<standby::Standby>>,
+    /// Set once the supervisor can take messages from other nodes.
+    supervisor: std::sync::OnceLock<Arc<supervise::Supervisor>>,
 }
 
 impl Inbound for RuntimeInbound {
@@ -380,6 +390,14 @@ impl Inbound for RuntimeInbound {
         if reactor_net::locate::LocationMsg::is_location(&env.payload) {
             if let Some(t) = self.transport.get() {
                 t.location_message(&env);
+            }
+            return Ok(());
+        }
+        if supervise::wire::is_tree(&env.payload) {
+            match (supervise::wire::decode(&env.payload), self.supervisor.get()) {
+                (Ok(m), Some(sup)) => sup.deliver(env.from.node(), m),
+                (Ok(_), None) => return Err((SendError::InboxFull(to), env)),
+                (Err(e), _) => tracing::debug!(from = %env.from, "dropped a supervision message: {e}"),
             }
             return Ok(());
         }
@@ -425,11 +443,14 @@ impl Inbound for RuntimeInbound {
                 NodeEvent::Broadcast { .. } => {}
             }
         }
+        if let (NodeEvent::Down(node), Some(sup)) = (&event, self.supervisor.get()) {
+            sup.node_down(*node);
+        }
         if let NodeEvent::Down(node) = &event {
             let node = *node;
             match self.transport.get() {
-                Some(t) => self.runtime.fail_calls_where(|a| t.location(a).0 == node, |a| CallError::Send(SendError::NoSuchReactor(a))),
-                None => self.runtime.fail_calls_to_node(node, |a| CallError::Send(SendError::NoSuchReactor(a))),
+                Some(t) => self.runtime.fail_calls_where(|a| t.location(a).0 == node, |a| CallError::NodeDown(a, node)),
+                None => self.runtime.fail_calls_to_node(node, |a| CallError::NodeDown(a, node)),
             }
         }
         let mut log = self.events.lock().unwrap();
@@ -600,6 +621,7 @@ impl Node {
             transport: std::sync::OnceLock::new(),
             hub: std::sync::OnceLock::new(),
             standby: std::sync::OnceLock::new(),
+            supervisor: std::sync::OnceLock::new(),
         });
         let mut tc = TransportConfig::new(info.clone(), &config.cluster, config.secret.clone());
         if !config.channels.is_empty() {
@@ -731,6 +753,8 @@ impl Node {
             }));
         }
         let _ = inbound.standby.set(standby.clone());
+        supervisor.set_transport(transport.clone());
+        let _ = inbound.supervisor.set(supervisor.clone());
         {
             // A reactor asked to be moved next to another: after its call,
             // on a thread of its own (one move of it at a time).
@@ -779,6 +803,7 @@ impl Node {
             journals,
             supervisor,
             last_snapshot: Mutex::new(None),
+            activity: Mutex::new(Activity::default()),
             hub,
             standby,
             _lock: lock,
@@ -848,6 +873,25 @@ impl Node {
         path: &Path,
         incremental: bool,
     ) -> Result<serde_json::Value, reactor_runtime::snapshot::SnapshotError> {
+        let started = Instant::now();
+        let r = self.snapshot_into(reactors, path, incremental);
+        let mut a = self.activity.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &r {
+            Ok(_) => {
+                a.snapshots += 1;
+                a.snapshot_seconds += started.elapsed().as_secs_f64();
+            }
+            Err(_) => a.snapshots_failed += 1,
+        }
+        r
+    }
+
+    fn snapshot_into(
+        &self,
+        reactors: Option<Vec<Address>>,
+        path: &Path,
+        incremental: bool,
+    ) -> Result<serde_json::Value, reactor_runtime::snapshot::SnapshotError> {
         use reactor_runtime::snapshot::{Capture, SnapshotError, SnapshotOptions};
         if let Some(list) = &reactors
             && let Some(&a) = list.iter().find(|a| self.runtime.state(**a) != Some(reactor_runtime::ReactorState::Running))
@@ -894,6 +938,21 @@ impl Node {
     /// reactors whose addresses are this node's: an address names the
     /// node that runs it.
     pub fn restore(&self, files: &[PathBuf], lazy: bool) -> Result<Vec<Address>, RestoreError> {
+        let started = Instant::now();
+        let r = self.restore_from(files, lazy);
+        let mut a = self.activity.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &r {
+            Ok(restored) => {
+                a.restores += 1;
+                a.restored_reactors += restored.len() as u64;
+                a.restore_seconds += started.elapsed().as_secs_f64();
+            }
+            Err(_) => a.restores_failed += 1,
+        }
+        r
+    }
+
+    fn restore_from(&self, files: &[PathBuf], lazy: bool) -> Result<Vec<Address>, RestoreError> {
         use reactor_runtime::snapshot::{Load, RestoreOptions, SnapshotFile};
         let chain = files
             .iter()
@@ -958,8 +1017,10 @@ impl Node {
         if let Some(m) = engine.module_by_name(name) {
             return Ok(m);
         }
-        let path = if example_guests::ALL.contains(&name) { example_guests::path(name) } else { PathBuf::from(name) };
-        let bytes = Engine::read_module_file(&path).map_err(|source| NodeError::Module { name: name.to_owned(), source })?;
+        let bytes = match example_guests::bytes(name) {
+            Some(b) => b.to_vec(),
+            None => Engine::read_module_file(&PathBuf::from(name)).map_err(|source| NodeError::Module { name: name.to_owned(), source })?,
+        };
         let (m, _) = engine.load(&bytes).map_err(|source| NodeError::Module { name: name.to_owned(), source })?;
         // Kept so that a restart can instantiate its reactors again.
         durable::keep_module(&self.config.data_dir, &m.hash, &bytes)?;
@@ -1019,9 +1080,10 @@ impl Node {
             "migrations": self.hub.counters(),
             "standby": serde_json::to_value(self.standby.counters()).unwrap_or_default(),
             "answered_again": stats.answered_again,
+            "dropped_again": stats.dropped_again,
             "fence_timeouts": self.transport.fence_timeouts(),
             "journal": journal,
-            "supervision": self.supervisor.as_ref().map(|s| serde_json::to_value(s.counters()).unwrap_or_default()),
+            "supervision": serde_json::to_value(self.supervisor.counters()).unwrap_or_default(),
             "events": events,
         })
     }
@@ -1034,37 +1096,90 @@ impl Node {
     /// Sends a request from outside to `to` and waits up to `timeout` for
     /// its reply. When the node `to` runs on goes down meanwhile and `to`
     /// turns up on another node within the time (taken over from its
-    /// standby), the request goes there again with the same correlation id:
-    /// the reactor answers it once, from its replayed call if that call
-    /// happened before the takeover.
+    /// standby) or on that node again (restarted, from its journal), the
+    /// request goes there again with the same correlation id. So does a
+    /// request that a node answers with "no live reactor" because it
+    /// dropped its copy for one another node took over (a node back from a
+    /// restart or a partition). The reactor takes it once (see the
+    /// runtime's `once`): a copy taken already, replayed or live, gets the
+    /// reply the first got.
     pub fn call(&self, to: Address, msg: Vec<u8>, text: bool, timeout: Duration) -> Result<reactor_runtime::Reply, reactor_runtime::CallError> {
         use reactor_runtime::CallError;
         let deadline = Instant::now() + timeout;
         let (mut node, _) = self.transport.location(to);
-        let mut pending = self.runtime.request(to, msg.clone(), text)?;
+        let mut pending = match self.runtime.request(to, msg.clone(), text) {
+            Ok(p) => p,
+            // Refused at once (this node answers for it, e.g. taking it
+            // over, but it is not live yet): as for an answer below.
+            Err(SendError::NoSuchReactor(_)) if self.may_turn_up(to, node) => {
+                tracing::debug!(reactor = %to, "a request refused at once (node {node}): waiting for where it turns up");
+                node = self.home_of(to, node, deadline).ok_or(CallError::Send(SendError::NoSuchReactor(to)))?;
+                tracing::debug!(reactor = %to, "sending the request to node {node}");
+                self.runtime.request(to, msg.clone(), text)?
+            }
+            Err(e) => {
+                tracing::debug!(reactor = %to, "a request refused at once (node {node}): {e}");
+                return Err(e.into());
+            }
+        };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let corr = pending.corr();
             match pending.wait(Some(left)) {
-                Err(CallError::Send(SendError::NoSuchReactor(_))) if node != self.config.id && !self.is_up(node) => {
-                    // Its node went down: wait for it to turn up elsewhere.
-                    let moved = loop {
-                        let (now_at, _) = self.transport.location(to);
-                        if now_at != node {
-                            break Some(now_at);
-                        }
-                        if Instant::now() >= deadline {
-                            break None;
-                        }
-                        std::thread::sleep(Duration::from_millis(5));
-                    };
-                    let Some(at) = moved else { return Err(CallError::Send(SendError::NoSuchReactor(to))) };
-                    node = at;
+                // Its node went down (the reactor may turn up on another
+                // node, taken over, or on that one again, restarted), or
+                // that node had no live copy and it may be elsewhere.
+                Err(e @ CallError::NodeDown(..)) | Err(e @ CallError::Send(SendError::NoSuchReactor(_)))
+                    if matches!(e, CallError::NodeDown(..)) || self.may_turn_up(to, node) =>
+                {
+                    tracing::debug!(reactor = %to, corr, "{e} (node {node}): waiting for where it turns up");
+                    node = self.home_of(to, node, deadline).ok_or(e)?;
+                    tracing::debug!(reactor = %to, corr, "sending the request again to node {node}");
                     pending = self.runtime.request_again(to, corr, msg.clone(), text)?;
+                }
+                Err(e) => {
+                    tracing::debug!(reactor = %to, corr, "the request to node {node} failed: {e}");
+                    return Err(e);
                 }
                 r => return r,
             }
         }
+    }
+
+    /// Waits (until `deadline`) for `to`, which `node` did not have, to
+    /// turn up: its node went down (it turns up elsewhere, or on that node
+    /// again once it is back: restarted, it brings its journaled reactors
+    /// back), another node took it over (it lives there now), or this node
+    /// stands by for it and is taking it over (it will live here). Where it
+    /// lives, or `None` at the deadline. The same node again only after
+    /// [`AGAIN_AFTER`], so that a node that keeps answering "no live
+    /// reactor" is not asked in a busy loop.
+    fn home_of(&self, to: Address, node: NodeId, deadline: Instant) -> Option<NodeId> {
+        let since = Instant::now();
+        loop {
+            if self.runtime.state(to) == Some(reactor_runtime::ReactorState::Running) {
+                return Some(self.config.id);
+            }
+            let (now_at, _) = self.transport.location(to);
+            if now_at != node && now_at != self.config.id {
+                return Some(now_at);
+            }
+            if now_at == node && node != self.config.id && since.elapsed() >= AGAIN_AFTER && self.is_up(node) {
+                return Some(node);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether a call to `to` answered "no live reactor" by `node` may
+    /// find it elsewhere soon: that node is down, or `to` moved on from it
+    /// (taken over), or this node stands by for `to` (and may be taking it
+    /// over).
+    fn may_turn_up(&self, to: Address, node: NodeId) -> bool {
+        self.standby.stands_by(to) || (node != self.config.id && (!self.is_up(node) || self.transport.location(to).0 != node))
     }
 
     fn is_up(&self, node: NodeId) -> bool {
@@ -1112,7 +1227,7 @@ fn recover_on_shards(plans: Vec<recovery::Plan>, runtime: Arc<Runtime>) -> react
 /// Starts the node's journal writer in `<data-dir>/journal/`, hands it to
 /// every shard, and makes a journaled reactor's failure leave a post-mortem
 /// bundle (`postmortem`).
-type JournalParts = (Arc<reactor_runtime::journal::Journals>, Option<Arc<supervise::Supervisor>>);
+type JournalParts = (Arc<reactor_runtime::journal::Journals>, Arc<supervise::Supervisor>);
 
 fn start_journals(config: &NodeConfig, runtime: &Arc<Runtime>) -> Result<JournalParts, NodeError> {
     use reactor_runtime::journal::{JournalConfig, Journals};
@@ -1121,17 +1236,16 @@ fn start_journals(config: &NodeConfig, runtime: &Arc<Runtime>) -> Result<Journal
     let journals = Journals::start(JournalConfig { dir: dir.clone(), keep: config.journal_keep.max(1) })
         .map_err(|e| io("start the journals in", e))?;
     runtime.set_journals(&journals).map_err(|e| io("hand the journals to the shards for", std::io::Error::other(e)))?;
-    let supervisor = match config.supervision.filter(|p| p.max_restarts > 0) {
-        None => None,
-        Some(policy) => {
-            for i in 0..runtime.shards() {
-                runtime.inspect(i, |s| s.set_supervised(true)).map_err(|e| io("supervise the shards of", std::io::Error::other(e)))?;
-            }
-            let s = supervise::Supervisor::start(runtime.clone(), config.data_dir.clone(), dir.clone(), policy)
-                .map_err(|e| io("start the supervisor for", e))?;
-            Some(Arc::new(s))
+    let policy = config.supervision.filter(|p| p.max_restarts > 0);
+    if policy.is_some() {
+        for i in 0..runtime.shards() {
+            runtime.inspect(i, |s| s.set_supervised(true)).map_err(|e| io("supervise the shards of", std::io::Error::other(e)))?;
         }
-    };
+    }
+    // Always there: monitors and links work without restarts.
+    let supervisor = supervise::Supervisor::start(runtime.clone(), config.data_dir.clone(), journals.clone(), policy)
+        .map_err(|e| io("start the supervisor for", e))?;
+    let supervisor = Arc::new(supervisor);
     let (data_dir, limits, sup) = (config.data_dir.clone(), runtime.limits(), supervisor.clone());
     journals.set_failure_hook(Box::new(move |f| {
         match postmortem::make(&data_dir, f, limits) {
@@ -1145,9 +1259,7 @@ fn start_journals(config: &NodeConfig, runtime: &Arc<Runtime>) -> Result<Journal
             ),
             Err(e) => tracing::error!(reactor = %f.address, "journaled reactor {} failed at step {}; no post-mortem bundle: {e}", f.address, f.step),
         }
-        if let Some(s) = &sup {
-            s.failed(f);
-        }
+        sup.failed(f);
     }));
     Ok((journals, supervisor))
 }
@@ -1161,13 +1273,33 @@ pub fn kind_json(kind: reactor_runtime::snapshot::Kind) -> serde_json::Value {
     }
 }
 
-/// The built guest (`example_guests`) whose module hash is `hash`: its
-/// name and bytes (read as modules are: a regular file, bounded).
+/// The built guest (`example_guests`, compiled into this binary) whose
+/// module hash is `hash`: its name and bytes.
 pub fn built_guest(hash: &reactor_runtime::ModuleHash) -> Option<(&'static str, Vec<u8>)> {
     example_guests::ALL.iter().find_map(|&name| {
-        let bytes = Engine::read_module_file(&example_guests::path(name)).ok()?;
-        (reactor_runtime::ModuleHash::of(&bytes) == *hash).then_some((name, bytes))
+        let bytes = example_guests::bytes(name)?;
+        (reactor_runtime::ModuleHash::of(bytes) == *hash).then(|| (name, bytes.to_vec()))
     })
+}
+
+/// Snapshots and restores asked of a node (`host snapshot --data-dir`,
+/// `host restore --data-dir`) since it started.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Activity {
+    /// Snapshots written.
+    pub snapshots: u64,
+    /// Seconds they took, in all.
+    pub snapshot_seconds: f64,
+    /// Snapshots that failed.
+    pub snapshots_failed: u64,
+    /// Restores done.
+    pub restores: u64,
+    /// Reactors they restored.
+    pub restored_reactors: u64,
+    /// Seconds they took, in all.
+    pub restore_seconds: f64,
+    /// Restores that failed.
+    pub restores_failed: u64,
 }
 
 /// A per-node seed for the overlay's randomness.

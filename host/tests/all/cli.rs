@@ -2,7 +2,7 @@
 use std::process::{Command, Output};
 
 fn host(args: &[&str]) -> Output {
-    let cache = std::env::temp_dir().join(format!("reactor-host-test-cache-{}", std::process::id()));
+    let cache = crate::nodes::test_cache();
     Command::new(env!("CARGO_BIN_EXE_host"))
         .arg("--cache-dir")
         .arg(&cache)
@@ -23,7 +23,6 @@ fn run_sends_json_requests_and_prints_replies() {
         kv.to_str().unwrap(),
         r#"{"Put":{"key":"a","value":"hello"}}"#,
         r#"{"Get":{"key":"a"}}"#,
-        "this is not json",
         r#"{"Stats":null}"#,
     ]);
     let stdout = text(&out.stdout);
@@ -31,7 +30,57 @@ fn run_sends_json_requests_and_prints_replies() {
     assert!(out.status.success(), "stderr: {stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines, [r#"{"Value":null}"#, r#"{"Value":"hello"}"#, r#"{"Stats":{"keys":1,"bytes":6}}"#], "{stdout}");
-    assert!(stderr.contains("message 3: not valid JSON"), "{stderr}");
+}
+
+/// A message that is not JSON, and a request the reactor cannot decode
+/// (answered with an error reply), are errors: said on standard error, not
+/// printed as replies, and the exit code is non-zero; the messages after
+/// them are still sent.
+#[test]
+fn run_exits_non_zero_when_a_request_fails() {
+    let kv = example_guests::path("kv");
+    let out = host(&[
+        "run",
+        kv.to_str().unwrap(),
+        r#"{"Put":{"key":"a","value":"hello"}}"#,
+        "this is not json",
+        r#"{"NoSuchRequest":1}"#,
+        r#"{"Get":{"key":"a"}}"#,
+    ]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, [r#"{"Value":null}"#, r#"{"Value":"hello"}"#], "{stdout}");
+    assert!(stderr.contains("message 2: not valid JSON"), "{stderr}");
+    assert!(stderr.contains("message 3: reactor #0:1 answered with an error: undecodable request: json: unknown variant `NoSuchRequest`"), "{stderr}");
+    assert!(stderr.contains("2 message(s) failed"), "{stderr}");
+}
+
+/// `--log-json`: every log line on standard error is a JSON object with
+/// its level, message and fields (the reactor's address among them).
+#[test]
+fn logs_can_be_json() {
+    let kv = example_guests::path("kv");
+    let out = host(&["--log-json", "--log", "info", "run", kv.to_str().unwrap(), r#"{"Bogus":1}"#]);
+    let stderr = text(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let warn = lines
+        .iter()
+        .find(|v| v["level"] == "WARN" && v["fields"]["message"].as_str().is_some_and(|m| m.contains("undecodable")))
+        .unwrap_or_else(|| panic!("no JSON warning about the undecodable message: {stderr}"));
+    assert_eq!(warn["fields"]["reactor"], serde_json::json!("#0:1"), "{warn}");
+    // At debug, what is logged during a call into a reactor is inside its
+    // `reactor` span.
+    let out = host(&["--log-json", "--log", "debug", "run", kv.to_str().unwrap(), r#"{"Bogus":1}"#]);
+    let stderr = text(&out.stderr);
+    let in_span = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"].as_str().is_some_and(|m| m.contains("undecodable")))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(in_span["span"]["name"], serde_json::json!("reactor"), "{in_span}");
+    assert_eq!(in_span["span"]["address"], serde_json::json!("#0:1"), "{in_span}");
 }
 
 #[test]
@@ -82,7 +131,23 @@ fn bad_module_and_bad_arguments_get_clear_errors() {
 
 #[test]
 fn demo_runs_small() {
-    let out = host(&["demo", "--kv", "50", "--pairs", "20", "--seconds", "0.3", "--fill-mib", "4"]);
+    // As installed (`cargo install --path host`): a copy of the binary,
+    // away from the build tree, in a private mount namespace where the
+    // build's guest directory is an empty tmpfs: it runs on the guests
+    // compiled into it.
+    let root = crate::nodes::scratch("install", "demo");
+    let bin = root.join("host");
+    std::fs::copy(env!("CARGO_BIN_EXE_host"), &bin).unwrap();
+    let cache = crate::nodes::test_cache();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs none "$1" && cd / && shift && exec "$@""#)
+        .arg("sh")
+        .arg(example_guests::dir())
+        .arg(&bin)
+        .args(["--cache-dir", cache.to_str().unwrap(), "demo", "--kv", "50", "--pairs", "20", "--seconds", "0.3", "--fill-mib", "4"])
+        .output()
+        .expect("unshare (util-linux) runs");
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", text(&out.stderr));
     // 50 kv + 20 players + 10 partners the even-numbered players spawned.
@@ -194,7 +259,7 @@ fn restore_reads_messages_from_standard_input() {
     let kv = example_guests::path("kv");
     let out = host(&["snapshot", kv.to_str().unwrap(), r#"{"Put":{"key":"a","value":"1"}}"#, "-o", snap.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let cache = std::env::temp_dir().join(format!("reactor-host-test-cache-{}", std::process::id()));
+    let cache = crate::nodes::test_cache();
     let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
         .arg("--cache-dir")
         .arg(&cache)

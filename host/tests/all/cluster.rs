@@ -31,6 +31,17 @@ fn mesh_of_three_processes_routes_detects_a_crash_and_takes_back_a_restart() {
     for &c in &counters {
         assert_eq!(n2.try_call(c, json!("Get")).unwrap(), json!(6), "1 + 2 + 3 from the three nodes");
     }
+    // A request the reactor (on another node) cannot decode is an error:
+    // `host call` says so on standard error and exits non-zero.
+    let to = reactor_runtime::Address(counters[2]).to_string();
+    let out = crate::nodes::host_command(&crate::nodes::test_cache())
+        .args(["call", "--data-dir", n1.dir.to_str().unwrap(), &to, r#"{"Bogus":1}"#])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("answered with an error: undecodable request"), "{stderr}");
     // Reactor to reactor across nodes: a pinger on node 1 plays 2,000
     // one-way ping/pong rounds with a partner on node 3.
     let partner = n3.spawn("pingpong");
@@ -368,4 +379,137 @@ fn an_explicit_partition_key_keeps_messages_on_one_lane() {
         peers.iter().all(|&p| n2.try_call(p, json!("Report")).unwrap()["pings"] == json!(2))
     });
     assert!(lanes_used(&n3) >= 2, "by destination, 12 reactors spread: {}", n3.status()["lanes"]);
+}
+
+/// A cluster's nodes share one TOML settings file (`host node --config`),
+/// a flag on the command line winning over it; a file with an unknown key,
+/// a value of the wrong kind, text that is not TOML, or that others may
+/// write, stops the node with the file, the key and why.
+#[test]
+fn nodes_share_a_settings_file_and_flags_win() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = scratch("cluster", "config");
+    let secret = root.join("secret");
+    crate::nodes::write_secret(&secret, SECRET);
+    let conf = root.join("cluster.toml");
+    let write = |text: &str| {
+        std::fs::write(&conf, text).unwrap();
+        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    write(&format!(
+        "# shared by every node\ncluster = \"from-the-file\"\nsecret-file = \"{}\"\nshards = 1\ncheckpoint-every = 0\ninsecure-plaintext = true\n",
+        secret.display()
+    ));
+    let node = |id: u16, extra: &[&str]| {
+        let dir = root.join(format!("n{id}"));
+        let mut c = crate::nodes::host_command(&crate::nodes::test_cache());
+        c.args(["node", "--config", conf.to_str().unwrap(), "--id", &id.to_string(), "--data-dir", dir.to_str().unwrap()]).args(extra);
+        (c, dir, root.join(format!("n{id}.log")))
+    };
+    let (c, d, l) = node(1, &[]);
+    let n1 = crate::nodes::launch(c, 1, &d, &l).unwrap();
+    let (c, d, l) = node(2, &["--seed", &n1.addr]);
+    let n2 = crate::nodes::launch(c, 2, &d, &l).unwrap();
+    for n in [&n1, &n2] {
+        wait_until("both nodes up", CONVERGE, || n.up() == [1, 2]);
+        let s = n.status();
+        assert_eq!((s["cluster"].clone(), s["encrypted"].clone()), (json!("from-the-file"), json!(false)), "{s}");
+    }
+    // A flag wins over the file.
+    let (c, d, l) = node(3, &["--cluster", "from-the-flag"]);
+    let n3 = crate::nodes::launch(c, 3, &d, &l).unwrap();
+    assert_eq!(n3.status()["cluster"], json!("from-the-flag"));
+    drop(n3);
+
+    let refused = |text: &str, says: &str| {
+        write(text);
+        let (mut c, _, _) = node(4, &[]);
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{text:?}: {err}");
+    };
+    refused("shards = 1\nnosuch = 3\n", "`nosuch`: no such setting");
+    refused("shards = \"two\"\n", "invalid value 'two' for '--shards");
+    refused("shards = [1, [2]]\n", "`shards`: in the list: a array");
+    refused("insecure-plaintext = 1\n", "`insecure-plaintext`: a switch");
+    refused("shards = \n", "is not TOML");
+    refused("config = \"x\"\n", "cannot name another");
+    write("shards = 1\n");
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (mut c, _, _) = node(4, &[]);
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("the settings file") && err.contains("writable"), "{err}");
+    // The nodes that run are untouched.
+    assert_eq!(n1.up(), [1, 2]);
+    drop(n2);
+}
+
+/// GET `path` from `addr` over plain HTTP/1.1: (status line, body).
+fn http_get(addr: &str, method: &str, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+}
+
+/// The value of the sample `name{labels}` (exactly as written) in a
+/// Prometheus text body.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+/// `host node --metrics ADDR` serves Prometheus metrics that follow what
+/// the node does: reactors by state, messages, error replies, snapshots,
+/// checkpoints, a migration out of one node and into the other with its
+/// downtime, members and lanes per peer.
+#[test]
+fn nodes_serve_prometheus_metrics() {
+    let root = scratch("cluster", "metrics");
+    let (m1, m2) = (crate::nodes::free_addr(), crate::nodes::free_addr());
+    let n1 = start(&root, 1, SECRET, &["--metrics", &m1]);
+    let n2 = start(&root, 2, SECRET, &["--seed", &n1.addr, "--metrics", &m2]);
+    for n in [&n1, &n2] {
+        wait_until("both nodes up", CONVERGE, || n.up() == [1, 2]);
+    }
+    let c = n2.spawn("counter");
+    for _ in 0..10 {
+        n1.try_call(c, json!({"Add": 1})).unwrap();
+    }
+    assert!(n1.try_call(c, json!({"Bogus": 1})).is_err());
+    let file = root.join("c.snap");
+    n2.admin().request(json!({"op": "snapshot", "reactors": [c], "path": file.to_str().unwrap()})).unwrap();
+    n2.admin().request(json!({"op": "checkpoint"})).unwrap();
+    n2.admin().request(json!({"op": "migrate", "address": c, "to": 1})).unwrap();
+    assert_eq!(n1.try_call(c, json!("Get")).unwrap(), json!(10));
+
+    let (status, body2) = http_get(&m2, "GET", "/metrics");
+    assert!(status.contains("200"), "{status}");
+    // Every sample line is `name{labels} value`.
+    for l in body2.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("{l}"));
+        assert!(series.starts_with("reactor_") && value.parse::<f64>().is_ok(), "{l}");
+    }
+    let (_, body1) = http_get(&m1, "GET", "/metrics");
+    let at = |b: &str, s: &str| sample(b, s).unwrap_or_else(|| panic!("no {s} in:\n{b}"));
+    assert_eq!(at(&body2, r#"reactor_reactors{state="live"}"#), 0.0, "moved away");
+    assert_eq!(at(&body1, r#"reactor_reactors{state="live"}"#), 1.0, "moved in");
+    assert_eq!(at(&body2, r#"reactor_migrations_total{direction="out",outcome="ok"}"#), 1.0);
+    assert_eq!(at(&body1, r#"reactor_migrations_total{direction="in",outcome="ok"}"#), 1.0);
+    assert!(at(&body2, "reactor_migration_last_downtime_seconds") > 0.0);
+    assert!(at(&body2, "reactor_messages_delivered_total") >= 11.0);
+    assert_eq!(at(&body2, "reactor_error_replies_total"), 1.0);
+    assert_eq!(at(&body2, r#"reactor_snapshots_total{outcome="ok"}"#), 1.0);
+    assert!(at(&body2, r#"reactor_checkpoints_total{outcome="ok"}"#) >= 1.0);
+    assert!(at(&body2, "reactor_checkpoint_last_bytes") > 0.0);
+    assert_eq!(at(&body2, r#"reactor_members{state="up"}"#), 2.0);
+    assert_eq!(at(&body2, r#"reactor_member_up{peer="1"}"#), 1.0);
+    assert!(body2.lines().any(|l| l.starts_with(r#"reactor_lane_up{peer="1""#) && l.ends_with(" 1")), "{body2}");
+    assert!(at(&body1, r#"reactor_node_info{node="1",name="node1",cluster="reactors",incarnation="1"}"#) == 1.0);
+    // Nothing else is served.
+    assert!(http_get(&m2, "GET", "/").0.contains("404"));
+    assert!(http_get(&m2, "POST", "/metrics").0.contains("405"));
 }

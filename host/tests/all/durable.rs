@@ -153,10 +153,13 @@ fn a_live_snapshot_under_traffic_is_consistent_and_restorable() {
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["kind"], json!("full"));
     std::thread::sleep(Duration::from_millis(200));
-    let d = n1
-        .admin()
-        .request(json!({"op": "snapshot", "reactors": "all", "path": delta.to_str().unwrap(), "incremental": true}))
+    // The delta through the CLI too.
+    let out = host_command(&test_cache())
+        .args(["snapshot", "--data-dir", dir.to_str().unwrap(), "--all", "--incremental", "-o", delta.to_str().unwrap()])
+        .output()
         .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(d["kind"]["delta_on"], answer["id"], "{d}");
     stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
     let written = writer.join().unwrap();

@@ -123,6 +123,40 @@ fn bad_arguments_get_status_codes_not_failures() {
     assert_eq!(rt.state(faulty), Some(ReactorState::Running));
 }
 
+/// A reply over the limit of a message does not vanish: the caller gets an
+/// error reply saying why (from the host, for the reactor), the host counts
+/// and logs it, and the reactor runs on. A send refused is counted too.
+#[test]
+fn a_reply_over_the_limit_reaches_the_caller_as_an_error() {
+    let (mut rt, _, faulty) = setup(Limits::default());
+    let len = abi::MAX_PAYLOAD_LEN + 1024;
+    let r = rt.call_typed::<_, Vec<u8>>(faulty, &FaultyCmd::BigReply(len));
+    let Err(CallError::Refused(from, why)) = r else { panic!("expected an error reply, got {r:?}") };
+    assert_eq!(from, faulty);
+    assert!(why.contains("over the limit of a message"), "{why}");
+    assert_eq!(rt.state(faulty), Some(ReactorState::Running));
+    let stats = rt.stats();
+    assert_eq!((stats.failed_replies, stats.error_replies, stats.failed_sends), (1, 1, 0));
+    // A reply within the limit goes out as ever.
+    assert_eq!(rt.call_typed::<_, Vec<u8>>(faulty, &FaultyCmd::BigReply(3)).unwrap(), vec![1, 1, 1]);
+    let s: i32 = rt.call_typed(faulty, &FaultyCmd::HugeSend).unwrap();
+    assert_eq!(s, abi::STATUS_TOO_LARGE);
+    assert_eq!(rt.stats().failed_sends, 1);
+}
+
+/// A request the reactor cannot decode is answered with an error reply
+/// (not a value that looks like an answer).
+#[test]
+fn an_undecodable_request_is_answered_with_an_error() {
+    let (mut rt, bystander, _) = setup(Limits::default());
+    let r = rt.call(bystander, b"\xff\xff\xff".to_vec(), false);
+    let Err(CallError::Refused(from, why)) = r else { panic!("expected an error reply, got {r:?}") };
+    assert_eq!(from, bystander);
+    assert!(why.starts_with("undecodable request: "), "{why}");
+    assert_eq!(rt.stats().error_replies, 1);
+    assert_eq!(rt.call_typed::<_, u64>(bystander, &CounterMsg::Get).unwrap(), 40);
+}
+
 #[test]
 fn queued_requests_to_a_failing_reactor_are_answered_with_the_failure() {
     let (mut rt, _, faulty) = setup(Limits::default());

@@ -506,3 +506,29 @@ fn a_journaled_reactor_failing_its_start_up_is_not_restarted() {
     assert_eq!(n.call(c, json!({"Add": 2})), json!(2));
     assert!(n.dir.join("postmortem").read_dir().unwrap().count() >= 1, "a bundle of the failed start-up");
 }
+
+/// A journaled reactor that moves stays journaled at its level: the node it
+/// arrives at checkpoints right away and journals it from that checkpoint
+/// on, so a `kill -9` there loses no answered call made after the move.
+#[test]
+fn a_journaled_reactor_stays_journaled_after_it_moves() {
+    use crate::nodes::{SECRET, pair, scratch, start, wait_until};
+    use serde_json::json;
+    let root = scratch("journal", "moved");
+    let args = ["--checkpoint-every", "0", "--durable", "synced"];
+    let (n1, n2) = pair(&root, &args);
+    let ledger = n1.spawn("ledger");
+    let alice = n1.call(ledger, json!({"Open": {"owner": "alice"}})).as_u64().unwrap();
+    n1.call(ledger, json!({"Deposit": {"account": alice, "amount": 5}}));
+    n1.admin().request(json!({"op": "migrate", "address": ledger, "to": 2})).unwrap();
+    wait_until("journaled again on node 2", Duration::from_secs(30), || n2.log().contains("is journaled again, at level synced"));
+    for i in 0..10 {
+        n2.call(ledger, json!({"Deposit": {"account": alice, "amount": i}}));
+    }
+    let digest = n2.call(ledger, json!("Digest"));
+    assert_eq!(n2.call(ledger, json!("Accounts")), json!([[alice, "alice", 50]]));
+    drop(n2); // SIGKILL
+    let n2 = start(&root, 2, SECRET, &[&args[..], &["--seed", &n1.addr]].concat());
+    assert_eq!(n2.call(ledger, json!("Digest")), digest, "every answered call after the move is in its state:\n{}", n2.log());
+    assert!(n2.log().contains("brought up to date from its journal"), "{}", n2.log());
+}

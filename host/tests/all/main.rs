@@ -22,3 +22,6 @@ mod live_migration;
 mod journal;
 mod load_guests;
 mod failover;
+mod supervision;
+mod new_crate;
+mod web_view;

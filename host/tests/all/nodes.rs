@@ -30,12 +30,42 @@ impl Drop for NodeProc {
     }
 }
 
-/// A fresh scratch directory `<tmp>/reactor-<kind>-<pid>-<name>`.
+/// This test process's own directory, `<tmp>/reactor-tests-<pid>`: every
+/// scratch directory and the compile cache live in it. Nothing runs when a
+/// test binary ends, so the first call removes what earlier test processes
+/// left (a directory whose pid no longer runs): a run leaves at most its
+/// own behind (its logs and data, kept to look into a failure), never an
+/// ever-growing pile in `/tmp`.
+pub(crate) fn test_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("reactor-tests-")) else { continue };
+                if pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let root = tmp.join(format!("reactor-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    })
+}
+
+/// A fresh scratch directory `<test root>/<kind>-<name>`.
 pub(crate) fn scratch(kind: &str, name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("reactor-{kind}-{}-{name}", std::process::id()));
+    let d = test_root().join(format!("{kind}-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// A free address on loopback (bound and let go: a node binds it next).
+pub(crate) fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
 }
 
 /// Writes a cluster secret file as its owner alone may read it (`0600`:
@@ -50,7 +80,7 @@ pub(crate) fn write_secret(path: &Path, secret: &str) {
 
 /// The compile cache the test binary's nodes share.
 pub(crate) fn test_cache() -> PathBuf {
-    std::env::temp_dir().join(format!("reactor-host-test-cache-{}", std::process::id()))
+    test_root().join("cache")
 }
 
 /// `host --cache-dir <cache> --log info`.
@@ -99,6 +129,17 @@ pub(crate) fn launch(mut cmd: Command, id: u16, dir: &Path, log: &Path) -> Resul
 pub(crate) fn start(root: &Path, id: u16, secret: &str, args: &[&str]) -> NodeProc {
     let (c, dir, log) = node_command(root, id, secret, args);
     launch(c, id, &dir, &log).unwrap_or_else(|e| panic!("node {id} did not start: {e}"))
+}
+
+/// Nodes 1 and 2 with `args`, node 2 seeded with node 1, each seeing both
+/// up.
+pub(crate) fn pair(root: &Path, args: &[&str]) -> (NodeProc, NodeProc) {
+    let n1 = start(root, 1, SECRET, args);
+    let n2 = start(root, 2, SECRET, &[args, &["--seed", &n1.addr]].concat());
+    for n in [&n1, &n2] {
+        wait_until("both nodes up", CONVERGE, || n.up() == vec![1, 2]);
+    }
+    (n1, n2)
 }
 
 impl NodeProc {

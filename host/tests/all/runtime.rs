@@ -59,6 +59,29 @@ fn a_failure_on_one_shard_leaves_the_others_running() {
     assert_eq!(rt.call_typed::<_, u64>(neighbour, &CounterMsg::Get).unwrap(), 2);
 }
 
+/// A request from outside that reaches its reactor a second time (the same
+/// sender and correlation id: sent again after a takeover or a restart) is
+/// not applied twice: the copy gets the reply the first got. A request
+/// between reactors, and a new request from outside, are applied as ever.
+#[test]
+fn a_request_from_outside_taken_twice_is_applied_once() {
+    let rt = runtime(2);
+    let c = rt.spawn_on(1, &module("counter"), vec![], 0).unwrap();
+    let add = postcard::to_allocvec(&CounterMsg::Add(5)).unwrap();
+    let first = rt.request(c, add.clone(), false).unwrap();
+    let corr = first.corr();
+    let r1 = first.wait(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(postcard::from_bytes::<u64>(&r1.payload).unwrap(), 5);
+    for _ in 0..3 {
+        let again = rt.request_again(c, corr, add.clone(), false).unwrap().wait(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(again.payload, r1.payload, "the copy gets the first one's reply");
+    }
+    assert_eq!(rt.call_typed::<_, u64>(c, &CounterMsg::Get).unwrap(), 5, "applied once");
+    assert_eq!(rt.stats().answered_again, 3);
+    // A new request (a new correlation id) is applied.
+    assert_eq!(rt.call_typed::<_, u64>(c, &CounterMsg::Add(1)).unwrap(), 6);
+}
+
 #[test]
 fn unknown_addresses_are_answered_or_counted() {
     let rt = runtime(2);
@@ -124,6 +147,14 @@ fn cpu_time_of_threads(prefix: &str) -> Duration {
 
 #[test]
 fn idle_shards_sleep_instead_of_spinning() {
+    // Alone in a child process: the shard threads of tests running in
+    // parallel in this binary carry the same names and would be counted.
+    run_alone("runtime::idle_shards_alone");
+}
+
+#[test]
+#[ignore = "run by idle_shards_sleep_instead_of_spinning in a child process"]
+fn idle_shards_alone() {
     let rt = runtime(4);
     let c = rt.spawn(&module("counter"), &[]).unwrap();
     assert_eq!(rt.call_typed::<_, u64>(c, &CounterMsg::Get).unwrap(), 0);

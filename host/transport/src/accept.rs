@@ -366,7 +366,9 @@ async fn handle_incoming(
                 KIND_FENCE => to.is_reactor(),
                 _ => false,
             };
-            if !kind_ok || d.flags & !abi::FLAG_TEXT != 0 {
+            // An error flag only on a reply.
+            let flags_ok = d.flags & !(abi::FLAG_TEXT | abi::FLAG_ERROR) == 0 && (d.flags & abi::FLAG_ERROR == 0 || d.msg_kind == abi::KIND_REPLY);
+            if !kind_ok || !flags_ok {
                 return Err(ConnError::Protocol(format!("data of kind {} flags {}", d.msg_kind, d.flags)));
             }
             if !spec.reliable {

@@ -33,12 +33,13 @@ pub struct Envelope {
 
 impl Envelope {
     /// The name of envelope kind `kind`, for people: `message`, `request`,
-    /// `reply`, or `envelope` for any other.
+    /// `reply`, `down`, or `envelope` for any other.
     pub fn kind_name(kind: u8) -> &'static str {
         match kind {
             abi::KIND_MESSAGE => "message",
             abi::KIND_REQUEST => "request",
             abi::KIND_REPLY => "reply",
+            abi::KIND_DOWN => "down",
             _ => "envelope",
         }
     }
@@ -88,13 +89,22 @@ pub struct Reply {
     pub payload: Vec<u8>,
     /// Whether the payload is JSON text.
     pub text: bool,
+    /// Whether the request failed: the payload is then the reason (UTF-8
+    /// text), not a value (`FLAG_ERROR`).
+    pub error: bool,
 }
 
 impl Reply {
     /// The reply an envelope of kind `KIND_REPLY` carries.
     #[inline]
     pub fn from_envelope(env: Envelope) -> Self {
-        Reply { from: env.from, text: env.is_text(), payload: env.payload }
+        let error = env.flags & guest_sdk::abi::FLAG_ERROR != 0;
+        Reply { from: env.from, text: env.is_text(), payload: env.payload, error }
+    }
+
+    /// Why the request failed, for an error reply.
+    pub fn error_text(&self) -> Option<String> {
+        self.error.then(|| String::from_utf8_lossy(&self.payload).into_owned())
     }
 }
 

@@ -85,6 +85,15 @@ pub enum CallError {
     /// The reactor failed before answering.
     #[error("reactor {0} failed before replying: {1}")]
     Failed(Address, Failure),
+    /// The node the reactor lived on (the second field) went down before
+    /// it answered: the request may or may not have been applied.
+    #[error("node {1}, where reactor {0} lived, went down before it replied")]
+    NodeDown(Address, u16),
+    /// The reactor answered that the request failed (an error reply: its
+    /// `reply_error`, an undecodable request, or the host for it, e.g. a
+    /// reply over the limit of a message).
+    #[error("reactor {0} answered with an error: {1}")]
+    Refused(Address, String),
     /// The reactor went idle without answering.
     #[error("reactor {0} handled the request without replying")]
     NoReply(Address),

@@ -278,6 +278,11 @@ impl<H: HostContext> Engine<H> {
         self.modules.lock().unwrap().get(hash).cloned()
     }
 
+    /// A name `hash` was registered under, if any.
+    pub fn name_of(&self, hash: &ModuleHash) -> Option<String> {
+        self.names.lock().unwrap().iter().find(|(_, h)| *h == hash).map(|(n, _)| n.clone())
+    }
+
     /// A loaded module by registered name.
     pub fn module_by_name(&self, name: &str) -> Option<Arc<LoadedModule<H>>> {
         let hash = *self.names.lock().unwrap().get(name)?;

@@ -59,9 +59,12 @@ impl Tap {
         self.replies.get_or_insert_with(Vec::new);
     }
 
-    /// A replayed call replied `env` to `to` (kept if asked).
+    /// A replayed call replied `env` to `to` (kept if asked and `to` is
+    /// outside: a node's host; reactors do not send a request again).
     pub(crate) fn replayed_reply(&mut self, to: u64, env: Envelope) {
-        if let Some(r) = &mut self.replies {
+        if let Some(r) = &mut self.replies
+            && reactor_types::Address(to).is_host()
+        {
             r.push((to, env));
         }
     }

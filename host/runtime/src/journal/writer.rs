@@ -463,6 +463,11 @@ impl ReactorJournal {
         self.step
     }
 
+    /// Its durability level.
+    pub(crate) fn level(&self) -> Level {
+        self.level
+    }
+
     /// Goes on writing `address`'s segment at `path` after a restart: the
     /// file is cut to `valid_len` (a torn last record goes) and synced;
     /// `index` records and `calls` call records are in it, the next call is

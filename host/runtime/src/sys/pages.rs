@@ -39,6 +39,57 @@ pub(crate) fn page_round(n: usize) -> Option<usize> {
     n.checked_add(p - 1).map(|v| v & !(p - 1))
 }
 
+/// Mappings of at least this many bytes get transparent huge pages (see
+/// [`map_anonymous`]).
+pub(crate) const HUGE_FROM: usize = 32 << 20;
+const HUGE: usize = 2 << 20;
+
+/// A fresh private anonymous `MAP_NORESERVE` mapping of `len` bytes,
+/// readable and writable. With `huge`, one of [`HUGE_FROM`] bytes or more
+/// starts at a 2 MiB boundary (mapped 2 MiB larger and trimmed) and is
+/// advised for transparent huge pages: it faults in 2 MiB at a time.
+pub(crate) fn map_anonymous(len: usize, huge: bool) -> io::Result<*mut u8> {
+    let huge = huge && len >= HUGE_FROM;
+    let total = if huge { len + HUGE } else { len };
+    // SAFETY: a fresh anonymous mapping at an address the kernel picks;
+    // no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    if !huge {
+        return Ok(p.cast());
+    }
+    let start = p as usize;
+    let aligned = (start + HUGE - 1) & !(HUGE - 1);
+    let (head, tail) = (aligned - start, total - len - (aligned - start));
+    // SAFETY: both ranges lie inside the mapping just made and outside the
+    // `len` bytes kept from `aligned`; nothing refers to them.
+    unsafe {
+        if head > 0 {
+            libc::munmap(p, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + len) as *mut libc::c_void, tail);
+        }
+    }
+    // Advice only: a kernel without huge pages, or refusing, leaves 4 KiB
+    // pages.
+    // SAFETY: MADV_HUGEPAGE changes no contents or protections, only how
+    // the kernel backs the range, which is the mapping kept above.
+    unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    Ok(aligned as *mut u8)
+}
+
 /// A private anonymous `MAP_NORESERVE` mapping: untouched pages cost nothing,
 /// so a capture buffer the size of the memory only costs its non-zero pages.
 #[derive(Debug)]
@@ -57,24 +108,25 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     pub(crate) fn new(len: usize) -> io::Result<Self> {
+        Self::with_pages(len, false)
+    }
+
+    /// A buffer filled in one go while nothing else runs (a blocking
+    /// capture): from [`HUGE_FROM`] bytes on it gets transparent huge
+    /// pages, so filling it faults once per 2 MiB instead of per page.
+    /// Not for a copy-on-write capture's buffer: its pages are written one
+    /// by one from the fault handler, where a fault on a fresh huge page
+    /// (2 MiB zeroed) stalls the reactor's write (measured: messages during
+    /// a copy 2.5 times slower).
+    pub(crate) fn new_filled_at_once(len: usize) -> io::Result<Self> {
+        Self::with_pages(len, true)
+    }
+
+    fn with_pages(len: usize, huge: bool) -> io::Result<Self> {
         if len == 0 {
             return Ok(Self { ptr: ptr::NonNull::dangling().as_ptr(), len: 0 });
         }
-        // SAFETY: a fresh anonymous mapping at an address the kernel picks.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self { ptr: p.cast(), len })
+        Ok(Self { ptr: map_anonymous(len, huge)?, len })
     }
 
     /// Start of the mapping (for page copies through the capture protocol).
@@ -242,3 +294,30 @@ pub(crate) fn protect_runs(base: usize, bits: &[u64], pages: usize, ps: usize) -
     runs.iter().try_for_each(|&(s, n)| protect(base + s * ps, n * ps))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer filled at once from 32 MiB on starts at a 2 MiB boundary
+    /// (so all of it can be huge pages), reads as zeros and takes writes
+    /// at both ends; a smaller one is an ordinary mapping. Both unmap
+    /// cleanly (the trimmed head and tail are not theirs).
+    #[test]
+    fn buffers_filled_at_once_are_aligned_for_huge_pages_from_32_mib() {
+        for len in [HUGE_FROM, HUGE_FROM + 5 * page_size(), 64 << 20] {
+            let mut m = Mapping::new_filled_at_once(len).unwrap();
+            assert_eq!(m.as_mut_ptr() as usize % HUGE, 0, "{len} bytes: not 2 MiB aligned");
+            assert_eq!(m.len(), len);
+            let s = m.as_mut_slice();
+            assert!(s[0] == 0 && s[len - 1] == 0);
+            s[0] = 1;
+            s[len - 1] = 2;
+            assert_eq!((m.as_slice()[0], m.as_slice()[len - 1]), (1, 2));
+        }
+        let small = Mapping::new_filled_at_once(HUGE_FROM - page_size()).unwrap();
+        assert_eq!(small.len(), HUGE_FROM - page_size());
+        let plain = Mapping::new(64 << 20).unwrap();
+        assert!(plain.as_slice().iter().step_by(1 << 20).all(|b| *b == 0));
+    }
+}

@@ -323,6 +323,9 @@ struct Incoming {
     ready: bool,
     standing: Standing,
     touched: Instant,
+    /// Its journal level at the source (journaled here too, from the
+    /// checkpoint right after it arrives).
+    journal: Option<journal_format::Level>,
 }
 
 /// A node's migrations: both ends. See the module docs.
@@ -366,6 +369,12 @@ pub struct Counters {
     pub failed_out: u64,
     /// Incoming ones refused or failed.
     pub refused_in: u64,
+    /// Seconds the moves from here took, in all (call to end).
+    pub seconds_out: f64,
+    /// Seconds those reactors were stopped, in all (downtime).
+    pub downtime_seconds: f64,
+    /// The last move's downtime, in seconds.
+    pub last_downtime_seconds: f64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -527,10 +536,20 @@ impl Hub {
         self.moving.lock().unwrap().remove(&address);
         let mut c = self.counters.lock().unwrap();
         match &r {
-            Ok(_) => c.moved_out += 1,
+            Ok(report) => {
+                c.moved_out += 1;
+                c.seconds_out += report.total_ms / 1e3;
+                c.downtime_seconds += report.downtime_ms / 1e3;
+                c.last_downtime_seconds = report.downtime_ms / 1e3;
+            }
             Err(_) => c.failed_out += 1,
         }
         r
+    }
+
+    /// The reactors being moved from this node now.
+    pub fn moving(&self) -> Vec<Address> {
+        self.moving.lock().unwrap().iter().copied().collect()
     }
 
     /// Marks `address` as about to be moved (false if it is being moved
@@ -665,7 +684,9 @@ impl Hub {
             None => self.runtime.memory_size(address).unwrap_or(0) as u64,
         };
         let module = self.runtime.module_of(address).ok_or(MigrateError::NotHere(address))?;
-        let offer = Step::Offer { id, address: address.0, epoch, abi: abi::ABI_VERSION, module: module.0, memory };
+        // A journaled reactor stays journaled at its level there.
+        let journal = self.runtime.journal_level(address).map(|l| l as u32);
+        let offer = Step::Offer { id, address: address.0, epoch, abi: abi::ABI_VERSION, module: module.0, memory, journal };
         self.send(to, id, &offer).map_err(gave_up)?;
         let need_module = match self.answer(rx, to, PATIENCE).map_err(gave_up)? {
             Step::Accepted { need_module, .. } => need_module,
@@ -1161,7 +1182,7 @@ impl Hub {
     fn take(self: &Arc<Self>, from: NodeId, step: Step, incoming: &mut HashMap<u64, Incoming>) {
         let id = step.id();
         match step {
-            Step::Offer { id, address, epoch, abi: their_abi, module, memory } => {
+            Step::Offer { id, address, epoch, abi: their_abi, module, memory, journal } => {
                 let address = Address(address);
                 let budget = self.runtime.budget();
                 let here = Here {
@@ -1174,6 +1195,11 @@ impl Hub {
                     self.counters.lock().unwrap().refused_in += 1;
                     return self.reply(from, &Step::Refused { id, reason });
                 }
+                let journal = match journal.map(|c| journal_format::Level::from_code(c).ok_or(c)) {
+                    None => None,
+                    Some(Ok(level)) => Some(level),
+                    Some(Err(c)) => return self.reply(from, &Step::Refused { id, reason: format!("an unknown journal level {c}") }),
+                };
                 let module = ModuleHash(module);
                 let need_module = self.runtime.engine().module(&module).is_none() && !self.load_known(&module);
                 incoming.insert(
@@ -1190,6 +1216,7 @@ impl Hub {
                         ready: false,
                         standing: Standing::Receiving,
                         touched: Instant::now(),
+                        journal,
                     },
                 );
                 self.reply(from, &Step::Accepted { id, need_module });
@@ -1292,7 +1319,8 @@ impl Hub {
                         self.counters.lock().unwrap().moved_in += 1;
                         self.arrived(address);
                         tracing::info!(%address, from, restore_us, "took in reactor {address} from node {from}");
-                        if self.checkpoint_after_move_in {
+                        let journaled = m.journal.is_some_and(|level| self.journal_from_here(address, level));
+                        if self.checkpoint_after_move_in || journaled {
                             self.checkpoint_soon();
                         }
                     }
@@ -1365,6 +1393,24 @@ impl Hub {
     fn load_known(&self, hash: &ModuleHash) -> bool {
         durable::module_bytes(&self.data_dir, hash)
             .is_some_and(|bytes| durable::load_and_keep(&self.data_dir, self.runtime.engine(), hash, &bytes).is_ok())
+    }
+
+    /// A journaled reactor arrived: journaled here at `level` from the
+    /// checkpoint taken right after (an older journal of it here, from a
+    /// time it lived here before, is set aside in `<data-dir>/dropped/`).
+    /// False if it cannot be.
+    fn journal_from_here(&self, address: Address, level: journal_format::Level) -> bool {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let journals = self.data_dir.join(super::JOURNALS);
+        if let Err(e) = durable::set_journal_aside(&self.data_dir, &journals, address, &format!("before-{ms}")) {
+            tracing::error!(reactor = %address, "{address} is not journaled here: its old journal cannot be set aside: {e}");
+            return false;
+        }
+        let on = self.runtime.journal_from_next_checkpoint(address, level);
+        if !on {
+            tracing::warn!(reactor = %address, "{address} was journaled at its source; this node keeps no journals, so it is not here");
+        }
+        on
     }
 
     /// Takes a node checkpoint on a thread of its own (a reactor came in:

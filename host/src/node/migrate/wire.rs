@@ -4,7 +4,7 @@
 //! bytes: [`decode`] bounds and checks it and never panics (property
 //! tests below).
 
-use reactor_net::locate::FIRST_NODE_TAG;
+use reactor_net::locate::{FIRST_NODE_TAG, Untagged, decode_tagged, encode_tagged};
 use serde::{Deserialize, Serialize};
 
 /// The first byte of a migration step's payload.
@@ -44,6 +44,10 @@ pub enum Step {
         module: [u8; 32],
         /// Its linear memory size.
         memory: u64,
+        /// Its journal level (`journal_format::Level` code), if it is
+        /// journaled: the target journals it at that level from its first
+        /// checkpoint there.
+        journal: Option<u32>,
     },
     /// Target → source: yes; send the module's bytes first if `need_module`.
     Accepted {
@@ -201,12 +205,11 @@ impl Step {
 
 /// The payload of a step.
 pub fn encode(step: &Step) -> Vec<u8> {
-    let mut v = Vec::with_capacity(match step {
+    let capacity = match step {
         Step::Layer { bytes, .. } | Step::Module { bytes, .. } => bytes.len() + 64,
         _ => 64,
-    });
-    v.push(STEP_TAG);
-    postcard::to_extend(step, v).expect("encoding into memory cannot fail")
+    };
+    encode_tagged(STEP_TAG, step, capacity)
 }
 
 /// Why a payload is not a step.
@@ -227,14 +230,10 @@ pub enum StepError {
 /// Reads a payload: the tag, a step, nothing after it, every length
 /// within bounds.
 pub fn decode(b: &[u8]) -> Result<Step, StepError> {
-    match b.first() {
-        Some(&STEP_TAG) => {}
-        t => return Err(StepError::Tag(t.copied())),
-    }
-    let (step, rest) = postcard::take_from_bytes::<Step>(&b[1..]).map_err(|e| StepError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(StepError::Malformed(format!("{} bytes after the step", rest.len())));
-    }
+    let step: Step = decode_tagged(b, STEP_TAG).map_err(|e| match e {
+        Untagged::Tag(t) => StepError::Tag(t),
+        Untagged::Malformed(m) => StepError::Malformed(m),
+    })?;
     match &step {
         Step::Module { offset, total, bytes, .. } | Step::Layer { offset, total, bytes, .. } => {
             if bytes.len() > CHUNK {
@@ -263,7 +262,8 @@ mod tests {
     #[test]
     fn steps_round_trip() {
         for s in [
-            Step::Offer { id: 1, address: 2, epoch: 3, abi: 4, module: [7; 32], memory: 5 },
+            Step::Offer { id: 1, address: 2, epoch: 3, abi: 4, module: [7; 32], memory: 5, journal: None },
+            Step::Offer { id: 1, address: 2, epoch: 3, abi: 4, module: [7; 32], memory: 5, journal: Some(1) },
             Step::Layer { id: 9, layer: 2, offset: 10, total: 13, last: true, bytes: vec![1, 2, 3] },
             Step::Outcome { id: 3, result: Err("no".into()) },
             Step::Stands { id: 3, standing: Standing::Active },

@@ -212,6 +212,16 @@ struct In {
     part: Option<(u64, fs::File, u64)>,
 }
 
+/// Takes a reactor out of `Standby::taking` when its claim and takeover
+/// end, however they end.
+struct Taking<'a>(&'a Mutex<HashSet<Address>>, Address);
+
+impl Drop for Taking<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.1);
+    }
+}
+
 enum Work {
     Msg(NodeId, Msg),
     Down(NodeId),
@@ -232,6 +242,9 @@ pub struct Standby {
     /// Modules arriving, by sender and hash.
     parts: Mutex<HashMap<(NodeId, [u8; 32]), ModuleBytes>>,
     ins: Mutex<HashMap<Address, In>>,
+    /// Reactors whose copy left `ins` to be taken over, while the claim
+    /// and the takeover run (this node still stands by for them).
+    taking: Mutex<HashSet<Address>>,
     /// Reactors this node took over: from which node, at which move count.
     owned: Mutex<HashMap<Address, (NodeId, u64)>>,
     /// Of those, the ones whose old node said it runs no copy (`Detach`
@@ -322,6 +335,7 @@ impl Standby {
             modules_sent: Mutex::default(),
             parts: Mutex::default(),
             ins: Mutex::default(),
+            taking: Mutex::default(),
             owned: Mutex::default(),
             confirmed: Mutex::default(),
             votes: Mutex::default(),
@@ -412,6 +426,12 @@ impl Standby {
             self.ins.lock().unwrap().insert(address, inn);
         }
         Ok(())
+    }
+
+    /// Whether this node stands by for `address` (it may take it over,
+    /// or is taking it over now).
+    pub fn stands_by(&self, address: Address) -> bool {
+        self.ins.lock().unwrap().contains_key(&address) || self.taking.lock().unwrap().contains(&address)
     }
 
     /// Figures for status.
@@ -1161,7 +1181,13 @@ impl Standby {
         self.waiting.lock().unwrap().remove(&node);
         let seen = self.down_at.lock().unwrap().get(&node).copied().unwrap_or_else(Instant::now);
         for a in mine {
-            let Some(inn) = self.ins.lock().unwrap().remove(&a) else { continue };
+            let inn = {
+                let mut ins = self.ins.lock().unwrap();
+                let Some(inn) = ins.remove(&a) else { continue };
+                self.taking.lock().unwrap().insert(a);
+                inn
+            };
+            let _taking = Taking(&self.taking, a);
             if !self.claim(a, inn.generation + 1) {
                 // Another node holds the next generation (the primary gave
                 // the reactor another standby, or another took it over):
@@ -1270,12 +1296,7 @@ impl Standby {
             return;
         }
         // Its journal here is kept aside, not replayed at a restart.
-        let jdir = reactor_dir(self.journals.dir(), a);
-        if jdir.exists() {
-            let aside = self.data_dir.join("dropped").join(format!("{:016x}-epoch{epoch}", a.0));
-            let _ = make_dir(aside.parent().expect("has a parent"));
-            let _ = fs::rename(&jdir, &aside);
-        }
+        let _ = durable::set_journal_aside(&self.data_dir, self.journals.dir(), a, &format!("epoch{epoch}"));
         if dropped {
             self.counters.lock().unwrap().copies_dropped += 1;
             tracing::warn!(reactor = %a, "node {from} took {a} over while this node was down or cut off: the copy here is dropped, with what it had not sent");

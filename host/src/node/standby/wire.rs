@@ -4,7 +4,7 @@
 //! bytes: [`decode`] bounds and checks it and never panics (property tests
 //! below).
 
-use reactor_net::locate::FIRST_NODE_TAG;
+use reactor_net::locate::{FIRST_NODE_TAG, Untagged, decode_tagged, encode_tagged};
 use serde::{Deserialize, Serialize};
 
 /// The first byte of a standby message's payload (a migration step's is
@@ -84,12 +84,11 @@ impl Msg {
 
 /// Encodes `msg` as a payload.
 pub fn encode(msg: &Msg) -> Vec<u8> {
-    let mut v = Vec::with_capacity(match msg {
+    let capacity = match msg {
         Msg::Module { bytes, .. } | Msg::Snapshot { bytes, .. } | Msg::Journal { bytes, .. } => bytes.len() + 64,
         _ => 64,
-    });
-    v.push(MSG_TAG);
-    postcard::to_extend(msg, v).expect("encoding into memory cannot fail")
+    };
+    encode_tagged(MSG_TAG, msg, capacity)
 }
 
 /// Whether a node message's payload is a standby message (by its tag).
@@ -112,14 +111,10 @@ pub enum MsgError {
 /// piece within [`CHUNK`] and inside a file of at most [`MAX_FILE`] bytes,
 /// every address a reactor's.
 pub fn decode(b: &[u8]) -> Result<Msg, MsgError> {
-    match b.first() {
-        Some(&MSG_TAG) => {}
-        t => return Err(MsgError::Tag(t.copied())),
-    }
-    let (msg, rest) = postcard::take_from_bytes::<Msg>(&b[1..]).map_err(|e| MsgError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(MsgError::Malformed(format!("{} bytes after the message", rest.len())));
-    }
+    let msg: Msg = decode_tagged(b, MSG_TAG).map_err(|e| match e {
+        Untagged::Tag(t) => MsgError::Tag(t),
+        Untagged::Malformed(m) => MsgError::Malformed(m),
+    })?;
     let piece = |offset: u64, total: u64, len: usize| {
         if len > CHUNK {
             return Err(MsgError::Bounds("a piece larger than 1 MiB"));

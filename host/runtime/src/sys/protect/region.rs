@@ -77,7 +77,7 @@ impl PageCopy {
     /// writes during the call.
     pub(crate) unsafe fn blocking(src: *const u8, len: usize) -> io::Result<Arc<PageCopy>> {
         let pages = len / page_size();
-        let mut dest = Mapping::new(pages * page_size())?;
+        let mut dest = Mapping::new_filled_at_once(pages * page_size())?;
         // SAFETY: forwarded from this function's contract.
         let nonzero = unsafe { copy_all(src, len, &mut dest) };
         Ok(Arc::new(PageCopy {
