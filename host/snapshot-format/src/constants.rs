@@ -11,6 +11,18 @@ pub const FORMAT_VERSION: u32 = 2;
 /// Still read (files already stored must not be lost), written only on
 /// request ([`Writer::create_version`](crate::Writer::create_version)).
 pub const FORMAT_VERSION_1: u32 = 1;
+/// Format version 2 with its data section stored compressed, in frames
+/// (see "Version 3" in the crate documentation). Written on request
+/// ([`Writer::create_compressed`](crate::Writer::create_compressed)); the
+/// highest version this host reads.
+pub const FORMAT_VERSION_COMPRESSED: u32 = 3;
+/// The codec of a version 3 file's frames: LZ4 block format.
+pub const CODEC_LZ4: u32 = 1;
+/// Uncompressed bytes per frame that [`Writer::create_compressed`](crate::Writer::create_compressed) uses.
+pub const DEFAULT_FRAME_LEN: u32 = 1 << 20;
+/// The largest frame a reader accepts (16 MiB uncompressed): what one
+/// read may have to decompress to reach one page.
+pub const MAX_FRAME_LEN: u32 = 16 << 20;
 /// Length of the header: one page, so the data section is page aligned.
 pub const HEADER_LEN: usize = 4096;
 /// The page size of the data section (and of runs).
@@ -54,5 +66,11 @@ pub const GLOBAL_V128: u8 = 4;
 pub(crate) const HEADER_HASHED_LEN: usize = 104;
 /// Bytes of the header holding fields (the rest of the page is zero).
 pub(crate) const HEADER_FIELDS_LEN: usize = 112;
+/// Bytes of a version 3 header holding fields: the version 2 fields, then
+/// `stored_len`, `codec`, `frame_len` and `ext_hash`.
+pub(crate) const HEADER_FIELDS_LEN_V3: usize = 136;
+/// Flag of a frame table entry: the frame is stored as it is (compressing
+/// it did not make it smaller).
+pub(crate) const FRAME_RAW: u32 = 1 << 31;
 pub(crate) const KIND_FULL: u32 = 0;
 pub(crate) const KIND_DELTA: u32 = 1;

@@ -102,6 +102,18 @@ pub enum FormatError {
         /// Where it starts in the file.
         file_offset: u64,
     },
+    /// A compressed frame of a format version 3 file does not decompress
+    /// to its length.
+    #[error(
+        "snapshot data is corrupt: compressed frame {frame} (data bytes from {data_offset}) does not decompress to \
+         its length; the file is damaged: use another copy"
+    )]
+    FrameCorrupt {
+        /// The frame's number.
+        frame: u64,
+        /// Where its bytes start in the data section, decompressed.
+        data_offset: u64,
+    },
     /// Two stored things (blobs, runs) claim the same bytes of the data
     /// section.
     #[error(

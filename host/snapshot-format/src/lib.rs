@@ -2,10 +2,12 @@
 //! at one consistent moment, plus the shared immutable blobs they refer to
 //! (stored once however many reactors refer to them).
 //!
-//! This comment is the authoritative specification of format version 2,
-//! and of version 1, which this crate still reads (files already stored
-//! must not be lost): version 1 is version 2 without the page checksums and
-//! without [`ReactorEntry::outstanding`] (see "Version 1" below).
+//! This comment is the authoritative specification of format version 2;
+//! of version 3, which is version 2 with its data section stored
+//! compressed (see "Version 3" below: written on request); and of version 1,
+//! which this crate still reads (files already stored must not be lost):
+//! version 1 is version 2 without the page checksums and without
+//! [`ReactorEntry::outstanding`] (see "Version 1" below).
 //!
 //! # Layout
 //!
@@ -127,17 +129,19 @@
 //! # Reading order
 //!
 //! Checks run in this order, so that the error reported is the most useful
-//! one: magic ([`FormatError::NotASnapshot`]); format version (1 or 2), when the file
+//! one: magic ([`FormatError::NotASnapshot`]); format version (1, 2 or 3), when the file
 //! is long enough to hold it ([`FormatError::FormatVersion`], before
 //! anything else, since another version may lay out everything else
-//! differently); at least the 112 bytes of header fields
-//! ([`FormatError::TooShort`]); header hash ([`FormatError::HeaderCorrupt`]);
-//! ABI version; page size; header field consistency (kind and base id,
-//! offsets, alignment: [`FormatError::Malformed`]); file length
+//! differently); at least the 112 bytes of header fields (136 in version 3)
+//! ([`FormatError::TooShort`]); header hash and, in version 3, `ext_hash`
+//! ([`FormatError::HeaderCorrupt`]);
+//! ABI version; page size; codec and frame length (version 3); header field
+//! consistency (kind and base id, offsets, alignment:
+//! [`FormatError::Malformed`]); file length
 //! ([`FormatError::Truncated`] / [`FormatError::TrailingBytes`]); header
 //! padding; meta hash ([`FormatError::MetaCorrupt`]); meta decoding, the
-//! number of page checksums and the rules above ([`FormatError::Malformed`],
-//! [`FormatError::Overlap`]).
+//! number of page checksums, the frame table (version 3) and the rules above
+//! ([`FormatError::Malformed`], [`FormatError::Overlap`]).
 //!
 //! # Version 1
 //!
@@ -146,6 +150,44 @@
 //! `outstanding` field, with nothing after it: no page checksums, so its
 //! data can only be checked whole (`data_hash`). Read as version 2 with
 //! `outstanding` empty; [`Writer::create_version`] still writes it.
+//!
+//! # Version 3: a compressed data section
+//!
+//! Version 2 with the data section stored in compressed frames, for
+//! snapshots kept or shipped rather than restored lazily (nothing of such
+//! a file can be mapped: a restore reads and decompresses every page it
+//! uses). The differences:
+//! - `format_version` is 3, and the header has four more fields, so its
+//!   zero padding starts at offset 136:
+//!
+//!   | offset | field        | type  | value |
+//!   |-------:|--------------|-------|-------|
+//!   |    112 | `stored_len` | `u64` | bytes the data section takes in the file |
+//!   |    120 | `codec`      | `u32` | [`CODEC_LZ4`] (1): the LZ4 block format |
+//!   |    124 | `frame_len`  | `u32` | uncompressed bytes per frame: a multiple of `page_size`, at most [`MAX_FRAME_LEN`] (16 MiB) |
+//!   |    128 | `ext_hash`   | `u64` | xxh3-64 of header bytes `[112, 128)` |
+//!
+//! - `data_len` is the length of the data section *uncompressed*: every
+//!   offset in the meta (runs, blobs) and every page checksum is of the
+//!   data section uncompressed, exactly as in version 2.
+//! - The data section in the file is `stored_len` bytes at offset 4096:
+//!   the frames back to back. Frame `i` holds the uncompressed bytes
+//!   `[i × frame_len, min((i + 1) × frame_len, data_len))`, either as an
+//!   LZ4 block (it must decompress to exactly that many bytes, else
+//!   [`FormatError::FrameCorrupt`]) or as they are.
+//! - `meta_offset` is `4096 + stored_len`; `data_hash` is xxh3-64 of the
+//!   `stored_len` bytes as stored.
+//! - The meta section is version 2's followed by the frame table as
+//!   postcard bytes: a varint length (4 × the number of frames,
+//!   `ceil(data_len / frame_len)`, exactly) and one `u32` per frame,
+//!   little-endian: its stored length, with bit 31 set when it is stored as
+//!   it is (its stored length then equals its uncompressed length; a
+//!   compressed frame takes at least 1 byte and at most LZ4's bound for
+//!   its length). The stored lengths add up to `stored_len`. No byte may
+//!   follow.
+//!
+//! A reader decompresses at most one frame to reach any byte, so the memory
+//! a hostile file can make it use is bounded by `frame_len`.
 //!
 //! # Writing
 //!
@@ -181,14 +223,15 @@ mod write;
 mod tests;
 
 pub use constants::{
-    FORMAT_VERSION, FORMAT_VERSION_1, GLOBAL_F32, GLOBAL_F64, GLOBAL_I32, GLOBAL_I64, GLOBAL_V128, HEADER_LEN, MAGIC,
+    CODEC_LZ4, DEFAULT_FRAME_LEN, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_COMPRESSED, MAX_FRAME_LEN, GLOBAL_F32, GLOBAL_F64, GLOBAL_I32, GLOBAL_I64, GLOBAL_V128, HEADER_LEN, MAGIC,
     MAX_BLOB_LEN, MAX_BLOBS, MAX_GLOBALS_PER_REACTOR, MAX_HELD_BLOBS, MAX_INBOX_PER_REACTOR, MAX_MEMORY,
     MAX_META_LEN, MAX_OUTSTANDING, MAX_PAYLOAD_LEN, MAX_REACTORS, MAX_RUNS_PER_REACTOR, PAGE_SIZE, WASM_PAGE_SIZE,
 };
 pub use error::FormatError;
 pub use id::SnapshotId;
 pub use model::{
-    BlobEntry, EnvelopeRecord, GlobalValue, Header, Kind, Meta, ReactorEntry, Run, blob_hash, encode_meta, page_hash,
+    BlobEntry, EnvelopeRecord, GlobalValue, Header, Kind, Meta, ReactorEntry, Run, Stored, blob_hash, encode_meta,
+    page_hash,
 };
 pub use read::{SnapshotFile, parse, parse_verified};
 pub use write::{FILE_MODE, Writer};

@@ -61,6 +61,24 @@ pub struct Header {
     pub meta_len: u64,
     /// xxh3-64 of the meta section.
     pub meta_hash: u64,
+    /// Format version 3: how the data section is stored (compressed, in
+    /// frames). `None` in versions 1 and 2, whose data section is stored as
+    /// it is.
+    pub stored: Option<Stored>,
+}
+
+/// How a format version 3 file stores its data section: `data_len` bytes
+/// cut in frames of `frame_len` (the last may be shorter), each compressed
+/// with `codec` or stored as it is, back to back in `stored_len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The frames' codec ([`CODEC_LZ4`](crate::CODEC_LZ4)).
+    pub codec: u32,
+    /// Uncompressed bytes per frame, a multiple of [`PAGE_SIZE`], at most
+    /// [`MAX_FRAME_LEN`](crate::MAX_FRAME_LEN).
+    pub frame_len: u32,
+    /// Bytes of the data section as stored in the file.
+    pub stored_len: u64,
 }
 
 impl Header {
@@ -92,7 +110,20 @@ impl Header {
         b[96..104].copy_from_slice(&self.meta_hash.to_le_bytes());
         let h = xxh3_64(&b[..HEADER_HASHED_LEN]);
         b[104..112].copy_from_slice(&h.to_le_bytes());
+        if let Some(st) = self.stored {
+            b[112..120].copy_from_slice(&st.stored_len.to_le_bytes());
+            b[120..124].copy_from_slice(&st.codec.to_le_bytes());
+            b[124..128].copy_from_slice(&st.frame_len.to_le_bytes());
+            let h = xxh3_64(&b[112..128]);
+            b[128..136].copy_from_slice(&h.to_le_bytes());
+        }
         b
+    }
+
+    /// Bytes the data section takes in the file: `data_len`, or, compressed,
+    /// `stored_len`.
+    pub fn stored_data_len(&self) -> u64 {
+        self.stored.map_or(self.data_len, |s| s.stored_len)
     }
 }
 
@@ -266,6 +297,28 @@ pub(crate) struct MetaV2In {
     pub(crate) page_hashes: Vec<u8>,
 }
 
+/// The meta section of format version 3 as written: version 2's, then the
+/// frame table (4 bytes per frame, little-endian: its stored length, with
+/// [`FRAME_RAW`](crate::constants::FRAME_RAW) set when it is stored as it is).
+#[derive(Serialize)]
+pub(crate) struct MetaV3Out<'a> {
+    pub(crate) meta: &'a Meta,
+    #[serde(serialize_with = "ser_bytes")]
+    pub(crate) page_hashes: &'a [u8],
+    #[serde(serialize_with = "ser_bytes")]
+    pub(crate) frames: &'a [u8],
+}
+
+/// The meta section of format version 3 as read.
+#[derive(Deserialize)]
+pub(crate) struct MetaV3In {
+    pub(crate) meta: Meta,
+    #[serde(with = "hash_bytes")]
+    pub(crate) page_hashes: Vec<u8>,
+    #[serde(with = "frame_bytes")]
+    pub(crate) frames: Vec<u8>,
+}
+
 fn ser_bytes<S: Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_bytes(v)
 }
@@ -428,6 +481,42 @@ mod hash_bytes {
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             write!(f, "page checksums, 8 bytes each")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            check(v.len())?;
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            check(v.len())?;
+            Ok(v)
+        }
+    }
+}
+
+/// The frame table as bytes, its length checked before it is copied.
+mod frame_bytes {
+    use super::{Deserializer, MAX_META_LEN, Visitor, de, fmt, refuse};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(FrameVisitor)
+    }
+
+    struct FrameVisitor;
+
+    fn check<E: de::Error>(n: usize) -> Result<(), E> {
+        if n as u64 > MAX_META_LEN || !n.is_multiple_of(4) {
+            return Err(refuse(format!("a frame table of {n} bytes (not a multiple of 4, or over the limit)")));
+        }
+        Ok(())
+    }
+
+    impl<'de> Visitor<'de> for FrameVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a frame table, 4 bytes per frame")
         }
 
         fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {

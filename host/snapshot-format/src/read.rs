@@ -5,16 +5,17 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
 use crate::constants::{
-    FORMAT_VERSION, FORMAT_VERSION_1, HEADER_FIELDS_LEN, HEADER_HASHED_LEN, HEADER_LEN, KIND_DELTA, KIND_FULL, MAGIC,
-    MAX_META_LEN, PAGE_SIZE,
+    CODEC_LZ4, FORMAT_VERSION_1, FORMAT_VERSION_COMPRESSED, FRAME_RAW, HEADER_FIELDS_LEN, HEADER_FIELDS_LEN_V3,
+    HEADER_HASHED_LEN, HEADER_LEN, KIND_DELTA, KIND_FULL, MAGIC, MAX_FRAME_LEN, MAX_META_LEN, PAGE_SIZE,
 };
 use crate::error::{FormatError, io_err, malformed};
 use crate::id::SnapshotId;
-use crate::model::{BlobEntry, Header, Kind, Meta, MetaV1, MetaV2In, blob_hash, page_hash};
+use crate::model::{BlobEntry, Header, Kind, Meta, MetaV1, MetaV2In, MetaV3In, Stored, blob_hash, page_hash};
 
 /// One checksum per data page.
 type PageHashes = Box<[u64]>;
@@ -51,14 +52,19 @@ fn check_header(prefix: &[u8], file_len: u64, expected_abi: u32) -> Result<Heade
     }
     if prefix.len() >= 12 {
         let found = u32_at(prefix, 8);
-        if found != FORMAT_VERSION && found != FORMAT_VERSION_1 {
-            return Err(FormatError::FormatVersion { found, supported: FORMAT_VERSION });
+        if !(FORMAT_VERSION_1..=FORMAT_VERSION_COMPRESSED).contains(&found) {
+            return Err(FormatError::FormatVersion { found, supported: FORMAT_VERSION_COMPRESSED });
         }
     }
-    if prefix.len() < HEADER_FIELDS_LEN {
+    let compressed = prefix.len() >= 12 && u32_at(prefix, 8) == FORMAT_VERSION_COMPRESSED;
+    let fields_len = if compressed { HEADER_FIELDS_LEN_V3 } else { HEADER_FIELDS_LEN };
+    if prefix.len() < fields_len {
         return Err(FormatError::TooShort { len: file_len });
     }
     if xxh3_64(&prefix[..HEADER_HASHED_LEN]) != u64_at(prefix, HEADER_HASHED_LEN) {
+        return Err(FormatError::HeaderCorrupt);
+    }
+    if compressed && xxh3_64(&prefix[112..128]) != u64_at(prefix, 128) {
         return Err(FormatError::HeaderCorrupt);
     }
     let abi_version = u32_at(prefix, 12);
@@ -89,17 +95,35 @@ fn check_header(prefix: &[u8], file_len: u64, expected_abi: u32) -> Result<Heade
         meta_offset: u64_at(prefix, 80),
         meta_len: u64_at(prefix, 88),
         meta_hash: u64_at(prefix, 96),
+        stored: compressed.then(|| Stored {
+            stored_len: u64_at(prefix, 112),
+            codec: u32_at(prefix, 120),
+            frame_len: u32_at(prefix, 124),
+        }),
     };
+    if let Some(st) = h.stored {
+        if st.codec != CODEC_LZ4 {
+            return Err(malformed(format!("unknown codec {} of the data section ({CODEC_LZ4} = lz4)", st.codec)));
+        }
+        if st.frame_len == 0 || st.frame_len > MAX_FRAME_LEN || !(st.frame_len as usize).is_multiple_of(PAGE_SIZE) {
+            return Err(malformed(format!(
+                "frame length {} is not a multiple of the page size between {PAGE_SIZE} and {MAX_FRAME_LEN}",
+                st.frame_len
+            )));
+        }
+    }
     if h.data_offset != HEADER_LEN as u64 {
         return Err(malformed(format!("data section starts at {}, not at {HEADER_LEN}", h.data_offset)));
     }
     if !h.data_len.is_multiple_of(PAGE_SIZE as u64) {
         return Err(malformed(format!("data section length {} is not a multiple of the page size", h.data_len)));
     }
-    if h.data_offset.checked_add(h.data_len) != Some(h.meta_offset) {
+    if h.data_offset.checked_add(h.stored_data_len()) != Some(h.meta_offset) {
         return Err(malformed(format!(
             "meta section starts at {}, not right after the data section ({} + {})",
-            h.meta_offset, h.data_offset, h.data_len
+            h.meta_offset,
+            h.data_offset,
+            h.stored_data_len()
         )));
     }
     if h.meta_len > MAX_META_LEN {
@@ -118,16 +142,109 @@ fn check_header(prefix: &[u8], file_len: u64, expected_abi: u32) -> Result<Heade
         return Err(FormatError::TrailingBytes { expected, found: file_len });
     }
     // file_len == expected >= HEADER_LEN, so the prefix is the whole header.
-    if prefix.len() < HEADER_LEN || prefix[HEADER_FIELDS_LEN..HEADER_LEN].iter().any(|&b| b != 0) {
+    if prefix.len() < HEADER_LEN || prefix[fields_len..HEADER_LEN].iter().any(|&b| b != 0) {
         return Err(FormatError::HeaderCorrupt);
     }
     Ok(h)
 }
 
+/// Where each frame of a compressed (version 3) data section is stored.
+#[derive(Debug)]
+struct Frames {
+    /// Uncompressed bytes per frame (the last may be shorter).
+    frame_len: u64,
+    /// Uncompressed length of the data section.
+    data_len: u64,
+    /// Each frame's offset in the stored data section, then its end.
+    starts: Box<[u64]>,
+    /// Whether each frame is stored as it is.
+    raw: Box<[bool]>,
+}
+
+impl Frames {
+    /// The frame table of the meta, checked against the header.
+    fn check(st: Stored, data_len: u64, table: &[u8]) -> Result<Frames, FormatError> {
+        let frame_len = u64::from(st.frame_len);
+        let count = data_len.div_ceil(frame_len);
+        if table.len() as u64 / 4 != count {
+            return Err(malformed(format!(
+                "the meta has {} frames for a data section of {data_len} bytes in frames of {frame_len}",
+                table.len() / 4
+            )));
+        }
+        let mut starts = Vec::with_capacity(count as usize + 1);
+        let mut raw = Vec::with_capacity(count as usize);
+        let mut at = 0u64;
+        for (i, e) in table.chunks_exact(4).enumerate() {
+            let e = u32_at(e, 0);
+            let logical = frame_len.min(data_len - i as u64 * frame_len);
+            let (is_raw, len) = (e & FRAME_RAW != 0, u64::from(e & !FRAME_RAW));
+            let fits = if is_raw {
+                len == logical
+            } else {
+                len > 0 && len as usize <= lz4_flex::block::get_maximum_output_size(logical as usize)
+            };
+            if !fits {
+                return Err(malformed(format!(
+                    "frame {i} is stored in {len} bytes{}, which cannot hold its {logical} bytes",
+                    if is_raw { " as it is" } else { " compressed" }
+                )));
+            }
+            starts.push(at);
+            raw.push(is_raw);
+            at += len;
+        }
+        starts.push(at);
+        if at != st.stored_len {
+            return Err(malformed(format!(
+                "the frames take {at} bytes, but the header says the data section is stored in {}",
+                st.stored_len
+            )));
+        }
+        Ok(Frames { frame_len, data_len, starts: starts.into(), raw: raw.into() })
+    }
+
+    /// Uncompressed bytes of frame `i`.
+    fn len_of(&self, i: u64) -> usize {
+        self.frame_len.min(self.data_len - i * self.frame_len) as usize
+    }
+
+    /// Where frame `i` is stored, relative to the stored data section.
+    fn stored_range(&self, i: u64) -> (u64, usize) {
+        let (a, b) = (self.starts[i as usize], self.starts[i as usize + 1]);
+        (a, (b - a) as usize)
+    }
+
+    /// Frame `i` from its stored bytes into `out` (exactly its length).
+    fn decode(&self, i: u64, stored: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
+        let corrupt = || FormatError::FrameCorrupt { frame: i, data_offset: i * self.frame_len };
+        if self.raw[i as usize] {
+            if stored.len() != out.len() {
+                return Err(corrupt());
+            }
+            out.copy_from_slice(stored);
+            return Ok(());
+        }
+        match lz4_flex::block::decompress_into(stored, out) {
+            Ok(n) if n == out.len() => Ok(()),
+            _ => Err(corrupt()),
+        }
+    }
+}
+
+/// What [`check_meta`] finds in a meta section.
+struct CheckedMeta {
+    meta: Meta,
+    /// One checksum per data page (format versions 2 and 3).
+    hashes: Option<PageHashes>,
+    /// The frames of a compressed data section (format version 3).
+    frames: Option<Frames>,
+}
+
 /// Checks the meta section's hash, decodes it (in the header's format
-/// version) and validates it. Returns the page checksums too (version 2;
-/// `None` for version 1).
-fn check_meta(header: &Header, bytes: &[u8]) -> Result<(Meta, Option<PageHashes>), FormatError> {
+/// version) and validates it, with the page checksums (versions 2 and 3)
+/// and the frame table (version 3).
+fn check_meta(header: &Header, bytes: &[u8]) -> Result<CheckedMeta, FormatError> {
     if xxh3_64(bytes) != header.meta_hash {
         return Err(FormatError::MetaCorrupt);
     }
@@ -136,12 +253,15 @@ fn check_meta(header: &Header, bytes: &[u8]) -> Result<(Meta, Option<PageHashes>
         Some(note) => malformed(format!("the meta section does not decode: {note}")),
         None => malformed(format!("the meta section does not decode: {e}")),
     };
-    let (meta, hashes, rest) = if header.format_version == FORMAT_VERSION_1 {
+    let (meta, hashes, table, rest) = if header.format_version == FORMAT_VERSION_1 {
         let (meta, rest) = postcard::take_from_bytes::<MetaV1>(bytes).map_err(undecodable)?;
-        (Meta::from(meta), None, rest)
+        (Meta::from(meta), None, None, rest)
+    } else if header.stored.is_some() {
+        let (m, rest) = postcard::take_from_bytes::<MetaV3In>(bytes).map_err(undecodable)?;
+        (m.meta, Some(m.page_hashes), Some(m.frames), rest)
     } else {
         let (m, rest) = postcard::take_from_bytes::<MetaV2In>(bytes).map_err(undecodable)?;
-        (m.meta, Some(m.page_hashes), rest)
+        (m.meta, Some(m.page_hashes), None, rest)
     };
     if !rest.is_empty() {
         return Err(malformed(format!("{} bytes follow the meta in the meta section", rest.len())));
@@ -159,8 +279,12 @@ fn check_meta(header: &Header, bytes: &[u8]) -> Result<(Meta, Option<PageHashes>
             Some(b.chunks_exact(8).map(|c| u64_at(c, 0)).collect())
         }
     };
+    let frames = match (header.stored, table) {
+        (Some(st), Some(table)) => Some(Frames::check(st, header.data_len, &table)?),
+        _ => None,
+    };
     meta.validate(header.data_len)?;
-    Ok((meta, hashes))
+    Ok(CheckedMeta { meta, hashes, frames })
 }
 
 /// Checks `bytes`, the data section's bytes from page `first` on, against
@@ -185,8 +309,8 @@ pub fn parse(bytes: &[u8], expected_abi: u32) -> Result<(Header, Meta), FormatEr
     let prefix = &bytes[..bytes.len().min(HEADER_LEN)];
     let header = check_header(prefix, bytes.len() as u64, expected_abi)?;
     // check_header made sure that meta_offset + meta_len == bytes.len().
-    let (meta, _) = check_meta(&header, &bytes[header.meta_offset as usize..])?;
-    Ok((header, meta))
+    let checked = check_meta(&header, &bytes[header.meta_offset as usize..])?;
+    Ok((header, checked.meta))
 }
 
 /// [`parse`], then every data page checked against its checksum (format
@@ -196,12 +320,23 @@ pub fn parse(bytes: &[u8], expected_abi: u32) -> Result<(Header, Meta), FormatEr
 pub fn parse_verified(bytes: &[u8], expected_abi: u32) -> Result<(Header, Meta), FormatError> {
     let prefix = &bytes[..bytes.len().min(HEADER_LEN)];
     let header = check_header(prefix, bytes.len() as u64, expected_abi)?;
-    let (meta, hashes) = check_meta(&header, &bytes[header.meta_offset as usize..])?;
+    let CheckedMeta { meta, hashes, frames } = check_meta(&header, &bytes[header.meta_offset as usize..])?;
     let data = &bytes[HEADER_LEN..header.meta_offset as usize];
-    match hashes {
-        Some(h) => check_pages_against(&h, 0, data)?,
-        None if xxh3_64(data) != header.data_hash => return Err(FormatError::DataCorrupt),
-        None => {}
+    match (hashes, frames) {
+        (Some(h), Some(frames)) => {
+            // One frame at a time: memory bounded by the frame length,
+            // whatever the header claims.
+            let mut buf = Vec::new();
+            for i in 0..frames.raw.len() as u64 {
+                let (at, len) = frames.stored_range(i);
+                buf.resize(frames.len_of(i), 0);
+                frames.decode(i, &data[at as usize..at as usize + len], &mut buf)?;
+                check_pages_against(&h, i * frames.frame_len / PAGE_SIZE as u64, &buf)?;
+            }
+        }
+        (Some(h), None) => check_pages_against(&h, 0, data)?,
+        (None, _) if xxh3_64(data) != header.data_hash => return Err(FormatError::DataCorrupt),
+        (None, _) => {}
     }
     Ok((header, meta))
 }
@@ -213,8 +348,12 @@ pub struct SnapshotFile {
     file: File,
     header: Header,
     meta: Meta,
-    /// One checksum per data page (format version 2).
+    /// One checksum per data page (format versions 2 and 3).
     page_hashes: Option<PageHashes>,
+    /// The frames of a compressed data section (format version 3).
+    frames: Option<Frames>,
+    /// The frame last decompressed for a read that wanted part of it.
+    last_frame: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
 }
 
 impl SnapshotFile {
@@ -257,8 +396,16 @@ impl SnapshotFile {
         // meta_len <= MAX_META_LEN was checked.
         let mut meta_bytes = vec![0u8; header.meta_len as usize];
         file.read_exact_at(&mut meta_bytes, header.meta_offset).map_err(io_err(path))?;
-        let (meta, page_hashes) = check_meta(&header, &meta_bytes)?;
-        Ok(SnapshotFile { path: path.to_path_buf(), file, header, meta, page_hashes })
+        let CheckedMeta { meta, hashes: page_hashes, frames } = check_meta(&header, &meta_bytes)?;
+        Ok(SnapshotFile { path: path.to_path_buf(), file, header, meta, page_hashes, frames, last_frame: Mutex::new(None) })
+    }
+
+    /// Whether the data section is stored as it is, so runs can be mapped
+    /// from [`SnapshotFile::file`] at [`SnapshotFile::file_offset`]. A
+    /// compressed file (format version 3) is read with
+    /// [`SnapshotFile::read_data`], which decompresses.
+    pub fn mappable(&self) -> bool {
+        self.frames.is_none()
     }
 
     /// Whether the file has page checksums (format version 2): each page
@@ -325,14 +472,58 @@ impl SnapshotFile {
         &self.path
     }
 
-    /// The open file (to mmap runs: they are page aligned in the file).
+    /// The open file (to mmap runs: they are page aligned in the file, when
+    /// it is [`SnapshotFile::mappable`]).
     pub fn file(&self) -> &File {
         &self.file
     }
 
-    /// The file offset of a data-section offset.
+    /// The file offset of a data-section offset (of a
+    /// [`SnapshotFile::mappable`] file).
     pub fn file_offset(&self, data_offset: u64) -> u64 {
         self.header.data_offset + data_offset
+    }
+
+    /// Frame `i` of a compressed data section, read and decompressed into
+    /// `out` (its whole length).
+    fn read_frame(&self, frames: &Frames, i: u64, out: &mut [u8]) -> Result<(), FormatError> {
+        let (at, len) = frames.stored_range(i);
+        let mut stored = vec![0u8; len];
+        self.file.read_exact_at(&mut stored, self.header.data_offset + at).map_err(io_err(&self.path))?;
+        frames.decode(i, &stored, out)
+    }
+
+    /// [`SnapshotFile::read_data`] of a compressed data section: whole
+    /// frames are decompressed straight into `buf`, parts of frames through
+    /// the frame last decompressed.
+    fn read_frames(&self, frames: &Frames, data_offset: u64, mut buf: &mut [u8]) -> Result<(), FormatError> {
+        let mut pos = data_offset;
+        while !buf.is_empty() {
+            let i = pos / frames.frame_len;
+            let within = (pos - i * frames.frame_len) as usize;
+            let flen = frames.len_of(i);
+            let n = (flen - within).min(buf.len());
+            let (here, rest) = std::mem::take(&mut buf).split_at_mut(n);
+            if within == 0 && n == flen {
+                self.read_frame(frames, i, here)?;
+            } else {
+                let cached = self.last_frame.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let frame = match cached {
+                    Some((j, f)) if j == i => f,
+                    _ => {
+                        let mut f = vec![0u8; flen];
+                        self.read_frame(frames, i, &mut f)?;
+                        let f = Arc::new(f);
+                        *self.last_frame.lock().unwrap_or_else(|e| e.into_inner()) = Some((i, f.clone()));
+                        f
+                    }
+                };
+                here.copy_from_slice(&frame[within..within + n]);
+            }
+            buf = rest;
+            pos += n as u64;
+        }
+        Ok(())
     }
 
     /// Reads `buf.len()` bytes at a data-section offset. A range outside the
@@ -345,7 +536,10 @@ impl SnapshotFile {
                 self.header.data_len
             )));
         }
-        self.file.read_exact_at(buf, self.file_offset(data_offset)).map_err(io_err(&self.path))
+        match &self.frames {
+            Some(frames) => self.read_frames(frames, data_offset, buf),
+            None => self.file.read_exact_at(buf, self.file_offset(data_offset)).map_err(io_err(&self.path)),
+        }
     }
 
     /// Reads a blob's content and checks its hash
@@ -365,7 +559,8 @@ impl SnapshotFile {
     /// in a format version 2 file, [`SnapshotFile::verify_pages`]); `progress(done, total)` is called
     /// about every 64 MiB and once at the end.
     pub fn verify_data(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<(), FormatError> {
-        let total = self.header.data_len;
+        // As stored: a compressed data section's hash is of its frames.
+        let total = self.header.stored_data_len();
         let mut buf = vec![0u8; (VERIFY_CHUNK as u64).min(total) as usize];
         let mut hasher = Xxh3Default::new();
         let mut done = 0u64;

@@ -11,10 +11,13 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
-use crate::constants::{FORMAT_VERSION, FORMAT_VERSION_1, HEADER_LEN, MAX_META_LEN, PAGE_SIZE};
+use crate::constants::{
+    CODEC_LZ4, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_COMPRESSED, FRAME_RAW, HEADER_LEN, MAX_FRAME_LEN,
+    MAX_META_LEN, PAGE_SIZE,
+};
 use crate::error::{FormatError, io_err, malformed};
 use crate::id::SnapshotId;
-use crate::model::{Header, Kind, Meta, MetaV2Out, blob_hash, page_hash};
+use crate::model::{Header, Kind, Meta, MetaV2Out, MetaV3Out, Stored, blob_hash, page_hash};
 
 /// The mode snapshot files are created with: they hold whole memory
 /// images, so only their owner may read them.
@@ -46,8 +49,24 @@ pub struct Writer {
     page_hashes: Vec<u8>,
     /// (offset, len, hash) of each blob appended.
     blobs: HashSet<(u64, u64, u64)>,
+    /// Format version 3: the frames being compressed.
+    frames: Option<FrameWriter>,
+    /// Bytes of the data section written to the file (= `data_len` unless
+    /// compressed).
+    stored_len: u64,
     failed: bool,
     finished: bool,
+}
+
+/// The compressing side of a version 3 writer.
+struct FrameWriter {
+    frame_len: usize,
+    /// Data not yet making a whole frame.
+    pending: Vec<u8>,
+    /// Room for one compressed frame.
+    out: Vec<u8>,
+    /// The frame table so far, 4 bytes per frame.
+    table: Vec<u8>,
 }
 
 impl fmt::Debug for Writer {
@@ -70,6 +89,36 @@ impl Writer {
     /// The file is created with mode [`FILE_MODE`] (`0600`).
     pub fn create(path: &Path, abi_version: u32, kind: Kind, id: SnapshotId) -> Result<Writer, FormatError> {
         Self::create_version(path, FORMAT_VERSION, abi_version, kind, id)
+    }
+
+    /// [`Writer::create`] of a compressed file (format version 3): the data
+    /// section is cut in frames of `frame_len` bytes (a multiple of
+    /// [`PAGE_SIZE`] up to [`MAX_FRAME_LEN`]; [`DEFAULT_FRAME_LEN`](crate::DEFAULT_FRAME_LEN)
+    /// is a good choice), each compressed with LZ4 as it fills, or stored as
+    /// it is when that is not smaller. Offsets given and taken stay those
+    /// of the data section uncompressed.
+    pub fn create_compressed(
+        path: &Path,
+        abi_version: u32,
+        kind: Kind,
+        id: SnapshotId,
+        frame_len: u32,
+    ) -> Result<Writer, FormatError> {
+        if frame_len == 0 || frame_len > MAX_FRAME_LEN || !(frame_len as usize).is_multiple_of(PAGE_SIZE) {
+            return Err(malformed(format!(
+                "frame length {frame_len} is not a multiple of the page size between {PAGE_SIZE} and {MAX_FRAME_LEN}"
+            )));
+        }
+        let mut w = Self::create_version(path, FORMAT_VERSION, abi_version, kind, id)?;
+        w.version = FORMAT_VERSION_COMPRESSED;
+        let frame_len = frame_len as usize;
+        w.frames = Some(FrameWriter {
+            frame_len,
+            pending: Vec::with_capacity(frame_len),
+            out: vec![0; lz4_flex::block::get_maximum_output_size(frame_len)],
+            table: Vec::new(),
+        });
+        Ok(w)
     }
 
     /// [`Writer::create`] in a given format version: [`FORMAT_VERSION`], or
@@ -113,6 +162,8 @@ impl Writer {
             hasher: Box::new(Xxh3Default::new()),
             page_hashes: Vec::new(),
             blobs: HashSet::new(),
+            frames: None,
+            stored_len: 0,
             failed: false,
             finished: false,
         };
@@ -139,11 +190,52 @@ impl Writer {
         })
     }
 
-    fn write_data(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
+    /// Appends `bytes` to the data section as stored (hashed: the header's
+    /// `data_hash` is of the section as stored).
+    fn write_stored(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
         self.write_raw(bytes)?;
         self.hasher.update(bytes);
-        self.data_len += bytes.len() as u64;
+        self.stored_len += bytes.len() as u64;
         Ok(())
+    }
+
+    fn write_data(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
+        self.data_len += bytes.len() as u64;
+        let Some(f) = self.frames.as_mut() else { return self.write_stored(bytes) };
+        let frame_len = f.frame_len;
+        let mut rest = bytes;
+        if !f.pending.is_empty() {
+            let take = (frame_len - f.pending.len()).min(rest.len());
+            f.pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if f.pending.len() == frame_len {
+                let pending = std::mem::take(&mut f.pending);
+                self.write_frame(&pending)?;
+                self.frames.as_mut().expect("compressing").pending = pending;
+                self.frames.as_mut().expect("compressing").pending.clear();
+            }
+        }
+        while rest.len() >= frame_len {
+            self.write_frame(&rest[..frame_len])?;
+            rest = &rest[frame_len..];
+        }
+        self.frames.as_mut().expect("compressing").pending.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// Compresses one frame and writes it, or the frame as it is when that
+    /// is not smaller.
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), FormatError> {
+        let f = self.frames.as_mut().expect("compressing");
+        let mut out = std::mem::take(&mut f.out);
+        let n = lz4_flex::block::compress_into(frame, &mut out)
+            .map_err(|e| malformed(format!("a frame does not compress: {e}")))?;
+        let (stored, entry) = if n < frame.len() { (&out[..n], n as u32) } else { (frame, frame.len() as u32 | FRAME_RAW) };
+        let r = self.write_stored(stored);
+        let f = self.frames.as_mut().expect("compressing");
+        f.table.extend_from_slice(&entry.to_le_bytes());
+        f.out = out;
+        r
     }
 
     /// Records the checksums of `bytes`, whole pages about to be written at
@@ -222,10 +314,19 @@ impl Writer {
         if self.version == FORMAT_VERSION_1 && meta.reactors.iter().any(|r| !r.outstanding.is_empty()) {
             return Err(malformed("format version 1 cannot record outstanding requests"));
         }
+        if let Some(f) = self.frames.as_mut()
+            && !f.pending.is_empty()
+        {
+            // The last frame, shorter.
+            let pending = std::mem::take(&mut f.pending);
+            self.write_frame(&pending)?;
+        }
         let encoded = if self.version == FORMAT_VERSION_1 {
             // Version 1's reactor entry has no `outstanding`: encode the
             // same fields without it.
             postcard::to_stdvec(&crate::model::MetaV1Out::from(meta))
+        } else if let Some(f) = &self.frames {
+            postcard::to_stdvec(&MetaV3Out { meta, page_hashes: &self.page_hashes, frames: &f.table })
         } else {
             postcard::to_stdvec(&MetaV2Out { meta, page_hashes: &self.page_hashes })
         };
@@ -245,9 +346,14 @@ impl Writer {
             data_offset: HEADER_LEN as u64,
             data_len: self.data_len,
             data_hash: self.hasher.digest(),
-            meta_offset: HEADER_LEN as u64 + self.data_len,
+            meta_offset: HEADER_LEN as u64 + self.stored_len,
             meta_len: meta_bytes.len() as u64,
             meta_hash: xxh3_64(&meta_bytes),
+            stored: self.frames.as_ref().map(|f| Stored {
+                codec: CODEC_LZ4,
+                frame_len: f.frame_len as u32,
+                stored_len: self.stored_len,
+            }),
         };
         self.write_raw(&meta_bytes)?;
         let tmp = self.tmp.clone();

@@ -109,6 +109,11 @@ pub(crate) struct NodeArgs {
     /// reactors at their addresses; after a kill -9, as of the last one.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     checkpoint_every: u64,
+    /// Store checkpoints' pages LZ4-compressed: smaller files, written
+    /// faster than a slow disk takes raw pages; a restart then decompresses
+    /// every page instead of mapping them lazily.
+    #[arg(long)]
+    compress_checkpoints: bool,
     /// Journal every reactor spawned from outside that does not say
     /// otherwise (`host spawn --durable`): every input it consumes is
     /// recorded in `<data-dir>/journal/` at this level — `written` (handed
@@ -278,6 +283,7 @@ pub(crate) fn node(engine_args: &EngineArgs, args: &NodeArgs) -> anyhow::Result<
         trace: args.trace_frames,
         insecure_plaintext: args.insecure_plaintext,
         checkpoint_every: (args.checkpoint_every > 0).then(|| std::time::Duration::from_secs(args.checkpoint_every)),
+        compress_checkpoints: args.compress_checkpoints,
         suspicion: args.suspect_after.map(std::time::Duration::from_millis),
         durable: args.durable,
         journal_keep: args.journal_keep.max(1),
@@ -478,7 +484,14 @@ fn absolute(p: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// `host snapshot --data-dir`: live reactors of a running node into a file.
-pub(crate) fn snapshot_live(dir: &std::path::Path, reactors: &[String], all: bool, out: &std::path::Path, incremental: bool) -> anyhow::Result<ExitCode> {
+pub(crate) fn snapshot_live(
+    dir: &std::path::Path,
+    reactors: &[String],
+    all: bool,
+    out: &std::path::Path,
+    incremental: bool,
+    compress: bool,
+) -> anyhow::Result<ExitCode> {
     let reactors = if all {
         json!("all")
     } else if reactors.is_empty() {
@@ -488,6 +501,7 @@ pub(crate) fn snapshot_live(dir: &std::path::Path, reactors: &[String], all: boo
     };
     let v = Client::connect(dir)?.request(json!({
         "op": "snapshot", "reactors": reactors, "path": absolute(out)?, "incremental": incremental,
+        "compress": compress,
     }))?;
     print(&v);
     Ok(ExitCode::SUCCESS)

@@ -21,6 +21,10 @@ pub(crate) struct RunArgs {
     /// After the messages, snapshot the reactor into this file.
     #[arg(long, short = 'o', value_name = "FILE")]
     snapshot: Option<PathBuf>,
+    /// Store the snapshot's pages compressed (LZ4, format version 3):
+    /// smaller, and restored by decompressing them, never mapped lazily.
+    #[arg(long, requires = "snapshot")]
+    compress: bool,
     /// Messages as JSON, e.g. '{"Put":{"key":"a","value":"1"}}'. With none,
     /// one message per line is read from standard input.
     messages: Vec<String>,
@@ -30,6 +34,11 @@ impl RunArgs {
     /// Where to write the snapshot (`-o`).
     pub(crate) fn snapshot_path(&self) -> Option<&std::path::Path> {
         self.snapshot.as_deref()
+    }
+
+    /// Whether to compress the snapshot (`--compress`).
+    pub(crate) fn compress(&self) -> bool {
+        self.compress
     }
 
     /// The positional arguments as given: the module, then the messages
@@ -146,7 +155,7 @@ pub(crate) fn run(engine_args: &EngineArgs, args: &RunArgs) -> anyhow::Result<Ex
     // The reactor is fine (a message failed, not it): its snapshot is
     // written all the same.
     if let Some(path) = &args.snapshot {
-        save(&mut rt, reactor, path)?;
+        save(&mut rt, reactor, path, args.compress)?;
     }
     if let Some(size) = rt.memory_size(reactor) {
         eprintln!("reactor {reactor}: {} KiB of linear memory", size / 1024);

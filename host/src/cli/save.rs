@@ -2,7 +2,7 @@
 //! (`host snapshot`, `host run -o`, `host restore -o`).
 
 use anyhow::Context as _;
-use reactor_runtime::snapshot::{Capture, SnapshotOptions};
+use reactor_runtime::snapshot::{Capture, Compression, SnapshotOptions};
 use reactor_runtime::{Address, Shard};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
@@ -35,7 +35,7 @@ pub(crate) fn progress(label: &'static str) -> impl FnMut(u64, u64) {
 
 /// Snapshots `reactor` (copy-on-write) and writes it to `path`, reporting
 /// sizes, times and bandwidth.
-pub(crate) fn save(rt: &mut Shard, reactor: Address, path: &Path) -> anyhow::Result<()> {
+pub(crate) fn save(rt: &mut Shard, reactor: Address, path: &Path, compress: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let cp = rt
         .snapshot(reactor, SnapshotOptions::new(Capture::Concurrent))
@@ -43,20 +43,22 @@ pub(crate) fn save(rt: &mut Shard, reactor: Address, path: &Path) -> anyhow::Res
     let paused = started.elapsed();
     cp.wait();
     let captured = started.elapsed();
+    let compression = if compress { Compression::Lz4 } else { Compression::None };
     let report = cp
-        .write(path, &mut progress("writing"))
+        .write_with(path, compression, &mut progress("writing"))
         .with_context(|| format!("cannot write the snapshot to {}", path.display()))?;
     let memory = cp.memory_bytes();
     eprintln!(
-        "snapshot of {reactor}: {:.1} MiB of memory, {:.1} MiB stored (zero pages elided); reactor paused {:.2?}, \
-         copied in {:.2?} ({:.2} GB/s), written and fsynced in {:.2?} ({:.2} GB/s) to {}",
+        "snapshot of {reactor}: {:.1} MiB of memory, {:.1} MiB stored (zero pages elided{}); reactor paused {:.2?}, \
+         copied in {:.2?} ({:.2} GB/s), written and fsynced in {:.2?} ({:.2} GB/s of pages) to {}",
         mib(memory),
         mib(report.page_bytes),
+        if compress { format!(", LZ4-compressed into a file of {:.1} MiB", mib(report.file_bytes)) } else { String::new() },
         paused,
         captured,
         memory as f64 / captured.as_secs_f64().max(1e-9) / 1e9,
         report.elapsed,
-        report.file_bytes as f64 / report.elapsed.as_secs_f64().max(1e-9) / 1e9,
+        report.page_bytes as f64 / report.elapsed.as_secs_f64().max(1e-9) / 1e9,
         path.display(),
     );
     Ok(())

@@ -59,6 +59,10 @@ pub(crate) struct RestoreArgs {
     /// After the messages, snapshot the reactor again into this file.
     #[arg(long, short = 'o', value_name = "FILE")]
     snapshot: Option<PathBuf>,
+    /// Store the snapshot's pages compressed (LZ4, format version 3):
+    /// smaller, and restored by decompressing them, never mapped lazily.
+    #[arg(long, requires = "snapshot")]
+    compress: bool,
     /// Messages as JSON for the restored reactor. Without any, one message
     /// per line of standard input is read when it is not a terminal (as
     /// `host run` takes them).
@@ -84,7 +88,7 @@ pub(crate) fn snapshot(engine_args: &EngineArgs, args: &SnapshotArgs) -> anyhow:
     if let Some(dir) = &args.data_dir {
         // The positional arguments are addresses here.
         let reactors = args.run.positionals();
-        return super::node::snapshot_live(dir, &reactors, args.all, out, args.incremental);
+        return super::node::snapshot_live(dir, &reactors, args.all, out, args.incremental, args.run.compress());
     }
     super::run::run(engine_args, &args.run)
 }
@@ -191,7 +195,12 @@ pub(crate) fn restore(engine_args: &EngineArgs, args: &RestoreArgs) -> anyhow::R
         "restored {} reactor(s) ({:.1} MiB of memory, {}{}) in {:.2?}: {}",
         restored.len(),
         mib(memory),
-        if args.lazy { "lazily mapped" } else { "copied" },
+        match (args.lazy, files.iter().any(|f| !f.mappable())) {
+            (true, true) => "decompressed: a compressed snapshot is never mapped lazily",
+            (true, false) => "lazily mapped",
+            (false, true) => "decompressed",
+            (false, false) => "copied",
+        },
         if options.verify { ", checksum verified" } else { "" },
         elapsed,
         restored.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
@@ -215,7 +224,7 @@ pub(crate) fn restore(engine_args: &EngineArgs, args: &RestoreArgs) -> anyhow::R
         return Ok(ExitCode::FAILURE);
     }
     if let Some(path) = &args.snapshot {
-        save(&mut rt, target, path)?;
+        save(&mut rt, target, path, args.compress)?;
     }
     Ok(talked.exit_code())
 }
@@ -235,7 +244,17 @@ pub(crate) fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     }
     println!("id         {}", h.id);
     println!("created    {}", created(meta.created_unix_ms));
-    println!("sections   data {:.1} MiB, metadata {} bytes", mib(h.data_len), h.meta_len);
+    match h.stored {
+        Some(st) => println!(
+            "sections   data {:.1} MiB, stored LZ4-compressed in {:.1} MiB ({} frames of {} KiB), metadata {} bytes",
+            mib(h.data_len),
+            mib(st.stored_len),
+            h.data_len.div_ceil(u64::from(st.frame_len)),
+            st.frame_len / 1024,
+            h.meta_len
+        ),
+        None => println!("sections   data {:.1} MiB, metadata {} bytes", mib(h.data_len), h.meta_len),
+    }
     println!("reactors   {}", meta.reactors.len());
     let ps = snapshot_format::PAGE_SIZE as u64;
     for r in &meta.reactors {

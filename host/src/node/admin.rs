@@ -495,7 +495,9 @@ fn handle(node: &Node, op: Op, progress: &mut dyn FnMut(Value)) -> Result<Value,
                 .collect();
             Ok(Value::Array(msgs))
         }
-        Op::Snapshot { reactors, path, incremental } => Ok(node.snapshot(reactors, Path::new(&path), incremental)?),
+        Op::Snapshot { reactors, path, incremental, compress } => {
+            Ok(node.snapshot(reactors, Path::new(&path), incremental, compress)?)
+        }
         Op::Restore { files, lazy } => {
             let files: Vec<PathBuf> = files.into_iter().map(PathBuf::from).collect();
             let restored = node.restore(&files, lazy)?;

@@ -23,7 +23,7 @@
 //! reactors did after it is lost (the journal closes that gap).
 #![forbid(unsafe_code)]
 
-use reactor_runtime::snapshot::{Capture, Kind, SnapshotError, SnapshotFile, SnapshotId, SnapshotOptions};
+use reactor_runtime::snapshot::{Capture, Compression, Kind, SnapshotError, SnapshotFile, SnapshotId, SnapshotOptions};
 use reactor_runtime::{CheckpointScope, Engine, LoadedModule, ModuleHash, Runtime, abi};
 use std::fs;
 use std::io::{self, Write as _};
@@ -140,6 +140,8 @@ pub struct Checkpoints {
     /// failed one).
     full_next: bool,
     stats: CheckpointStats,
+    /// How page data is stored (`host node --compress-checkpoints`).
+    compression: Compression,
 }
 
 /// What the node's checkpoints did since it started (for its metrics).
@@ -207,7 +209,22 @@ impl Checkpoints {
             }
             chain.push(Link { path: path.clone(), id: h.id });
         }
-        Ok(Self { dir, chain, stale, next_seq, full_next: true, stats: CheckpointStats::default() })
+        Ok(Self {
+            dir,
+            chain,
+            stale,
+            next_seq,
+            full_next: true,
+            stats: CheckpointStats::default(),
+            compression: Compression::None,
+        })
+    }
+
+    /// Store the page data of the checkpoints taken from now on compressed
+    /// (LZ4, format version 3) or not. A restart then decompresses every
+    /// page instead of mapping them lazily: smaller files, slower restarts.
+    pub fn set_compression(&mut self, compression: Compression) {
+        self.compression = compression;
     }
 
     /// The chain in use, oldest first: what a restart restores.
@@ -272,7 +289,7 @@ impl Checkpoints {
         self.next_seq += 1;
         let full = delta_on.is_none();
         let path = self.dir.join(format!("{seq:010}.{}.snap", if full { "full" } else { "delta" }));
-        let report = cp.write(&path, &mut |_, _| {}).map_err(DurableError::Checkpoint)?;
+        let report = cp.write_with(&path, self.compression, &mut |_, _| {}).map_err(DurableError::Checkpoint)?;
         let mut deleted = 0;
         if full {
             let old: Vec<PathBuf> = self.stale.drain(..).chain(self.chain.drain(..).map(|l| l.path)).collect();

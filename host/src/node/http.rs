@@ -204,7 +204,7 @@ fn act(node: &Arc<Node>, what: &str, a: &Action) -> Result<serde_json::Value, St
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
             let path = dir.join(format!("{:016x}-{ms}.snap", address.0));
-            node.snapshot(Some(vec![address]), &path, false).map_err(|e| e.to_string())
+            node.snapshot(Some(vec![address]), &path, false, false).map_err(|e| e.to_string())
         }
         "migrate" => {
             let to = a.to.ok_or("say which node to move it to")?;

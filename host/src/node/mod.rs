@@ -25,7 +25,7 @@
 //! - `{"op":"call","to":ADDR,"msg":JSON,"timeout_ms":N}` → the reply;
 //! - `{"op":"mailbox"}` → the messages sent to this node's host
 //!   (`#<node>.host`), oldest first, each `{"from","msg"}`;
-//! - `{"op":"snapshot","reactors":"all"|[ADDR…],"path":ABS,"incremental":B}`
+//! - `{"op":"snapshot","reactors":"all"|[ADDR…],"path":ABS,"incremental":B,"compress":B}`
 //!   → the file written, its kind and reactors (copy-on-write: the reactors
 //!   keep serving);
 //! - `{"op":"restore","files":[ABS…],"lazy":B}` → the reactors restored;
@@ -260,6 +260,9 @@ pub struct NodeConfig {
     /// How often the running node checkpoints its reactors (`None`: only
     /// when it stops).
     pub checkpoint_every: Option<Duration>,
+    /// Checkpoints store their pages LZ4-compressed (format version 3):
+    /// smaller files; a restart decompresses instead of mapping lazily.
+    pub compress_checkpoints: bool,
     /// Reactors spawned from outside without a durability of their own are
     /// journaled at this level (`None`: not journaled).
     pub durable: Option<reactor_runtime::journal::Level>,
@@ -683,7 +686,10 @@ impl Node {
         // same addresses (lazily: pages are read on first touch), but those
         // that moved away or were moving when it stopped.
         durable::load_kept_modules(&config.data_dir, runtime.engine())?;
-        let checkpoints = durable::Checkpoints::open(&config.data_dir)?;
+        let mut checkpoints = durable::Checkpoints::open(&config.data_dir)?;
+        if config.compress_checkpoints {
+            checkpoints.set_compression(reactor_runtime::snapshot::Compression::Lz4);
+        }
         let chain = checkpoints.open_chain()?;
         let away = migrate::Hub::away(&moves);
         // Reactors whose move was not settled are given back from the chain
@@ -866,15 +872,17 @@ impl Node {
     /// delta on the last snapshot taken this way (its id is in the answer);
     /// reactors whose written pages were not tracked since then (new ones,
     /// ones whose memory moved, ones the node checkpointed meanwhile) go
-    /// into it whole. Pages stay tracked afterwards.
+    /// into it whole. Pages stay tracked afterwards. `compress`: pages
+    /// stored LZ4-compressed (format version 3).
     pub fn snapshot(
         &self,
         reactors: Option<Vec<Address>>,
         path: &Path,
         incremental: bool,
+        compress: bool,
     ) -> Result<serde_json::Value, reactor_runtime::snapshot::SnapshotError> {
         let started = Instant::now();
-        let r = self.snapshot_into(reactors, path, incremental);
+        let r = self.snapshot_into(reactors, path, incremental, compress);
         let mut a = self.activity.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match &r {
             Ok(_) => {
@@ -891,8 +899,9 @@ impl Node {
         reactors: Option<Vec<Address>>,
         path: &Path,
         incremental: bool,
+        compress: bool,
     ) -> Result<serde_json::Value, reactor_runtime::snapshot::SnapshotError> {
-        use reactor_runtime::snapshot::{Capture, SnapshotError, SnapshotOptions};
+        use reactor_runtime::snapshot::{Capture, Compression, SnapshotError, SnapshotOptions};
         if let Some(list) = &reactors
             && let Some(&a) = list.iter().find(|a| self.runtime.state(**a) != Some(reactor_runtime::ReactorState::Running))
         {
@@ -917,7 +926,8 @@ impl Node {
         let scope = reactor_runtime::CheckpointScope { reactors: reactors.map(|v| v.into_iter().collect()), base };
         let cp = self.runtime.checkpoint_with(options, scope)?;
         let captured = started.elapsed();
-        let report = cp.write(path, &mut |_, _| {})?;
+        let compression = if compress { Compression::Lz4 } else { Compression::None };
+        let report = cp.write_with(path, compression, &mut |_, _| {})?;
         // Only a snapshot that reached its file can be a delta's base.
         *last = Some(cp.id());
         drop(last);

@@ -107,6 +107,18 @@ pub struct Checkpoint {
     pub(super) blobs: BTreeMap<u64, Arc<Blob>>,
 }
 
+/// How [`Checkpoint::write_with`] stores page data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// As it is (format version 2): runs can be mapped lazily on restore.
+    #[default]
+    None,
+    /// LZ4 frames of 1 MiB (format version 3): smaller files for snapshots
+    /// kept or shipped; a restore decompresses every page it uses (no lazy
+    /// mapping).
+    Lz4,
+}
+
 /// What [`Checkpoint::write`] did.
 #[derive(Clone, Copy, Debug)]
 pub struct WriteReport {
@@ -213,9 +225,23 @@ impl Checkpoint {
     /// background copies. `progress(done, total)` is called as page data is
     /// written.
     pub fn write(&self, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<WriteReport, SnapshotError> {
+        self.write_with(path, Compression::None, progress)
+    }
+
+    /// [`Checkpoint::write`], storing page data as `compression` says.
+    pub fn write_with(
+        &self,
+        path: &Path,
+        compression: Compression,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<WriteReport, SnapshotError> {
         let start = Instant::now();
         let total = self.page_bytes();
-        let mut w = Writer::create(path, guest_sdk::abi::ABI_VERSION, self.kind, self.id)?;
+        let (abi, kind, id) = (guest_sdk::abi::ABI_VERSION, self.kind, self.id);
+        let mut w = match compression {
+            Compression::None => Writer::create(path, abi, kind, id)?,
+            Compression::Lz4 => Writer::create_compressed(path, abi, kind, id, snapshot_format::DEFAULT_FRAME_LEN)?,
+        };
         let mut meta = Meta { created_unix_ms: self.created_unix_ms, blobs: Vec::new(), reactors: Vec::new() };
         for blob in self.blobs.values() {
             let offset = w.append_blob(blob.bytes())?;

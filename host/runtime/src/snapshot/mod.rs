@@ -53,7 +53,7 @@ mod capture;
 mod error;
 mod restore;
 
-pub use capture::{Capture, Checkpoint, SnapshotOptions, WriteReport};
+pub use capture::{Capture, Checkpoint, Compression, SnapshotOptions, WriteReport};
 pub(crate) use capture::{HostState, Tracking, capture, checkpoint_kind, record};
 pub use error::SnapshotError;
 pub use restore::{ChainBreak, Load, RestoreOptions, chain_break, chain_ending_at, lazy_map_budget, lazy_mapped_runs, set_lazy_map_budget};

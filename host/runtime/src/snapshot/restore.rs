@@ -249,6 +249,18 @@ fn fill<H: HostContext>(reactor: &mut Reactor<H>, address: Address, layers: &[La
                     }
                     match run.data {
                         None => target.zero(off, n).map_err(os)?,
+                        Some(d) if !file.mappable() => {
+                            // Compressed: decompressed straight into the memory.
+                            file.read_data(d, target.bytes_mut(off, n).map_err(os)?).map_err(|source| match source {
+                                FormatError::FrameCorrupt { data_offset, .. } => SnapshotError::DamagedPage {
+                                    address,
+                                    memory_page: run.first_page + data_offset.saturating_sub(d) / ps as u64,
+                                    source,
+                                },
+                                other => other.into(),
+                            })?;
+                            check_run(&target, file, address, run, d)?;
+                        }
                         Some(d) => {
                             let at = file.file_offset(d);
                             let lazy = load == Load::Lazy && run.pages >= MIN_MAPPED_PAGES && mapped < MAX_MAPPED_RUNS;

@@ -184,6 +184,16 @@ impl Target {
         }
     }
 
+    /// The bytes at `[offset, offset + len)` to write into (`offset` page
+    /// aligned).
+    pub(crate) fn bytes_mut(&mut self, offset: usize, len: usize) -> io::Result<&mut [u8]> {
+        self.check(offset, len.next_multiple_of(page_size()))?;
+        // SAFETY: inside the target (checked), exclusively ours (contract);
+        // the mutable borrow of `self` keeps every other access out while
+        // the slice lives.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.base.add(offset), len) })
+    }
+
     /// Copies `bytes` to `offset`.
     pub(crate) fn write(&mut self, offset: usize, bytes: &[u8]) -> io::Result<()> {
         self.check(offset, bytes.len().next_multiple_of(page_size()))?;

@@ -9,13 +9,17 @@
 //! image. Without the framed forms the fuzzer would never get past the
 //! header checksum, and the meta decoders and validation (the bulk of the
 //! reader) would go unexercised. `data[0]` also picks whether one data page
-//! is damaged after its checksum was taken.
+//! is damaged after its checksum was taken. A fourth way frames it as a
+//! version 3 (compressed) image: one page per frame, each stored as it is,
+//! except that with bit 5 of `data[0]` the first frame's stored bytes are
+//! the input's first bytes (up to 64), given to the LZ4 decoder as a
+//! compressed frame.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use snapshot_format::{
-    FORMAT_VERSION, FORMAT_VERSION_1, FormatError, HEADER_LEN, Header, Kind, MAX_HELD_BLOBS, MAX_OUTSTANDING,
-    PAGE_SIZE, SnapshotId, page_hash, parse, parse_verified,
+    CODEC_LZ4, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_COMPRESSED, FormatError, HEADER_LEN, Header, Kind,
+    MAX_HELD_BLOBS, MAX_OUTSTANDING, PAGE_SIZE, SnapshotId, Stored, page_hash, parse, parse_verified,
 };
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -64,7 +68,7 @@ fn framed(data: &[u8], version: u32) -> Option<Vec<u8>> {
     let kind = if first & 1 == 0 { Kind::Full } else { Kind::Delta { base: SnapshotId([first | 1; 16]) } };
     let mut section: Vec<u8> = (0..pages * PAGE_SIZE).map(|i| i as u8).collect();
     let mut meta_bytes = meta.to_vec();
-    if version == FORMAT_VERSION {
+    if version != FORMAT_VERSION_1 {
         let hashes: Vec<u8> =
             section.chunks(PAGE_SIZE).enumerate().flat_map(|(i, p)| page_hash(i as u64, p).to_le_bytes()).collect();
         varint(hashes.len() as u64, &mut meta_bytes);
@@ -74,6 +78,26 @@ fn framed(data: &[u8], version: u32) -> Option<Vec<u8>> {
         let at = usize::from(first) * 37 % section.len();
         section[at] ^= 1;
     }
+    // Version 3: the frames as stored, and their table.
+    let mut stored = section.clone();
+    let mut frame_len = None;
+    if version == FORMAT_VERSION_COMPRESSED {
+        let mut table = Vec::new();
+        stored.clear();
+        for (i, page) in section.chunks(PAGE_SIZE).enumerate() {
+            if i == 0 && first & 0x20 != 0 && !meta.is_empty() {
+                let hostile = &meta[..meta.len().min(64)];
+                stored.extend_from_slice(hostile);
+                table.extend_from_slice(&(hostile.len() as u32).to_le_bytes());
+            } else {
+                stored.extend_from_slice(page);
+                table.extend_from_slice(&(PAGE_SIZE as u32 | 1 << 31).to_le_bytes());
+            }
+        }
+        varint(table.len() as u64, &mut meta_bytes);
+        meta_bytes.extend_from_slice(&table);
+        frame_len = Some(PAGE_SIZE as u32);
+    }
     let header = Header {
         format_version: version,
         abi_version: ABI,
@@ -82,20 +106,21 @@ fn framed(data: &[u8], version: u32) -> Option<Vec<u8>> {
         id: SnapshotId([7; 16]),
         data_offset: HEADER_LEN as u64,
         data_len: section.len() as u64,
-        data_hash: xxh3_64(&section),
-        meta_offset: (HEADER_LEN + section.len()) as u64,
+        data_hash: xxh3_64(&stored),
+        meta_offset: (HEADER_LEN + stored.len()) as u64,
         meta_len: meta_bytes.len() as u64,
         meta_hash: xxh3_64(&meta_bytes),
+        stored: frame_len.map(|frame_len| Stored { codec: CODEC_LZ4, frame_len, stored_len: stored.len() as u64 }),
     };
     let mut image = header.to_bytes();
-    image.extend_from_slice(&section);
+    image.extend_from_slice(&stored);
     image.extend_from_slice(&meta_bytes);
     Some(image)
 }
 
 fuzz_target!(|data: &[u8]| {
     check(data);
-    for version in [FORMAT_VERSION, FORMAT_VERSION_1] {
+    for version in [FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_COMPRESSED] {
         if let Some(image) = framed(data, version) {
             check(&image);
         }

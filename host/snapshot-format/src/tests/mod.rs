@@ -1,6 +1,7 @@
 //! Tests of the reader and the writer, and the fixtures they share.
 #![forbid(unsafe_code)]
 
+mod compressed;
 mod id;
 mod props;
 mod hostile;
@@ -94,6 +95,7 @@ fn image_with(kind: Kind, data: &[u8], meta_bytes: &[u8]) -> Vec<u8> {
         meta_offset: (HEADER_LEN + data.len()) as u64,
         meta_len: meta_bytes.len() as u64,
         meta_hash: xxh3_64(meta_bytes),
+        stored: None,
     };
     let mut b = h.to_bytes();
     b.extend_from_slice(data);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::{ABI, breakers, err_of, image, image_with, rehash_header, sample, sample_image, write_sample};
 use crate::constants::HEADER_FIELDS_LEN;
 use crate::{
-    FORMAT_VERSION, FormatError, HEADER_LEN, Kind, MAX_META_LEN, MAX_RUNS_PER_REACTOR, PAGE_SIZE, SnapshotFile,
+    FORMAT_VERSION_COMPRESSED, FormatError, HEADER_LEN, Kind, MAX_META_LEN, MAX_RUNS_PER_REACTOR, PAGE_SIZE, SnapshotFile,
     SnapshotId, WASM_PAGE_SIZE, parse,
 };
 
@@ -41,14 +41,14 @@ fn refuses_too_short() {
 #[test]
 fn refuses_other_format_versions() {
     let good = sample_image();
-    for v in [0u32, 3, 0xffff_ffff] {
+    for v in [0u32, 4, 0xffff_ffff] {
         // Patched and re-hashed: only the version is wrong.
         let mut b = good.clone();
         b[8..12].copy_from_slice(&v.to_le_bytes());
         rehash_header(&mut b);
         match parse(&b, ABI) {
             Err(FormatError::FormatVersion { found, supported }) => {
-                assert_eq!((found, supported), (v, FORMAT_VERSION))
+                assert_eq!((found, supported), (v, FORMAT_VERSION_COMPRESSED))
             }
             other => panic!("{other:?}"),
         }

@@ -142,6 +142,8 @@ pub enum Op {
         path: String,
         /// A delta on the snapshot their tracked pages are relative to.
         incremental: bool,
+        /// Pages stored compressed (LZ4, format version 3).
+        compress: bool,
     },
     /// Restore snapshot files (a full one, then deltas) into this node.
     Restore {
@@ -315,7 +317,8 @@ fn parse_op(req: &mut serde_json::Map<String, Value>) -> Result<Op, RequestError
             };
             let path = absolute_path(req.get("path"), "snapshot needs \"path\": an absolute file path")?;
             let incremental = flag(req.get("incremental"), "\"incremental\" is true or false")?;
-            Op::Snapshot { reactors, path, incremental }
+            let compress = flag(req.get("compress"), "\"compress\" is true or false")?;
+            Op::Snapshot { reactors, path, incremental, compress }
         }
         "restore" => {
             let files = match req.get("files") {
@@ -400,11 +403,16 @@ mod tests {
     fn snapshot_restore_and_checkpoint_parse_and_refuse_bad_fields() {
         assert_eq!(
             op(r#"{"op":"snapshot","reactors":"all","path":"/tmp/a.snap"}"#),
-            Ok(Op::Snapshot { reactors: None, path: "/tmp/a.snap".into(), incremental: false })
+            Ok(Op::Snapshot { reactors: None, path: "/tmp/a.snap".into(), incremental: false, compress: false })
         );
         assert_eq!(
-            op(r##"{"op":"snapshot","reactors":["#1.0:5",7],"path":"/x","incremental":true}"##),
-            Ok(Op::Snapshot { reactors: Some(vec!["#1.0:5".parse().unwrap(), Address(7)]), path: "/x".into(), incremental: true })
+            op(r##"{"op":"snapshot","reactors":["#1.0:5",7],"path":"/x","incremental":true,"compress":true}"##),
+            Ok(Op::Snapshot {
+                reactors: Some(vec!["#1.0:5".parse().unwrap(), Address(7)]),
+                path: "/x".into(),
+                incremental: true,
+                compress: true
+            })
         );
         assert_eq!(op(r#"{"op":"restore","files":["/a","/b"]}"#), Ok(Op::Restore { files: vec!["/a".into(), "/b".into()], lazy: true }));
         assert_eq!(op(r#"{"op":"restore","files":["/a"],"lazy":false}"#), Ok(Op::Restore { files: vec!["/a".into()], lazy: false }));
