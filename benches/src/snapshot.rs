@@ -209,6 +209,7 @@ fn small_entries(report: &mut Report, engine: &Arc<reactor_runtime::Engine>, mod
 
 /// A JSON document of the store: a user record, about 400 bytes.
 fn document(i: u64) -> serde_json::Value {
+    let city = ["Lyon", "Oslo", "Lima", "Pune"][(i % 4) as usize];
     serde_json::json!({
         "id": i,
         "name": format!("user {}", i % 9973),
@@ -216,7 +217,7 @@ fn document(i: u64) -> serde_json::Value {
         "active": i % 3 != 0,
         "score": (i * 7919) % 1000,
         "tags": ["customer", if i % 2 == 0 { "eu" } else { "us" }, format!("cohort-{}", i % 12)],
-        "address": {"street": format!("{} Main Street", i % 500), "city": ["Lyon", "Oslo", "Lima", "Pune"][(i % 4) as usize], "zip": format!("{:05}", i % 99999)},
+        "address": {"street": format!("{} Main Street", i % 500), "city": city, "zip": format!("{:05}", i % 99999)},
         "history": [{"at": 1_700_000_000 + i, "event": "signup"}, {"at": 1_700_100_000 + i * 3, "event": "order", "total": (i % 250) as f64 + 0.99}],
     })
 }
