@@ -436,8 +436,8 @@ pub(crate) fn run(opts: Opts) -> Result<Report> {
                             loaded.p_ms(99)
                         ));
                         report.note(format!(
-                            "RTT {t}{link}, {ERLANG}: head-of-line bulk stream completed {bulk} 8 MB echoes by the end \
-                             of the small rounds beside it"
+                            "RTT {t}{link}, {ERLANG}: head-of-line bulk stream, 8 MB echoes completed by the end of \
+                             the small rounds beside it: {bulk}"
                         ));
                         *erl_results.get_or_insert_with(CaseResults::default).hol_slot(capped) = Some((alone, loaded));
                     }
@@ -509,11 +509,11 @@ fn erlang_echo(
     if !*otp_noted {
         report.param("erlang_otp", nodes.otp.replace(' ', "/erts-"));
         report.note(format!(
-            "{ERLANG}: OTP {} (erts), Debian's erlang-nox, default settings (one scheduler per core, \
+            "{ERLANG}: OTP {}, Debian's erlang-nox, default settings (one scheduler per core, \
              distribution buffer busy limit 1 MB); one node per namespace, epmd in each, one TCP connection between \
              them; same echo games (one round in flight per pair, echoed binary checked equal, rounds timed in the \
              pinger)",
-            nodes.otp
+            nodes.otp.replace(' ', ", erts ")
         ));
         *otp_noted = true;
     }
