@@ -61,7 +61,7 @@ pingpong(E, K) -> E ! {self(), K}, receive K -> pingpong(E, K - 1) end.
 "#;
 
 /// Makes sure `escript` runs here, installing `erlang-nox` if it is missing.
-fn ensure_installed() -> Result<()> {
+pub(crate) fn ensure_installed() -> Result<()> {
     let present = || Command::new("escript").arg("-h").output().is_ok();
     if present() {
         return Ok(());

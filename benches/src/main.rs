@@ -29,7 +29,9 @@
 //!   user-space delay line (emulated RTT), calibrated; nodes run inside it.
 //! - `partisan` — parallel, affinitized connections (lanes) against one
 //!   connection per node pair, between two `host node` processes over the
-//!   lab (Partisan, USENIX ATC '19). Needs root and the `host` binary.
+//!   lab (Partisan, USENIX ATC '19), beside Erlang distribution between
+//!   two `erl` nodes in the same lab (`partisan_erlang`). Needs root and
+//!   the `host` binary.
 //! - `migrate` — live migration of a `migrant` reactor under the load of 8
 //!   `loadgen`s between two `host node` processes (loopback, and over the
 //!   lab at 1 ms and 20 ms as root): downtime, total time, bytes, rounds,
@@ -59,6 +61,7 @@ mod netlab;
 mod overlay;
 mod overlay_iroh;
 mod partisan;
+mod partisan_erlang;
 mod report;
 mod ring;
 mod rtt;

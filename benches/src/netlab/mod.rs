@@ -148,6 +148,24 @@ fn in_ns(ns: &str, cmd: &[&str]) -> Result<()> {
     ip(&args)
 }
 
+/// Caps the egress of `dev` in namespace `ns` at `rate` with a `tbf`
+/// queue, or removes the cap (`None`). Burst 256 KiB (room for full 64 KiB
+/// TSO segments); packets that would wait more than 20 ms in the queue are
+/// dropped.
+fn set_tbf(ns: &str, dev: &str, rate: Option<&str>) -> Result<()> {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "tc", "qdisc"]);
+    match rate {
+        Some(rate) => {
+            c.args(["replace", "dev", dev, "root", "tbf", "rate", rate]).args(["burst", "256kb", "latency", "20ms"])
+        }
+        None => c.args(["del", "dev", dev, "root"]),
+    };
+    let out = c.output().context("running tc")?;
+    ensure!(out.status.success(), "tc tbf on {dev}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
 /// Removes what a previous run may have left: processes still running in
 /// the lab's namespaces (nodes of a run that was killed), then the
 /// namespaces (TUN devices vanish with the process that held them).
@@ -185,14 +203,7 @@ impl Lab {
             let mtu = config.mtu.to_string();
             in_ns(ns, &["ip", "link", "set", dev, "mtu", &mtu, "txqueuelen", "10000", "up"])?;
             if let Some(rate) = &config.rate {
-                // Burst 256 KiB (room for full 64 KiB TSO segments); packets
-                // that would wait more than 20 ms in the queue are dropped.
-                let out = Command::new("ip")
-                    .args(["netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate])
-                    .args(["burst", "256kb", "latency", "20ms"])
-                    .output()
-                    .context("running tc")?;
-                ensure!(out.status.success(), "tc tbf: {}", String::from_utf8_lossy(&out.stderr).trim());
+                set_tbf(ns, dev, Some(rate))?;
             }
             ports.push(Arc::new(port));
         }
@@ -202,6 +213,16 @@ impl Lab {
         // The link answers before anything is measured over it.
         lab.probe_rtt(3).context("a first TCP round trip across the lab")?;
         Ok(lab)
+    }
+
+    /// Puts a bandwidth cap of `rate` (a `tc tbf` rate such as `1gbit`) on
+    /// both directions of the running link, as [`LabConfig::rate`] does at
+    /// start; `None` removes it.
+    pub(crate) fn set_rate(&self, rate: Option<&str>) -> Result<()> {
+        for (ns, dev) in [(NS_A, TUN_A), (NS_B, TUN_B)] {
+            set_tbf(ns, dev, rate)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn line(&self) -> &DelayLine {
