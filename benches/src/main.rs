@@ -137,8 +137,9 @@ enum Scenario {
     /// Supervision groups: a member's failure to its group answering again
     /// per strategy, and a monitor's Down, in a node process.
     Supervision,
-    /// The headline scenarios (spawn, density, rtt, e2e, snapshot) into a results
-    /// folder (`--out`): a markdown table of every figure and SVG plots.
+    /// The headline scenarios (spawn, density, rtt, e2e, snapshot, and
+    /// migrate as root) into a results folder (`--out`): a markdown table of
+    /// every figure and SVG plots.
     Report,
     /// All of the above but `journal`, `netlab`, `partisan` (they need root),
     /// `crypto`, `durable` and `migrate` (they build on the `host` binary).

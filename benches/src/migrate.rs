@@ -46,6 +46,11 @@
 //! The run keeps to a budget (`MIGRATE_BUDGET_S`, default 1,800 s):
 //! configurations estimated to pass it are skipped, with a note.
 //!
+//! For `report`'s plots, the downtimes at 1 %/s writes (both measures,
+//! median and p99, pre-copy and stop-and-copy) are points against the
+//! migrant's size, one chart per link and measure (with `--quick`'s 4
+//! stop-and-copy migrations a p99 is their largest).
+//!
 //! Needs the `host` binary (built by `cargo run` with the bench's profile)
 //! and, for the lab links, root.
 #![forbid(unsafe_code)]
@@ -658,6 +663,17 @@ fn raw_baseline(link: Link, state_mib: u32) -> Result<Duration> {
     Ok(Duration::from_secs_f64(median(v)))
 }
 
+/// The write rate (% of the migrant's pages per second) whose downtimes
+/// the `report` plots show against the migrant's size: the targets' rate.
+const PLOT_WRITE_PCT: u32 = 1;
+
+/// The `report` plot of one downtime measure on `link` against the
+/// migrant's size ("against memory": `report` draws it on log-log size
+/// axes).
+fn downtime_chart(link: Link, measure: &str) -> String {
+    format!("migration downtime (ms) against memory (MiB), {PLOT_WRITE_PCT} %/s writes, {}: {measure}", link.label())
+}
+
 /// Everything measured for one link and one migrant size.
 struct Block<'a> {
     report: &'a mut Report,
@@ -667,7 +683,26 @@ struct Block<'a> {
 }
 
 impl Block<'_> {
+    /// The `report` plots' points of this link and size: both downtime
+    /// measures, median and p99, pre-copy and stop-and-copy.
+    fn points(&mut self, pre: &Runs, stop: &Runs) {
+        let x = f64::from(self.state_mib);
+        for (measure, pre_ms, stop_ms) in [
+            ("migrant's gap", &pre.gap_ms, &stop.gap_ms),
+            ("node's downtime_ms", &pre.node_downtime_ms, &stop.node_downtime_ms),
+        ] {
+            let chart = downtime_chart(self.link, measure);
+            for (kind, v) in [("live pre-copy", pre_ms), ("stop-and-copy", stop_ms)] {
+                self.report.point(&chart, &format!("{kind} p50"), x, median(v.clone()));
+                self.report.point(&chart, &format!("{kind} p99"), x, p99(v));
+            }
+        }
+    }
+
     fn figures(&mut self, write_pct: u32, pre: &Runs, stop: &Runs) {
+        if write_pct == PLOT_WRITE_PCT {
+            self.points(pre, stop);
+        }
         let target = is_target(self.link, self.state_mib, write_pct);
         let config = format!("{}, {} MiB, {write_pct} %/s writes", self.link.label(), self.state_mib);
         let name = |what: &str| format!("{config}: {what}");

@@ -1,12 +1,20 @@
 //! `report`: runs the headline scenarios (`spawn`, `density`, `rtt`, `e2e`,
-//! `snapshot`) and writes a results folder: `results.md` (every figure of
-//! every scenario with its baseline, ratio and target, met or not),
-//! `results.json` (the same as `--json`), and SVG plots through
-//! `plotters`: snapshot and restore time against memory size beside memcpy
-//! and serde, the copy-on-write pause against size, and spawn time and
-//! memory per idle actor against Erlang. (Migration downtime is the
-//! `migrate` scenario's; it needs root for its lab links and is not run
-//! here.)
+//! `snapshot`, and `migrate` when the bench runs as root) and writes a
+//! results folder: `results.md` (every figure of every scenario with its
+//! baseline, ratio and target, met or not), `results.json` (the same as
+//! `--json`), and SVG plots through `plotters`: snapshot and restore time
+//! against memory size beside memcpy and serde, the copy-on-write pause
+//! against size, spawn time and memory per idle actor against Erlang, and
+//! migration downtime (median and p99, live pre-copy against
+//! stop-and-copy, per link and downtime measure) against the migrant's
+//! size.
+//!
+//! `migrate` needs root (its lab links; checked by the effective uid) and
+//! the `host` binary beside the bench executable; its full run keeps to
+//! its own time budget (`MIGRATE_BUDGET_S`, default 1,800 s), `--quick`
+//! takes minutes. Not root: it is skipped, and `results.md` and
+//! `results.json` say why. Run and failed: the other scenarios' results
+//! and the failure are still written, and the command fails.
 #![forbid(unsafe_code)]
 
 use crate::harness::{Opts, Report, num, progress};
@@ -29,8 +37,28 @@ pub(crate) fn run(opts: Opts, out: &Path) -> Result<Vec<Report>> {
         progress(format!("report: scenario {name}"));
         reports.push(f(opts)?);
     }
+    // Scenarios not run or not finished, and why (for results.md/.json).
+    let mut not_run: Vec<(&str, String)> = Vec::new();
+    let mut failed = None;
+    if crate::netlab::sys::is_root() {
+        progress("report: scenario migrate");
+        match crate::migrate::run(opts) {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                not_run.push(("migrate", format!("FAILED: {e:#}")));
+                failed = Some(e);
+            }
+        }
+    } else {
+        let why = "skipped: not running as root (effective uid is not 0); `report` runs `migrate` only as root, \
+                   which its lab links (network namespaces, TUN devices) need";
+        progress(format!("report: migrate {why}"));
+        not_run.push(("migrate", why.to_owned()));
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let json = serde_json::json!({ "quick": opts.quick, "scenarios": reports });
+    let not_run_json: Vec<_> =
+        not_run.iter().map(|(scenario, why)| serde_json::json!({ "scenario": scenario, "why": why })).collect();
+    let json = serde_json::json!({ "quick": opts.quick, "scenarios": reports, "not_run": not_run_json });
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
     let mut plots: Vec<String> = Vec::new();
     for r in &reports {
@@ -41,8 +69,11 @@ pub(crate) fn run(opts: Opts, out: &Path) -> Result<Vec<Report>> {
             plots.push(format!("![{chart}]({file})"));
         }
     }
-    std::fs::write(out.join("results.md"), markdown(&reports, &plots, opts.quick))?;
+    std::fs::write(out.join("results.md"), markdown(&reports, &not_run, &plots, opts.quick))?;
     progress(format!("report: written to {}", out.display()));
+    if let Some(e) = failed {
+        return Err(e.context(format!("report: migrate failed (the other results are written to {})", out.display())));
+    }
     Ok(reports)
 }
 
@@ -58,7 +89,7 @@ fn slug(s: &str) -> String {
     out.trim_matches('-').to_owned()
 }
 
-fn markdown(reports: &[Report], plots: &[String], quick: bool) -> String {
+fn markdown(reports: &[Report], not_run: &[(&str, String)], plots: &[String], quick: bool) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmark results{}\n", if quick { " (--quick: small sizes)" } else { "" });
     let _ = writeln!(md, "`cargo run --profile perf -p benches -- report{}`; baselines measured in the same run.\n", if quick { " --quick" } else { "" });
@@ -83,6 +114,9 @@ fn markdown(reports: &[Report], plots: &[String], quick: bool) -> String {
         }
         let _ = writeln!(md);
     }
+    for (scenario, why) in not_run {
+        let _ = writeln!(md, "## {scenario}: not in these results\n\n{why}\n");
+    }
     if !plots.is_empty() {
         let _ = writeln!(md, "## Plots\n");
         for p in plots {
@@ -104,16 +138,29 @@ fn draw(path: &Path, title: &str, series: &BTreeMap<String, Vec<(f64, f64)>>, by
         return Ok(());
     }
     let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    // Long titles (the migration downtime charts name a link and a measure) in a
+    // smaller font, so they fit the 900 px width.
+    let caption = ("sans-serif", (1600.0 / title.chars().count() as f64).clamp(12.0, 20.0));
     let e = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
     if by_size {
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
+            .caption(title, caption)
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d((xmin * 0.8..xmax * 1.25).log_scale(), (ymin * 0.5..ymax * 2.0).log_scale())
+            .build_cartesian_2d(
+                (xmin * 0.8..xmax * 1.25).log_scale().with_key_points(log_ticks(xmin * 0.8, xmax * 1.25)),
+                (ymin * 0.5..ymax * 2.0).log_scale().with_key_points(log_ticks(ymin * 0.5, ymax * 2.0)),
+            )
             .map_err(|x| e(&x))?;
-        chart.configure_mesh().x_desc("memory (MiB)").y_desc("ms").draw().map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .x_desc("memory (MiB)")
+            .y_desc("ms")
+            .x_label_formatter(&|v| tick(*v))
+            .y_label_formatter(&|v| tick(*v))
+            .draw()
+            .map_err(|x| e(&x))?;
         for (i, (name, pts)) in series.iter().enumerate() {
             let c = colors[i % colors.len()];
             let mut pts: Vec<(f64, f64)> = pts.iter().copied().filter(|(x, y)| *x > 0.0 && *y > 0.0).collect();
@@ -134,7 +181,7 @@ fn draw(path: &Path, title: &str, series: &BTreeMap<String, Vec<(f64, f64)>>, by
             .map_err(|x| e(&x))?;
     } else {
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
+            .caption(title, caption)
             .margin(12)
             .x_label_area_size(30)
             .y_label_area_size(60)
@@ -159,4 +206,67 @@ fn draw(path: &Path, title: &str, series: &BTreeMap<String, Vec<(f64, f64)>>, by
     }
     root.present().map_err(|x| e(&x))?;
     Ok(())
+}
+
+/// Ticks of a log axis from `lo` to `hi`: 1, 2 and 5 times each power of
+/// ten in the range, or the powers of ten alone when those would crowd it.
+/// (Plotters' own log ticks leave the part below the first power of ten
+/// in the range unlabelled, and label that power twice when the range is
+/// under a decade, as downtimes often are.)
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut decade = 10f64.powi(lo.log10().floor() as i32);
+    while decade <= hi {
+        for m in [1.0, 2.0, 5.0] {
+            let t = decade * m;
+            if (lo..=hi).contains(&t) {
+                ticks.push((t, m == 1.0));
+            }
+        }
+        decade *= 10.0;
+    }
+    if ticks.len() > 12 {
+        ticks.retain(|&(_, power_of_ten)| power_of_ten);
+    }
+    ticks.into_iter().map(|(t, _)| t).collect()
+}
+
+/// A tick label with the decimals its power of ten needs ("0.05", "20").
+fn tick(v: f64) -> String {
+    let decimals = (-(v.log10() + 1e-9).floor()).max(0.0) as usize;
+    format!("{v:.decimals$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_ticks_label_every_decade_part_once() {
+        // Migrant sizes 10 and 100 MiB, drawn from 8 to 125.
+        assert_eq!(log_ticks(8.0, 125.0), [10.0, 20.0, 50.0, 100.0]);
+        // Under a decade: 1-2-5 ticks below the first power of ten too.
+        assert_eq!(log_ticks(27.0, 2200.0), [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]);
+        // Many decades: powers of ten alone.
+        assert_eq!(log_ticks(0.05, 20_000.0), [0.1, 1.0, 10.0, 100.0, 1000.0, 10_000.0]);
+        assert_eq!(["0.05", "0.2", "1", "20", "1000"], [0.05, 0.2, 1.0, 20.0, 1000.0].map(tick));
+    }
+
+    #[test]
+    fn a_downtime_chart_draws_on_size_axes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("downtime.svg");
+        let mut series = BTreeMap::new();
+        series.insert("live pre-copy p50".to_owned(), vec![(10.0, 1.5), (100.0, 3.0)]);
+        series.insert("stop-and-copy p50".to_owned(), vec![(10.0, 60.0), (100.0, 600.0)]);
+        let title = "migration downtime (ms) against memory (MiB), 1 %/s writes, 20 ms link: node's downtime_ms";
+        draw(&path, title, &series, title.contains("against memory")).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        // Plotters writes a text element's text on a line of its own.
+        let text = |t: &str| format!(">\n{t}\n</text>");
+        for label in ["10", "20", "50", "100", "1000", "memory (MiB)", "stop-and-copy p50"] {
+            assert!(svg.contains(&text(label)), "no {label} in the SVG");
+        }
+        assert_eq!(svg.matches(&text("100")).count(), 2, "100 labelled once on each axis");
+    }
 }
