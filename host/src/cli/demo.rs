@@ -517,12 +517,14 @@ fn cluster(engine_args: &EngineArgs) -> anyhow::Result<()> {
     let (pinger, partner) = (spawn(&n1)?, spawn(&n3)?);
     let rounds = 20_000u64;
     let t = Instant::now();
-    let report = n1.admin(json!({"op": "call", "to": pinger,
+    // A loaded machine can stretch each round trip to a scheduling slice
+    // (~1 ms): the calls get ten minutes, not the default 30 s.
+    let report = n1.admin(json!({"op": "call", "to": pinger, "timeout_ms": 600_000,
         "msg": {"Play": {"peer": partner, "rounds": rounds, "window": 1, "requests": false}}}))?;
     let one = t.elapsed();
     anyhow::ensure!(report["pongs"] == json!(rounds), "ping-pong across nodes lost messages: {report}");
     let t = Instant::now();
-    let report = n1.admin(json!({"op": "call", "to": pinger,
+    let report = n1.admin(json!({"op": "call", "to": pinger, "timeout_ms": 600_000,
         "msg": {"Play": {"peer": partner, "rounds": 200_000u64, "window": 256, "requests": false}}}))?;
     let many = t.elapsed();
     anyhow::ensure!(report["pongs"] == json!(rounds + 200_000), "ping-pong across nodes lost messages: {report}");
