@@ -293,7 +293,7 @@ pub(crate) struct MetaV2Out<'a> {
 #[derive(Deserialize)]
 pub(crate) struct MetaV2In {
     pub(crate) meta: Meta,
-    #[serde(with = "hash_bytes")]
+    #[serde(deserialize_with = "de_records::<_, 8>")]
     pub(crate) page_hashes: Vec<u8>,
 }
 
@@ -313,9 +313,9 @@ pub(crate) struct MetaV3Out<'a> {
 #[derive(Deserialize)]
 pub(crate) struct MetaV3In {
     pub(crate) meta: Meta,
-    #[serde(with = "hash_bytes")]
+    #[serde(deserialize_with = "de_records::<_, 8>")]
     pub(crate) page_hashes: Vec<u8>,
-    #[serde(with = "frame_bytes")]
+    #[serde(deserialize_with = "de_records::<_, 4>")]
     pub(crate) frames: Vec<u8>,
 }
 
@@ -459,76 +459,37 @@ fn de_outstanding<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u64, u64)>, D:
     d.deserialize_seq(BoundedSeq { max: MAX_OUTSTANDING, what: "outstanding requests of a reactor", _t: PhantomData })
 }
 
-/// The page checksums as bytes (a multiple of 8, at most the meta limit).
-mod hash_bytes {
-    use super::{Deserializer, MAX_META_LEN, Visitor, de, fmt, refuse};
+/// Fixed-width records as bytes (page checksums, 8 bytes each; frame table
+/// entries, 4 bytes each), the length checked before anything is copied.
+fn de_records<'de, D: Deserializer<'de>, const WIDTH: usize>(d: D) -> Result<Vec<u8>, D::Error> {
+    struct RecordVisitor<const WIDTH: usize>;
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        d.deserialize_byte_buf(HashVisitor)
-    }
-
-    struct HashVisitor;
-
-    fn check<E: de::Error>(n: usize) -> Result<(), E> {
-        if n as u64 > MAX_META_LEN || !n.is_multiple_of(8) {
-            return Err(refuse(format!("page checksums of {n} bytes (not a multiple of 8, or over the limit)")));
+    fn check<E: de::Error, const WIDTH: usize>(n: usize) -> Result<(), E> {
+        if n as u64 > MAX_META_LEN || !n.is_multiple_of(WIDTH) {
+            return Err(refuse(format!("{n} bytes of {WIDTH}-byte records (not a multiple of {WIDTH}, or over the limit)")));
         }
         Ok(())
     }
 
-    impl<'de> Visitor<'de> for HashVisitor {
+    impl<'de, const WIDTH: usize> Visitor<'de> for RecordVisitor<WIDTH> {
         type Value = Vec<u8>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "page checksums, 8 bytes each")
+            write!(f, "records of {WIDTH} bytes each")
         }
 
         fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-            check(v.len())?;
+            check::<E, WIDTH>(v.len())?;
             Ok(v.to_vec())
         }
 
         fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-            check(v.len())?;
+            check::<E, WIDTH>(v.len())?;
             Ok(v)
         }
     }
-}
 
-/// The frame table as bytes, its length checked before it is copied.
-mod frame_bytes {
-    use super::{Deserializer, MAX_META_LEN, Visitor, de, fmt, refuse};
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        d.deserialize_byte_buf(FrameVisitor)
-    }
-
-    struct FrameVisitor;
-
-    fn check<E: de::Error>(n: usize) -> Result<(), E> {
-        if n as u64 > MAX_META_LEN || !n.is_multiple_of(4) {
-            return Err(refuse(format!("a frame table of {n} bytes (not a multiple of 4, or over the limit)")));
-        }
-        Ok(())
-    }
-
-    impl<'de> Visitor<'de> for FrameVisitor {
-        type Value = Vec<u8>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "a frame table, 4 bytes per frame")
-        }
-
-        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-            check(v.len())?;
-            Ok(v.to_vec())
-        }
-
-        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-            check(v.len())?;
-            Ok(v)
-        }
-    }
+    d.deserialize_byte_buf(RecordVisitor::<WIDTH>)
 }
 
 /// Payloads as bytes: in postcard the same wire form as a `Vec<u8>`, but
